@@ -1,0 +1,121 @@
+"""idp: an OAuth 2.0 / OpenID Connect identity provider."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from flask import Flask, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from werkzeug.exceptions import HTTPException
+
+from idp import config as settings
+from idp.extensions import csrf, db, limiter, migrate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the app: settings, extensions, blueprints, error handlers and CLI."""
+    app = Flask(__name__, instance_relative_config=True, template_folder=os.path.join(ROOT, "templates"),
+                static_folder=os.path.join(ROOT, "static"))
+    os.makedirs(app.instance_path, exist_ok=True)
+    # Tests pass their settings explicitly and are not influenced by the shell's IDP_* variables or a .env file.
+    values = settings.load(environ={} if test_config is not None else None, overrides=test_config,
+                           instance_path=app.instance_path)
+    app.config.update(values)
+    _flask_settings(app)
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=os.path.join(ROOT, "migrations"))
+    csrf.init_app(app)
+    limiter.init_app(app)
+    from idp import jobs
+
+    jobs.init_app(app)
+
+    from idp import http
+
+    app.before_request(lambda: http.resolve_client(app))
+    app.after_request(http.security_headers)
+
+    from idp.account.views import bp as account_bp
+    from idp.login.views import bp as login_bp
+
+    app.register_blueprint(login_bp)
+    app.register_blueprint(account_bp)
+    if app.config["IDP_ENV"] == "development":
+        from idp.dev import bp as dev_bp
+
+        app.register_blueprint(dev_bp)
+
+    _error_handlers(app)
+    from idp.cli import register
+
+    register(app)
+    logging.getLogger("idp").setLevel(logging.INFO)
+    return app
+
+
+def _flask_settings(app: Flask) -> None:
+    cfg = app.config
+    production = cfg["IDP_ENV"] == "production"
+    cfg.update(
+        SECRET_KEY=cfg["IDP_SECRET_KEY"],
+        SQLALCHEMY_DATABASE_URI=cfg["IDP_DATABASE_URL"],
+        SQLALCHEMY_ENGINE_OPTIONS=cfg.get("SQLALCHEMY_ENGINE_OPTIONS")
+        or ({"pool_pre_ping": True} if cfg["IDP_DATABASE_URL"].startswith("postgresql") else {}),
+        # Flask's own signed cookie carries only the CSRF secret, flash messages and the browser binding.
+        SESSION_COOKIE_NAME="__Host-idp_flow" if production else "idp_flow",
+        SESSION_COOKIE_SECURE=production,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        PREFERRED_URL_SCHEME="https" if production else "http",
+        MAX_CONTENT_LENGTH=1024 * 1024,
+        RATELIMIT_STORAGE_URI=cfg["IDP_REDIS_URL"] or "memory://",
+        RATELIMIT_KEY_PREFIX=cfg.get("RATELIMIT_KEY_PREFIX", "idp"),
+        RATELIMIT_HEADERS_ENABLED=False,
+        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the flow cookie; forms left open do not expire
+    )
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_foreign_keys(dbapi_connection, connection_record):
+    """SQLite enforces foreign keys only when asked, per connection."""
+    if type(dbapi_connection).__module__.startswith("sqlite3"):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+
+def _wants_json() -> bool:
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
+
+
+def _error_handlers(app: Flask) -> None:
+    def render(status: int, title: str, message: str):
+        db.session.rollback()  # a failed request leaves nothing half-written
+        if _wants_json():
+            return jsonify({"type": "about:blank", "title": title, "status": status, "detail": message}), status
+        return render_template("error.html", title=title, message=message), status
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(exc):
+        return render(400, "This form has expired", "Go back, reload the page and try again.")
+
+    @app.errorhandler(429)
+    def too_many(exc):
+        return render(429, "Too many requests", "Please wait a minute and try again.")
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc):
+        return render(exc.code or 500, exc.name, exc.description or "")
+
+    @app.errorhandler(Exception)
+    def unexpected(exc):
+        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        return render(500, "Something went wrong", "The error was logged. Please try again.")

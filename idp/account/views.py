@@ -1,0 +1,266 @@
+"""Account pages: sign up, verify email by link, forgot and reset password, unlock, sign out, profile, sessions."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, flash, g, redirect, render_template, url_for
+from sqlalchemy.exc import IntegrityError
+
+from idp import audit
+from idp.account import jobs as account_jobs  # noqa: F401  (registers the account jobs)
+from idp.extensions import db, limiter
+from idp.http import clear_session_cookie
+from idp.jobs import enqueue
+from idp.login import onetime, sessions, transaction
+from idp.login.browser import binding, current_session, current_user, login_required, throttle
+from idp.login.forms import ChangePasswordForm, ConfirmForm, ForgotForm, NewPasswordForm, ProfileForm, SignUpForm
+from idp.login.steps.email_verification import PURPOSE as VERIFY_PURPOSE
+from idp.login.steps.email_verification import mark_verified
+from idp.login.throttle import account_key
+from idp.login.views import begin_transaction
+from idp.models import LoginSession, LoginTransaction, User, utcnow
+from idp.models.user import normalize_email
+from idp.security.passwords import hash_password, password_problems, verify_password
+
+bp = Blueprint("account", __name__)
+
+
+def _forms_limit() -> str:
+    return current_app.config["IDP_RATELIMIT_FORMS"]
+
+
+def _link_error():
+    return render_template("error.html", title="This link is not valid",
+                           message="It has expired, was already used, or was replaced by a newer one.",
+                           action=(url_for("login.begin"), "Sign in")), 400
+
+
+@bp.get("/")
+def index():
+    """The front page: the account page when signed in, otherwise sign in."""
+    return redirect(url_for("account.home"))
+
+
+@bp.route("/signup", methods=["GET", "POST"])
+@limiter.limit(_forms_limit, methods=["POST"])
+def signup():
+    """Create an account; the same next screen whether or not the address already has one (SECURITY.md 19)."""
+    form = SignUpForm()
+    if not form.validate_on_submit():
+        return render_template("account/signup.html", form=form)
+    email = normalize_email(form.email.data)
+    problems = password_problems(form.password.data, single_factor=True,
+                                 context=(email.split("@")[0], form.name.data))
+    if problems:
+        form.password.errors = [*form.password.errors, *problems]
+        return render_template("account/signup.html", form=form)
+    password_hash = hash_password(form.password.data)  # hashed in both branches so both cost the same
+    now = utcnow()
+    existing = db.session.execute(db.select(User).where(User.email == email)).scalar_one_or_none()
+    if existing is None:
+        user = User(email=email, name=form.name.data.strip(), password_hash=password_hash, password_changed_at=now)
+        db.session.add(user)
+        try:
+            db.session.flush()
+        except IntegrityError:  # the same address registered a moment ago by another request
+            db.session.rollback()
+            existing = db.session.execute(db.select(User).where(User.email == email)).scalar_one()
+        else:
+            audit.record("user.signup", subject=user)
+            return begin_transaction(reasons=["signup"], return_to=url_for("account.home"), user=user,
+                                     done=["password"], amr=["pwd"])
+    audit.record("user.signup_existing", subject=existing)
+    return begin_transaction(reasons=["signup"], return_to=url_for("account.home"),
+                             done=["password"], context={"existing_account": email})
+
+
+@bp.route("/verify-email/<token>", methods=["GET", "POST"])
+def verify_email(token: str):
+    """Confirm an address from the link in the verification mail (a button, so mail scanners cannot use it)."""
+    cfg = current_app.config
+    row = onetime.find_by_link(VERIFY_PURPOSE, token, now=utcnow(), secret_key=cfg["IDP_SECRET_KEY"],
+                               ttl=cfg["IDP_VERIFY_LINK_TTL"])
+    if row is None:
+        return _link_error()
+    form = ConfirmForm()
+    if not form.validate_on_submit():
+        return render_template("account/confirm.html", form=form, title="Verify your email",
+                               text=f"Confirm that {row.email} is your address.", button="Verify email")
+    mark_verified(row, utcnow(), ip=g.client_ip, user_agent=g.user_agent, method="link")
+    db.session.commit()
+    pending = db.session.execute(
+        db.select(LoginTransaction).where(
+            LoginTransaction.user_id == row.user_id,
+            LoginTransaction.completed_at.is_(None))
+        .order_by(LoginTransaction.created_at.desc()).limit(1)
+    ).scalar_one_or_none()
+    if pending is not None and transaction.load(pending.id, binding=binding(), now=utcnow()) is not None:
+        return redirect(url_for("login.step", tid=pending.id))  # resume the sign-in where it stopped
+    flash("Your email address is verified.")
+    return redirect(url_for("account.home") if current_session() else url_for("login.begin"))
+
+
+@bp.route("/forgot", methods=["GET", "POST"])
+@limiter.limit(_forms_limit, methods=["POST"])
+def forgot():
+    """Ask for a reset link; the answer never says whether the address has an account."""
+    form = ForgotForm()
+    if not form.validate_on_submit():
+        return render_template("account/forgot.html", form=form)
+    enqueue("start_password_reset", email=normalize_email(form.email.data), ip=g.client_ip, user_agent=g.user_agent)
+    return render_template("account/forgot_sent.html", email=form.email.data)
+
+
+@bp.route("/reset/<token>", methods=["GET", "POST"])
+def reset_password(token: str):
+    """Choose a new password from an emailed link; every session of the account ends."""
+    cfg = current_app.config
+    now = utcnow()
+    row = onetime.find_by_link("password_reset", token, now=now, secret_key=cfg["IDP_SECRET_KEY"],
+                               ttl=cfg["IDP_RESET_LINK_TTL"])
+    if row is None:
+        return _link_error()
+    user = row.user
+    form = NewPasswordForm()
+    if form.validate_on_submit():
+        problems = password_problems(form.password.data, single_factor=True,
+                                     context=(user.email.split("@")[0], user.name))
+        if not problems:
+            user.password_hash = hash_password(form.password.data)
+            user.password_changed_at = now
+            user.failed_logins = 0
+            user.locked_at = None
+            if user.email_verified_at is None and row.email == user.email:
+                user.email_verified_at = now  # the link proved the address
+            row.used_at = now
+            ended = sessions.end_all(user, "password_reset", now)
+            audit.record("password.reset", subject=user, sessions_ended=ended)
+            db.session.commit()
+            enqueue("send_mail", to=user.email, template="password_changed", context={"name": user.name})
+            # A reset never signs in: the user signs in again, with every factor (SECURITY.md 20).
+            flash("Your password was changed. Sign in with the new one.")
+            return redirect(url_for("login.begin"))
+        form.password.errors = [*form.password.errors, *problems]
+    return render_template("account/reset.html", form=form, email=user.email)
+
+
+@bp.route("/unlock/<token>", methods=["GET", "POST"])
+def unlock(token: str):
+    """Lift a lock from the link mailed when the account was locked."""
+    cfg = current_app.config
+    now = utcnow()
+    row = onetime.find_by_link("unlock", token, now=now, secret_key=cfg["IDP_SECRET_KEY"],
+                               ttl=cfg["IDP_RESET_LINK_TTL"])
+    if row is None:
+        return _link_error()
+    form = ConfirmForm()
+    if not form.validate_on_submit():
+        return render_template("account/confirm.html", form=form, title="Unlock your account",
+                               text=f"Unlock the account {row.email}.", button="Unlock")
+    row.user.locked_at = None
+    row.user.failed_logins = 0
+    row.used_at = now
+    throttle().succeeded("password", {"account": account_key(row.user.email)})
+    audit.record("account.unlocked", subject=row.user, method="email_link")
+    db.session.commit()
+    flash("Your account is unlocked. Sign in.")
+    return redirect(url_for("login.begin"))
+
+
+@bp.route("/logout", methods=["GET", "POST"])
+def logout():
+    """Sign out: a confirmation button on GET, so no other page can sign you out by linking here."""
+    live = current_session()
+    form = ConfirmForm()
+    if live is None:
+        return render_template("account/signed_out.html")
+    if not form.validate_on_submit():
+        return render_template("account/confirm.html", form=form, title="Sign out",
+                               text=f"Sign out {live.user.email} from this browser?", button="Sign out")
+    sessions.end(live, "logout", utcnow())
+    audit.record("logout", subject=live.user, sid=live.sid)
+    db.session.commit()
+    response = current_app.make_response(render_template("account/signed_out.html"))
+    clear_session_cookie(response)
+    return response
+
+
+@bp.get("/account")
+@login_required
+def home():
+    """The account page: profile, password, and the sessions signed in as you."""
+    live = current_session()
+    return render_template("account/home.html", user=live.user, current=live,
+                           sessions=sessions.live_sessions(live.user), profile=ProfileForm(name=live.user.name),
+                           confirm=ConfirmForm())
+
+
+@bp.post("/account/profile")
+@login_required
+def profile():
+    """Change the profile fields."""
+    user = current_user()
+    form = ProfileForm()
+    if form.validate_on_submit():
+        user.name = form.name.data.strip()
+        audit.record("profile.updated", subject=user, fields=["name"])
+        db.session.commit()
+        flash("Profile saved.")
+    else:
+        flash(next(e for errors in form.errors.values() for e in errors))
+    return redirect(url_for("account.home"))
+
+
+@bp.post("/account/sessions/<sid>/end")
+@login_required
+def end_session(sid: str):
+    """End one of your sessions (another browser, or this one)."""
+    live = current_session()
+    target = db.session.execute(
+        db.select(LoginSession).where(LoginSession.sid == sid, LoginSession.user_id == live.user_id)
+    ).scalar_one_or_none()
+    if ConfirmForm().validate_on_submit() and target is not None:
+        sessions.end(target, "ended_by_user", utcnow())
+        audit.record("session.ended", subject=live.user, sid=target.sid)
+        db.session.commit()
+        if target.id == live.id:
+            response = redirect(url_for("login.begin"))
+            clear_session_cookie(response)
+            return response
+        flash("The session was ended.")
+    return redirect(url_for("account.home"))
+
+
+@bp.route("/account/password", methods=["GET", "POST"])
+@login_required
+def change_password():
+    """Change the password: the current one is required, and other sessions end (SECURITY.md 20, 27)."""
+    live = current_session()
+    user = live.user
+    form = ChangePasswordForm()
+    if form.validate_on_submit():
+        keys = {"account": account_key(user.email), "ip": g.client_ip}
+        limiter_ = throttle()
+        wait = limiter_.retry_after("password", keys)
+        if wait:
+            form.current.errors = [*form.current.errors, f"Too many attempts. Try again in {wait} seconds."]
+        elif not verify_password(user.password_hash, form.current.data):
+            limiter_.failed("password", keys)
+            audit.record("password.change_failed", subject=user, reason="bad_password")
+            db.session.commit()
+            form.current.errors = [*form.current.errors, "Your current password is not right."]
+        else:
+            problems = password_problems(form.password.data, single_factor=True,
+                                         context=(user.email.split("@")[0], user.name))
+            if problems:
+                form.password.errors = [*form.password.errors, *problems]
+            else:
+                now = utcnow()
+                user.password_hash = hash_password(form.password.data)
+                user.password_changed_at = now
+                ended = sessions.end_all(user, "password_changed", now, keep=live)
+                audit.record("password.changed", subject=user, sessions_ended=ended)
+                db.session.commit()
+                enqueue("send_mail", to=user.email, template="password_changed", context={"name": user.name})
+                flash("Your password was changed. Your other sessions were signed out.")
+                return redirect(url_for("account.home"))
+    return render_template("account/password.html", form=form)

@@ -1,0 +1,218 @@
+"""The `idp` command: the Flask CLI for this app (run, db, shell) plus users, demo, audit and worker."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from flask import Flask, current_app
+from flask.cli import FlaskGroup
+
+from idp import audit
+from idp.extensions import db
+from idp.login import sessions
+from idp.models import AuditEvent, User, utcnow
+from idp.models.user import normalize_email
+from idp.security.passwords import hash_password, password_problems, verify_password
+from idp.security.tokens import new_token
+
+DEMO_EMAIL = "demo@example.com"
+
+
+def _create_app():
+    from idp import create_app
+
+    return create_app()
+
+
+@click.group(cls=FlaskGroup, create_app=_create_app)
+def main() -> None:
+    """idp: an OAuth 2.0 / OpenID Connect identity provider."""
+
+
+def _user(email: str) -> User:
+    user = db.session.execute(db.select(User).where(User.email == normalize_email(email))).scalar_one_or_none()
+    if user is None:
+        raise click.ClickException(f"no user with email {email}")
+    return user
+
+
+def _read_password(password: str | None, password_stdin: bool) -> str:
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise click.ClickException("a password is required (--password or --password-stdin)")
+    return password
+
+
+def _check_password(password: str, email: str, name: str) -> None:
+    problems = password_problems(password, single_factor=True, context=(email.split("@")[0], name))
+    if problems:
+        raise click.ClickException("weak password: " + " ".join(problems))
+
+
+users = click.Group("users", help="Manage user accounts.")
+
+
+@users.command("create")
+@click.argument("email")
+@click.option("--password", help="The password (prefer --password-stdin: arguments show in `ps`).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
+@click.option("--name", default="", help="Display name.")
+@click.option("--verified", is_flag=True, help="Mark the email address as verified.")
+@click.option("--admin", is_flag=True, help="Make the user an administrator.")
+def users_create(email, password, password_stdin, name, verified, admin):
+    """Create a user."""
+    email = normalize_email(email)
+    if "@" not in email.strip("@"):
+        raise click.ClickException(f"not an email address: {email}")
+    if db.session.execute(db.select(User.id).where(User.email == email)).first():
+        raise click.ClickException(f"a user with email {email} already exists")
+    password = _read_password(password, password_stdin)
+    _check_password(password, email, name)
+    now = utcnow()
+    user = User(email=email, name=name, password_hash=hash_password(password), password_changed_at=now,
+                email_verified_at=now if verified else None, is_admin=admin)
+    db.session.add(user)
+    db.session.flush()
+    audit.record("user.created", subject=user, via="cli", admin=admin)
+    db.session.commit()
+    click.echo(f"created {email}")
+
+
+@users.command("list")
+def users_list():
+    """List users."""
+    rows = db.session.execute(db.select(User).order_by(User.id)).scalars()
+    for user in rows:
+        flags = [f for f, on in (("verified", user.email_verified), ("admin", user.is_admin),
+                                 ("disabled", user.disabled), ("locked", user.locked)) if on]
+        click.echo(f"{user.id}\t{user.email}\t{user.name}\t{','.join(flags)}")
+
+
+@users.command("disable")
+@click.argument("email")
+def users_disable(email):
+    """Disable a user and end all their sessions."""
+    user = _user(email)
+    user.disabled = True
+    ended = sessions.end_all(user, "user_disabled", utcnow())
+    audit.record("user.disabled", subject=user, via="cli", sessions_ended=ended)
+    db.session.commit()
+    click.echo(f"disabled {user.email} ({ended} sessions ended)")
+
+
+@users.command("enable")
+@click.argument("email")
+def users_enable(email):
+    """Enable a disabled user."""
+    user = _user(email)
+    user.disabled = False
+    audit.record("user.enabled", subject=user, via="cli")
+    db.session.commit()
+    click.echo(f"enabled {user.email}")
+
+
+@users.command("unlock")
+@click.argument("email")
+def users_unlock(email):
+    """Lift the lock that repeated failed sign-ins put on an account."""
+    user = _user(email)
+    user.locked_at = None
+    user.failed_logins = 0
+    audit.record("account.unlocked", subject=user, method="cli")
+    db.session.commit()
+    click.echo(f"unlocked {user.email}")
+
+
+@users.command("set-password")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True, required=True, help="Read the new password from standard input.")
+def users_set_password(email, password_stdin):
+    """Set a user's password (read from standard input) and end their sessions."""
+    user = _user(email)
+    password = _read_password(None, password_stdin)
+    _check_password(password, user.email, user.name)
+    now = utcnow()
+    user.password_hash = hash_password(password)
+    user.password_changed_at = now
+    user.failed_logins = 0
+    ended = sessions.end_all(user, "password_reset", now)
+    audit.record("password.reset", subject=user, via="cli", sessions_ended=ended)
+    db.session.commit()
+    click.echo(f"password set for {user.email} ({ended} sessions ended)")
+
+
+@click.command("demo")
+def demo():
+    """Create the demo user (idempotent) and print how to sign in."""
+    cred = Path(current_app.instance_path) / "demo-password"
+    password = current_app.config["IDP_DEMO_PASSWORD"] or (cred.read_text().strip() if cred.exists() else "")
+    if not password:
+        password = "-".join(new_token(4) for _ in range(3))
+        cred.write_text(password)
+        cred.chmod(0o600)
+    user = db.session.execute(db.select(User).where(User.email == DEMO_EMAIL)).scalar_one_or_none()
+    if user is None:
+        now = utcnow()
+        user = User(email=DEMO_EMAIL, name="Demo User", password_hash=hash_password(password),
+                    password_changed_at=now, email_verified_at=now)
+        db.session.add(user)
+        db.session.flush()
+        audit.record("user.created", subject=user, via="demo")
+        db.session.commit()
+    changed = not verify_password(user.password_hash, password)
+    issuer = current_app.config["IDP_ISSUER"]
+    click.echo(f"Demo user:     {DEMO_EMAIL}")
+    click.echo(f"Demo password: {password}" + ("  (changed since; use yours)" if changed else ""))
+    click.echo(f"Sign in at:    {issuer}/login")
+    if current_app.config["IDP_ENV"] == "development":
+        click.echo(f"Dev outbox:    {issuer}/dev/outbox")
+
+
+@click.group("audit")
+def audit_group():
+    """Read the audit log."""
+
+
+@audit_group.command("tail")
+@click.option("--user", "email", help="Only events about this user.")
+@click.option("-n", "--lines", default=20, show_default=True, help="How many events.")
+def audit_tail(email, lines):
+    """Print the most recent audit events, oldest first."""
+    query = db.select(AuditEvent).order_by(AuditEvent.id.desc()).limit(lines)
+    if email:
+        query = query.where(AuditEvent.subject_id == _user(email).id)
+    for row in reversed(list(db.session.execute(query).scalars())):
+        details = " ".join(f"{k}={v}" for k, v in sorted(row.details.items()))
+        click.echo(f"{row.at.isoformat(timespec='seconds')}\t{row.event}\t{row.subject_email or '-'}\t"
+                   f"{row.ip or '-'}\t{row.client_id or '-'}\t{details}")
+
+
+@click.command("worker")
+@click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
+def worker(burst):
+    """Run an RQ worker for mail and SMS jobs, inside the app context."""
+    from rq import Worker
+
+    from idp.jobs import queue
+
+    q = queue()
+    if q is None:
+        raise click.ClickException("IDP_REDIS_URL is not set: jobs run inline, no worker is needed")
+    Worker([q], connection=q.connection).work(burst=burst, with_scheduler=True)
+
+
+@click.command("config-doc")
+def config_doc():
+    """Print every setting with its default (the text of .env.example)."""
+    from idp.config import env_example
+
+    click.echo(env_example(), nl=False)
+
+
+def register(app: Flask) -> None:
+    """Attach the commands to the app's CLI."""
+    for command in (users, demo, audit_group, worker, config_doc):
+        app.cli.add_command(command)

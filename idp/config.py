@@ -1,0 +1,190 @@
+"""Every setting of idp, with its default and one line of documentation.
+
+Settings are read from ``IDP_*`` environment variables (and a ``.env`` file in the working directory, if
+present) when ``create_app`` runs, never at import time. ``.env.example`` and the README table are generated
+from ``SETTINGS`` (``idp config doc``), so this module is the single source of truth.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or unsafe; the message names it in one line."""
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _list(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One ``IDP_*`` setting: its default (a value or a function of the environment name) and its doc."""
+
+    name: str
+    default: Any
+    doc: str
+    parse: Callable[[str], Any] = str
+
+    def default_for(self, env: str) -> Any:
+        return self.default(env) if callable(self.default) else self.default
+
+
+def _by_env(development: Any, testing: Any, production: Any) -> Callable[[str], Any]:
+    return lambda env: {"development": development, "testing": testing, "production": production}[env]
+
+
+SETTINGS: list[Setting] = [
+    Setting("IDP_ENV", "development", "development | testing | production; production refuses unsafe settings."),
+    Setting("IDP_ISSUER", "http://127.0.0.1:5000", "Public base URL of this server; must be https in production."),
+    Setting("IDP_SECRET_KEY", "", "Signs cookies and links, encrypts keys at rest; at least 32 bytes in production "
+            "(development generates one in the instance folder)."),
+    Setting("IDP_DATABASE_URL", "", "SQLAlchemy URL; PostgreSQL in production (default: SQLite in the instance "
+            "folder)."),
+    Setting("IDP_REDIS_URL", "", "Redis for jobs (RQ) and rate limits; required in production, empty = inline jobs "
+            "and in-memory limits."),
+    Setting("IDP_QUEUE_NAME", "idp", "Name of the RQ queue that mail and SMS jobs go to."),
+    Setting("IDP_MAIL_BACKEND", _by_env("outbox", "outbox", "smtp"), "smtp | outbox | console: where mail goes."),
+    Setting("IDP_SMTP_HOST", "localhost", "SMTP server host."),
+    Setting("IDP_SMTP_PORT", 25, "SMTP server port.", int),
+    Setting("IDP_SMTP_USER", "", "SMTP user name (empty = no login)."),
+    Setting("IDP_SMTP_PASSWORD", "", "SMTP password."),
+    Setting("IDP_SMTP_STARTTLS", False, "Upgrade the SMTP connection with STARTTLS.", _bool),
+    Setting("IDP_SMTP_TIMEOUT", 10, "Seconds before an SMTP connection attempt gives up.", int),
+    Setting("IDP_MAIL_FROM", "idp <no-reply@localhost>", "From address of every mail."),
+    Setting("IDP_OUTBOX_DIR", "", "Folder of the dev outbox, one JSON file per message (default: instance/outbox)."),
+    Setting("IDP_TRUSTED_PROXIES", [], "Comma-separated IPs/CIDRs whose X-Forwarded-For is believed.", _list),
+    Setting("IDP_SESSION_IDLE_TIMEOUT", 1800, "Seconds of inactivity after which a sign-in session ends.", int),
+    Setting("IDP_SESSION_MAX_AGE", 43200, "Seconds after sign-in at which a session ends regardless of use.", int),
+    Setting("IDP_LOGIN_TRANSACTION_TTL", 1800, "Seconds a started sign-in may take before it must start over.", int),
+    Setting("IDP_EMAIL_CODE_TTL", 600, "Seconds an emailed 6-digit code stays valid (at most 600).", int),
+    Setting("IDP_CODE_MAX_ATTEMPTS", 5, "Wrong answers a one-time code tolerates before it is void.", int),
+    Setting("IDP_VERIFY_LINK_TTL", 86400, "Seconds an email verification link stays valid.", int),
+    Setting("IDP_RESET_LINK_TTL", 3600, "Seconds a password reset or unlock link stays valid.", int),
+    Setting("IDP_RESEND_COOLDOWN", 60, "Seconds between two sends of a code or link to the same user.", int),
+    Setting("IDP_LOCKOUT_THRESHOLD", 50, "Consecutive failed sign-ins that lock an account (at most 100).", int),
+    Setting("IDP_THROTTLE_ACCOUNT", "5/minute;15/hour;40/day",
+            "Failed attempts allowed per account (growing delays as each tier fills)."),
+    Setting("IDP_THROTTLE_IP", "20/minute;100/hour;500/day", "Failed attempts allowed per client IP."),
+    Setting("IDP_RATELIMIT_FORMS", "10/minute;100/hour", "Sign-up, reset and resend requests allowed per client IP."),
+    Setting("IDP_JOB_RETRY_INTERVALS", [10, 60, 300, 1800],
+            "Seconds between retries of a failed mail or SMS job (RQ).", lambda v: [int(x) for x in _list(v)]),
+    Setting("IDP_DEMO_PASSWORD", "", "Password given to the demo user by `idp demo` (default: a random one)."),
+]
+
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+def _load_dotenv() -> None:
+    try:
+        from dotenv import load_dotenv
+    except ImportError:  # pragma: no cover - python-dotenv is pinned in requirements.txt
+        return
+    load_dotenv(Path.cwd() / ".env", override=False)
+
+
+def load(environ: dict[str, str] | None = None, overrides: dict[str, Any] | None = None,
+         instance_path: str = "instance") -> dict[str, Any]:
+    """Resolve every setting from the environment and overrides; fill development defaults; check production."""
+    if environ is None:
+        _load_dotenv()
+        environ = dict(os.environ)
+    overrides = dict(overrides or {})
+    env = str(overrides.get("IDP_ENV") or environ.get("IDP_ENV") or "development")
+    if env not in {"development", "testing", "production"}:
+        raise ConfigError(f"IDP_ENV must be development, testing or production, not {env!r}")
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.name in overrides:
+            values[setting.name] = overrides.pop(setting.name)
+        elif setting.name in environ:
+            try:
+                values[setting.name] = setting.parse(environ[setting.name])
+            except ValueError as exc:
+                raise ConfigError(f"{setting.name}: {exc}") from None
+        else:
+            values[setting.name] = setting.default_for(env)
+    values["IDP_ENV"] = env
+    values.update(overrides)  # anything else (Flask or extension keys) passes through from tests
+    if env == "production":
+        check_production(values)
+    _fill_embedded_defaults(values, instance_path)
+    return values
+
+
+def check_production(values: dict[str, Any]) -> None:
+    """Refuse to run in production without real secrets, PostgreSQL, Redis and an https issuer."""
+    secret = str(values.get("IDP_SECRET_KEY") or "")
+    if len(secret.encode()) < 32:
+        raise ConfigError("IDP_SECRET_KEY must be set to at least 32 bytes in production")
+    if not str(values.get("IDP_ISSUER", "")).startswith("https://"):
+        raise ConfigError("IDP_ISSUER must be an https:// URL in production")
+    if not str(values.get("IDP_DATABASE_URL", "")).startswith(("postgresql://", "postgresql+psycopg2://",
+                                                                 "postgres://")):
+        raise ConfigError("IDP_DATABASE_URL must be a PostgreSQL URL in production")
+    if not values.get("IDP_REDIS_URL"):
+        raise ConfigError("IDP_REDIS_URL must be set in production (jobs and rate limits)")
+    if values.get("IDP_MAIL_BACKEND") not in {"smtp", "console"}:
+        raise ConfigError("IDP_MAIL_BACKEND must be smtp or console in production")
+
+
+def _fill_embedded_defaults(values: dict[str, Any], instance_path: str) -> None:
+    if not values["IDP_DATABASE_URL"]:
+        values["IDP_DATABASE_URL"] = "sqlite:///" + os.path.join(instance_path, "idp.sqlite3")
+    # SQLAlchemy 2.1 picks psycopg 3 for a bare postgresql:// URL; our driver is psycopg2 (the decided stack).
+    for bare in ("postgres://", "postgresql://"):
+        if values["IDP_DATABASE_URL"].startswith(bare):
+            values["IDP_DATABASE_URL"] = "postgresql+psycopg2://" + values["IDP_DATABASE_URL"][len(bare):]
+    if not values["IDP_OUTBOX_DIR"]:
+        values["IDP_OUTBOX_DIR"] = os.path.join(instance_path, "outbox")
+    if not values["IDP_SECRET_KEY"]:
+        values["IDP_SECRET_KEY"] = _instance_secret(instance_path)
+    values["IDP_ISSUER"] = str(values["IDP_ISSUER"]).rstrip("/")
+
+
+def _instance_secret(instance_path: str) -> str:
+    """A random development secret kept in the instance folder, so restarts keep sessions (never a fixed value)."""
+    path = Path(instance_path) / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret)
+    return secret
+
+
+def setting(name: str) -> Setting:
+    """The declared setting called ``name``."""
+    return _BY_NAME[name]
+
+
+def env_example() -> str:
+    """The text of ``.env.example``: every setting, its doc and its development default."""
+    lines = ["# Every idp setting with its development default. Copy to .env and edit.", ""]
+    for s in SETTINGS:
+        default = s.default_for("development")
+        if isinstance(default, list):
+            default = ",".join(str(x) for x in default)
+        elif isinstance(default, bool):
+            default = "true" if default else "false"
+        lines.append(f"# {s.doc}")
+        lines.append(f"{s.name}={default}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,66 @@
+"""Request-facing glue: the client's address, the security headers, and the sign-in session cookie."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import Flask, current_app, g, has_request_context, request, url_for
+from werkzeug.wrappers import Response
+
+from idp.security.network import client_ip
+
+# SECURITY.md 16; no inline script or style anywhere, so 'self' is all the page needs.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
+       "connect-src 'self'; form-action 'self' http: https:; frame-ancestors 'none'; base-uri 'none'")
+
+
+def session_cookie_name(app: Flask | None = None) -> str:
+    """``__Host-`` prefixed in production, where the cookie is Secure and host-only (ASVS V3.3.1)."""
+    app = app or current_app
+    return "__Host-idp_session" if app.config["IDP_ENV"] == "production" else "idp_session"
+
+
+def resolve_client(app: Flask) -> None:
+    """Before each request: believe X-Forwarded-For only from IDP_TRUSTED_PROXIES, everywhere at once."""
+    remote = request.environ.get("REMOTE_ADDR", "")
+    resolved = client_ip(remote, request.headers.get("X-Forwarded-For"), app.config["IDP_TRUSTED_PROXIES"])
+    request.environ["REMOTE_ADDR"] = resolved  # flask-limiter and the audit log read the same address
+    g.client_ip = resolved
+    g.user_agent = request.headers.get("User-Agent", "")[:512]
+
+
+def security_headers(response: Response) -> Response:
+    """After each request: the headers every hosted page carries (SECURITY.md 16)."""
+    headers = response.headers
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Content-Security-Policy", CSP)
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    if current_app.config["IDP_ENV"] == "production":
+        headers.setdefault("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
+    if response.mimetype == "text/html":
+        headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def set_session_cookie(response: Response, token: str, max_age: int) -> None:
+    """Send the sign-in session cookie: HttpOnly, SameSite=Lax, Secure outside development and testing."""
+    response.set_cookie(session_cookie_name(), token, max_age=max_age, path="/", httponly=True, samesite="Lax",
+                        secure=current_app.config["IDP_ENV"] == "production")
+
+
+def clear_session_cookie(response: Response) -> None:
+    """Remove the sign-in session cookie from the browser."""
+    response.delete_cookie(session_cookie_name(), path="/", httponly=True, samesite="Lax",
+                           secure=current_app.config["IDP_ENV"] == "production")
+
+
+def external_url(endpoint: str, **values) -> str:
+    """An absolute URL on IDP_ISSUER's origin (never the request's Host header, which a client controls)."""
+    issuer = urlsplit(current_app.config["IDP_ISSUER"])
+    if has_request_context():
+        path = url_for(endpoint, **values)
+    else:  # jobs run with an app context only
+        with current_app.test_request_context(base_url=current_app.config["IDP_ISSUER"]):
+            path = url_for(endpoint, **values)
+    return f"{issuer.scheme}://{issuer.netloc}{path}"

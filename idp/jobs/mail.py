@@ -1,0 +1,97 @@
+"""Mail: rendered from templates/email/, delivered by SMTP, the dev outbox, or the console."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import smtplib
+import ssl
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import make_msgid
+from pathlib import Path
+from typing import Any
+
+from flask import current_app, render_template
+
+from idp.jobs import job
+
+log = logging.getLogger("idp.mail")
+
+SUBJECTS = {
+    "verify_email": "Verify your email address",
+    "account_exists": "You already have an account",
+    "password_reset": "Reset your password",
+    "password_changed": "Your password was changed",
+    "account_locked": "Your account was locked",
+}
+
+
+@job
+def send_mail(to: str, template: str, context: dict[str, Any]) -> None:
+    """Render ``template`` (text and HTML) and deliver it to ``to`` through the configured backend."""
+    context = {**context, "issuer": current_app.config["IDP_ISSUER"]}
+    message = {
+        "to": to,
+        "from": current_app.config["IDP_MAIL_FROM"],
+        "subject": SUBJECTS[template],
+        "text": render_template(f"email/{template}.txt", **context),
+        "html": render_template(f"email/{template}.html", **context),
+    }
+    deliver(message)
+
+
+def deliver(message: dict[str, str]) -> None:
+    """Hand one rendered message to the backend named by IDP_MAIL_BACKEND."""
+    backend = current_app.config["IDP_MAIL_BACKEND"]
+    if backend == "smtp":
+        _smtp(message)
+    elif backend == "outbox":
+        write_outbox(current_app.config["IDP_OUTBOX_DIR"], message)
+    elif backend == "console":
+        print(f"--- mail to {message['to']}: {message['subject']}\n{message['text']}\n---", flush=True)
+    else:
+        raise ValueError(f"unknown IDP_MAIL_BACKEND {backend!r}")
+
+
+def _smtp(message: dict[str, str]) -> None:
+    cfg = current_app.config
+    msg = EmailMessage()
+    msg["From"] = message["from"]
+    msg["To"] = message["to"]
+    msg["Subject"] = message["subject"]
+    msg["Message-ID"] = make_msgid(domain="idp")
+    msg.set_content(message["text"])
+    msg.add_alternative(message["html"], subtype="html")
+    with smtplib.SMTP(cfg["IDP_SMTP_HOST"], cfg["IDP_SMTP_PORT"], timeout=cfg["IDP_SMTP_TIMEOUT"]) as smtp:
+        if cfg["IDP_SMTP_STARTTLS"]:
+            smtp.starttls(context=ssl.create_default_context())
+        if cfg["IDP_SMTP_USER"]:
+            smtp.login(cfg["IDP_SMTP_USER"], cfg["IDP_SMTP_PASSWORD"])
+        smtp.send_message(msg)
+
+
+def write_outbox(folder: str, message: dict[str, str]) -> Path:
+    """Write one message as a JSON file (to, subject, text, html, sent_at) into the dev outbox."""
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+    record = {**message, "sent_at": now.isoformat()}
+    name = f"{now.strftime('%Y%m%dT%H%M%S%f')}-{os.urandom(4).hex()}.json"
+    target = path / name
+    target.write_text(json.dumps(record, indent=2))
+    return target
+
+
+def read_outbox(folder: str) -> list[dict[str, Any]]:
+    """Every message in the dev outbox, newest first, each with its file ``id``."""
+    path = Path(folder)
+    if not path.is_dir():
+        return []
+    messages = []
+    for file in sorted(path.glob("*.json"), reverse=True):
+        record = json.loads(file.read_text())
+        record["id"] = file.stem
+        messages.append(record)
+    return messages

@@ -1,0 +1,78 @@
+"""What the browser carries into the login engine: its binding, its sign-in session, and a step context."""
+
+from __future__ import annotations
+
+from functools import wraps
+from urllib.parse import urlsplit
+
+from flask import current_app, g, redirect, request, session, url_for
+
+from idp.extensions import limiter
+from idp.http import external_url, session_cookie_name
+from idp.login import sessions
+from idp.login.steps import StepContext
+from idp.login.throttle import Throttle
+from idp.models import LoginSession, LoginTransaction, User, utcnow
+from idp.security.tokens import new_token
+
+
+def binding() -> str:
+    """A random value in the (signed) Flask session that ties login transactions to this browser."""
+    value = session.get("bind")
+    if not value:
+        value = session["bind"] = new_token(16)
+    return value
+
+
+def rotate_binding() -> None:
+    """A fresh binding after sign-in, so nothing begun before it can be carried on by someone else."""
+    session["bind"] = new_token(16)
+
+
+def current_session() -> LoginSession | None:
+    """The live sign-in session of this request, loaded once per request."""
+    if "login_session" not in g:
+        cfg = current_app.config
+        g.login_session = sessions.load(request.cookies.get(session_cookie_name()), now=utcnow(),
+                                        idle_timeout=cfg["IDP_SESSION_IDLE_TIMEOUT"],
+                                        max_age=cfg["IDP_SESSION_MAX_AGE"])
+    return g.login_session
+
+
+def current_user() -> User | None:
+    """The signed-in user, if any."""
+    live = current_session()
+    return live.user if live is not None else None
+
+
+def login_required(view):
+    """Send a visitor without a session to sign in, coming back here afterwards."""
+    @wraps(view)
+    def wrapped(*args, **kwargs):
+        if current_session() is None:
+            return redirect(url_for("login.begin", next=request.full_path.rstrip("?")))
+        return view(*args, **kwargs)
+    return wrapped
+
+
+def safe_next(target: str | None) -> str | None:
+    """Only a same-site path may be a return address (no open redirect): '/x', never '//x' or 'http://x'."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return None
+    return target
+
+
+def throttle() -> Throttle:
+    """The failed-attempt throttle over flask-limiter's storage (Redis when configured)."""
+    cfg = current_app.config
+    return Throttle(limiter.limiter, {"account": cfg["IDP_THROTTLE_ACCOUNT"], "ip": cfg["IDP_THROTTLE_IP"]},
+                    prefix=cfg.get("RATELIMIT_KEY_PREFIX", "idp"))
+
+
+def step_context(txn: LoginTransaction) -> StepContext:
+    """Everything a step may use, gathered from this request."""
+    return StepContext(txn=txn, now=utcnow(), ip=g.client_ip, user_agent=g.user_agent, config=current_app.config,
+                       throttle=throttle(), url=external_url)

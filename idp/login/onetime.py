@@ -1,0 +1,99 @@
+"""Emailed one-time links and codes: issued, stored hashed, expiring, single use, bound to what they are for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from idp.extensions import db
+from idp.models import OneTimeToken, User
+from idp.security.tokens import code_hash, new_code, new_token, same, token_hash
+
+
+@dataclass
+class Issued:
+    """A freshly issued token row with the secrets that go into the mail (and nowhere else)."""
+
+    row: OneTimeToken
+    token: str | None
+    code: str | None
+
+
+def issue(purpose: str, user: User, *, now: datetime, ttl: int, secret_key: str, link: bool = True,
+          code: bool = False, transaction_id: str | None = None) -> Issued:
+    """Void the user's earlier unused tokens for ``purpose`` and issue a new link token and/or code."""
+    for old in _unused(purpose, user.id):
+        old.used_at = now
+    raw_token = new_token(32) if link else None
+    raw_code = new_code(6) if code else None
+    row = OneTimeToken(
+        purpose=purpose, user=user, email=user.email, created_at=now, expires_at=now + timedelta(seconds=ttl),
+        token_hash=token_hash(raw_token) if raw_token else None, transaction_id=transaction_id,
+        code_hash=code_hash(secret_key, raw_code, f"{purpose}:{transaction_id}") if raw_code else None,
+    )
+    db.session.add(row)
+    return Issued(row, raw_token, raw_code)
+
+
+def _unused(purpose: str, user_id: int) -> list[OneTimeToken]:
+    return list(db.session.execute(
+        db.select(OneTimeToken).where(OneTimeToken.purpose == purpose, OneTimeToken.user_id == user_id,
+                                      OneTimeToken.used_at.is_(None))
+    ).scalars())
+
+
+def latest(purpose: str, user_id: int) -> OneTimeToken | None:
+    """The most recently issued token of ``purpose`` for the user, used or not (for resend cooldowns)."""
+    return db.session.execute(
+        db.select(OneTimeToken).where(OneTimeToken.purpose == purpose, OneTimeToken.user_id == user_id)
+        .order_by(OneTimeToken.created_at.desc(), OneTimeToken.id.desc()).limit(1)
+    ).scalar_one_or_none()
+
+
+def sign(token: str, purpose: str, secret_key: str) -> str:
+    """The token as it appears in a link: signed and timestamped, so tampered links fail before any lookup."""
+    return URLSafeTimedSerializer(secret_key, salt=f"idp.{purpose}").dumps(token)
+
+
+def find_by_link(purpose: str, signed: str, *, now: datetime, secret_key: str, ttl: int) -> OneTimeToken | None:
+    """The live token behind a signed link, or None if tampered, expired, used or superseded."""
+    try:
+        token = URLSafeTimedSerializer(secret_key, salt=f"idp.{purpose}").loads(signed, max_age=ttl)
+    except BadSignature:
+        return None
+    if not isinstance(token, str):
+        return None
+    row = db.session.execute(
+        db.select(OneTimeToken).where(OneTimeToken.token_hash == token_hash(token), OneTimeToken.purpose == purpose)
+    ).scalar_one_or_none()
+    if row is None or row.used_at is not None or row.expires_at <= now or row.email != row.user.email:
+        return None
+    return row
+
+
+class CodeRejected(Exception):
+    """A typed code was not accepted; the message is what the user sees."""
+
+
+def check_code(purpose: str, transaction_id: str, code: str, *, now: datetime, secret_key: str,
+               max_attempts: int) -> OneTimeToken:
+    """The token whose code was typed for this transaction; counts the attempt; raises CodeRejected otherwise."""
+    row = db.session.execute(
+        db.select(OneTimeToken).where(OneTimeToken.purpose == purpose, OneTimeToken.transaction_id == transaction_id,
+                                      OneTimeToken.used_at.is_(None), OneTimeToken.code_hash.is_not(None))
+        .order_by(OneTimeToken.created_at.desc()).limit(1)
+    ).scalar_one_or_none()
+    if row is None or row.expires_at <= now:
+        raise CodeRejected("This code has expired. Send a new one.")
+    if row.attempts >= max_attempts:
+        raise CodeRejected("Too many wrong codes. Send a new one.")
+    row.attempts += 1
+    if not same(row.code_hash, code_hash(secret_key, (code or "").strip(), f"{purpose}:{transaction_id}")):
+        if row.attempts >= max_attempts:
+            row.used_at = now
+            raise CodeRejected("Too many wrong codes. Send a new one.")
+        raise CodeRejected("That code is not right. Check the latest email and try again.")
+    row.used_at = now
+    return row

@@ -1,0 +1,107 @@
+"""Verify the email address inside the sign-in flow: a 6-digit code typed here, or the link from the same mail."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from idp import audit
+from idp.jobs import enqueue
+from idp.login import onetime
+from idp.login.forms import CodeForm
+from idp.login.steps import Outcome, Step, StepContext, register
+from idp.login.transaction import update
+
+PURPOSE = "verify_email"
+CODE_PURPOSE = "verify_email_code"  # a short code lives at most 10 minutes, the link a day
+
+
+@register
+class EmailVerificationStep(Step):
+    """Inserted when the user's address is unverified; the flow resumes once it is."""
+
+    name = "email_verification"
+    template = "login/verify_email.html"
+    form_class = CodeForm
+    title = "Verify your email"
+    order = 20
+
+    def applies(self, ctx: StepContext) -> bool:
+        if self.name in ctx.state["done"]:
+            return False
+        # A sign-up for an address that already has an account walks the same screen (no enumeration),
+        # but its "code" can never match: the real owner got an "account exists" mail instead.
+        if ctx.state["context"].get("existing_account"):
+            return True
+        return ctx.user is not None and not ctx.user.email_verified
+
+    def begin(self, ctx: StepContext) -> dict[str, Any]:
+        email = ctx.state["context"].get("existing_account") or ctx.user.email
+        if not ctx.state["context"].get("code_sent_at"):
+            self._send(ctx)
+        return {"email": email}
+
+    def verify(self, ctx: StepContext, data: Mapping[str, Any]) -> Outcome:
+        if ctx.state["context"].get("existing_account"):
+            return self._decoy_attempt(ctx)
+        try:
+            row = onetime.check_code(CODE_PURPOSE, ctx.txn.id, data.get("code", ""), now=ctx.now,
+                                     secret_key=ctx.config["IDP_SECRET_KEY"],
+                                     max_attempts=ctx.config["IDP_CODE_MAX_ATTEMPTS"])
+        except onetime.CodeRejected as rejected:
+            audit.record("email.verification_failed", subject=ctx.user, ip=ctx.ip, user_agent=ctx.user_agent)
+            return Outcome(False, str(rejected))
+        mark_verified(row, ctx.now, ip=ctx.ip, user_agent=ctx.user_agent, method="code")
+        return Outcome(True)
+
+    def resend(self, ctx: StepContext) -> str | None:
+        sent_at = ctx.state["context"].get("code_sent_at")
+        cooldown = ctx.config["IDP_RESEND_COOLDOWN"]
+        if sent_at is not None and ctx.now.timestamp() - sent_at < cooldown:
+            wait = int(cooldown - (ctx.now.timestamp() - sent_at)) + 1
+            return f"Please wait {wait} seconds before asking for another code."
+        self._send(ctx)
+        return "We sent a new code."
+
+    def _send(self, ctx: StepContext) -> None:
+        context = ctx.state["context"]
+        update(ctx.txn, context={**context, "code_sent_at": ctx.now.timestamp(), "decoy_attempts": 0})
+        if context.get("existing_account"):
+            enqueue("send_mail", to=context["existing_account"], template="account_exists",
+                    context={"signin": ctx.url("login.begin"), "reset": ctx.url("account.forgot")})
+            return
+        send_verification(ctx.user, now=ctx.now, config=ctx.config, url=ctx.url, transaction_id=ctx.txn.id)
+
+    def _decoy_attempt(self, ctx: StepContext) -> Outcome:
+        context = ctx.state["context"]
+        attempts = int(context.get("decoy_attempts", 0)) + 1
+        update(ctx.txn, context={**context, "decoy_attempts": attempts})
+        sent_at = context.get("code_sent_at") or 0
+        if ctx.now.timestamp() - sent_at > ctx.config["IDP_EMAIL_CODE_TTL"]:
+            return Outcome(False, "This code has expired. Send a new one.")
+        if attempts >= ctx.config["IDP_CODE_MAX_ATTEMPTS"]:
+            return Outcome(False, "Too many wrong codes. Send a new one.")
+        return Outcome(False, "That code is not right. Check the latest email and try again.")
+
+
+def send_verification(user, *, now, config, url, transaction_id=None) -> None:
+    """Mail a verification link (long-lived) and, inside a sign-in, a 6-digit code bound to that transaction."""
+    secret = config["IDP_SECRET_KEY"]
+    issued = onetime.issue(PURPOSE, user, now=now, ttl=config["IDP_VERIFY_LINK_TTL"], secret_key=secret)
+    code = None
+    code_minutes = min(config["IDP_EMAIL_CODE_TTL"], 600) // 60
+    if transaction_id is not None:
+        code = onetime.issue(CODE_PURPOSE, user, now=now, ttl=min(config["IDP_EMAIL_CODE_TTL"], 600),
+                             secret_key=secret, link=False, code=True, transaction_id=transaction_id).code
+    link = url("account.verify_email", token=onetime.sign(issued.token, PURPOSE, secret))
+    enqueue("send_mail", to=user.email, template="verify_email",
+            context={"name": user.name, "link": link, "code": code, "code_minutes": code_minutes})
+
+
+def mark_verified(row, now, *, ip: str, user_agent: str, method: str) -> None:
+    """Mark the address the token was sent to as verified and audit it."""
+    user = row.user
+    row.used_at = now
+    if user.email == row.email and user.email_verified_at is None:
+        user.email_verified_at = now
+        audit.record("email.verified", subject=user, method=method, ip=ip, user_agent=user_agent)

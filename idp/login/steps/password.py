@@ -1,0 +1,94 @@
+"""Identify the user and check the password (SECURITY.md 19-21)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from idp import audit
+from idp.extensions import db
+from idp.jobs import enqueue
+from idp.login import onetime
+from idp.login.forms import SignInForm
+from idp.login.steps import FRESH_LOGIN_REASONS, Outcome, Step, StepContext, register
+from idp.login.throttle import account_key
+from idp.models import User
+from idp.models.user import normalize_email
+from idp.security.passwords import hash_password, needs_rehash, verify_password
+
+# One message for unknown account, wrong password, locked and disabled account (ASVS V6.3.8, SECURITY.md 19/21).
+GENERIC_FAILURE = "Incorrect email or password."
+
+
+@register
+class PasswordStep(Step):
+    """Email + password; the step that tells the transaction who the user is."""
+
+    name = "password"
+    template = "login/password.html"
+    form_class = SignInForm
+    title = "Sign in"
+    order = 10
+
+    def applies(self, ctx: StepContext) -> bool:
+        if self.name in ctx.state["done"]:
+            return False
+        return ctx.user is None or bool(ctx.reasons & FRESH_LOGIN_REASONS)
+
+    def begin(self, ctx: StepContext) -> dict[str, Any]:
+        hint = ctx.state["context"].get("login_hint") or (ctx.user.email if ctx.user else "")
+        return {"email": hint}
+
+    def verify(self, ctx: StepContext, data: Mapping[str, Any]) -> Outcome:
+        email = normalize_email(data.get("email", ""))
+        keys = {"account": account_key(email), "ip": ctx.ip}
+        wait = ctx.throttle.retry_after("password", keys)
+        if wait:
+            audit.record("login.failure", reason="throttled", email=email, ip=ctx.ip, user_agent=ctx.user_agent)
+            return Outcome(False, f"Too many attempts. Try again in {_human(wait)}.")
+        user = db.session.execute(db.select(User).where(User.email == email)).scalar_one_or_none()
+        # The hash is checked even for unknown users (against a dummy hash) so timing does not tell them apart.
+        matches = verify_password(user.password_hash if user else None, data.get("password", ""))
+        reason = None
+        if user is None:
+            reason = "unknown_user"
+        elif not matches:
+            reason = "bad_password"
+        elif user.disabled:
+            reason = "disabled"
+        elif user.locked:
+            reason = "locked"
+        if reason is None:
+            user.failed_logins = 0
+            if needs_rehash(user.password_hash):
+                user.password_hash = hash_password(data["password"])
+            ctx.throttle.succeeded("password", keys)
+            ctx.txn.user = user
+            return Outcome(True, amr=("pwd",))
+        ctx.throttle.failed("password", keys)
+        if user is not None and reason == "bad_password":
+            self._count_failure(ctx, user)
+        audit.record("login.failure", subject=user, reason=reason, email=None if user else email,
+                     ip=ctx.ip, user_agent=ctx.user_agent)
+        return Outcome(False, GENERIC_FAILURE)
+
+    def _count_failure(self, ctx: StepContext, user: User) -> None:
+        """Consecutive failures lock the account at the threshold; an emailed link or an admin unlocks it."""
+        user.failed_logins += 1
+        threshold = min(int(ctx.config["IDP_LOCKOUT_THRESHOLD"]), 100)
+        if user.failed_logins >= threshold and not user.locked:
+            user.locked_at = ctx.now
+            audit.record("account.locked", subject=user, failures=user.failed_logins, ip=ctx.ip,
+                         user_agent=ctx.user_agent)
+            issued = onetime.issue("unlock", user, now=ctx.now, ttl=ctx.config["IDP_RESET_LINK_TTL"],
+                                   secret_key=ctx.config["IDP_SECRET_KEY"])
+            link = ctx.url("account.unlock", token=onetime.sign(issued.token, "unlock", ctx.config["IDP_SECRET_KEY"]))
+            enqueue("send_mail", to=user.email, template="account_locked", context={"name": user.name, "link": link})
+
+
+def _human(seconds: int) -> str:
+    if seconds < 90:
+        return f"{seconds} seconds"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} minutes"
+    return f"{round(seconds / 3600)} hours"

@@ -1,0 +1,51 @@
+"""Per-account and per-IP limits on failed attempts, with growing delays (SECURITY.md 21).
+
+Each kind of attempt (password, later OTP and recovery codes) has tiers such as "5/minute;15/hour;40/day":
+as each tier fills, the wait grows from a minute to an hour to a day. Counters live in flask-limiter's
+storage (Redis when configured), keyed by a hash of the account name so unknown accounts behave the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from limits import parse_many
+from limits.strategies import RateLimiter
+
+
+def account_key(identifier: str) -> str:
+    """The counter key of an account name, whether or not such an account exists (no enumeration)."""
+    return hashlib.sha256(identifier.strip().lower().encode()).hexdigest()[:32]
+
+
+class Throttle:
+    """Failed-attempt counters over a ``limits`` strategy."""
+
+    def __init__(self, strategy: RateLimiter, tiers: dict[str, str], prefix: str = "idp"):
+        self.strategy = strategy
+        self.prefix = prefix
+        self.tiers = {scope: parse_many(spec) for scope, spec in tiers.items()}
+
+    def retry_after(self, kind: str, keys: dict[str, str], now: float | None = None) -> int:
+        """Seconds to wait before another attempt is allowed (0 = allowed now)."""
+        now = time.time() if now is None else now
+        wait = 0.0
+        for scope, ident in keys.items():
+            for item in self.tiers.get(scope, ()):
+                if not self.strategy.test(item, self.prefix, kind, scope, ident):
+                    stats = self.strategy.get_window_stats(item, self.prefix, kind, scope, ident)
+                    wait = max(wait, stats.reset_time - now)
+        return max(int(wait + 0.999), 1) if wait > 0 else 0
+
+    def failed(self, kind: str, keys: dict[str, str]) -> None:
+        """Count one failed attempt against every key."""
+        for scope, ident in keys.items():
+            for item in self.tiers.get(scope, ()):
+                self.strategy.hit(item, self.prefix, kind, scope, ident)
+
+    def succeeded(self, kind: str, keys: dict[str, str]) -> None:
+        """A success clears the account's delays (IP counters keep counting other accounts' failures)."""
+        for item in self.tiers.get("account", ()):
+            if "account" in keys:
+                self.strategy.clear(item, self.prefix, kind, "account", keys["account"])

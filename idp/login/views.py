@@ -1,0 +1,130 @@
+"""The hosted sign-in screens: start a transaction, run its steps one screen at a time, complete it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response
+
+from idp import audit
+from idp.extensions import db, limiter
+from idp.http import set_session_cookie
+from idp.login import planner, sessions, transaction
+from idp.login.browser import binding, current_session, rotate_binding, safe_next, step_context
+from idp.login.steps import StepContext
+from idp.models import LoginTransaction, User, utcnow
+
+bp = Blueprint("login", __name__, url_prefix="/login")
+
+
+def begin_transaction(*, reasons: Iterable[str], return_to: str, user: User | None = None,
+                      context: dict[str, Any] | None = None, done: Iterable[str] = (),
+                      amr: Iterable[str] = ()) -> Response:
+    """Store a login transaction for this browser and send it to the first screen (also used by /authorize)."""
+    txn = transaction.start(binding=binding(), reasons=reasons, return_to=return_to, now=utcnow(),
+                            ttl=current_app.config["IDP_LOGIN_TRANSACTION_TTL"], user=user, context=context,
+                            done=done, amr=amr)
+    db.session.commit()
+    return redirect(url_for("login.step", tid=txn.id))
+
+
+def _forms_limit() -> str:
+    return current_app.config["IDP_RATELIMIT_FORMS"]
+
+
+@bp.get("")
+def begin():
+    """Start signing in (or go straight back if this browser is already signed in)."""
+    return_to = safe_next(request.args.get("next")) or url_for("account.home")
+    if current_session() is not None:
+        return redirect(return_to)
+    context = {"login_hint": request.args.get("login_hint", "")[:320]}
+    return begin_transaction(reasons=["no_session"], return_to=return_to, context=context)
+
+
+def _load(tid: str) -> LoginTransaction | None:
+    return transaction.load(tid, binding=binding(), now=utcnow())
+
+
+def _expired() -> tuple[str, int]:
+    return render_template("error.html", title="This sign-in has expired",
+                           message="It took too long, was already completed, or was started in another browser.",
+                           action=(url_for("login.begin"), "Start again")), 400
+
+
+@bp.route("/<tid>", methods=["GET", "POST"])
+def step(tid: str):
+    """Show the current step of transaction ``tid``, or check the answer posted to it."""
+    txn = _load(tid)
+    if txn is None:
+        return _expired()
+    ctx = step_context(txn)
+    current = planner.next_step(ctx)
+    if current is None:
+        return _complete(ctx)
+    form = current.form_class()
+    error = None
+    if request.method == "POST":
+        if request.form.get("step") != current.name:
+            return redirect(url_for("login.step", tid=tid))  # a stale form from an earlier screen
+        if form.validate_on_submit():
+            outcome = current.verify(ctx, form.data)
+            if outcome.ok:
+                transaction.mark_done(txn, current.name, outcome.amr)
+                db.session.commit()
+                return redirect(url_for("login.step", tid=tid))
+            error = outcome.error
+            db.session.commit()  # attempt counters and audit rows stay even though the answer failed
+        else:
+            error = next(iter(e for errors in form.errors.values() for e in errors), "Check the form.")
+    variables = current.begin(ctx)
+    db.session.commit()
+    return render_template(current.template, form=form, step=current, tid=tid, error=error, **variables)
+
+
+@bp.post("/<tid>/resend")
+@limiter.limit(_forms_limit)
+def resend(tid: str):
+    """Send the current step's code again, after its cooldown."""
+    txn = _load(tid)
+    if txn is None:
+        return _expired()
+    ctx = step_context(txn)
+    current = planner.next_step(ctx)
+    if current is not None and request.form.get("step") == current.name:
+        message = current.resend(ctx)
+        db.session.commit()
+        if message:
+            flash(message)
+    return redirect(url_for("login.step", tid=tid))
+
+
+@bp.post("/<tid>/cancel")
+def cancel(tid: str):
+    """Abandon the transaction and start signing in from the beginning."""
+    txn = _load(tid)
+    if txn is not None:
+        txn.completed_at = utcnow()
+        db.session.commit()
+    return redirect(url_for("login.begin"))
+
+
+def _complete(ctx: StepContext) -> Response:
+    """Every step passed: record the session (new id), audit, and return where the transaction came from."""
+    txn, user = ctx.txn, ctx.txn.user
+    previous = current_session()
+    fresh = "pwd" in txn.state["amr"] or previous is None or previous.user_id != user.id
+    live, token = sessions.start(user, amr=txn.state["amr"], now=ctx.now, ip=ctx.ip, user_agent=ctx.user_agent,
+                                 previous=previous, fresh_login=fresh)
+    txn.completed_at = ctx.now
+    db.session.flush()
+    audit.record("login.success", subject=user, amr=live.amr, acr=live.acr, sid=live.sid,
+                 client_id=txn.state["context"].get("client_id"))
+    db.session.commit()
+    g.login_session = live
+    rotate_binding()
+    response = redirect(txn.state["return_to"])
+    set_session_cookie(response, token, max_age=current_app.config["IDP_SESSION_MAX_AGE"])
+    return response

@@ -1,0 +1,52 @@
+"""The user account."""
+
+import secrets
+from datetime import datetime
+
+from sqlalchemy import Boolean, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from idp.extensions import db
+from idp.models.types import UTCDateTime, utcnow
+
+
+def new_subject() -> str:
+    """An opaque, never reused subject identifier (OIDC Core 2: `sub`)."""
+    return secrets.token_urlsafe(16)
+
+
+def normalize_email(email: str) -> str:
+    """The form an address is stored and compared in: trimmed and lower-cased, so uniqueness ignores case."""
+    return (email or "").strip().lower()
+
+
+class User(db.Model):
+    """A person who signs in."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subject: Mapped[str] = mapped_column(String(64), unique=True, default=new_subject)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    phone: Mapped[str | None] = mapped_column(String(32))
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    email_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    password_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    @property
+    def email_verified(self) -> bool:
+        return self.email_verified_at is not None
+
+    @property
+    def locked(self) -> bool:
+        return self.locked_at is not None
+
+    def __repr__(self) -> str:
+        return f"<User {self.id} {self.email}>"

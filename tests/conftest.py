@@ -1,0 +1,129 @@
+"""Fixtures: the app on SQLite (default) or PostgreSQL + Redis (IDP_TEST_DATABASE_URL / IDP_TEST_REDIS_URL),
+a real SMTP server on loopback, and factories for users."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from idp import create_app
+from idp.extensions import db
+from tests.support import Mailbox, SMTPServer, make_user_in
+
+TEST_DATABASE_URL = os.environ.get("IDP_TEST_DATABASE_URL", "")
+TEST_REDIS_URL = os.environ.get("IDP_TEST_REDIS_URL", "")
+SECRET = "test-secret-key-" + "x" * 40
+
+
+def base_config(tmp_path, **extra) -> dict:
+    """Settings of one test's app; every test gets its own outbox, queue and rate-limit key space."""
+    run = uuid.uuid4().hex[:12]
+    config = {
+        "IDP_ENV": "testing",
+        "IDP_SECRET_KEY": SECRET,
+        "IDP_ISSUER": "http://localhost",
+        "IDP_OUTBOX_DIR": str(tmp_path / "outbox"),
+        "IDP_REDIS_URL": TEST_REDIS_URL,
+        "IDP_QUEUE_NAME": f"idp-test-{run}",
+        "RATELIMIT_KEY_PREFIX": f"idp-test-{run}",
+        "IDP_JOB_RETRY_INTERVALS": [],
+    }
+    config.update(extra)
+    return config
+
+
+@pytest.fixture(scope="session")
+def database(tmp_path_factory):
+    """A migrated database: PostgreSQL when IDP_TEST_DATABASE_URL is set (wiped first), else a SQLite template."""
+    if TEST_DATABASE_URL:
+        engine = create_engine(TEST_DATABASE_URL.replace("postgresql://", "postgresql+psycopg2://", 1))
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+        engine.dispose()
+        url = TEST_DATABASE_URL
+    else:
+        url = "sqlite:///" + str(tmp_path_factory.mktemp("db") / "template.sqlite3")
+    app = create_app(base_config(tmp_path_factory.mktemp("migrate"), IDP_DATABASE_URL=url))
+    with app.app_context():
+        from flask_migrate import upgrade
+
+        upgrade()
+        db.engine.dispose()
+    return url
+
+
+def _fresh_database(database: str, tmp_path) -> str:
+    if database.startswith("sqlite:///"):
+        copy = tmp_path / "idp.sqlite3"
+        shutil.copy(database[len("sqlite:///"):], copy)
+        return f"sqlite:///{copy}"
+    return database
+
+
+def _empty_tables(app) -> None:
+    with app.app_context():
+        if db.engine.dialect.name == "postgresql":
+            names = ", ".join(t.name for t in db.metadata.sorted_tables)
+            with db.engine.begin() as conn:  # TRUNCATE fires no row trigger: the audit log stays append-only
+                conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def smtp_server():
+    """A real SMTP server (aiosmtpd) on 127.0.0.1 for the whole run."""
+    server = SMTPServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_app(database, tmp_path, smtp_server):
+    """Build an app with extra settings (mail goes to the loopback SMTP server unless told otherwise)."""
+    apps = []
+
+    def factory(**extra):
+        url = _fresh_database(database, tmp_path)
+        config = base_config(tmp_path, IDP_DATABASE_URL=url, IDP_MAIL_BACKEND="smtp", IDP_SMTP_HOST="127.0.0.1",
+                             IDP_SMTP_PORT=smtp_server.port, **extra)
+        app = create_app(config)
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        _empty_tables(app)
+
+
+@pytest.fixture
+def app(make_app):
+    """The app under test with default test settings."""
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    """A browser-like test client."""
+    return app.test_client()
+
+
+@pytest.fixture
+def mailbox(app, smtp_server):
+    """What the loopback SMTP server received during this test (RQ jobs are run first when Redis is used)."""
+    smtp_server.messages.clear()
+    return Mailbox(app, smtp_server)
+
+
+@pytest.fixture
+def make_user(app):
+    """Create a user directly in the database: make_user(email=..., password=..., verified=True, **fields)."""
+    def factory(**kwargs):
+        return make_user_in(app, **kwargs)
+    return factory

@@ -1,0 +1,146 @@
+"""Helpers shared by the tests: form tokens, the loopback SMTP server, mail reading, sign-up and sign-in."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from email import message_from_bytes, policy
+from urllib.parse import urlsplit
+
+from aiosmtpd.controller import Controller
+
+from idp.extensions import db
+from idp.models import User, utcnow
+from idp.security.passwords import hash_password
+
+PASSWORD = "correct horse battery staple"
+
+
+def csrf_token(response) -> str:
+    """The CSRF token in a rendered form."""
+    match = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', response.get_data(as_text=True))
+    assert match, "no CSRF token in the page"
+    return match.group(1)
+
+
+def path_of(url: str) -> str:
+    """The path (and query) of an absolute URL, for the test client."""
+    parts = urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+class _Handler:
+    def __init__(self, messages: list):
+        self.messages = messages
+
+    async def handle_DATA(self, server, session, envelope):
+        msg = message_from_bytes(envelope.content, policy=policy.default)
+        text = msg.get_body(preferencelist=("plain",))
+        html = msg.get_body(preferencelist=("html",))
+        self.messages.append({
+            "to": ", ".join(envelope.rcpt_tos),
+            "subject": str(msg["Subject"]),
+            "text": text.get_content() if text else "",
+            "html": html.get_content() if html else "",
+        })
+        return "250 Message accepted for delivery"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class SMTPServer:
+    """aiosmtpd on a free loopback port, collecting what it receives."""
+
+    def __init__(self):
+        self.messages: list[dict] = []
+        self.port = _free_port()
+        self.controller = Controller(_Handler(self.messages), hostname="127.0.0.1", port=self.port)
+
+    def start(self):
+        self.controller.start()
+
+    def stop(self):
+        self.controller.stop()
+
+
+class Mailbox:
+    """Read mail sent during a test; drains the RQ queue first when jobs go through Redis."""
+
+    def __init__(self, app, server: SMTPServer):
+        self.app = app
+        self.server = server
+
+    def drain(self) -> None:
+        queue = self.app.extensions.get("idp.queue")
+        if queue is None:
+            return
+        from rq import SimpleWorker
+
+        with self.app.app_context():
+            SimpleWorker([queue], connection=queue.connection).work(burst=True)
+
+    def messages(self, to: str | None = None) -> list[dict]:
+        self.drain()
+        deadline = time.time() + 5
+        while True:  # SMTP delivery is synchronous, but the server thread may still be handing it over
+            found = [m for m in self.server.messages if to is None or to in m["to"]]
+            if found or time.time() > deadline:
+                return found
+            time.sleep(0.02)
+
+    def last(self, to: str | None = None, subject: str | None = None) -> dict:
+        found = [m for m in self.messages(to) if subject is None or subject in m["subject"]]
+        assert found, f"no mail to {to} with subject {subject!r}; got {[m['subject'] for m in self.server.messages]}"
+        return found[-1]
+
+
+def code_in(message: dict) -> str:
+    """The 6-digit code in a mail."""
+    match = re.search(r"\b(\d{6})\b", message["text"])
+    assert match, "no code in the mail"
+    return match.group(1)
+
+
+def link_in(message: dict, marker: str) -> str:
+    """The first link in a mail whose URL contains ``marker``, as a path for the test client."""
+    for url in re.findall(r"https?://\S+", message["text"]):
+        if marker in url:
+            return path_of(url)
+    raise AssertionError(f"no {marker} link in the mail")
+
+
+def make_user_in(app, *, email="alice@example.com", password=PASSWORD, name="Alice", verified=True, **fields) -> User:
+    """Insert a user and return it (detached, with its id and email)."""
+    with app.app_context():
+        user = User(email=email, name=name, password_hash=hash_password(password),
+                    email_verified_at=utcnow() if verified else None, **fields)
+        db.session.add(user)
+        db.session.commit()
+        db.session.refresh(user)
+        db.session.expunge(user)
+        return user
+
+
+def sign_in(client, email: str, password: str = PASSWORD, next_path: str | None = None):
+    """Walk /login -> password step; returns the response to the password POST (not followed)."""
+    start = client.get("/login" + (f"?next={next_path}" if next_path else ""))
+    assert start.status_code == 302, start.status_code
+    step_url = start.headers["Location"]
+    page = client.get(step_url)
+    response = client.post(step_url, data={"csrf_token": csrf_token(page), "step": "password", "email": email,
+                                           "password": password})
+    return response
+
+
+def signed_in_email(client) -> str | None:
+    """The email the account page shows, or None when it redirects to sign in."""
+    response = client.get("/account")
+    if response.status_code != 200:
+        return None
+    match = re.search(r'id="account-email">([^<]+)<', response.get_data(as_text=True))
+    return match.group(1) if match else None

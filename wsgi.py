@@ -1,0 +1,5 @@
+"""The WSGI entry point: `gunicorn wsgi:app`."""
+
+from idp import create_app
+
+app = create_app()
