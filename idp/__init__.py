@@ -44,9 +44,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     from idp.account.views import bp as account_bp
     from idp.login.views import bp as login_bp
+    from idp.oidc.server import create_server
+    from idp.oidc.views import bp as oidc_bp
 
+    create_server(app)
     app.register_blueprint(login_bp)
     app.register_blueprint(account_bp)
+    app.register_blueprint(oidc_bp)
     if app.config["IDP_ENV"] == "development":
         from idp.dev import bp as dev_bp
 

@@ -7,17 +7,22 @@ from pathlib import Path
 
 import click
 from flask import Flask, current_app
-from flask.cli import FlaskGroup
+from flask.cli import AppGroup, FlaskGroup, with_appcontext
 
 from idp import audit
 from idp.extensions import db
 from idp.login import sessions
+from idp.login.browser import throttle
+from idp.login.throttle import account_key
 from idp.models import AuditEvent, User, utcnow
 from idp.models.user import normalize_email
+from idp.oidc.server import revoke_for_user
 from idp.security.passwords import hash_password, password_problems, verify_password
 from idp.security.tokens import new_token
 
 DEMO_EMAIL = "demo@example.com"
+DEMO_CLIENT_ID = "demo-client"
+DEMO_REDIRECT_URI = "http://127.0.0.1:5001/callback"
 
 
 def _create_app():
@@ -52,7 +57,9 @@ def _check_password(password: str, email: str, name: str) -> None:
         raise click.ClickException("weak password: " + " ".join(problems))
 
 
-users = click.Group("users", help="Manage user accounts.")
+# AppGroup and with_appcontext push the app context for every command, also under app.test_cli_runner()
+# (only the `idp` FlaskGroup pushes one on its own).
+users = AppGroup("users", help="Manage user accounts.")
 
 
 @users.command("create")
@@ -98,7 +105,8 @@ def users_disable(email):
     user = _user(email)
     user.disabled = True
     ended = sessions.end_all(user, "user_disabled", utcnow())
-    audit.record("user.disabled", subject=user, via="cli", sessions_ended=ended)
+    revoked = revoke_for_user(user, "user_disabled")
+    audit.record("user.disabled", subject=user, via="cli", sessions_ended=ended, tokens_revoked=revoked)
     db.session.commit()
     click.echo(f"disabled {user.email} ({ended} sessions ended)")
 
@@ -121,6 +129,8 @@ def users_unlock(email):
     user = _user(email)
     user.locked_at = None
     user.failed_logins = 0
+    # Like the emailed unlock link: also lift the failed-attempt delays, or the user stays shut out for up to a day.
+    throttle().succeeded("password", {"account": account_key(user.email)})
     audit.record("account.unlocked", subject=user, method="cli")
     db.session.commit()
     click.echo(f"unlocked {user.email}")
@@ -139,12 +149,14 @@ def users_set_password(email, password_stdin):
     user.password_changed_at = now
     user.failed_logins = 0
     ended = sessions.end_all(user, "password_reset", now)
-    audit.record("password.reset", subject=user, via="cli", sessions_ended=ended)
+    revoked = revoke_for_user(user, "password_reset")
+    audit.record("password.reset", subject=user, via="cli", sessions_ended=ended, tokens_revoked=revoked)
     db.session.commit()
     click.echo(f"password set for {user.email} ({ended} sessions ended)")
 
 
 @click.command("demo")
+@with_appcontext
 def demo():
     """Create the demo user (idempotent) and print how to sign in."""
     cred = Path(current_app.instance_path) / "demo-password"
@@ -162,6 +174,7 @@ def demo():
         db.session.flush()
         audit.record("user.created", subject=user, via="demo")
         db.session.commit()
+    demo_client = _demo_client()
     changed = not verify_password(user.password_hash, password)
     issuer = current_app.config["IDP_ISSUER"]
     click.echo(f"Demo user:     {DEMO_EMAIL}")
@@ -169,9 +182,38 @@ def demo():
     click.echo(f"Sign in at:    {issuer}/login")
     if current_app.config["IDP_ENV"] == "development":
         click.echo(f"Dev outbox:    {issuer}/dev/outbox")
+    client_id, secret = demo_client
+    click.echo(f"Demo client:   client_id={client_id} client_secret={secret}")
+    click.echo(f"               redirect_uri={DEMO_REDIRECT_URI}")
+    click.echo("Try a sign-in: open this URL, sign in, and copy `code` from the address the browser lands on:")
+    click.echo(f"  {issuer}/authorize?response_type=code&client_id={client_id}&redirect_uri={DEMO_REDIRECT_URI}"
+               f"&scope=openid%20profile%20email&state=demo&nonce=demo")
 
 
-@click.group("audit")
+def _demo_client() -> tuple[str, str]:
+    """The demo confidential client (created once; its secret is kept in the instance folder like the password)."""
+    from idp.models import Client
+    from idp.oidc.cli import create_client
+    from idp.security.tokens import token_hash
+
+    cred = Path(current_app.instance_path) / "demo-client-secret"
+    client = db.session.execute(db.select(Client).where(Client.client_id == DEMO_CLIENT_ID)).scalar_one_or_none()
+    if client is None:
+        client, secret = create_client(
+            name="Demo App", redirect_uris=[DEMO_REDIRECT_URI], post_logout_redirect_uris=["http://127.0.0.1:5001/"],
+            public=False, grant_types=["authorization_code", "refresh_token"], scopes=[], auth_method=None,
+            first_party=False, client_id=DEMO_CLIENT_ID)
+        cred.write_text(secret)
+        cred.chmod(0o600)
+        db.session.commit()
+        return DEMO_CLIENT_ID, secret
+    secret = cred.read_text().strip() if cred.exists() else ""
+    if not secret or client.client_secret_hash != token_hash(secret):
+        secret = "(changed since; run `idp clients rotate-secret demo-client`)"
+    return DEMO_CLIENT_ID, secret
+
+
+@click.group("audit", cls=AppGroup)
 def audit_group():
     """Read the audit log."""
 
@@ -192,6 +234,7 @@ def audit_tail(email, lines):
 
 @click.command("worker")
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
+@with_appcontext
 def worker(burst):
     """Run an RQ worker for mail and SMS jobs, inside the app context."""
     from rq import Worker
@@ -214,5 +257,7 @@ def config_doc():
 
 def register(app: Flask) -> None:
     """Attach the commands to the app's CLI."""
-    for command in (users, demo, audit_group, worker, config_doc):
+    from idp.oidc.cli import clients, keys_group
+
+    for command in (users, demo, audit_group, worker, config_doc, clients, keys_group):
         app.cli.add_command(command)

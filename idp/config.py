@@ -7,6 +7,7 @@ from ``SETTINGS`` (``idp config doc``), so this module is the single source of t
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from collections.abc import Callable
@@ -30,6 +31,14 @@ def _bool(value: str) -> bool:
 
 def _list(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _networks(value: str) -> list[str]:
+    # Checked at start-up: a bad entry would otherwise fail every request when X-Forwarded-For is read.
+    entries = _list(value)
+    for entry in entries:
+        ipaddress.ip_network(entry, strict=False)  # the ValueError names the entry
+    return entries
 
 
 @dataclass(frozen=True)
@@ -68,7 +77,7 @@ SETTINGS: list[Setting] = [
     Setting("IDP_SMTP_TIMEOUT", 10, "Seconds before an SMTP connection attempt gives up.", int),
     Setting("IDP_MAIL_FROM", "idp <no-reply@localhost>", "From address of every mail."),
     Setting("IDP_OUTBOX_DIR", "", "Folder of the dev outbox, one JSON file per message (default: instance/outbox)."),
-    Setting("IDP_TRUSTED_PROXIES", [], "Comma-separated IPs/CIDRs whose X-Forwarded-For is believed.", _list),
+    Setting("IDP_TRUSTED_PROXIES", [], "Comma-separated IPs/CIDRs whose X-Forwarded-For is believed.", _networks),
     Setting("IDP_SESSION_IDLE_TIMEOUT", 1800, "Seconds of inactivity after which a sign-in session ends.", int),
     Setting("IDP_SESSION_MAX_AGE", 43200, "Seconds after sign-in at which a session ends regardless of use.", int),
     Setting("IDP_LOGIN_TRANSACTION_TTL", 1800, "Seconds a started sign-in may take before it must start over.", int),
@@ -84,6 +93,11 @@ SETTINGS: list[Setting] = [
     Setting("IDP_RATELIMIT_FORMS", "10/minute;100/hour", "Sign-up, reset and resend requests allowed per client IP."),
     Setting("IDP_JOB_RETRY_INTERVALS", [10, 60, 300, 1800],
             "Seconds between retries of a failed mail or SMS job (RQ).", lambda v: [int(x) for x in _list(v)]),
+    Setting("IDP_AUTH_CODE_TTL", 60, "Seconds an authorization code may wait to be redeemed (at most 60).", int),
+    Setting("IDP_ACCESS_TOKEN_TTL", 900, "Seconds a JWT access token lives (clients may set their own).", int),
+    Setting("IDP_ID_TOKEN_TTL", 3600, "Seconds an ID token is valid.", int),
+    Setting("IDP_REFRESH_TOKEN_TTL", 1209600, "Idle expiry of a refresh token: seconds it may go unused.", int),
+    Setting("IDP_REFRESH_TOKEN_MAX_AGE", 7776000, "Absolute expiry of a refresh token family, from the sign-in.", int),
     Setting("IDP_DEMO_PASSWORD", "", "Password given to the demo user by `idp demo` (default: a random one)."),
 ]
 

@@ -127,3 +127,13 @@ def make_user(app):
     def factory(**kwargs):
         return make_user_in(app, **kwargs)
     return factory
+
+
+@pytest.fixture
+def make_client(app):
+    """Register a client: make_client(redirect_uris=[...], public=False, first_party=False, ...) -> (id, secret)."""
+    from tests.support import make_client_in
+
+    def factory(**kwargs):
+        return make_client_in(app, **kwargs)
+    return factory

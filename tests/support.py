@@ -144,3 +144,16 @@ def signed_in_email(client) -> str | None:
         return None
     match = re.search(r'id="account-email">([^<]+)<', response.get_data(as_text=True))
     return match.group(1) if match else None
+
+
+def make_client_in(app, **kwargs):
+    """Register a client through the same code as `idp clients create`; returns (client_id, secret)."""
+    from idp.oidc.cli import create_client
+
+    defaults = {"name": "Test App", "redirect_uris": ["https://rp.example/cb"], "post_logout_redirect_uris": [],
+                "public": False, "grant_types": [], "scopes": [], "auth_method": None, "first_party": False}
+    defaults.update(kwargs)
+    with app.app_context():
+        client, secret = create_client(**defaults)
+        db.session.commit()
+        return client.client_id, secret

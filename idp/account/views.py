@@ -19,6 +19,7 @@ from idp.login.throttle import account_key
 from idp.login.views import begin_transaction
 from idp.models import LoginSession, LoginTransaction, User, utcnow
 from idp.models.user import normalize_email
+from idp.oidc.server import revoke_for_user
 from idp.security.passwords import hash_password, password_problems, verify_password
 
 bp = Blueprint("account", __name__)
@@ -133,7 +134,8 @@ def reset_password(token: str):
                 user.email_verified_at = now  # the link proved the address
             row.used_at = now
             ended = sessions.end_all(user, "password_reset", now)
-            audit.record("password.reset", subject=user, sessions_ended=ended)
+            revoked = revoke_for_user(user, "password_reset")
+            audit.record("password.reset", subject=user, sessions_ended=ended, tokens_revoked=revoked)
             db.session.commit()
             enqueue("send_mail", to=user.email, template="password_changed", context={"name": user.name})
             # A reset never signs in: the user signs in again, with every factor (SECURITY.md 20).

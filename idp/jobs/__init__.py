@@ -57,6 +57,11 @@ def enqueue(name: str, **kwargs: Any) -> None:
         q.enqueue(execute, name, kwargs, retry=Retry(max=len(intervals), interval=intervals) if intervals else None,
                   result_ttl=0, failure_ttl=7 * 86400, description=f"idp job {name}")
         return
+    # As on RQ, the job runs after the work that asked for it is saved: a failed attempt then rolls back only
+    # the job's own writes, never the caller's (a lockout, its unlock token, their audit rows).
+    from idp.extensions import db
+
+    db.session.commit()
     for attempt, delay in enumerate((*INLINE_BACKOFF, None), start=1):
         try:
             JOBS[name](**kwargs)

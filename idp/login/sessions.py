@@ -50,6 +50,7 @@ def load(token: str | None, *, now: datetime, idle_timeout: int, max_age: int) -
         return None
     if session.user.disabled:
         end(session, "user_disabled", now)
+        db.session.commit()  # ended for good: re-enabling the user must not revive the session
         return None
     if now - session.last_seen_at > timedelta(seconds=idle_timeout):
         reason = "idle_timeout"

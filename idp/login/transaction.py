@@ -48,3 +48,21 @@ def update(txn: LoginTransaction, **changes: Any) -> None:
 def mark_done(txn: LoginTransaction, step: str, amr: Iterable[str]) -> None:
     """Record that ``step`` succeeded and which methods (RFC 8176 values) it proved."""
     update(txn, done=[*txn.state["done"], step], amr=list(dict.fromkeys([*txn.state["amr"], *amr])))
+
+
+def load_completed(tid: str | None, *, binding: str | None, now: datetime,
+                   within: int = 600) -> LoginTransaction | None:
+    """A transaction this browser completed in the last ``within`` seconds and nobody has used since; marks it used.
+
+    The authorization endpoint uses it to know which of its reasons the user has just answered (prompt=login,
+    acr_values, consent), so that it neither asks again nor loops.
+    """
+    if not tid or not binding or len(tid) > 64:
+        return None
+    txn = db.session.get(LoginTransaction, tid)
+    if txn is None or txn.completed_at is None or txn.state.get("used"):
+        return None
+    if (now - txn.completed_at).total_seconds() > within or not same(txn.binding_hash, token_hash(binding)):
+        return None
+    update(txn, used=True)
+    return txn

@@ -21,11 +21,18 @@ bp = Blueprint("login", __name__, url_prefix="/login")
 
 def begin_transaction(*, reasons: Iterable[str], return_to: str, user: User | None = None,
                       context: dict[str, Any] | None = None, done: Iterable[str] = (),
-                      amr: Iterable[str] = ()) -> Response:
-    """Store a login transaction for this browser and send it to the first screen (also used by /authorize)."""
+                      amr: Iterable[str] = (), tid_param: str | None = None) -> Response:
+    """Store a login transaction for this browser and send it to the first screen (also used by /authorize).
+
+    With ``tid_param``, the transaction's id is added to ``return_to`` under that query parameter, so the page
+    it returns to can tell which reasons were answered.
+    """
     txn = transaction.start(binding=binding(), reasons=reasons, return_to=return_to, now=utcnow(),
                             ttl=current_app.config["IDP_LOGIN_TRANSACTION_TTL"], user=user, context=context,
                             done=done, amr=amr)
+    if tid_param:
+        separator = "&" if "?" in return_to else "?"
+        transaction.update(txn, return_to=f"{return_to}{separator}{tid_param}={txn.id}")
     db.session.commit()
     return redirect(url_for("login.step", tid=txn.id))
 
@@ -115,6 +122,11 @@ def _complete(ctx: StepContext) -> Response:
     """Every step passed: record the session (new id), audit, and return where the transaction came from."""
     txn, user = ctx.txn, ctx.txn.user
     previous = current_session()
+    if not txn.state["amr"] and previous is not None and previous.user_id == user.id:
+        # Nothing was authenticated (consent only, or a step-up with nothing to add): the session stands as is.
+        txn.completed_at = ctx.now
+        db.session.commit()
+        return redirect(txn.state["return_to"])
     fresh = "pwd" in txn.state["amr"] or previous is None or previous.user_id != user.id
     live, token = sessions.start(user, amr=txn.state["amr"], now=ctx.now, ip=ctx.ip, user_agent=ctx.user_agent,
                                  previous=previous, fresh_login=fresh)

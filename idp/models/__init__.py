@@ -2,7 +2,9 @@
 
 from idp.models.audit import AuditEvent
 from idp.models.login import LoginSession, LoginTransaction, OneTimeToken
+from idp.models.oauth import AuthorizationCode, Client, Consent, SigningKey, Token
 from idp.models.types import UTCDateTime, utcnow
 from idp.models.user import User
 
-__all__ = ["AuditEvent", "LoginSession", "LoginTransaction", "OneTimeToken", "User", "UTCDateTime", "utcnow"]
+__all__ = ["AuditEvent", "AuthorizationCode", "Client", "Consent", "LoginSession", "LoginTransaction", "OneTimeToken",
+           "SigningKey", "Token", "User", "UTCDateTime", "utcnow"]

@@ -26,7 +26,8 @@ def hash_password(password: str) -> str:
 def verify_password(password_hash: str | None, password: str) -> bool:
     """Whether ``password`` matches; a missing or malformed hash never matches and costs the same work."""
     try:
-        return _hasher.verify(password_hash or _dummy_hash(), _normalize(password)) and password_hash is not None
+        # bool(), not `is not None`: an empty stored hash must not match the dummy hash's own password.
+        return _hasher.verify(password_hash or _dummy_hash(), _normalize(password)) and bool(password_hash)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 

@@ -94,4 +94,4 @@ def register(cls: type[Step]) -> type[Step]:
 
 
 # Importing the step modules registers them; ``order`` (not import order) decides the plan.
-from idp.login.steps import email_verification, password  # noqa: E402,F401
+from idp.login.steps import consent, email_verification, password  # noqa: E402,F401

@@ -1,0 +1,233 @@
+"""OAuth 2.0 / OpenID Connect state: clients, authorization codes, tokens, consents and signing keys."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from idp.extensions import db
+from idp.models.types import UTCDateTime, utcnow
+from idp.models.user import User
+from idp.security.tokens import same, token_hash
+
+
+def _loopback_http(uri: str) -> bool:
+    parts = urlsplit(uri)
+    if parts.scheme != "http" or not parts.hostname:
+        return False
+    try:
+        return ipaddress.ip_address(parts.hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def _without_port(uri: str) -> str:
+    parts = urlsplit(uri)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class Client(db.Model):
+    """A relying party. The secret is stored as a SHA-256 of a 256-bit random value (SECURITY.md 8)."""
+
+    __tablename__ = "clients"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(64), unique=True)
+    client_secret_hash: Mapped[str | None] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    redirect_uris: Mapped[list[str]] = mapped_column(JSON, default=list)
+    post_logout_redirect_uris: Mapped[list[str]] = mapped_column(JSON, default=list)
+    grant_types: Mapped[list[str]] = mapped_column(JSON, default=list)
+    scope: Mapped[str] = mapped_column(Text, default="")
+    token_endpoint_auth_method: Mapped[str] = mapped_column(String(32), default="client_secret_basic")
+    first_party: Mapped[bool] = mapped_column(Boolean, default=False)
+    id_token_signed_response_alg: Mapped[str] = mapped_column(String(16), default="RS256")
+    jwks: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    jwks_uri: Mapped[str | None] = mapped_column(String(2000))
+    access_token_ttl: Mapped[int | None] = mapped_column(Integer)
+    refresh_token_ttl: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    # --- authlib ClientMixin -------------------------------------------------------------------------------
+    @property
+    def public(self) -> bool:
+        return self.token_endpoint_auth_method == "none"
+
+    @property
+    def client_metadata(self) -> dict[str, Any]:
+        return {"id_token_signed_response_alg": self.id_token_signed_response_alg,
+                "post_logout_redirect_uris": list(self.post_logout_redirect_uris or []),
+                "jwks": self.jwks, "jwks_uri": self.jwks_uri, "client_name": self.name}
+
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def get_default_redirect_uri(self) -> str | None:
+        """Only an unambiguous default: with two or more registered URIs the request must name one."""
+        uris = self.redirect_uris or []
+        return uris[0] if len(uris) == 1 else None
+
+    def get_allowed_scope(self, scope: str) -> str:
+        if not scope:
+            return ""
+        allowed = set((self.scope or "").split())
+        return " ".join(s for s in dict.fromkeys(scope.split()) if s in allowed)
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        """Exact string match; only the port of a loopback http URI may differ (RFC 8252 7.3, RFC 9700 2.1)."""
+        registered = self.redirect_uris or []
+        if redirect_uri in registered:
+            return True
+        if _loopback_http(redirect_uri):
+            bare = _without_port(redirect_uri)
+            return any(_loopback_http(uri) and _without_port(uri) == bare for uri in registered)
+        return False
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        return same(self.client_secret_hash, token_hash(client_secret or ""))
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        return method == self.token_endpoint_auth_method
+
+    def check_response_type(self, response_type: str) -> bool:
+        return response_type == "code" and "authorization_code" in (self.grant_types or [])
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type in (self.grant_types or [])
+
+
+class AuthorizationCode(db.Model):
+    """An issued code: stored hashed, single use, bound to client, redirect URI, PKCE challenge and nonce."""
+
+    __tablename__ = "authorization_codes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    client_id: Mapped[str] = mapped_column(String(64), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    redirect_uri: Mapped[str] = mapped_column(Text, default="")
+    scope: Mapped[str] = mapped_column(Text, default="")
+    nonce: Mapped[str | None] = mapped_column(String(512))
+    code_challenge: Mapped[str | None] = mapped_column(String(128))
+    code_challenge_method: Mapped[str | None] = mapped_column(String(16))
+    claims: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    sid: Mapped[str | None] = mapped_column(String(64))
+    auth_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    acr: Mapped[str] = mapped_column(String(64), default="")
+    amr: Mapped[list[str]] = mapped_column(JSON, default=list)
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    user: Mapped[User] = relationship()
+
+    # --- authlib AuthorizationCodeMixin ----------------------------------------------------------------------
+    def get_redirect_uri(self) -> str:
+        return self.redirect_uri
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def get_nonce(self) -> str | None:
+        return self.nonce
+
+    def get_auth_time(self) -> int:
+        return int(self.auth_time.timestamp())
+
+    def get_acr(self) -> str | None:
+        return self.acr or None
+
+    def get_amr(self) -> list[str] | None:
+        return list(self.amr) or None
+
+
+class Token(db.Model):
+    """One issued access token (a JWT, known by its jti) and its opaque refresh token (stored hashed)."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    jti: Mapped[str] = mapped_column(String(64), unique=True)
+    client_id: Mapped[str] = mapped_column(String(64), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    scope: Mapped[str] = mapped_column(Text, default="")
+    grant_type: Mapped[str] = mapped_column(String(64))
+    family_id: Mapped[str] = mapped_column(String(64), index=True)
+    authorization_code_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    sid: Mapped[str | None] = mapped_column(String(64), index=True)
+    auth_time: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    acr: Mapped[str] = mapped_column(String(64), default="")
+    amr: Mapped[list[str]] = mapped_column(JSON, default=list)
+    claims: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    access_expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    refresh_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    refresh_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    family_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    revoked_reason: Mapped[str | None] = mapped_column(String(32))
+
+    user: Mapped[User | None] = relationship()
+
+    # --- authlib TokenMixin -----------------------------------------------------------------------------------
+    def check_client(self, client) -> bool:
+        return self.client_id == client.get_client_id()
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def get_expires_in(self) -> int:
+        return int((self.access_expires_at - self.issued_at).total_seconds())
+
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def is_expired(self) -> bool:
+        return self.access_expires_at <= utcnow()
+
+    def get_user(self) -> User | None:
+        return self.user
+
+    def get_client(self) -> Client | None:
+        return db.session.execute(db.select(Client).where(Client.client_id == self.client_id)).scalar_one_or_none()
+
+    def matches_refresh_token(self, refresh_token: str) -> bool:
+        return same(self.refresh_token_hash, token_hash(refresh_token))
+
+
+class Consent(db.Model):
+    """The scopes a user granted a client; a later page lets the user revoke it."""
+
+    __tablename__ = "consents"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    client_id: Mapped[str] = mapped_column(String(64), index=True)
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class SigningKey(db.Model):
+    """A JOSE signing key: public JWK in clear, private JWK encrypted with a key derived from IDP_SECRET_KEY."""
+
+    __tablename__ = "signing_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kid: Mapped[str] = mapped_column(String(64), unique=True)
+    alg: Mapped[str] = mapped_column(String(16))
+    public_jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
+    private_jwk_encrypted: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # After this, no token it signed can still be valid, so JWKS stops publishing it.
+    publish_until: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -1,0 +1,1 @@
+"""The OpenID Connect provider: Authlib binding (grants, endpoints), signing keys, claims and the policy."""

@@ -1,0 +1,75 @@
+"""Standard claims per scope (OIDC Core 5.4) and the `claims` request parameter (OIDC Core 5.5)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from authlib.oidc.core import UserInfo
+
+from idp.models import User
+
+SCOPES = ("openid", "profile", "email", "phone", "address", "offline_access")
+
+SCOPE_CLAIMS = {
+    "openid": ("sub",),
+    "profile": ("name", "family_name", "given_name", "middle_name", "nickname", "preferred_username", "profile",
+                "picture", "website", "gender", "birthdate", "zoneinfo", "locale", "updated_at"),
+    "email": ("email", "email_verified"),
+    "phone": ("phone_number", "phone_number_verified"),
+    "address": ("address",),
+}
+
+SCOPE_DESCRIPTIONS = {
+    "openid": "Know who you are (a stable identifier)",
+    "profile": "Your name and profile",
+    "email": "Your email address",
+    "phone": "Your phone number",
+    "address": "Your postal address",
+    "offline_access": "Stay connected when you are not using it",
+}
+
+CLAIMS_SUPPORTED = sorted({"sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "sid", "azp",
+                           "at_hash", *[c for names in SCOPE_CLAIMS.values() for c in names]})
+
+
+def all_claims(user: User) -> dict[str, Any]:
+    """Every claim idp knows about ``user`` (unknown ones are left out, never sent empty)."""
+    claims: dict[str, Any] = {
+        "sub": user.subject,
+        "email": user.email,
+        "email_verified": user.email_verified,
+        "updated_at": int(user.updated_at.timestamp()),
+    }
+    if user.name:
+        claims["name"] = user.name
+    if user.phone:
+        claims["phone_number"] = user.phone
+        claims["phone_number_verified"] = False
+    return claims
+
+
+def user_info(user: User, scope: str, requested: dict[str, Any] | None = None) -> UserInfo:
+    """The claims that ``scope`` (plus individually requested claims) releases about ``user``."""
+    known = all_claims(user)
+    names = {"sub"}
+    for item in (scope or "").split():
+        names.update(SCOPE_CLAIMS.get(item, ()))
+    names.update((requested or {}).keys())
+    return UserInfo({name: known[name] for name in names if name in known})
+
+
+def parse_claims_parameter(raw: str | None) -> dict[str, dict[str, Any]] | None:
+    """The `claims` request parameter as {"userinfo": {...}, "id_token": {...}}; ValueError when malformed."""
+    if not raw:
+        return None
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("claims must be a JSON object")
+    result: dict[str, dict[str, Any]] = {}
+    for target in ("userinfo", "id_token"):
+        part = value.get(target) or {}
+        if not isinstance(part, dict):
+            raise ValueError(f"claims.{target} must be a JSON object")
+        result[target] = {str(k): v for k, v in part.items()}
+    return result

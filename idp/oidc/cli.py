@@ -1,0 +1,204 @@
+"""`idp clients ...` and `idp keys ...`."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlsplit
+
+import click
+from flask import current_app
+
+from idp import audit
+from idp.extensions import db
+from idp.models import Client, SigningKey, utcnow
+from idp.oidc import keys
+from idp.oidc.claims import SCOPES
+from idp.oidc.server import ALL_AUTH_METHODS, GRANT_TYPES
+from idp.security.tokens import new_token, token_hash
+
+
+def validate_redirect_uri(uri: str) -> str | None:
+    """Why ``uri`` cannot be registered (SECURITY.md 1), or None: absolute, no fragment, https or loopback http."""
+    parts = urlsplit(uri)
+    if not parts.scheme or not parts.netloc and parts.scheme in {"http", "https"}:
+        return f"not an absolute URI: {uri}"
+    if parts.fragment or "#" in uri:
+        return f"a redirect URI may not carry a fragment: {uri}"
+    if parts.scheme == "http":
+        host = parts.hostname or ""
+        if host not in {"127.0.0.1", "::1", "localhost"}:
+            return f"http redirect URIs are only allowed for loopback addresses: {uri}"
+    if parts.scheme in {"javascript", "data", "file", "vbscript"}:
+        return f"scheme not allowed: {uri}"
+    return None
+
+
+def new_client_secret() -> str:
+    """A 256-bit client secret; shown once, stored as its SHA-256 (SECURITY.md 8)."""
+    return new_token(32)
+
+
+def create_client(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: list[str], public: bool,
+                  grant_types: list[str], scopes: list[str], auth_method: str | None, first_party: bool,
+                  id_token_alg: str = "RS256", jwks: dict | None = None, jwks_uri: str | None = None,
+                  client_id: str | None = None) -> tuple[Client, str | None]:
+    """Register a client after checking its settings; returns it and its secret (None for public clients)."""
+    grant_types = grant_types or ["authorization_code", "refresh_token"]
+    for grant in grant_types:
+        if grant not in GRANT_TYPES:
+            raise ValueError(f"unsupported grant type {grant} (choose from {', '.join(GRANT_TYPES)})")
+    if "authorization_code" in grant_types and not redirect_uris:
+        raise ValueError("a client with the authorization_code grant needs at least one --redirect-uri")
+    for uri in [*redirect_uris, *post_logout_redirect_uris]:
+        problem = validate_redirect_uri(uri)
+        if problem:
+            raise ValueError(problem)
+    method = "none" if public else (auth_method or "client_secret_basic")
+    if method not in ALL_AUTH_METHODS:
+        raise ValueError(f"unsupported token endpoint auth method {method}")
+    if public and auth_method not in (None, "none"):
+        raise ValueError("a public client authenticates with 'none'")
+    if method == "none" and "client_credentials" in grant_types:
+        raise ValueError("client_credentials needs a confidential client")
+    if method == "private_key_jwt" and not (jwks or jwks_uri):
+        raise ValueError("private_key_jwt needs the client's --jwks or --jwks-uri")
+    if id_token_alg not in ("RS256", "ES256"):
+        raise ValueError("the ID token algorithm must be RS256 or ES256")
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown:
+        raise ValueError(f"unknown scopes: {' '.join(unknown)}")
+    secret = None if method in ("none", "private_key_jwt") else new_client_secret()
+    client = Client(client_id=client_id or new_token(16), name=name, redirect_uris=list(redirect_uris),
+                    post_logout_redirect_uris=list(post_logout_redirect_uris), grant_types=list(grant_types),
+                    scope=" ".join(scopes or SCOPES), token_endpoint_auth_method=method, first_party=first_party,
+                    id_token_signed_response_alg=id_token_alg, jwks=jwks, jwks_uri=jwks_uri,
+                    client_secret_hash=token_hash(secret) if secret else None)
+    db.session.add(client)
+    db.session.flush()
+    audit.record("client.created", client_id=client.client_id, name=name, auth_method=method,
+                 grant_types=list(grant_types))
+    return client, secret
+
+
+def _client(client_id: str) -> Client:
+    client = db.session.execute(db.select(Client).where(Client.client_id == client_id)).scalar_one_or_none()
+    if client is None:
+        raise click.ClickException(f"no client with id {client_id}")
+    return client
+
+
+def describe(client: Client) -> dict:
+    """A client's settings (never its secret)."""
+    return {"client_id": client.client_id, "name": client.name, "redirect_uris": client.redirect_uris,
+            "post_logout_redirect_uris": client.post_logout_redirect_uris, "grant_types": client.grant_types,
+            "scope": client.scope, "token_endpoint_auth_method": client.token_endpoint_auth_method,
+            "first_party": client.first_party, "id_token_signed_response_alg": client.id_token_signed_response_alg,
+            "created_at": client.created_at.isoformat(timespec="seconds")}
+
+
+clients = click.Group("clients", help="Manage OAuth / OpenID Connect clients.")
+
+
+@clients.command("create")
+@click.option("--name", required=True, help="Shown on the consent screen.")
+@click.option("--redirect-uri", "redirect_uris", multiple=True, help="Exact redirect URI (repeatable).")
+@click.option("--post-logout-redirect-uri", "logout_uris", multiple=True, help="Exact post-logout URI (repeatable).")
+@click.option("--public", is_flag=True, help="A public client (SPA, native app): no secret, PKCE required.")
+@click.option("--grant-type", "grant_types", multiple=True, type=click.Choice(GRANT_TYPES),
+              help="Allowed grant (repeatable; default authorization_code and refresh_token).")
+@click.option("--scope", "scopes", multiple=True, help="Allowed scope (repeatable; default all).")
+@click.option("--token-endpoint-auth-method", "auth_method", type=click.Choice(ALL_AUTH_METHODS))
+@click.option("--first-party", is_flag=True, help="Trusted client: no consent screen.")
+@click.option("--id-token-alg", default="RS256", type=click.Choice(["RS256", "ES256"]))
+@click.option("--jwks", "jwks_json", help="The client's public JWK Set as JSON (private_key_jwt).")
+@click.option("--jwks-uri", help="Where the client publishes its JWK Set (private_key_jwt).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with client_id and client_secret.")
+def clients_create(name, redirect_uris, logout_uris, public, grant_types, scopes, auth_method, first_party,
+                   id_token_alg, jwks_json, jwks_uri, as_json):
+    """Register a client; its secret is printed once."""
+    try:
+        jwks = json.loads(jwks_json) if jwks_json else None
+        client, secret = create_client(
+            name=name, redirect_uris=list(redirect_uris), post_logout_redirect_uris=list(logout_uris),
+            public=public, grant_types=list(grant_types), scopes=list(scopes), auth_method=auth_method,
+            first_party=first_party, id_token_alg=id_token_alg, jwks=jwks, jwks_uri=jwks_uri)
+    except (ValueError, json.JSONDecodeError) as exc:
+        db.session.rollback()
+        raise click.ClickException(str(exc)) from None
+    db.session.commit()
+    if as_json:
+        click.echo(json.dumps({"client_id": client.client_id, "client_secret": secret}))
+        return
+    click.echo(f"client_id:     {client.client_id}")
+    if secret:
+        click.echo(f"client_secret: {secret}")
+        click.echo("The secret is shown only now; it is stored hashed.")
+
+
+@clients.command("list")
+def clients_list():
+    """List clients."""
+    for client in db.session.execute(db.select(Client).order_by(Client.id)).scalars():
+        click.echo(f"{client.client_id}\t{client.name}\t{client.token_endpoint_auth_method}\t"
+                   f"{','.join(client.grant_types)}\t{' '.join(client.redirect_uris)}")
+
+
+@clients.command("show")
+@click.argument("client_id")
+def clients_show(client_id):
+    """Show one client's settings as JSON."""
+    click.echo(json.dumps(describe(_client(client_id)), indent=2))
+
+
+@clients.command("delete")
+@click.argument("client_id")
+def clients_delete(client_id):
+    """Delete a client (its tokens stop working)."""
+    client = _client(client_id)
+    from idp.models import Token
+
+    for row in db.session.execute(db.select(Token).where(Token.client_id == client.client_id,
+                                                         Token.revoked_at.is_(None))).scalars():
+        row.revoked_at = utcnow()
+        row.revoked_reason = "client_deleted"
+    db.session.delete(client)
+    audit.record("client.deleted", client_id=client_id)
+    db.session.commit()
+    click.echo(f"deleted {client_id}")
+
+
+@clients.command("rotate-secret")
+@click.argument("client_id")
+def clients_rotate_secret(client_id):
+    """Issue a new secret (printed once); the old one stops working."""
+    client = _client(client_id)
+    if client.client_secret_hash is None:
+        raise click.ClickException("this client has no secret (public or private_key_jwt)")
+    secret = new_client_secret()
+    client.client_secret_hash = token_hash(secret)
+    audit.record("client.secret_rotated", client_id=client_id)
+    db.session.commit()
+    click.echo(f"client_secret: {secret}")
+
+
+keys_group = click.Group("keys", help="Manage the signing keys.")
+
+
+@keys_group.command("list")
+def keys_list():
+    """List signing keys: active, or retired and still published until a date."""
+    keys.active()
+    for row in db.session.execute(db.select(SigningKey).order_by(SigningKey.created_at.desc())).scalars():
+        status = "active" if row.retired_at is None else f"retired, published until {row.publish_until:%Y-%m-%d %H:%M}"
+        click.echo(f"{row.kid}\t{row.alg}\t{row.created_at:%Y-%m-%d %H:%M}\t{status}")
+
+
+@keys_group.command("rotate")
+def keys_rotate():
+    """Add new signing keys; the previous ones stay in JWKS until their tokens have expired."""
+    cfg = current_app.config
+    lifetime = max(cfg["IDP_ACCESS_TOKEN_TTL"], cfg["IDP_ID_TOKEN_TTL"]) + 300
+    fresh = keys.rotate(max_token_lifetime=lifetime)
+    audit.record("key.rotated", kids=[row.kid for row in fresh], commit=True)
+    for row in fresh:
+        click.echo(f"new signing key {row.kid} ({row.alg})")

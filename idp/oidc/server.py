@@ -1,0 +1,497 @@
+"""Authlib binding: the authorization server, its grants and endpoints. Only persistence hooks live here.
+
+Sources: RFC 6749 (grants), RFC 7636 (PKCE, S256 only), RFC 7009 (revocation), RFC 7662 (introspection),
+RFC 7523 (private_key_jwt), RFC 9068 (JWT access tokens), RFC 9207 (`iss`), RFC 9700 (BCP), OIDC Core 1.0,
+OIDC RP-Initiated Logout 1.0.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
+from authlib.oauth2.rfc6749 import grants
+from authlib.oauth2.rfc6749.errors import InvalidRequestError
+from authlib.oauth2.rfc6750 import BearerTokenValidator
+from authlib.oauth2.rfc7009 import RevocationEndpoint
+from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+from authlib.oauth2.rfc9207 import IssuerParameter
+from authlib.oidc.core import OpenIDCode as _OpenIDCode
+from authlib.oidc.core import UserInfoEndpoint
+from authlib.oidc.rpinitiated import EndSessionEndpoint
+from flask import Flask, current_app, g
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+from idp import audit
+from idp.extensions import db
+from idp.models import AuthorizationCode, Client, Token, utcnow
+from idp.oidc import claims as oidc_claims
+from idp.oidc import keys
+from idp.security.tokens import new_token, token_hash
+
+ALL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
+CONFIDENTIAL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+GRANT_TYPES = ["authorization_code", "refresh_token", "client_credentials"]
+
+
+def issuer() -> str:
+    """The issuer identifier (OIDC Discovery 4.3: exactly as in discovery and every token)."""
+    return current_app.config["IDP_ISSUER"]
+
+
+def query_client(client_id: str) -> Client | None:
+    """The registered client with this id."""
+    if not client_id or len(client_id) > 64:
+        return None
+    return db.session.execute(db.select(Client).where(Client.client_id == client_id)).scalar_one_or_none()
+
+
+# --- tokens ------------------------------------------------------------------------------------------------------
+
+def generate_token(grant_type: str, client: Client, user=None, scope: str | None = None, expires_in=None,
+                   include_refresh_token: bool = True) -> dict[str, Any]:
+    """An RFC 9068 JWT access token (typ at+jwt) and, where allowed, an opaque rotating refresh token."""
+    cfg = current_app.config
+    now = utcnow()
+    ttl = client.access_token_ttl or cfg["IDP_ACCESS_TOKEN_TTL"]
+    context = g.get("oidc_context") or {}
+    jti = new_token(16)
+    claims: dict[str, Any] = {
+        "iss": issuer(), "sub": user.subject if user is not None else client.client_id, "aud": client.client_id,
+        "client_id": client.client_id, "scope": scope or "", "jti": jti,
+        "iat": int(now.timestamp()), "exp": int(now.timestamp()) + ttl,
+    }
+    if context.get("auth_time") is not None:
+        claims["auth_time"] = int(context["auth_time"].timestamp())
+    for name in ("acr", "amr", "sid"):
+        if context.get(name):
+            claims[name] = context[name]
+    access_token = jwt.encode({"typ": "at+jwt", "alg": "RS256"}, claims, keys.signing_keyset(now), algorithms=["RS256"])
+    token = {"token_type": "Bearer", "access_token": access_token, "expires_in": ttl, "scope": scope or ""}
+    refresh = None
+    if include_refresh_token and user is not None and client.check_grant_type("refresh_token"):
+        refresh = new_token(32)
+        token["refresh_token"] = refresh
+    g.oidc_issued = {"jti": jti, "issued_at": now, "expires_at": now + timedelta(seconds=ttl), "refresh": refresh}
+    return token
+
+
+def save_token(token: dict[str, Any], request) -> None:
+    """Persist what generate_token issued: the jti, the refresh token's hash, and the sign-in it came from."""
+    cfg = current_app.config
+    issued = g.oidc_issued
+    context = g.get("oidc_context") or {}
+    client = request.client
+    now = issued["issued_at"]
+    family_expires = context.get("family_expires_at") or now + timedelta(seconds=cfg["IDP_REFRESH_TOKEN_MAX_AGE"])
+    idle = client.refresh_token_ttl or cfg["IDP_REFRESH_TOKEN_TTL"]
+    row = Token(
+        jti=issued["jti"], client_id=client.client_id, user=request.user, scope=token.get("scope", ""),
+        grant_type=request.payload.grant_type, family_id=context.get("family_id") or new_token(16),
+        authorization_code_id=context.get("code_id"), sid=context.get("sid"), auth_time=context.get("auth_time"),
+        acr=context.get("acr") or "", amr=context.get("amr") or [], claims=context.get("claims"),
+        issued_at=now, access_expires_at=issued["expires_at"],
+        refresh_token_hash=token_hash(issued["refresh"]) if issued["refresh"] else None,
+        refresh_expires_at=min(now + timedelta(seconds=idle), family_expires) if issued["refresh"] else None,
+        family_expires_at=family_expires if issued["refresh"] else None,
+    )
+    db.session.add(row)
+    event = "token.refreshed" if request.payload.grant_type == "refresh_token" else "token.issued"
+    audit.record(event, subject=request.user, client_id=client.client_id, grant_type=request.payload.grant_type,
+                 jti=row.jti, scope=row.scope, refresh_token=bool(issued["refresh"]))
+    db.session.commit()
+
+
+def revoke_family(family_id: str, reason: str) -> int:
+    """Revoke every token of one grant (all rotations of a refresh token and their access tokens)."""
+    now = utcnow()
+    rows = db.session.execute(db.select(Token).where(Token.family_id == family_id, Token.revoked_at.is_(None)))
+    count = 0
+    for row in rows.scalars():
+        row.revoked_at = now
+        row.revoked_reason = reason
+        count += 1
+    return count
+
+
+def revoke_for_user(user, reason: str) -> int:
+    """Revoke every live token of a user (sign-out everywhere, password reset, disable, factor reset)."""
+    now = utcnow()
+    rows = db.session.execute(db.select(Token).where(Token.user_id == user.id, Token.revoked_at.is_(None)))
+    count = 0
+    for row in rows.scalars():
+        row.revoked_at = now
+        row.revoked_reason = reason
+        count += 1
+    return count
+
+
+def access_token_row(token_string: str) -> Token | None:
+    """The stored token behind a JWT access token of ours (signature, typ, iss and exp checked), else None."""
+    if not token_string or token_string.count(".") != 2:
+        return None
+    try:
+        decoded = jwt.decode(token_string, keys.verification_keyset(), algorithms=["RS256", "ES256"])
+    except (JoseError, ValueError):
+        return None
+    if decoded.header.get("typ") != "at+jwt" or decoded.claims.get("iss") != issuer():
+        return None
+    if int(decoded.claims.get("exp", 0)) <= int(utcnow().timestamp()):
+        return None
+    jti = decoded.claims.get("jti")
+    if not isinstance(jti, str):
+        return None
+    return db.session.execute(db.select(Token).where(Token.jti == jti)).scalar_one_or_none()
+
+
+def refresh_token_row(token_string: str) -> Token | None:
+    """The stored token whose refresh token this is."""
+    if not token_string or len(token_string) > 512:
+        return None
+    return db.session.execute(
+        db.select(Token).where(Token.refresh_token_hash == token_hash(token_string))
+    ).scalar_one_or_none()
+
+
+# --- grants ------------------------------------------------------------------------------------------------------
+
+class S256CodeChallenge(CodeChallenge):
+    """PKCE with S256 only; required for public clients (RFC 9700 2.1.1, SECURITY.md 4)."""
+
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+    DEFAULT_CODE_CHALLENGE_METHOD = "S256"
+
+    def validate_code_challenge(self, grant, redirect_uri):
+        data = grant.request.payload.data
+        if grant.request.client.public and not data.get("code_challenge"):
+            raise InvalidRequestError("Public clients must send a PKCE code_challenge (S256).",
+                                      redirect_uri=redirect_uri, state=grant.request.payload.state)
+        if data.get("code_challenge") and data.get("code_challenge_method") != "S256":
+            raise InvalidRequestError("code_challenge_method must be S256.", redirect_uri=redirect_uri,
+                                      state=grant.request.payload.state)
+        return super().validate_code_challenge(grant, redirect_uri)
+
+
+class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
+    """The code grant: codes stored hashed, single use, short-lived; reuse revokes what the first use issued."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = ALL_AUTH_METHODS
+
+    def save_authorization_code(self, code: str, request) -> None:
+        live = g.oidc_session
+        now = utcnow()
+        data = request.payload.data
+        db.session.add(AuthorizationCode(
+            code_hash=token_hash(code), client_id=request.client.client_id, user_id=request.user.id,
+            redirect_uri=request.payload.redirect_uri or "", scope=request.scope or "", nonce=data.get("nonce"),
+            code_challenge=data.get("code_challenge"), code_challenge_method=data.get("code_challenge_method"),
+            claims=g.get("oidc_claims_request"), sid=live.sid, auth_time=live.auth_time, acr=live.acr,
+            amr=list(live.amr), issued_at=now,
+            expires_at=now + timedelta(seconds=min(current_app.config["IDP_AUTH_CODE_TTL"], 60)),
+        ))
+        db.session.commit()
+
+    def query_authorization_code(self, code: str, client: Client) -> AuthorizationCode | None:
+        row = db.session.execute(
+            db.select(AuthorizationCode).where(AuthorizationCode.code_hash == token_hash(code or ""),
+                                               AuthorizationCode.client_id == client.client_id)
+        ).scalar_one_or_none()
+        if row is None:
+            return None
+        now = utcnow()
+        # Claim the code atomically: of two concurrent redemptions only one wins (RFC 6749 4.1.2).
+        claimed = db.session.execute(
+            db.update(AuthorizationCode).where(AuthorizationCode.id == row.id, AuthorizationCode.used_at.is_(None))
+            .values(used_at=now)
+        ).rowcount
+        db.session.commit()
+        if claimed != 1:
+            # RFC 6749 4.1.2 / RFC 9700 4.5: a second use revokes every token issued from the first.
+            revoked = db.session.execute(
+                db.select(Token).where(Token.authorization_code_id == row.id)).scalars().first()
+            count = revoke_family(revoked.family_id, "code_reuse") if revoked is not None else 0
+            audit.record("code.reuse_detected", subject=row.user, client_id=client.client_id, tokens_revoked=count)
+            db.session.commit()
+            return None
+        db.session.refresh(row)
+        if row.expires_at <= now:
+            return None
+        return row
+
+    def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
+        """Nothing to do: the code was marked used when it was claimed (kept to detect reuse)."""
+
+    def authenticate_user(self, authorization_code: AuthorizationCode):
+        user = authorization_code.user
+        if user is None or user.disabled:
+            return None
+        g.oidc_context = {"sid": authorization_code.sid, "auth_time": authorization_code.auth_time,
+                          "acr": authorization_code.acr, "amr": list(authorization_code.amr),
+                          "code_id": authorization_code.id, "claims": authorization_code.claims,
+                          "family_id": new_token(16)}
+        return user
+
+
+class OpenIDCode(_OpenIDCode):
+    """ID tokens (OIDC Core 3.1.3.6): signed by our newest key for the client's algorithm, `kid` in the header."""
+
+    def exists_nonce(self, nonce: str, request) -> bool:
+        return db.session.execute(
+            db.select(AuthorizationCode.id).where(AuthorizationCode.client_id == request.payload.client_id,
+                                                  AuthorizationCode.nonce == nonce).limit(1)
+        ).first() is not None
+
+    def resolve_client_private_key(self, client: Client) -> KeySet:
+        return keys.signing_keyset()
+
+    def get_client_claims(self, client: Client) -> dict[str, Any]:
+        now = int(utcnow().timestamp())
+        return {"iss": issuer(), "aud": [client.client_id], "iat": now,
+                "exp": now + current_app.config["IDP_ID_TOKEN_TTL"]}
+
+    def get_client_algorithm(self, client: Client) -> str:
+        return client.id_token_signed_response_alg or "RS256"
+
+    def generate_user_info(self, user, scope: str):
+        requested = (g.get("oidc_context") or {}).get("claims") or {}
+        return oidc_claims.user_info(user, scope, requested.get("id_token"))
+
+    def get_authorization_code_claims(self, authorization_code: AuthorizationCode) -> dict[str, Any]:
+        result = super().get_authorization_code_claims(authorization_code)
+        result["auth_time"] = authorization_code.get_auth_time()  # always present (SECURITY.md 12)
+        if authorization_code.sid:
+            result["sid"] = authorization_code.sid
+        return result
+
+
+class RefreshTokenGrant(grants.RefreshTokenGrant):
+    """Rotation on every use; presenting a rotated token revokes the whole family (RFC 9700 4.14.2)."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = ALL_AUTH_METHODS
+    INCLUDE_NEW_REFRESH_TOKEN = True
+
+    def authenticate_refresh_token(self, refresh_token: str) -> Token | None:
+        row = refresh_token_row(refresh_token)
+        client = self.request.client
+        if row is None or row.client_id != client.client_id:
+            return None
+        now = utcnow()
+        if row.rotated_at is not None:
+            count = revoke_family(row.family_id, "refresh_reuse")
+            audit.record("refresh.reuse_detected", subject=row.user, client_id=row.client_id, tokens_revoked=count)
+            db.session.commit()
+            return None
+        if row.revoked_at is not None or row.refresh_expires_at is None or row.refresh_expires_at <= now:
+            return None
+        if row.user is None or row.user.disabled:
+            return None
+        g.oidc_context = {"sid": row.sid, "auth_time": row.auth_time, "acr": row.acr, "amr": list(row.amr),
+                          "claims": row.claims, "family_id": row.family_id,
+                          "family_expires_at": row.family_expires_at, "code_id": row.authorization_code_id}
+        return row
+
+    def authenticate_user(self, refresh_token: Token):
+        return refresh_token.user
+
+    def revoke_old_credential(self, refresh_token: Token) -> None:
+        refresh_token.rotated_at = utcnow()
+        db.session.commit()
+
+
+class ClientCredentialsGrant(grants.ClientCredentialsGrant):
+    """Machine-to-machine tokens for confidential clients."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = CONFIDENTIAL_AUTH_METHODS
+
+
+# --- client authentication ---------------------------------------------------------------------------------------
+
+class PrivateKeyJWT(JWTBearerClientAssertion):
+    """private_key_jwt (OIDC Core 9, RFC 7523 2.2): an assertion signed with a key from the client's JWKS."""
+
+    CLIENT_AUTH_METHOD = "private_key_jwt"
+
+    def get_audiences(self):
+        return [issuer(), issuer() + "/token"]
+
+    def validate_jti(self, claims, jti) -> bool:
+        """One use per assertion (RFC 7523 3): its jti is remembered in the rate-limit store until it expires."""
+        from idp.extensions import limiter
+
+        prefix = current_app.config.get("RATELIMIT_KEY_PREFIX", "idp")
+        lifetime = max(int(claims.get("exp", 0)) - int(utcnow().timestamp()), 0) + 120
+        key = f"{prefix}:assertion-jti:{token_hash(str(claims.get('sub')) + ':' + str(jti))}"
+        return limiter.storage.incr(key, lifetime) == 1
+
+    def resolve_client_public_key(self, client: Client):
+        if client.jwks:
+            return KeySet.import_key_set(client.jwks)
+        if client.jwks_uri:
+            return _fetch_jwks(client.jwks_uri)
+        return None
+
+
+def _fetch_jwks(uri: str) -> KeySet | None:
+    import requests
+
+    try:
+        response = requests.get(uri, timeout=5)
+        response.raise_for_status()
+        return KeySet.import_key_set(response.json())
+    except (requests.RequestException, ValueError):
+        return None
+
+
+# --- endpoints ---------------------------------------------------------------------------------------------------
+
+class _Presented:
+    """A token as presented to revocation or introspection: which of the row's two tokens it was."""
+
+    def __init__(self, row: Token, kind: str):
+        self.row = row
+        self.kind = kind
+
+    def check_client(self, client) -> bool:
+        return self.row.check_client(client)
+
+    def get_scope(self) -> str:
+        return self.row.scope
+
+    def is_revoked(self) -> bool:
+        return self.row.revoked_at is not None or (self.kind == "refresh_token" and self.row.rotated_at is not None)
+
+    def is_expired(self) -> bool:
+        expiry = self.row.refresh_expires_at if self.kind == "refresh_token" else self.row.access_expires_at
+        return expiry is None or expiry <= utcnow()
+
+
+def _find_presented(token_string: str, hint: str | None) -> _Presented | None:
+    order = ("refresh_token", "access_token") if hint == "refresh_token" else ("access_token", "refresh_token")
+    for kind in order:
+        row = access_token_row(token_string) if kind == "access_token" else refresh_token_row(token_string)
+        if row is not None:
+            return _Presented(row, kind)
+    return None
+
+
+class Revocation(RevocationEndpoint):
+    """RFC 7009: revoking a refresh token revokes its whole family; an access token is revoked by its jti."""
+
+    CLIENT_AUTH_METHODS = ALL_AUTH_METHODS
+
+    def query_token(self, token_string, token_type_hint):
+        return _find_presented(token_string, token_type_hint)
+
+    def revoke_token(self, token: _Presented, request) -> None:
+        row = token.row
+        if token.kind == "refresh_token":
+            count = revoke_family(row.family_id, "revoked")
+        else:
+            row.revoked_at = row.revoked_at or utcnow()
+            row.revoked_reason = row.revoked_reason or "revoked"
+            count = 1
+        audit.record("token.revoked", subject=row.user, client_id=row.client_id, token_type=token.kind,
+                     tokens_revoked=count)
+        db.session.commit()
+
+
+class Introspection(IntrospectionEndpoint):
+    """RFC 7662 for authenticated clients: a client may introspect only its own tokens."""
+
+    CLIENT_AUTH_METHODS = CONFIDENTIAL_AUTH_METHODS
+
+    def query_token(self, token_string, token_type_hint):
+        return _find_presented(token_string, token_type_hint)
+
+    def check_permission(self, token: _Presented, client, request) -> bool:
+        return token.row.client_id == client.client_id
+
+    def introspect_token(self, token: _Presented) -> dict[str, Any]:
+        row = token.row
+        expiry = row.refresh_expires_at if token.kind == "refresh_token" else row.access_expires_at
+        result = {"active": True, "client_id": row.client_id, "scope": row.scope, "iss": issuer(),
+                  "aud": row.client_id, "iat": int(row.issued_at.timestamp()), "exp": int(expiry.timestamp()),
+                  "token_type": "Bearer" if token.kind == "access_token" else "refresh_token"}
+        if token.kind == "access_token":
+            result["jti"] = row.jti
+        if row.user is not None:
+            result["sub"] = row.user.subject
+            result["username"] = row.user.email
+        return result
+
+
+class AccessTokenValidator(BearerTokenValidator):
+    """Bearer JWT access tokens of ours, live in the database (revocation and introspection agree)."""
+
+    def authenticate_token(self, token_string: str) -> Token | None:
+        row = access_token_row(token_string)
+        g.oidc_token = row
+        return row
+
+
+class UserInfo(UserInfoEndpoint):
+    """OIDC Core 5.3: the claims the token's scope (and its claims request) release."""
+
+    def generate_user_info(self, user, scope):
+        token = g.get("oidc_token")
+        requested = (token.claims or {}).get("userinfo") if token is not None else None
+        return oidc_claims.user_info(user, scope, requested)
+
+    def get_issuer(self):
+        return issuer()
+
+    def resolve_private_key(self):
+        return keys.signing_keyset()
+
+
+class EndSession(EndSessionEndpoint):
+    """RP-Initiated Logout 1.0; the view ends the browser's session (and asks first without a valid hint)."""
+
+    def get_server_jwks(self):
+        return keys.verification_keyset()
+
+    def end_session(self, end_session_request) -> None:
+        g.oidc_end_session = True
+
+    def is_post_logout_redirect_uri_legitimate(self, request, post_logout_redirect_uri, client, logout_hint):
+        # Without an id_token_hint, the user has confirmed on our page; the URI was still matched exactly.
+        return bool(g.get("oidc_logout_confirmed")) and client is not None
+
+
+class Issuer(IssuerParameter):
+    """RFC 9207: `iss` on every authorization response."""
+
+    def get_issuer(self) -> str:
+        return issuer()
+
+
+def create_server(app: Flask) -> AuthorizationServer:
+    """One authorization server per app, bound to its settings."""
+    server = AuthorizationServer()
+    app.config.setdefault("OAUTH2_SCOPES_SUPPORTED", list(oidc_claims.SCOPES))
+    server.init_app(app, query_client=query_client, save_token=save_token)
+    server.register_token_generator("default", generate_token)
+    server.register_client_auth_method("private_key_jwt", PrivateKeyJWT())
+    server.register_grant(AuthorizationCodeGrant, [OpenIDCode(require_nonce=False), S256CodeChallenge(required=True)])
+    server.register_grant(RefreshTokenGrant)
+    server.register_grant(ClientCredentialsGrant)
+    protector = ResourceProtector()
+    protector.register_token_validator(AccessTokenValidator())
+    server.register_endpoint(Revocation)
+    server.register_endpoint(Introspection)
+    server.register_endpoint(UserInfo(resource_protector=protector))
+    server.register_endpoint(EndSession)
+    server.register_extension(Issuer())
+    app.extensions["idp.oauth"] = server
+    app.extensions["idp.resource_protector"] = protector
+    return server
+
+
+def current_server() -> AuthorizationServer:
+    """The app's authorization server."""
+    return current_app.extensions["idp.oauth"]

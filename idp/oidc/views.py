@@ -1,0 +1,273 @@
+"""The protocol endpoints: discovery, JWKS, authorization, token, userinfo, revocation, introspection, end session."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from authlib.common.urls import add_params_to_uri
+from authlib.oauth2 import OAuth2Error
+from authlib.oauth2.rfc6749.errors import InvalidRequestError
+from authlib.oidc.core.errors import ConsentRequiredError, InteractionRequiredError, LoginRequiredError
+from flask import Blueprint, current_app, g, jsonify, render_template, request, url_for
+from joserfc import jwt
+from joserfc.errors import JoseError
+from werkzeug.wrappers import Response
+
+from idp import audit
+from idp.extensions import csrf, db
+from idp.http import clear_session_cookie, external_url
+from idp.login import sessions, transaction
+from idp.login.assurance import LEVELS
+from idp.login.browser import binding, current_session
+from idp.login.forms import ConfirmForm
+from idp.login.views import begin_transaction
+from idp.models import Consent, utcnow
+from idp.oidc import claims as oidc_claims
+from idp.oidc import keys, policy
+from idp.oidc.server import ALL_AUTH_METHODS, CONFIDENTIAL_AUTH_METHODS, GRANT_TYPES, current_server, issuer
+
+bp = Blueprint("oidc", __name__)
+
+# CORS for the endpoints a browser-based relying party calls directly; never the authorization endpoint.
+CORS_ENDPOINTS = {"oidc.discovery", "oidc.oauth_metadata", "oidc.jwks", "oidc.token", "oidc.userinfo",
+                  "oidc.revoke", "oidc.introspect"}
+TXN_PARAM = "_txn"
+PROMPT_NONE_ERRORS = {"login_required": LoginRequiredError, "consent_required": ConsentRequiredError,
+                      "interaction_required": InteractionRequiredError}
+
+
+@bp.after_app_request
+def cors(response: Response) -> Response:
+    """Allow any origin on the public, token-authenticated endpoints (no cookies are involved there)."""
+    if request.endpoint in CORS_ENDPOINTS:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        if request.method == "OPTIONS":
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, DPoP"
+            response.headers["Access-Control-Max-Age"] = "600"
+    return response
+
+
+def metadata() -> dict:
+    """OpenID Provider Metadata (OIDC Discovery 3, RFC 8414 2): complete and truthful."""
+    return {
+        "issuer": issuer(),
+        "authorization_endpoint": external_url("oidc.authorize"),
+        "token_endpoint": external_url("oidc.token"),
+        "userinfo_endpoint": external_url("oidc.userinfo"),
+        "jwks_uri": external_url("oidc.jwks"),
+        "revocation_endpoint": external_url("oidc.revoke"),
+        "introspection_endpoint": external_url("oidc.introspect"),
+        "end_session_endpoint": external_url("oidc.end_session"),
+        "scopes_supported": list(oidc_claims.SCOPES),
+        "claims_supported": oidc_claims.CLAIMS_SUPPORTED,
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": GRANT_TYPES,
+        "subject_types_supported": ["public"],
+        "token_endpoint_auth_methods_supported": ALL_AUTH_METHODS,
+        "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
+        "revocation_endpoint_auth_methods_supported": ALL_AUTH_METHODS,
+        "introspection_endpoint_auth_methods_supported": CONFIDENTIAL_AUTH_METHODS,
+        "code_challenge_methods_supported": ["S256"],
+        "id_token_signing_alg_values_supported": ["RS256", "ES256"],
+        "acr_values_supported": list(LEVELS),
+        "claims_parameter_supported": True,
+        "request_parameter_supported": False,
+        "request_uri_parameter_supported": False,
+        "authorization_response_iss_parameter_supported": True,
+        "prompt_values_supported": ["none", "login", "consent"],
+        "display_values_supported": ["page"],
+        "claim_types_supported": ["normal"],
+        "ui_locales_supported": ["en"],
+        "frontchannel_logout_supported": False,
+        "backchannel_logout_supported": False,
+    }
+
+
+@bp.get("/.well-known/openid-configuration")
+def discovery():
+    """OpenID Connect Discovery 1.0 metadata."""
+    return jsonify(metadata())
+
+
+@bp.get("/.well-known/oauth-authorization-server")
+def oauth_metadata():
+    """RFC 8414 authorization server metadata (the same document)."""
+    return jsonify(metadata())
+
+
+@bp.get("/jwks.json")
+def jwks():
+    """The public signing keys, including retired ones whose tokens may still be valid."""
+    response = jsonify(keys.jwks())
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+def _authorize_error(error: OAuth2Error):
+    """Errors before the redirect URI is trusted show a page (SECURITY.md 2); later ones redirect with `iss`."""
+    db.session.rollback()
+    if not error.redirect_uri:
+        return render_template("error.html", title="This sign-in request is not valid",
+                               message=f"{error.error}: {error.description or ''}".strip(": ")), 400
+    response = current_server().handle_error_response(None, error)
+    response.headers["Location"] = add_params_to_uri(response.headers["Location"], {"iss": issuer()})
+    return response
+
+
+def _hint_subject(raw: str | None) -> str | None:
+    """The `sub` of an id_token_hint we signed (expired ones count: OIDC Core 3.1.2.1)."""
+    if not raw:
+        return None
+    try:
+        decoded = jwt.decode(raw, keys.verification_keyset(), algorithms=["RS256", "ES256"])
+    except (JoseError, ValueError):
+        raise InvalidRequestError("id_token_hint is not a valid ID token of this issuer.") from None
+    if decoded.claims.get("iss") != issuer() or not isinstance(decoded.claims.get("sub"), str):
+        raise InvalidRequestError("id_token_hint is not a valid ID token of this issuer.")
+    return decoded.claims["sub"]
+
+
+def _return_url() -> str:
+    params = [(k, v) for k, v in request.values.items(multi=True) if k != TXN_PARAM]
+    return url_for("oidc.authorize") + "?" + urlencode(params)
+
+
+@bp.route("/authorize", methods=["GET", "POST"])
+@csrf.exempt
+def authorize():
+    """The authorization endpoint: Authlib validates the request, then the policy decides (STYLE.md pipeline)."""
+    server = current_server()
+    live = current_session()
+    user = live.user if live is not None else None
+    try:
+        grant = server.get_consent_grant(end_user=user)
+    except OAuth2Error as error:
+        return _authorize_error(error)
+    params = request.values
+    state = params.get("state")
+    redirect_uri = grant.redirect_uri
+    try:
+        max_age = params.get("max_age")
+        if max_age is not None and (not max_age.isdigit() or len(max_age) > 10):
+            raise InvalidRequestError("max_age must be a non-negative integer.")
+        try:
+            claims_request = oidc_claims.parse_claims_parameter(params.get("claims"))
+        except ValueError:
+            raise InvalidRequestError("claims must be a JSON object.") from None
+        hint_subject = _hint_subject(params.get("id_token_hint"))
+    except OAuth2Error as error:
+        error.redirect_uri, error.state = redirect_uri, state
+        return _authorize_error(error)
+
+    now = utcnow()
+    answered = transaction.load_completed(params.get(TXN_PARAM), binding=binding(), now=now)
+    satisfied: set[str] = set()
+    if answered is not None:
+        satisfied = set(answered.state["reasons"]) | set(answered.state["context"].get("satisfied", []))
+        db.session.commit()
+        if answered.state.get("denied"):
+            return server.create_authorization_response(grant=grant, grant_user=None)
+
+    client = grant.client
+    scopes = (grant.request.scope or "").split()
+    consent = None
+    if user is not None:
+        consent = db.session.execute(
+            db.select(Consent).where(Consent.user_id == user.id, Consent.client_id == client.client_id,
+                                     Consent.revoked_at.is_(None))).scalar_one_or_none()
+    req = policy.Request(
+        client_id=client.client_id, first_party=client.first_party, scopes=scopes,
+        prompt=set((params.get("prompt") or "").split()), max_age=int(max_age) if max_age is not None else None,
+        acr_values=(params.get("acr_values") or "").split(), session=live,
+        consented_scopes=set(consent.scopes) if consent else set(), hint_subject=hint_subject, satisfied=satisfied)
+    failures = policy.evaluate(req, now)
+    if failures:
+        if "none" in req.prompt:  # never a screen (OIDC Core 3.1.2.6)
+            error_cls = PROMPT_NONE_ERRORS[failures[0].prompt_none_error]
+            return _authorize_error(error_cls(redirect_uri=redirect_uri, state=state))
+        reasons = [f.reason for f in failures]
+        keep_user = user is not None and "no_session" not in reasons
+        login_hint = (params.get("login_hint") or "")[:320]
+        return begin_transaction(
+            reasons=reasons, return_to=_return_url(), user=user if keep_user else None, tid_param=TXN_PARAM,
+            context={"client_id": client.client_id, "client_name": client.name, "scopes": scopes,
+                     "login_hint": login_hint or (user.email if user is not None else ""),
+                     "satisfied": sorted(satisfied)})
+    g.oidc_session = live
+    g.oidc_claims_request = claims_request
+    return server.create_authorization_response(grant=grant, grant_user=user)
+
+
+@bp.route("/token", methods=["POST", "OPTIONS"])
+@csrf.exempt
+def token():
+    """The token endpoint (RFC 6749 3.2): code, refresh_token and client_credentials grants."""
+    if request.method == "OPTIONS":
+        return current_app.make_default_options_response()
+    return current_server().create_token_response()
+
+
+def _token_from_body() -> None:
+    """RFC 6750 2.2: a form-encoded `access_token` is accepted where the Authorization header is absent."""
+    if "Authorization" not in request.headers and request.method == "POST" and request.form.get("access_token"):
+        request.environ["HTTP_AUTHORIZATION"] = "Bearer " + request.form["access_token"]
+
+
+@bp.route("/userinfo", methods=["GET", "POST", "OPTIONS"])
+@csrf.exempt
+def userinfo():
+    """The UserInfo endpoint (OIDC Core 5.3): GET, or POST with the token in the header or the body."""
+    if request.method == "OPTIONS":
+        return current_app.make_default_options_response()
+    _token_from_body()
+    return current_server().create_endpoint_response("userinfo")
+
+
+@bp.route("/revoke", methods=["POST", "OPTIONS"])
+@csrf.exempt
+def revoke():
+    """Token revocation (RFC 7009)."""
+    if request.method == "OPTIONS":
+        return current_app.make_default_options_response()
+    return current_server().create_endpoint_response("revocation")
+
+
+@bp.route("/introspect", methods=["POST", "OPTIONS"])
+@csrf.exempt
+def introspect():
+    """Token introspection (RFC 7662) for authenticated clients."""
+    if request.method == "OPTIONS":
+        return current_app.make_default_options_response()
+    return current_server().create_endpoint_response("introspection")
+
+
+@bp.route("/end-session", methods=["GET", "POST"])
+@csrf.exempt  # the RP may POST here; our own confirmation form is checked below
+def end_session():
+    """RP-Initiated Logout 1.0: with a valid id_token_hint, sign out; otherwise ask the user first."""
+    server = current_server()
+    try:
+        end_request = server.validate_endpoint_request("end_session")
+    except OAuth2Error as error:
+        return render_template("error.html", title="This sign-out request is not valid",
+                               message=error.description or error.error), 400
+    live = current_session()
+    if end_request.needs_confirmation:
+        form = ConfirmForm()
+        if request.method != "POST" or request.form.get("confirm") != "yes":
+            return render_template("oidc/logout_confirm.html", form=form, client=end_request.client, user=live.user
+                                   if live else None, action=request.full_path)
+        csrf.protect()
+        g.oidc_logout_confirmed = True
+    response = server.create_endpoint_response("end_session", end_request)
+    if live is not None:
+        sessions.end(live, "rp_logout", utcnow())
+        audit.record("logout", subject=live.user, sid=live.sid,
+                     client_id=end_request.client.client_id if end_request.client else None, via="end_session")
+        db.session.commit()
+    if response is None:
+        response = current_app.make_response(render_template("account/signed_out.html"))
+    clear_session_cookie(response)
+    return response
