@@ -83,6 +83,9 @@ def _flask_settings(app: Flask) -> None:
         RATELIMIT_KEY_PREFIX=cfg.get("RATELIMIT_KEY_PREFIX", "idp"),
         RATELIMIT_HEADERS_ENABLED=False,
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the flow cookie; forms left open do not expire
+        # Flask-WTF's https Referer check cannot work with Referrer-Policy: no-referrer (SECURITY.md 16); the
+        # token and the SameSite=Lax cookie are the CSRF defence (ASVS V3.5).
+        WTF_CSRF_SSL_STRICT=False,
     )
 
 

@@ -125,7 +125,11 @@ def load(environ: dict[str, str] | None = None, overrides: dict[str, Any] | None
     values: dict[str, Any] = {}
     for setting in SETTINGS:
         if setting.name in overrides:
-            values[setting.name] = overrides.pop(setting.name)
+            value = overrides.pop(setting.name)
+            try:  # a string override is parsed like the environment variable it stands for
+                values[setting.name] = setting.parse(value) if isinstance(value, str) else value
+            except ValueError as exc:
+                raise ConfigError(f"{setting.name}: {exc}") from None
         elif setting.name in environ:
             try:
                 values[setting.name] = setting.parse(environ[setting.name])

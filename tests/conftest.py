@@ -1,14 +1,16 @@
 """Fixtures: the app on SQLite (default) or PostgreSQL + Redis (IDP_TEST_DATABASE_URL / IDP_TEST_REDIS_URL),
-a real SMTP server on loopback, and factories for users."""
+a real SMTP server on loopback, factories for users and clients, and the app on a live loopback server."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import threading
 import uuid
 
 import pytest
 from sqlalchemy import create_engine, text
+from werkzeug.serving import make_server
 
 from idp import create_app
 from idp.extensions import db
@@ -91,8 +93,9 @@ def make_app(database, tmp_path, smtp_server):
 
     def factory(**extra):
         url = _fresh_database(database, tmp_path)
-        config = base_config(tmp_path, IDP_DATABASE_URL=url, IDP_MAIL_BACKEND="smtp", IDP_SMTP_HOST="127.0.0.1",
-                             IDP_SMTP_PORT=smtp_server.port, **extra)
+        defaults = {"IDP_DATABASE_URL": url, "IDP_MAIL_BACKEND": "smtp", "IDP_SMTP_HOST": "127.0.0.1",
+                    "IDP_SMTP_PORT": smtp_server.port}
+        config = base_config(tmp_path, **{**defaults, **extra})
         app = create_app(config)
         apps.append(app)
         return app
@@ -137,3 +140,46 @@ def make_client(app):
     def factory(**kwargs):
         return make_client_in(app, **kwargs)
     return factory
+
+
+class _Deferred:
+    """A WSGI app handed to the server after it has bound its port (the app's issuer needs that port)."""
+
+    app = None
+
+    def __call__(self, environ, start_response):
+        return self.app(environ, start_response)
+
+
+class LiveServer:
+    """The app served by werkzeug on 127.0.0.1 in a background thread."""
+
+    def __init__(self, make_app, **extra):
+        deferred = _Deferred()
+        # Threaded: Chromium may open a connection ahead of time and send nothing on it for a while.
+        self._server = make_server("127.0.0.1", 0, deferred, threaded=True)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        try:
+            self.app = deferred.app = make_app(IDP_ISSUER=self.url, **extra)  # mailed links point here
+        except BaseException:
+            self._server.server_close()
+            raise
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="idp-live-server", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_server(make_app):
+    """The app on a live loopback server whose IDP_ISSUER is the server's own origin."""
+    server = LiveServer(make_app)
+    server.start()
+    yield server
+    server.stop()

@@ -170,9 +170,6 @@ def test_production_app_sends_hsts(make_app):
 
 
 @NEEDS_POSTGRES
-@pytest.mark.xfail(strict=True, reason="BUG: in production (https) Flask-WTF's WTF_CSRF_SSL_STRICT demands a Referer, "
-                   "which browsers never send because every page says Referrer-Policy: no-referrer; every form "
-                   "POST is refused. Fix: WTF_CSRF_SSL_STRICT=False in idp/__init__.py _flask_settings.")
 def test_production_sign_in_issues_a_host_prefixed_secure_cookie(make_app):
     app = _production_app(make_app)
     make_user_in(app)

@@ -15,6 +15,7 @@ from idp.login import planner, sessions, transaction
 from idp.login.browser import binding, current_session, rotate_binding, safe_next, step_context
 from idp.login.steps import StepContext
 from idp.models import LoginTransaction, User, utcnow
+from idp.security.tokens import token_hash
 
 bp = Blueprint("login", __name__, url_prefix="/login")
 
@@ -131,12 +132,14 @@ def _complete(ctx: StepContext) -> Response:
     live, token = sessions.start(user, amr=txn.state["amr"], now=ctx.now, ip=ctx.ip, user_agent=ctx.user_agent,
                                  previous=previous, fresh_login=fresh)
     txn.completed_at = ctx.now
+    rotate_binding()
+    # The completed transaction follows the new binding, so /authorize can still see what it answered.
+    txn.binding_hash = token_hash(binding())
     db.session.flush()
     audit.record("login.success", subject=user, amr=live.amr, acr=live.acr, sid=live.sid,
                  client_id=txn.state["context"].get("client_id"))
     db.session.commit()
     g.login_session = live
-    rotate_binding()
     response = redirect(txn.state["return_to"])
     set_session_cookie(response, token, max_age=current_app.config["IDP_SESSION_MAX_AGE"])
     return response

@@ -458,6 +458,12 @@ class EndSession(EndSessionEndpoint):
     def end_session(self, end_session_request) -> None:
         g.oidc_end_session = True
 
+    def resolve_client_from_id_token_claims(self, id_token_claims):
+        # Our ID tokens carry `aud` as a one-element list; Authlib's default resolves only a string `aud`.
+        aud = id_token_claims.get("aud")
+        audiences = [aud] if isinstance(aud, str) else list(aud or [])
+        return self.server.query_client(audiences[0]) if len(audiences) == 1 else None
+
     def is_post_logout_redirect_uri_legitimate(self, request, post_logout_redirect_uri, client, logout_hint):
         # Without an id_token_hint, the user has confirmed on our page; the URI was still matched exactly.
         return bool(g.get("oidc_logout_confirmed")) and client is not None
