@@ -29,6 +29,12 @@ def _forms_limit() -> str:
     return current_app.config["IDP_RATELIMIT_FORMS"]
 
 
+def _link_row(purpose: str, token: str, ttl_setting: str):
+    """The live one-time token behind a signed link from a mail, or None."""
+    cfg = current_app.config
+    return onetime.find_by_link(purpose, token, now=utcnow(), secret_key=cfg["IDP_SECRET_KEY"], ttl=cfg[ttl_setting])
+
+
 def _link_error():
     return render_template("error.html", title="This link is not valid",
                            message="It has expired, was already used, or was replaced by a newer one.",
@@ -77,9 +83,7 @@ def signup():
 @bp.route("/verify-email/<token>", methods=["GET", "POST"])
 def verify_email(token: str):
     """Confirm an address from the link in the verification mail (a button, so mail scanners cannot use it)."""
-    cfg = current_app.config
-    row = onetime.find_by_link(VERIFY_PURPOSE, token, now=utcnow(), secret_key=cfg["IDP_SECRET_KEY"],
-                               ttl=cfg["IDP_VERIFY_LINK_TTL"])
+    row = _link_row(VERIFY_PURPOSE, token, "IDP_VERIFY_LINK_TTL")
     if row is None:
         return _link_error()
     form = ConfirmForm()
@@ -114,10 +118,8 @@ def forgot():
 @bp.route("/reset/<token>", methods=["GET", "POST"])
 def reset_password(token: str):
     """Choose a new password from an emailed link; every session of the account ends."""
-    cfg = current_app.config
     now = utcnow()
-    row = onetime.find_by_link("password_reset", token, now=now, secret_key=cfg["IDP_SECRET_KEY"],
-                               ttl=cfg["IDP_RESET_LINK_TTL"])
+    row = _link_row("password_reset", token, "IDP_RESET_LINK_TTL")
     if row is None:
         return _link_error()
     user = row.user
@@ -148,10 +150,8 @@ def reset_password(token: str):
 @bp.route("/unlock/<token>", methods=["GET", "POST"])
 def unlock(token: str):
     """Lift a lock from the link mailed when the account was locked."""
-    cfg = current_app.config
     now = utcnow()
-    row = onetime.find_by_link("unlock", token, now=now, secret_key=cfg["IDP_SECRET_KEY"],
-                               ttl=cfg["IDP_RESET_LINK_TTL"])
+    row = _link_row("unlock", token, "IDP_RESET_LINK_TTL")
     if row is None:
         return _link_error()
     form = ConfirmForm()

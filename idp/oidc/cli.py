@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 import click
 from flask import current_app
+from flask.cli import AppGroup
 
 from idp import audit
 from idp.extensions import db
@@ -96,7 +97,8 @@ def describe(client: Client) -> dict:
             "created_at": client.created_at.isoformat(timespec="seconds")}
 
 
-clients = click.Group("clients", help="Manage OAuth / OpenID Connect clients.")
+# AppGroup pushes the app context for every command, also under app.test_cli_runner().
+clients = AppGroup("clients", help="Manage OAuth / OpenID Connect clients.")
 
 
 @clients.command("create")
@@ -181,7 +183,7 @@ def clients_rotate_secret(client_id):
     click.echo(f"client_secret: {secret}")
 
 
-keys_group = click.Group("keys", help="Manage the signing keys.")
+keys_group = AppGroup("keys", help="Manage the signing keys.")
 
 
 @keys_group.command("list")

@@ -107,28 +107,24 @@ def save_token(token: dict[str, Any], request) -> None:
     db.session.commit()
 
 
-def revoke_family(family_id: str, reason: str) -> int:
-    """Revoke every token of one grant (all rotations of a refresh token and their access tokens)."""
+def _revoke_where(condition, reason: str) -> int:
     now = utcnow()
-    rows = db.session.execute(db.select(Token).where(Token.family_id == family_id, Token.revoked_at.is_(None)))
     count = 0
-    for row in rows.scalars():
+    for row in db.session.execute(db.select(Token).where(condition, Token.revoked_at.is_(None))).scalars():
         row.revoked_at = now
         row.revoked_reason = reason
         count += 1
     return count
+
+
+def revoke_family(family_id: str, reason: str) -> int:
+    """Revoke every token of one grant (all rotations of a refresh token and their access tokens)."""
+    return _revoke_where(Token.family_id == family_id, reason)
 
 
 def revoke_for_user(user, reason: str) -> int:
     """Revoke every live token of a user (sign-out everywhere, password reset, disable, factor reset)."""
-    now = utcnow()
-    rows = db.session.execute(db.select(Token).where(Token.user_id == user.id, Token.revoked_at.is_(None)))
-    count = 0
-    for row in rows.scalars():
-        row.revoked_at = now
-        row.revoked_reason = reason
-        count += 1
-    return count
+    return _revoke_where(Token.user_id == user.id, reason)
 
 
 def access_token_row(token_string: str) -> Token | None:
