@@ -57,6 +57,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.register_blueprint(dev_bp)
 
     _error_handlers(app)
+    app.add_template_filter(json_block, "json_block")
     from idp.cli import register
 
     register(app)
@@ -96,6 +97,13 @@ def _sqlite_foreign_keys(dbapi_connection, connection_record):
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+
+
+def json_block(text: str):
+    """A JSON text safe inside <script type="application/json">: <, > and & escaped as JSON unicode escapes."""
+    from markupsafe import Markup
+
+    return Markup(text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e"))
 
 
 def _wants_json() -> bool:

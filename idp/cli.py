@@ -248,11 +248,12 @@ def worker(burst):
 
 
 @click.command("config-doc")
-def config_doc():
+@click.option("--markdown", is_flag=True, help="Print the README's configuration table instead.")
+def config_doc(markdown):
     """Print every setting with its default (the text of .env.example)."""
-    from idp.config import env_example
+    from idp.config import env_example, markdown_table
 
-    click.echo(env_example(), nl=False)
+    click.echo(markdown_table() if markdown else env_example(), nl=False)
 
 
 def register(app: Flask) -> None:

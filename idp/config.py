@@ -98,6 +98,22 @@ SETTINGS: list[Setting] = [
     Setting("IDP_ID_TOKEN_TTL", 3600, "Seconds an ID token is valid.", int),
     Setting("IDP_REFRESH_TOKEN_TTL", 1209600, "Idle expiry of a refresh token: seconds it may go unused.", int),
     Setting("IDP_REFRESH_TOKEN_MAX_AGE", 7776000, "Absolute expiry of a refresh token family, from the sign-in.", int),
+    Setting("IDP_SMS_BACKEND", _by_env("outbox", "outbox", "disabled"),
+            "twilio | outbox | console | disabled: where SMS goes (disabled: no SMS factor)."),
+    Setting("IDP_TWILIO_ACCOUNT_SID", "", "Twilio account SID (SMS backend twilio)."),
+    Setting("IDP_TWILIO_AUTH_TOKEN", "", "Twilio auth token."),
+    Setting("IDP_TWILIO_FROM", "", "Sender number (E.164) for SMS."),
+    Setting("IDP_TWILIO_MESSAGING_SERVICE_SID", "", "Twilio messaging service SID (instead of IDP_TWILIO_FROM)."),
+    Setting("IDP_SMS_CODE_TTL", 300, "Seconds an SMS code stays valid (at most 600).", int),
+    Setting("IDP_SMS_CAP_NUMBER", "5/day", "SMS allowed per phone number (guards against SMS pumping)."),
+    Setting("IDP_SMS_CAP_USER", "10/day", "SMS allowed per user."),
+    Setting("IDP_SMS_CAP_COUNTRY", "1000/day", "SMS allowed per destination country."),
+    Setting("IDP_THROTTLE_OTP", "5/minute;20/hour;60/day", "Failed code attempts (TOTP, SMS, email, recovery) "
+            "allowed per account."),
+    Setting("IDP_REMEMBER_DEVICE_DAYS", 30, "Days a remembered device skips the second factor (0 = never).", int),
+    Setting("IDP_STEP_UP_MAX_AGE", 600, "Seconds after a sign-in during which factor and security changes "
+            "need no new authentication.", int),
+    Setting("IDP_WEBAUTHN_RP_ID", "", "WebAuthn relying party ID (default: the issuer's host name)."),
     Setting("IDP_DEMO_PASSWORD", "", "Password given to the demo user by `idp demo` (default: a random one)."),
 ]
 
@@ -159,6 +175,11 @@ def check_production(values: dict[str, Any]) -> None:
         raise ConfigError("IDP_REDIS_URL must be set in production (jobs and rate limits)")
     if values.get("IDP_MAIL_BACKEND") not in {"smtp", "console"}:
         raise ConfigError("IDP_MAIL_BACKEND must be smtp or console in production")
+    if values.get("IDP_SMS_BACKEND") == "twilio" and not (
+            values.get("IDP_TWILIO_ACCOUNT_SID") and values.get("IDP_TWILIO_AUTH_TOKEN")
+            and (values.get("IDP_TWILIO_FROM") or values.get("IDP_TWILIO_MESSAGING_SERVICE_SID"))):
+        raise ConfigError("IDP_SMS_BACKEND=twilio needs IDP_TWILIO_ACCOUNT_SID, IDP_TWILIO_AUTH_TOKEN and "
+                          "IDP_TWILIO_FROM or IDP_TWILIO_MESSAGING_SERVICE_SID")
 
 
 def _fill_embedded_defaults(values: dict[str, Any], instance_path: str) -> None:
@@ -193,16 +214,29 @@ def setting(name: str) -> Setting:
     return _BY_NAME[name]
 
 
+def _shown_default(setting: Setting) -> str:
+    default = setting.default_for("development")
+    if isinstance(default, list):
+        return ",".join(str(x) for x in default)
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    return str(default)
+
+
+def markdown_table() -> str:
+    """The README's configuration table: every setting, its development default and its doc."""
+    rows = ["| Variable | Default (development) | What it does |", "| --- | --- | --- |"]
+    for s in SETTINGS:
+        shown = _shown_default(s)
+        rows.append(f"| `{s.name}` | {f'`{shown}`' if shown else '(empty)'} | {s.doc} |")
+    return "\n".join(rows) + "\n"
+
+
 def env_example() -> str:
     """The text of ``.env.example``: every setting, its doc and its development default."""
     lines = ["# Every idp setting with its development default. Copy to .env and edit.", ""]
     for s in SETTINGS:
-        default = s.default_for("development")
-        if isinstance(default, list):
-            default = ",".join(str(x) for x in default)
-        elif isinstance(default, bool):
-            default = "true" if default else "false"
         lines.append(f"# {s.doc}")
-        lines.append(f"{s.name}={default}")
+        lines.append(f"{s.name}={_shown_default(s)}")
         lines.append("")
     return "\n".join(lines)

@@ -49,6 +49,13 @@ def set_session_cookie(response: Response, token: str, max_age: int) -> None:
                         secure=current_app.config["IDP_ENV"] == "production")
 
 
+def set_device_cookie(response: Response, token: str) -> None:
+    """The long-lived device cookie that recognises this browser (and, if asked, remembers it)."""
+    production = current_app.config["IDP_ENV"] == "production"
+    response.set_cookie("__Host-idp_device" if production else "idp_device", token, max_age=400 * 86400, path="/",
+                        httponly=True, samesite="Lax", secure=production)
+
+
 def clear_session_cookie(response: Response) -> None:
     """Remove the sign-in session cookie from the browser."""
     response.delete_cookie(session_cookie_name(), path="/", httponly=True, samesite="Lax",

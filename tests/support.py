@@ -157,3 +157,80 @@ def make_client_in(app, **kwargs):
         client, secret = create_client(**defaults)
         db.session.commit()
         return client.client_id, secret
+
+
+# --- OAuth / OIDC walking helpers (tests/test_oidc_protocol.py) ------------------------------------------------------
+
+RP_CALLBACK = "https://rp.example/cb"
+
+
+def pkce_pair() -> tuple[str, str]:
+    """A fresh PKCE (verifier, S256 challenge) pair (RFC 7636 4.1, 4.2)."""
+    import base64
+    import hashlib
+    import secrets
+
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+def authorize_url(client_id: str, **params) -> str:
+    """An /authorize path: code flow, scope openid, state, redirect_uri RP_CALLBACK; a None value drops a param."""
+    from urllib.parse import urlencode
+
+    query = {"response_type": "code", "client_id": client_id, "redirect_uri": RP_CALLBACK, "scope": "openid",
+             "state": "state-1"}
+    query.update(params)
+    return "/authorize?" + urlencode({k: v for k, v in query.items() if v is not None})
+
+
+def walk_authorize(client, path: str, *, email: str = "alice@example.com", password: str = PASSWORD,
+                   consent: str = "allow", max_hops: int = 25):
+    """Follow /authorize like a browser, answering the password and consent screens (consent="allow"/"deny").
+
+    Returns the first response that leaves the IdP (a redirect to another origin) or that is not a redirect
+    nor a known screen (an error page, say).
+    """
+    response = client.get(path)
+    for _ in range(max_hops):
+        if response.status_code in (301, 302, 303):
+            location = response.headers["Location"]
+            if not (location.startswith("/") or location.startswith("http://localhost/")):
+                return response
+            response = client.get(location)
+            continue
+        match = re.search(r'name="step" value="([a-z_]+)"', response.get_data(as_text=True))
+        if response.status_code != 200 or match is None:
+            return response
+        step = match.group(1)
+        data = {"csrf_token": csrf_token(response), "step": step}
+        if step == "password":
+            data.update(email=email, password=password)
+        elif step == "consent":
+            data[consent] = consent.capitalize()
+        else:
+            raise AssertionError(f"unexpected screen {step}")
+        response = client.post(urlsplit(response.request.url).path, data=data)
+    raise AssertionError("redirect loop while walking /authorize")
+
+
+def query_params(location: str) -> dict[str, str]:
+    """The query parameters of a redirect URI (first value of each)."""
+    from urllib.parse import parse_qs
+
+    return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+
+
+def authorize(client, client_id: str, *, consent: str = "allow", email: str = "alice@example.com",
+              password: str = PASSWORD, **params) -> str:
+    """Walk sign-in and consent for an authorization request; returns the code (asserts a code came back).
+
+    ``params`` override authorize_url's defaults (pass code_challenge=..., redirect_uri=None, ...).
+    """
+    response = walk_authorize(client, authorize_url(client_id, **params), email=email, password=password,
+                              consent=consent)
+    assert response.status_code == 302, (response.status_code, response.get_data(as_text=True)[:500])
+    found = query_params(response.headers["Location"])
+    assert "code" in found, response.headers["Location"]
+    return found["code"]

@@ -9,10 +9,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import threading
 
 import pytest
-from werkzeug.serving import make_server
 
 from tests.support import PASSWORD, Mailbox, code_in, make_user_in
 
@@ -39,49 +37,6 @@ if (_reason := _missing()) is not None:
 from playwright.sync_api import expect, sync_playwright  # noqa: E402  (only once we know it is there)
 
 pytestmark = pytest.mark.browser
-
-
-class _Deferred:
-    """A WSGI app handed to the server after it has bound its port (the app's issuer needs that port)."""
-
-    app = None
-
-    def __call__(self, environ, start_response):
-        return self.app(environ, start_response)
-
-
-class LiveServer:
-    """The app served by werkzeug on 127.0.0.1 in a background thread."""
-
-    def __init__(self, make_app, **extra):
-        deferred = _Deferred()
-        # Threaded: Chromium may open a connection ahead of time and send nothing on it for a while.
-        self._server = make_server("127.0.0.1", 0, deferred, threaded=True)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        try:
-            self.app = deferred.app = make_app(IDP_ISSUER=self.url, **extra)  # mailed links point here
-        except BaseException:
-            self._server.server_close()
-            raise
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="idp-live-server", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
-
-
-@pytest.fixture
-def live_server(make_app):
-    """The app on a live loopback server whose IDP_ISSUER is the server's own origin."""
-    server = LiveServer(make_app)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

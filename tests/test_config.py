@@ -175,3 +175,11 @@ def test_env_example_copied_to_dotenv_gives_the_development_defaults(tmp_path):
 def test_committed_env_example_is_the_generated_one():
     committed = Path(ROOT) / ".env.example"
     assert committed.read_text() == env_example(), "regenerate it: idp config-doc > .env.example"
+
+
+def test_readme_configuration_table_is_the_generated_one():
+    """The README's table is `idp config-doc --markdown`, so a new setting cannot go undocumented."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert config.markdown_table() in readme

@@ -31,7 +31,7 @@ def test_sign_up_verify_with_code_then_signed_in(app, client, mailbox):
         session = db.session.execute(db.select(LoginSession)).scalar_one()
         assert session.amr == ["pwd"]
         events = [e.event for e in db.session.execute(db.select(AuditEvent).order_by(AuditEvent.id)).scalars()]
-        assert events == ["user.signup", "email.verified", "login.success"]
+        assert events == ["user.signup", "email.verified", "login.success", "device.new"]
 
 
 def test_unverified_user_is_stopped_at_verification_and_resumes_by_link(app, client, mailbox, make_user):

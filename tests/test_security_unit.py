@@ -245,11 +245,13 @@ def test_only_proxies_in_the_chain_gives_the_leftmost():
 @pytest.mark.parametrize(("amr", "acr"), [
     ([], ""),
     (["pwd"], ACR_PASSWORD),
-    (["pwd", "otp"], ACR_PASSWORD),  # an extra method counts only once the step says "mfa"
+    (["pwd", "otp"], ACR_MFA),  # knowledge + possession is two factors
+    (["pwd", "email_otp"], ACR_PASSWORD),  # an emailed code never counts toward MFA (SECURITY.md 24)
     (["pwd", "otp", "mfa"], ACR_MFA),
     (["pwd", "sms", "mfa"], ACR_MFA),
     (["hwk"], ACR_PASSWORD),  # a security key without user verification is one factor
-    (["pwd", "hwk", "mfa"], ACR_MFA),
+    (["pwd", "hwk"], ACR_MFA),
+    (["pwd", "recovery_code"], ACR_MFA),
     (["hwk", "user"], ACR_PHISHING_RESISTANT),
     (["swk", "user", "mfa"], ACR_PHISHING_RESISTANT),
     (["pwd", "user"], ACR_PASSWORD),

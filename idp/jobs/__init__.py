@@ -37,7 +37,7 @@ def init_app(app: Flask) -> None:
 
         connection = Redis.from_url(app.config["IDP_REDIS_URL"])
         app.extensions["idp.queue"] = Queue(app.config["IDP_QUEUE_NAME"], connection=connection)
-    from idp.jobs import mail  # noqa: F401  (registers the mail jobs)
+    from idp.jobs import mail, sms  # noqa: F401  (registers the mail and SMS jobs)
 
 
 def queue():

@@ -25,6 +25,9 @@ SUBJECTS = {
     "password_reset": "Reset your password",
     "password_changed": "Your password was changed",
     "account_locked": "Your account was locked",
+    "login_code": "Your sign-in code",
+    "security_notice": "Security change on your account",
+    "new_signin": "New sign-in to your account",
 }
 
 

@@ -1,4 +1,12 @@
-"""Levels of assurance (`acr`) derived from the methods used (`amr`, RFC 8176)."""
+"""Levels of assurance (`acr`) derived from the methods used (`amr`, RFC 8176).
+
+- `urn:idp:acr:pwd`: a password alone.
+- `urn:idp:acr:mfa`: a password plus a possession factor (TOTP `otp`, `sms`, WebAuthn `hwk`/`swk`, a recovery
+  code), or a passkey with user verification, or a remembered device that was proven with such a factor.
+- `urn:idp:acr:phr`: WebAuthn with user verification (`hwk` or `swk` plus `user`): phishing-resistant.
+
+An emailed code (`email_otp`) never counts toward `mfa` (SECURITY.md 24).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +19,24 @@ ACR_PHISHING_RESISTANT = "urn:idp:acr:phr"
 # Ordered weakest first: a request for a level is met by that level or any stronger one.
 LEVELS = (ACR_PASSWORD, ACR_MFA, ACR_PHISHING_RESISTANT)
 
+POSSESSION = frozenset({"otp", "sms", "hwk", "swk", "recovery_code"})
+WEBAUTHN = frozenset({"hwk", "swk"})
+
+
+def complete_amr(amr: Iterable[str]) -> list[str]:
+    """``amr`` with "mfa" added when the methods are two factors: knowledge + possession, or a verified key."""
+    methods = list(dict.fromkeys(amr))
+    present = set(methods)
+    if "mfa" not in present and (("pwd" in present and present & POSSESSION) or
+                                 (present & WEBAUTHN and "user" in present)):
+        methods.append("mfa")
+    return methods
+
 
 def acr_for(amr: Iterable[str]) -> str:
     """The strongest level that the methods in ``amr`` reach ("" when nothing was verified)."""
-    methods = set(amr)
-    if methods & {"hwk", "swk"} and "user" in methods:
+    methods = set(complete_amr(amr))
+    if methods & WEBAUTHN and "user" in methods:
         return ACR_PHISHING_RESISTANT
     if "mfa" in methods:
         return ACR_MFA
@@ -27,3 +48,15 @@ def meets(reached: str, requested: str) -> bool:
     if requested not in LEVELS or reached not in LEVELS:
         return False
     return LEVELS.index(reached) >= LEVELS.index(requested)
+
+
+def strongest(levels: Iterable[str]) -> str:
+    """The highest of some known levels ("" when none)."""
+    known = [level for level in levels if level in LEVELS]
+    return max(known, key=LEVELS.index) if known else ""
+
+
+def weakest(levels: Iterable[str]) -> str:
+    """The lowest of some known levels ("" when none): any requested acr value is acceptable (OIDC Core 3.1.2.1)."""
+    known = [level for level in levels if level in LEVELS]
+    return min(known, key=LEVELS.index) if known else ""

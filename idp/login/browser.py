@@ -68,11 +68,17 @@ def safe_next(target: str | None) -> str | None:
 def throttle() -> Throttle:
     """The failed-attempt throttle over flask-limiter's storage (Redis when configured)."""
     cfg = current_app.config
-    return Throttle(limiter.limiter, {"account": cfg["IDP_THROTTLE_ACCOUNT"], "ip": cfg["IDP_THROTTLE_IP"]},
+    return Throttle(limiter.limiter, {"account": cfg["IDP_THROTTLE_ACCOUNT"], "ip": cfg["IDP_THROTTLE_IP"],
+                                      "otp:account": cfg["IDP_THROTTLE_OTP"]},
                     prefix=cfg.get("RATELIMIT_KEY_PREFIX", "idp"))
 
 
 def step_context(txn: LoginTransaction) -> StepContext:
     """Everything a step may use, gathered from this request."""
     return StepContext(txn=txn, now=utcnow(), ip=g.client_ip, user_agent=g.user_agent, config=current_app.config,
-                       throttle=throttle(), url=external_url)
+                       throttle=throttle(), url=external_url, device_token=request.cookies.get(device_cookie_name()))
+
+
+def device_cookie_name() -> str:
+    """``__Host-`` prefixed in production, like the session cookie."""
+    return "__Host-idp_device" if current_app.config["IDP_ENV"] == "production" else "idp_device"

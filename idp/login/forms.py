@@ -1,8 +1,8 @@
 """The forms of the hosted pages (flask-wtf: validation and CSRF)."""
 
 from flask_wtf import FlaskForm
-from wtforms import EmailField, PasswordField, StringField
-from wtforms.validators import DataRequired, EqualTo, Length, Regexp
+from wtforms import BooleanField, EmailField, HiddenField, PasswordField, StringField
+from wtforms.validators import DataRequired, EqualTo, Length, Optional, Regexp
 
 EMAIL = [DataRequired("Enter your email address."), Length(max=320),
          Regexp(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", message="Enter a valid email address.")]
@@ -11,7 +11,7 @@ EMAIL = [DataRequired("Enter your email address."), Length(max=320),
 class SignInForm(FlaskForm):
     """Email and password."""
 
-    email = EmailField("Email", validators=EMAIL, render_kw={"autocomplete": "username"})
+    email = EmailField("Email", validators=EMAIL, render_kw={"autocomplete": "username webauthn"})
     password = PasswordField("Password", validators=[DataRequired("Enter your password."), Length(max=4096)],
                              render_kw={"autocomplete": "current-password"})
 
@@ -65,3 +65,54 @@ class ProfileForm(FlaskForm):
 
 class ConfirmForm(FlaskForm):
     """A button that only carries the CSRF token (sign out, end session, confirm a link)."""
+
+
+class FactorCodeForm(FlaskForm):
+    """A code from an authenticator app, a text message or an email, and "remember this device"."""
+
+    code = StringField("Code", validators=[DataRequired("Enter the code."), Length(max=32)],
+                       render_kw={"autocomplete": "one-time-code", "inputmode": "numeric"})
+    remember = BooleanField("Remember this device")
+
+
+class RecoveryCodeForm(FlaskForm):
+    """One recovery code."""
+
+    code = StringField("Recovery code", validators=[DataRequired("Enter a recovery code."), Length(max=32)],
+                       render_kw={"autocomplete": "off"})
+
+
+class WebAuthnForm(FlaskForm):
+    """The JSON of a WebAuthn credential, filled in by static/js/webauthn.js."""
+
+    credential = HiddenField(validators=[DataRequired("Use your security key or passkey."), Length(max=20000)])
+    remember = BooleanField("Remember this device")
+
+
+class TotpEnrolForm(FlaskForm):
+    """The first code from a newly added authenticator app (enrolment counts only once confirmed)."""
+
+    code = StringField("Code from the app", validators=[DataRequired("Enter the 6-digit code."), Length(max=12)],
+                       render_kw={"autocomplete": "one-time-code", "inputmode": "numeric"})
+
+
+class PhoneForm(FlaskForm):
+    """A phone number for SMS codes."""
+
+    phone = StringField("Mobile number (with country code, e.g. +44 7700 900123)",
+                        validators=[DataRequired("Enter a mobile number."), Length(max=32)],
+                        render_kw={"autocomplete": "tel", "inputmode": "tel"})
+
+
+class NameForm(FlaskForm):
+    """A new name for a factor or device."""
+
+    name = StringField("Name", validators=[DataRequired("Enter a name."), Length(max=100)])
+
+
+class EnrolForm(FlaskForm):
+    """Enrolment inside sign-in: the first TOTP code, or a new WebAuthn credential (filled in by JavaScript)."""
+
+    code = StringField("Code from the app", validators=[Optional(), Length(max=12)],
+                       render_kw={"autocomplete": "one-time-code", "inputmode": "numeric"})
+    credential = HiddenField(validators=[Optional(), Length(max=20000)])

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 from idp import audit
 from idp.extensions import db
-from idp.login.assurance import acr_for
+from idp.login.assurance import acr_for, complete_amr
 from idp.models import LoginSession, User
 from idp.security.tokens import new_token, token_hash
 
@@ -20,11 +20,11 @@ def start(user: User, *, amr: Iterable[str], now: datetime, ip: str, user_agent:
           previous: LoginSession | None = None, fresh_login: bool = True) -> tuple[LoginSession, str]:
     """Begin (or, for a step-up of the same user, renew) a session; always under a new cookie token."""
     token = new_token(32)
-    amr = list(dict.fromkeys(amr))
+    amr = complete_amr(amr)
     if previous is not None and previous.user_id == user.id and previous.ended_at is None and not fresh_login:
         # Step-up: the earlier methods still stand; add the new ones and rotate the id (ASVS V7.2.4).
         session = previous
-        session.amr = list(dict.fromkeys([*previous.amr, *amr]))
+        session.amr = complete_amr([*previous.amr, *amr])
     else:
         if previous is not None and previous.ended_at is None:
             end(previous, "replaced", now)

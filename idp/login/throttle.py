@@ -25,14 +25,18 @@ class Throttle:
     def __init__(self, strategy: RateLimiter, tiers: dict[str, str], prefix: str = "idp"):
         self.strategy = strategy
         self.prefix = prefix
+        # Keys are scopes ("account", "ip") or "kind:scope" ("otp:account") for a kind with its own tiers.
         self.tiers = {scope: parse_many(spec) for scope, spec in tiers.items()}
+
+    def _items(self, kind: str, scope: str):
+        return self.tiers.get(f"{kind}:{scope}", self.tiers.get(scope, ()))
 
     def retry_after(self, kind: str, keys: dict[str, str], now: float | None = None) -> int:
         """Seconds to wait before another attempt is allowed (0 = allowed now)."""
         now = time.time() if now is None else now
         wait = 0.0
         for scope, ident in keys.items():
-            for item in self.tiers.get(scope, ()):
+            for item in self._items(kind, scope):
                 if not self.strategy.test(item, self.prefix, kind, scope, ident):
                     stats = self.strategy.get_window_stats(item, self.prefix, kind, scope, ident)
                     wait = max(wait, stats.reset_time - now)
@@ -41,11 +45,11 @@ class Throttle:
     def failed(self, kind: str, keys: dict[str, str]) -> None:
         """Count one failed attempt against every key."""
         for scope, ident in keys.items():
-            for item in self.tiers.get(scope, ()):
+            for item in self._items(kind, scope):
                 self.strategy.hit(item, self.prefix, kind, scope, ident)
 
     def succeeded(self, kind: str, keys: dict[str, str]) -> None:
         """A success clears the account's delays (IP counters keep counting other accounts' failures)."""
-        for item in self.tiers.get("account", ()):
+        for item in self._items(kind, "account"):
             if "account" in keys:
                 self.strategy.clear(item, self.prefix, kind, "account", keys["account"])

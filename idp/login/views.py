@@ -10,8 +10,8 @@ from werkzeug.wrappers import Response
 
 from idp import audit
 from idp.extensions import db, limiter
-from idp.http import set_session_cookie
-from idp.login import planner, sessions, transaction
+from idp.http import set_device_cookie, set_session_cookie
+from idp.login import devices, planner, sessions, transaction
 from idp.login.browser import binding, current_session, rotate_binding, safe_next, step_context
 from idp.login.steps import StepContext
 from idp.models import LoginTransaction, User, utcnow
@@ -109,6 +109,39 @@ def resend(tid: str):
     return redirect(url_for("login.step", tid=tid))
 
 
+@bp.post("/<tid>/passkey")
+def passkey(tid: str):
+    """Sign in with a passkey from the sign-in page (conditional UI); it replaces the password step."""
+    txn = _load(tid)
+    if txn is None:
+        return _expired()
+    ctx = step_context(txn)
+    current = planner.next_step(ctx)
+    if current is None or current.name != "password":
+        return redirect(url_for("login.step", tid=tid))
+    outcome = current.verify_passkey(ctx, request.form.get("credential", "")[:20000])
+    if outcome.ok:
+        transaction.mark_done(txn, "password", outcome.amr)
+    else:
+        flash(outcome.error)
+    db.session.commit()
+    return redirect(url_for("login.step", tid=tid))
+
+
+@bp.post("/<tid>/choose")
+def choose(tid: str):
+    """Pick another second factor than the one offered."""
+    txn = _load(tid)
+    if txn is None:
+        return _expired()
+    ctx = step_context(txn)
+    wanted = request.form.get("factor", "")
+    if wanted in ctx.factor_candidates():
+        transaction.update(txn, factor=wanted)
+        db.session.commit()
+    return redirect(url_for("login.step", tid=tid))
+
+
 @bp.post("/<tid>/cancel")
 def cancel(tid: str):
     """Abandon the transaction and start signing in from the beginning."""
@@ -129,7 +162,10 @@ def _complete(ctx: StepContext) -> Response:
         db.session.commit()
         return redirect(txn.state["return_to"])
     fresh = "pwd" in txn.state["amr"] or previous is None or previous.user_id != user.id
-    live, token = sessions.start(user, amr=txn.state["amr"], now=ctx.now, ip=ctx.ip, user_agent=ctx.user_agent,
+    amr = list(txn.state["amr"])
+    if ctx.remembered() and "pwd" in amr:
+        amr.append("mfa")  # the remembered device stands for the second factor it was remembered with
+    live, token = sessions.start(user, amr=amr, now=ctx.now, ip=ctx.ip, user_agent=ctx.user_agent,
                                  previous=previous, fresh_login=fresh)
     txn.completed_at = ctx.now
     rotate_binding()
@@ -142,4 +178,8 @@ def _complete(ctx: StepContext) -> Response:
     g.login_session = live
     response = redirect(txn.state["return_to"])
     set_session_cookie(response, token, max_age=current_app.config["IDP_SESSION_MAX_AGE"])
+    device_token = devices.seen(user, ctx, remember=bool(txn.state.get("remember_device")))
+    db.session.commit()
+    if device_token:
+        set_device_cookie(response, device_token)
     return response

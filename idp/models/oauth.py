@@ -51,6 +51,9 @@ class Client(db.Model):
     id_token_signed_response_alg: Mapped[str] = mapped_column(String(16), default="RS256")
     jwks: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     jwks_uri: Mapped[str | None] = mapped_column(String(2000))
+    mfa: Mapped[str] = mapped_column(String(16), default="optional")  # optional | required
+    min_acr: Mapped[str] = mapped_column(String(64), default="")  # lowest level of assurance it accepts
+    allow_remembered_device: Mapped[bool] = mapped_column(Boolean, default=True)
     access_token_ttl: Mapped[int | None] = mapped_column(Integer)
     refresh_token_ttl: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

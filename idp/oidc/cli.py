@@ -34,6 +34,13 @@ def validate_redirect_uri(uri: str) -> str | None:
     return None
 
 
+def new_client_id() -> str:
+    """A random client_id that never starts with "-" (the command line would read it as an option)."""
+    while (client_id := new_token(16)).startswith("-"):
+        pass
+    return client_id
+
+
 def new_client_secret() -> str:
     """A 256-bit client secret; shown once, stored as its SHA-256 (SECURITY.md 8)."""
     return new_token(32)
@@ -69,7 +76,7 @@ def create_client(*, name: str, redirect_uris: list[str], post_logout_redirect_u
     if unknown:
         raise ValueError(f"unknown scopes: {' '.join(unknown)}")
     secret = None if method in ("none", "private_key_jwt") else new_client_secret()
-    client = Client(client_id=client_id or new_token(16), name=name, redirect_uris=list(redirect_uris),
+    client = Client(client_id=client_id or new_client_id(), name=name, redirect_uris=list(redirect_uris),
                     post_logout_redirect_uris=list(post_logout_redirect_uris), grant_types=list(grant_types),
                     scope=" ".join(scopes or SCOPES), token_endpoint_auth_method=method, first_party=first_party,
                     id_token_signed_response_alg=id_token_alg, jwks=jwks, jwks_uri=jwks_uri,

@@ -29,6 +29,7 @@ class Request:
     consented_scopes: set[str] = field(default_factory=set)
     hint_subject: str | None = None  # `sub` of a valid id_token_hint
     satisfied: set[str] = field(default_factory=set)  # reasons a just-completed login transaction answered
+    client_min_acr: str = ""  # the level the client's own policy (MFA required, minimum level) demands
 
     @property
     def user(self) -> User | None:
@@ -78,6 +79,14 @@ def check_acr_values(req: Request, now: datetime) -> Failure | None:
     return None
 
 
+def check_client_policy(req: Request, now: datetime) -> Failure | None:
+    """The client's MFA setting and minimum level: a weaker session steps up (a remembered device may answer)."""
+    if req.client_min_acr and "client_policy" not in req.satisfied and not meets(req.session.acr,
+                                                                                 req.client_min_acr):
+        return Failure("client_policy", "interaction_required")
+    return None
+
+
 def check_email_verified(req: Request, now: datetime) -> Failure | None:
     """Nobody finishes signing in with an unverified email address."""
     if not req.user.email_verified:
@@ -98,8 +107,8 @@ def check_consent(req: Request, now: datetime) -> Failure | None:
     return None
 
 
-CHECKS: list[Check] = [check_session, check_prompt_login, check_max_age, check_acr_values, check_email_verified,
-                       check_consent]
+CHECKS: list[Check] = [check_session, check_prompt_login, check_max_age, check_acr_values, check_client_policy,
+                       check_email_verified, check_consent]
 
 
 def evaluate(req: Request, now: datetime) -> list[Failure]:

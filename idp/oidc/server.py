@@ -12,7 +12,8 @@ from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
 from authlib.oauth2.rfc6749 import grants
-from authlib.oauth2.rfc6749.errors import InvalidRequestError
+from authlib.oauth2.rfc6749.authenticate_client import authenticate_client_secret_basic
+from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError
 from authlib.oauth2.rfc6750 import BearerTokenValidator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
@@ -172,6 +173,13 @@ class S256CodeChallenge(CodeChallenge):
                                       state=grant.request.payload.state)
         return super().validate_code_challenge(grant, redirect_uri)
 
+    def validate_code_verifier(self, grant, result):
+        """A missing, malformed or unexpected verifier means the code cannot be redeemed: invalid_grant."""
+        try:
+            return super().validate_code_verifier(grant, result)
+        except InvalidRequestError as error:
+            raise InvalidGrantError(error.description) from None
+
 
 class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     """The code grant: codes stored hashed, single use, short-lived; reuse revokes what the first use issued."""
@@ -284,6 +292,8 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             return None
         if row.revoked_at is not None or row.refresh_expires_at is None or row.refresh_expires_at <= now:
             return None
+        if row.family_expires_at is not None and row.family_expires_at <= now:  # absolute expiry
+            return None
         if row.user is None or row.user.disabled:
             return None
         g.oidc_context = {"sid": row.sid, "auth_time": row.auth_time, "acr": row.acr, "amr": list(row.amr),
@@ -306,6 +316,14 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
 
 
 # --- client authentication ---------------------------------------------------------------------------------------
+
+def client_secret_basic(query_client, request):
+    """Authlib's client_secret_basic, but a malformed Authorization header is no credentials, not a 500."""
+    try:
+        return authenticate_client_secret_basic(query_client, request)
+    except ValueError:  # "Basic " with nothing after it, or credentials that are not UTF-8
+        return None
+
 
 class PrivateKeyJWT(JWTBearerClientAssertion):
     """private_key_jwt (OIDC Core 9, RFC 7523 2.2): an assertion signed with a key from the client's JWKS."""
@@ -478,6 +496,7 @@ def create_server(app: Flask) -> AuthorizationServer:
     app.config.setdefault("OAUTH2_SCOPES_SUPPORTED", list(oidc_claims.SCOPES))
     server.init_app(app, query_client=query_client, save_token=save_token)
     server.register_token_generator("default", generate_token)
+    server.register_client_auth_method("client_secret_basic", client_secret_basic)
     server.register_client_auth_method("private_key_jwt", PrivateKeyJWT())
     server.register_grant(AuthorizationCodeGrant, [OpenIDCode(require_nonce=False), S256CodeChallenge(required=True)])
     server.register_grant(RefreshTokenGrant)

@@ -17,7 +17,7 @@ from idp import audit
 from idp.extensions import csrf, db
 from idp.http import clear_session_cookie, external_url
 from idp.login import sessions, transaction
-from idp.login.assurance import LEVELS
+from idp.login.assurance import ACR_MFA, LEVELS, strongest
 from idp.login.browser import binding, current_session
 from idp.login.forms import ConfirmForm
 from idp.login.views import begin_transaction
@@ -69,6 +69,9 @@ def metadata() -> dict:
         "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
         "revocation_endpoint_auth_methods_supported": ALL_AUTH_METHODS,
         "introspection_endpoint_auth_methods_supported": CONFIDENTIAL_AUTH_METHODS,
+        # RFC 8414 2: required because private_key_jwt is listed for these endpoints too.
+        "revocation_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
+        "introspection_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
         "code_challenge_methods_supported": ["S256"],
         "id_token_signing_alg_values_supported": ["RS256", "ES256"],
         "acr_values_supported": list(LEVELS),
@@ -181,7 +184,8 @@ def authorize():
         client_id=client.client_id, first_party=client.first_party, scopes=scopes,
         prompt=set((params.get("prompt") or "").split()), max_age=int(max_age) if max_age is not None else None,
         acr_values=(params.get("acr_values") or "").split(), session=live,
-        consented_scopes=set(consent.scopes) if consent else set(), hint_subject=hint_subject, satisfied=satisfied)
+        consented_scopes=set(consent.scopes) if consent else set(), hint_subject=hint_subject, satisfied=satisfied,
+        client_min_acr=strongest([client.min_acr, ACR_MFA if client.mfa == "required" else ""]))
     failures = policy.evaluate(req, now)
     if failures:
         if "none" in req.prompt:  # never a screen (OIDC Core 3.1.2.6)
@@ -194,7 +198,8 @@ def authorize():
             reasons=reasons, return_to=_return_url(), user=user if keep_user else None, tid_param=TXN_PARAM,
             context={"client_id": client.client_id, "client_name": client.name, "scopes": scopes,
                      "login_hint": login_hint or (user.email if user is not None else ""),
-                     "satisfied": sorted(satisfied)})
+                     "acr_values": req.acr_values, "satisfied": sorted(satisfied),
+                     "session_amr": list(live.amr) if keep_user else None})
     g.oidc_session = live
     g.oidc_claims_request = claims_request
     return server.create_authorization_response(grant=grant, grant_user=user)
@@ -261,6 +266,8 @@ def end_session():
                                    if live else None, action=request.full_path)
         csrf.protect()
         g.oidc_logout_confirmed = True
+        # Validate again: the registered post-logout URI is only legitimate once the user has confirmed.
+        end_request = server.validate_endpoint_request("end_session")
     response = server.create_endpoint_response("end_session", end_request)
     if live is not None:
         sessions.end(live, "rp_logout", utcnow())

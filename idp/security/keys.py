@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from joserfc.jwk import ECKey, RSAKey
+
+from idp.security import crypto
 
 SUPPORTED_ALGS = ("RS256", "ES256")
 
@@ -24,27 +22,17 @@ def generate(alg: str, kid: str) -> RSAKey | ECKey:
     raise ValueError(f"unsupported signing algorithm {alg}")
 
 
-def _fernet(secret_key: str) -> Fernet:
-    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"idp signing keys at rest").derive(
-        secret_key.encode())
-    return Fernet(base64.urlsafe_b64encode(derived))
-
-
 def encrypt_private(jwk: dict[str, Any], secret_key: str) -> str:
-    """The private JWK encrypted (AES-128-CBC + HMAC, Fernet) under a key derived from the app secret."""
-    return _fernet(secret_key).encrypt(json.dumps(jwk).encode()).decode()
+    """The private JWK encrypted under a key derived from the app secret."""
+    return crypto.encrypt(json.dumps(jwk).encode(), secret_key, "signing keys")
 
 
-class KeyDecryptionError(Exception):
-    """The stored key cannot be decrypted with this secret (the secret changed, or the row was altered)."""
+KeyDecryptionError = crypto.DecryptionError
 
 
 def decrypt_private(blob: str, secret_key: str) -> dict[str, Any]:
-    """The private JWK back from its encrypted form."""
-    try:
-        return json.loads(_fernet(secret_key).decrypt(blob.encode()))
-    except InvalidToken:
-        raise KeyDecryptionError("signing key cannot be decrypted with IDP_SECRET_KEY") from None
+    """The private JWK back from its encrypted form (KeyDecryptionError with the wrong secret)."""
+    return json.loads(crypto.decrypt(blob, secret_key, "signing keys"))
 
 
 def import_private(jwk: dict[str, Any]) -> RSAKey | ECKey:

@@ -14,8 +14,11 @@ from typing import Any, ClassVar
 
 from flask_wtf import FlaskForm
 
+from idp.extensions import db
+from idp.login import mfa
 from idp.login.throttle import Throttle
-from idp.models import LoginTransaction, User
+from idp.models import Device, LoginTransaction, User
+from idp.security.tokens import token_hash
 
 # Reasons that demand that the user proves who they are again, whatever session they have.
 FRESH_LOGIN_REASONS = frozenset({"no_session", "prompt_login", "max_age"})
@@ -32,10 +35,51 @@ class StepContext:
     config: Mapping[str, Any]
     throttle: Throttle
     url: Callable[..., str]  # builds an absolute URL: url(endpoint, **values)
+    device_token: str | None = None  # the browser's device cookie, if any
 
     @property
     def user(self) -> User | None:
         return self.txn.user
+
+    @property
+    def proven_amr(self) -> list[str]:
+        """Methods that count: this transaction's, plus the existing session's for a step-up."""
+        return mfa.proven(self.state["context"], self.state["amr"], self.state["context"].get("session_amr"))
+
+    def device(self) -> Device | None:
+        """This browser's device record for the user being signed in."""
+        if not self.device_token or self.user is None:
+            return None
+        return db.session.execute(
+            db.select(Device).where(Device.token_hash == token_hash(self.device_token), Device.user_id == self.user.id)
+        ).scalar_one_or_none()
+
+    def remembered(self) -> bool:
+        """Whether a remembered device stands in for the second factor here."""
+        return mfa.remembered_device_counts(self.reasons, self.state["context"], self.device(), self.now)
+
+    def required_level(self) -> str:
+        return mfa.required_level(self.user, self.state["context"])
+
+    def needs_factor(self) -> bool:
+        """Whether a second factor (or a stronger one) must still be verified."""
+        if self.user is None:
+            return False
+        return mfa.needs_more(self.user, self.state["context"], self.proven_amr, self.remembered())
+
+    def factor_candidates(self) -> list[str]:
+        """Factor steps the user can still take, strongest first."""
+        done = set(self.state["done"])
+        return [name for name in mfa.usable_steps(self.user, self.required_level()) if name not in done]
+
+    def chosen_factor(self) -> str | None:
+        """The factor step to show: the user's pick, else the strongest enrolled (an email code only if picked)."""
+        candidates = self.factor_candidates()
+        picked = self.state.get("factor")
+        if picked in candidates:
+            return picked
+        automatic = [name for name in candidates if name != "email_otp"]
+        return automatic[0] if automatic else None
 
     @property
     def state(self) -> dict[str, Any]:
@@ -54,6 +98,15 @@ class Outcome:
     error: str | None = None
     amr: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class FactorStep:
+    """Mixin of the second-factor steps: a factor applies when it is the chosen one and more is needed."""
+
+    name: ClassVar[str]
+
+    def applies(self, ctx: StepContext) -> bool:
+        return ctx.needs_factor() and ctx.chosen_factor() == self.name
 
 
 class Step:
@@ -94,4 +147,14 @@ def register(cls: type[Step]) -> type[Step]:
 
 
 # Importing the step modules registers them; ``order`` (not import order) decides the plan.
-from idp.login.steps import consent, email_verification, password  # noqa: E402,F401
+from idp.login.steps import (  # noqa: E402,F401
+    consent,
+    email_otp,
+    email_verification,
+    mfa_enroll,
+    password,
+    recovery_code,
+    sms_otp,
+    totp,
+    webauthn,
+)

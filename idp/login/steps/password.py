@@ -12,9 +12,11 @@ from idp.login import onetime
 from idp.login.forms import SignInForm
 from idp.login.steps import FRESH_LOGIN_REASONS, Outcome, Step, StepContext, register
 from idp.login.throttle import account_key
+from idp.login.webauthn import assertion_options, verify_assertion
 from idp.models import User
 from idp.models.user import normalize_email
 from idp.security.passwords import hash_password, needs_rehash, verify_password
+from idp.security.webauthn import WebAuthnFailed, amr_for
 
 # One message for unknown account, wrong password, locked and disabled account (ASVS V6.3.8, SECURITY.md 19/21).
 GENERIC_FAILURE = "Incorrect email or password."
@@ -37,7 +39,24 @@ class PasswordStep(Step):
 
     def begin(self, ctx: StepContext) -> dict[str, Any]:
         hint = ctx.state["context"].get("login_hint") or (ctx.user.email if ctx.user else "")
-        return {"email": hint}
+        # Passkey sign-in (conditional UI): any discoverable credential may answer, with user verification.
+        return {"email": hint, "passkey_options": assertion_options(ctx.txn, user_id=None, require_uv=True)}
+
+    def verify_passkey(self, ctx: StepContext, credential_json: str) -> Outcome:
+        """Passwordless: a passkey with user verification identifies the user and is two factors in one."""
+        try:
+            factor, result = verify_assertion(ctx.txn, credential_json, user_id=None, require_uv=True, now=ctx.now)
+        except WebAuthnFailed:
+            audit.record("login.failure", reason="passkey", ip=ctx.ip, user_agent=ctx.user_agent)
+            return Outcome(False, "That passkey could not be verified. Try again or use your password.")
+        user = factor.user
+        if user.disabled or user.locked or (ctx.user is not None and ctx.user.id != user.id
+                                            and ctx.reasons & FRESH_LOGIN_REASONS - {"no_session"}):
+            audit.record("login.failure", subject=user, reason="passkey_refused", ip=ctx.ip,
+                         user_agent=ctx.user_agent)
+            return Outcome(False, GENERIC_FAILURE)
+        ctx.txn.user = user
+        return Outcome(True, amr=amr_for(factor.backed_up, result.user_verified))
 
     def verify(self, ctx: StepContext, data: Mapping[str, Any]) -> Outcome:
         email = normalize_email(data.get("email", ""))

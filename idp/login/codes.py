@@ -1,0 +1,115 @@
+"""One-time codes sent by SMS or email inside a sign-in: bound to the transaction, hashed, short-lived,
+limited attempts, resend after a cooldown (SECURITY.md 23); SMS also capped against pumping."""
+
+from __future__ import annotations
+
+import hashlib
+
+import phonenumbers
+from flask import current_app
+
+from idp import audit
+from idp.extensions import limiter
+from idp.jobs import enqueue
+from idp.login import onetime
+from idp.login.steps import Outcome, StepContext
+from idp.login.throttle import Throttle, account_key
+from idp.login.transaction import update
+from idp.models import User
+from idp.models.types import utcnow
+
+
+class SmsRefused(Exception):
+    """The message would exceed a cap, or SMS is not available; the text is for the user."""
+
+
+def sms_caps() -> Throttle:
+    """Daily caps per number, per user and per destination country (SMS pumping, SECURITY.md 23)."""
+    cfg = current_app.config
+    return Throttle(limiter.limiter, {"number": cfg["IDP_SMS_CAP_NUMBER"], "user": cfg["IDP_SMS_CAP_USER"],
+                                      "country": cfg["IDP_SMS_CAP_COUNTRY"]},
+                    prefix=cfg.get("RATELIMIT_KEY_PREFIX", "idp"))
+
+
+def normalize_phone(raw: str) -> str | None:
+    """The number in E.164, or None when it is not a valid mobile-capable number."""
+    try:
+        number = phonenumbers.parse((raw or "").strip(), None)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def mask_phone(phone: str) -> str:
+    """+447700900123 -> +44 ••• ••• 123: enough to recognise, not to harvest."""
+    return f"{phone[:3]} ••• ••• {phone[-3:]}" if len(phone) > 6 else "•••"
+
+
+def send_sms_code(user: User, phone: str, body_for_code, *, purpose: str, ttl: int, transaction_id: str | None,
+                  ip: str | None = None) -> None:
+    """Issue a code for ``phone``, check the caps, and enqueue the text (raises SmsRefused)."""
+    cfg = current_app.config
+    if cfg["IDP_SMS_BACKEND"] == "disabled":
+        raise SmsRefused("Text messages are not available on this server.")
+    country = str(phonenumbers.parse(phone, None).country_code)
+    keys = {"number": hashlib.sha256(phone.encode()).hexdigest()[:32], "user": str(user.id), "country": country}
+    caps = sms_caps()
+    if caps.retry_after("sms", keys):
+        audit.record("sms.capped", subject=user, country=country, ip=ip)
+        raise SmsRefused("Too many text messages were sent. Try another method, or try again tomorrow.")
+    caps.failed("sms", keys)  # counts one message against every cap
+    issued = onetime.issue(purpose, user, now=utcnow(), ttl=min(ttl, 600), secret_key=cfg["IDP_SECRET_KEY"],
+                           link=False, code=True, transaction_id=transaction_id)
+    issued.row.email = phone  # the destination the code went to
+    enqueue("send_sms", to=phone, body=body_for_code(issued.code))
+
+
+class CodeDelivery:
+    """Shared behaviour of steps that send a code (SMS, email): send once, resend after cooldown, check."""
+
+    purpose: str
+
+    def sent_key(self) -> str:
+        return f"{self.purpose}_sent_at"
+
+    def deliver(self, ctx: StepContext) -> None:
+        """Issue and send the code (each step says how)."""
+        raise NotImplementedError  # defined by each step that mixes this in
+
+    def ensure_sent(self, ctx: StepContext) -> str | None:
+        """Send the first code for this transaction; returns an error message if it could not be sent."""
+        if ctx.state["context"].get(self.sent_key()):
+            return None
+        return self._send(ctx)
+
+    def _send(self, ctx: StepContext) -> str | None:
+        try:
+            self.deliver(ctx)
+        except SmsRefused as refused:
+            return str(refused)
+        update(ctx.txn, context={**ctx.state["context"], self.sent_key(): ctx.now.timestamp()})
+        return None
+
+    def resend(self, ctx: StepContext) -> str | None:
+        sent_at = ctx.state["context"].get(self.sent_key())
+        cooldown = ctx.config["IDP_RESEND_COOLDOWN"]
+        if sent_at is not None and ctx.now.timestamp() - sent_at < cooldown:
+            return f"Please wait {int(cooldown - (ctx.now.timestamp() - sent_at)) + 1} seconds before asking again."
+        return self._send(ctx) or "We sent a new code."
+
+    def check(self, ctx: StepContext, code: str, amr: tuple[str, ...]) -> Outcome:
+        """Verify a typed code for this transaction, with per-account attempt limits."""
+        keys = {"account": account_key(ctx.user.email), "ip": ctx.ip}
+        wait = ctx.throttle.retry_after("otp", keys)
+        if wait:
+            return Outcome(False, f"Too many attempts. Try again in {wait} seconds.")
+        try:
+            onetime.check_code(self.purpose, ctx.txn.id, code, now=ctx.now, secret_key=ctx.config["IDP_SECRET_KEY"],
+                               max_attempts=ctx.config["IDP_CODE_MAX_ATTEMPTS"])
+        except onetime.CodeRejected as rejected:
+            ctx.throttle.failed("otp", keys)
+            audit.record("mfa.failure", subject=ctx.user, method=self.purpose, ip=ctx.ip, user_agent=ctx.user_agent)
+            return Outcome(False, str(rejected))
+        return Outcome(True, amr=amr)

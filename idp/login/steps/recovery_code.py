@@ -1,0 +1,59 @@
+"""Second factor of last resort: one of the ten single-use recovery codes (SECURITY.md 26)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from idp import audit
+from idp.extensions import db
+from idp.jobs import enqueue
+from idp.login.forms import RecoveryCodeForm
+from idp.login.steps import FactorStep, Outcome, Step, StepContext, register
+from idp.login.throttle import account_key
+from idp.models import RecoveryCode
+from idp.security.otp import normalize_recovery_code
+from idp.security.tokens import code_hash
+
+
+def recovery_code_hash(secret_key: str, user_id: int, code: str) -> str:
+    """Keyed hash of a normalized recovery code, bound to its user."""
+    return code_hash(secret_key, normalize_recovery_code(code), f"recovery:{user_id}")
+
+
+@register
+class RecoveryCodeStep(FactorStep, Step):
+    """Accept one unused recovery code; using one is audited and mailed to the user."""
+
+    name = "recovery_code"
+    template = "login/recovery_code.html"
+    form_class = RecoveryCodeForm
+    title = "Recovery code"
+    order = 43
+
+    def begin(self, ctx: StepContext) -> dict[str, Any]:
+        return {"others": [n for n in ctx.factor_candidates() if n != self.name]}
+
+    def verify(self, ctx: StepContext, data: Mapping[str, Any]) -> Outcome:
+        keys = {"account": account_key(ctx.user.email), "ip": ctx.ip}
+        wait = ctx.throttle.retry_after("otp", keys)
+        if wait:
+            return Outcome(False, f"Too many attempts. Try again in {wait} seconds.")
+        digest = recovery_code_hash(ctx.config["IDP_SECRET_KEY"], ctx.user.id, data.get("code", ""))
+        row = db.session.execute(db.select(RecoveryCode).where(
+            RecoveryCode.user_id == ctx.user.id, RecoveryCode.code_hash == digest,
+            RecoveryCode.used_at.is_(None))).scalar_one_or_none()
+        if row is None:
+            ctx.throttle.failed("otp", keys)
+            audit.record("mfa.failure", subject=ctx.user, method="recovery_code", ip=ctx.ip, user_agent=ctx.user_agent)
+            return Outcome(False, "That recovery code is not valid or was already used.")
+        row.used_at = ctx.now
+        db.session.flush()
+        left = db.session.execute(db.select(RecoveryCode.id).where(
+            RecoveryCode.user_id == ctx.user.id, RecoveryCode.used_at.is_(None))).all()
+        audit.record("recovery_code.used", subject=ctx.user, remaining=len(left), ip=ctx.ip,
+                     user_agent=ctx.user_agent)
+        enqueue("send_mail", to=ctx.user.email, template="security_notice",
+                context={"name": ctx.user.name, "what": "A recovery code was used to sign in to your account.",
+                         "detail": f"{len(left)} recovery codes are left."})
+        return Outcome(True, amr=("recovery_code",))

@@ -1,0 +1,57 @@
+"""Second factor: a code from an authenticator app (TOTP, RFC 6238)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from idp import audit
+from idp.extensions import db
+from idp.login.forms import FactorCodeForm
+from idp.login.steps import FactorStep, Outcome, Step, StepContext, register
+from idp.login.throttle import account_key
+from idp.login.transaction import update
+from idp.models import Factor
+from idp.security import crypto
+from idp.security.otp import totp_step_at
+
+
+def accept_totp(factor: Factor, code: str, now, secret_key: str) -> bool:
+    """Whether ``code`` is valid for this factor now (one step of drift) and not a replay; records its step."""
+    seed = crypto.decrypt(factor.secret_encrypted, secret_key, "totp").decode()
+    step = totp_step_at(seed, code, now, factor.last_step)
+    if step is None:
+        return False
+    factor.last_step = step
+    factor.last_used_at = now
+    return True
+
+
+@register
+class TotpStep(FactorStep, Step):
+    """Ask for the current code of any of the user's authenticator apps."""
+
+    name = "totp"
+    template = "login/totp.html"
+    form_class = FactorCodeForm
+    title = "Authenticator app"
+    order = 41
+
+    def begin(self, ctx: StepContext) -> dict[str, Any]:
+        return {"others": [n for n in ctx.factor_candidates() if n != self.name],
+                "remember_days": ctx.config["IDP_REMEMBER_DEVICE_DAYS"]}
+
+    def verify(self, ctx: StepContext, data: Mapping[str, Any]) -> Outcome:
+        keys = {"account": account_key(ctx.user.email), "ip": ctx.ip}
+        wait = ctx.throttle.retry_after("otp", keys)
+        if wait:
+            return Outcome(False, f"Too many attempts. Try again in {wait} seconds.")
+        factors = db.session.execute(db.select(Factor).where(
+            Factor.user_id == ctx.user.id, Factor.kind == "totp", Factor.confirmed_at.is_not(None))).scalars()
+        for factor in factors:
+            if accept_totp(factor, data.get("code", ""), ctx.now, ctx.config["IDP_SECRET_KEY"]):
+                update(ctx.txn, remember_device=bool(data.get("remember")))
+                return Outcome(True, amr=("otp",))
+        ctx.throttle.failed("otp", keys)
+        audit.record("mfa.failure", subject=ctx.user, method="totp", ip=ctx.ip, user_agent=ctx.user_agent)
+        return Outcome(False, "That code is not right. Use the newest code from your app.")

@@ -1,0 +1,57 @@
+"""WebAuthn inside the login engine: challenges kept in the transaction (single use), credentials as Factors."""
+
+from __future__ import annotations
+
+from flask import current_app
+
+from idp import audit
+from idp.extensions import db
+from idp.login.transaction import update
+from idp.models import Factor, LoginTransaction
+from idp.security import webauthn as wa
+
+
+def relying_party() -> wa.RelyingParty:
+    """Our RP ID and origin, from IDP_ISSUER (or IDP_WEBAUTHN_RP_ID)."""
+    cfg = current_app.config
+    return wa.relying_party(cfg["IDP_ISSUER"], cfg["IDP_WEBAUTHN_RP_ID"])
+
+
+def credentials_of(user_id: int) -> list[Factor]:
+    """The user's confirmed WebAuthn credentials."""
+    return list(db.session.execute(db.select(Factor).where(
+        Factor.user_id == user_id, Factor.kind == "webauthn", Factor.confirmed_at.is_not(None))).scalars())
+
+
+def assertion_options(txn: LoginTransaction, *, user_id: int | None, require_uv: bool) -> str:
+    """Options for navigator.credentials.get(), with a fresh challenge bound to this transaction."""
+    challenge = wa.new_challenge()
+    update(txn, webauthn_challenge=challenge)
+    allow = [f.credential_id for f in credentials_of(user_id)] if user_id is not None else []
+    return wa.authentication_options(relying_party(), challenge=challenge, allow=allow, require_uv=require_uv)
+
+
+def verify_assertion(txn: LoginTransaction, credential_json: str, *, user_id: int | None, require_uv: bool,
+                     now) -> tuple[Factor, wa.Asserted]:
+    """Check an assertion against the transaction's challenge (consumed either way) and the stored key."""
+    challenge = txn.state.get("webauthn_challenge")
+    update(txn, webauthn_challenge=None)
+    if not challenge:
+        raise wa.WebAuthnFailed("no challenge pending")
+    credential_id = wa.credential_id_of(credential_json)
+    query = db.select(Factor).where(Factor.kind == "webauthn", Factor.credential_id == credential_id,
+                                    Factor.confirmed_at.is_not(None))
+    if user_id is not None:
+        query = query.where(Factor.user_id == user_id)
+    factor = db.session.execute(query).scalar_one_or_none()
+    if factor is None:
+        raise wa.WebAuthnFailed("unknown credential")
+    try:
+        result = wa.verify_authentication(relying_party(), credential_json, challenge, public_key=factor.public_key,
+                                          sign_count=factor.sign_count, require_uv=require_uv)
+    except wa.WebAuthnFailed:
+        audit.record("webauthn.failure", subject=factor.user, credential=factor.name)
+        raise
+    factor.sign_count = result.new_sign_count
+    factor.last_used_at = now
+    return factor, result

@@ -1,0 +1,629 @@
+"""Authorization policy, ID tokens, consent, key rotation, RP-initiated logout and audit (SECURITY.md 9, 12-15, 29).
+
+Every test walks the hosted pages like a browser; the walking helpers are local to this file.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from datetime import timedelta
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import pytest
+from joserfc import jwt
+from joserfc.jwk import KeySet
+
+from idp.extensions import db
+from idp.models import AuditEvent, LoginSession, SigningKey, User, utcnow
+from idp.security.keys import KeyDecryptionError, decrypt_private
+from tests.conftest import SECRET
+from tests.support import PASSWORD, csrf_token, signed_in_email
+
+RP = "https://rp.example/cb"
+LOGGED_OUT = "https://rp.example/logged-out"
+VERIFIER = "policy-verifier-" + "v" * 40
+CHALLENGE = base64.urlsafe_b64encode(hashlib.sha256(VERIFIER.encode()).digest()).rstrip(b"=").decode()
+ALICE = "alice@example.com"
+
+
+# --- walking helpers ----------------------------------------------------------------------------------------------
+
+def authorize_path(client_id: str, **params) -> str:
+    """An /authorize URL with sane defaults (code flow, PKCE S256, state); a None value drops a parameter."""
+    query = {"response_type": "code", "client_id": client_id, "redirect_uri": RP, "scope": "openid",
+             "state": "st-1", "code_challenge": CHALLENGE, "code_challenge_method": "S256"}
+    query.update(params)
+    return "/authorize?" + urlencode({k: v for k, v in query.items() if v is not None})
+
+
+def _step_name(page) -> str | None:
+    match = re.search(r'name="step" value="([a-z_]+)"', page.get_data(as_text=True))
+    return match.group(1) if match else None
+
+
+class Walk:
+    """The result of walking from /authorize: the screens shown, the final redirect to the RP, the last page."""
+
+    def __init__(self):
+        self.screens: list[str] = []
+        self.pages: list = []
+        self.location: str | None = None
+        self.last = None
+
+    @property
+    def params(self) -> dict[str, str]:
+        assert self.location and self.location.startswith(RP), (self.location, self.screens)
+        return {k: v[0] for k, v in parse_qs(urlsplit(self.location).query).items()}
+
+    @property
+    def code(self) -> str:
+        assert "code" in self.params, self.params
+        return self.params["code"]
+
+
+def walk(client, path: str, *, email: str = ALICE, password: str = PASSWORD, consent: str = "allow",
+         stop_at: str | None = None, max_hops: int = 25) -> Walk:
+    """Follow redirects and answer screens (password, consent) until the browser is sent to the RP.
+
+    ``stop_at`` names a screen to stop at without answering it.
+    """
+    result = Walk()
+    response = client.get(path)
+    for _ in range(max_hops):
+        result.last = response
+        if response.status_code in (301, 302, 303):
+            location = response.headers["Location"]
+            if not location.startswith("/") and not location.startswith("http://localhost"):
+                result.location = location
+                return result
+            response = client.get(location)
+            continue
+        if response.status_code != 200:
+            return result
+        name = _step_name(response)
+        if name is None:
+            return result
+        result.screens.append(name)
+        result.pages.append(response)
+        if name == stop_at:
+            return result
+        action = urlsplit(response.request.url).path
+        data = {"csrf_token": csrf_token(response), "step": name}
+        if name == "password":
+            data.update(email=email, password=password)
+        elif name == "consent":
+            data[consent] = consent.capitalize()
+        else:
+            raise AssertionError(f"unexpected screen {name}")
+        response = client.post(action, data=data)
+    raise AssertionError(f"redirect loop: screens {result.screens}")
+
+
+def exchange(client, client_id: str, secret: str | None, code: str) -> dict:
+    """Redeem a code at the token endpoint; returns the JSON body (asserting success)."""
+    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": RP, "code_verifier": VERIFIER}
+    if secret is None:
+        data["client_id"] = client_id
+        response = client.post("/token", data=data)
+    else:
+        response = client.post("/token", data=data, auth=(client_id, secret))
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def login_and_tokens(client, client_id, secret, **params) -> tuple[Walk, dict]:
+    """Walk a full authorization (answering every screen) and redeem the code."""
+    result = walk(client, authorize_path(client_id, **params))
+    return result, exchange(client, client_id, secret, result.code)
+
+
+def jwks_of(client) -> KeySet:
+    return KeySet.import_key_set(client.get("/jwks.json").get_json())
+
+
+def decode(client, token: str, algs=("RS256", "ES256")):
+    """Verify a JWT of ours against the published JWKS."""
+    return jwt.decode(token, jwks_of(client), algorithms=list(algs))
+
+
+def unsigned_token(claims: dict) -> str:
+    """A hand-built `alg: none` JWT (never to be accepted)."""
+    def part(value: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
+
+
+def age_sessions(app, seconds: int) -> int:
+    """Move every live session's auth_time ``seconds`` into the past; returns the new auth_time (epoch)."""
+    with app.app_context():
+        when = utcnow() - timedelta(seconds=seconds)
+        for row in db.session.execute(db.select(LoginSession)).scalars():
+            row.auth_time = when
+        db.session.commit()
+        return int(when.timestamp())
+
+
+def events(app, name: str) -> list[AuditEvent]:
+    with app.app_context():
+        rows = list(db.session.execute(db.select(AuditEvent).where(AuditEvent.event == name)
+                                       .order_by(AuditEvent.id)).scalars())
+        for row in rows:
+            db.session.expunge(row)
+        return rows
+
+
+def user_row(app, email: str = ALICE) -> User:
+    with app.app_context():
+        user = db.session.execute(db.select(User).where(User.email == email)).scalar_one()
+        db.session.expunge(user)
+        return user
+
+
+@pytest.fixture
+def alice(make_user):
+    return make_user()
+
+
+@pytest.fixture
+def first_party(make_client):
+    """A first-party confidential client (no consent screen)."""
+    return make_client(first_party=True, post_logout_redirect_uris=[LOGGED_OUT])
+
+
+@pytest.fixture
+def third_party(make_client):
+    """A third-party confidential client (consent needed)."""
+    return make_client(name="Photo Printer", post_logout_redirect_uris=[LOGGED_OUT])
+
+
+# --- ID tokens (SECURITY.md 9) ------------------------------------------------------------------------------------
+
+def test_id_token_rs256_by_default_with_every_claim(app, client, alice, first_party):
+    client_id, secret = first_party
+    result, body = login_and_tokens(client, client_id, secret, nonce="n-123")
+    assert result.screens == ["password"]
+    jwks = client.get("/jwks.json").get_json()
+    token = decode(client, body["id_token"], algs=["RS256"])
+    assert token.header["alg"] == "RS256"
+    key = [k for k in jwks["keys"] if k["kid"] == token.header["kid"]]
+    assert key and key[0]["kty"] == "RSA" and "d" not in key[0]
+    claims = token.claims
+    user = user_row(app)
+    assert claims["iss"] == "http://localhost"
+    assert claims["sub"] == user.subject and claims["sub"] != str(user.id)
+    assert claims["aud"] in (client_id, [client_id])
+    now = int(utcnow().timestamp())
+    assert claims["iat"] <= now + 5 and claims["exp"] > now
+    assert abs(claims["auth_time"] - now) < 60
+    assert claims["nonce"] == "n-123"
+    assert claims["acr"] == "urn:idp:acr:pwd" and claims["amr"] == ["pwd"]
+    with app.app_context():
+        live = db.session.execute(db.select(LoginSession)).scalar_one()
+        assert claims["sid"] == live.sid
+    digest = hashlib.sha256(body["access_token"].encode()).digest()
+    assert claims["at_hash"] == base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
+
+
+def test_id_token_without_nonce_has_no_nonce_claim(client, alice, first_party):
+    client_id, secret = first_party
+    _, body = login_and_tokens(client, client_id, secret)
+    assert "nonce" not in decode(client, body["id_token"]).claims
+
+
+def test_es256_client_gets_es256_id_token(client, alice, make_client):
+    client_id, secret = make_client(first_party=True, id_token_alg="ES256")
+    _, body = login_and_tokens(client, client_id, secret)
+    token = decode(client, body["id_token"], algs=["ES256"])
+    assert token.header["alg"] == "ES256"
+    key = [k for k in client.get("/jwks.json").get_json()["keys"] if k["kid"] == token.header["kid"]]
+    assert key and key[0]["kty"] == "EC"
+
+
+def test_alg_none_token_is_never_accepted(app, client, alice, first_party):
+    client_id, secret = first_party
+    _, body = login_and_tokens(client, client_id, secret)
+    real = decode(client, body["id_token"]).claims
+    forged = unsigned_token({k: real[k] for k in ("iss", "sub", "aud", "exp", "iat")})
+    # As id_token_hint at the authorization endpoint: an error redirect, no code.
+    result = walk(client, authorize_path(client_id, id_token_hint=forged))
+    assert result.screens == [] and result.params.get("error") == "invalid_request"
+    assert "code" not in result.params and result.params["iss"] == "http://localhost"
+    # At the end-session endpoint: a 400 page, and the user stays signed in.
+    response = client.get("/end-session?" + urlencode({"id_token_hint": forged, "post_logout_redirect_uri":
+                                                        LOGGED_OUT, "client_id": client_id}))
+    assert response.status_code == 400
+    assert signed_in_email(client) == ALICE
+    # As a bearer token at userinfo (both as an ID token and dressed as an access token).
+    access = decode(client, body["access_token"])
+    forged_at = unsigned_token(dict(access.claims))
+    for token in (forged, forged_at):
+        info = client.get("/userinfo", headers={"Authorization": "Bearer " + token})
+        assert info.status_code == 401
+
+
+# --- prompt=none (SECURITY.md 12) ---------------------------------------------------------------------------------
+
+def test_prompt_none_without_session_is_login_required(client, alice, first_party):
+    client_id, _ = first_party
+    response = client.get(authorize_path(client_id, prompt="none", state="abc"))
+    assert response.status_code == 302
+    params = parse_qs(urlsplit(response.headers["Location"]).query)
+    assert response.headers["Location"].startswith(RP)
+    assert params["error"] == ["login_required"] and params["state"] == ["abc"]
+    assert params["iss"] == ["http://localhost"] and "code" not in params
+
+
+def test_prompt_none_with_session_but_no_consent_is_consent_required(client, alice, first_party, third_party):
+    walk(client, authorize_path(first_party[0]))  # signed in through a first-party client
+    result = walk(client, authorize_path(third_party[0], prompt="none"))
+    assert result.screens == []
+    assert result.params["error"] == "consent_required" and result.params["state"] == "st-1"
+    assert result.params["iss"] == "http://localhost"
+
+
+def test_prompt_none_with_unverified_email_is_interaction_required(app, client, alice, third_party):
+    client_id, _ = third_party
+    assert walk(client, authorize_path(client_id)).screens == ["password", "consent"]
+    with app.app_context():
+        db.session.execute(db.update(User).values(email_verified_at=None))
+        db.session.commit()
+    result = walk(client, authorize_path(client_id, prompt="none"))
+    assert result.screens == [] and result.params["error"] == "interaction_required"
+    assert result.params["iss"] == "http://localhost"
+
+
+def test_prompt_none_with_everything_in_place_issues_a_code(client, alice, third_party):
+    client_id, secret = third_party
+    walk(client, authorize_path(client_id))
+    result = walk(client, authorize_path(client_id, prompt="none", nonce="pn"))
+    assert result.screens == [] and "error" not in result.params
+    body = exchange(client, client_id, secret, result.code)
+    assert decode(client, body["id_token"]).claims["nonce"] == "pn"
+
+
+# --- prompt=login and max_age (SECURITY.md 12) --------------------------------------------------------------------
+
+def test_prompt_login_asks_for_the_password_again_and_refreshes_auth_time(app, client, alice, first_party):
+    client_id, secret = first_party
+    walk(client, authorize_path(client_id))
+    old = age_sessions(app, 3600)
+    result = walk(client, authorize_path(client_id, prompt="login"))
+    assert result.screens == ["password"]
+    body = exchange(client, client_id, secret, result.code)
+    assert decode(client, body["id_token"]).claims["auth_time"] > old + 3000
+    # Without prompt=login the fresh session is reused silently.
+    assert walk(client, authorize_path(client_id)).screens == []
+
+
+@pytest.mark.parametrize("max_age, aged", [("0", 0), ("60", 3600)])
+def test_exceeded_max_age_forces_the_password_screen(app, client, alice, first_party, max_age, aged):
+    client_id, secret = first_party
+    walk(client, authorize_path(client_id))
+    old = age_sessions(app, aged) if aged else None
+    result = walk(client, authorize_path(client_id, max_age=max_age))
+    assert result.screens == ["password"]
+    claims = decode(client, exchange(client, client_id, secret, result.code)["id_token"]).claims
+    assert "auth_time" in claims
+    if old is not None:
+        assert claims["auth_time"] > old + 3000
+
+
+def test_max_age_not_exceeded_shows_no_screen_and_auth_time_is_in_the_id_token(app, client, alice, first_party):
+    client_id, secret = first_party
+    walk(client, authorize_path(client_id))
+    old = age_sessions(app, 120)
+    result = walk(client, authorize_path(client_id, max_age="3600"))
+    assert result.screens == []
+    claims = decode(client, exchange(client, client_id, secret, result.code)["id_token"]).claims
+    assert claims["auth_time"] == old
+
+
+def test_prompt_none_with_exceeded_max_age_is_login_required(app, client, alice, first_party):
+    client_id, _ = first_party
+    walk(client, authorize_path(client_id))
+    age_sessions(app, 3600)
+    result = walk(client, authorize_path(client_id, prompt="none", max_age="60"))
+    assert result.screens == [] and result.params["error"] == "login_required"
+
+
+# --- acr_values (SECURITY.md 13) ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("signed_in_first", [True, False])
+def test_acr_values_any_of_several_levels_completes_and_reports_the_level_reached(client, alice, first_party,
+                                                                                  signed_in_first):
+    client_id, secret = first_party
+    if signed_in_first:
+        walk(client, authorize_path(client_id))
+    result = walk(client, authorize_path(client_id, acr_values="urn:idp:acr:mfa urn:idp:acr:pwd"))
+    assert result.screens == ([] if signed_in_first else ["password"])  # no loop, no extra screen
+    claims = decode(client, exchange(client, client_id, secret, result.code)["id_token"]).claims
+    assert claims["acr"] == "urn:idp:acr:pwd" and claims["amr"] == ["pwd"]
+
+
+def test_acr_values_mfa_is_never_answered_by_a_password_session(client, alice, first_party):
+    client_id, _ = first_party
+    walk(client, authorize_path(client_id))
+    silent = walk(client, authorize_path(client_id, acr_values="urn:idp:acr:mfa", prompt="none"))
+    assert silent.screens == [] and silent.params["error"] == "interaction_required"
+    assert silent.params["iss"] == "http://localhost"
+    # Interactively, the step-up asks for a second factor (here: to set one up) instead of issuing a code.
+    result = walk(client, authorize_path(client_id, acr_values="urn:idp:acr:mfa"), stop_at="mfa_enroll")
+    assert result.location is None and result.screens == ["mfa_enroll"], (result.screens, result.location)
+
+
+def test_discovery_lists_acr_values_and_end_session_endpoint(client):
+    meta = client.get("/.well-known/openid-configuration").get_json()
+    assert meta["acr_values_supported"] == ["urn:idp:acr:pwd", "urn:idp:acr:mfa", "urn:idp:acr:phr"]
+    assert meta["end_session_endpoint"] == "http://localhost/end-session"
+    assert "none" not in meta["id_token_signing_alg_values_supported"]
+
+
+# --- consent ------------------------------------------------------------------------------------------------------
+
+def test_consent_screen_names_the_client_and_the_scopes_in_plain_words(client, alice, third_party):
+    result = walk(client, authorize_path(third_party[0], scope="openid email"), stop_at="consent")
+    assert result.screens == ["password", "consent"]
+    text = result.pages[-1].get_data(as_text=True)
+    assert "Photo Printer" in text
+    assert "Your email address" in text and "Know who you are" in text
+
+
+def test_consent_deny_redirects_access_denied_with_iss(client, alice, third_party):
+    result = walk(client, authorize_path(third_party[0], state="deny-1"), consent="deny")
+    assert result.params["error"] == "access_denied" and result.params["state"] == "deny-1"
+    assert result.params["iss"] == "http://localhost" and "code" not in result.params
+
+
+def test_consent_is_remembered_but_a_new_scope_or_prompt_consent_asks_again(app, client, alice, third_party):
+    client_id, _ = third_party
+    assert walk(client, authorize_path(client_id, scope="openid email")).screens == ["password", "consent"]
+    granted = events(app, "consent.granted")
+    assert len(granted) == 1 and granted[0].client_id == client_id
+    assert granted[0].subject_id == alice.id
+    again = walk(client, authorize_path(client_id, scope="openid email"))
+    assert again.screens == [] and again.code
+    assert walk(client, authorize_path(client_id, scope="openid")).screens == []  # a subset needs nothing
+    wider = walk(client, authorize_path(client_id, scope="openid email profile"), stop_at="consent")
+    assert wider.screens == ["consent"]
+    assert "Your name and profile" in wider.pages[-1].get_data(as_text=True)
+    asked = walk(client, authorize_path(client_id, scope="openid email", prompt="consent"))
+    assert asked.screens == ["consent"] and asked.code
+
+
+def test_first_party_client_never_shows_consent(client, alice, first_party):
+    client_id, _ = first_party
+    assert walk(client, authorize_path(client_id, scope="openid email profile")).screens == ["password"]
+    assert walk(client, authorize_path(client_id, scope="openid email profile phone")).screens == []
+
+
+# --- login_hint, id_token_hint and harmless parameters ------------------------------------------------------------
+
+def test_login_hint_prefills_the_email(client, alice, first_party):
+    result = walk(client, authorize_path(first_party[0], login_hint="hinted@example.com"), stop_at="password")
+    assert re.search(r'value="hinted@example\.com"', result.pages[-1].get_data(as_text=True))
+
+
+def test_id_token_hint_for_another_user_forces_sign_in(app, make_user, alice, first_party):
+    client_id, secret = first_party
+    make_user(email="bob@example.com", name="Bob")
+    browser_a, browser_b = app.test_client(), app.test_client()
+    _, body = login_and_tokens(browser_a, client_id, secret)
+    walk(browser_b, authorize_path(client_id), email="bob@example.com")
+    hint = body["id_token"]
+    silent = walk(browser_b, authorize_path(client_id, id_token_hint=hint, prompt="none"))
+    assert silent.params["error"] == "login_required"
+    result = walk(browser_b, authorize_path(client_id, id_token_hint=hint))
+    assert result.screens == ["password"]
+    claims = decode(browser_b, exchange(browser_b, client_id, secret, result.code)["id_token"]).claims
+    assert claims["sub"] == user_row(app).subject
+    # The same user's hint passes silently.
+    assert walk(browser_a, authorize_path(client_id, id_token_hint=hint, prompt="none")).params.get("code")
+
+
+def test_display_locales_and_unknown_parameters_cause_no_error(client, alice, first_party):
+    client_id, secret = first_party
+    result = walk(client, authorize_path(client_id, display="page", ui_locales="fr-CA en", claims_locales="de",
+                                         foo="bar", prompt=None))
+    assert result.screens == ["password"] and result.code
+    exchange(client, client_id, secret, result.code)
+
+
+# --- claims parameter (OIDC Core 5.5) -----------------------------------------------------------------------------
+
+def test_claims_parameter_userinfo_email_with_openid_only(client, alice, first_party):
+    client_id, secret = first_party
+    _, body = login_and_tokens(client, client_id, secret, claims=json.dumps({"userinfo": {"email": None}}))
+    info = client.get("/userinfo", headers={"Authorization": "Bearer " + body["access_token"]}).get_json()
+    assert info["email"] == ALICE
+    assert "email" not in decode(client, body["id_token"]).claims
+    # Without the claims request, scope openid releases no email.
+    _, plain = login_and_tokens(client, client_id, secret)
+    info = client.get("/userinfo", headers={"Authorization": "Bearer " + plain["access_token"]}).get_json()
+    assert "email" not in info
+
+
+def test_claims_parameter_id_token_email_essential(client, alice, first_party):
+    client_id, secret = first_party
+    claims = json.dumps({"id_token": {"email": {"essential": True}}})
+    _, body = login_and_tokens(client, client_id, secret, claims=claims)
+    assert decode(client, body["id_token"]).claims["email"] == ALICE
+
+
+# --- key rotation (SECURITY.md 14) --------------------------------------------------------------------------------
+
+def test_key_rotation_keeps_old_keys_published_until_their_tokens_expire(app, client, alice, first_party):
+    client_id, secret = first_party
+    _, before = login_and_tokens(client, client_id, secret)
+    old_kid = jwt.decode(before["id_token"], jwks_of(client), algorithms=["RS256"]).header["kid"]
+    runner = app.test_cli_runner()
+    rotated = runner.invoke(args=["keys", "rotate"])
+    assert rotated.exit_code == 0, rotated.output
+    assert "new signing key" in rotated.output
+    _, after = login_and_tokens(client, client_id, secret)
+    jwks = client.get("/jwks.json").get_json()
+    kids = {k["kid"] for k in jwks["keys"]}
+    new_kid = decode(client, after["id_token"]).header["kid"]
+    assert new_kid != old_kid and {old_kid, new_kid} <= kids
+    assert decode(client, before["id_token"]).claims["sub"] == user_row(app).subject
+    listed = runner.invoke(args=["keys", "list"])
+    assert listed.exit_code == 0
+    assert re.search(rf"{re.escape(old_kid)}\t.*retired", listed.output)
+    assert re.search(rf"{re.escape(new_kid)}\t.*active", listed.output)
+    rotations = events(app, "key.rotated")
+    assert len(rotations) == 1 and new_kid in rotations[0].details["kids"]
+    with app.app_context():  # the old keys' tokens have all expired
+        for row in db.session.execute(db.select(SigningKey).where(SigningKey.retired_at.is_not(None))).scalars():
+            assert row.publish_until is not None and row.publish_until > utcnow()
+            row.publish_until = utcnow() - timedelta(seconds=1)
+        db.session.commit()
+    kids = {k["kid"] for k in client.get("/jwks.json").get_json()["keys"]}
+    assert old_kid not in kids and new_kid in kids
+    assert len(kids) == 2  # one RS256 and one ES256 key
+
+
+def test_private_keys_are_encrypted_at_rest(app, client):
+    client.get("/jwks.json")  # creates the keys
+    with app.app_context():
+        rows = list(db.session.execute(db.select(SigningKey)).scalars())
+        assert {row.alg for row in rows} == {"RS256", "ES256"}
+        for row in rows:
+            assert '"d"' not in row.private_jwk_encrypted and "'d'" not in row.private_jwk_encrypted
+            assert decrypt_private(row.private_jwk_encrypted, SECRET)["d"]
+            with pytest.raises(KeyDecryptionError):
+                decrypt_private(row.private_jwk_encrypted, "another-secret-" + "y" * 40)
+        public = client.get("/jwks.json").get_json()["keys"]
+        assert all("d" not in key for key in public)
+
+
+# --- RP-initiated logout (SECURITY.md 15) -------------------------------------------------------------------------
+
+def _end_session(client, **params):
+    return client.get("/end-session?" + urlencode(params))
+
+
+@pytest.mark.parametrize("with_client_id", [True, False])
+def test_end_session_with_valid_hint_signs_out_and_redirects_with_state(client, alice, first_party,
+                                                                        with_client_id):
+    client_id, secret = first_party
+    _, body = login_and_tokens(client, client_id, secret)
+    params = {"id_token_hint": body["id_token"], "post_logout_redirect_uri": LOGGED_OUT, "state": "bye-1"}
+    if with_client_id:
+        params["client_id"] = client_id
+    response = _end_session(client, **params)
+    assert response.status_code == 302
+    assert response.headers["Location"] == LOGGED_OUT + "?state=bye-1"
+    assert signed_in_email(client) is None
+    account = client.get("/account")
+    assert account.status_code == 302 and "/login" in account.headers["Location"]
+
+
+@pytest.mark.parametrize("uri", ["https://rp.example/logged-out/", "https://rp.example/Logged-out",
+                                 "https://rp.example/logged-out?x=1", "https://evil.example/logged-out"])
+def test_end_session_never_redirects_to_an_unregistered_uri(client, alice, first_party, uri):
+    client_id, secret = first_party
+    _, body = login_and_tokens(client, client_id, secret)
+    response = _end_session(client, id_token_hint=body["id_token"], post_logout_redirect_uri=uri,
+                            client_id=client_id, state="s")
+    assert response.status_code in (200, 400) and "Location" not in response.headers
+
+
+def test_end_session_without_hint_asks_first_and_get_does_not_sign_out(client, alice, first_party):
+    client_id, _ = first_party
+    walk(client, authorize_path(client_id))
+    page = _end_session(client, client_id=client_id, post_logout_redirect_uri=LOGGED_OUT)
+    assert page.status_code == 200 and "Sign out?" in page.get_data(as_text=True)
+    assert signed_in_email(client) == ALICE
+    plain = client.get("/end-session")
+    assert plain.status_code == 200 and signed_in_email(client) == ALICE
+    # A POST without the CSRF token does not sign out either.
+    forged = client.post("/end-session", data={"confirm": "yes"})
+    assert forged.status_code in (200, 400)
+    assert signed_in_email(client) == ALICE
+    page = client.get("/end-session")
+    done = client.post("/end-session", data={"csrf_token": csrf_token(page), "confirm": "yes"})
+    assert done.status_code in (200, 302)
+    assert signed_in_email(client) is None
+
+
+def test_confirmed_end_session_redirects_only_to_the_clients_registered_uri(client, alice, first_party):
+    client_id, _ = first_party
+    walk(client, authorize_path(client_id))
+    query = "/end-session?" + urlencode({"client_id": client_id, "post_logout_redirect_uri": LOGGED_OUT,
+                                         "state": "c-1"})
+    page = client.get(query)
+    assert page.status_code == 200 and signed_in_email(client) == ALICE
+    done = client.post(query, data={"csrf_token": csrf_token(page), "confirm": "yes"})
+    assert done.status_code == 302 and done.headers["Location"] == LOGGED_OUT + "?state=c-1"
+    assert signed_in_email(client) is None
+    # Without a client to match it against, a confirmed sign-out never redirects.
+    walk(client, authorize_path(client_id))
+    query = "/end-session?" + urlencode({"post_logout_redirect_uri": LOGGED_OUT})
+    page = client.get(query)
+    done = client.post(query, data={"csrf_token": csrf_token(page), "confirm": "yes"})
+    assert done.status_code == 200 and "Location" not in done.headers
+    assert signed_in_email(client) is None
+
+
+@pytest.mark.parametrize("hint", ["not-a-jwt", "a.b.c", "eyJhbGciOiJSUzI1NiJ9.e30.AAAA"])
+def test_end_session_with_invalid_hint_is_a_400_page(client, alice, first_party, hint):
+    walk(client, authorize_path(first_party[0]))
+    response = _end_session(client, id_token_hint=hint, post_logout_redirect_uri=LOGGED_OUT)
+    assert response.status_code == 400 and "text/html" in response.content_type
+    assert signed_in_email(client) == ALICE
+
+
+def test_end_session_with_a_foreign_issuers_token_is_rejected(client, alice, first_party):
+    client_id, _ = first_party
+    walk(client, authorize_path(client_id))
+    from joserfc.jwk import RSAKey
+
+    foreign = RSAKey.generate_key(2048, parameters={"kid": "foreign", "alg": "RS256"}, private=True)
+    now = int(utcnow().timestamp())
+    token = jwt.encode({"alg": "RS256", "kid": "foreign"}, {"iss": "http://localhost", "sub": "x", "aud": client_id,
+                                                            "iat": now, "exp": now + 60}, foreign)
+    response = _end_session(client, id_token_hint=token, post_logout_redirect_uri=LOGGED_OUT)
+    assert response.status_code == 400 and signed_in_email(client) == ALICE
+
+
+# --- audit (SECURITY.md 29) ---------------------------------------------------------------------------------------
+
+def test_token_lifecycle_events_are_audited_with_client_id(app, client, alice, third_party):
+    client_id, secret = third_party
+    result = walk(client, authorize_path(client_id, scope="openid offline_access"))
+    body = exchange(client, client_id, secret, result.code)
+    refreshed = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": body["refresh_token"]},
+                            auth=(client_id, secret))
+    assert refreshed.status_code == 200, refreshed.get_json()
+    # Reusing the rotated refresh token and the used code are detected.
+    reuse = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": body["refresh_token"]},
+                        auth=(client_id, secret))
+    assert reuse.status_code == 400
+    again = client.post("/token", data={"grant_type": "authorization_code", "code": result.code, "redirect_uri": RP,
+                                        "code_verifier": VERIFIER}, auth=(client_id, secret))
+    assert again.status_code == 400
+    second = walk(client, authorize_path(client_id, scope="openid offline_access"))
+    fresh = exchange(client, client_id, secret, second.code)
+    revoked = client.post("/revoke", data={"token": fresh["refresh_token"]}, auth=(client_id, secret))
+    assert revoked.status_code == 200
+    for name in ("client.created", "consent.granted", "token.issued", "token.refreshed", "refresh.reuse_detected",
+                 "code.reuse_detected", "token.revoked"):
+        rows = events(app, name)
+        assert rows, f"no {name} event"
+        assert all(row.client_id == client_id for row in rows), name
+        if name != "client.created":
+            assert all(row.subject_id == alice.id for row in rows), name
+    assert len(events(app, "token.issued")) == 2
+    with app.app_context():  # no secret lands in an audit row
+        dumped = json.dumps([row.details for row in db.session.execute(db.select(AuditEvent)).scalars()])
+    for secret_value in (secret, body["refresh_token"], fresh["refresh_token"], result.code, body["access_token"]):
+        assert secret_value not in dumped
+
+
+def test_key_rotation_is_audited(app):
+    result = app.test_cli_runner().invoke(args=["keys", "rotate"])
+    assert result.exit_code == 0, result.output
+    rows = events(app, "key.rotated")
+    assert len(rows) == 1 and len(rows[0].details["kids"]) == 2

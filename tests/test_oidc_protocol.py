@@ -1,0 +1,967 @@
+"""Protocol promises of the authorization server (SECURITY.md 1-8, 10, 11, 31): each test fails if one breaks.
+
+Flows walk the hosted pages with the Flask test client (tests.support.authorize); database rows are edited
+directly only to move time (expiry) or to look at what is stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+import uuid
+from datetime import timedelta
+
+import pytest
+from authlib.oauth2 import rfc8414, rfc9207
+from authlib.oidc import rpinitiated
+from authlib.oidc.discovery import OpenIDProviderMetadata
+from joserfc import jwt
+from joserfc.jwk import KeySet, RSAKey
+from sqlalchemy import text
+
+from idp.extensions import db
+from idp.models import AuditEvent, AuthorizationCode, Client, Token, utcnow
+from idp.oidc.cli import create_client
+from idp.security.tokens import token_hash
+from tests.support import (
+    RP_CALLBACK,
+    authorize,
+    authorize_url,
+    pkce_pair,
+    query_params,
+    walk_authorize,
+)
+
+ISSUER = "http://localhost"
+RP = RP_CALLBACK
+OTHER_RP = "https://rp.example/other-cb"
+
+
+# --- helpers ----------------------------------------------------------------------------------------------------
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": "Bearer " + token}
+
+
+def redeem(client, client_id, secret, code, verifier=None, redirect_uri=RP, **extra):
+    """POST the code to /token (Basic auth for a confidential client, client_id in the form for a public one)."""
+    data = {"grant_type": "authorization_code", "code": code}
+    if redirect_uri is not None:
+        data["redirect_uri"] = redirect_uri
+    if verifier is not None:
+        data["code_verifier"] = verifier
+    data.update(extra)
+    if secret is None:
+        data["client_id"] = client_id
+        return client.post("/token", data=data)
+    return client.post("/token", data=data, auth=(client_id, secret))
+
+
+def tokens(client, client_id, secret, scope="openid", **params) -> dict:
+    """A full code flow with PKCE; returns the token response body."""
+    verifier, challenge = pkce_pair()
+    code = authorize(client, client_id, scope=scope, code_challenge=challenge, code_challenge_method="S256",
+                     **params)
+    response = redeem(client, client_id, secret, code, verifier)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def refresh(client, client_id, secret, refresh_token, **extra):
+    data = {"grant_type": "refresh_token", "refresh_token": refresh_token, **extra}
+    if secret is None:
+        data["client_id"] = client_id
+        return client.post("/token", data=data)
+    return client.post("/token", data=data, auth=(client_id, secret))
+
+
+def userinfo_status(client, access_token: str) -> int:
+    return client.get("/userinfo", headers=bearer(access_token)).status_code
+
+
+def introspect(client, client_id, secret, token: str, **extra) -> dict:
+    response = client.post("/introspect", data={"token": token, **extra}, auth=(client_id, secret))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.get_json()
+
+
+def assert_error_page(response) -> None:
+    """SECURITY.md 2: an HTML error page, never a redirect."""
+    assert response.status_code == 400, (response.status_code, response.headers.get("Location"))
+    assert "Location" not in response.headers
+    assert response.mimetype == "text/html"
+
+
+def assert_error_redirect(response, error: str, state: str | None = "state-1", target: str = RP) -> dict:
+    """An error sent back to the client's redirect URI with state and iss (RFC 6749 4.1.2.1, RFC 9207)."""
+    assert response.status_code == 302, (response.status_code, response.get_data(as_text=True)[:300])
+    location = response.headers["Location"]
+    assert location.startswith(target + "?"), location
+    params = query_params(location)
+    assert params.get("error") == error, params
+    assert params.get("iss") == ISSUER, params
+    if state is not None:
+        assert params.get("state") == state, params
+    assert "code" not in params
+    return params
+
+
+def assert_goes_to_login(response) -> None:
+    """The request passed validation: the browser is sent to sign in."""
+    assert response.status_code == 302, response.status_code
+    assert response.headers["Location"].startswith("/login/"), response.headers["Location"]
+
+
+def jwks_of(client) -> KeySet:
+    return KeySet.import_key_set(client.get("/jwks.json").get_json())
+
+
+def token_row(app, *, refresh_token: str | None = None, access_token: str | None = None) -> Token:
+    with app.app_context():
+        if refresh_token is not None:
+            condition = Token.refresh_token_hash == token_hash(refresh_token)
+        else:
+            jti = jwt.decode(access_token, KeySet.import_key_set(_jwks(app)), algorithms=["RS256"]).claims["jti"]
+            condition = Token.jti == jti
+        row = db.session.execute(db.select(Token).where(condition)).scalar_one()
+        db.session.expunge(row)
+        return row
+
+
+def _jwks(app) -> dict:
+    from idp.oidc import keys
+
+    return keys.jwks()
+
+
+def set_refresh_times(app, refresh_token: str, **values) -> None:
+    with app.app_context():
+        db.session.execute(db.update(Token).where(Token.refresh_token_hash == token_hash(refresh_token))
+                           .values(**values))
+        db.session.commit()
+
+
+def table_dump(app, table: str) -> str:
+    with app.app_context():
+        return repr(db.session.execute(text(f"SELECT * FROM {table}")).all())
+
+
+def events(app, name: str) -> list[AuditEvent]:
+    with app.app_context():
+        rows = list(db.session.execute(db.select(AuditEvent).where(AuditEvent.event == name)).scalars())
+        for row in rows:
+            db.session.expunge(row)
+        return rows
+
+
+def cli(app, *args):
+    return app.test_cli_runner().invoke(args=list(args))
+
+
+# --- fixtures ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def alice(make_user):
+    return make_user()
+
+
+@pytest.fixture
+def conf(make_client):
+    """A confidential first-party client (no consent screen): (client_id, secret)."""
+    return make_client(name="Conf App", first_party=True)
+
+
+@pytest.fixture
+def public(make_client):
+    """A public first-party client: (client_id, None)."""
+    return make_client(name="Public App", public=True, first_party=True)
+
+
+@pytest.fixture
+def third_party(make_client):
+    """A confidential client that needs consent."""
+    return make_client(name="Third App")
+
+
+@pytest.fixture
+def machine(make_client):
+    """A confidential client with the client_credentials grant only."""
+    return make_client(name="Machine", redirect_uris=[], grant_types=["client_credentials"])
+
+
+# --- 1. redirect_uri exact match --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sent", [
+    RP + "/",                               # trailing slash
+    "https://RP.example/cb",                # host case
+    "https://rp.example/CB",                # path case
+    "HTTPS://rp.example/cb",                # scheme case
+    RP + "?extra=1",                        # added query
+    RP + "#fragment",                       # fragment
+    "https://rp.example/cb2",               # different path
+    "https://rp.example:443/cb",            # explicit default port
+    "https://rp.example.evil.test/cb",      # different host
+    "http://rp.example/cb",                 # downgraded scheme
+])
+def test_redirect_uri_must_match_exactly(client, conf, sent):
+    response = client.get(authorize_url(conf[0], redirect_uri=sent))
+    assert_error_page(response)
+
+
+def test_redirect_uri_exact_match_is_accepted(client, conf):
+    assert_goes_to_login(client.get(authorize_url(conf[0])))
+
+
+def test_redirect_uri_mismatch_never_redirects_even_with_a_session(client, alice, conf):
+    authorize(client, conf[0])  # signed in now
+    assert_error_page(client.get(authorize_url(conf[0], redirect_uri=RP + "/")))
+
+
+def test_loopback_redirect_uri_may_change_only_its_port(client, make_client):
+    client_id, _ = make_client(redirect_uris=["http://127.0.0.1:8765/cb", "http://[::1]:8765/cb"], public=True)
+    _, challenge = pkce_pair()
+    pkce = {"code_challenge": challenge, "code_challenge_method": "S256"}
+    for ok in ("http://127.0.0.1:8765/cb", "http://127.0.0.1:50123/cb", "http://[::1]:4000/cb"):
+        assert_goes_to_login(client.get(authorize_url(client_id, redirect_uri=ok, **pkce)))
+    for bad in ("http://127.0.0.1:50123/other", "http://127.0.0.1:50123/cb/", "http://localhost:8765/cb",
+                "http://127.0.0.2:8765/cb", "https://127.0.0.1:8765/cb", "http://127.0.0.1:50123/cb?x=1"):
+        assert_error_page(client.get(authorize_url(client_id, redirect_uri=bad, **pkce)))
+
+
+def test_loopback_port_change_still_returns_the_code_to_the_sent_uri(client, alice, make_client):
+    client_id, _ = make_client(redirect_uris=["http://127.0.0.1:8765/cb"], public=True, first_party=True)
+    verifier, challenge = pkce_pair()
+    sent = "http://127.0.0.1:50999/cb"
+    response = walk_authorize(client, authorize_url(client_id, redirect_uri=sent, code_challenge=challenge,
+                                                    code_challenge_method="S256"))
+    assert response.headers["Location"].startswith(sent + "?")
+    code = query_params(response.headers["Location"])["code"]
+    assert redeem(client, client_id, None, code, verifier, redirect_uri=sent).status_code == 200
+
+
+@pytest.mark.parametrize("uri", ["https://rp.example/cb#frag", "https://rp.example/cb#", "http://rp.example/cb",
+                                 "http://10.0.0.1/cb", "javascript:alert(1)", "/relative/cb"])
+def test_registration_refuses_fragments_and_non_loopback_http(app, uri):
+    with app.app_context():
+        with pytest.raises(ValueError):
+            create_client(name="Bad", redirect_uris=[uri], post_logout_redirect_uris=[], public=False,
+                          grant_types=[], scopes=[], auth_method=None, first_party=False)
+        db.session.rollback()
+    result = cli(app, "clients", "create", "--name", "Bad", "--redirect-uri", uri)
+    assert result.exit_code != 0
+    with app.app_context():
+        assert db.session.execute(db.select(Client).where(Client.name == "Bad")).first() is None
+
+
+def test_registration_accepts_https_and_loopback_http(app):
+    result = cli(app, "clients", "create", "--name", "Good", "--redirect-uri", "https://rp.example/cb",
+                 "--redirect-uri", "http://127.0.0.1:9000/cb", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["client_id"]
+
+
+# --- 2. unknown client ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("client_id", ["no-such-client", "", "x" * 200])
+def test_unknown_client_id_shows_an_error_page(client, client_id):
+    assert_error_page(client.get(authorize_url(client_id)))
+
+
+def test_missing_client_id_shows_an_error_page(client):
+    assert_error_page(client.get(authorize_url(None)))
+
+
+# --- 3. default redirect URI only when unambiguous --------------------------------------------------------------
+
+def test_two_registered_redirect_uris_and_none_sent_is_an_error_page(client, make_client):
+    client_id, _ = make_client(redirect_uris=[RP, OTHER_RP])
+    assert_error_page(client.get(authorize_url(client_id, redirect_uri=None)))
+
+
+def test_one_registered_redirect_uri_and_none_sent_works(client, alice, conf):
+    verifier, challenge = pkce_pair()
+    code = authorize(client, conf[0], redirect_uri=None, code_challenge=challenge, code_challenge_method="S256")
+    response = redeem(client, conf[0], conf[1], code, verifier, redirect_uri=None)
+    assert response.status_code == 200, response.get_json()
+
+
+# --- 4. PKCE ----------------------------------------------------------------------------------------------------
+
+def test_public_client_without_code_challenge_gets_invalid_request(client, public):
+    response = client.get(authorize_url(public[0], state="pkce-1"))
+    assert_error_redirect(response, "invalid_request", state="pkce-1")
+
+
+def test_public_client_without_code_challenge_gets_invalid_request_also_when_signed_in(client, alice, public,
+                                                                                      conf):
+    authorize(client, conf[0])
+    assert_error_redirect(client.get(authorize_url(public[0])), "invalid_request")
+
+
+@pytest.mark.parametrize("method", ["plain", None, "s256", "S512"])
+def test_only_s256_is_accepted(client, public, conf, method):
+    verifier, challenge = pkce_pair()
+    for client_id in (public[0], conf[0]):
+        response = client.get(authorize_url(client_id, code_challenge=verifier if method == "plain" else challenge,
+                                            code_challenge_method=method))
+        assert_error_redirect(response, "invalid_request")
+
+
+def test_discovery_advertises_only_s256(client):
+    assert client.get("/.well-known/openid-configuration").get_json()["code_challenge_methods_supported"] == ["S256"]
+
+
+def test_challenge_sent_but_no_verifier_is_invalid_grant(client, alice, conf, public):
+    for client_id, secret in (conf, public):
+        _, challenge = pkce_pair()
+        code = authorize(client, client_id, code_challenge=challenge, code_challenge_method="S256")
+        response = redeem(client, client_id, secret, code)
+        assert response.status_code == 400 and response.get_json()["error"] == "invalid_grant", response.get_json()
+        assert "access_token" not in response.get_json()
+
+
+def test_wrong_verifier_is_invalid_grant(client, alice, conf, public):
+    for client_id, secret in (conf, public):
+        _, challenge = pkce_pair()
+        other_verifier, _ = pkce_pair()
+        code = authorize(client, client_id, code_challenge=challenge, code_challenge_method="S256")
+        response = redeem(client, client_id, secret, code, other_verifier)
+        assert response.status_code == 400 and response.get_json()["error"] == "invalid_grant", response.get_json()
+
+
+def test_verifier_for_a_code_issued_without_challenge_is_invalid_grant(client, alice, conf):
+    code = authorize(client, conf[0])  # confidential: no challenge needed
+    verifier, _ = pkce_pair()
+    response = redeem(client, conf[0], conf[1], code, verifier)
+    assert response.status_code == 400 and response.get_json()["error"] == "invalid_grant", response.get_json()
+
+
+def test_confidential_client_without_pkce_works(client, alice, conf):
+    code = authorize(client, conf[0])
+    assert redeem(client, conf[0], conf[1], code).status_code == 200
+
+
+# --- 5. authorization codes -------------------------------------------------------------------------------------
+
+def test_code_has_at_least_128_bits_and_is_stored_hashed(app, client, alice, conf):
+    code = authorize(client, conf[0])
+    assert len(code) >= 22 and re.fullmatch(r"[A-Za-z0-9_\-.~]+", code), code  # >= 22 * 6 bits
+    dump = table_dump(app, "authorization_codes")
+    assert code not in dump
+    with app.app_context():
+        row = db.session.execute(db.select(AuthorizationCode)).scalar_one()
+        assert row.code_hash == token_hash(code)
+        assert (row.expires_at - row.issued_at).total_seconds() <= 60
+
+
+def test_codes_are_distinct(client, alice, conf):
+    assert len({authorize(client, conf[0]) for _ in range(3)}) == 3
+
+
+def test_second_use_of_a_code_fails_and_revokes_what_the_first_use_issued(app, client, alice, conf):
+    verifier, challenge = pkce_pair()
+    code = authorize(client, conf[0], code_challenge=challenge, code_challenge_method="S256")
+    first = redeem(client, conf[0], conf[1], code, verifier)
+    assert first.status_code == 200
+    body = first.get_json()
+    assert userinfo_status(client, body["access_token"]) == 200
+    assert introspect(client, *conf, body["access_token"])["active"] is True
+    second = redeem(client, conf[0], conf[1], code, verifier)
+    assert second.status_code == 400 and second.get_json()["error"] == "invalid_grant"
+    assert "access_token" not in second.get_json()
+    assert userinfo_status(client, body["access_token"]) == 401
+    assert introspect(client, *conf, body["access_token"])["active"] is False
+    assert introspect(client, *conf, body["refresh_token"])["active"] is False
+    again = refresh(client, *conf, body["refresh_token"])
+    assert again.status_code == 400 and again.get_json()["error"] == "invalid_grant"
+    assert events(app, "code.reuse_detected")
+
+
+def test_code_reuse_also_revokes_tokens_refreshed_from_the_first_use(client, alice, conf):
+    verifier, challenge = pkce_pair()
+    code = authorize(client, conf[0], code_challenge=challenge, code_challenge_method="S256")
+    body = redeem(client, conf[0], conf[1], code, verifier).get_json()
+    newer = refresh(client, *conf, body["refresh_token"]).get_json()
+    assert redeem(client, conf[0], conf[1], code, verifier).status_code == 400
+    assert userinfo_status(client, newer["access_token"]) == 401
+    assert refresh(client, *conf, newer["refresh_token"]).status_code == 400
+
+
+def test_expired_code_is_invalid_grant(app, client, alice, conf):
+    code = authorize(client, conf[0])
+    with app.app_context():
+        db.session.execute(db.update(AuthorizationCode).values(expires_at=utcnow() - timedelta(seconds=1)))
+        db.session.commit()
+    response = redeem(client, conf[0], conf[1], code)
+    assert response.status_code == 400 and response.get_json()["error"] == "invalid_grant"
+
+
+def test_code_redeemed_by_another_client_is_invalid_grant(client, alice, conf, make_client):
+    other = make_client(name="Other", first_party=True)
+    code = authorize(client, conf[0])
+    response = redeem(client, other[0], other[1], code)
+    assert response.status_code == 400 and response.get_json()["error"] == "invalid_grant"
+    assert "access_token" not in response.get_json()
+
+
+def test_code_redeemed_with_another_redirect_uri_is_invalid_grant(client, alice, make_client):
+    client_id, secret = make_client(redirect_uris=[RP, OTHER_RP], first_party=True)
+    code = authorize(client, client_id, redirect_uri=RP)
+    response = redeem(client, client_id, secret, code, redirect_uri=OTHER_RP)
+    assert response.status_code == 400 and response.get_json()["error"] == "invalid_grant"
+    code = authorize(client, client_id, redirect_uri=RP)
+    response = redeem(client, client_id, secret, code, redirect_uri=None)
+    assert response.status_code == 400 and response.get_json()["error"] == "invalid_grant"
+
+
+def test_unknown_code_is_invalid_grant(client, conf):
+    response = redeem(client, conf[0], conf[1], "not-a-code")
+    assert response.status_code == 400 and response.get_json()["error"] == "invalid_grant"
+
+
+# --- 6. refresh tokens ------------------------------------------------------------------------------------------
+
+def test_refresh_token_is_stored_hashed_and_rotated(app, client, alice, conf):
+    body = tokens(client, *conf)
+    first = body["refresh_token"]
+    assert len(first) >= 43
+    assert first not in table_dump(app, "tokens")
+    response = refresh(client, *conf, first)
+    assert response.status_code == 200, response.get_json()
+    second = response.get_json()["refresh_token"]
+    assert second != first and "id_token" not in response.get_json()
+    third = refresh(client, *conf, second).get_json()["refresh_token"]
+    assert third not in (first, second)
+    assert second not in table_dump(app, "tokens") and third not in table_dump(app, "tokens")
+
+
+def test_reusing_a_rotated_refresh_token_revokes_the_family(app, client, alice, conf):
+    body = tokens(client, *conf)
+    old = body["refresh_token"]
+    newer = refresh(client, *conf, old).get_json()
+    assert userinfo_status(client, newer["access_token"]) == 200
+    replay = refresh(client, *conf, old)
+    assert replay.status_code == 400 and replay.get_json()["error"] == "invalid_grant"
+    assert "access_token" not in replay.get_json()
+    assert userinfo_status(client, newer["access_token"]) == 401
+    assert userinfo_status(client, body["access_token"]) == 401
+    newest = refresh(client, *conf, newer["refresh_token"])
+    assert newest.status_code == 400 and newest.get_json()["error"] == "invalid_grant"
+    assert introspect(client, *conf, newer["refresh_token"])["active"] is False
+    rows = events(app, "refresh.reuse_detected")
+    assert len(rows) == 1 and rows[0].client_id == conf[0]
+
+
+def test_reuse_does_not_touch_another_family(client, alice, conf):
+    one = tokens(client, *conf)
+    two = tokens(client, *conf)
+    refresh(client, *conf, one["refresh_token"])
+    refresh(client, *conf, one["refresh_token"])  # reuse: family one revoked
+    assert userinfo_status(client, two["access_token"]) == 200
+    assert refresh(client, *conf, two["refresh_token"]).status_code == 200
+
+
+def test_idle_expired_refresh_token_is_invalid_grant(app, client, alice, conf):
+    body = tokens(client, *conf)
+    set_refresh_times(app, body["refresh_token"], refresh_expires_at=utcnow() - timedelta(seconds=1))
+    response = refresh(client, *conf, body["refresh_token"])
+    assert response.status_code == 400 and response.get_json()["error"] == "invalid_grant"
+
+
+def test_absolutely_expired_refresh_family_is_invalid_grant(app, client, alice, conf):
+    body = tokens(client, *conf)
+    set_refresh_times(app, body["refresh_token"], family_expires_at=utcnow() - timedelta(seconds=1))
+    response = refresh(client, *conf, body["refresh_token"])
+    assert response.status_code == 400 and response.get_json()["error"] == "invalid_grant"
+
+
+def test_rotation_never_extends_the_absolute_expiry(app, client, alice, conf):
+    body = tokens(client, *conf)
+    family_end = utcnow() + timedelta(seconds=30)
+    set_refresh_times(app, body["refresh_token"], family_expires_at=family_end)
+    newer = refresh(client, *conf, body["refresh_token"]).get_json()
+    row = token_row(app, refresh_token=newer["refresh_token"])
+    assert row.family_expires_at <= family_end + timedelta(seconds=1)
+    assert row.refresh_expires_at <= family_end + timedelta(seconds=1)
+
+
+def test_refresh_cannot_widen_scope_but_may_narrow_it(client, alice, conf):
+    body = tokens(client, *conf, scope="openid email")
+    wider = refresh(client, *conf, body["refresh_token"], scope="openid email profile")
+    assert wider.status_code == 400 and wider.get_json()["error"] == "invalid_scope"
+    narrower = refresh(client, *conf, body["refresh_token"], scope="openid")
+    assert narrower.status_code == 200, narrower.get_json()
+    assert narrower.get_json()["scope"] == "openid"
+    claims = jwt.decode(narrower.get_json()["access_token"], jwks_of(client), algorithms=["RS256"]).claims
+    assert claims["scope"] == "openid"
+
+
+def test_client_without_refresh_grant_gets_no_refresh_token(client, alice, make_client):
+    client_id, secret = make_client(grant_types=["authorization_code"], first_party=True)
+    body = tokens(client, client_id, secret)
+    assert "refresh_token" not in body and body["access_token"]
+
+
+def test_refresh_token_of_another_client_is_invalid_grant(client, alice, conf, make_client):
+    other = make_client(name="Other", first_party=True)
+    body = tokens(client, *conf)
+    response = refresh(client, *other, body["refresh_token"])
+    assert response.status_code == 400 and response.get_json()["error"] == "invalid_grant"
+
+
+def test_public_client_refresh_rotates_too(client, alice, public):
+    body = tokens(client, *public)
+    response = refresh(client, *public, body["refresh_token"])
+    assert response.status_code == 200 and response.get_json()["refresh_token"] != body["refresh_token"]
+    assert refresh(client, *public, body["refresh_token"]).status_code == 400
+
+
+# --- 7. no password grant, no implicit or hybrid ---------------------------------------------------------------
+
+def test_password_grant_is_refused(client, alice, conf):
+    response = client.post("/token", data={"grant_type": "password", "username": "alice@example.com",
+                                           "password": "correct horse battery staple"}, auth=conf)
+    assert response.status_code == 400 and response.get_json()["error"] == "unsupported_grant_type"
+    assert "access_token" not in response.get_json()
+
+
+@pytest.mark.parametrize("response_type", ["token", "id_token", "code id_token", "id_token token",
+                                           "code token", "code id_token token"])
+def test_implicit_and_hybrid_response_types_are_refused(client, alice, conf, response_type):
+    authorize(client, conf[0])  # signed in: a token would be issued at once if the flow existed
+    response = client.get(authorize_url(conf[0], response_type=response_type, nonce="n"))
+    body = response.get_data(as_text=True)
+    location = response.headers.get("Location", "")
+    for leak in ("access_token", "id_token=", "code="):
+        assert leak not in location.replace("response_type", "")
+    if response.status_code == 302:
+        assert_error_redirect(response, "unsupported_response_type")
+    else:
+        assert response.status_code == 400 and "unsupported_response_type" in body
+
+
+def test_discovery_lists_neither_password_nor_implicit(client):
+    meta = client.get("/.well-known/openid-configuration").get_json()
+    assert meta["response_types_supported"] == ["code"]
+    assert "password" not in meta["grant_types_supported"] and "implicit" not in meta["grant_types_supported"]
+    assert "fragment" not in meta.get("response_modes_supported", [])
+
+
+# --- 8. client secrets ------------------------------------------------------------------------------------------
+
+def test_client_secret_is_256_bits_and_stored_hashed(app, make_client):
+    client_id, secret = make_client()
+    assert len(secret) >= 43 and re.fullmatch(r"[A-Za-z0-9_-]+", secret)
+    assert secret not in table_dump(app, "clients")
+    other_id, other_secret = make_client()
+    assert other_secret != secret
+
+
+def test_cli_prints_the_secret_once(app):
+    result = cli(app, "clients", "create", "--name", "Shown", "--redirect-uri", RP, "--json")
+    payload = json.loads(result.output)
+    assert len(payload["client_secret"]) >= 43
+    assert payload["client_secret"] not in cli(app, "clients", "show", payload["client_id"]).output
+    assert payload["client_secret"] not in cli(app, "clients", "list").output
+    assert payload["client_secret"] not in table_dump(app, "clients")
+
+
+def test_wrong_secret_is_invalid_client_401(client, machine):
+    response = client.post("/token", data={"grant_type": "client_credentials"}, auth=(machine[0], "wrong"))
+    assert response.status_code == 401 and response.get_json()["error"] == "invalid_client"
+    response = client.post("/token", data={"grant_type": "client_credentials"},
+                           auth=(machine[0], machine[1][:-1]))
+    assert response.status_code == 401 and response.get_json()["error"] == "invalid_client"
+    assert client.post("/token", data={"grant_type": "client_credentials"}, auth=machine).status_code == 200
+
+
+def test_client_secret_post_works_only_for_a_post_client(client, make_client):
+    post_id, post_secret = make_client(auth_method="client_secret_post", redirect_uris=[],
+                                       grant_types=["client_credentials"])
+    ok = client.post("/token", data={"grant_type": "client_credentials", "client_id": post_id,
+                                     "client_secret": post_secret})
+    assert ok.status_code == 200, ok.get_json()
+    basic = client.post("/token", data={"grant_type": "client_credentials"}, auth=(post_id, post_secret))
+    assert basic.status_code in (400, 401) and basic.get_json()["error"] == "invalid_client"
+    assert "access_token" not in basic.get_json()
+
+
+def test_basic_client_cannot_use_client_secret_post(client, machine):
+    response = client.post("/token", data={"grant_type": "client_credentials", "client_id": machine[0],
+                                           "client_secret": machine[1]})
+    assert response.status_code in (400, 401) and response.get_json()["error"] == "invalid_client"
+
+
+def test_rotate_secret_makes_the_old_one_fail(app, client, machine):
+    result = cli(app, "clients", "rotate-secret", machine[0])
+    assert result.exit_code == 0, result.output
+    new_secret = re.search(r"client_secret:\s*(\S+)", result.output).group(1)
+    assert new_secret != machine[1] and len(new_secret) >= 43
+    old = client.post("/token", data={"grant_type": "client_credentials"}, auth=machine)
+    assert old.status_code == 401 and old.get_json()["error"] == "invalid_client"
+    new = client.post("/token", data={"grant_type": "client_credentials"}, auth=(machine[0], new_secret))
+    assert new.status_code == 200
+
+
+# --- 10. access tokens ------------------------------------------------------------------------------------------
+
+def test_access_token_is_an_rfc9068_jwt(app, client, alice, conf):
+    body = tokens(client, *conf, scope="openid email")
+    decoded = jwt.decode(body["access_token"], jwks_of(client), algorithms=["RS256"])
+    assert decoded.header["typ"] == "at+jwt" and decoded.header["alg"] == "RS256" and decoded.header["kid"]
+    claims = decoded.claims
+    for name in ("iss", "sub", "aud", "exp", "iat", "client_id", "scope", "jti"):
+        assert name in claims, name
+    assert claims["iss"] == ISSUER and claims["client_id"] == conf[0] and claims["scope"] == "openid email"
+    assert claims["aud"] in (conf[0], [conf[0]])
+    assert claims["exp"] > claims["iat"] >= int(time.time()) - 60
+    with app.app_context():
+        from idp.models import User
+
+        user = db.session.execute(db.select(User).where(User.id == alice.id)).scalar_one()
+        assert claims["sub"] == user.subject
+    assert body["token_type"].lower() == "bearer" and body["expires_in"] > 0
+
+
+def test_revoking_an_access_token_is_seen_by_userinfo_and_introspection(client, alice, conf):
+    body = tokens(client, *conf)
+    assert introspect(client, *conf, body["access_token"])["active"] is True
+    response = client.post("/revoke", data={"token": body["access_token"], "token_type_hint": "access_token"},
+                           auth=conf)
+    assert response.status_code == 200
+    assert userinfo_status(client, body["access_token"]) == 401
+    assert introspect(client, *conf, body["access_token"])["active"] is False
+
+
+def test_revoking_a_refresh_token_revokes_its_family(client, alice, conf):
+    body = tokens(client, *conf)
+    newer = refresh(client, *conf, body["refresh_token"]).get_json()
+    response = client.post("/revoke", data={"token": newer["refresh_token"]}, auth=conf)
+    assert response.status_code == 200
+    assert userinfo_status(client, newer["access_token"]) == 401
+    assert introspect(client, *conf, newer["access_token"])["active"] is False
+    assert refresh(client, *conf, newer["refresh_token"]).get_json()["error"] == "invalid_grant"
+
+
+def test_public_client_may_revoke_its_token(client, alice, public):
+    body = tokens(client, *public)
+    response = client.post("/revoke", data={"token": body["refresh_token"], "client_id": public[0]})
+    assert response.status_code == 200
+    assert userinfo_status(client, body["access_token"]) == 401
+
+
+def test_revoking_an_unknown_token_is_200(client, conf):
+    for token in ("unknown-token", "a.b.c"):
+        assert client.post("/revoke", data={"token": token}, auth=conf).status_code == 200
+
+
+def test_introspection_by_another_client_says_inactive(client, alice, conf, make_client):
+    other = make_client(name="Other")
+    body = tokens(client, *conf)
+    for token in (body["access_token"], body["refresh_token"]):
+        assert introspect(client, *other, token) == {"active": False}
+    assert introspect(client, *conf, body["access_token"])["active"] is True
+
+
+def test_introspection_needs_client_authentication(client, alice, conf, public):
+    body = tokens(client, *conf)
+    response = client.post("/introspect", data={"token": body["access_token"]})
+    assert response.status_code == 401 and response.get_json()["error"] == "invalid_client"
+    response = client.post("/introspect", data={"token": body["access_token"]}, auth=(conf[0], "wrong"))
+    assert response.status_code == 401
+    response = client.post("/introspect", data={"token": body["access_token"], "client_id": public[0]})
+    assert response.status_code == 401
+
+
+def test_introspection_of_an_active_token_describes_it(client, alice, conf):
+    body = tokens(client, *conf, scope="openid email")
+    info = introspect(client, *conf, body["access_token"])
+    assert info["active"] is True and info["client_id"] == conf[0] and info["scope"] == "openid email"
+    assert info["iss"] == ISSUER and info["sub"]
+
+
+# --- 11. iss on authorization responses -------------------------------------------------------------------------
+
+def test_successful_authorization_response_carries_iss(client, alice, conf):
+    response = walk_authorize(client, authorize_url(conf[0], state="ok-state"))
+    params = query_params(response.headers["Location"])
+    assert params["iss"] == ISSUER and params["state"] == "ok-state" and params["code"]
+
+
+def test_denied_consent_redirects_access_denied_with_iss(client, alice, third_party):
+    response = walk_authorize(client, authorize_url(third_party[0], state="deny-state"), consent="deny")
+    assert_error_redirect(response, "access_denied", state="deny-state")
+
+
+def test_prompt_none_without_session_is_login_required_with_iss(client, conf):
+    assert_error_redirect(client.get(authorize_url(conf[0], prompt="none")), "login_required")
+
+
+def test_discovery_advertises_iss_parameter(client):
+    meta = client.get("/.well-known/openid-configuration").get_json()
+    assert meta["authorization_response_iss_parameter_supported"] is True
+
+
+# --- client credentials ------------------------------------------------------------------------------------------
+
+def test_client_credentials_issues_an_access_token_only(client, machine):
+    response = client.post("/token", data={"grant_type": "client_credentials"}, auth=machine)
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert "refresh_token" not in body and "id_token" not in body
+    claims = jwt.decode(body["access_token"], jwks_of(client), algorithms=["RS256"]).claims
+    assert claims["sub"] == machine[0] and claims["client_id"] == machine[0]
+    assert introspect(client, *machine, body["access_token"])["active"] is True
+
+
+def test_client_credentials_is_refused_for_clients_without_that_grant(client, conf):
+    response = client.post("/token", data={"grant_type": "client_credentials"}, auth=conf)
+    assert response.status_code == 400 and response.get_json()["error"] == "unauthorized_client"
+
+
+def test_public_client_cannot_use_client_credentials(app, client, public):
+    response = client.post("/token", data={"grant_type": "client_credentials", "client_id": public[0]})
+    assert response.status_code in (400, 401)
+    assert response.get_json()["error"] in ("invalid_client", "unauthorized_client")
+    with app.app_context():
+        with pytest.raises(ValueError):
+            create_client(name="Pub", redirect_uris=[], post_logout_redirect_uris=[], public=True,
+                          grant_types=["client_credentials"], scopes=[], auth_method=None, first_party=False)
+        db.session.rollback()
+
+
+# --- private_key_jwt ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def jwt_client(make_client):
+    key = RSAKey.generate_key(2048, parameters={"kid": "rp-key-1", "alg": "RS256", "use": "sig"}, private=True)
+    client_id, secret = make_client(name="JWT client", redirect_uris=[], grant_types=["client_credentials"],
+                                    auth_method="private_key_jwt", jwks={"keys": [key.as_dict(private=False)]})
+    assert secret is None
+    return client_id, key
+
+
+def assertion(client_id: str, key, *, aud: str = ISSUER + "/token", jti: str | None = None, **claims) -> str:
+    now = int(time.time())
+    body = {"iss": client_id, "sub": client_id, "aud": aud, "iat": now, "exp": now + 60,
+            "jti": jti or uuid.uuid4().hex, **claims}
+    return jwt.encode({"alg": "RS256", "kid": key.kid}, body, key, algorithms=["RS256"])
+
+
+def jwt_auth(signed: str, **data) -> dict:
+    return {"client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": signed, **data}
+
+
+def test_private_key_jwt_authenticates_and_refuses_a_replayed_assertion(client, jwt_client):
+    client_id, key = jwt_client
+    signed = assertion(client_id, key)
+    first = client.post("/token", data=jwt_auth(signed, grant_type="client_credentials"))
+    assert first.status_code == 200, first.get_json()
+    assert jwt.decode(first.get_json()["access_token"], jwks_of(client), algorithms=["RS256"]).claims["sub"] \
+        == client_id
+    replay = client.post("/token", data=jwt_auth(signed, grant_type="client_credentials"))
+    assert replay.status_code in (400, 401) and replay.get_json()["error"] == "invalid_client"
+    assert "access_token" not in replay.get_json()
+
+
+def test_private_key_jwt_refuses_a_foreign_key_wrong_audience_and_expired_assertion(client, jwt_client):
+    client_id, key = jwt_client
+    foreign = RSAKey.generate_key(2048, parameters={"kid": "rp-key-1"}, private=True)
+    now = int(time.time())
+    for signed in (assertion(client_id, foreign), assertion(client_id, key, aud="https://elsewhere.example/token"),
+                   assertion(client_id, key, exp=now - 300, iat=now - 400)):
+        response = client.post("/token", data=jwt_auth(signed, grant_type="client_credentials"))
+        assert response.status_code in (400, 401) and response.get_json()["error"] == "invalid_client"
+
+
+def test_private_key_jwt_client_cannot_use_a_secret_or_nothing(client, jwt_client):
+    client_id, _ = jwt_client
+    response = client.post("/token", data={"grant_type": "client_credentials", "client_id": client_id})
+    assert response.status_code in (400, 401) and response.get_json()["error"] == "invalid_client"
+    response = client.post("/token", data={"grant_type": "client_credentials"}, auth=(client_id, "anything"))
+    assert response.status_code in (400, 401) and response.get_json()["error"] == "invalid_client"
+
+
+def test_private_key_jwt_assertion_with_alg_none_is_refused(client, jwt_client):
+    client_id, _ = jwt_client
+    now = int(time.time())
+    signed = unsigned_jwt({"iss": client_id, "sub": client_id, "aud": ISSUER + "/token", "exp": now + 60,
+                           "jti": uuid.uuid4().hex})
+    response = client.post("/token", data=jwt_auth(signed, grant_type="client_credentials"))
+    assert response.status_code in (400, 401) and response.get_json()["error"] == "invalid_client"
+
+
+# --- userinfo ----------------------------------------------------------------------------------------------------
+
+def test_userinfo_by_get_header_post_header_and_post_body(client, alice, conf):
+    body = tokens(client, *conf, scope="openid email")
+    at = body["access_token"]
+    for response in (client.get("/userinfo", headers=bearer(at)), client.post("/userinfo", headers=bearer(at)),
+                     client.post("/userinfo", data={"access_token": at})):
+        assert response.status_code == 200, response.get_data(as_text=True)
+        assert response.get_json()["email"] == "alice@example.com" and response.get_json()["sub"]
+    assert client.get("/userinfo").status_code == 401
+    assert client.get("/userinfo?access_token=" + at).status_code == 401  # never in the URL (RFC 9700 2.4)
+
+
+def test_client_credentials_token_gets_no_userinfo(client, machine):
+    at = client.post("/token", data={"grant_type": "client_credentials"}, auth=machine).get_json()["access_token"]
+    assert userinfo_status(client, at) in (401, 403)
+
+
+# --- CORS --------------------------------------------------------------------------------------------------------
+
+def test_cors_on_rp_facing_endpoints_but_not_on_authorize(client, conf):
+    for response in (client.post("/token", data={}), client.get("/userinfo"), client.get("/jwks.json"),
+                     client.get("/.well-known/openid-configuration"),
+                     client.post("/revoke", data={"token": "x"}, auth=conf),
+                     client.options("/token", headers={"Origin": "https://spa.example",
+                                                       "Access-Control-Request-Method": "POST"})):
+        assert response.headers.get("Access-Control-Allow-Origin") == "*", response.request.path
+    for response in (client.get(authorize_url(conf[0])), client.get(authorize_url("unknown")),
+                     client.post("/authorize", data={"client_id": conf[0]})):
+        assert "Access-Control-Allow-Origin" not in response.headers
+
+
+# --- discovery ---------------------------------------------------------------------------------------------------
+
+def test_discovery_validates_and_every_listed_endpoint_answers(client):
+    meta = client.get("/.well-known/openid-configuration").get_json()
+    OpenIDProviderMetadata(meta).validate(metadata_classes=[
+        rfc8414.AuthorizationServerMetadata, rfc9207.AuthorizationServerMetadata, rpinitiated.OpenIDProviderMetadata])
+    assert meta["issuer"] == ISSUER
+    assert "none" not in meta["id_token_signing_alg_values_supported"]
+    assert "none" not in meta["token_endpoint_auth_signing_alg_values_supported"]
+    urls = {k: v for k, v in meta.items() if k.endswith("_endpoint") or k == "jwks_uri"}
+    assert {"authorization_endpoint", "token_endpoint", "userinfo_endpoint", "jwks_uri", "revocation_endpoint",
+            "introspection_endpoint", "end_session_endpoint"} <= set(urls)
+    for name, url in urls.items():
+        assert url.startswith(ISSUER + "/"), (name, url)
+        path = url[len(ISSUER):]
+        response = client.get(path)
+        if response.status_code == 405:
+            response = client.post(path, data={})
+        assert response.status_code not in (404, 405) and response.status_code < 500, (name, response.status_code)
+    assert client.get("/.well-known/oauth-authorization-server").get_json() == meta
+
+
+def test_jwks_has_only_public_keys(client):
+    for key in client.get("/jwks.json").get_json()["keys"]:
+        assert key["kid"] and key["alg"] in ("RS256", "ES256")
+        assert not {"d", "p", "q", "dp", "dq", "qi"} & set(key)
+
+
+# --- bad input never gives 500 (SECURITY.md 31) ------------------------------------------------------------------
+
+def unsigned_jwt(claims: dict, header: dict | None = None) -> str:
+    def part(value: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return part(header or {"alg": "none", "typ": "at+jwt"}) + "." + part(claims) + "."
+
+
+GARBAGE_AUTH = ["Basic", "Basic ", "Basic !!!!", "Basic " + base64.b64encode(b"no-colon").decode(),
+                "Basic " + base64.b64encode(b"\xff\xfe:\xff").decode(), "Basic " + base64.b64encode(b":").decode(),
+                "Bearer", "Bearer ", "Bearer a.b.c", "Bearer ....", "Bearer " + "x" * 5000, "Digest foo=bar",
+                "Negotiate", "bearer", "Bearer a b c", "Basic " + "A" * 10000]
+
+
+@pytest.mark.parametrize("header", GARBAGE_AUTH)
+def test_garbage_authorization_headers_never_give_500(client, header):
+    for method, path, data in (("get", "/userinfo", None), ("post", "/userinfo", {}),
+                               ("post", "/token", {"grant_type": "client_credentials"}),
+                               ("post", "/token", {"grant_type": "authorization_code", "code": "x"}),
+                               ("post", "/revoke", {"token": "x"}), ("post", "/introspect", {"token": "x"})):
+        response = getattr(client, method)(path, data=data, headers={"Authorization": header})
+        assert 400 <= response.status_code < 500, (path, header, response.status_code)
+        assert response.is_json, (path, header)
+
+
+def test_token_signed_by_a_foreign_key_is_rejected_at_userinfo(client, alice, conf):
+    body = tokens(client, *conf)
+    real = jwt.decode(body["access_token"], jwks_of(client), algorithms=["RS256"])
+    kid = real.header["kid"]
+    foreign = RSAKey.generate_key(2048, parameters={"kid": kid}, private=True)
+    forged = jwt.encode({"alg": "RS256", "typ": "at+jwt", "kid": kid}, dict(real.claims), foreign,
+                        algorithms=["RS256"])
+    assert userinfo_status(client, forged) == 401
+    assert introspect(client, *conf, forged)["active"] is False
+    hs = jwt.encode({"alg": "HS256", "typ": "at+jwt", "kid": kid}, dict(real.claims),
+                    __import__("joserfc.jwk", fromlist=["OctKey"]).OctKey.import_key("k" * 32),
+                    algorithms=["HS256"])
+    assert userinfo_status(client, hs) == 401
+
+
+def test_alg_none_access_token_is_rejected_at_userinfo(client, alice, conf):
+    body = tokens(client, *conf)
+    real = jwt.decode(body["access_token"], jwks_of(client), algorithms=["RS256"])
+    for header in ({"alg": "none", "typ": "at+jwt"}, {"alg": "None", "typ": "at+jwt"},
+                   {"alg": "none", "typ": "at+jwt", "kid": real.header["kid"]}):
+        forged = unsigned_jwt(dict(real.claims), header)
+        assert userinfo_status(client, forged) == 401
+        assert userinfo_status(client, forged + "c2ln") == 401
+        assert introspect(client, *conf, forged)["active"] is False
+    assert userinfo_status(client, body["access_token"]) == 200
+
+
+@pytest.mark.parametrize("claims", ["{", "[]", '"text"', "1", '{"userinfo": 5}', '{"id_token": []}', "null",
+                                    '{"userinfo": {"email": 7}}'])
+def test_malformed_claims_parameter_is_an_error_redirect(client, conf, claims):
+    response = client.get(authorize_url(conf[0], claims=claims))
+    assert response.status_code == 302, response.status_code
+    location = response.headers["Location"]
+    if location.startswith(RP):
+        assert_error_redirect(response, "invalid_request")
+    else:  # a claims object the parser accepts (and ignores the odd member of): the request goes on
+        assert location.startswith("/login/"), location
+
+
+@pytest.mark.parametrize("claims", ["{", "[]", '"text"', "1"])
+def test_claims_that_are_not_a_json_object_are_invalid_request(client, conf, claims):
+    assert_error_redirect(client.get(authorize_url(conf[0], claims=claims)), "invalid_request")
+
+
+@pytest.mark.parametrize("max_age", ["abc", "-1", "1.5", "", " 5", "1e3", "99999999999999999999"])
+def test_non_numeric_max_age_is_an_error_redirect(client, conf, max_age):
+    assert_error_redirect(client.get(authorize_url(conf[0], max_age=max_age)), "invalid_request")
+
+
+def test_non_numeric_max_age_with_a_session_is_an_error_redirect(client, alice, conf):
+    authorize(client, conf[0])
+    assert_error_redirect(client.get(authorize_url(conf[0], max_age="soon")), "invalid_request")
+
+
+def test_empty_and_odd_token_requests_never_give_500(client, conf):
+    for data in ({}, {"grant_type": ""}, {"grant_type": "authorization_code"},
+                 {"grant_type": "refresh_token"}, {"grant_type": "urn:x"}, {"grant_type": "client_credentials",
+                                                                           "scope": "nonsense"}):
+        for auth in (None, conf):
+            response = client.post("/token", data=data, auth=auth)
+            assert 400 <= response.status_code < 500 and response.is_json, (data, response.status_code)
+    response = client.post("/token", data="{not json", content_type="application/json")
+    assert 400 <= response.status_code < 500
+    response = client.post("/token", data=b"\xff\xfe", content_type="application/x-www-form-urlencoded")
+    assert 400 <= response.status_code < 500
+
+
+def test_odd_authorize_requests_never_give_500(client, conf):
+    for params in ({"response_type": None}, {"response_type": ""}, {"scope": "openid nonsense"},
+                   {"scope": ""}, {"prompt": "none login"}, {"prompt": "bogus"}, {"id_token_hint": "a.b.c"},
+                   {"code_challenge": "short", "code_challenge_method": "S256"}, {"acr_values": "x" * 3000},
+                   {"login_hint": "\x00"}, {"state": "s" * 3000}, {"request": "a.b.c"}, {"request_uri": "x"}):
+        response = client.get(authorize_url(conf[0], **params))
+        assert response.status_code < 500, (params, response.status_code)
+
+
+def test_private_key_jwt_works_at_introspection_and_revocation_as_advertised(client, jwt_client):
+    client_id, key = jwt_client
+    token = client.post("/token", data=jwt_auth(assertion(client_id, key), grant_type="client_credentials"))
+    access_token = token.get_json()["access_token"]
+    info = client.post("/introspect", data=jwt_auth(assertion(client_id, key), token=access_token))
+    assert info.status_code == 200 and info.get_json()["active"] is True
+    assert client.post("/revoke", data=jwt_auth(assertion(client_id, key), token=access_token)).status_code == 200
+    info = client.post("/introspect", data=jwt_auth(assertion(client_id, key), token=access_token))
+    assert info.get_json()["active"] is False
