@@ -42,6 +42,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.before_request(lambda: http.resolve_client(app))
     app.after_request(http.security_headers)
 
+    from idp.account.security import bp as security_bp
     from idp.account.views import bp as account_bp
     from idp.login.views import bp as login_bp
     from idp.oidc.server import create_server
@@ -50,6 +51,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     create_server(app)
     app.register_blueprint(login_bp)
     app.register_blueprint(account_bp)
+    app.register_blueprint(security_bp)
     app.register_blueprint(oidc_bp)
     if app.config["IDP_ENV"] == "development":
         from idp.dev import bp as dev_bp

@@ -122,6 +122,43 @@ def users_enable(email):
     click.echo(f"enabled {user.email}")
 
 
+@users.command("require-mfa")
+@click.argument("email")
+@click.option("--off", is_flag=True, help="Lift the requirement instead.")
+def users_require_mfa(email, off):
+    """Require (or no longer require) a second factor for a user; one without a factor enrols at next sign-in."""
+    user = _user(email)
+    user.mfa_required = not off
+    audit.record("user.mfa_required", subject=user, via="cli", required=not off)
+    db.session.commit()
+    click.echo(f"{'no longer ' if off else ''}requiring MFA for {user.email}")
+
+
+@users.command("reset-mfa")
+@click.argument("email")
+def users_reset_mfa(email):
+    """Remove every factor, recovery code and remembered device of a user; ends sessions and revokes tokens."""
+    from idp.models import Device, Factor, RecoveryCode
+
+    user = _user(email)
+    now = utcnow()
+    factors = db.session.execute(db.delete(Factor).where(Factor.user_id == user.id)).rowcount
+    db.session.execute(db.delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+    db.session.execute(db.update(Device).where(Device.user_id == user.id).values(remembered_until=None, revoked_at=now))
+    ended = sessions.end_all(user, "mfa_reset", now)
+    revoked = revoke_for_user(user, "mfa_reset")
+    audit.record("mfa.reset", subject=user, via="cli", factors_removed=factors, sessions_ended=ended,
+                 tokens_revoked=revoked)
+    db.session.commit()
+    if user.email_verified:
+        from idp.jobs import enqueue
+
+        enqueue("send_mail", to=user.email, template="security_notice",
+                context={"name": user.name, "what": "An administrator removed your second factors.",
+                         "detail": "Set up a new one at your next sign-in."})
+    click.echo(f"reset MFA for {user.email}: {factors} factors removed, {ended} sessions ended")
+
+
 @users.command("unlock")
 @click.argument("email")
 def users_unlock(email):

@@ -11,6 +11,7 @@ from flask.cli import AppGroup
 
 from idp import audit
 from idp.extensions import db
+from idp.login.assurance import LEVELS
 from idp.models import Client, SigningKey, utcnow
 from idp.oidc import keys
 from idp.oidc.claims import SCOPES
@@ -49,7 +50,8 @@ def new_client_secret() -> str:
 def create_client(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: list[str], public: bool,
                   grant_types: list[str], scopes: list[str], auth_method: str | None, first_party: bool,
                   id_token_alg: str = "RS256", jwks: dict | None = None, jwks_uri: str | None = None,
-                  client_id: str | None = None) -> tuple[Client, str | None]:
+                  client_id: str | None = None, mfa: str = "optional", min_acr: str = "",
+                  allow_remembered_device: bool = True) -> tuple[Client, str | None]:
     """Register a client after checking its settings; returns it and its secret (None for public clients)."""
     grant_types = grant_types or ["authorization_code", "refresh_token"]
     for grant in grant_types:
@@ -72,6 +74,10 @@ def create_client(*, name: str, redirect_uris: list[str], post_logout_redirect_u
         raise ValueError("private_key_jwt needs the client's --jwks or --jwks-uri")
     if id_token_alg not in ("RS256", "ES256"):
         raise ValueError("the ID token algorithm must be RS256 or ES256")
+    if mfa not in ("optional", "required"):
+        raise ValueError("--mfa must be optional or required")
+    if min_acr and min_acr not in LEVELS:
+        raise ValueError(f"unknown level {min_acr} (choose from {', '.join(LEVELS)})")
     unknown = [s for s in scopes if s not in SCOPES]
     if unknown:
         raise ValueError(f"unknown scopes: {' '.join(unknown)}")
@@ -80,7 +86,8 @@ def create_client(*, name: str, redirect_uris: list[str], post_logout_redirect_u
                     post_logout_redirect_uris=list(post_logout_redirect_uris), grant_types=list(grant_types),
                     scope=" ".join(scopes or SCOPES), token_endpoint_auth_method=method, first_party=first_party,
                     id_token_signed_response_alg=id_token_alg, jwks=jwks, jwks_uri=jwks_uri,
-                    client_secret_hash=token_hash(secret) if secret else None)
+                    client_secret_hash=token_hash(secret) if secret else None, mfa=mfa, min_acr=min_acr,
+                    allow_remembered_device=allow_remembered_device)
     db.session.add(client)
     db.session.flush()
     audit.record("client.created", client_id=client.client_id, name=name, auth_method=method,
@@ -101,6 +108,7 @@ def describe(client: Client) -> dict:
             "post_logout_redirect_uris": client.post_logout_redirect_uris, "grant_types": client.grant_types,
             "scope": client.scope, "token_endpoint_auth_method": client.token_endpoint_auth_method,
             "first_party": client.first_party, "id_token_signed_response_alg": client.id_token_signed_response_alg,
+            "mfa": client.mfa, "min_acr": client.min_acr, "allow_remembered_device": client.allow_remembered_device,
             "created_at": client.created_at.isoformat(timespec="seconds")}
 
 
@@ -121,16 +129,22 @@ clients = AppGroup("clients", help="Manage OAuth / OpenID Connect clients.")
 @click.option("--id-token-alg", default="RS256", type=click.Choice(["RS256", "ES256"]))
 @click.option("--jwks", "jwks_json", help="The client's public JWK Set as JSON (private_key_jwt).")
 @click.option("--jwks-uri", help="Where the client publishes its JWK Set (private_key_jwt).")
+@click.option("--mfa", type=click.Choice(["optional", "required"]), default="optional",
+              help="Require a second factor for every sign-in to this client.")
+@click.option("--acr", "min_acr", type=click.Choice(list(LEVELS)), default=None,
+              help="The lowest level of assurance this client accepts.")
+@click.option("--no-remembered-devices", is_flag=True, help="A remembered device never skips the second factor.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with client_id and client_secret.")
 def clients_create(name, redirect_uris, logout_uris, public, grant_types, scopes, auth_method, first_party,
-                   id_token_alg, jwks_json, jwks_uri, as_json):
+                   id_token_alg, jwks_json, jwks_uri, mfa, min_acr, no_remembered_devices, as_json):
     """Register a client; its secret is printed once."""
     try:
         jwks = json.loads(jwks_json) if jwks_json else None
         client, secret = create_client(
             name=name, redirect_uris=list(redirect_uris), post_logout_redirect_uris=list(logout_uris),
             public=public, grant_types=list(grant_types), scopes=list(scopes), auth_method=auth_method,
-            first_party=first_party, id_token_alg=id_token_alg, jwks=jwks, jwks_uri=jwks_uri)
+            first_party=first_party, id_token_alg=id_token_alg, jwks=jwks, jwks_uri=jwks_uri, mfa=mfa,
+            min_acr=min_acr or "", allow_remembered_device=not no_remembered_devices)
     except (ValueError, json.JSONDecodeError) as exc:
         db.session.rollback()
         raise click.ClickException(str(exc)) from None

@@ -21,7 +21,7 @@ from idp.models import Device, LoginTransaction, User
 from idp.security.tokens import token_hash
 
 # Reasons that demand that the user proves who they are again, whatever session they have.
-FRESH_LOGIN_REASONS = frozenset({"no_session", "prompt_login", "max_age"})
+FRESH_LOGIN_REASONS = frozenset({"no_session", "prompt_login", "max_age", "reauth"})
 
 
 @dataclass
