@@ -532,14 +532,9 @@ def test_password_grant_is_refused(client, alice, conf):
 def test_implicit_and_hybrid_response_types_are_refused(client, alice, conf, response_type):
     authorize(client, conf[0])  # signed in: a token would be issued at once if the flow existed
     response = client.get(authorize_url(conf[0], response_type=response_type, nonce="n"))
-    body = response.get_data(as_text=True)
-    location = response.headers.get("Location", "")
-    for leak in ("access_token", "id_token=", "code="):
-        assert leak not in location.replace("response_type", "")
-    if response.status_code == 302:
-        assert_error_redirect(response, "unsupported_response_type")
-    else:
-        assert response.status_code == 400 and "unsupported_response_type" in body
+    params = assert_error_redirect(response, "unsupported_response_type")  # client and redirect URI are valid
+    assert "#" not in response.headers["Location"]
+    assert not {"access_token", "id_token", "code", "token_type"} & set(params)
 
 
 def test_discovery_lists_neither_password_nor_implicit(client):

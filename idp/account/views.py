@@ -13,6 +13,7 @@ from idp.jobs import enqueue
 from idp.login import onetime, sessions, transaction
 from idp.login.browser import binding, current_session, current_user, login_required, throttle
 from idp.login.forms import ChangePasswordForm, ConfirmForm, ForgotForm, NewPasswordForm, ProfileForm, SignUpForm
+from idp.login.mfa import has_second_factor
 from idp.login.steps.email_verification import PURPOSE as VERIFY_PURPOSE
 from idp.login.steps.email_verification import mark_verified
 from idp.login.throttle import account_key
@@ -125,7 +126,7 @@ def reset_password(token: str):
     user = row.user
     form = NewPasswordForm()
     if form.validate_on_submit():
-        problems = password_problems(form.password.data, single_factor=True,
+        problems = password_problems(form.password.data, single_factor=not has_second_factor(user),
                                      context=(user.email.split("@")[0], user.name))
         if not problems:
             user.password_hash = hash_password(form.password.data)
@@ -251,7 +252,7 @@ def change_password():
             db.session.commit()
             form.current.errors = [*form.current.errors, "Your current password is not right."]
         else:
-            problems = password_problems(form.password.data, single_factor=True,
+            problems = password_problems(form.password.data, single_factor=not has_second_factor(user),
                                          context=(user.email.split("@")[0], user.name))
             if problems:
                 form.password.errors = [*form.password.errors, *problems]
