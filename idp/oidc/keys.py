@@ -14,7 +14,7 @@ from joserfc.jwk import KeySet
 from idp.extensions import db
 from idp.models import SigningKey, utcnow
 from idp.security import keys as jose_keys
-from idp.security.tokens import new_token
+from idp.security.tokens import new_token, token_hash
 
 
 def _create(alg: str, now: datetime) -> SigningKey:
@@ -47,11 +47,24 @@ def active(now: datetime | None = None) -> list[SigningKey]:
     return [by_alg[alg] for alg in jose_keys.SUPPORTED_ALGS]
 
 
+# Decrypting and parsing a private key costs far more than the query that tells whether the keys changed, so
+# each worker keeps the parsed key sets, keyed by exactly which keys are current (rotation is seen at once).
+_PARSED: dict[tuple, KeySet] = {}
+
+
 def signing_keyset(now: datetime | None = None) -> KeySet:
     """The private keys that sign now (one per algorithm)."""
     secret = current_app.config["IDP_SECRET_KEY"]
-    return KeySet([jose_keys.import_private(jose_keys.decrypt_private(row.private_jwk_encrypted, secret))
-                   for row in active(now)])
+    rows = active(now)
+    cache_key = ("sign", token_hash(secret), tuple(row.kid for row in rows))
+    keyset = _PARSED.get(cache_key)
+    if keyset is None:
+        keyset = KeySet([jose_keys.import_private(jose_keys.decrypt_private(row.private_jwk_encrypted, secret))
+                         for row in rows])
+        if len(_PARSED) > 32:
+            _PARSED.clear()
+        _PARSED[cache_key] = keyset
+    return keyset
 
 
 def published(now: datetime | None = None) -> list[SigningKey]:
@@ -71,7 +84,15 @@ def jwks(now: datetime | None = None) -> dict:
 
 def verification_keyset(now: datetime | None = None) -> KeySet:
     """The public keys that verify our own tokens (id_token_hint, access tokens)."""
-    return KeySet.import_key_set(jwks(now))
+    rows = published(now)
+    cache_key = ("verify", tuple(row.kid for row in rows))
+    keyset = _PARSED.get(cache_key)
+    if keyset is None:
+        keyset = KeySet.import_key_set({"keys": [dict(row.public_jwk) for row in rows]})
+        if len(_PARSED) > 32:
+            _PARSED.clear()
+        _PARSED[cache_key] = keyset
+    return keyset
 
 
 def rotate(now: datetime | None = None, *, max_token_lifetime: int) -> list[SigningKey]:
