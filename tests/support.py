@@ -234,3 +234,58 @@ def authorize(client, client_id: str, *, consent: str = "allow", email: str = "a
     found = query_params(response.headers["Location"])
     assert "code" in found, response.headers["Location"]
     return found["code"]
+
+
+# --- MFA helpers (tests/test_mfa.py, tests/test_sms.py) -------------------------------------------------------------
+
+def drain_jobs(app) -> None:
+    """Run every queued RQ job now (a no-op when jobs run inline, without Redis)."""
+    queue = app.extensions.get("idp.queue")
+    if queue is None:
+        return
+    from rq import SimpleWorker
+
+    with app.app_context():
+        SimpleWorker([queue], connection=queue.connection).work(burst=True)
+
+
+def outbox_sms(app) -> list[dict]:
+    """Text messages the outbox SMS backend wrote (oldest first), after running queued jobs."""
+    from idp.jobs.mail import read_outbox
+
+    drain_jobs(app)
+    return [m for m in reversed(read_outbox(app.config["IDP_OUTBOX_DIR"])) if m.get("channel") == "sms"]
+
+
+def last_sms_code(app, to: str | None = None) -> str:
+    """The 6-digit code in the newest text message (to ``to`` when given)."""
+    texts = [m for m in outbox_sms(app) if to is None or m["to"] == to]
+    assert texts, "no text message in the outbox"
+    match = re.search(r"\b(\d{6})\b", texts[-1]["text"])
+    assert match, texts[-1]["text"]
+    return match.group(1)
+
+
+def enrol_totp_in(app, email: str, now=None, *, confirm: bool = True) -> tuple[str, int]:
+    """Give a user an authenticator app (confirmed with the previous step's code); returns (secret, factor id)."""
+    from datetime import timedelta
+
+    from idp.login import enrolment
+    from idp.security.otp import totp_code_at
+
+    now = now or utcnow()
+    with app.app_context():
+        user = db.session.execute(db.select(User).where(User.email == email)).scalar_one()
+        factor = enrolment.start_totp(user, now)
+        secret = enrolment.totp_secret(factor)
+        if confirm:  # the previous step's code, so that the current one is still unused
+            assert enrolment.confirm_totp(factor, totp_code_at(secret, now - timedelta(seconds=30)), now)
+        db.session.commit()
+        return secret, factor.id
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync",
+                 # localhost must reach the IPv4 loopback the live servers listen on, whatever /etc/hosts says.
+                 "--host-resolver-rules=MAP localhost 127.0.0.1"]

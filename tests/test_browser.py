@@ -12,11 +12,8 @@ import re
 
 import pytest
 
-from tests.support import PASSWORD, Mailbox, code_in, make_user_in
+from tests.support import CHROMIUM, PASSWORD, Mailbox, code_in, make_user_in
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 SCREENSHOT = "/tmp/idp-signin.png"
 NEW_PASSWORD = "a whole new passphrase for alice"
 
@@ -34,7 +31,7 @@ if (_reason := _missing()) is not None:
         pytest.fail(f"IDP_TEST_REQUIRE_BROWSER=1 but {_reason}", pytrace=False)
     pytest.skip(_reason, allow_module_level=True)
 
-from playwright.sync_api import expect, sync_playwright  # noqa: E402  (only once we know it is there)
+from playwright.sync_api import expect  # noqa: E402  (only once we know it is there)
 
 pytestmark = pytest.mark.browser
 
@@ -44,16 +41,6 @@ def live_mailbox(live_server, smtp_server):
     """Mail the live app sent during this test (its RQ queue is drained first when Redis is used)."""
     smtp_server.messages.clear()
     return Mailbox(live_server.app, smtp_server)
-
-
-@pytest.fixture(scope="session")
-def chromium():
-    """Headless Debian Chromium, once for the whole run."""
-    playwright = sync_playwright().start()
-    browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-    yield browser
-    browser.close()
-    playwright.stop()
 
 
 @pytest.fixture
@@ -96,7 +83,7 @@ def _mailed_link(message: dict, marker: str, origin: str) -> str:
 def _sign_in(page, email: str, password: str) -> None:
     page.get_by_label("Email", exact=True).fill(email)
     page.get_by_label("Password", exact=True).fill(password)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
 
 
 def test_sign_up_verify_by_code_then_sign_out(page, live_server, live_mailbox, console_errors):

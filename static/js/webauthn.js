@@ -74,18 +74,22 @@
     }
     if (mode === "conditional") {
       // Passkey autofill on the sign-in page: the browser offers passkeys in the email field's suggestions.
-      if (PublicKeyCredential.isConditionalMediationAvailable) {
+      // Only one request may be pending: the button aborts the autofill one before asking for a passkey.
+      const autofill = window.AbortController ? new AbortController() : null;
+      if (PublicKeyCredential.isConditionalMediationAvailable && autofill) {
         PublicKeyCredential.isConditionalMediationAvailable().then((available) => {
-          if (!available) { return; }
-          navigator.credentials.get({ mediation: "conditional", publicKey: requestOptions(optionsFor(form)) })
+          if (!available || autofill.signal.aborted) { return; }
+          navigator.credentials.get({ mediation: "conditional", publicKey: requestOptions(optionsFor(form)),
+            signal: autofill.signal })
             .then((credential) => { if (credential) { submitWith(form, credential); } })
-            .catch(() => { /* the user chose the password instead */ });
+            .catch(() => { /* the user chose the password, or the button below */ });
         });
       }
       const button = form.querySelector("button");
       if (button) {
         button.addEventListener("click", (event) => {
           event.preventDefault();
+          if (autofill) { autofill.abort(); }
           navigator.credentials.get({ publicKey: requestOptions(optionsFor(form)) })
             .then((credential) => submitWith(form, credential))
             .catch(() => showError(form, "No passkey was used. Try again or use your password."));

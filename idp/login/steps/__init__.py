@@ -43,8 +43,11 @@ class StepContext:
 
     @property
     def proven_amr(self) -> list[str]:
-        """Methods that count: this transaction's, plus the existing session's for a step-up."""
-        return mfa.proven(self.state["context"], self.state["amr"], self.state["context"].get("session_amr"))
+        """Methods that count: this transaction's, plus the existing session's for a step-up (not when the
+        request demands a fresh sign-in: prompt=login or max_age re-authenticate every factor)."""
+        fresh = bool(self.reasons & FRESH_LOGIN_REASONS)
+        session_amr = None if fresh else self.state["context"].get("session_amr")
+        return mfa.proven(self.state["context"], self.state["amr"], session_amr)
 
     def device(self) -> Device | None:
         """This browser's device record for the user being signed in."""

@@ -1,0 +1,350 @@
+"""Browser tests of multi-factor sign-in: TOTP enrolment read off the page, and WebAuthn (registration, second
+factor, passwordless) with Chromium's virtual authenticator driven through the DevTools protocol.
+
+WebAuthn needs a valid RP ID and an IP address is not one, so here the live server is reached as
+http://localhost:PORT and the app's issuer says so ("localhost" is a secure context in Chromium).
+Same requirements and skip/fail rule as tests/test_browser.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import re
+import threading
+from datetime import timedelta
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+from idp.extensions import db
+from idp.models import Factor, LoginSession, User, utcnow
+from idp.security.otp import TOTP_PERIOD, totp_code_at
+from tests.support import CHROMIUM, PASSWORD, make_client_in, make_user_in
+
+ENROL_SCREENSHOT = "/tmp/idp-mfa-enrol.png"
+SECURITY_SCREENSHOT = "/tmp/idp-account-security.png"
+RP_CALLBACK = "https://rp.example/cb"
+PHR = "urn:idp:acr:phr"
+
+
+def _missing() -> str | None:
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"{CHROMIUM} is missing (apt-get install chromium)"
+    if importlib.util.find_spec("playwright") is None:
+        return "the playwright package is missing (pip install playwright)"
+    return None
+
+
+if (_reason := _missing()) is not None:
+    if os.environ.get("IDP_TEST_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"IDP_TEST_REQUIRE_BROWSER=1 but {_reason}", pytrace=False)
+    pytest.skip(_reason, allow_module_level=True)
+
+from playwright.sync_api import expect  # noqa: E402  (only once we know it is there)
+
+pytestmark = pytest.mark.browser
+
+
+class _Deferred:
+    """A WSGI app handed to the server after it has bound its port (the app's issuer needs that port)."""
+
+    app = None
+
+    def __call__(self, environ, start_response):
+        return self.app(environ, start_response)
+
+
+class LocalhostServer:
+    """The app served on 127.0.0.1 but named http://localhost:PORT (issuer, RP ID and origin of WebAuthn)."""
+
+    def __init__(self, make_app, **extra):
+        deferred = _Deferred()
+        self._server = make_server("127.0.0.1", 0, deferred, threaded=True)
+        self.url = f"http://localhost:{self._server.server_port}"
+        try:
+            self.app = deferred.app = make_app(IDP_ISSUER=self.url, **extra)
+        except BaseException:
+            self._server.server_close()
+            raise
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="idp-live-localhost", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture
+def live(make_app):
+    server = LocalhostServer(make_app)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def console_errors():
+    return []
+
+
+@pytest.fixture
+def context(chromium, live, console_errors):
+    ctx = chromium.new_context(base_url=live.url)
+    ctx.set_default_timeout(10_000)
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def page(context, console_errors):
+    tab = context.new_page()
+    tab.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
+    tab.on("pageerror", lambda error: console_errors.append(str(error)))
+    return tab
+
+
+@pytest.fixture
+def authenticator(context, page):
+    """A virtual platform authenticator (CTAP2, resident keys, user verification) attached to the tab."""
+    cdp = context.new_cdp_session(page)
+    cdp.send("WebAuthn.enable")
+    made = cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
+        "protocol": "ctap2", "transport": "internal", "hasResidentKey": True, "hasUserVerification": True,
+        "isUserVerified": True, "automaticPresenceSimulation": True}})
+    cdp.authenticator_id = made["authenticatorId"]
+    return cdp
+
+
+def _presence(authenticator, on: bool) -> None:
+    """Whether the virtual authenticator answers by itself (a user touching it / picking the passkey).
+
+    With it on, even the conditional (autofill) request the sign-in page makes on load is answered at once.
+    """
+    authenticator.send("WebAuthn.setAutomaticPresenceSimulation",
+                       {"authenticatorId": authenticator.authenticator_id, "enabled": on})
+
+
+def _csp_violations(errors: list[str]) -> list[str]:
+    unexpected = [e for e in errors if not e.startswith("Failed to load resource")]
+    assert unexpected == [] or all("Content Security Policy" in e for e in unexpected), unexpected
+    return [e for e in errors if "Content Security Policy" in e]
+
+
+def _heading(page, name: str):
+    return page.get_by_role("heading", name=name, level=1)
+
+
+def _sign_in(page, email: str, password: str = PASSWORD) -> None:
+    page.get_by_label("Email", exact=True).fill(email)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Sign in", exact=True).click()
+
+
+def _sign_out(page) -> None:
+    page.goto("/account")  # its Sign out button carries the form token
+    page.get_by_role("button", name="Sign out").click()
+    expect(_heading(page, "You are signed out")).to_be_visible()
+
+
+def _step(when) -> int:
+    return int(when.timestamp()) // TOTP_PERIOD
+
+
+def _claims(jwt: str) -> dict:
+    payload = jwt.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def _factors(app, email: str, kind: str) -> list[Factor]:
+    with app.app_context():
+        user = db.session.execute(db.select(User).where(User.email == email)).scalar_one()
+        found = list(db.session.execute(db.select(Factor).where(
+            Factor.user_id == user.id, Factor.kind == kind, Factor.confirmed_at.is_not(None))).scalars())
+        for factor in found:
+            db.session.expunge(factor)
+        return found
+
+
+def _latest_session_amr(app, email: str) -> list[str]:
+    with app.app_context():
+        user = db.session.execute(db.select(User).where(User.email == email)).scalar_one()
+        live = db.session.execute(db.select(LoginSession).where(LoginSession.user_id == user.id)
+                                  .order_by(LoginSession.id.desc())).scalars().first()
+        assert live is not None
+        return list(live.amr)
+
+
+def _register_passkey(page, live, email: str) -> None:
+    """Sign in with the password, add a passkey on /account/security, sign out."""
+    page.goto("/login")
+    _sign_in(page, email)
+    expect(page).to_have_url(f"{live.url}/account")
+    page.goto("/account/security")
+    page.get_by_role("link", name="Add a passkey").click()
+    expect(_heading(page, "Add a passkey")).to_be_visible()
+    page.get_by_role("button", name="Continue").click()
+    expect(_heading(page, "Two-step sign-in, passkeys and devices")).to_be_visible()
+    expect(page.locator("li[data-kind=webauthn]")).to_have_count(1)
+
+
+# --- TOTP ----------------------------------------------------------------------------------------------------------
+
+def test_totp_enrolment_in_the_flow_then_sign_in_with_a_code(page, live, console_errors):
+    make_user_in(live.app, email="carol@example.com", name="Carol", mfa_required=True)
+    page.goto("/login")
+    _sign_in(page, "carol@example.com")
+
+    expect(_heading(page, "Set up a second factor")).to_be_visible()
+    expect(page.locator(".qr svg")).to_be_visible()
+    box = page.locator(".qr svg").bounding_box()
+    assert box and box["width"] >= 100 and box["height"] >= 100, box
+    page.screenshot(path=ENROL_SCREENSHOT, full_page=True)
+    secret = page.locator("#totp-secret").inner_text().replace(" ", "")
+    assert re.fullmatch(r"[A-Z2-7]{16,}", secret), secret
+    enrolled_at = utcnow()
+    page.get_by_label("Code from the app", exact=True).fill(totp_code_at(secret, enrolled_at))
+    page.get_by_role("button", name="Confirm").click()
+    expect(page).to_have_url(f"{live.url}/account")
+    assert len(_factors(live.app, "carol@example.com", "totp")) == 1
+    assert set(_latest_session_amr(live.app, "carol@example.com")) >= {"pwd", "otp", "mfa"}
+
+    _sign_out(page)
+    page.goto("/login")
+    _sign_in(page, "carol@example.com")
+    expect(_heading(page, "Enter the code from your authenticator app")).to_be_visible()
+    now = utcnow()
+    # A code is accepted once: if the enrolment used this time step, the authenticator's next code is due.
+    when = now + timedelta(seconds=TOTP_PERIOD) if _step(now) <= _step(enrolled_at) else now
+    page.get_by_label("Code", exact=True).fill(totp_code_at(secret, when))
+    page.get_by_role("button", name="Verify", exact=True).click()
+    expect(page).to_have_url(f"{live.url}/account")
+    expect(page.locator("#account-email")).to_have_text("carol@example.com")
+    assert _csp_violations(console_errors) == []
+
+
+# --- WebAuthn -------------------------------------------------------------------------------------------------------
+
+def test_passkey_registration_on_the_security_page(page, live, authenticator, console_errors):
+    make_user_in(live.app, email="dave@example.com", name="Dave")
+    _register_passkey(page, live, "dave@example.com")
+    page.screenshot(path=SECURITY_SCREENSHOT, full_page=True)
+    expect(page.locator("li[data-kind=webauthn]")).to_contain_text("Passkey")
+    (factor,) = _factors(live.app, "dave@example.com", "webauthn")
+    assert factor.credential_id and factor.public_key
+    credentials = authenticator.send("WebAuthn.getCredentials", {"authenticatorId": authenticator.authenticator_id})
+    assert [c["credentialId"].rstrip("=").replace("+", "-").replace("/", "_")
+            for c in credentials["credentials"]] == [factor.credential_id]
+    assert _csp_violations(console_errors) == []
+
+
+def test_security_key_as_second_factor_reaches_phishing_resistant_acr(page, live, authenticator, console_errors):
+    make_user_in(live.app, email="erin@example.com", name="Erin")
+    client_id, secret = make_client_in(live.app, redirect_uris=[RP_CALLBACK], first_party=True)
+    _register_passkey(page, live, "erin@example.com")
+    _sign_out(page)
+
+    landed = []
+
+    def catch(route):
+        landed.append(route.request.url)
+        route.fulfill(status=200, content_type="text/plain", body="relying party")
+
+    page.route("https://rp.example/**", catch)
+    _presence(authenticator, False)  # or the passkey autofill on the sign-in page would answer by itself
+    query = {"response_type": "code", "client_id": client_id, "redirect_uri": RP_CALLBACK, "scope": "openid",
+             "state": "s-1", "nonce": "n-1", "acr_values": PHR}
+    page.goto("/authorize?" + urlencode(query))
+    assert not landed, landed
+    expect(_heading(page, "Sign in")).to_be_visible()
+    _sign_in(page, "erin@example.com")
+    expect(_heading(page, "Use your security key or passkey")).to_be_visible()
+    _presence(authenticator, True)
+    page.locator("#webauthn-go").click()
+    expect(page.get_by_text("relying party")).to_be_visible()
+
+    params = parse_qs(urlsplit(landed[-1]).query)
+    assert params["state"] == ["s-1"], params
+    response = requests.post(f"{live.url}/token", auth=(client_id, secret), timeout=10, data={
+        "grant_type": "authorization_code", "code": params["code"][0], "redirect_uri": RP_CALLBACK})
+    assert response.status_code == 200, response.text
+    claims = _claims(response.json()["id_token"])
+    assert claims["acr"] == PHR
+    assert {"hwk", "swk"} & set(claims["amr"]) and "user" in claims["amr"], claims["amr"]
+    assert "pwd" in claims["amr"] and "mfa" in claims["amr"], claims["amr"]
+    assert claims["nonce"] == "n-1"
+    assert _csp_violations(console_errors) == []
+
+
+def test_passwordless_passkey_sign_in_and_counter(page, live, authenticator, console_errors):
+    from idp.security import webauthn as wa
+
+    make_user_in(live.app, email="frank@example.com", name="Frank")
+    _register_passkey(page, live, "frank@example.com")
+    (registered,) = _factors(live.app, "frank@example.com", "webauthn")
+    _sign_out(page)
+
+    posted = []
+    page.on("request", lambda request: posted.append(request.post_data_json)
+            if request.method == "POST" and request.url.endswith("/passkey") else None)
+    _presence(authenticator, False)  # the autofill request stays pending: the user clicks the button instead
+    page.goto("/login")
+    expect(_heading(page, "Sign in")).to_be_visible()
+    _presence(authenticator, True)
+    page.locator("#passkey-signin").click()
+    expect(page).to_have_url(f"{live.url}/account")
+    expect(page.locator("#account-email")).to_have_text("frank@example.com")
+    amr = _latest_session_amr(live.app, "frank@example.com")
+    assert {"hwk", "swk"} & set(amr) and "user" in amr and "mfa" in amr, amr
+    assert "pwd" not in amr
+    (first,) = _factors(live.app, "frank@example.com", "webauthn")
+    assert first.sign_count > registered.sign_count
+    assert first.last_used_at is not None
+
+    # Again, through the passkey autofill (conditional mediation) this time: the counter goes on growing.
+    _sign_out(page)
+    page.goto("/login")
+    expect(page).to_have_url(f"{live.url}/account")
+    expect(page.locator("#account-email")).to_have_text("frank@example.com")
+    (second,) = _factors(live.app, "frank@example.com", "webauthn")
+    assert second.sign_count > first.sign_count
+    assert _csp_violations(console_errors) == []
+
+    # The assertion the browser sent checks out for our origin only (unit level, with its own challenge).
+    assert len(posted) == 2
+    credential = posted[-1]["credential"]
+    client_data = json.loads(base64.urlsafe_b64decode(
+        (raw := json.loads(credential)["response"]["clientDataJSON"]) + "=" * (-len(raw) % 4)))
+    assert client_data["origin"] == live.url
+    ours = wa.relying_party(live.url)
+    checked = wa.verify_authentication(ours, credential, client_data["challenge"], public_key=registered.public_key,
+                                       sign_count=first.sign_count, require_uv=True)
+    assert checked.new_sign_count == second.sign_count and checked.user_verified
+    for other in (wa.RelyingParty(rp_id="localhost", origin="http://localhost:1"),
+                  wa.RelyingParty(rp_id="localhost", origin="https://evil.example"),
+                  wa.RelyingParty(rp_id="evil.example", origin=live.url)):
+        with pytest.raises(wa.WebAuthnFailed):
+            wa.verify_authentication(other, credential, client_data["challenge"], public_key=registered.public_key,
+                                     sign_count=first.sign_count, require_uv=True)
+    with pytest.raises(wa.WebAuthnFailed):  # a replayed (or cloned) counter is refused
+        wa.verify_authentication(ours, credential, client_data["challenge"], public_key=registered.public_key,
+                                 sign_count=second.sign_count, require_uv=True)
+
+
+def test_passkey_enrolment_in_the_flow_for_a_user_who_must_use_mfa(page, live, authenticator, console_errors):
+    make_user_in(live.app, email="gina@example.com", name="Gina", mfa_required=True)
+    page.goto("/login")
+    _sign_in(page, "gina@example.com")
+    expect(_heading(page, "Set up a second factor")).to_be_visible()
+    page.locator("#webauthn-register").click()
+    expect(page).to_have_url(f"{live.url}/account")
+    assert len(_factors(live.app, "gina@example.com", "webauthn")) == 1
+    assert _factors(live.app, "gina@example.com", "totp") == []  # the key shown on the page was never confirmed
+    amr = _latest_session_amr(live.app, "gina@example.com")
+    assert {"pwd", "user", "mfa"} <= set(amr) and {"hwk", "swk"} & set(amr), amr
+    assert _csp_violations(console_errors) == []
