@@ -277,3 +277,22 @@ def test_demo_creates_its_client_once_and_its_url_starts_a_sign_in(app, cli, cli
     assert "/login/" in response.headers["Location"]
     page = client.get(path_of(response.headers["Location"]))
     assert page.status_code == 200 and "Sign in" in page.get_data(as_text=True)
+
+
+def test_per_client_access_token_lifetime_is_what_the_token_says(app, make_user):
+    """`--access-token-ttl` overrides IDP_ACCESS_TOKEN_TTL for that client's tokens."""
+    import json
+
+    runner = app.test_cli_runner()
+    created = runner.invoke(args=["clients", "create", "--name", "Short", "--grant-type", "client_credentials",
+                                  "--access-token-ttl", "120", "--json"])
+    assert created.exit_code == 0, created.output
+    ids = json.loads(created.output)
+    token = app.test_client().post("/token", data={"grant_type": "client_credentials"},
+                                   auth=(ids["client_id"], ids["client_secret"])).get_json()
+    assert token["expires_in"] == 120
+    shown = json.loads(runner.invoke(args=["clients", "show", ids["client_id"]]).output)
+    assert shown["access_token_ttl"] == 120
+    refused = runner.invoke(args=["clients", "create", "--name", "Bad", "--grant-type", "client_credentials",
+                                  "--access-token-ttl", "5"])
+    assert refused.exit_code != 0 and "between 60 seconds and a year" in refused.output

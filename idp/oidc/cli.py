@@ -51,7 +51,8 @@ def create_client(*, name: str, redirect_uris: list[str], post_logout_redirect_u
                   grant_types: list[str], scopes: list[str], auth_method: str | None, first_party: bool,
                   id_token_alg: str = "RS256", jwks: dict | None = None, jwks_uri: str | None = None,
                   client_id: str | None = None, mfa: str = "optional", min_acr: str = "",
-                  allow_remembered_device: bool = True) -> tuple[Client, str | None]:
+                  allow_remembered_device: bool = True, access_token_ttl: int | None = None,
+                  refresh_token_ttl: int | None = None) -> tuple[Client, str | None]:
     """Register a client after checking its settings; returns it and its secret (None for public clients)."""
     grant_types = grant_types or ["authorization_code", "refresh_token"]
     for grant in grant_types:
@@ -74,6 +75,9 @@ def create_client(*, name: str, redirect_uris: list[str], post_logout_redirect_u
         raise ValueError("private_key_jwt needs the client's --jwks or --jwks-uri")
     if id_token_alg not in ("RS256", "ES256"):
         raise ValueError("the ID token algorithm must be RS256 or ES256")
+    for ttl in (access_token_ttl, refresh_token_ttl):
+        if ttl is not None and not 60 <= ttl <= 365 * 86400:
+            raise ValueError("token lifetimes must be between 60 seconds and a year")
     if mfa not in ("optional", "required"):
         raise ValueError("--mfa must be optional or required")
     if min_acr and min_acr not in LEVELS:
@@ -87,7 +91,8 @@ def create_client(*, name: str, redirect_uris: list[str], post_logout_redirect_u
                     scope=" ".join(scopes or SCOPES), token_endpoint_auth_method=method, first_party=first_party,
                     id_token_signed_response_alg=id_token_alg, jwks=jwks, jwks_uri=jwks_uri,
                     client_secret_hash=token_hash(secret) if secret else None, mfa=mfa, min_acr=min_acr,
-                    allow_remembered_device=allow_remembered_device)
+                    allow_remembered_device=allow_remembered_device, access_token_ttl=access_token_ttl,
+                    refresh_token_ttl=refresh_token_ttl)
     db.session.add(client)
     db.session.flush()
     audit.record("client.created", client_id=client.client_id, name=name, auth_method=method,
@@ -109,6 +114,7 @@ def describe(client: Client) -> dict:
             "scope": client.scope, "token_endpoint_auth_method": client.token_endpoint_auth_method,
             "first_party": client.first_party, "id_token_signed_response_alg": client.id_token_signed_response_alg,
             "mfa": client.mfa, "min_acr": client.min_acr, "allow_remembered_device": client.allow_remembered_device,
+            "access_token_ttl": client.access_token_ttl, "refresh_token_ttl": client.refresh_token_ttl,
             "created_at": client.created_at.isoformat(timespec="seconds")}
 
 
@@ -134,9 +140,12 @@ clients = AppGroup("clients", help="Manage OAuth / OpenID Connect clients.")
 @click.option("--acr", "min_acr", type=click.Choice(list(LEVELS)), default=None,
               help="The lowest level of assurance this client accepts.")
 @click.option("--no-remembered-devices", is_flag=True, help="A remembered device never skips the second factor.")
+@click.option("--access-token-ttl", type=int, help="Seconds its access tokens live (default IDP_ACCESS_TOKEN_TTL).")
+@click.option("--refresh-token-ttl", type=int, help="Idle expiry of its refresh tokens (seconds).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with client_id and client_secret.")
 def clients_create(name, redirect_uris, logout_uris, public, grant_types, scopes, auth_method, first_party,
-                   id_token_alg, jwks_json, jwks_uri, mfa, min_acr, no_remembered_devices, as_json):
+                   id_token_alg, jwks_json, jwks_uri, mfa, min_acr, no_remembered_devices, access_token_ttl,
+                   refresh_token_ttl, as_json):
     """Register a client; its secret is printed once."""
     try:
         jwks = json.loads(jwks_json) if jwks_json else None
@@ -144,7 +153,8 @@ def clients_create(name, redirect_uris, logout_uris, public, grant_types, scopes
             name=name, redirect_uris=list(redirect_uris), post_logout_redirect_uris=list(logout_uris),
             public=public, grant_types=list(grant_types), scopes=list(scopes), auth_method=auth_method,
             first_party=first_party, id_token_alg=id_token_alg, jwks=jwks, jwks_uri=jwks_uri, mfa=mfa,
-            min_acr=min_acr or "", allow_remembered_device=not no_remembered_devices)
+            min_acr=min_acr or "", allow_remembered_device=not no_remembered_devices,
+            access_token_ttl=access_token_ttl, refresh_token_ttl=refresh_token_ttl)
     except (ValueError, json.JSONDecodeError) as exc:
         db.session.rollback()
         raise click.ClickException(str(exc)) from None
