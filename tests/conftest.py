@@ -152,13 +152,16 @@ class _Deferred:
 
 
 class LiveServer:
-    """The app served by werkzeug on 127.0.0.1 in a background thread."""
+    """The app served by werkzeug on 127.0.0.1 in a background thread, named ``host`` in its issuer.
 
-    def __init__(self, make_app, **extra):
+    WebAuthn needs a host name as RP ID (an IP address is not one), so those tests name it "localhost".
+    """
+
+    def __init__(self, make_app, host: str = "127.0.0.1", **extra):
         deferred = _Deferred()
         # Threaded: Chromium may open a connection ahead of time and send nothing on it for a while.
         self._server = make_server("127.0.0.1", 0, deferred, threaded=True)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self.url = f"http://{host}:{self._server.server_port}"
         try:
             self.app = deferred.app = make_app(IDP_ISSUER=self.url, **extra)  # mailed links point here
         except BaseException:
@@ -183,6 +186,17 @@ def live_server(make_app):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def cli(app):
+    """Run an `idp` command against the test app: cli("users", "list", input=...)."""
+    runner = app.test_cli_runner()
+
+    def run(*args, input=None):
+        return runner.invoke(args=list(args), input=input)
+
+    return run
 
 
 @pytest.fixture(scope="session")

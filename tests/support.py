@@ -289,3 +289,37 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-component-update", "--disable-sync",
                  # localhost must reach the IPv4 loopback the live servers listen on, whatever /etc/hosts says.
                  "--host-resolver-rules=MAP localhost 127.0.0.1"]
+
+
+def require_browser() -> None:
+    """Skip a browser test module when Chromium or Playwright is missing; fail under IDP_TEST_REQUIRE_BROWSER=1."""
+    import importlib.util
+    import os
+
+    import pytest
+
+    reason = None
+    if not os.access(CHROMIUM, os.X_OK):
+        reason = f"{CHROMIUM} is missing (apt-get install chromium)"
+    elif importlib.util.find_spec("playwright") is None:
+        reason = "the playwright package is missing (pip install playwright)"
+    if reason is not None:
+        if os.environ.get("IDP_TEST_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"IDP_TEST_REQUIRE_BROWSER=1 but {reason}", pytrace=False)
+        pytest.skip(reason, allow_module_level=True)
+
+
+def ok(result) -> str:
+    """The standard output of a CLI command that must have succeeded."""
+    assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
+    return result.stdout
+
+
+def refused(result) -> str:
+    """The one error line of a CLI command that must have failed (and printed nothing else)."""
+    assert result.exit_code != 0, result.output
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("Error: ")
+    return lines[0]

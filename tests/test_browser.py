@@ -6,30 +6,17 @@ Without them the module is skipped, unless IDP_TEST_REQUIRE_BROWSER=1 (CI), whic
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
 
 import pytest
 
-from tests.support import CHROMIUM, PASSWORD, Mailbox, code_in, make_user_in
+from tests.support import PASSWORD, Mailbox, code_in, make_user_in, require_browser
 
 SCREENSHOT = "/tmp/idp-signin.png"
 NEW_PASSWORD = "a whole new passphrase for alice"
 
 
-def _missing() -> str | None:
-    if not os.access(CHROMIUM, os.X_OK):
-        return f"{CHROMIUM} is missing (apt-get install chromium)"
-    if importlib.util.find_spec("playwright") is None:
-        return "the playwright package is missing (pip install playwright)"
-    return None
-
-
-if (_reason := _missing()) is not None:
-    if os.environ.get("IDP_TEST_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"IDP_TEST_REQUIRE_BROWSER=1 but {_reason}", pytrace=False)
-    pytest.skip(_reason, allow_module_level=True)
+require_browser()
 
 from playwright.sync_api import expect  # noqa: E402  (only once we know it is there)
 

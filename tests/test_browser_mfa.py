@@ -9,22 +9,19 @@ Same requirements and skip/fail rule as tests/test_browser.py.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
-import os
 import re
-import threading
 from datetime import timedelta
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import requests
-from werkzeug.serving import make_server
 
 from idp.extensions import db
 from idp.models import Factor, LoginSession, User, utcnow
 from idp.security.otp import TOTP_PERIOD, totp_code_at
-from tests.support import CHROMIUM, PASSWORD, make_client_in, make_user_in
+from tests.conftest import LiveServer
+from tests.support import PASSWORD, make_client_in, make_user_in, require_browser
 
 ENROL_SCREENSHOT = "/tmp/idp-mfa-enrol.png"
 SECURITY_SCREENSHOT = "/tmp/idp-account-security.png"
@@ -32,58 +29,17 @@ RP_CALLBACK = "https://rp.example/cb"
 PHR = "urn:idp:acr:phr"
 
 
-def _missing() -> str | None:
-    if not os.access(CHROMIUM, os.X_OK):
-        return f"{CHROMIUM} is missing (apt-get install chromium)"
-    if importlib.util.find_spec("playwright") is None:
-        return "the playwright package is missing (pip install playwright)"
-    return None
-
-
-if (_reason := _missing()) is not None:
-    if os.environ.get("IDP_TEST_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"IDP_TEST_REQUIRE_BROWSER=1 but {_reason}", pytrace=False)
-    pytest.skip(_reason, allow_module_level=True)
+require_browser()
 
 from playwright.sync_api import expect  # noqa: E402  (only once we know it is there)
 
 pytestmark = pytest.mark.browser
 
 
-class _Deferred:
-    """A WSGI app handed to the server after it has bound its port (the app's issuer needs that port)."""
-
-    app = None
-
-    def __call__(self, environ, start_response):
-        return self.app(environ, start_response)
-
-
-class LocalhostServer:
-    """The app served on 127.0.0.1 but named http://localhost:PORT (issuer, RP ID and origin of WebAuthn)."""
-
-    def __init__(self, make_app, **extra):
-        deferred = _Deferred()
-        self._server = make_server("127.0.0.1", 0, deferred, threaded=True)
-        self.url = f"http://localhost:{self._server.server_port}"
-        try:
-            self.app = deferred.app = make_app(IDP_ISSUER=self.url, **extra)
-        except BaseException:
-            self._server.server_close()
-            raise
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="idp-live-localhost", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
-
-
 @pytest.fixture
 def live(make_app):
-    server = LocalhostServer(make_app)
+    server = LiveServer(make_app, host="localhost")
+    server.start()
     yield server
     server.stop()
 

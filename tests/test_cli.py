@@ -9,37 +9,10 @@ import stat
 import pytest
 
 from idp.config import env_example
-from tests.support import PASSWORD, sign_in, signed_in_email
+from tests.support import PASSWORD, ok, refused, sign_in, signed_in_email
 
 NEW_PASSWORD = "a brand new passphrase for alice"
 WRONG = "not the password at all, sorry"
-
-
-@pytest.fixture
-def cli(app):
-    """Run an `idp` command against the test app: cli("users", "list", input=...)."""
-    runner = app.test_cli_runner()
-
-    def run(*args, input=None):
-        return runner.invoke(args=list(args), input=input)
-
-    return run
-
-
-def ok(result) -> str:
-    """The standard output of a command that must have succeeded."""
-    assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
-    return result.stdout
-
-
-def refused(result) -> str:
-    """The one error line of a command that must have failed (and printed nothing else)."""
-    assert result.exit_code != 0, result.output
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("Error: ")
-    return lines[0]
 
 
 def listing(cli) -> dict[str, tuple[str, set[str]]]:

@@ -501,7 +501,7 @@ def test_sms_code_expires(app, alice, mfa_client):
     browser, result = sms_screen(app, mfa_client[0])
     code = last_sms_code(app)
     with app.app_context():
-        db.session.execute(db.update(OneTimeToken).values(expires_at=utcnow() - timedelta(seconds=1)))
+        db.session.execute(db.update(OneTimeToken).values(expires_at=utcnow() - timedelta(hours=1)))
         db.session.commit()
     refused = post_step(browser, result, code=code)
     assert refused.status_code == 200 and "expired" in refused.get_data(as_text=True)
@@ -547,7 +547,7 @@ def test_email_code_is_bound_expires_and_has_a_cooldown(app, client, clock, alic
                          data={"csrf_token": csrf_token(result.pages[-1]), "step": "email_otp"}, follow_redirects=True)
     assert "Please wait" in resent.get_data(as_text=True)
     with app.app_context():
-        db.session.execute(db.update(OneTimeToken).values(expires_at=utcnow() - timedelta(seconds=1)))
+        db.session.execute(db.update(OneTimeToken).values(expires_at=utcnow() - timedelta(hours=1)))
         db.session.commit()
     refused = post_step(client, result, code=code)
     assert "expired" in refused.get_data(as_text=True) and step_name(refused) == "email_otp"

@@ -12,36 +12,9 @@ import pytest
 
 from idp.extensions import db
 from idp.models import Client
-from tests.support import path_of, sign_in
+from tests.support import ok, path_of, refused, sign_in
 
 REDIRECT_URI = "https://rp.example/cb"
-
-
-@pytest.fixture
-def cli(app):
-    """Run an `idp` command against the test app: cli("clients", "list")."""
-    runner = app.test_cli_runner()
-
-    def run(*args, input=None):
-        return runner.invoke(args=list(args), input=input)
-
-    return run
-
-
-def ok(result) -> str:
-    """The standard output of a command that must have succeeded."""
-    assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
-    return result.stdout
-
-
-def refused(result) -> str:
-    """The one error line of a command that must have failed (and printed nothing else)."""
-    assert result.exit_code != 0, result.output
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("Error: ")
-    return lines[0]
 
 
 def created(output: str) -> tuple[str, str | None]:
