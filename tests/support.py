@@ -185,34 +185,81 @@ def authorize_url(client_id: str, **params) -> str:
     return "/authorize?" + urlencode({k: v for k, v in query.items() if v is not None})
 
 
-def walk_authorize(client, path: str, *, email: str = "alice@example.com", password: str = PASSWORD,
-                   consent: str = "allow", max_hops: int = 25):
-    """Follow /authorize like a browser, answering the password and consent screens (consent="allow"/"deny").
+def step_name(page) -> str | None:
+    """The login step a hosted page shows (from its hidden "step" field), or None."""
+    match = re.search(r'name="step" value="([a-z_]+)"', page.get_data(as_text=True))
+    return match.group(1) if match else None
 
-    Returns the first response that leaves the IdP (a redirect to another origin) or that is not a redirect
-    nor a known screen (an error page, say).
-    """
-    response = client.get(path)
+
+class Walk:
+    """The result of walking from /authorize: the screens shown, the final redirect to the RP, the last page."""
+
+    def __init__(self):
+        self.screens: list[str] = []
+        self.pages: list = []
+        self.location: str | None = None
+        self.last = None
+
+    @property
+    def params(self) -> dict[str, str]:
+        assert self.location and self.location.startswith(RP_CALLBACK), (self.location, self.screens)
+        return query_params(self.location)
+
+    @property
+    def code(self) -> str:
+        assert "code" in self.params, self.params
+        return self.params["code"]
+
+    @property
+    def text(self) -> str:
+        return self.last.get_data(as_text=True)
+
+
+def follow(client, response, *, email: str = "alice@example.com", password: str = PASSWORD, consent: str = "allow",
+           answers: dict | None = None, stop_at: str | None = None, result: Walk | None = None,
+           max_hops: int = 30) -> Walk:
+    """Follow redirects like a browser and answer screens: password, consent ("allow"/"deny"), and
+    ``answers[name](page) -> form fields`` for any other; ``stop_at`` names a screen to stop at unanswered."""
+    result = result or Walk()
+    answers = answers or {}
     for _ in range(max_hops):
+        result.last = response
         if response.status_code in (301, 302, 303):
             location = response.headers["Location"]
-            if not (location.startswith("/") or location.startswith("http://localhost/")):
-                return response
+            if not location.startswith("/") and not location.startswith("http://localhost"):
+                result.location = location
+                return result
             response = client.get(location)
             continue
-        match = re.search(r'name="step" value="([a-z_]+)"', response.get_data(as_text=True))
-        if response.status_code != 200 or match is None:
-            return response
-        step = match.group(1)
-        data = {"csrf_token": csrf_token(response), "step": step}
-        if step == "password":
+        name = step_name(response) if response.status_code == 200 else None
+        if name is None:
+            return result
+        result.screens.append(name)
+        result.pages.append(response)
+        if name == stop_at:
+            return result
+        data = {"csrf_token": csrf_token(response), "step": name}
+        if name == "password":
             data.update(email=email, password=password)
-        elif step == "consent":
+        elif name == "consent":
             data[consent] = consent.capitalize()
+        elif name in answers:
+            data.update(answers[name](response))
         else:
-            raise AssertionError(f"unexpected screen {step}")
+            raise AssertionError(f"unexpected screen {name} after {result.screens}")
         response = client.post(urlsplit(response.request.url).path, data=data)
-    raise AssertionError("redirect loop while walking /authorize")
+    raise AssertionError(f"redirect loop: screens {result.screens}")
+
+
+def walk(client, path: str, **kwargs) -> Walk:
+    """Start at ``path`` (an /authorize URL) and follow it through the hosted screens."""
+    return follow(client, client.get(path), **kwargs)
+
+
+def walk_authorize(client, path: str, *, email: str = "alice@example.com", password: str = PASSWORD,
+                   consent: str = "allow"):
+    """The first response that leaves the IdP (a redirect to the RP), or the page the walk ended on."""
+    return walk(client, path, email=email, password=password, consent=consent).last
 
 
 def query_params(location: str) -> dict[str, str]:

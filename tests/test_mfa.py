@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from datetime import timedelta
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import pyotp
 import pytest
@@ -25,16 +25,19 @@ from idp.models import AuditEvent, Device, Factor, LoginSession, OneTimeToken, R
 from idp.security.otp import totp_code_at
 from idp.security.tokens import token_hash
 from tests.support import (
-    PASSWORD,
     Mailbox,
+    Walk,
     code_in,
     csrf_token,
     enrol_totp_in,
+    follow,
     last_sms_code,
     make_client_in,
     make_user_in,
     outbox_sms,
     signed_in_email,
+    step_name,
+    walk,
 )
 
 RP = "https://rp.example/cb"
@@ -81,69 +84,9 @@ def authorize_path(client_id: str, **params) -> str:
     return "/authorize?" + urlencode({k: v for k, v in query.items() if v is not None})
 
 
-def step_name(page) -> str | None:
-    match = re.search(r'name="step" value="([a-z_]+)"', page.get_data(as_text=True))
-    return match.group(1) if match else None
-
-
 def others(page) -> list[str]:
     """The factors offered under "Use another method", in the order shown."""
     return re.findall(r'name="factor" value="([a-z_]+)"', page.get_data(as_text=True))
-
-
-class Walk:
-    def __init__(self):
-        self.screens: list[str] = []
-        self.pages: list = []
-        self.location: str | None = None
-        self.last = None
-
-    @property
-    def params(self) -> dict[str, str]:
-        assert self.location and self.location.startswith(RP), (self.location, self.screens)
-        return {k: v[0] for k, v in parse_qs(urlsplit(self.location).query).items()}
-
-    @property
-    def text(self) -> str:
-        return self.last.get_data(as_text=True)
-
-
-def follow(client, response, *, email: str = ALICE, answers: dict | None = None, stop_at: str | None = None,
-           result: Walk | None = None, max_hops: int = 30) -> Walk:
-    """Follow redirects like a browser and answer screens: password, consent, and ``answers[name](page)``."""
-    result = result or Walk()
-    answers = answers or {}
-    for _ in range(max_hops):
-        result.last = response
-        if response.status_code in (301, 302, 303):
-            location = response.headers["Location"]
-            if not location.startswith("/") and not location.startswith("http://localhost"):
-                result.location = location
-                return result
-            response = client.get(location)
-            continue
-        name = step_name(response) if response.status_code == 200 else None
-        if name is None:
-            return result
-        result.screens.append(name)
-        result.pages.append(response)
-        if name == stop_at:
-            return result
-        data = {"csrf_token": csrf_token(response), "step": name}
-        if name == "password":
-            data.update(email=email, password=PASSWORD)
-        elif name == "consent":
-            data["allow"] = "Allow"
-        elif name in answers:
-            data.update(answers[name](response))
-        else:
-            raise AssertionError(f"unexpected screen {name} after {result.screens}")
-        response = client.post(urlsplit(response.request.url).path, data=data)
-    raise AssertionError(f"redirect loop: screens {result.screens}")
-
-
-def walk(client, path: str, **kwargs) -> Walk:
-    return follow(client, client.get(path), **kwargs)
 
 
 def post_step(client, result: Walk, **fields):

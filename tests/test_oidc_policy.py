@@ -20,7 +20,7 @@ from idp.extensions import db
 from idp.models import AuditEvent, LoginSession, SigningKey, User, utcnow
 from idp.security.keys import KeyDecryptionError, decrypt_private
 from tests.conftest import SECRET
-from tests.support import PASSWORD, csrf_token, signed_in_email
+from tests.support import Walk, csrf_token, signed_in_email, walk
 
 RP = "https://rp.example/cb"
 LOGGED_OUT = "https://rp.example/logged-out"
@@ -37,69 +37,6 @@ def authorize_path(client_id: str, **params) -> str:
              "state": "st-1", "code_challenge": CHALLENGE, "code_challenge_method": "S256"}
     query.update(params)
     return "/authorize?" + urlencode({k: v for k, v in query.items() if v is not None})
-
-
-def _step_name(page) -> str | None:
-    match = re.search(r'name="step" value="([a-z_]+)"', page.get_data(as_text=True))
-    return match.group(1) if match else None
-
-
-class Walk:
-    """The result of walking from /authorize: the screens shown, the final redirect to the RP, the last page."""
-
-    def __init__(self):
-        self.screens: list[str] = []
-        self.pages: list = []
-        self.location: str | None = None
-        self.last = None
-
-    @property
-    def params(self) -> dict[str, str]:
-        assert self.location and self.location.startswith(RP), (self.location, self.screens)
-        return {k: v[0] for k, v in parse_qs(urlsplit(self.location).query).items()}
-
-    @property
-    def code(self) -> str:
-        assert "code" in self.params, self.params
-        return self.params["code"]
-
-
-def walk(client, path: str, *, email: str = ALICE, password: str = PASSWORD, consent: str = "allow",
-         stop_at: str | None = None, max_hops: int = 25) -> Walk:
-    """Follow redirects and answer screens (password, consent) until the browser is sent to the RP.
-
-    ``stop_at`` names a screen to stop at without answering it.
-    """
-    result = Walk()
-    response = client.get(path)
-    for _ in range(max_hops):
-        result.last = response
-        if response.status_code in (301, 302, 303):
-            location = response.headers["Location"]
-            if not location.startswith("/") and not location.startswith("http://localhost"):
-                result.location = location
-                return result
-            response = client.get(location)
-            continue
-        if response.status_code != 200:
-            return result
-        name = _step_name(response)
-        if name is None:
-            return result
-        result.screens.append(name)
-        result.pages.append(response)
-        if name == stop_at:
-            return result
-        action = urlsplit(response.request.url).path
-        data = {"csrf_token": csrf_token(response), "step": name}
-        if name == "password":
-            data.update(email=email, password=password)
-        elif name == "consent":
-            data[consent] = consent.capitalize()
-        else:
-            raise AssertionError(f"unexpected screen {name}")
-        response = client.post(action, data=data)
-    raise AssertionError(f"redirect loop: screens {result.screens}")
 
 
 def exchange(client, client_id: str, secret: str | None, code: str) -> dict:
