@@ -56,6 +56,15 @@ def _load(tid: str) -> LoginTransaction | None:
     return transaction.load(tid, binding=binding(), now=utcnow())
 
 
+def _current(tid: str):
+    """The transaction, its step context and the step to show now; None when the transaction is not usable."""
+    txn = _load(tid)
+    if txn is None:
+        return None
+    ctx = step_context(txn)
+    return txn, ctx, planner.next_step(ctx)
+
+
 def _expired() -> tuple[str, int]:
     return render_template("error.html", title="This sign-in has expired",
                            message="It took too long, was already completed, or was started in another browser.",
@@ -65,11 +74,10 @@ def _expired() -> tuple[str, int]:
 @bp.route("/<tid>", methods=["GET", "POST"])
 def step(tid: str):
     """Show the current step of transaction ``tid``, or check the answer posted to it."""
-    txn = _load(tid)
-    if txn is None:
+    found = _current(tid)
+    if found is None:
         return _expired()
-    ctx = step_context(txn)
-    current = planner.next_step(ctx)
+    txn, ctx, current = found
     if current is None:
         return _complete(ctx)
     form = current.form_class()
@@ -96,11 +104,10 @@ def step(tid: str):
 @limiter.limit(_forms_limit)
 def resend(tid: str):
     """Send the current step's code again, after its cooldown."""
-    txn = _load(tid)
-    if txn is None:
+    found = _current(tid)
+    if found is None:
         return _expired()
-    ctx = step_context(txn)
-    current = planner.next_step(ctx)
+    _, ctx, current = found
     if current is not None and request.form.get("step") == current.name:
         message = current.resend(ctx)
         db.session.commit()
@@ -112,11 +119,10 @@ def resend(tid: str):
 @bp.post("/<tid>/passkey")
 def passkey(tid: str):
     """Sign in with a passkey from the sign-in page (conditional UI); it replaces the password step."""
-    txn = _load(tid)
-    if txn is None:
+    found = _current(tid)
+    if found is None:
         return _expired()
-    ctx = step_context(txn)
-    current = planner.next_step(ctx)
+    txn, ctx, current = found
     if current is None or current.name != "password":
         return redirect(url_for("login.step", tid=tid))
     outcome = current.verify_passkey(ctx, request.form.get("credential", "")[:20000])
