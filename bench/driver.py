@@ -1,0 +1,291 @@
+"""The Python load driver of bench/run.py: browser sign-ins (many requests with cookies and forms), and a
+rate-limited (open-loop) driver for latency at a fixed request rate. Loopback only, bounded in count and time.
+
+wrk drives the single-request scenarios; a complete sign-in is a conversation (authorization request, sign-in
+page with its CSRF token and cookies, the password, maybe a TOTP code, the redirect with the code, the token
+request), which is plainer as threads of keep-alive http.client connections, each a fresh "browser".
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import pyotp
+
+LOOPBACK = "127.0.0.1"
+INPUT = re.compile(r"<input\b[^>]*>", re.I)
+ATTR = re.compile(r'(\w[\w-]*)="([^"]*)"')
+FORM_ACTION = re.compile(r'<form\b[^>]*method="post"[^>]*action="([^"]+)"', re.I)
+
+
+class FlowError(RuntimeError):
+    """A sign-in did not end with tokens."""
+
+
+def basic(client_id: str, secret: str) -> str:
+    return base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+
+
+class Browser:
+    """One browser: a keep-alive connection to a loopback port, its cookies, the proxy headers."""
+
+    def __init__(self, port: int, host: str):
+        self.port = port
+        self.host = host
+        self.cookies: dict[str, str] = {}
+        self.conn = http.client.HTTPConnection(LOOPBACK, port, timeout=30)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def request(self, method: str, path: str, body: dict | None = None, headers: dict | None = None):
+        hdrs = {"Host": self.host, "X-Forwarded-Proto": "https", "User-Agent": "idp-bench/driver (X11; Linux)"}
+        if self.cookies:
+            # Sent by hand: the cookies are Secure (__Host-) and this hop is plain http on loopback.
+            hdrs["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        data = None
+        if body is not None:
+            data = urlencode(body)
+            hdrs["Content-Type"] = "application/x-www-form-urlencoded"
+        hdrs.update(headers or {})
+        try:
+            self.conn.request(method, path, body=data, headers=hdrs)
+            response = self.conn.getresponse()
+            payload = response.read()
+        except (http.client.HTTPException, OSError):
+            self.conn.close()
+            self.conn = http.client.HTTPConnection(LOOPBACK, self.port, timeout=30)
+            raise
+        for header in response.headers.get_all("Set-Cookie") or []:
+            pair, _, attrs = header.partition(";")
+            name, _, value = pair.strip().partition("=")
+            if "max-age=0" in attrs.lower() or "expires=thu, 01 jan 1970" in attrs.lower() or not value:
+                self.cookies.pop(name, None)
+            else:
+                self.cookies[name] = value
+        return response.status, response.headers, payload
+
+
+def _path(location: str) -> str:
+    parts = urlsplit(location)
+    return parts.path + ("?" + parts.query if parts.query else "")
+
+
+def _form(html: str) -> tuple[str, dict[str, str], set[str]]:
+    """The first POST form's action, its hidden fields and the names of its visible inputs."""
+    match = FORM_ACTION.search(html)
+    if not match:
+        raise FlowError("no form on the page")
+    start = match.start()
+    end = html.find("</form>", start)
+    hidden, visible = {}, set()
+    for tag in INPUT.findall(html[start:end]):
+        attrs = dict(ATTR.findall(tag))
+        if "name" not in attrs:
+            continue
+        if attrs.get("type") == "hidden":
+            hidden[attrs["name"]] = attrs.get("value", "")
+        else:
+            visible.add(attrs["name"])
+    return match.group(1).replace("&amp;", "&"), hidden, visible
+
+
+@dataclass
+class Provider:
+    """How to sign in at one server: its port, Host, paths, client and the extra authorization parameters."""
+
+    name: str
+    port: int
+    host: str
+    authorize_path: str
+    token_path: str
+    client_id: str
+    client_secret: str
+    redirect_uri: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def sign_in(provider: Provider, email: str, password: str, totp_seed: str | None = None) -> dict:
+    """One complete sign-in by a fresh browser; returns the token response. Raises FlowError."""
+    browser = Browser(provider.port, provider.host)
+    try:
+        state = secrets.token_urlsafe(8)
+        params = {"response_type": "code", "client_id": provider.client_id, "redirect_uri": provider.redirect_uri,
+                  "scope": "openid profile email", "state": state, "nonce": secrets.token_urlsafe(8),
+                  **provider.extra}
+        method, path, body = "GET", provider.authorize_path + "?" + urlencode(params), None
+        code = None
+        for _ in range(12):  # bounded: a sign-in is at most a dozen hops
+            status, headers, payload = browser.request(method, path, body)
+            if status in (301, 302, 303, 307):
+                location = headers["Location"]
+                if location.startswith(provider.redirect_uri):
+                    query = parse_qs(urlsplit(location).query)
+                    if "code" not in query or query.get("state") != [state]:
+                        raise FlowError(f"redirect without a code: {location[:200]}")
+                    code = query["code"][0]
+                    break
+                method, path, body = "GET", _path(location), None
+                continue
+            if status != 200:
+                raise FlowError(f"{status} on {path[:80]}: {payload[:200]!r}")
+            action, hidden, visible = _form(payload.decode())
+            if "password" in visible:
+                body = {**hidden, "email": email, "password": password}
+            elif "code" in visible and totp_seed:
+                body = {**hidden, "code": pyotp.TOTP(totp_seed).now()}
+            else:
+                raise FlowError(f"unexpected form {sorted(visible)} on {path[:80]}: {payload[:300]!r}")
+            method, path = "POST", _path(action)
+        if code is None:
+            raise FlowError("no code after 12 hops")
+        status, _, payload = browser.request(
+            "POST", provider.token_path,
+            {"grant_type": "authorization_code", "code": code, "redirect_uri": provider.redirect_uri},
+            {"Authorization": "Basic " + basic(provider.client_id, provider.client_secret)})
+        if status != 200:
+            raise FlowError(f"token {status}: {payload[:200]!r}")
+        return json.loads(payload)
+    finally:
+        browser.close()
+
+
+class TotpUsers:
+    """TOTP users handed out so that none signs in twice within one 30-second step (codes are single-use)."""
+
+    def __init__(self, seeds: list[str]):
+        self.seeds = seeds
+        self.last_step = [-1] * len(seeds)
+        self.next = 0
+        self.lock = threading.Lock()
+
+    def take(self) -> tuple[int, str] | None:
+        step = int(time.time()) // 30
+        with self.lock:
+            for _ in range(len(self.seeds)):
+                i = self.next
+                self.next = (self.next + 1) % len(self.seeds)
+                # One step of margin: the code is computed a moment later and the server accepts one step of drift.
+                if self.last_step[i] < step - 1:
+                    self.last_step[i] = step + 1
+                    return i + 1, self.seeds[i]
+        return None
+
+
+@dataclass
+class LoopResult:
+    count: int
+    errors: int
+    seconds: float
+    latencies: list[float]
+    first_error: str | None = None
+
+    def summary(self) -> dict:
+        lat = sorted(self.latencies)
+        return {"requests": self.count, "errors": self.errors, "seconds": round(self.seconds, 3),
+                "rps": self.count / self.seconds if self.seconds else 0.0,
+                "p50_ms": percentile(lat, 50) * 1000, "p99_ms": percentile(lat, 99) * 1000,
+                "first_error": self.first_error}
+
+
+def percentile(sorted_values: list[float], pct: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(pct / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[index]
+
+
+def closed_loop(task: Callable[[int], object], *, threads: int, seconds: float, max_count: int) -> LoopResult:
+    """``threads`` workers run ``task(n)`` back to back until ``seconds`` pass or ``max_count`` tasks started."""
+    lock = threading.Lock()
+    started = [0]
+    latencies: list[float] = []
+    errors = [0]
+    first_error: list[str] = []
+    deadline = time.monotonic() + seconds
+
+    def worker():
+        while time.monotonic() < deadline:
+            with lock:
+                if started[0] >= max_count:
+                    return
+                started[0] += 1
+                n = started[0]
+            t0 = time.perf_counter()
+            try:
+                task(n)
+            except Exception as exc:  # noqa: BLE001 - every failure is counted and the first one shown
+                with lock:
+                    errors[0] += 1
+                    if not first_error:
+                        first_error.append(f"{type(exc).__name__}: {exc}"[:400])
+                continue
+            elapsed = time.perf_counter() - t0
+            with lock:
+                latencies.append(elapsed)
+
+    t_start = time.monotonic()
+    pool = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(seconds + 60)
+    took = time.monotonic() - t_start
+    return LoopResult(len(latencies), errors[0], took, latencies, first_error[0] if first_error else None)
+
+
+def open_loop(make_request: Callable[[Browser], tuple[int, bytes]], *, port: int, host: str, rate: float,
+              seconds: float, threads: int) -> LoopResult:
+    """Requests at a fixed total ``rate`` (per second) for ``seconds``; latency counts from the scheduled send
+    time, so a server that falls behind shows its queueing (no coordinated omission)."""
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors = [0]
+    first_error: list[str] = []
+    interval = threads / rate
+    t0 = time.perf_counter() + 0.05
+
+    def worker(k: int):
+        browser = Browser(port, host)
+        n = 0
+        try:
+            while True:
+                scheduled = t0 + (k / threads) * interval + n * interval
+                if scheduled - t0 >= seconds:
+                    return
+                n += 1
+                delay = scheduled - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                try:
+                    status, payload = make_request(browser)
+                    ok = status == 200
+                except Exception as exc:  # noqa: BLE001
+                    ok, payload = False, repr(exc).encode()
+                done = time.perf_counter()
+                with lock:
+                    if ok:
+                        latencies.append(done - scheduled)
+                    else:
+                        errors[0] += 1
+                        if not first_error:
+                            first_error.append(payload[:300].decode(errors="replace"))
+        finally:
+            browser.close()
+
+    pool = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(seconds + 60)
+    took = time.perf_counter() - t0
+    return LoopResult(len(latencies), errors[0], took, latencies, first_error[0] if first_error else None)

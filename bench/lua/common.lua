@@ -1,0 +1,51 @@
+-- Shared by the scenario scripts (loaded with dofile from BENCH_LUA_DIR): headers, token files, and a done()
+-- that prints one machine-readable line for bench/run.py.
+local M = {}
+
+-- The bench speaks plain http to 127.0.0.1 as the TLS proxy in front of the server would.
+function M.headers()
+  wrk.headers["Host"] = os.getenv("BENCH_HOST") or "localhost"
+  wrk.headers["X-Forwarded-Proto"] = "https"
+  wrk.headers["User-Agent"] = "idp-bench/wrk"
+  local basic = os.getenv("BENCH_BASIC")
+  if basic and basic ~= "" then wrk.headers["Authorization"] = "Basic " .. basic end
+end
+
+-- Lines of a file (tokens), or only those that belong to one thread of n (1-based id).
+function M.lines(path, id, n)
+  local out, i = {}, 0
+  for line in io.lines(path) do
+    if line ~= "" then
+      if not id or (i % n) + 1 == id then out[#out + 1] = line end
+      i = i + 1
+    end
+  end
+  return out
+end
+
+-- The first failed response of each thread goes to stderr (bench/run.py shows it), to tell why it failed.
+local reported = false
+function M.check(status, headers, body)
+  if status >= 400 and not reported then
+    reported = true
+    io.stderr:write("BENCH_FIRST_ERROR " .. status .. " " .. string.sub(body or "", 1, 300) .. "\n")
+  end
+end
+
+-- setup() numbers the threads so that init() can pick its own share of a token file.
+local counter = 0
+function M.setup(thread)
+  counter = counter + 1
+  thread:set("thread_id", counter)
+end
+
+function M.done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_RESULT {"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d, ' ..
+    '"errors_status": %d, "errors_connect": %d, "errors_read": %d, "errors_write": %d, "errors_timeout": %d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency.max, e.status, e.connect, e.read, e.write, e.timeout))
+end
+
+return M

@@ -1,0 +1,532 @@
+"""idp's benchmark, side by side with panva's oidc-provider and the box's limits. See README.md, "Performance".
+
+    .venv/bin/python bench/run.py [--quick] [--out bench/results.json] [--profile DIR] [--no-peer]
+
+Creates a fresh PostgreSQL database (127.0.0.1:5432, user postgres) and uses an empty Redis database
+(127.0.0.1:6379), seeds users and a client, starts idp under gunicorn in production mode and the peer under
+node, drives both on loopback with wrk (Lua scripts in bench/lua/) and a Python driver for sign-ins, and prints
+and writes the table. Every loop is bounded in time and count; everything it started is stopped at the end, and
+the database and the Redis database are dropped / flushed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boxlimits
+import driver
+import psycopg2
+import redis
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+BIN = Path(sys.executable).parent
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+REDIS_DBS = (13, 14, 15, 12, 11)
+IDP_HOST = "localhost"
+PEER_HOST = "localhost:8444"
+LOOSE = "1000000/minute"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        quick = args.quick
+        self.rounds = 1 if quick else 3
+        self.round_s = 4 if quick else 6
+        self.warmup_s = 1 if quick else 2
+        self.workers = args.workers
+        self.wrk_threads = 2
+        self.wrk_conns = 8
+        self.signin_threads = 8
+        self.scale_to = 100_000 if quick else 1_000_000
+        self.tmp = Path(tempfile.mkdtemp(prefix="idp-bench-"))
+        self.db = f"idp_bench_{os.getpid()}"
+        self.procs: list[subprocess.Popen] = []
+        self.results: dict = {"scenarios": {}, "notes": []}
+        self.redis_db = None
+        self.env = None
+        self.first_errors: dict[str, str] = {}
+
+    # --- setup -------------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        for db_number in REDIS_DBS:
+            if redis.Redis(host="127.0.0.1", port=6379, db=db_number).dbsize() == 0:
+                self.redis_db = db_number
+                break
+        else:
+            raise SystemExit("no empty Redis database among 11-15 on 127.0.0.1:6379")
+        conn = psycopg2.connect(dbname="postgres", **PG)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {self.db}")
+            cur.execute(f"CREATE DATABASE {self.db}")
+        conn.close()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("IDP_")},
+            "IDP_ENV": "production", "IDP_ISSUER": f"https://{IDP_HOST}",
+            "IDP_SECRET_KEY": secrets.token_urlsafe(48)[:48],
+            "IDP_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{self.db}",
+            "IDP_REDIS_URL": f"redis://127.0.0.1:6379/{self.redis_db}", "IDP_QUEUE_NAME": f"idp-bench-{os.getpid()}",
+            "IDP_MAIL_BACKEND": "console", "IDP_TRUSTED_PROXIES": "127.0.0.1",
+            # The bench measures throughput, not the limits: every limit is loosened far past the load.
+            "IDP_THROTTLE_ACCOUNT": LOOSE, "IDP_THROTTLE_IP": LOOSE, "IDP_THROTTLE_OTP": LOOSE,
+            "IDP_RATELIMIT_FORMS": LOOSE,
+        }
+        self.results["notes"].append(
+            "Rate limits loosened for the bench (IDP_THROTTLE_ACCOUNT/IP/OTP, IDP_RATELIMIT_FORMS = "
+            f"{LOOSE}): it measures throughput, not the limits.")
+        log(f"database {self.db}, redis db {self.redis_db}, temp {self.tmp}")
+        subprocess.run([str(BIN / "idp"), "db", "upgrade"], env=self.env, cwd=self.tmp, check=True,
+                       capture_output=True)
+        seed_file = self.tmp / "seed.json"
+        subprocess.run([sys.executable, str(BENCH / "seed.py"), "seed", str(seed_file), "--users", "1000",
+                        "--totp-users", "1000"], env=self.env, cwd=self.tmp, check=True)
+        self.seed = json.loads(seed_file.read_text())
+        log(f"seeded 1000 password users, 1000 TOTP users, client {self.seed['client_id']}")
+
+    def start_idp(self) -> None:
+        log_file = open(self.tmp / "gunicorn.log", "w")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            [str(BIN / "gunicorn"), "-w", str(self.workers), "-b", f"127.0.0.1:{self.args.idp_port}",
+             "--chdir", str(ROOT), "--forwarded-allow-ips", "127.0.0.1", "--backlog", "256", "wsgi:app"],
+            env=self.env, cwd=self.tmp, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        self.idp_pid = proc.pid
+        self._wait_ready(self.args.idp_port, IDP_HOST, "/.well-known/openid-configuration", proc)
+        self.idp_meta = self._discover(self.args.idp_port, IDP_HOST)
+        log(f"idp up: gunicorn pid {proc.pid}, {self.workers} workers on 127.0.0.1:{self.args.idp_port}")
+
+    def start_peer(self) -> None:
+        peer = BENCH / "peer"
+        if not (peer / "node_modules" / "oidc-provider").exists():
+            log("npm ci in bench/peer")
+            subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=peer, check=True)
+        self.peer_secret = secrets.token_urlsafe(32)
+        self.peer_users = [f"peer-{i}@bench.example" for i in range(1, 1001)]
+        env = {**os.environ, "PEER_CLIENT_ID": "bench-peer", "PEER_CLIENT_SECRET": self.peer_secret,
+               "PEER_REDIRECT_URI": self.seed["redirect_uri"], "PEER_PASSWORD": self.seed["password"],
+               "PEER_USERS": ",".join(self.peer_users), "PEER_RESOURCE": "https://localhost/api",
+               "NODE_ENV": "production"}
+        log_file = open(self.tmp / "peer.log", "w")  # noqa: SIM115
+        proc = subprocess.Popen(["node", str(peer / "server.js"), str(self.args.peer_port), f"https://{PEER_HOST}"],
+                                env=env, cwd=peer, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        self._wait_ready(self.args.peer_port, PEER_HOST, "/.well-known/openid-configuration", proc)
+        self.peer_meta = self._discover(self.args.peer_port, PEER_HOST)
+        log(f"peer up: oidc-provider (node {subprocess.check_output(['node', '--version']).decode().strip()}) "
+            f"on 127.0.0.1:{self.args.peer_port}")
+
+    def _wait_ready(self, port: int, host: str, path: str, proc) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"server on {port} exited; see {self.tmp}")
+            try:
+                browser = driver.Browser(port, host)
+                status, _, _ = browser.request("GET", path)
+                browser.close()
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise SystemExit(f"server on {port} did not start in 60 s; see {self.tmp}")
+
+    def _discover(self, port: int, host: str) -> dict:
+        browser = driver.Browser(port, host)
+        _, _, payload = browser.request("GET", "/.well-known/openid-configuration")
+        browser.close()
+        meta = json.loads(payload)
+        return {k: driver._path(v) for k, v in meta.items() if isinstance(v, str) and v.startswith("https://")}
+
+    def providers(self) -> dict[str, driver.Provider]:
+        out = {"idp": driver.Provider("idp", self.args.idp_port, IDP_HOST, self.idp_meta["authorization_endpoint"],
+                                      self.idp_meta["token_endpoint"], self.seed["client_id"],
+                                      self.seed["client_secret"], self.seed["redirect_uri"])}
+        if self.args.peer:
+            out["peer"] = driver.Provider("peer", self.args.peer_port, PEER_HOST,
+                                          self.peer_meta["authorization_endpoint"], self.peer_meta["token_endpoint"],
+                                          "bench-peer", self.peer_secret, self.seed["redirect_uri"],
+                                          {"resource": "https://localhost/api"})
+        return out
+
+    # --- tokens issued through real sign-ins -----------------------------------------------------------------------
+    def issue_tokens(self) -> None:
+        """Refresh tokens for each refresh round (fresh ones each round, so no token is presented twice) and access
+        tokens for userinfo and introspection, from complete sign-ins."""
+        per_round = self.wrk_conns
+        self.tokens: dict[str, dict] = {}
+        for name, prov in self.providers().items():
+            need = per_round * (self.rounds + 2) + 4  # rounds, warm-up, profile
+            users = self.peer_users if name == "peer" else [f"pw-{i}@bench.example" for i in range(1, 1001)]
+            got: list[dict] = []
+
+            def task(n, prov=prov, users=users, got=got):
+                got.append(driver.sign_in(prov, users[n % len(users)], self.seed["password"]))
+
+            res = driver.closed_loop(task, threads=4, seconds=120, max_count=need)
+            if len(got) < need:
+                raise SystemExit(f"{name}: only {len(got)} of {need} sign-ins worked: {res.first_error}")
+            access = [t["access_token"] for t in got]
+            if name == "peer":
+                # oidc-provider serves userinfo and introspection only for opaque tokens (its JWT access tokens
+                # are for the resource server): sign in without a resource indicator for those.
+                plain = driver.Provider(**{**prov.__dict__, "extra": {}})
+                opaque: list[dict] = []
+                driver.closed_loop(lambda n, plain=plain, users=users, opaque=opaque: opaque.append(
+                    driver.sign_in(plain, users[n], self.seed["password"])), threads=4, seconds=60, max_count=16)
+                access = [t["access_token"] for t in opaque]
+            self.tokens[name] = {"refresh": [t["refresh_token"] for t in got], "access": access}
+            (self.tmp / f"{name}-access.txt").write_text("\n".join(access) + "\n")
+            log(f"{name}: {len(got)} sign-ins issued tokens (access token {len(got[0]['access_token'])} chars)")
+
+    # --- runners -------------------------------------------------------------------------------------------------
+    def wrk(self, name: str, target: str, script: str, path: str, seconds: float, extra_env: dict | None = None,
+            threads: int | None = None):
+        threads = threads or self.wrk_threads
+        port = self.args.idp_port if target == "idp" else self.args.peer_port
+        host = IDP_HOST if target == "idp" else PEER_HOST
+        env = {**os.environ, "BENCH_LUA_DIR": str(BENCH / "lua"), "BENCH_HOST": host,
+               "BENCH_THREADS": str(threads), **(extra_env or {})}
+        cmd = ["wrk", "-t", str(threads), "-c", str(self.wrk_conns), "-d", f"{max(1, int(seconds))}s",
+               "--timeout", "10s", "-s", str(BENCH / "lua" / script), f"http://127.0.0.1:{port}{path}"]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60)
+        match = re.search(r"^BENCH_RESULT (.*)$", out.stdout, re.M)
+        if not match:
+            raise RuntimeError(f"wrk gave no result for {name}/{target}: {out.stdout[-500:]} {out.stderr[-500:]}")
+        r = json.loads(match.group(1))
+        errors = sum(v for k, v in r.items() if k.startswith("errors_"))
+        first = re.search(r"^BENCH_FIRST_ERROR (.*)$", out.stderr, re.M)
+        if first:
+            self.first_errors.setdefault(f"{name}/{target}", first.group(1)[:300])
+        secs = r["duration_us"] / 1e6
+        return {"rps": (r["requests"] - r["errors_status"]) / secs, "p50_ms": r["p50_us"] / 1000,
+                "p99_ms": r["p99_us"] / 1000, "requests": r["requests"], "errors": errors, "seconds": secs}
+
+    def scenario_runner(self, scenario: str, target: str):
+        """A function(seconds, round_index) -> result for one scenario on one server."""
+        meta = self.idp_meta if target == "idp" else self.peer_meta
+        creds = (self.seed["client_id"], self.seed["client_secret"]) if target == "idp" else \
+            ("bench-peer", self.peer_secret)
+        basic = driver.basic(*creds)
+        access_file = str(self.tmp / f"{target}-access.txt")
+        if scenario == "discovery":
+            return lambda s, i: self.wrk(scenario, target, "discovery.lua", "/.well-known/openid-configuration", s)
+        if scenario == "jwks":
+            return lambda s, i: self.wrk(scenario, target, "jwks.lua", meta["jwks_uri"], s)
+        if scenario == "client_credentials":
+            return lambda s, i: self.wrk(scenario, target, "client_credentials.lua", meta["token_endpoint"], s,
+                                         {"BENCH_BASIC": basic})
+        if scenario == "refresh":
+            def run(s, i):
+                chunk = self.tokens[target]["refresh"][i * self.wrk_conns:(i + 1) * self.wrk_conns]
+                path = self.tmp / f"{target}-refresh-{i}.txt"
+                path.write_text("\n".join(chunk) + "\n")
+                return self.wrk(scenario, target, "refresh.lua", meta["token_endpoint"], s,
+                                {"BENCH_BASIC": basic, "BENCH_TOKENS": str(path)}, threads=self.wrk_conns)
+            return run
+        if scenario == "introspection":
+            return lambda s, i: self.wrk(scenario, target, "introspection.lua", meta["introspection_endpoint"], s,
+                                         {"BENCH_BASIC": basic, "BENCH_TOKENS": access_file})
+        if scenario == "userinfo":
+            return lambda s, i: self.wrk(scenario, target, "userinfo.lua", meta["userinfo_endpoint"], s,
+                                         {"BENCH_TOKENS": access_file})
+        if scenario in ("signin", "signin_totp"):
+            prov = self.providers()[target]
+            if scenario == "signin_totp":
+                pool = driver.TotpUsers(self.seed["totp_seeds"])
+
+                def task(n):
+                    taken = pool.take()
+                    if taken is None:
+                        raise driver.FlowError("no TOTP user free in this 30-second step")
+                    driver.sign_in(prov, f"totp-{taken[0]}@bench.example", self.seed["password"], taken[1])
+            else:
+                users = self.peer_users if target == "peer" else [f"pw-{i}@bench.example" for i in range(1, 1001)]
+
+                def task(n):
+                    driver.sign_in(prov, users[n % len(users)], self.seed["password"])
+
+            def run(s, i):
+                res = driver.closed_loop(task, threads=self.signin_threads, seconds=s, max_count=100_000).summary()
+                return {**res, "errors": res["errors"]}
+            return run
+        raise KeyError(scenario)
+
+    def run_scenarios(self) -> None:
+        scenarios = ["discovery", "jwks", "client_credentials", "refresh", "introspection", "userinfo", "signin",
+                     "signin_totp"]
+        if self.args.only:
+            scenarios = [s for s in scenarios if s in self.args.only.split(",")]
+        for scenario in scenarios:
+            targets = ["idp"] + (["peer"] if self.args.peer and scenario != "signin_totp" else [])
+            runners = {t: self.scenario_runner(scenario, t) for t in targets}
+            rounds: dict[str, list] = {t: [] for t in targets}
+            warm = self.rounds  # the refresh runner takes the last token chunk for the warm-up
+            for t in targets:
+                runners[t](self.warmup_s, warm)
+            for i in range(self.rounds):
+                for t in targets:  # interleaved: idp, peer, idp, peer...
+                    rounds[t].append(runners[t](self.round_s, i))
+            entry = {}
+            for t in targets:
+                rs = rounds[t]
+                entry[t] = {"rps": statistics.median(r["rps"] for r in rs),
+                            "p50_ms": statistics.median(r["p50_ms"] for r in rs),
+                            "p99_ms": statistics.median(r["p99_ms"] for r in rs),
+                            "errors": sum(r["errors"] for r in rs), "rounds": rs}
+            self.results["scenarios"][scenario] = entry
+            line = ", ".join(f"{t} {e['rps']:.1f}/s p50 {e['p50_ms']:.1f} p99 {e['p99_ms']:.1f} ms"
+                             f"{' errors ' + str(e['errors']) if e['errors'] else ''}" for t, e in entry.items())
+            log(f"{scenario}: {line}")
+            for key, text in self.first_errors.items():
+                if key.startswith(scenario + "/") and key not in self.results.setdefault("first_errors", {}):
+                    self.results["first_errors"][key] = text
+                    log(f"  first error {key}: {text}")
+
+    def half_peak(self) -> None:
+        """The token endpoint's p99 at half its peak rate: an open-loop Python driver at a fixed rate."""
+        if "client_credentials" not in self.results["scenarios"]:
+            return
+        peak = self.results["scenarios"]["client_credentials"]["idp"]["rps"]
+        rate = peak / 2
+        auth = {"Authorization": "Basic " + driver.basic(self.seed["client_id"], self.seed["client_secret"])}
+        path = self.idp_meta["token_endpoint"]
+
+        def request(browser):
+            status, _, payload = browser.request("POST", path, {"grant_type": "client_credentials"}, auth)
+            return status, payload
+
+        seconds = 4 if self.args.quick else 8
+        res = driver.open_loop(request, port=self.args.idp_port, host=IDP_HOST, rate=rate, seconds=seconds,
+                               threads=16).summary()
+        self.results["half_peak"] = {"scenario": "client_credentials", "peak_rps": peak, "target_rps": rate, **res}
+        log(f"half peak: {res['rps']:.1f}/s offered {rate:.1f}/s, p50 {res['p50_ms']:.1f} ms, "
+            f"p99 {res['p99_ms']:.1f} ms, errors {res['errors']}")
+
+    def scale(self) -> None:
+        """Sign-in and token latency (one client at a time) with ~1,000 and then SCALE users and tokens."""
+        prov = self.providers()["idp"]
+        auth = {"Authorization": "Basic " + driver.basic(self.seed["client_id"], self.seed["client_secret"])}
+        chain = [self.tokens["idp"]["refresh"][-1]]
+        access = self.tokens["idp"]["access"]
+        n_req = 100 if self.args.quick else 300
+        n_signin = 10 if self.args.quick else 30
+
+        def token_task(n, grant):
+            browser = browsers.setdefault(grant, driver.Browser(self.args.idp_port, IDP_HOST))
+            if grant == "refresh":
+                body = {"grant_type": "refresh_token", "refresh_token": chain[0]}
+            else:
+                body = {"grant_type": "client_credentials"}
+            status, _, payload = browser.request("POST", self.idp_meta["token_endpoint"], body, auth)
+            if status != 200:
+                raise driver.FlowError(f"{status} {payload[:200]!r}")
+            if grant == "refresh":
+                chain[0] = json.loads(payload)["refresh_token"]
+
+        def userinfo_task(n):
+            browser = browsers.setdefault("userinfo", driver.Browser(self.args.idp_port, IDP_HOST))
+            status, _, payload = browser.request("GET", self.idp_meta["userinfo_endpoint"], None,
+                                                 {"Authorization": "Bearer " + access[n % len(access)]})
+            if status != 200:
+                raise driver.FlowError(f"{status} {payload[:200]!r}")
+
+        def measure(label):
+            out = {}
+            out["counts"] = self._counts()
+            out["signin"] = driver.closed_loop(
+                lambda n: driver.sign_in(prov, f"pw-{n}@bench.example", self.seed["password"]),
+                threads=1, seconds=60, max_count=n_signin).summary()
+            out["client_credentials"] = driver.closed_loop(lambda n: token_task(n, "cc"), threads=1, seconds=30,
+                                                           max_count=n_req).summary()
+            out["refresh"] = driver.closed_loop(lambda n: token_task(n, "refresh"), threads=1, seconds=30,
+                                                max_count=n_req).summary()
+            out["userinfo"] = driver.closed_loop(userinfo_task, threads=1, seconds=30, max_count=n_req).summary()
+            log(f"{label} ({out['counts']['users']} users, {out['counts']['tokens']} tokens): " + ", ".join(
+                f"{k} p50 {v['p50_ms']:.1f} p99 {v['p99_ms']:.1f} ms" for k, v in out.items() if k != "counts"))
+            return out
+
+        browsers: dict = {}
+        subprocess.run([sys.executable, str(BENCH / "seed.py"), "grow", "--users", "0", "--tokens", "1000"],
+                       env=self.env, cwd=self.tmp, check=True, capture_output=True)
+        small = measure("small")
+        log(f"growing to {self.scale_to} users and tokens (generate_series, one shared password hash)")
+        t0 = time.monotonic()
+        subprocess.run([sys.executable, str(BENCH / "seed.py"), "grow", "--users", str(self.scale_to), "--tokens",
+                        str(self.scale_to)], env=self.env, cwd=self.tmp, check=True, capture_output=True)
+        log(f"grown in {time.monotonic() - t0:.0f} s")
+        large = measure("large")
+        for b in browsers.values():
+            b.close()
+        self.results["scale"] = {"small": small, "large": large, "ratio_p50": {
+            k: large[k]["p50_ms"] / small[k]["p50_ms"] for k in small if k != "counts"}}
+
+    def _counts(self) -> dict:
+        conn = psycopg2.connect(dbname=self.db, **PG)
+        with conn.cursor() as cur:
+            cur.execute("SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM tokens)")
+            users, tokens = cur.fetchone()
+        conn.close()
+        return {"users": users, "tokens": tokens}
+
+    def rss(self) -> None:
+        workers = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            if re.search(rf"^PPid:\s+{self.idp_pid}$", status, re.M):
+                rss = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))
+                workers.append({"pid": int(entry.name), "rss_mb": round(rss / 1024, 1)})
+        self.results["rss_per_worker"] = workers
+        log("RSS per gunicorn worker: " + ", ".join(f"{w['rss_mb']} MB" for w in workers))
+
+    def profile(self, out_dir: Path) -> None:
+        """py-spy (all workers) during one client_credentials and one sign-in round; raw stacks + summaries."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        pyspy = shutil.which("py-spy") or str(BIN / "py-spy")
+        for scenario in ("client_credentials", "signin", "refresh", "userinfo"):
+            raw = out_dir / f"{scenario}.txt"
+            spy = subprocess.Popen([pyspy, "record", "--pid", str(self.idp_pid), "--subprocesses", "--rate", "250",
+                                    "--format", "raw", "--output", str(raw), "--duration", str(self.round_s + 1),
+                                    "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+            res = self.scenario_runner(scenario, "idp")(self.round_s, self.rounds + 1)
+            spy.wait(timeout=60)
+            log(f"profiled {scenario} ({res['rps']:.1f}/s) -> {raw}")
+
+    # --- report -------------------------------------------------------------------------------------------------
+    def table(self) -> str:
+        lim = self.results["limits"]
+        rows = [("scenario", "idp req/s", "p50 ms", "p99 ms", "peer req/s", "peer p99 ms", "idp/peer",
+                 "fraction of limit")]
+        for scenario, entry in self.results["scenarios"].items():
+            me = entry["idp"]
+            peer = entry.get("peer")
+            frac = ""
+            if scenario in ("signin", "signin_totp"):
+                frac = f"{me['rps'] / lim['argon2id_per_s']:.0%} of argon2id"
+            elif scenario in ("client_credentials", "refresh"):
+                frac = f"{me['rps'] / lim['rs256_sign_per_s']:.0%} of RS256"
+            ratio = f"{me['rps'] / peer['rps']:.2f}" if peer and peer["rps"] else "-"
+            rows.append((scenario, f"{me['rps']:.1f}", f"{me['p50_ms']:.1f}", f"{me['p99_ms']:.1f}",
+                         f"{peer['rps']:.1f}" if peer else "-", f"{peer['p99_ms']:.1f}" if peer else "-", ratio,
+                         frac))
+            me["ratio_to_peer"] = me["rps"] / peer["rps"] if peer and peer["rps"] else None
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
+        lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
+        return "\n".join(lines)
+
+    def cleanup(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+        if self.redis_db is not None:
+            redis.Redis(host="127.0.0.1", port=6379, db=self.redis_db).flushdb()
+        try:
+            conn = psycopg2.connect(dbname="postgres", **PG)
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)")
+            conn.close()
+        except psycopg2.Error as exc:
+            log(f"could not drop {self.db}: {exc}")
+        if not self.args.keep_temp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one short round per scenario (about 2 minutes)")
+    parser.add_argument("--out", default=str(BENCH / "results.json"), help="where the JSON results go")
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (default 4, as in README)")
+    parser.add_argument("--idp-port", type=int, default=8601)
+    parser.add_argument("--peer-port", type=int, default=8602)
+    parser.add_argument("--no-peer", dest="peer", action="store_false", help="skip the oidc-provider peer")
+    parser.add_argument("--no-scale", dest="scale", action="store_false", help="skip the 1k vs 1M comparison")
+    parser.add_argument("--profile", metavar="DIR", help="also record py-spy profiles of idp's workers into DIR")
+    parser.add_argument("--only", help="comma-separated scenarios to run (default: all)")
+    parser.add_argument("--keep-temp", action="store_true", help="keep the temp folder (logs, seed, tokens)")
+    args = parser.parse_args(argv)
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is missing: apt-get install -y wrk")
+    bench = Bench(args)
+    started = time.monotonic()
+    try:
+        bench.setup()
+        counts = sorted({os.cpu_count() or 1, args.workers})
+        log(f"limits: argon2id and RS256 in {' and '.join(map(str, counts))} processes (the best counts)")
+        bench.results["limits"] = boxlimits.measure(counts, 3 if args.quick else 4)
+        lim = bench.results["limits"]
+        log(f"limits: {lim['argon2id_per_s']:.1f} argon2id verifications/s, {lim['rs256_sign_per_s']:.0f} RS256 "
+            "signatures/s")
+        bench.start_idp()
+        if args.peer:
+            bench.start_peer()
+        bench.issue_tokens()
+        bench.run_scenarios()
+        bench.half_peak()
+        bench.rss()
+        if args.scale:
+            bench.scale()
+        if args.profile:
+            bench.profile(Path(args.profile))
+        table = bench.table()
+        bench.results.update({
+            "command": " ".join(["bench/run.py", *argv]), "quick": args.quick,
+            "setup": {"gunicorn_workers": args.workers, "wrk": f"-t{bench.wrk_threads} -c{bench.wrk_conns}",
+                      "signin_threads": bench.signin_threads, "rounds": bench.rounds, "round_s": bench.round_s,
+                      "warmup_s": bench.warmup_s, "cores": os.cpu_count(),
+                      "peer": "oidc-provider 9.13.3 (one node process, in-memory adapter)" if args.peer else None},
+            "table": table, "elapsed_s": round(time.monotonic() - started, 1)})
+        Path(args.out).write_text(json.dumps(bench.results, indent=2, default=str) + "\n")
+        print()
+        print(table)
+        print()
+        hp = bench.results.get("half_peak", {"target_rps": 0, "rps": 0, "p50_ms": 0, "p99_ms": 0})
+        print(f"Token endpoint at half its peak ({hp['target_rps']:.0f}/s offered, {hp['rps']:.0f}/s served): "
+              f"p50 {hp['p50_ms']:.1f} ms, p99 {hp['p99_ms']:.1f} ms")
+        print("RSS per gunicorn worker: " + ", ".join(f"{w['rss_mb']} MB" for w in bench.results["rss_per_worker"]))
+        if "scale" in bench.results:
+            sc = bench.results["scale"]
+            print(f"Latency p50, {sc['small']['counts']} -> {sc['large']['counts']}: " + ", ".join(
+                f"{k} {sc['small'][k]['p50_ms']:.1f} -> {sc['large'][k]['p50_ms']:.1f} ms ({v:.2f}x)"
+                for k, v in sc["ratio_p50"].items()))
+        for note in bench.results["notes"]:
+            print("Note: " + note)
+        print(f"Results: {args.out} ({time.monotonic() - started:.0f} s)")
+    finally:
+        bench.cleanup()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
