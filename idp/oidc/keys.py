@@ -6,6 +6,9 @@ expired (``publish_until``), like MultiFernet: the first key signs, every listed
 
 from __future__ import annotations
 
+import base64
+import json
+import time
 from datetime import datetime, timedelta
 
 from flask import current_app
@@ -14,7 +17,7 @@ from joserfc.jwk import KeySet
 from idp.extensions import db
 from idp.models import SigningKey, utcnow
 from idp.security import keys as jose_keys
-from idp.security.tokens import new_token, token_hash
+from idp.security.tokens import new_token
 
 
 def _create(alg: str, now: datetime) -> SigningKey:
@@ -47,24 +50,56 @@ def active(now: datetime | None = None) -> list[SigningKey]:
     return [by_alg[alg] for alg in jose_keys.SUPPORTED_ALGS]
 
 
-# Decrypting and parsing a private key costs far more than the query that tells whether the keys changed, so
-# each worker keeps the parsed key sets, keyed by exactly which keys are current (rotation is seen at once).
-_PARSED: dict[tuple, KeySet] = {}
+# Each worker keeps the parsed keys (decrypting and importing a private key costs far more than signing) for
+# CACHE_SECONDS. A rotation in this process is seen at once; in other workers within CACHE_SECONDS, and a token
+# whose `kid` a worker does not know yet makes it reload at once, so no valid token is ever refused.
+CACHE_SECONDS = 30.0
+
+
+class _KeyCache:
+    """The parsed key sets of one app (tests build many apps; production has one per worker)."""
+
+    def __init__(self):
+        self.loaded_at = -1e9
+        self.signing: KeySet | None = None
+        self.verifying: KeySet | None = None
+        self.kids: set[str] = set()
+
+    def load(self, now: datetime | None) -> None:
+        secret = current_app.config["IDP_SECRET_KEY"]
+        signing_rows = active(now)
+        self.signing = KeySet([jose_keys.import_private(jose_keys.decrypt_private(row.private_jwk_encrypted,
+                                                                                  secret))
+                               for row in signing_rows])
+        rows = published(now)
+        self.verifying = KeySet.import_key_set({"keys": [dict(row.public_jwk) for row in rows]})
+        self.kids = {row.kid for row in rows}
+        self.loaded_at = time.monotonic()
+
+    def fresh(self, now: datetime | None) -> _KeyCache:
+        if time.monotonic() - self.loaded_at > CACHE_SECONDS:
+            self.load(now)
+        return self
+
+
+def _cache() -> _KeyCache:
+    cache = current_app.extensions.get("idp.keys")
+    if cache is None:
+        cache = current_app.extensions["idp.keys"] = _KeyCache()
+    return cache
 
 
 def signing_keyset(now: datetime | None = None) -> KeySet:
-    """The private keys that sign now (one per algorithm)."""
-    secret = current_app.config["IDP_SECRET_KEY"]
-    rows = active(now)
-    cache_key = ("sign", token_hash(secret), tuple(row.kid for row in rows))
-    keyset = _PARSED.get(cache_key)
-    if keyset is None:
-        keyset = KeySet([jose_keys.import_private(jose_keys.decrypt_private(row.private_jwk_encrypted, secret))
-                         for row in rows])
-        if len(_PARSED) > 32:
-            _PARSED.clear()
-        _PARSED[cache_key] = keyset
-    return keyset
+    """The private keys that sign now (one per algorithm, the newest)."""
+    return _cache().fresh(now).signing
+
+
+def verification_keyset(now: datetime | None = None, kid: str | None = None) -> KeySet:
+    """The public keys that verify our own tokens; an unknown ``kid`` reloads them (at most once a second)."""
+    cache = _cache().fresh(now)
+    if kid is not None and kid not in cache.kids and time.monotonic() - cache.loaded_at > 1.0:
+        cache.load(now)
+    return cache.verifying
 
 
 def published(now: datetime | None = None) -> list[SigningKey]:
@@ -82,17 +117,15 @@ def jwks(now: datetime | None = None) -> dict:
     return {"keys": [dict(row.public_jwk) for row in published(now)]}
 
 
-def verification_keyset(now: datetime | None = None) -> KeySet:
-    """The public keys that verify our own tokens (id_token_hint, access tokens)."""
-    rows = published(now)
-    cache_key = ("verify", tuple(row.kid for row in rows))
-    keyset = _PARSED.get(cache_key)
-    if keyset is None:
-        keyset = KeySet.import_key_set({"keys": [dict(row.public_jwk) for row in rows]})
-        if len(_PARSED) > 32:
-            _PARSED.clear()
-        _PARSED[cache_key] = keyset
-    return keyset
+def keyset_for_token(token: str, now: datetime | None = None) -> KeySet:
+    """The verification keys for a compact JWT, reloading them if its header names a kid we do not know yet."""
+    kid = None
+    try:
+        header = json.loads(base64.urlsafe_b64decode(token.split(".", 1)[0] + "==="))
+        kid = header.get("kid") if isinstance(header, dict) else None
+    except (ValueError, UnicodeDecodeError):
+        pass
+    return verification_keyset(now, kid=kid if isinstance(kid, str) else None)
 
 
 def rotate(now: datetime | None = None, *, max_token_lifetime: int) -> list[SigningKey]:
@@ -104,4 +137,5 @@ def rotate(now: datetime | None = None, *, max_token_lifetime: int) -> list[Sign
         row.publish_until = now + timedelta(seconds=max_token_lifetime)
     fresh = [_create(alg, now) for alg in jose_keys.SUPPORTED_ALGS]
     db.session.commit()
+    _cache().loaded_at = -1e9  # this process signs with the new keys at once
     return fresh

@@ -27,6 +27,7 @@ from flask import Flask, current_app, g
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
+from sqlalchemy.orm import joinedload
 
 from idp import audit
 from idp.extensions import db
@@ -133,7 +134,7 @@ def access_token_row(token_string: str) -> Token | None:
     if not token_string or token_string.count(".") != 2:
         return None
     try:
-        decoded = jwt.decode(token_string, keys.verification_keyset(), algorithms=["RS256", "ES256"])
+        decoded = jwt.decode(token_string, keys.keyset_for_token(token_string), algorithms=["RS256", "ES256"])
     except (JoseError, ValueError):
         return None
     if decoded.header.get("typ") != "at+jwt" or decoded.claims.get("iss") != issuer():
@@ -143,7 +144,8 @@ def access_token_row(token_string: str) -> Token | None:
     jti = decoded.claims.get("jti")
     if not isinstance(jti, str):
         return None
-    return db.session.execute(db.select(Token).where(Token.jti == jti)).scalar_one_or_none()
+    return db.session.execute(
+        db.select(Token).where(Token.jti == jti).options(joinedload(Token.user))).scalar_one_or_none()
 
 
 def refresh_token_row(token_string: str) -> Token | None:
@@ -296,6 +298,17 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             return None
         if row.user is None or row.user.disabled:
             return None
+        # Claim the token for this rotation atomically, in the transaction that save_token commits: of two
+        # concurrent uses one wins and the other is reuse (PostgreSQL holds the row lock until the commit).
+        claimed = db.session.execute(
+            db.update(Token).where(Token.id == row.id, Token.rotated_at.is_(None)).values(rotated_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if claimed != 1:
+            count = revoke_family(row.family_id, "refresh_reuse")
+            audit.record("refresh.reuse_detected", subject=row.user, client_id=row.client_id, tokens_revoked=count)
+            db.session.commit()
+            return None
         g.oidc_context = {"sid": row.sid, "auth_time": row.auth_time, "acr": row.acr, "amr": list(row.amr),
                           "claims": row.claims, "family_id": row.family_id,
                           "family_expires_at": row.family_expires_at, "code_id": row.authorization_code_id}
@@ -305,8 +318,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         return refresh_token.user
 
     def revoke_old_credential(self, refresh_token: Token) -> None:
-        refresh_token.rotated_at = utcnow()
-        db.session.commit()
+        """Nothing left to do: the token was marked rotated when it was claimed, and save_token committed it."""
 
 
 class ClientCredentialsGrant(grants.ClientCredentialsGrant):

@@ -124,7 +124,7 @@ def _hint_subject(raw: str | None) -> str | None:
     if not raw:
         return None
     try:
-        decoded = jwt.decode(raw, keys.verification_keyset(), algorithms=["RS256", "ES256"])
+        decoded = jwt.decode(raw, keys.keyset_for_token(raw), algorithms=["RS256", "ES256"])
     except (JoseError, ValueError):
         raise InvalidRequestError("id_token_hint is not a valid ID token of this issuer.") from None
     if decoded.claims.get("iss") != issuer() or not isinstance(decoded.claims.get("sub"), str):

@@ -36,6 +36,13 @@ class StepContext:
     throttle: Throttle
     url: Callable[..., str]  # builds an absolute URL: url(endpoint, **values)
     device_token: str | None = None  # the browser's device cookie, if any
+    # Answers computed once per request: the planner asks every step whether it applies, and each asks these.
+    _memo: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def _once(self, key: str, compute: Callable[[], Any]) -> Any:
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     @property
     def user(self) -> User | None:
@@ -53,16 +60,16 @@ class StepContext:
         """This browser's device record for the user being signed in."""
         if not self.device_token or self.user is None:
             return None
-        return db.session.execute(
+        return self._once(f"device:{self.user.id}", lambda: db.session.execute(
             db.select(Device).where(Device.token_hash == token_hash(self.device_token), Device.user_id == self.user.id)
-        ).scalar_one_or_none()
+        ).scalar_one_or_none())
 
     def remembered(self) -> bool:
         """Whether a remembered device stands in for the second factor here."""
         return mfa.remembered_device_counts(self.reasons, self.state["context"], self.device(), self.now)
 
     def required_level(self) -> str:
-        return mfa.required_level(self.user, self.state["context"])
+        return self._once(f"required:{self.user.id}", lambda: mfa.required_level(self.user, self.state["context"]))
 
     def needs_factor(self) -> bool:
         """Whether a second factor (or a stronger one) must still be verified."""
@@ -73,7 +80,8 @@ class StepContext:
     def factor_candidates(self) -> list[str]:
         """Factor steps the user can still take, strongest first."""
         done = set(self.state["done"])
-        return [name for name in mfa.usable_steps(self.user, self.required_level()) if name not in done]
+        usable = self._once(f"usable:{self.user.id}", lambda: mfa.usable_steps(self.user, self.required_level()))
+        return [name for name in usable if name not in done]
 
     def chosen_factor(self) -> str | None:
         """The factor step to show: the user's pick, else the strongest enrolled (an email code only if picked)."""

@@ -1,0 +1,108 @@
+"""How many SQL statements the hot endpoints run (issue 5: remove the waste, and keep it removed).
+
+The bounds are what the code needs today; a change that adds a query to one of these paths must say why here.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import event
+
+from idp.extensions import db
+
+
+@contextmanager
+def counted(app):
+    """Count the statements sent to the database inside the block."""
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement.split()[0].upper())
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+@pytest.fixture
+def machine(app, make_client):
+    """A confidential client with client_credentials."""
+    client_id, secret = make_client(grant_types=["client_credentials"], redirect_uris=[])
+    http = app.test_client()
+    # The first request creates the signing keys; the counts below are for a warm server.
+    assert http.post("/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret)).status_code == 200
+    return http, client_id, secret
+
+
+def test_client_credentials_token_request(app, machine):
+    http, client_id, secret = machine
+    with counted(app) as statements:
+        response = http.post("/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret))
+    assert response.status_code == 200
+    # the client; the token row and its audit row (one commit)
+    assert statements.count("SELECT") <= 1, statements
+    assert statements.count("INSERT") == 2, statements
+    assert len(statements) <= 6, statements
+
+
+def test_introspection(app, machine):
+    http, client_id, secret = machine
+    token = http.post("/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret)).get_json()
+    with counted(app) as statements:
+        response = http.post("/introspect", data={"token": token["access_token"]}, auth=(client_id, secret))
+    assert response.get_json()["active"] is True
+    # the client, the token row (by jti)
+    assert statements.count("SELECT") <= 2, statements
+    assert not {"INSERT", "UPDATE", "DELETE"} & set(statements), statements
+
+
+def test_jwks_and_discovery_touch_the_database_little(app, machine):
+    http, _, _ = machine
+    with counted(app) as statements:
+        assert http.get("/.well-known/openid-configuration").status_code == 200
+    assert statements == []
+    with counted(app) as statements:
+        assert http.get("/jwks.json").status_code == 200
+    assert len(statements) <= 2, statements  # the published keys (always current for relying parties)
+
+
+@pytest.fixture
+def signed_in_tokens(app, client, make_user, make_client):
+    """Tokens from a complete code flow for a first-party client with refresh tokens."""
+    from tests.support import RP_CALLBACK, authorize, pkce_pair
+
+    make_user()
+    client_id, secret = make_client(redirect_uris=[RP_CALLBACK], first_party=True)
+    verifier, challenge = pkce_pair()
+    code = authorize(client, client_id, code_challenge=challenge, code_challenge_method="S256")
+    tokens = client.post("/token", data={"grant_type": "authorization_code", "code": code, "code_verifier": verifier,
+                                         "redirect_uri": RP_CALLBACK}, auth=(client_id, secret)).get_json()
+    return client, client_id, secret, tokens
+
+
+def test_userinfo(app, signed_in_tokens):
+    http, _, _, tokens = signed_in_tokens
+    with counted(app) as statements:
+        response = http.get("/userinfo", headers={"Authorization": "Bearer " + tokens["access_token"]})
+    assert response.status_code == 200
+    # the token row with its user (one join), the client
+    assert statements.count("SELECT") <= 2, statements
+    assert not {"INSERT", "UPDATE", "DELETE"} & set(statements), statements
+
+
+def test_refresh_with_rotation(app, signed_in_tokens):
+    http, client_id, secret, tokens = signed_in_tokens
+    with counted(app) as statements:
+        response = http.post("/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+                             auth=(client_id, secret))
+    assert response.status_code == 200, response.get_json()
+    # the client, the token row, its user; claim it (UPDATE); the new token row and its audit row; one commit
+    assert statements.count("UPDATE") == 1, statements
+    assert statements.count("INSERT") == 2, statements
+    assert len(statements) <= 9, statements
