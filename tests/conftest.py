@@ -211,3 +211,9 @@ def chromium():
     yield browser
     browser.close()
     playwright.stop()
+
+
+@pytest.fixture
+def console_errors():
+    """Console errors (CSP violations among them) and uncaught exceptions of every page in a browser test."""
+    return []

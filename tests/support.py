@@ -370,3 +370,15 @@ def refused(result) -> str:
     assert len(lines) == 1, lines
     assert lines[0].startswith("Error: ")
     return lines[0]
+
+
+def audit_events(app, name: str) -> list:
+    """The audit rows of one event, oldest first (detached, so they can be read after the app context)."""
+    from idp.models import AuditEvent
+
+    with app.app_context():
+        rows = list(db.session.execute(db.select(AuditEvent).where(AuditEvent.event == name)
+                                       .order_by(AuditEvent.id)).scalars())
+        for row in rows:
+            db.session.expunge(row)
+        return rows

@@ -31,12 +31,6 @@ def live_mailbox(live_server, smtp_server):
 
 
 @pytest.fixture
-def console_errors():
-    """Console errors (CSP violations among them) and uncaught exceptions of every page in the test."""
-    return []
-
-
-@pytest.fixture
 def page(chromium, live_server, console_errors):
     """A fresh browser profile (no cookies) with one tab; closed before the live server stops."""
     context = chromium.new_context(base_url=live_server.url)

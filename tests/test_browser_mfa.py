@@ -45,11 +45,6 @@ def live(make_app):
 
 
 @pytest.fixture
-def console_errors():
-    return []
-
-
-@pytest.fixture
 def context(chromium, live, console_errors):
     ctx = chromium.new_context(base_url=live.url)
     ctx.set_default_timeout(10_000)

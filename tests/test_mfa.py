@@ -39,6 +39,7 @@ from tests.support import (
     step_name,
     walk,
 )
+from tests.support import audit_events as events
 
 RP = "https://rp.example/cb"
 ALICE = "alice@example.com"
@@ -128,15 +129,6 @@ def sign_in_fully(client, email: str = ALICE) -> None:
 def sign_out(client) -> None:
     """Forget the sign-in session cookie (the device cookie stays, as when a browser session ends)."""
     client.delete_cookie("idp_session")
-
-
-def events(app, name: str) -> list[AuditEvent]:
-    with app.app_context():
-        rows = list(db.session.execute(db.select(AuditEvent).where(AuditEvent.event == name)
-                                       .order_by(AuditEvent.id)).scalars())
-        for row in rows:
-            db.session.expunge(row)
-        return rows
 
 
 def user_id(app, email: str = ALICE) -> int:

@@ -21,6 +21,7 @@ from idp.models import AuditEvent, LoginSession, SigningKey, User, utcnow
 from idp.security.keys import KeyDecryptionError, decrypt_private
 from tests.conftest import SECRET
 from tests.support import Walk, csrf_token, signed_in_email, walk
+from tests.support import audit_events as events
 
 RP = "https://rp.example/cb"
 LOGGED_OUT = "https://rp.example/logged-out"
@@ -81,15 +82,6 @@ def age_sessions(app, seconds: int) -> int:
             row.auth_time = when
         db.session.commit()
         return int(when.timestamp())
-
-
-def events(app, name: str) -> list[AuditEvent]:
-    with app.app_context():
-        rows = list(db.session.execute(db.select(AuditEvent).where(AuditEvent.event == name)
-                                       .order_by(AuditEvent.id)).scalars())
-        for row in rows:
-            db.session.expunge(row)
-        return rows
 
 
 def user_row(app, email: str = ALICE) -> User:
