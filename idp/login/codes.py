@@ -13,7 +13,7 @@ from idp.extensions import limiter
 from idp.jobs import enqueue
 from idp.login import onetime
 from idp.login.steps import Outcome, StepContext
-from idp.login.throttle import Throttle, account_key
+from idp.login.throttle import Throttle
 from idp.login.transaction import update
 from idp.models import User
 from idp.models.types import utcnow
@@ -101,15 +101,13 @@ class CodeDelivery:
 
     def check(self, ctx: StepContext, code: str, amr: tuple[str, ...]) -> Outcome:
         """Verify a typed code for this transaction, with per-account attempt limits."""
-        keys = {"account": account_key(ctx.user.email), "ip": ctx.ip}
-        wait = ctx.throttle.retry_after("otp", keys)
-        if wait:
-            return Outcome(False, f"Too many attempts. Try again in {wait} seconds.")
+        blocked = ctx.code_attempts_blocked()
+        if blocked:
+            return blocked
         try:
             onetime.check_code(self.purpose, ctx.txn.id, code, now=ctx.now, secret_key=ctx.config["IDP_SECRET_KEY"],
                                max_attempts=ctx.config["IDP_CODE_MAX_ATTEMPTS"])
         except onetime.CodeRejected as rejected:
-            ctx.throttle.failed("otp", keys)
-            audit.record("mfa.failure", subject=ctx.user, method=self.purpose, ip=ctx.ip, user_agent=ctx.user_agent)
+            ctx.code_attempt_failed(self.purpose)
             return Outcome(False, str(rejected))
         return Outcome(True, amr=amr)

@@ -14,9 +14,10 @@ from typing import Any, ClassVar
 
 from flask_wtf import FlaskForm
 
+from idp import audit
 from idp.extensions import db
 from idp.login import mfa
-from idp.login.throttle import Throttle
+from idp.login.throttle import Throttle, account_key
 from idp.models import Device, LoginTransaction, User
 from idp.security.tokens import token_hash
 
@@ -82,6 +83,19 @@ class StepContext:
         done = set(self.state["done"])
         usable = self._once(f"usable:{self.user.id}", lambda: mfa.usable_steps(self.user, self.required_level()))
         return [name for name in usable if name not in done]
+
+    def _otp_keys(self) -> dict[str, str]:
+        return {"account": account_key(self.user.email), "ip": self.ip}
+
+    def code_attempts_blocked(self) -> Outcome | None:
+        """The failure to answer while this account must wait after too many wrong codes (SECURITY.md 21)."""
+        wait = self.throttle.retry_after("otp", self._otp_keys())
+        return Outcome(False, f"Too many attempts. Try again in {wait} seconds.") if wait else None
+
+    def code_attempt_failed(self, method: str) -> None:
+        """Count a wrong code against the account and the IP, and audit it."""
+        self.throttle.failed("otp", self._otp_keys())
+        audit.record("mfa.failure", subject=self.user, method=method, ip=self.ip, user_agent=self.user_agent)
 
     def chosen_factor(self) -> str | None:
         """The factor step to show: the user's pick, else the strongest enrolled (an email code only if picked)."""

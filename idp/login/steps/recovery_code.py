@@ -10,7 +10,6 @@ from idp.extensions import db
 from idp.jobs import enqueue
 from idp.login.forms import RecoveryCodeForm
 from idp.login.steps import FactorStep, Outcome, Step, StepContext, register
-from idp.login.throttle import account_key
 from idp.models import RecoveryCode
 from idp.security.otp import normalize_recovery_code
 from idp.security.tokens import code_hash
@@ -35,17 +34,15 @@ class RecoveryCodeStep(FactorStep, Step):
         return {"others": [n for n in ctx.factor_candidates() if n != self.name]}
 
     def verify(self, ctx: StepContext, data: Mapping[str, Any]) -> Outcome:
-        keys = {"account": account_key(ctx.user.email), "ip": ctx.ip}
-        wait = ctx.throttle.retry_after("otp", keys)
-        if wait:
-            return Outcome(False, f"Too many attempts. Try again in {wait} seconds.")
+        blocked = ctx.code_attempts_blocked()
+        if blocked:
+            return blocked
         digest = recovery_code_hash(ctx.config["IDP_SECRET_KEY"], ctx.user.id, data.get("code", ""))
         row = db.session.execute(db.select(RecoveryCode).where(
             RecoveryCode.user_id == ctx.user.id, RecoveryCode.code_hash == digest,
             RecoveryCode.used_at.is_(None))).scalar_one_or_none()
         if row is None:
-            ctx.throttle.failed("otp", keys)
-            audit.record("mfa.failure", subject=ctx.user, method="recovery_code", ip=ctx.ip, user_agent=ctx.user_agent)
+            ctx.code_attempt_failed("recovery_code")
             return Outcome(False, "That recovery code is not valid or was already used.")
         row.used_at = ctx.now
         db.session.flush()

@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from idp import audit
 from idp.extensions import db
 from idp.login.forms import FactorCodeForm
 from idp.login.steps import FactorStep, Outcome, Step, StepContext, register
-from idp.login.throttle import account_key
 from idp.login.transaction import update
 from idp.models import Factor
 from idp.security import crypto
@@ -42,16 +40,14 @@ class TotpStep(FactorStep, Step):
                 "remember_days": ctx.config["IDP_REMEMBER_DEVICE_DAYS"]}
 
     def verify(self, ctx: StepContext, data: Mapping[str, Any]) -> Outcome:
-        keys = {"account": account_key(ctx.user.email), "ip": ctx.ip}
-        wait = ctx.throttle.retry_after("otp", keys)
-        if wait:
-            return Outcome(False, f"Too many attempts. Try again in {wait} seconds.")
+        blocked = ctx.code_attempts_blocked()
+        if blocked:
+            return blocked
         factors = db.session.execute(db.select(Factor).where(
             Factor.user_id == ctx.user.id, Factor.kind == "totp", Factor.confirmed_at.is_not(None))).scalars()
         for factor in factors:
             if accept_totp(factor, data.get("code", ""), ctx.now, ctx.config["IDP_SECRET_KEY"]):
                 update(ctx.txn, remember_device=bool(data.get("remember")))
                 return Outcome(True, amr=("otp",))
-        ctx.throttle.failed("otp", keys)
-        audit.record("mfa.failure", subject=ctx.user, method="totp", ip=ctx.ip, user_agent=ctx.user_agent)
+        ctx.code_attempt_failed("totp")
         return Outcome(False, "That code is not right. Use the newest code from your app.")
