@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from tests.support import PASSWORD, csrf_token
+from tests.support import walk
 
 
 def test_code_flow_with_consent_userinfo_refresh(app, client, make_user, make_client):
@@ -18,22 +18,10 @@ def test_code_flow_with_consent_userinfo_refresh(app, client, make_user, make_cl
     query = (f"/authorize?response_type=code&client_id={client_id}&redirect_uri=https://rp.example/cb"
              f"&scope=openid%20email%20profile&state=s1&nonce=n1&code_challenge={challenge}"
              f"&code_challenge_method=S256")
-    r = client.get(query)
-    assert r.status_code == 302 and "/login/" in r.headers["Location"]
-    page = client.get(r.headers["Location"])
-    r = client.post(r.headers["Location"], data={"csrf_token": csrf_token(page), "step": "password",
-                                                 "email": "alice@example.com", "password": PASSWORD})
-    r = client.get(r.headers["Location"])
-    assert r.status_code == 302
-    r = client.get(r.headers["Location"])  # back to /authorize -> consent transaction
-    assert r.status_code == 302 and "/login/" in r.headers["Location"], r.headers
-    consent_url = r.headers["Location"]
-    page = client.get(consent_url)
-    assert "Allow Test App" in page.get_data(as_text=True)
-    r = client.post(consent_url, data={"csrf_token": csrf_token(page), "step": "consent", "allow": "Allow"})
-    r = client.get(r.headers["Location"])
-    r = client.get(r.headers["Location"])
-    location = r.headers["Location"]
+    result = walk(client, query)  # the hosted screens: password, then consent (allowed)
+    assert result.screens == ["password", "consent"]
+    assert "Allow Test App" in result.pages[-1].get_data(as_text=True)
+    location = result.location
     assert location.startswith("https://rp.example/cb?"), location
     params = parse_qs(urlsplit(location).query)
     assert params["state"] == ["s1"] and params["iss"] == ["http://localhost"]

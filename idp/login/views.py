@@ -90,6 +90,9 @@ def step(tid: str):
             if outcome.ok:
                 transaction.mark_done(txn, current.name, outcome.amr)
                 db.session.commit()
+                after = step_context(txn)  # re-planned: this answer may have changed what is left
+                if planner.next_step(after) is None:
+                    return _complete(after)  # the last step: no extra round trip through GET
                 return redirect(url_for("login.step", tid=tid))
             error = outcome.error
             db.session.commit()  # attempt counters and audit rows stay even though the answer failed
