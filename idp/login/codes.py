@@ -4,6 +4,7 @@ limited attempts, resend after a cooldown (SECURITY.md 23); SMS also capped agai
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 
 import phonenumbers
 from flask import current_app
@@ -66,7 +67,7 @@ def send_sms_code(user: User, phone: str, body_for_code, *, purpose: str, ttl: i
     enqueue("send_sms", to=phone, body=body_for_code(issued.code))
 
 
-class CodeDelivery:
+class CodeDelivery(ABC):
     """Shared behaviour of steps that send a code (SMS, email): send once, resend after cooldown, check."""
 
     purpose: str
@@ -74,9 +75,9 @@ class CodeDelivery:
     def sent_key(self) -> str:
         return f"{self.purpose}_sent_at"
 
+    @abstractmethod
     def deliver(self, ctx: StepContext) -> None:
         """Issue and send the code (each step says how)."""
-        raise NotImplementedError  # defined by each step that mixes this in
 
     def ensure_sent(self, ctx: StepContext) -> str | None:
         """Send the first code for this transaction; returns an error message if it could not be sent."""

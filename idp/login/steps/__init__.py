@@ -7,6 +7,7 @@ StepContext and the validated form data.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -134,7 +135,7 @@ class FactorStep:
         return ctx.needs_factor() and ctx.chosen_factor() == self.name
 
 
-class Step:
+class Step(ABC):
     """Base of every login step."""
 
     name: ClassVar[str]
@@ -143,17 +144,17 @@ class Step:
     title: ClassVar[str] = ""
     order: ClassVar[int] = 100  # position in the plan: identification first, consent last
 
+    @abstractmethod
     def applies(self, ctx: StepContext) -> bool:
         """Whether this step is part of the plan for this transaction now."""
-        raise NotImplementedError  # every step defines it; the base is never registered
 
     def begin(self, ctx: StepContext) -> dict[str, Any]:
         """Prepare the screen (send a code if needed) and return the template's variables."""
         return {}
 
+    @abstractmethod
     def verify(self, ctx: StepContext, data: Mapping[str, Any]) -> Outcome:
         """Check one answer from the step's form."""
-        raise NotImplementedError  # every step defines it; the base is never registered
 
     def resend(self, ctx: StepContext) -> str | None:
         """Send the code again if the step has one; returns a message for the user, or None."""
