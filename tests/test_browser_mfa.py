@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from idp.extensions import db
-from idp.models import Factor, LoginSession, User, utcnow
+from idp.models import AuditEvent, Factor, LoginSession, User, utcnow
 from idp.security.otp import TOTP_PERIOD, totp_code_at
 from tests.conftest import LiveServer
 from tests.support import PASSWORD, make_client_in, make_user_in, require_browser
@@ -285,6 +285,24 @@ def test_passwordless_passkey_sign_in_and_counter(page, live, authenticator, con
     with pytest.raises(wa.WebAuthnFailed):  # a replayed (or cloned) counter is refused
         wa.verify_authentication(ours, credential, client_data["challenge"], public_key=registered.public_key,
                                  sign_count=second.sign_count, require_uv=True)
+
+    # Replayed through the sign-in itself: a new transaction has its own challenge, so the captured assertion
+    # (whose challenge was used up) signs nobody in (SECURITY.md 25: single use, bound to the transaction).
+    _sign_out(page)
+    _presence(authenticator, False)
+    page.goto("/login")
+    expect(_heading(page, "Sign in")).to_be_visible()
+    tid = page.url.rstrip("/").rsplit("/", 1)[-1]
+    token = page.locator("form.passkey input[name=csrf_token]").get_attribute("value")
+    replay = page.request.post(f"/login/{tid}/passkey", form={"csrf_token": token, "credential": credential},
+                               max_redirects=0)
+    assert replay.status == 302
+    page.goto("/account")
+    expect(_heading(page, "Sign in")).to_be_visible()
+    with live.app.app_context():
+        assert any(e.details.get("reason") == "passkey" for e in db.session.execute(
+            db.select(AuditEvent).where(AuditEvent.event == "login.failure")).scalars())
+    _presence(authenticator, True)
 
 
 def test_passkey_enrolment_in_the_flow_for_a_user_who_must_use_mfa(page, live, authenticator, console_errors):
