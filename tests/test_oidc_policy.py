@@ -556,3 +556,23 @@ def test_key_rotation_is_audited(app):
     assert result.exit_code == 0, result.output
     rows = events(app, "key.rotated")
     assert len(rows) == 1 and len(rows[0].details["kids"]) == 2
+
+
+def test_connected_applications_page_lists_and_revokes_a_consent(app, client, alice, third_party):
+    """A user sees what each client was allowed, and removing it ends the client's tokens and asks again."""
+    client_id, secret = third_party
+    _, tokens = login_and_tokens(client, client_id, secret, scope="openid email")
+    page = client.get("/account/apps")
+    text = page.get_data(as_text=True)
+    assert "Photo Printer" in text and "Your email address" in text
+    response = client.post(f"/account/apps/{client_id}/revoke", data={"csrf_token": csrf_token(page)})
+    assert response.status_code == 302
+    assert "Photo Printer" not in client.get("/account/apps").get_data(as_text=True)
+    refreshed = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+                            auth=(client_id, secret))
+    assert refreshed.status_code == 400 and refreshed.get_json()["error"] == "invalid_grant"
+    assert client.get("/userinfo", headers={"Authorization": "Bearer " + tokens["access_token"]}).status_code == 401
+    again = walk(client, authorize_path(client_id, scope="openid email"), stop_at="consent")
+    assert again.screens == ["consent"]  # signed in still, but the application must ask again
+    (row,) = events(app, "consent.revoked")
+    assert row.client_id == client_id and row.details["tokens_revoked"] >= 1

@@ -18,9 +18,10 @@ from idp.login.steps.email_verification import PURPOSE as VERIFY_PURPOSE
 from idp.login.steps.email_verification import mark_verified
 from idp.login.throttle import account_key
 from idp.login.views import begin_transaction
-from idp.models import LoginSession, LoginTransaction, User, utcnow
+from idp.models import Client, Consent, LoginSession, LoginTransaction, User, utcnow
 from idp.models.user import normalize_email
-from idp.oidc.server import revoke_for_user
+from idp.oidc.claims import SCOPE_DESCRIPTIONS
+from idp.oidc.server import revoke_for_client, revoke_for_user
 from idp.security.passwords import hash_password, password_problems, verify_password
 
 bp = Blueprint("account", __name__)
@@ -231,6 +232,36 @@ def end_session(sid: str):
             return response
         flash("The session was ended.")
     return redirect(url_for("account.home"))
+
+
+@bp.get("/account/apps")
+@login_required
+def apps():
+    """The applications you allowed to access your account, with what they may see."""
+    user = current_user()
+    rows = db.session.execute(
+        db.select(Consent, Client).join(Client, Client.client_id == Consent.client_id)
+        .where(Consent.user_id == user.id, Consent.revoked_at.is_(None)).order_by(Consent.updated_at.desc())
+    ).all()
+    granted = [(consent, client, [SCOPE_DESCRIPTIONS.get(s, s) for s in consent.scopes]) for consent, client in rows]
+    return render_template("account/apps.html", granted=granted, confirm=ConfirmForm())
+
+
+@bp.post("/account/apps/<client_id>/revoke")
+@login_required
+def revoke_app(client_id: str):
+    """Withdraw an application's access: the consent ends and every token it holds for you is revoked."""
+    user = current_user()
+    consent = db.session.execute(db.select(Consent).where(
+        Consent.user_id == user.id, Consent.client_id == client_id, Consent.revoked_at.is_(None))
+    ).scalar_one_or_none()
+    if consent is not None and ConfirmForm().validate_on_submit():
+        consent.revoked_at = utcnow()
+        revoked = revoke_for_client(user, client_id, "consent_revoked")
+        audit.record("consent.revoked", subject=user, client_id=client_id, tokens_revoked=revoked)
+        db.session.commit()
+        flash("Access removed. The application will have to ask again.")
+    return redirect(url_for("account.apps"))
 
 
 @bp.route("/account/password", methods=["GET", "POST"])

@@ -124,6 +124,11 @@ def revoke_family(family_id: str, reason: str) -> int:
     return _revoke_where(Token.family_id == family_id, reason)
 
 
+def revoke_for_client(user, client_id: str, reason: str) -> int:
+    """Revoke every live token a client holds for a user (the user withdrew consent)."""
+    return _revoke_where((Token.user_id == user.id) & (Token.client_id == client_id), reason)
+
+
 def revoke_for_user(user, reason: str) -> int:
     """Revoke every live token of a user (sign-out everywhere, password reset, disable, factor reset)."""
     return _revoke_where(Token.user_id == user.id, reason)
