@@ -35,12 +35,15 @@ class Throttle:
         """Seconds to wait before another attempt is allowed (0 = allowed now)."""
         now = time.time() if now is None else now
         wait = 0.0
+        blocked = False
         for scope, ident in keys.items():
             for item in self._items(kind, scope):
                 if not self.strategy.test(item, self.prefix, kind, scope, ident):
+                    blocked = True
                     stats = self.strategy.get_window_stats(item, self.prefix, kind, scope, ident)
-                    wait = max(wait, stats.reset_time - now)
-        return max(int(wait + 0.999), 1) if wait > 0 else 0
+                    # Redis reports whole seconds; a window never makes anyone wait longer than its length.
+                    wait = max(wait, min(stats.reset_time - now, item.get_expiry()))
+        return max(int(wait + 0.999), 1) if blocked else 0
 
     def failed(self, kind: str, keys: dict[str, str]) -> None:
         """Count one failed attempt against every key."""
