@@ -61,11 +61,6 @@ def required_level(user: User, context: dict) -> str:
     return strongest(levels)
 
 
-def proven(context: dict, txn_amr: list[str], session_amr: list[str] | None) -> list[str]:
-    """Methods that count for this sign-in: this transaction's, plus the session's for a step-up."""
-    return [*(session_amr or []), *txn_amr]
-
-
 def remembered_device_counts(reasons: set[str], context: dict, device: Device | None, now: datetime) -> bool:
     """A remembered device stands in for the second factor, unless the request is an explicit step-up."""
     if device is None or device.remembered_until is None or device.remembered_until <= now:
@@ -90,12 +85,11 @@ def needs_more(user: User, context: dict, amr: list[str], remembered: bool) -> b
 
 def usable_steps(user: User, required: str) -> list[str]:
     """Factor steps this user can take for the required level, strongest first."""
-    kinds = {factor.kind for factor in confirmed_factors(user)}
-    usable = [name for name in ("webauthn", "totp", "sms") if name in kinds]
+    available = {factor.kind for factor in confirmed_factors(user)}
     if required == ACR_PHISHING_RESISTANT:
-        return [name for name in usable if name == "webauthn"]
+        return ["webauthn"] if "webauthn" in available else []
     if unused_recovery_codes(user):
-        usable.append("recovery_code")
+        available.add("recovery_code")
     if user.email_verified:
-        usable.append("email_otp")
-    return usable
+        available.add("email_otp")
+    return [name for name in FACTOR_ORDER if name in available]

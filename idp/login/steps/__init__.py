@@ -56,7 +56,7 @@ class StepContext:
         request demands a fresh sign-in: prompt=login or max_age re-authenticate every factor)."""
         fresh = bool(self.reasons & FRESH_LOGIN_REASONS)
         session_amr = None if fresh else self.state["context"].get("session_amr")
-        return mfa.proven(self.state["context"], self.state["amr"], session_amr)
+        return [*(session_amr or []), *self.state["amr"]]
 
     def device(self) -> Device | None:
         """This browser's device record for the user being signed in."""
@@ -123,7 +123,6 @@ class Outcome:
     ok: bool
     error: str | None = None
     amr: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class FactorStep:

@@ -8,6 +8,7 @@ from typing import Any
 from idp import audit
 from idp.jobs import enqueue
 from idp.login import onetime
+from idp.login.codes import CodeDelivery
 from idp.login.forms import CodeForm
 from idp.login.steps import Outcome, Step, StepContext, register
 from idp.login.transaction import update
@@ -17,10 +18,11 @@ CODE_PURPOSE = "verify_email_code"  # a short code lives at most 10 minutes, the
 
 
 @register
-class EmailVerificationStep(Step):
+class EmailVerificationStep(CodeDelivery, Step):
     """Inserted when the user's address is unverified; the flow resumes once it is."""
 
     name = "email_verification"
+    purpose = CODE_PURPOSE
     template = "login/verify_email.html"
     form_class = CodeForm
     title = "Verify your email"
@@ -37,8 +39,7 @@ class EmailVerificationStep(Step):
 
     def begin(self, ctx: StepContext) -> dict[str, Any]:
         email = ctx.state["context"].get("existing_account") or ctx.user.email
-        if not ctx.state["context"].get("code_sent_at"):
-            self._send(ctx)
+        self.ensure_sent(ctx)
         return {"email": email}
 
     def verify(self, ctx: StepContext, data: Mapping[str, Any]) -> Outcome:
@@ -54,18 +55,13 @@ class EmailVerificationStep(Step):
         mark_verified(row, ctx.now, ip=ctx.ip, user_agent=ctx.user_agent, method="code")
         return Outcome(True)
 
-    def resend(self, ctx: StepContext) -> str | None:
-        sent_at = ctx.state["context"].get("code_sent_at")
-        cooldown = ctx.config["IDP_RESEND_COOLDOWN"]
-        if sent_at is not None and ctx.now.timestamp() - sent_at < cooldown:
-            wait = int(cooldown - (ctx.now.timestamp() - sent_at)) + 1
-            return f"Please wait {wait} seconds before asking for another code."
-        self._send(ctx)
-        return "We sent a new code."
+    def sent_key(self) -> str:
+        return "code_sent_at"
 
-    def _send(self, ctx: StepContext) -> None:
+    def deliver(self, ctx: StepContext) -> None:
+        """The code and link; or, for an address that already has an account, the "account exists" mail."""
         context = ctx.state["context"]
-        update(ctx.txn, context={**context, "code_sent_at": ctx.now.timestamp(), "decoy_attempts": 0})
+        update(ctx.txn, context={**context, "decoy_attempts": 0})
         if context.get("existing_account"):
             enqueue("send_mail", to=context["existing_account"], template="account_exists",
                     context={"signin": ctx.url("login.begin"), "reset": ctx.url("account.forgot")})
