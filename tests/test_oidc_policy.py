@@ -20,7 +20,7 @@ from idp.extensions import db
 from idp.models import AuditEvent, LoginSession, SigningKey, User, utcnow
 from idp.security.keys import KeyDecryptionError, decrypt_private
 from tests.conftest import SECRET
-from tests.support import Walk, csrf_token, signed_in_email, walk
+from tests.support import Walk, csrf_token, link_in, signed_in_email, walk
 from tests.support import audit_events as events
 
 RP = "https://rp.example/cb"
@@ -576,3 +576,33 @@ def test_connected_applications_page_lists_and_revokes_a_consent(app, client, al
     assert again.screens == ["consent"]  # signed in still, but the application must ask again
     (row,) = events(app, "consent.revoked")
     assert row.client_id == client_id and row.details["tokens_revoked"] >= 1
+
+
+def _refresh_status(client, client_id, secret, tokens) -> tuple[int, int]:
+    """(token endpoint status for the refresh token, userinfo status for the access token)."""
+    refreshed = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+                            auth=(client_id, secret))
+    info = client.get("/userinfo", headers={"Authorization": "Bearer " + tokens["access_token"]})
+    return refreshed.status_code, info.status_code
+
+
+def test_a_password_reset_revokes_the_users_tokens(app, client, mailbox, alice, first_party):
+    """SECURITY.md 6: someone who reset the password cannot be followed by tokens issued before."""
+    client_id, secret = first_party
+    _, tokens = login_and_tokens(client, client_id, secret, scope="openid email")
+    other = app.test_client()
+    page = other.get("/forgot")
+    other.post("/forgot", data={"csrf_token": csrf_token(page), "email": ALICE})
+    link = link_in(mailbox.last(ALICE, "Reset"), "/reset/")
+    form = other.get(link)
+    new = "an entirely new passphrase for alice"
+    assert other.post(link, data={"csrf_token": csrf_token(form), "password": new, "confirm": new}).status_code == 302
+    assert _refresh_status(client, client_id, secret, tokens) == (400, 401)
+
+
+def test_disabling_a_user_revokes_their_tokens(app, client, alice, first_party):
+    """SECURITY.md 6: `idp users disable` ends the refresh tokens and access tokens at once."""
+    client_id, secret = first_party
+    _, tokens = login_and_tokens(client, client_id, secret, scope="openid email")
+    assert app.test_cli_runner().invoke(args=["users", "disable", ALICE]).exit_code == 0
+    assert _refresh_status(client, client_id, secret, tokens) == (400, 401)
