@@ -48,4 +48,21 @@ function M.done(summary, latency, requests)
     latency.max, e.status, e.connect, e.read, e.write, e.timeout))
 end
 
+-- Install wrk's callbacks for a scenario that cycles over the pre-issued tokens in BENCH_TOKENS, one request per
+-- token built by make_request(token).
+function M.cycle_tokens(make_request)
+  local tokens, i = nil, 0
+  setup = M.setup
+  init = function(args)
+    tokens = M.lines(os.getenv("BENCH_TOKENS"))
+    i = thread_id or 0
+  end
+  request = function()
+    i = i % #tokens + 1
+    return make_request(tokens[i])
+  end
+  response = M.check
+  done = M.done
+end
+
 return M
