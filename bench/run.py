@@ -105,7 +105,7 @@ class Bench:
         log_file = open(self.tmp / "gunicorn.log", "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
             [str(BIN / "gunicorn"), "-w", str(self.workers), "-b", f"127.0.0.1:{self.args.idp_port}",
-             "--chdir", str(ROOT), "--forwarded-allow-ips", "127.0.0.1", "--backlog", "256", "wsgi:app"],
+             *self.args.gunicorn_args.split(), "--chdir", str(ROOT), "--forwarded-allow-ips", "127.0.0.1", "--backlog", "256", "wsgi:app"],
             env=self.env, cwd=self.tmp, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         self.idp_pid = proc.pid
@@ -469,6 +469,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--quick", action="store_true", help="one short round per scenario (about 2 minutes)")
     parser.add_argument("--out", default=str(BENCH / "results.json"), help="where the JSON results go")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (default 4, as in README)")
+    parser.add_argument("--gunicorn-args", default="", help="extra gunicorn arguments, e.g. '-k gthread --threads 4'")
     parser.add_argument("--idp-port", type=int, default=8601)
     parser.add_argument("--peer-port", type=int, default=8602)
     parser.add_argument("--no-peer", dest="peer", action="store_false", help="skip the oidc-provider peer")

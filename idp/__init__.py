@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from werkzeug.exceptions import HTTPException
 
 from idp import config as settings
-from idp.extensions import csrf, db, limiter, migrate
+from idp.extensions import csrf, db, limiter, migrate, watch_connections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,6 +30,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     _flask_settings(app)
 
     db.init_app(app)
+    if app.config["IDP_DATABASE_URL"].startswith("postgresql"):
+        with app.app_context():
+            watch_connections(db.engine)
     migrate.init_app(app, db, directory=os.path.join(ROOT, "migrations"))
     csrf.init_app(app)
     limiter.init_app(app)
@@ -73,8 +76,7 @@ def _flask_settings(app: Flask) -> None:
     cfg.update(
         SECRET_KEY=cfg["IDP_SECRET_KEY"],
         SQLALCHEMY_DATABASE_URI=cfg["IDP_DATABASE_URL"],
-        SQLALCHEMY_ENGINE_OPTIONS=cfg.get("SQLALCHEMY_ENGINE_OPTIONS")
-        or ({"pool_pre_ping": True} if cfg["IDP_DATABASE_URL"].startswith("postgresql") else {}),
+        SQLALCHEMY_ENGINE_OPTIONS=cfg.get("SQLALCHEMY_ENGINE_OPTIONS", {}),
         # Flask's own signed cookie carries only the CSRF secret, flash messages and the browser binding.
         SESSION_COOKIE_NAME="__Host-idp_flow" if production else "idp_flow",
         SESSION_COOKIE_SECURE=production,

@@ -29,3 +29,44 @@ migrate = Migrate()
 csrf = CSRFProtect()
 # The key is the client address after idp.http has resolved X-Forwarded-For against IDP_TRUSTED_PROXIES.
 limiter = Limiter(key_func=get_remote_address)
+
+
+# --- PostgreSQL connections: replaced when dead, without a round trip per request -----------------------------------
+
+# A connection that rested in the pool longer than this is pinged (SELECT 1) before use: a connection dropped
+# silently on the network (a NAT or firewall timeout) shows nothing on its socket.
+PING_AFTER_IDLE_SECONDS = 30.0
+
+
+def watch_connections(engine) -> None:
+    """Hand out only live PostgreSQL connections (SQLAlchemy's pessimistic disconnect handling, done cheaply).
+
+    A PostgreSQL connection at rest has nothing to read: the server speaks only when asked (idp uses no
+    LISTEN). When the server ends a connection (a restart, ``pg_terminate_backend``, ``idle_session_timeout``)
+    it sends a FATAL message and closes, so the socket turns readable. Checking that costs one ``select()``
+    instead of the ``SELECT 1`` round trip that ``pool_pre_ping`` spends on every request; a dead connection
+    raises DisconnectionError, and the pool replaces it and tries again before the request sees anything.
+    """
+    import select
+    import time
+
+    from sqlalchemy import event
+    from sqlalchemy.exc import DisconnectionError
+
+    @event.listens_for(engine, "checkin")
+    def _rested_from(dbapi_connection, record) -> None:
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _alive(dbapi_connection, record, proxy) -> None:
+        if getattr(dbapi_connection, "closed", 0):
+            raise DisconnectionError("connection closed")
+        try:
+            readable, _, _ = select.select([dbapi_connection], [], [], 0)
+        except (OSError, ValueError) as exc:  # no usable socket any more
+            raise DisconnectionError(str(exc)) from exc
+        if readable:
+            raise DisconnectionError("the server ended the connection")
+        rested = time.monotonic() - record.info.get("checked_in_at", time.monotonic())
+        if rested > PING_AFTER_IDLE_SECONDS and not engine.dialect.do_ping(dbapi_connection):
+            raise DisconnectionError("no answer to a ping")
