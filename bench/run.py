@@ -105,7 +105,8 @@ class Bench:
         log_file = open(self.tmp / "gunicorn.log", "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
             [str(BIN / "gunicorn"), "-w", str(self.workers), "-b", f"127.0.0.1:{self.args.idp_port}",
-             *self.args.gunicorn_args.split(), "--chdir", str(ROOT), "--forwarded-allow-ips", "127.0.0.1", "--backlog", "256", "wsgi:app"],
+             *self.args.gunicorn_args.split(), "--chdir", str(ROOT), "--forwarded-allow-ips", "127.0.0.1",
+             "--backlog", "256", "wsgi:app"],
             env=self.env, cwd=self.tmp, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         self.idp_pid = proc.pid
