@@ -31,6 +31,27 @@ csrf = CSRFProtect()
 limiter = Limiter(key_func=get_remote_address)
 
 
+def keep_loaded(view):
+    """Run ``view`` with objects staying loaded across its commits (no reload of each one after every commit).
+
+    For the hot views that commit part-way (the authorization, token and sign-in step endpoints): what they read
+    after a commit are rows they loaded or wrote themselves in the same request, so reloading them is only
+    extra SELECTs. Every other request keeps SQLAlchemy's default (expire on commit).
+    """
+    from functools import wraps
+
+    @wraps(view)
+    def wrapped(*args, **kwargs):
+        session = db.session()
+        session.expire_on_commit = False
+        try:
+            return view(*args, **kwargs)
+        finally:
+            session.expire_on_commit = True
+
+    return wrapped
+
+
 # --- PostgreSQL connections: replaced when dead, without a round trip per request -----------------------------------
 
 # A connection that rested in the pool longer than this is pinged (SELECT 1) before use: a connection dropped

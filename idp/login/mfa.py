@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from idp.extensions import db
-from idp.login.assurance import ACR_MFA, ACR_PASSWORD, ACR_PHISHING_RESISTANT, acr_for, meets, strongest, weakest
+from idp.login.assurance import ACR_MFA, ACR_PASSWORD, ACR_PHISHING_RESISTANT, acr_for, strongest, weakest
 from idp.models import Client, Device, Factor, RecoveryCode, User
 
 # Factor steps, strongest first: the chooser shows them in this order (issue: strongest enrolled first).
@@ -45,23 +45,24 @@ def client_of(context: dict) -> Client | None:
     return db.session.execute(db.select(Client).where(Client.client_id == client_id)).scalar_one_or_none()
 
 
-def required_level(user: User, context: dict) -> str:
-    """The level this sign-in must reach."""
+def required_level(user: User, context: dict, client: Client | None, enrolled: bool) -> str:
+    """The level this sign-in must reach (``client``: the transaction's, see client_of; ``enrolled``: whether the
+    user has a confirmed second factor)."""
     levels = [ACR_PASSWORD]
     requested = weakest(context.get("acr_values") or [])
     if requested:
         levels.append(requested)
-    client = client_of(context)
     if client is not None:
         levels.append(client.min_acr or ACR_PASSWORD)
         if client.mfa == "required":
             levels.append(ACR_MFA)
-    if user.mfa_required or has_second_factor(user):
+    if user.mfa_required or enrolled:
         levels.append(ACR_MFA)
     return strongest(levels)
 
 
-def remembered_device_counts(reasons: set[str], context: dict, device: Device | None, now: datetime) -> bool:
+def remembered_device_counts(reasons: set[str], context: dict, device: Device | None, now: datetime,
+                             client: Client | None) -> bool:
     """A remembered device stands in for the second factor, unless the request is an explicit step-up."""
     if device is None or device.remembered_until is None or device.remembered_until <= now:
         return False
@@ -69,7 +70,6 @@ def remembered_device_counts(reasons: set[str], context: dict, device: Device | 
         return False
     if context.get("acr_values"):
         return False
-    client = client_of(context)
     return client is None or client.allow_remembered_device
 
 
@@ -78,14 +78,9 @@ def reached_level(amr: list[str], remembered: bool) -> str:
     return acr_for([*amr, "mfa"] if remembered and "pwd" in amr else amr)
 
 
-def needs_more(user: User, context: dict, amr: list[str], remembered: bool) -> bool:
-    """Whether another factor must be verified before the sign-in completes."""
-    return not meets(reached_level(amr, remembered), required_level(user, context))
-
-
-def usable_steps(user: User, required: str) -> list[str]:
-    """Factor steps this user can take for the required level, strongest first."""
-    available = {factor.kind for factor in confirmed_factors(user)}
+def usable_steps(user: User, required: str, factors: list[Factor]) -> list[str]:
+    """Factor steps this user can take for the required level, strongest first (``factors``: confirmed ones)."""
+    available = {factor.kind for factor in factors}
     if required == ACR_PHISHING_RESISTANT:
         return ["webauthn"] if "webauthn" in available else []
     if unused_recovery_codes(user):

@@ -9,7 +9,7 @@ from flask import Blueprint, current_app, flash, g, redirect, render_template, r
 from werkzeug.wrappers import Response
 
 from idp import audit
-from idp.extensions import db, limiter
+from idp.extensions import db, keep_loaded, limiter
 from idp.http import set_device_cookie, set_session_cookie
 from idp.login import devices, planner, sessions, transaction
 from idp.login.browser import binding, current_session, rotate_binding, safe_next, step_context
@@ -72,6 +72,7 @@ def _expired() -> tuple[str, int]:
 
 
 @bp.route("/<tid>", methods=["GET", "POST"])
+@keep_loaded
 def step(tid: str):
     """Show the current step of transaction ``tid``, or check the answer posted to it."""
     found = _current(tid)
@@ -89,10 +90,10 @@ def step(tid: str):
             outcome = current.verify(ctx, form.data)
             if outcome.ok:
                 transaction.mark_done(txn, current.name, outcome.amr)
-                db.session.commit()
                 after = step_context(txn)  # re-planned: this answer may have changed what is left
                 if planner.next_step(after) is None:
-                    return _complete(after)  # the last step: no extra round trip through GET
+                    return _complete(after)  # the last step (one commit with the session): no extra round trip
+                db.session.commit()
                 return redirect(url_for("login.step", tid=tid))
             error = outcome.error
             db.session.commit()  # attempt counters and audit rows stay even though the answer failed
@@ -183,12 +184,11 @@ def _complete(ctx: StepContext) -> Response:
     db.session.flush()
     audit.record("login.success", subject=user, amr=live.amr, acr=live.acr, sid=live.sid,
                  client_id=txn.state["context"].get("client_id"))
-    db.session.commit()
+    device_token = devices.seen(user, ctx, remember=bool(txn.state.get("remember_device")))
+    db.session.commit()  # the session, the transaction, the device and their audit rows: all or nothing
     g.login_session = live
     response = redirect(txn.state["return_to"])
     set_session_cookie(response, token, max_age=current_app.config["IDP_SESSION_MAX_AGE"])
-    device_token = devices.seen(user, ctx, remember=bool(txn.state.get("remember_device")))
-    db.session.commit()
     if device_token:
         set_device_cookie(response, device_token)
     return response

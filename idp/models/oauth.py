@@ -179,6 +179,9 @@ class Token(db.Model):
     revoked_reason: Mapped[str | None] = mapped_column(String(32))
 
     user: Mapped[User | None] = relationship()
+    # By client_id (no foreign key: a deleted client's token rows stay for the audit trail, revoked).
+    client: Mapped[Client | None] = relationship(primaryjoin="foreign(Token.client_id) == Client.client_id",
+                                                 viewonly=True)
 
     # --- authlib TokenMixin -----------------------------------------------------------------------------------
     def check_client(self, client) -> bool:
@@ -200,7 +203,7 @@ class Token(db.Model):
         return self.user
 
     def get_client(self) -> Client | None:
-        return db.session.execute(db.select(Client).where(Client.client_id == self.client_id)).scalar_one_or_none()
+        return self.client
 
     def matches_refresh_token(self, refresh_token: str) -> bool:
         return same(self.refresh_token_hash, token_hash(refresh_token))

@@ -150,7 +150,8 @@ def access_token_row(token_string: str) -> Token | None:
     if not isinstance(jti, str):
         return None
     return db.session.execute(
-        db.select(Token).where(Token.jti == jti).options(joinedload(Token.user))).scalar_one_or_none()
+        db.select(Token).where(Token.jti == jti).options(joinedload(Token.user), joinedload(Token.client))
+    ).scalar_one_or_none()
 
 
 def refresh_token_row(token_string: str) -> Token | None:

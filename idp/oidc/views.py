@@ -14,7 +14,7 @@ from joserfc.errors import JoseError
 from werkzeug.wrappers import Response
 
 from idp import audit
-from idp.extensions import csrf, db
+from idp.extensions import csrf, db, keep_loaded
 from idp.http import clear_session_cookie, external_url
 from idp.login import sessions, transaction
 from idp.login.assurance import ACR_MFA, LEVELS, strongest
@@ -139,6 +139,7 @@ def _return_url() -> str:
 
 @bp.route("/authorize", methods=["GET", "POST"])
 @csrf.exempt
+@keep_loaded
 def authorize():
     """The authorization endpoint: Authlib validates the request, then the policy decides (STYLE.md pipeline)."""
     server = current_server()
@@ -207,6 +208,7 @@ def authorize():
 
 @bp.route("/token", methods=["POST", "OPTIONS"])
 @csrf.exempt
+@keep_loaded
 def token():
     """The token endpoint (RFC 6749 3.2): code, refresh_token and client_credentials grants."""
     if request.method == "OPTIONS":

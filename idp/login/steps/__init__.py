@@ -18,8 +18,9 @@ from flask_wtf import FlaskForm
 from idp import audit
 from idp.extensions import db
 from idp.login import mfa
+from idp.login.assurance import meets
 from idp.login.throttle import Throttle, account_key
-from idp.models import Device, LoginTransaction, User
+from idp.models import Client, Device, Factor, LoginTransaction, User
 from idp.security.tokens import token_hash
 
 # Reasons that demand that the user proves who they are again, whatever session they have.
@@ -66,23 +67,34 @@ class StepContext:
             db.select(Device).where(Device.token_hash == token_hash(self.device_token), Device.user_id == self.user.id)
         ).scalar_one_or_none())
 
+    def client(self) -> Client | None:
+        """The client this sign-in is for (None for a direct sign-in to the account pages)."""
+        return self._once("client", lambda: mfa.client_of(self.state["context"]))
+
+    def factors(self) -> list[Factor]:
+        """The user's confirmed second factors."""
+        return self._once(f"factors:{self.user.id}", lambda: mfa.confirmed_factors(self.user))
+
     def remembered(self) -> bool:
         """Whether a remembered device stands in for the second factor here."""
-        return mfa.remembered_device_counts(self.reasons, self.state["context"], self.device(), self.now)
+        return self._once(f"remembered:{self.user.id if self.user else None}", lambda: mfa.remembered_device_counts(
+            self.reasons, self.state["context"], self.device(), self.now, self.client()))
 
     def required_level(self) -> str:
-        return self._once(f"required:{self.user.id}", lambda: mfa.required_level(self.user, self.state["context"]))
+        return self._once(f"required:{self.user.id}", lambda: mfa.required_level(
+            self.user, self.state["context"], self.client(), bool(self.factors())))
 
     def needs_factor(self) -> bool:
         """Whether a second factor (or a stronger one) must still be verified."""
         if self.user is None:
             return False
-        return mfa.needs_more(self.user, self.state["context"], self.proven_amr, self.remembered())
+        return not meets(mfa.reached_level(self.proven_amr, self.remembered()), self.required_level())
 
     def factor_candidates(self) -> list[str]:
         """Factor steps the user can still take, strongest first."""
         done = set(self.state["done"])
-        usable = self._once(f"usable:{self.user.id}", lambda: mfa.usable_steps(self.user, self.required_level()))
+        usable = self._once(f"usable:{self.user.id}", lambda: mfa.usable_steps(
+            self.user, self.required_level(), self.factors()))
         return [name for name in usable if name not in done]
 
     def _otp_keys(self) -> dict[str, str]:
