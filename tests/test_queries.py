@@ -106,3 +106,24 @@ def test_refresh_with_rotation(app, signed_in_tokens):
     assert statements.count("UPDATE") == 1, statements
     assert statements.count("INSERT") == 2, statements
     assert len(statements) <= 9, statements
+
+
+def test_password_step_of_a_sign_in(app, client, make_user, make_client):
+    """The password POST that completes a sign-in for a client: the planner asks each step whether it applies,
+    and each asks for the client and the user's factors; those are read once per request, not once per step."""
+    from tests.support import PASSWORD, RP_CALLBACK, authorize_url, csrf_token, path_of, pkce_pair
+
+    make_user()
+    client_id, _ = make_client(redirect_uris=[RP_CALLBACK], first_party=True)
+    _, challenge = pkce_pair()
+    start = client.get(authorize_url(client_id, code_challenge=challenge, code_challenge_method="S256"))
+    step_path = path_of(start.headers["Location"])
+    form = client.get(step_path)
+    with counted(app) as statements:
+        response = client.post(step_path, data={"csrf_token": csrf_token(form), "step": "password",
+                                                "email": "alice@example.com", "password": PASSWORD})
+    assert response.status_code == 302 and response.headers["Location"].startswith("/authorize?"), response.headers
+    # the transaction; the user; the client and the factors (once each); the device lookup and first-device
+    # check; then one commit: the session, the transaction, the device and two audit rows
+    assert statements.count("SELECT") <= 6, statements
+    assert len(statements) <= 12, statements
