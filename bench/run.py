@@ -40,6 +40,25 @@ PEER_HOST = "localhost:8444"
 LOOSE = "1000000/minute"
 
 
+def cpu_seconds(pgid: int, commands: tuple[str, ...] = ()) -> float:
+    """CPU time (user + system) used so far by the processes of one process group and by any process whose name is
+    in ``commands`` (idp's share of the box includes the PostgreSQL backends and Redis it keeps busy)."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ..., utime (12th), stime (13th)
+        if int(fields[2]) == pgid or name in commands:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -129,6 +148,7 @@ class Bench:
         proc = subprocess.Popen(["node", str(peer / "server.js"), str(self.args.peer_port), f"https://{PEER_HOST}"],
                                 env=env, cwd=peer, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
+        self.peer_pid = proc.pid
         self._wait_ready(self.args.peer_port, PEER_HOST, "/.well-known/openid-configuration", proc)
         self.peer_meta = self._discover(self.args.peer_port, PEER_HOST)
         log(f"peer up: oidc-provider (node {subprocess.check_output(['node', '--version']).decode().strip()}) "
@@ -271,6 +291,16 @@ class Bench:
             return run
         raise KeyError(scenario)
 
+    def measured(self, target: str, runner, index: int) -> dict:
+        """One round, with the CPU it cost the server per request: idp's gunicorn workers plus the PostgreSQL and
+        Redis processes (idp's storage), or the peer's node process (its storage is in its own memory)."""
+        pgid, commands = (self.idp_pid, ("postgres", "redis-server")) if target == "idp" else (self.peer_pid, ())
+        before = cpu_seconds(pgid, commands)
+        result = runner(self.round_s, index)
+        used = cpu_seconds(pgid, commands) - before
+        result["cpu_ms"] = used * 1000 / max(result["requests"], 1)
+        return result
+
     def run_scenarios(self) -> None:
         scenarios = ["discovery", "jwks", "client_credentials", "refresh", "introspection", "userinfo", "signin",
                      "signin_totp"]
@@ -285,13 +315,14 @@ class Bench:
                 runners[t](self.warmup_s, warm)
             for i in range(self.rounds):
                 for t in targets:  # interleaved: idp, peer, idp, peer...
-                    rounds[t].append(runners[t](self.round_s, i))
+                    rounds[t].append(self.measured(t, runners[t], i))
             entry = {}
             for t in targets:
                 rs = rounds[t]
                 entry[t] = {"rps": statistics.median(r["rps"] for r in rs),
                             "p50_ms": statistics.median(r["p50_ms"] for r in rs),
                             "p99_ms": statistics.median(r["p99_ms"] for r in rs),
+                            "cpu_ms": statistics.median(r["cpu_ms"] for r in rs),
                             "errors": sum(r["errors"] for r in rs), "rounds": rs}
             self.results["scenarios"][scenario] = entry
             line = ", ".join(f"{t} {e['rps']:.1f}/s p50 {e['p50_ms']:.1f} p99 {e['p99_ms']:.1f} ms"
@@ -421,7 +452,7 @@ class Bench:
     def table(self) -> str:
         lim = self.results["limits"]
         rows = [("scenario", "idp req/s", "p50 ms", "p99 ms", "peer req/s", "peer p99 ms", "idp/peer",
-                 "fraction of limit")]
+                 "CPU ms/req idp", "CPU ms/req peer", "fraction of limit")]
         for scenario, entry in self.results["scenarios"].items():
             me = entry["idp"]
             peer = entry.get("peer")
@@ -433,7 +464,7 @@ class Bench:
             ratio = f"{me['rps'] / peer['rps']:.2f}" if peer and peer["rps"] else "-"
             rows.append((scenario, f"{me['rps']:.1f}", f"{me['p50_ms']:.1f}", f"{me['p99_ms']:.1f}",
                          f"{peer['rps']:.1f}" if peer else "-", f"{peer['p99_ms']:.1f}" if peer else "-", ratio,
-                         frac))
+                         f"{me['cpu_ms']:.2f}", f"{peer['cpu_ms']:.2f}" if peer else "-", frac))
             me["ratio_to_peer"] = me["rps"] / peer["rps"] if peer and peer["rps"] else None
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
@@ -489,6 +520,7 @@ def main(argv: list[str]) -> None:
         log(f"limits: argon2id and RS256 in {' and '.join(map(str, counts))} processes (the best counts)")
         bench.results["limits"] = boxlimits.measure(counts, 3 if args.quick else 4)
         lim = bench.results["limits"]
+        lim["argon2id_cpu_ms"] = (os.cpu_count() or 1) * 1000 / lim["argon2id_per_s"]
         log(f"limits: {lim['argon2id_per_s']:.1f} argon2id verifications/s, {lim['rs256_sign_per_s']:.0f} RS256 "
             "signatures/s")
         bench.start_idp()
@@ -518,6 +550,8 @@ def main(argv: list[str]) -> None:
         print(f"Token endpoint at half its peak ({hp['target_rps']:.0f}/s offered, {hp['rps']:.0f}/s served): "
               f"p50 {hp['p50_ms']:.1f} ms, p99 {hp['p99_ms']:.1f} ms")
         print("RSS per gunicorn worker: " + ", ".join(f"{w['rss_mb']} MB" for w in bench.results["rss_per_worker"]))
+        print(f"One argon2id verification costs {lim['argon2id_cpu_ms']:.0f} ms of CPU (cores / limit); CPU ms/req is "
+              "the server's CPU per request or sign-in (idp: gunicorn workers + PostgreSQL + Redis; peer: node)")
         if "scale" in bench.results:
             sc = bench.results["scale"]
             print(f"Latency p50, {sc['small']['counts']} -> {sc['large']['counts']}: " + ", ".join(

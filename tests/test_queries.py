@@ -127,3 +127,44 @@ def test_password_step_of_a_sign_in(app, client, make_user, make_client):
     # check; then one commit: the session, the transaction, the device and two audit rows
     assert statements.count("SELECT") <= 6, statements
     assert len(statements) <= 12, statements
+
+
+def test_code_exchange(app, client, make_user, make_client):
+    from tests.support import RP_CALLBACK, authorize, pkce_pair
+
+    make_user()
+    client_id, secret = make_client(redirect_uris=[RP_CALLBACK], first_party=True)
+    verifier, challenge = pkce_pair()
+
+    def exchange(code):
+        return client.post("/token", data={"grant_type": "authorization_code", "code": code,
+                                           "code_verifier": verifier, "redirect_uri": RP_CALLBACK},
+                           auth=(client_id, secret))
+
+    # The first exchange creates the signing keys; the count is for a warm server.
+    assert exchange(authorize(client, client_id, code_challenge=challenge, code_challenge_method="S256")).status_code \
+        == 200
+    code = authorize(client, client_id, code_challenge=challenge, code_challenge_method="S256")
+    with counted(app) as statements:
+        response = exchange(code)
+    assert response.status_code == 200 and "id_token" in response.get_json()
+    # the client; the code with its user (one join); claim it (UPDATE, committed); the token row and its audit row
+    assert statements.count("SELECT") <= 2, statements
+    assert statements.count("UPDATE") == 1, statements
+    assert statements.count("INSERT") == 2, statements
+
+
+def test_authorization_request_of_a_signed_in_user(app, client, make_user, make_client):
+    """Authlib validates the request again when it creates the response: the client is read once anyway."""
+    from tests.support import RP_CALLBACK, authorize, authorize_url, pkce_pair
+
+    make_user()
+    client_id, _ = make_client(redirect_uris=[RP_CALLBACK], first_party=True)
+    _, challenge = pkce_pair()
+    authorize(client, client_id, code_challenge=challenge, code_challenge_method="S256")  # signs in
+    with counted(app) as statements:
+        response = client.get(authorize_url(client_id, code_challenge=challenge, code_challenge_method="S256"))
+    assert response.status_code == 302 and "code=" in response.headers["Location"], response.headers
+    # the session, its user, the client (once; no consent lookup for a first-party client), the code
+    assert statements.count("SELECT") <= 3, statements
+    assert statements.count("INSERT") == 1, statements

@@ -23,7 +23,7 @@ from authlib.oauth2.rfc9207 import IssuerParameter
 from authlib.oidc.core import OpenIDCode as _OpenIDCode
 from authlib.oidc.core import UserInfoEndpoint
 from authlib.oidc.rpinitiated import EndSessionEndpoint
-from flask import Flask, current_app, g
+from flask import Flask, current_app, g, has_request_context, request
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -47,10 +47,17 @@ def issuer() -> str:
 
 
 def query_client(client_id: str) -> Client | None:
-    """The registered client with this id."""
+    """The registered client with this id (read once per request: Authlib validates an authorization request
+    again when it creates the response)."""
     if not client_id or len(client_id) > 64:
         return None
-    return db.session.execute(db.select(Client).where(Client.client_id == client_id)).scalar_one_or_none()
+    if not has_request_context():
+        return db.session.execute(db.select(Client).where(Client.client_id == client_id)).scalar_one_or_none()
+    known = request.environ.setdefault("idp.clients", {})
+    if client_id not in known:
+        known[client_id] = db.session.execute(
+            db.select(Client).where(Client.client_id == client_id)).scalar_one_or_none()
+    return known[client_id]
 
 
 # --- tokens ------------------------------------------------------------------------------------------------------
@@ -212,6 +219,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         row = db.session.execute(
             db.select(AuthorizationCode).where(AuthorizationCode.code_hash == token_hash(code or ""),
                                                AuthorizationCode.client_id == client.client_id)
+            .options(joinedload(AuthorizationCode.user))
         ).scalar_one_or_none()
         if row is None:
             return None
@@ -230,7 +238,6 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             audit.record("code.reuse_detected", subject=row.user, client_id=client.client_id, tokens_revoked=count)
             db.session.commit()
             return None
-        db.session.refresh(row)
         if row.expires_at <= now:
             return None
         return row

@@ -177,7 +177,7 @@ def authorize():
     client = grant.client
     scopes = (grant.request.scope or "").split()
     consent = None
-    if user is not None:
+    if user is not None and not client.first_party:  # first-party clients are never asked (policy)
         consent = db.session.execute(
             db.select(Consent).where(Consent.user_id == user.id, Consent.client_id == client.client_id,
                                      Consent.revoked_at.is_(None))).scalar_one_or_none()
