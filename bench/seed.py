@@ -70,7 +70,9 @@ def seed(out: str, users: int, totp_users: int) -> None:
 
 
 def grow(users: int, tokens: int) -> None:
-    """Bulk rows up to ``users`` users and ``tokens`` tokens (inert: random emails, revoked-free old tokens)."""
+    """Bulk rows up to ``users`` users and ``tokens`` tokens (inert: random emails, revoked-free old tokens).
+
+    Numbered from the current count up, so growing twice never repeats a unique email or jti."""
     from idp.extensions import db
 
     app = _app()
@@ -85,8 +87,8 @@ def grow(users: int, tokens: int) -> None:
                 "INSERT INTO users (subject, email, name, password_hash, email_verified_at, disabled, is_admin, "
                 "mfa_required, failed_logins, password_changed_at, created_at, updated_at) "
                 "SELECT 'bulk-sub-' || i, 'bulk-' || i || '@bench.example', 'Bulk User', :hash, :now, false, false, "
-                "false, 0, :now, :now, :now FROM generate_series(1, :n) AS i"),
-                {"hash": shared, "now": now, "n": users - have_users})
+                "false, 0, :now, :now, :now FROM generate_series(:start, :end) AS i"),
+                {"hash": shared, "now": now, "start": have_users + 1, "end": users})
         if tokens > have_tokens:
             first_user = db.session.execute(text("SELECT min(id) FROM users")).scalar_one()
             db.session.execute(text(
@@ -95,8 +97,8 @@ def grow(users: int, tokens: int) -> None:
                 "SELECT 'bulk-jti-' || i, 'bulk-client', :first + (i % 1000), 'openid profile email', "
                 "'authorization_code', 'bulk-family-' || i, 'urn:idp:acr:pwd', '[\"pwd\"]', :now, "
                 ":now + interval '15 minutes', md5('bulk-rt-a' || i) || md5('bulk-rt-b' || i), "
-                ":now + interval '14 days', :now + interval '90 days' FROM generate_series(1, :n) AS i"),
-                {"first": first_user, "now": now, "n": tokens - have_tokens})
+                ":now + interval '14 days', :now + interval '90 days' FROM generate_series(:start, :end) AS i"),
+                {"first": first_user, "now": now, "start": have_tokens + 1, "end": tokens})
         db.session.commit()
         db.session.execute(text("ANALYZE"))
         db.session.commit()
