@@ -63,6 +63,74 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+class _LatencySide:
+    """One idp server of the scale comparison: one client at a time, latencies collected over batches."""
+
+    def __init__(self, label: str, db: str, prov: driver.Provider, meta: dict, password: str):
+        self.label, self.db, self.prov, self.meta, self.password = label, db, prov, meta, password
+        self.auth = {"Authorization": "Basic " + driver.basic(prov.client_id, prov.client_secret)}
+        self.browser = driver.Browser(prov.port, prov.host)
+        self.latencies: dict[str, list[float]] = {}
+        self.signins = 0
+        tokens = [driver.sign_in(prov, f"pw-{n}@bench.example", password) for n in range(1, 6)]
+        self.access = [t["access_token"] for t in tokens]
+        self.refresh = tokens[-1]["refresh_token"]
+
+    def _call(self, kind: str, n: int) -> None:
+        if kind == "signin":
+            self.signins += 1
+            driver.sign_in(self.prov, f"pw-{self.signins % 1000 + 1}@bench.example", self.password)
+            return
+        if kind == "userinfo":
+            status, _, payload = self.browser.request("GET", self.meta["userinfo_endpoint"], None, {
+                "Authorization": "Bearer " + self.access[n % len(self.access)]})
+        else:
+            body = {"grant_type": "client_credentials"} if kind == "client_credentials" else \
+                {"grant_type": "refresh_token", "refresh_token": self.refresh}
+            status, _, payload = self.browser.request("POST", self.meta["token_endpoint"], body, self.auth)
+            if status == 200 and kind == "refresh":
+                self.refresh = json.loads(payload)["refresh_token"]
+        if status != 200:
+            raise driver.FlowError(f"{kind} {status} {payload[:200]!r}")
+
+    def settle(self) -> None:
+        """Vacuumed, analysed and checkpointed (growing leaves many dirty pages), then every path warmed up."""
+        conn = psycopg2.connect(dbname=self.db, **PG)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("VACUUM ANALYZE")
+            cur.execute("CHECKPOINT")
+        conn.close()
+        for kind in ("signin", "client_credentials", "refresh", "userinfo"):
+            for n in range(3 if kind == "signin" else 30):
+                self._call(kind, n)
+
+    def run(self, kind: str, count: int) -> None:
+        res = driver.closed_loop(lambda n: self._call(kind, n), threads=1, seconds=120, max_count=count)
+        if res.errors:
+            raise SystemExit(f"scale {self.label} {kind}: {res.first_error}")
+        self.latencies.setdefault(kind, []).extend(res.latencies)
+
+    def summary(self) -> dict:
+        out = {}
+        for kind, values in self.latencies.items():
+            ordered = sorted(values)
+            out[kind] = {"samples": len(ordered), "p50_ms": driver.percentile(ordered, 50) * 1000,
+                         "p99_ms": driver.percentile(ordered, 99) * 1000}
+        return out
+
+    def counts(self) -> dict:
+        conn = psycopg2.connect(dbname=self.db, **PG)
+        with conn.cursor() as cur:
+            cur.execute("SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM tokens)")
+            users, tokens = cur.fetchone()
+        conn.close()
+        return {"users": users, "tokens": tokens}
+
+    def close(self) -> None:
+        self.browser.close()
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -77,6 +145,7 @@ class Bench:
         self.scale_to = 100_000 if quick else 1_000_000
         self.tmp = Path(tempfile.mkdtemp(prefix="idp-bench-"))
         self.db = f"idp_bench_{os.getpid()}"
+        self.extra_dbs: list[str] = []
         self.procs: list[subprocess.Popen] = []
         self.results: dict = {"scenarios": {}, "notes": []}
         self.redis_db = None
@@ -120,18 +189,22 @@ class Bench:
         self.seed = json.loads(seed_file.read_text())
         log(f"seeded 1000 password users, 1000 TOTP users, client {self.seed['client_id']}")
 
-    def start_idp(self) -> None:
-        log_file = open(self.tmp / "gunicorn.log", "w")  # noqa: SIM115 - closed with the process
+    def start_idp(self, env: dict | None = None, port: int | None = None, log_name: str = "gunicorn.log") -> None:
+        """idp under gunicorn; without arguments the bench's main server (its pid and metadata are kept)."""
+        main_server = env is None
+        env, port = env or self.env, port or self.args.idp_port
+        log_file = open(self.tmp / log_name, "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            [str(BIN / "gunicorn"), "-w", str(self.workers), "-b", f"127.0.0.1:{self.args.idp_port}",
+            [str(BIN / "gunicorn"), "-w", str(self.workers), "-b", f"127.0.0.1:{port}",
              *self.args.gunicorn_args.split(), "--chdir", str(ROOT), "--forwarded-allow-ips", "127.0.0.1",
              "--backlog", "256", "wsgi:app"],
-            env=self.env, cwd=self.tmp, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+            env=env, cwd=self.tmp, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
-        self.idp_pid = proc.pid
-        self._wait_ready(self.args.idp_port, IDP_HOST, "/.well-known/openid-configuration", proc)
-        self.idp_meta = self._discover(self.args.idp_port, IDP_HOST)
-        log(f"idp up: gunicorn pid {proc.pid}, {self.workers} workers on 127.0.0.1:{self.args.idp_port}")
+        self._wait_ready(port, IDP_HOST, "/.well-known/openid-configuration", proc)
+        if main_server:
+            self.idp_pid = proc.pid
+            self.idp_meta = self._discover(port, IDP_HOST)
+        log(f"idp up: gunicorn pid {proc.pid}, {self.workers} workers on 127.0.0.1:{port}")
 
     def start_peer(self) -> None:
         peer = BENCH / "peer"
@@ -354,87 +427,63 @@ class Bench:
             f"p99 {res['p99_ms']:.1f} ms, errors {res['errors']}")
 
     def scale(self) -> None:
-        """Sign-in and token latency (one client at a time) with ~1,000 and then SCALE users and tokens."""
-        prov = self.providers()["idp"]
-        auth = {"Authorization": "Basic " + driver.basic(self.seed["client_id"], self.seed["client_secret"])}
-        chain = [self.tokens["idp"]["refresh"][-1]]
-        access = self.tokens["idp"]["access"]
-        n_req = 300 if self.args.quick else 1000
-        n_signin = 10 if self.args.quick else 40
+        """Sign-in and token latency, one client at a time, with ~1,000 and with SCALE users and tokens.
 
-        def token_task(n, grant):
-            browser = browsers.setdefault(grant, driver.Browser(self.args.idp_port, IDP_HOST))
-            if grant == "refresh":
-                body = {"grant_type": "refresh_token", "refresh_token": chain[0]}
-            else:
-                body = {"grant_type": "client_credentials"}
-            status, _, payload = browser.request("POST", self.idp_meta["token_endpoint"], body, auth)
-            if status != 200:
-                raise driver.FlowError(f"{status} {payload[:200]!r}")
-            if grant == "refresh":
-                chain[0] = json.loads(payload)["refresh_token"]
-
-        def userinfo_task(n):
-            browser = browsers.setdefault("userinfo", driver.Browser(self.args.idp_port, IDP_HOST))
-            status, _, payload = browser.request("GET", self.idp_meta["userinfo_endpoint"], None,
-                                                 {"Authorization": "Bearer " + access[n % len(access)]})
-            if status != 200:
-                raise driver.FlowError(f"{status} {payload[:200]!r}")
-
-        def measure(label):
-            # The same starting state for both sizes: tables vacuumed and analysed, dirty pages written out (growing
-            # leaves many), and every path warmed up once, so that the comparison is of the data size alone.
-            self._settle()
-            for n in range(5):
-                driver.sign_in(prov, f"pw-{n + 1}@bench.example", self.seed["password"])
-            for n in range(30):
-                token_task(n, "cc")
-                token_task(n, "refresh")
-                userinfo_task(n)
-            out = {}
-            out["counts"] = self._counts()
-            out["signin"] = driver.closed_loop(
-                lambda n: driver.sign_in(prov, f"pw-{n}@bench.example", self.seed["password"]),
-                threads=1, seconds=60, max_count=n_signin).summary()
-            out["client_credentials"] = driver.closed_loop(lambda n: token_task(n, "cc"), threads=1, seconds=30,
-                                                           max_count=n_req).summary()
-            out["refresh"] = driver.closed_loop(lambda n: token_task(n, "refresh"), threads=1, seconds=30,
-                                                max_count=n_req).summary()
-            out["userinfo"] = driver.closed_loop(userinfo_task, threads=1, seconds=30, max_count=n_req).summary()
-            log(f"{label} ({out['counts']['users']} users, {out['counts']['tokens']} tokens): " + ", ".join(
-                f"{k} p50 {v['p50_ms']:.1f} p99 {v['p99_ms']:.1f} ms" for k, v in out.items() if k != "counts"))
-            return out
-
-        browsers: dict = {}
-        subprocess.run([sys.executable, str(BENCH / "seed.py"), "grow", "--users", "0", "--tokens", "1000"],
-                       env=self.env, cwd=self.tmp, check=True, capture_output=True)
-        small = measure("small")
-        log(f"growing to {self.scale_to} users and tokens (generate_series, one shared password hash)")
+        Two idp servers side by side, each with its own database: this run's (about 2,000 users and the tokens the
+        run issued) and a second one grown to SCALE users and SCALE tokens. Their batches alternate (small, large,
+        small, ..., each going first in every other batch) so that the machine's noise hits both alike, as for idp
+        and the peer.
+        """
+        small = self._latency_side("small", self.db, self.args.idp_port, self.env, self.seed, self.idp_meta)
+        log(f"a second idp on a database grown to {self.scale_to} users and tokens (generate_series, one shared "
+            "password hash)")
         t0 = time.monotonic()
-        subprocess.run([sys.executable, str(BENCH / "seed.py"), "grow", "--users", str(self.scale_to), "--tokens",
-                        str(self.scale_to)], env=self.env, cwd=self.tmp, check=True, capture_output=True)
-        log(f"grown in {time.monotonic() - t0:.0f} s")
-        large = measure("large")
-        for b in browsers.values():
-            b.close()
-        self.results["scale"] = {"small": small, "large": large, "ratio_p50": {
-            k: large[k]["p50_ms"] / small[k]["p50_ms"] for k in small if k != "counts"}}
+        db, env, seed = self._large_database()
+        port = self.args.idp_port + 10
+        self.start_idp(env=env, port=port, log_name="gunicorn-large.log")
+        large = self._latency_side("large", db, port, env, seed, self._discover(port, IDP_HOST))
+        log(f"ready in {time.monotonic() - t0:.0f} s")
+        batches = 3 if self.args.quick else 5
+        per_batch = {"signin": 3 if self.args.quick else 8, "client_credentials": 100 if self.args.quick else 200,
+                     "refresh": 100 if self.args.quick else 200, "userinfo": 100 if self.args.quick else 200}
+        for side in (small, large):
+            side.settle()
+        for batch in range(batches):
+            for side in (small, large) if batch % 2 == 0 else (large, small):  # neither always goes first
+                for kind, count in per_batch.items():
+                    side.run(kind, count)
+        out = {}
+        for side in (small, large):
+            side.close()
+            out[side.label] = {"counts": side.counts(), **side.summary()}
+        log("; ".join(f"{label} ({v['counts']['users']} users, {v['counts']['tokens']} tokens): " + ", ".join(
+            f"{k} p50 {r['p50_ms']:.1f} p99 {r['p99_ms']:.1f} ms" for k, r in v.items() if k != "counts")
+            for label, v in out.items()))
+        self.results["scale"] = {**out, "batches": batches, "per_batch": per_batch, "ratio_p50": {
+            k: out["large"][k]["p50_ms"] / out["small"][k]["p50_ms"] for k in per_batch}}
 
-    def _settle(self) -> None:
-        conn = psycopg2.connect(dbname=self.db, **PG)
+    def _large_database(self) -> tuple[str, dict, dict]:
+        db = f"{self.db}_large"
+        conn = psycopg2.connect(dbname="postgres", **PG)
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute("VACUUM ANALYZE")
-            cur.execute("CHECKPOINT")
+            cur.execute(f"DROP DATABASE IF EXISTS {db}")
+            cur.execute(f"CREATE DATABASE {db}")
         conn.close()
+        self.extra_dbs.append(db)
+        env = {**self.env, "IDP_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{db}"}
+        subprocess.run([str(BIN / "idp"), "db", "upgrade"], env=env, cwd=self.tmp, check=True, capture_output=True)
+        seed_file = self.tmp / "seed-large.json"
+        subprocess.run([sys.executable, str(BENCH / "seed.py"), "seed", str(seed_file), "--users", "1000",
+                        "--totp-users", "0"], env=env, cwd=self.tmp, check=True, capture_output=True)
+        subprocess.run([sys.executable, str(BENCH / "seed.py"), "grow", "--users", str(self.scale_to), "--tokens",
+                        str(self.scale_to)], env=env, cwd=self.tmp, check=True, capture_output=True)
+        return db, env, json.loads(seed_file.read_text())
 
-    def _counts(self) -> dict:
-        conn = psycopg2.connect(dbname=self.db, **PG)
-        with conn.cursor() as cur:
-            cur.execute("SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM tokens)")
-            users, tokens = cur.fetchone()
-        conn.close()
-        return {"users": users, "tokens": tokens}
+    def _latency_side(self, label: str, db: str, port: int, env: dict, seed: dict, meta: dict) -> _LatencySide:
+        prov = driver.Provider("idp", port, IDP_HOST, meta["authorization_endpoint"], meta["token_endpoint"],
+                               seed["client_id"], seed["client_secret"], seed["redirect_uri"])
+        return _LatencySide(label, db, prov, meta, seed["password"])
 
     def rss(self) -> None:
         workers = []
@@ -505,7 +554,8 @@ class Bench:
             conn = psycopg2.connect(dbname="postgres", **PG)
             conn.autocommit = True
             with conn.cursor() as cur:
-                cur.execute(f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)")
+                for name in (self.db, *self.extra_dbs):
+                    cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
             conn.close()
         except psycopg2.Error as exc:
             log(f"could not drop {self.db}: {exc}")
