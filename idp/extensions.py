@@ -67,6 +67,8 @@ def watch_connections(engine) -> None:
     it sends a FATAL message and closes, so the socket turns readable. Checking that costs one ``select()``
     instead of the ``SELECT 1`` round trip that ``pool_pre_ping`` spends on every request; a dead connection
     raises DisconnectionError, and the pool replaces it and tries again before the request sees anything.
+    Anything else unread on an idle connection (an unsolicited ParameterStatus after a configuration reload) also
+    retires it: at worst one needless reconnect, never a request on a connection in an unknown state.
     """
     import select
     import time
