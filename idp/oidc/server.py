@@ -166,7 +166,7 @@ def refresh_token_row(token_string: str) -> Token | None:
     if not token_string or len(token_string) > 512:
         return None
     return db.session.execute(
-        db.select(Token).where(Token.refresh_token_hash == token_hash(token_string))
+        db.select(Token).where(Token.refresh_token_hash == token_hash(token_string)).options(joinedload(Token.user))
     ).scalar_one_or_none()
 
 
