@@ -71,9 +71,10 @@ class StepContext:
         """The client this sign-in is for (None for a direct sign-in to the account pages)."""
         return self._once("client", lambda: mfa.client_of(self.state["context"]))
 
-    def factors(self) -> list[Factor]:
-        """The user's confirmed second factors."""
-        return self._once(f"factors:{self.user.id}", lambda: mfa.confirmed_factors(self.user))
+    def factors(self, kind: str | None = None) -> list[Factor]:
+        """The user's confirmed second factors (of one ``kind``, if given)."""
+        factors = self._once(f"factors:{self.user.id}", lambda: mfa.confirmed_factors(self.user))
+        return factors if kind is None else [factor for factor in factors if factor.kind == kind]
 
     def remembered(self) -> bool:
         """Whether a remembered device stands in for the second factor here."""
@@ -144,6 +145,10 @@ class FactorStep:
 
     def applies(self, ctx: StepContext) -> bool:
         return ctx.needs_factor() and ctx.chosen_factor() == self.name
+
+    def others(self, ctx: StepContext) -> list[str]:
+        """The other factors the user may pick instead (the chooser under the form)."""
+        return [name for name in ctx.factor_candidates() if name != self.name]
 
 
 class Step(ABC):

@@ -32,7 +32,7 @@ class EmailCodeStep(CodeDelivery, FactorStep, Step):
 
     def begin(self, ctx: StepContext) -> dict[str, Any]:
         self.ensure_sent(ctx)
-        return {"email": ctx.user.email, "others": [n for n in ctx.factor_candidates() if n != self.name]}
+        return {"email": ctx.user.email, "others": self.others(ctx)}
 
     def verify(self, ctx: StepContext, data: Mapping[str, Any]) -> Outcome:
         return self.check(ctx, data.get("code", ""), ("email_otp",))

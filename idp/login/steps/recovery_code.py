@@ -31,7 +31,7 @@ class RecoveryCodeStep(FactorStep, Step):
     order = 43
 
     def begin(self, ctx: StepContext) -> dict[str, Any]:
-        return {"others": [n for n in ctx.factor_candidates() if n != self.name]}
+        return {"others": self.others(ctx)}
 
     def verify(self, ctx: StepContext, data: Mapping[str, Any]) -> Outcome:
         blocked = ctx.code_attempts_blocked()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from idp.extensions import db
 from idp.login.codes import CodeDelivery, mask_phone, send_sms_code
 from idp.login.forms import FactorCodeForm
 from idp.login.steps import FactorStep, Outcome, Step, StepContext, register
@@ -14,9 +13,10 @@ from idp.models import Factor
 
 
 def _phone(ctx: StepContext) -> Factor | None:
-    return db.session.execute(db.select(Factor).where(
-        Factor.user_id == ctx.user.id, Factor.kind == "sms", Factor.confirmed_at.is_not(None))
-        .order_by(Factor.last_used_at.desc().nulls_last(), Factor.id)).scalars().first()
+    """The verified phone used most recently (the first one added, if none was used yet)."""
+    phones = ctx.factors("sms")
+    used = [f for f in phones if f.last_used_at is not None]
+    return max(used, key=lambda f: f.last_used_at) if used else min(phones, key=lambda f: f.id, default=None)
 
 
 @register
@@ -39,7 +39,7 @@ class SmsStep(CodeDelivery, FactorStep, Step):
         error = self.ensure_sent(ctx)
         factor = _phone(ctx)
         return {"phone": mask_phone(factor.phone) if factor else "", "send_error": error,
-                "others": [n for n in ctx.factor_candidates() if n != self.name],
+                "others": self.others(ctx),
                 "remember_days": ctx.config["IDP_REMEMBER_DEVICE_DAYS"]}
 
     def verify(self, ctx: StepContext, data: Mapping[str, Any]) -> Outcome:

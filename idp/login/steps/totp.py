@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from idp.extensions import db
 from idp.login.forms import FactorCodeForm
 from idp.login.steps import FactorStep, Outcome, Step, StepContext, register
 from idp.login.transaction import update
@@ -36,16 +35,14 @@ class TotpStep(FactorStep, Step):
     order = 41
 
     def begin(self, ctx: StepContext) -> dict[str, Any]:
-        return {"others": [n for n in ctx.factor_candidates() if n != self.name],
+        return {"others": self.others(ctx),
                 "remember_days": ctx.config["IDP_REMEMBER_DEVICE_DAYS"]}
 
     def verify(self, ctx: StepContext, data: Mapping[str, Any]) -> Outcome:
         blocked = ctx.code_attempts_blocked()
         if blocked:
             return blocked
-        factors = db.session.execute(db.select(Factor).where(
-            Factor.user_id == ctx.user.id, Factor.kind == "totp", Factor.confirmed_at.is_not(None))).scalars()
-        for factor in factors:
+        for factor in ctx.factors("totp"):
             if accept_totp(factor, data.get("code", ""), ctx.now, ctx.config["IDP_SECRET_KEY"]):
                 update(ctx.txn, remember_device=bool(data.get("remember")))
                 return Outcome(True, amr=("otp",))

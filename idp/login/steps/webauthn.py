@@ -28,7 +28,7 @@ class WebAuthnStep(FactorStep, Step):
 
     def begin(self, ctx: StepContext) -> dict[str, Any]:
         options = assertion_options(ctx.txn, user_id=ctx.user.id, require_uv=self._require_uv(ctx))
-        return {"options": options, "others": [n for n in ctx.factor_candidates() if n != self.name],
+        return {"options": options, "others": self.others(ctx),
                 "remember_days": ctx.config["IDP_REMEMBER_DEVICE_DAYS"]}
 
     def verify(self, ctx: StepContext, data: Mapping[str, Any]) -> Outcome:
