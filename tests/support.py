@@ -382,3 +382,16 @@ def audit_events(app, name: str) -> list:
         for row in rows:
             db.session.expunge(row)
         return rows
+
+
+def csp_violations(errors: list[str]) -> list[str]:
+    """The CSP violations among a page's console errors; the only other errors allowed are failed loads (favicon,
+    400s)."""
+    unexpected = [e for e in errors if not e.startswith("Failed to load resource")]
+    assert unexpected == [] or all("Content Security Policy" in e for e in unexpected), unexpected
+    return [e for e in errors if "Content Security Policy" in e]
+
+
+def heading(page, name: str):
+    """A page's level-1 heading with this name (Playwright locator)."""
+    return page.get_by_role("heading", name=name, level=1)

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tests.support import PASSWORD, Mailbox, code_in, make_user_in, require_browser
+from tests.support import PASSWORD, Mailbox, code_in, csp_violations, heading, make_user_in, require_browser
 
 SCREENSHOT = "/tmp/idp-signin.png"
 NEW_PASSWORD = "a whole new passphrase for alice"
@@ -42,17 +42,6 @@ def page(chromium, live_server, console_errors):
     context.close()
 
 
-def _csp_violations(errors: list[str]) -> list[str]:
-    """The CSP violations among console errors; the only other errors allowed are failed loads (favicon, 400s)."""
-    unexpected = [e for e in errors if not e.startswith("Failed to load resource")]
-    assert unexpected == [] or all("Content Security Policy" in e for e in unexpected), unexpected
-    return [e for e in errors if "Content Security Policy" in e]
-
-
-def _heading(page, name: str):
-    return page.get_by_role("heading", name=name, level=1)
-
-
 def _mailed_link(message: dict, marker: str, origin: str) -> str:
     """The absolute link containing ``marker`` in a mail; it must point at the live server."""
     links = [url for url in re.findall(r"https?://\S+", message["text"]) if marker in url]
@@ -69,13 +58,13 @@ def _sign_in(page, email: str, password: str) -> None:
 
 def test_sign_up_verify_by_code_then_sign_out(page, live_server, live_mailbox, console_errors):
     page.goto("/signup")
-    expect(_heading(page, "Create an account")).to_be_visible()
+    expect(heading(page, "Create an account")).to_be_visible()
     page.get_by_label("Email", exact=True).fill("new@example.com")
     page.get_by_label("Name", exact=True).fill("New Person")
     page.get_by_label("Password", exact=True).fill(PASSWORD)
     page.get_by_role("button", name="Create account").click()
 
-    expect(_heading(page, "Verify your email")).to_be_visible()
+    expect(heading(page, "Verify your email")).to_be_visible()
     expect(page.get_by_text("new@example.com")).to_be_visible()
     code = code_in(live_mailbox.last("new@example.com", "Verify"))
     page.get_by_label("Code", exact=True).fill(code)
@@ -87,34 +76,34 @@ def test_sign_up_verify_by_code_then_sign_out(page, live_server, live_mailbox, c
 
     # The Sign out button in the header carries the form token: it signs out at once and says so.
     page.get_by_role("button", name="Sign out").click()
-    expect(_heading(page, "You are signed out")).to_be_visible()
+    expect(heading(page, "You are signed out")).to_be_visible()
     page.goto("/account")
-    expect(_heading(page, "Sign in")).to_be_visible()
-    assert _csp_violations(console_errors) == []
+    expect(heading(page, "Sign in")).to_be_visible()
+    assert csp_violations(console_errors) == []
 
 
 def test_forgot_password_reset_by_mailed_link_then_sign_in(page, live_server, live_mailbox, console_errors):
     make_user_in(live_server.app, email="alice@example.com")
     page.goto("/login")
-    expect(_heading(page, "Sign in")).to_be_visible()
+    expect(heading(page, "Sign in")).to_be_visible()
     # The stylesheet is served and applied (a CSP or MIME-type mistake would leave the page unstyled).
     assert page.locator("main").evaluate("el => getComputedStyle(el).maxWidth") == "416px"
     page.screenshot(path=SCREENSHOT, full_page=True)
 
     page.get_by_role("link", name="Forgot your password?").click()
-    expect(_heading(page, "Reset your password")).to_be_visible()
+    expect(heading(page, "Reset your password")).to_be_visible()
     page.get_by_label("Email", exact=True).fill("Alice@Example.com")
     page.get_by_role("button", name="Send reset link").click()
-    expect(_heading(page, "Check your email")).to_be_visible()
+    expect(heading(page, "Check your email")).to_be_visible()
 
     link = _mailed_link(live_mailbox.last("alice@example.com", "Reset"), "/reset/", live_server.url)
     page.goto(link)
-    expect(_heading(page, "Choose a new password")).to_be_visible()
+    expect(heading(page, "Choose a new password")).to_be_visible()
     page.get_by_label("New password", exact=True).fill(NEW_PASSWORD)
     page.get_by_label("Repeat new password", exact=True).fill(NEW_PASSWORD)
     page.get_by_role("button", name="Set new password").click()
 
-    expect(_heading(page, "Sign in")).to_be_visible()
+    expect(heading(page, "Sign in")).to_be_visible()
     expect(page.get_by_role("status")).to_contain_text("Your password was changed")
     _sign_in(page, "alice@example.com", PASSWORD)  # the old password no longer works
     expect(page.get_by_role("alert")).to_have_text("Incorrect email or password.")
@@ -123,27 +112,27 @@ def test_forgot_password_reset_by_mailed_link_then_sign_in(page, live_server, li
     expect(page.locator("#account-email")).to_have_text("alice@example.com")
 
     page.goto(link)  # the link worked once
-    expect(_heading(page, "This link is not valid")).to_be_visible()
-    assert _csp_violations(console_errors) == []
+    expect(heading(page, "This link is not valid")).to_be_visible()
+    assert csp_violations(console_errors) == []
 
 
 def test_unverified_user_verifies_by_mailed_link_and_resumes(page, live_server, live_mailbox, console_errors):
     make_user_in(live_server.app, email="bob@example.com", name="Bob", verified=False)
     page.goto("/login")
     _sign_in(page, "bob@example.com", PASSWORD)
-    expect(_heading(page, "Verify your email")).to_be_visible()
+    expect(heading(page, "Verify your email")).to_be_visible()
     step_url = page.url
 
     link = _mailed_link(live_mailbox.last("bob@example.com", "Verify"), "/verify-email/", live_server.url)
     page.goto(link)  # the same browser, as if the mail was opened beside the sign-in tab
-    expect(_heading(page, "Verify your email")).to_be_visible()
+    expect(heading(page, "Verify your email")).to_be_visible()
     expect(page.get_by_text("Confirm that bob@example.com is your address.")).to_be_visible()
     page.get_by_role("button", name="Verify email").click()
 
     expect(page).to_have_url(f"{live_server.url}/account")
     expect(page.locator("#account-email")).to_have_text("bob@example.com")
     page.goto(step_url)  # the finished sign-in cannot be replayed
-    expect(_heading(page, "This sign-in has expired")).to_be_visible()
+    expect(heading(page, "This sign-in has expired")).to_be_visible()
 
     # Reaching /logout by a link asks first; only the button signs out.
     page.goto("/logout")
@@ -152,11 +141,11 @@ def test_unverified_user_verifies_by_mailed_link_and_resumes(page, live_server, 
     expect(page.locator("#account-email")).to_have_text("bob@example.com")
     page.goto("/logout")
     page.locator("main").get_by_role("button", name="Sign out").click()
-    expect(_heading(page, "You are signed out")).to_be_visible()
-    assert _csp_violations(console_errors) == []
+    expect(heading(page, "You are signed out")).to_be_visible()
+    assert csp_violations(console_errors) == []
 
 
-def test_console_collector_sees_csp_violations(page, console_errors):
+def test_console_collector_seescsp_violations(page, console_errors):
     """Guards the assertions above: an inline script on a hosted page is refused and reported to the console."""
     page.goto("/signup")
     with page.expect_console_message(lambda message: "Content Security Policy" in message.text):
@@ -166,4 +155,4 @@ def test_console_collector_sees_csp_violations(page, console_errors):
             document.head.append(script);
         }""")
     expect(page).not_to_have_title("injected")
-    assert len(_csp_violations(console_errors)) == 1, console_errors
+    assert len(csp_violations(console_errors)) == 1, console_errors

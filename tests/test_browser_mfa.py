@@ -21,7 +21,7 @@ from idp.extensions import db
 from idp.models import AuditEvent, Factor, LoginSession, User, utcnow
 from idp.security.otp import TOTP_PERIOD, totp_code_at
 from tests.conftest import LiveServer
-from tests.support import PASSWORD, make_client_in, make_user_in, require_browser
+from tests.support import PASSWORD, csp_violations, heading, make_client_in, make_user_in, require_browser
 
 ENROL_SCREENSHOT = "/tmp/idp-mfa-enrol.png"
 SECURITY_SCREENSHOT = "/tmp/idp-account-security.png"
@@ -81,16 +81,6 @@ def _presence(authenticator, on: bool) -> None:
                        {"authenticatorId": authenticator.authenticator_id, "enabled": on})
 
 
-def _csp_violations(errors: list[str]) -> list[str]:
-    unexpected = [e for e in errors if not e.startswith("Failed to load resource")]
-    assert unexpected == [] or all("Content Security Policy" in e for e in unexpected), unexpected
-    return [e for e in errors if "Content Security Policy" in e]
-
-
-def _heading(page, name: str):
-    return page.get_by_role("heading", name=name, level=1)
-
-
 def _sign_in(page, email: str, password: str = PASSWORD) -> None:
     page.get_by_label("Email", exact=True).fill(email)
     page.get_by_label("Password", exact=True).fill(password)
@@ -100,7 +90,7 @@ def _sign_in(page, email: str, password: str = PASSWORD) -> None:
 def _sign_out(page) -> None:
     page.goto("/account")  # its Sign out button carries the form token
     page.get_by_role("button", name="Sign out").click()
-    expect(_heading(page, "You are signed out")).to_be_visible()
+    expect(heading(page, "You are signed out")).to_be_visible()
 
 
 def _step(when) -> int:
@@ -138,9 +128,9 @@ def _register_passkey(page, live, email: str) -> None:
     expect(page).to_have_url(f"{live.url}/account")
     page.goto("/account/security")
     page.get_by_role("link", name="Add a passkey").click()
-    expect(_heading(page, "Add a passkey")).to_be_visible()
+    expect(heading(page, "Add a passkey")).to_be_visible()
     page.get_by_role("button", name="Continue").click()
-    expect(_heading(page, "Two-step sign-in, passkeys and devices")).to_be_visible()
+    expect(heading(page, "Two-step sign-in, passkeys and devices")).to_be_visible()
     expect(page.locator("li[data-kind=webauthn]")).to_have_count(1)
 
 
@@ -151,7 +141,7 @@ def test_totp_enrolment_in_the_flow_then_sign_in_with_a_code(page, live, console
     page.goto("/login")
     _sign_in(page, "carol@example.com")
 
-    expect(_heading(page, "Set up a second factor")).to_be_visible()
+    expect(heading(page, "Set up a second factor")).to_be_visible()
     expect(page.locator(".qr svg")).to_be_visible()
     box = page.locator(".qr svg").bounding_box()
     assert box and box["width"] >= 100 and box["height"] >= 100, box
@@ -168,7 +158,7 @@ def test_totp_enrolment_in_the_flow_then_sign_in_with_a_code(page, live, console
     _sign_out(page)
     page.goto("/login")
     _sign_in(page, "carol@example.com")
-    expect(_heading(page, "Enter the code from your authenticator app")).to_be_visible()
+    expect(heading(page, "Enter the code from your authenticator app")).to_be_visible()
     now = utcnow()
     # A code is accepted once: if the enrolment used this time step, the authenticator's next code is due.
     when = now + timedelta(seconds=TOTP_PERIOD) if _step(now) <= _step(enrolled_at) else now
@@ -176,7 +166,7 @@ def test_totp_enrolment_in_the_flow_then_sign_in_with_a_code(page, live, console
     page.get_by_role("button", name="Verify", exact=True).click()
     expect(page).to_have_url(f"{live.url}/account")
     expect(page.locator("#account-email")).to_have_text("carol@example.com")
-    assert _csp_violations(console_errors) == []
+    assert csp_violations(console_errors) == []
 
 
 # --- WebAuthn -------------------------------------------------------------------------------------------------------
@@ -191,7 +181,7 @@ def test_passkey_registration_on_the_security_page(page, live, authenticator, co
     credentials = authenticator.send("WebAuthn.getCredentials", {"authenticatorId": authenticator.authenticator_id})
     assert [c["credentialId"].rstrip("=").replace("+", "-").replace("/", "_")
             for c in credentials["credentials"]] == [factor.credential_id]
-    assert _csp_violations(console_errors) == []
+    assert csp_violations(console_errors) == []
 
 
 def test_security_key_as_second_factor_reaches_phishing_resistant_acr(page, live, authenticator, console_errors):
@@ -212,9 +202,9 @@ def test_security_key_as_second_factor_reaches_phishing_resistant_acr(page, live
              "state": "s-1", "nonce": "n-1", "acr_values": PHR}
     page.goto("/authorize?" + urlencode(query))
     assert not landed, landed
-    expect(_heading(page, "Sign in")).to_be_visible()
+    expect(heading(page, "Sign in")).to_be_visible()
     _sign_in(page, "erin@example.com")
-    expect(_heading(page, "Use your security key or passkey")).to_be_visible()
+    expect(heading(page, "Use your security key or passkey")).to_be_visible()
     _presence(authenticator, True)
     page.locator("#webauthn-go").click()
     expect(page.get_by_text("relying party")).to_be_visible()
@@ -229,7 +219,7 @@ def test_security_key_as_second_factor_reaches_phishing_resistant_acr(page, live
     assert {"hwk", "swk"} & set(claims["amr"]) and "user" in claims["amr"], claims["amr"]
     assert "pwd" in claims["amr"] and "mfa" in claims["amr"], claims["amr"]
     assert claims["nonce"] == "n-1"
-    assert _csp_violations(console_errors) == []
+    assert csp_violations(console_errors) == []
 
 
 def test_passwordless_passkey_sign_in_and_counter(page, live, authenticator, console_errors):
@@ -245,7 +235,7 @@ def test_passwordless_passkey_sign_in_and_counter(page, live, authenticator, con
             if request.method == "POST" and request.url.endswith("/passkey") else None)
     _presence(authenticator, False)  # the autofill request stays pending: the user clicks the button instead
     page.goto("/login")
-    expect(_heading(page, "Sign in")).to_be_visible()
+    expect(heading(page, "Sign in")).to_be_visible()
     _presence(authenticator, True)
     page.locator("#passkey-signin").click()
     expect(page).to_have_url(f"{live.url}/account")
@@ -264,7 +254,7 @@ def test_passwordless_passkey_sign_in_and_counter(page, live, authenticator, con
     expect(page.locator("#account-email")).to_have_text("frank@example.com")
     (second,) = _factors(live.app, "frank@example.com", "webauthn")
     assert second.sign_count > first.sign_count
-    assert _csp_violations(console_errors) == []
+    assert csp_violations(console_errors) == []
 
     # The assertion the browser sent checks out for our origin only (unit level, with its own challenge).
     assert len(posted) == 2
@@ -291,14 +281,14 @@ def test_passwordless_passkey_sign_in_and_counter(page, live, authenticator, con
     _sign_out(page)
     _presence(authenticator, False)
     page.goto("/login")
-    expect(_heading(page, "Sign in")).to_be_visible()
+    expect(heading(page, "Sign in")).to_be_visible()
     tid = page.url.rstrip("/").rsplit("/", 1)[-1]
     token = page.locator("form.passkey input[name=csrf_token]").get_attribute("value")
     replay = page.request.post(f"/login/{tid}/passkey", form={"csrf_token": token, "credential": credential},
                                max_redirects=0)
     assert replay.status == 302
     page.goto("/account")
-    expect(_heading(page, "Sign in")).to_be_visible()
+    expect(heading(page, "Sign in")).to_be_visible()
     with live.app.app_context():
         assert any(e.details.get("reason") == "passkey" for e in db.session.execute(
             db.select(AuditEvent).where(AuditEvent.event == "login.failure")).scalars())
@@ -309,11 +299,11 @@ def test_passkey_enrolment_in_the_flow_for_a_user_who_must_use_mfa(page, live, a
     make_user_in(live.app, email="gina@example.com", name="Gina", mfa_required=True)
     page.goto("/login")
     _sign_in(page, "gina@example.com")
-    expect(_heading(page, "Set up a second factor")).to_be_visible()
+    expect(heading(page, "Set up a second factor")).to_be_visible()
     page.locator("#webauthn-register").click()
     expect(page).to_have_url(f"{live.url}/account")
     assert len(_factors(live.app, "gina@example.com", "webauthn")) == 1
     assert _factors(live.app, "gina@example.com", "totp") == []  # the key shown on the page was never confirmed
     amr = _latest_session_amr(live.app, "gina@example.com")
     assert {"pwd", "user", "mfa"} <= set(amr) and {"hwk", "swk"} & set(amr), amr
-    assert _csp_violations(console_errors) == []
+    assert csp_violations(console_errors) == []

@@ -22,11 +22,12 @@ from joserfc.jwk import KeySet, RSAKey
 from sqlalchemy import text
 
 from idp.extensions import db
-from idp.models import AuditEvent, AuthorizationCode, Client, Token, utcnow
+from idp.models import AuthorizationCode, Client, Token, utcnow
 from idp.oidc.cli import create_client
 from idp.security.tokens import token_hash
 from tests.support import (
     RP_CALLBACK,
+    audit_events,
     authorize,
     authorize_url,
     pkce_pair,
@@ -146,14 +147,6 @@ def set_refresh_times(app, refresh_token: str, **values) -> None:
 def table_dump(app, table: str) -> str:
     with app.app_context():
         return repr(db.session.execute(text(f"SELECT * FROM {table}")).all())
-
-
-def events(app, name: str) -> list[AuditEvent]:
-    with app.app_context():
-        rows = list(db.session.execute(db.select(AuditEvent).where(AuditEvent.event == name)).scalars())
-        for row in rows:
-            db.session.expunge(row)
-        return rows
 
 
 def cli(app, *args):
@@ -376,7 +369,7 @@ def test_second_use_of_a_code_fails_and_revokes_what_the_first_use_issued(app, c
     assert introspect(client, *conf, body["refresh_token"])["active"] is False
     again = refresh(client, *conf, body["refresh_token"])
     assert again.status_code == 400 and again.get_json()["error"] == "invalid_grant"
-    assert events(app, "code.reuse_detected")
+    assert audit_events(app, "code.reuse_detected")
 
 
 def test_code_reuse_also_revokes_tokens_refreshed_from_the_first_use(client, alice, conf):
@@ -450,7 +443,7 @@ def test_reusing_a_rotated_refresh_token_revokes_the_family(app, client, alice, 
     newest = refresh(client, *conf, newer["refresh_token"])
     assert newest.status_code == 400 and newest.get_json()["error"] == "invalid_grant"
     assert introspect(client, *conf, newer["refresh_token"])["active"] is False
-    rows = events(app, "refresh.reuse_detected")
+    rows = audit_events(app, "refresh.reuse_detected")
     assert len(rows) == 1 and rows[0].client_id == conf[0]
 
 

@@ -13,8 +13,8 @@ from twilio.http import HttpClient
 from twilio.http.response import Response
 
 from idp.extensions import db
-from idp.models import AuditEvent, Factor, User, utcnow
-from tests.support import csrf_token, drain_jobs, make_user_in, sign_in, signed_in_email
+from idp.models import Factor, User, utcnow
+from tests.support import audit_events, csrf_token, drain_jobs, make_user_in, sign_in, signed_in_email
 
 SID = "AC" + "0123456789abcdef" * 2
 TOKEN = "x"
@@ -78,14 +78,6 @@ def code_from(call: dict) -> str:
     return match.group(1)
 
 
-def events(app, name: str) -> list[AuditEvent]:
-    with app.app_context():
-        rows = list(db.session.execute(db.select(AuditEvent).where(AuditEvent.event == name)).scalars())
-        for row in rows:
-            db.session.expunge(row)
-        return rows
-
-
 def test_phone_verification_code_is_sent_through_the_messages_api(make_app):
     app, recorder = twilio_app(make_app)
     browser = signed_in(app)
@@ -106,7 +98,7 @@ def test_phone_verification_code_is_sent_through_the_messages_api(make_app):
     with app.app_context():
         factor = db.session.execute(db.select(Factor)).scalar_one()
         assert factor.kind == "sms" and factor.phone == PHONE
-    assert not events(app, "job.failed")
+    assert not audit_events(app, "job.failed")
 
 
 def test_messaging_service_replaces_the_sender_number(make_app):
@@ -142,7 +134,7 @@ def test_sign_in_code_goes_through_twilio(make_app):
     header = recorder.calls[0]["headers"]
     assert "User-Agent" in header and "twilio-python" in header["User-Agent"]
     assert base64.b64encode(f"{SID}:{TOKEN}".encode()).decode() not in json.dumps(
-        [e.details for e in events(app, "login.success")])
+        [e.details for e in audit_events(app, "login.success")])
 
 
 def test_twilio_error_is_retried_and_audited_without_a_500(make_app):
@@ -152,7 +144,7 @@ def test_twilio_error_is_retried_and_audited_without_a_500(make_app):
     assert response.status_code == 302  # the user goes on to the code page; the failure is the job's
     drain_jobs(app)
     assert browser.get("/account/security/phone/verify").status_code == 200
-    retries, failures = events(app, "job.retry"), events(app, "job.failed")
+    retries, failures = audit_events(app, "job.retry"), audit_events(app, "job.failed")
     assert retries and len(failures) == 1
     assert len(recorder.calls) == len(retries) + 1 >= 2
     assert all(e.details["job"] == "send_sms" for e in retries + failures)
