@@ -28,9 +28,20 @@ def start_totp(user: User, now) -> Factor:
     return factor
 
 
-def totp_secret(factor: Factor) -> str:
-    """The seed of a TOTP factor, decrypted (only to show it during enrolment)."""
-    return crypto.decrypt(factor.secret_encrypted, current_app.config["IDP_SECRET_KEY"], "totp").decode()
+def totp_secret(factor: Factor, secret_key: str | None = None) -> str:
+    """The seed of a TOTP factor, decrypted (to show it during enrolment, or to check a code)."""
+    return crypto.decrypt(factor.secret_encrypted, secret_key or current_app.config["IDP_SECRET_KEY"],
+                          "totp").decode()
+
+
+def accept_totp(factor: Factor, code: str, now, secret_key: str | None = None) -> bool:
+    """Whether ``code`` is valid for this factor now (one step of drift) and not a replay; records its step."""
+    step = totp_step_at(totp_secret(factor, secret_key), code, now, factor.last_step)
+    if step is None:
+        return False
+    factor.last_step = step
+    factor.last_used_at = now
+    return True
 
 
 def totp_display(factor: Factor, user: User) -> dict:
@@ -45,12 +56,9 @@ def totp_display(factor: Factor, user: User) -> dict:
 
 def confirm_totp(factor: Factor, code: str, now) -> bool:
     """Confirm an enrolment with a valid code (SECURITY.md 22)."""
-    step = totp_step_at(totp_secret(factor), code, now, None)
-    if step is None:
+    if not accept_totp(factor, code, now):
         return False
-    factor.last_step = step
     factor.confirmed_at = now
-    factor.last_used_at = now
     return True
 
 

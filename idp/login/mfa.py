@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import func
+
 from idp.extensions import db
 from idp.login.assurance import ACR_MFA, ACR_PASSWORD, ACR_PHISHING_RESISTANT, acr_for, strongest, weakest
 from idp.models import Client, Device, Factor, RecoveryCode, User
@@ -28,8 +30,8 @@ def confirmed_factors(user: User) -> list[Factor]:
 
 def unused_recovery_codes(user: User) -> int:
     """How many recovery codes the user has left."""
-    return len(db.session.execute(
-        db.select(RecoveryCode.id).where(RecoveryCode.user_id == user.id, RecoveryCode.used_at.is_(None))).all())
+    return db.session.execute(db.select(func.count(RecoveryCode.id)).where(
+        RecoveryCode.user_id == user.id, RecoveryCode.used_at.is_(None))).scalar_one()
 
 
 def has_second_factor(user: User) -> bool:
@@ -45,6 +47,11 @@ def client_of(context: dict) -> Client | None:
     return db.session.execute(db.select(Client).where(Client.client_id == client_id)).scalar_one_or_none()
 
 
+def client_level(client: Client) -> str:
+    """The least a client accepts: its minimum level, and MFA when its policy requires it ("" for no demand)."""
+    return strongest([client.min_acr or "", ACR_MFA if client.mfa == "required" else ""])
+
+
 def required_level(user: User, context: dict, client: Client | None, enrolled: bool) -> str:
     """The level this sign-in must reach (``client``: the transaction's, see client_of; ``enrolled``: whether the
     user has a confirmed second factor)."""
@@ -53,9 +60,7 @@ def required_level(user: User, context: dict, client: Client | None, enrolled: b
     if requested:
         levels.append(requested)
     if client is not None:
-        levels.append(client.min_acr or ACR_PASSWORD)
-        if client.mfa == "required":
-            levels.append(ACR_MFA)
+        levels.append(client_level(client))
     if user.mfa_required or enrolled:
         levels.append(ACR_MFA)
     return strongest(levels)
@@ -73,9 +78,14 @@ def remembered_device_counts(reasons: set[str], context: dict, device: Device | 
     return client is None or client.allow_remembered_device
 
 
+def effective_amr(amr: list[str], remembered: bool) -> list[str]:
+    """The methods, plus "mfa" when a remembered device stands for the second factor it was remembered with."""
+    return [*amr, "mfa"] if remembered and "pwd" in amr else list(amr)
+
+
 def reached_level(amr: list[str], remembered: bool) -> str:
     """The level the methods (and a remembered device) reach now."""
-    return acr_for([*amr, "mfa"] if remembered and "pwd" in amr else amr)
+    return acr_for(effective_amr(amr, remembered))
 
 
 def usable_steps(user: User, required: str, factors: list[Factor]) -> list[str]:

@@ -11,6 +11,6 @@ def plan(ctx: StepContext) -> list[str]:
 
 
 def next_step(ctx: StepContext) -> Step | None:
-    """The step to show now, or None when the transaction can be completed."""
-    remaining = plan(ctx)
-    return REGISTRY[remaining[0]] if remaining else None
+    """The step to show now, or None when the transaction can be completed (the first of plan(), found without
+    asking the steps after it)."""
+    return next((REGISTRY[name] for name in ORDER if REGISTRY[name].applies(ctx)), None)

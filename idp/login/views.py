@@ -11,7 +11,7 @@ from werkzeug.wrappers import Response
 from idp import audit
 from idp.extensions import db, keep_loaded, limiter
 from idp.http import set_device_cookie, set_session_cookie
-from idp.login import devices, planner, sessions, transaction
+from idp.login import devices, mfa, planner, sessions, transaction
 from idp.login.browser import binding, current_session, rotate_binding, safe_next, step_context
 from idp.login.steps import StepContext
 from idp.models import LoginTransaction, User, utcnow
@@ -172,9 +172,7 @@ def _complete(ctx: StepContext) -> Response:
         db.session.commit()
         return redirect(txn.state["return_to"])
     fresh = "pwd" in txn.state["amr"] or previous is None or previous.user_id != user.id
-    amr = list(txn.state["amr"])
-    if ctx.remembered() and "pwd" in amr:
-        amr.append("mfa")  # the remembered device stands for the second factor it was remembered with
+    amr = mfa.effective_amr(txn.state["amr"], ctx.remembered())
     live, token = sessions.start(user, amr=amr, now=ctx.now, ip=ctx.ip, user_agent=ctx.user_agent,
                                  previous=previous, fresh_login=fresh)
     txn.completed_at = ctx.now

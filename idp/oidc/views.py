@@ -16,8 +16,8 @@ from werkzeug.wrappers import Response
 from idp import audit
 from idp.extensions import csrf, db, keep_loaded
 from idp.http import clear_session_cookie, external_url
-from idp.login import sessions, transaction
-from idp.login.assurance import ACR_MFA, LEVELS, strongest
+from idp.login import mfa, sessions, transaction
+from idp.login.assurance import LEVELS
 from idp.login.browser import binding, current_session
 from idp.login.forms import ConfirmForm
 from idp.login.views import begin_transaction
@@ -186,7 +186,7 @@ def authorize():
         prompt=set((params.get("prompt") or "").split()), max_age=int(max_age) if max_age is not None else None,
         acr_values=(params.get("acr_values") or "").split(), session=live,
         consented_scopes=set(consent.scopes) if consent else set(), hint_subject=hint_subject, satisfied=satisfied,
-        client_min_acr=strongest([client.min_acr, ACR_MFA if client.mfa == "required" else ""]))
+        client_min_acr=mfa.client_level(client))
     failures = policy.evaluate(req, now)
     if failures:
         if "none" in req.prompt:  # never a screen (OIDC Core 3.1.2.6)

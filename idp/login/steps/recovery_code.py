@@ -8,6 +8,7 @@ from typing import Any
 from idp import audit
 from idp.extensions import db
 from idp.jobs import enqueue
+from idp.login import mfa
 from idp.login.forms import RecoveryCodeForm
 from idp.login.steps import FactorStep, Outcome, Step, StepContext, register
 from idp.models import RecoveryCode
@@ -46,11 +47,10 @@ class RecoveryCodeStep(FactorStep, Step):
             return Outcome(False, "That recovery code is not valid or was already used.")
         row.used_at = ctx.now
         db.session.flush()
-        left = db.session.execute(db.select(RecoveryCode.id).where(
-            RecoveryCode.user_id == ctx.user.id, RecoveryCode.used_at.is_(None))).all()
-        audit.record("recovery_code.used", subject=ctx.user, remaining=len(left), ip=ctx.ip,
+        left = mfa.unused_recovery_codes(ctx.user)
+        audit.record("recovery_code.used", subject=ctx.user, remaining=left, ip=ctx.ip,
                      user_agent=ctx.user_agent)
         enqueue("send_mail", to=ctx.user.email, template="security_notice",
                 context={"name": ctx.user.name, "what": "A recovery code was used to sign in to your account.",
-                         "detail": f"{len(left)} recovery codes are left."})
+                         "detail": f"{left} recovery codes are left."})
         return Outcome(True, amr=("recovery_code",))

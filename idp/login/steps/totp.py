@@ -5,23 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from idp.login import enrolment
 from idp.login.forms import FactorCodeForm
 from idp.login.steps import FactorStep, Outcome, Step, StepContext, register
 from idp.login.transaction import update
-from idp.models import Factor
-from idp.security import crypto
-from idp.security.otp import totp_step_at
-
-
-def accept_totp(factor: Factor, code: str, now, secret_key: str) -> bool:
-    """Whether ``code`` is valid for this factor now (one step of drift) and not a replay; records its step."""
-    seed = crypto.decrypt(factor.secret_encrypted, secret_key, "totp").decode()
-    step = totp_step_at(seed, code, now, factor.last_step)
-    if step is None:
-        return False
-    factor.last_step = step
-    factor.last_used_at = now
-    return True
 
 
 @register
@@ -43,7 +30,7 @@ class TotpStep(FactorStep, Step):
         if blocked:
             return blocked
         for factor in ctx.factors("totp"):
-            if accept_totp(factor, data.get("code", ""), ctx.now, ctx.config["IDP_SECRET_KEY"]):
+            if enrolment.accept_totp(factor, data.get("code", ""), ctx.now, ctx.config["IDP_SECRET_KEY"]):
                 update(ctx.txn, remember_device=bool(data.get("remember")))
                 return Outcome(True, amr=("otp",))
         ctx.code_attempt_failed("totp")
