@@ -413,6 +413,19 @@ def test_key_rotation_keeps_old_keys_published_until_their_tokens_expire(app, cl
     assert len(kids) == 2  # one RS256 and one ES256 key
 
 
+def test_key_rotation_keeps_old_keys_as_long_as_a_clients_own_longer_token_lifetime(app, client):
+    """A client whose access tokens live a day keeps the retired key published for that day (SECURITY.md 14)."""
+    client.get("/jwks.json")  # creates the keys
+    runner = app.test_cli_runner()
+    created = runner.invoke(args=["clients", "create", "--name", "Long", "--grant-type", "client_credentials",
+                                  "--access-token-ttl", "86400"])
+    assert created.exit_code == 0, created.output
+    assert runner.invoke(args=["keys", "rotate"]).exit_code == 0
+    with app.app_context():
+        retired = list(db.session.execute(db.select(SigningKey).where(SigningKey.retired_at.is_not(None))).scalars())
+        assert retired and all(row.publish_until >= utcnow() + timedelta(seconds=86400) for row in retired)
+
+
 def test_private_keys_are_encrypted_at_rest(app, client):
     client.get("/jwks.json")  # creates the keys
     with app.app_context():

@@ -6,7 +6,6 @@ import json
 from urllib.parse import urlsplit
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 
 from idp import audit
@@ -229,9 +228,7 @@ def keys_list():
 @keys_group.command("rotate")
 def keys_rotate():
     """Add new signing keys; the previous ones stay in JWKS until their tokens have expired."""
-    cfg = current_app.config
-    lifetime = max(cfg["IDP_ACCESS_TOKEN_TTL"], cfg["IDP_ID_TOKEN_TTL"]) + 300
-    fresh = keys.rotate(max_token_lifetime=lifetime)
+    fresh = keys.rotate(max_token_lifetime=keys.longest_token_lifetime())
     audit.record("key.rotated", kids=[row.kid for row in fresh], commit=True)
     for row in fresh:
         click.echo(f"new signing key {row.kid} ({row.alg})")

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from flask import current_app
 from joserfc.jwk import KeySet
+from sqlalchemy import func
 
 from idp.extensions import db
 from idp.models import SigningKey, utcnow
@@ -126,6 +127,16 @@ def keyset_for_token(token: str, now: datetime | None = None) -> KeySet:
     except (ValueError, UnicodeDecodeError):
         pass
     return verification_keyset(now, kid=kid if isinstance(kid, str) else None)
+
+
+def longest_token_lifetime() -> int:
+    """How long a token signed now may stay valid: the longest access-token lifetime (the default or any client's
+    own) or the ID token's, plus five minutes of clock skew."""
+    from idp.models import Client
+
+    cfg = current_app.config
+    longest_client = db.session.execute(db.select(func.max(Client.access_token_ttl))).scalar() or 0
+    return max(cfg["IDP_ACCESS_TOKEN_TTL"], cfg["IDP_ID_TOKEN_TTL"], longest_client) + 300
 
 
 def rotate(now: datetime | None = None, *, max_token_lifetime: int) -> list[SigningKey]:
