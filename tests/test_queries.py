@@ -170,3 +170,20 @@ def test_authorization_request_of_a_signed_in_user(app, client, make_user, make_
     # the session, its user, the client (once; no consent lookup for a first-party client), the code
     assert statements.count("SELECT") <= 3, statements
     assert statements.count("INSERT") == 1, statements
+
+
+def test_authorization_request_with_a_nonce_checks_it_once(app, client, make_user, make_client):
+    """The nonce replay check runs once per request (Authlib validates the request twice), on an index."""
+    from tests.support import RP_CALLBACK, authorize, authorize_url, pkce_pair
+
+    make_user()
+    client_id, _ = make_client(redirect_uris=[RP_CALLBACK], first_party=True)
+    _, challenge = pkce_pair()
+    authorize(client, client_id, code_challenge=challenge, code_challenge_method="S256", nonce="n-0")  # signs in
+    with counted(app) as statements:
+        response = client.get(authorize_url(client_id, code_challenge=challenge, code_challenge_method="S256",
+                                            nonce="n-1"))
+    assert response.status_code == 302 and "code=" in response.headers["Location"], response.headers
+    # the session, its user, the client, the nonce (once each); the code
+    assert statements.count("SELECT") <= 4, statements
+    assert statements.count("INSERT") == 1, statements

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from idp.extensions import db
@@ -110,6 +110,8 @@ class AuthorizationCode(db.Model):
     """An issued code: stored hashed, single use, bound to client, redirect URI, PKCE challenge and nonce."""
 
     __tablename__ = "authorization_codes"
+    # OIDC nonce replay check (every authorization request with a nonce): by client and nonce, not a scan.
+    __table_args__ = (Index("ix_authorization_codes_client_id_nonce", "client_id", "nonce"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     code_hash: Mapped[str] = mapped_column(String(64), unique=True)
@@ -204,9 +206,6 @@ class Token(db.Model):
 
     def get_client(self) -> Client | None:
         return self.client
-
-    def matches_refresh_token(self, refresh_token: str) -> bool:
-        return same(self.refresh_token_hash, token_hash(refresh_token))
 
 
 class Consent(db.Model):

@@ -19,7 +19,6 @@ from idp.models import LoginSession, User
 class Request:
     """What the checks look at: the parsed authorization request and the browser's state."""
 
-    client_id: str
     first_party: bool
     scopes: list[str]
     prompt: set[str]

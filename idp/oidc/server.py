@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
+from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector, current_token
 from authlib.oauth2.rfc6749 import grants
 from authlib.oauth2.rfc6749.authenticate_client import authenticate_client_secret_basic
 from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError
@@ -47,17 +47,22 @@ def issuer() -> str:
 
 
 def query_client(client_id: str) -> Client | None:
-    """The registered client with this id (read once per request: Authlib validates an authorization request
-    again when it creates the response)."""
+    """The registered client with this id (read once per request)."""
     if not client_id or len(client_id) > 64:
         return None
+    return _once_per_request("idp.clients", client_id, lambda: db.session.execute(
+        db.select(Client).where(Client.client_id == client_id)).scalar_one_or_none())
+
+
+def _once_per_request(kind: str, key, compute):
+    """``compute()`` once per request and key (Authlib validates an authorization request twice); outside a
+    request, every time."""
     if not has_request_context():
-        return db.session.execute(db.select(Client).where(Client.client_id == client_id)).scalar_one_or_none()
-    known = request.environ.setdefault("idp.clients", {})
-    if client_id not in known:
-        known[client_id] = db.session.execute(
-            db.select(Client).where(Client.client_id == client_id)).scalar_one_or_none()
-    return known[client_id]
+        return compute()
+    known = request.environ.setdefault(kind, {})
+    if key not in known:
+        known[key] = compute()
+    return known[key]
 
 
 # --- tokens ------------------------------------------------------------------------------------------------------
@@ -260,10 +265,10 @@ class OpenIDCode(_OpenIDCode):
     """ID tokens (OIDC Core 3.1.3.6): signed by our newest key for the client's algorithm, `kid` in the header."""
 
     def exists_nonce(self, nonce: str, request) -> bool:
-        return db.session.execute(
+        return _once_per_request("idp.nonces", (request.payload.client_id, nonce), lambda: db.session.execute(
             db.select(AuthorizationCode.id).where(AuthorizationCode.client_id == request.payload.client_id,
                                                   AuthorizationCode.nonce == nonce).limit(1)
-        ).first() is not None
+        ).first() is not None)
 
     def resolve_client_private_key(self, client: Client) -> KeySet:
         return keys.signing_keyset()
@@ -468,17 +473,15 @@ class AccessTokenValidator(BearerTokenValidator):
     """Bearer JWT access tokens of ours, live in the database (revocation and introspection agree)."""
 
     def authenticate_token(self, token_string: str) -> Token | None:
-        row = access_token_row(token_string)
-        g.oidc_token = row
-        return row
+        return access_token_row(token_string)
 
 
 class UserInfo(UserInfoEndpoint):
     """OIDC Core 5.3: the claims the token's scope (and its claims request) release."""
 
     def generate_user_info(self, user, scope):
-        token = g.get("oidc_token")
-        requested = (token.claims or {}).get("userinfo") if token is not None else None
+        token = current_token  # the Token row this request presented (Authlib's, set by the resource protector)
+        requested = (token.claims or {}).get("userinfo") if token else None
         return oidc_claims.user_info(user, scope, requested)
 
     def get_issuer(self):
@@ -492,10 +495,12 @@ class EndSession(EndSessionEndpoint):
     """RP-Initiated Logout 1.0; the view ends the browser's session (and asks first without a valid hint)."""
 
     def get_server_jwks(self):
-        return keys.verification_keyset()
+        # An id_token_hint signed by a key this worker has not loaded yet (rotated in another process) reloads them.
+        hint = request.values.get("id_token_hint")
+        return keys.keyset_for_token(hint) if hint else keys.verification_keyset()
 
     def end_session(self, end_session_request) -> None:
-        g.oidc_end_session = True
+        """Nothing here: the view ends the browser's session once the request is validated."""
 
     def resolve_client_from_id_token_claims(self, id_token_claims):
         # Our ID tokens carry `aud` as a one-element list; Authlib's default resolves only a string `aud`.
@@ -534,7 +539,6 @@ def create_server(app: Flask) -> AuthorizationServer:
     server.register_endpoint(EndSession)
     server.register_extension(Issuer())
     app.extensions["idp.oauth"] = server
-    app.extensions["idp.resource_protector"] = protector
     return server
 
 

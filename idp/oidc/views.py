@@ -182,7 +182,7 @@ def authorize():
             db.select(Consent).where(Consent.user_id == user.id, Consent.client_id == client.client_id,
                                      Consent.revoked_at.is_(None))).scalar_one_or_none()
     req = policy.Request(
-        client_id=client.client_id, first_party=client.first_party, scopes=scopes,
+        first_party=client.first_party, scopes=scopes,
         prompt=set((params.get("prompt") or "").split()), max_age=int(max_age) if max_age is not None else None,
         acr_values=(params.get("acr_values") or "").split(), session=live,
         consented_scopes=set(consent.scopes) if consent else set(), hint_subject=hint_subject, satisfied=satisfied,
