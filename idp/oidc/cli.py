@@ -11,10 +11,10 @@ from flask.cli import AppGroup
 from idp import audit
 from idp.extensions import db
 from idp.login.assurance import LEVELS
-from idp.models import Client, SigningKey, utcnow
+from idp.models import Client, SigningKey
 from idp.oidc import keys
 from idp.oidc.claims import SCOPES
-from idp.oidc.server import ALL_AUTH_METHODS, GRANT_TYPES
+from idp.oidc.server import ALL_AUTH_METHODS, GRANT_TYPES, revoke_client
 from idp.security.tokens import new_token, token_hash
 
 
@@ -187,12 +187,7 @@ def clients_show(client_id):
 def clients_delete(client_id):
     """Delete a client (its tokens stop working)."""
     client = _client(client_id)
-    from idp.models import Token
-
-    for row in db.session.execute(db.select(Token).where(Token.client_id == client.client_id,
-                                                         Token.revoked_at.is_(None))).scalars():
-        row.revoked_at = utcnow()
-        row.revoked_reason = "client_deleted"
+    revoke_client(client.client_id, "client_deleted")
     db.session.delete(client)
     audit.record("client.deleted", client_id=client_id)
     db.session.commit()

@@ -7,7 +7,7 @@ OIDC RP-Initiated Logout 1.0.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector, current_token
@@ -141,6 +141,18 @@ def revoke_for_client(user, client_id: str, reason: str) -> int:
     return _revoke_where((Token.user_id == user.id) & (Token.client_id == client_id), reason)
 
 
+def revoke_client(client_id: str, reason: str) -> int:
+    """Revoke every live token of a client, for every user (the client is deleted)."""
+    return _revoke_where(Token.client_id == client_id, reason)
+
+
+def _reuse_detected(event: str, reason: str, user, client_id: str, family_id: str | None) -> None:
+    """A code or refresh token was presented again: revoke what its first use issued, audit, commit (RFC 9700)."""
+    count = revoke_family(family_id, reason) if family_id is not None else 0
+    audit.record(event, subject=user, client_id=client_id, tokens_revoked=count)
+    db.session.commit()
+
+
 def revoke_for_user(user, reason: str) -> int:
     """Revoke every live token of a user (sign-out everywhere, password reset, disable, factor reset)."""
     return _revoke_where(Token.user_id == user.id, reason)
@@ -237,11 +249,9 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         db.session.commit()
         if claimed != 1:
             # RFC 6749 4.1.2 / RFC 9700 4.5: a second use revokes every token issued from the first.
-            revoked = db.session.execute(
-                db.select(Token).where(Token.authorization_code_id == row.id)).scalars().first()
-            count = revoke_family(revoked.family_id, "code_reuse") if revoked is not None else 0
-            audit.record("code.reuse_detected", subject=row.user, client_id=client.client_id, tokens_revoked=count)
-            db.session.commit()
+            family = db.session.execute(
+                db.select(Token.family_id).where(Token.authorization_code_id == row.id).limit(1)).scalar()
+            _reuse_detected("code.reuse_detected", "code_reuse", row.user, client.client_id, family)
             return None
         if row.expires_at <= now:
             return None
@@ -306,9 +316,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             return None
         now = utcnow()
         if row.rotated_at is not None:
-            count = revoke_family(row.family_id, "refresh_reuse")
-            audit.record("refresh.reuse_detected", subject=row.user, client_id=row.client_id, tokens_revoked=count)
-            db.session.commit()
+            _reuse_detected("refresh.reuse_detected", "refresh_reuse", row.user, row.client_id, row.family_id)
             return None
         if row.revoked_at is not None or row.refresh_expires_at is None or row.refresh_expires_at <= now:
             return None
@@ -323,9 +331,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             .execution_options(synchronize_session=False)
         ).rowcount
         if claimed != 1:
-            count = revoke_family(row.family_id, "refresh_reuse")
-            audit.record("refresh.reuse_detected", subject=row.user, client_id=row.client_id, tokens_revoked=count)
-            db.session.commit()
+            _reuse_detected("refresh.reuse_detected", "refresh_reuse", row.user, row.client_id, row.family_id)
             return None
         g.oidc_context = {"sid": row.sid, "auth_time": row.auth_time, "acr": row.acr, "amr": list(row.amr),
                           "claims": row.claims, "family_id": row.family_id,
@@ -409,9 +415,12 @@ class _Presented:
     def is_revoked(self) -> bool:
         return self.row.revoked_at is not None or (self.kind == "refresh_token" and self.row.rotated_at is not None)
 
+    @property
+    def expires_at(self) -> datetime | None:
+        return self.row.refresh_expires_at if self.kind == "refresh_token" else self.row.access_expires_at
+
     def is_expired(self) -> bool:
-        expiry = self.row.refresh_expires_at if self.kind == "refresh_token" else self.row.access_expires_at
-        return expiry is None or expiry <= utcnow()
+        return self.expires_at is None or self.expires_at <= utcnow()
 
 
 def _find_presented(token_string: str, hint: str | None) -> _Presented | None:
@@ -457,9 +466,8 @@ class Introspection(IntrospectionEndpoint):
 
     def introspect_token(self, token: _Presented) -> dict[str, Any]:
         row = token.row
-        expiry = row.refresh_expires_at if token.kind == "refresh_token" else row.access_expires_at
         result = {"active": True, "client_id": row.client_id, "scope": row.scope, "iss": issuer(),
-                  "aud": row.client_id, "iat": int(row.issued_at.timestamp()), "exp": int(expiry.timestamp()),
+                  "aud": row.client_id, "iat": int(row.issued_at.timestamp()), "exp": int(token.expires_at.timestamp()),
                   "token_type": "Bearer" if token.kind == "access_token" else "refresh_token"}
         if token.kind == "access_token":
             result["jti"] = row.jti
