@@ -12,7 +12,7 @@ import pytest
 
 from idp.extensions import db
 from idp.models import Client
-from tests.support import ok, path_of, refused, sign_in
+from tests.support import audit_events, ok, path_of, refused, sign_in
 
 REDIRECT_URI = "https://rp.example/cb"
 
@@ -199,6 +199,16 @@ def test_delete_removes_the_client_and_its_tokens_stop_working(cli, client, make
     assert response.status_code == 401 and response.get_json()["error"] == "invalid_client"
     assert refused(cli("clients", "show", shop["client_id"])).startswith("Error: no client with id")
     assert _userinfo(client, kept["access_token"]).status_code == 200  # other clients' tokens are untouched
+
+
+def test_client_changes_are_audited(app, cli):
+    """SECURITY.md 29: creating, rotating the secret of and deleting a client each leave an audit event."""
+    body = create_json(cli, "--name", "Shop", "--redirect-uri", REDIRECT_URI)
+    ok(cli("clients", "rotate-secret", body["client_id"]))
+    ok(cli("clients", "delete", body["client_id"]))
+    for event in ("client.created", "client.secret_rotated", "client.deleted"):
+        rows = audit_events(app, event)
+        assert [row.client_id for row in rows] == [body["client_id"]], event
 
 
 # --- rotate-secret ------------------------------------------------------------------------------------------------
