@@ -16,7 +16,6 @@ from idp.login.browser import throttle
 from idp.login.throttle import account_key
 from idp.models import AuditEvent, User, utcnow
 from idp.models.user import normalize_email
-from idp.oidc.server import revoke_for_user
 from idp.security.passwords import hash_password, password_problems, verify_password
 from idp.security.tokens import new_token
 
@@ -104,8 +103,7 @@ def users_disable(email):
     """Disable a user and end all their sessions."""
     user = _user(email)
     user.disabled = True
-    ended = sessions.end_all(user, "user_disabled", utcnow())
-    revoked = revoke_for_user(user, "user_disabled")
+    ended, revoked = sessions.sign_out_everywhere(user, "user_disabled", utcnow())
     audit.record("user.disabled", subject=user, via="cli", sessions_ended=ended, tokens_revoked=revoked)
     db.session.commit()
     click.echo(f"disabled {user.email} ({ended} sessions ended)")
@@ -145,8 +143,7 @@ def users_reset_mfa(email):
     factors = db.session.execute(db.delete(Factor).where(Factor.user_id == user.id)).rowcount
     db.session.execute(db.delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
     db.session.execute(db.update(Device).where(Device.user_id == user.id).values(remembered_until=None, revoked_at=now))
-    ended = sessions.end_all(user, "mfa_reset", now)
-    revoked = revoke_for_user(user, "mfa_reset")
+    ended, revoked = sessions.sign_out_everywhere(user, "mfa_reset", now)
     audit.record("mfa.reset", subject=user, via="cli", factors_removed=factors, sessions_ended=ended,
                  tokens_revoked=revoked)
     db.session.commit()
@@ -185,8 +182,7 @@ def users_set_password(email, password_stdin):
     user.password_hash = hash_password(password)
     user.password_changed_at = now
     user.failed_logins = 0
-    ended = sessions.end_all(user, "password_reset", now)
-    revoked = revoke_for_user(user, "password_reset")
+    ended, revoked = sessions.sign_out_everywhere(user, "password_reset", now)
     audit.record("password.reset", subject=user, via="cli", sessions_ended=ended, tokens_revoked=revoked)
     db.session.commit()
     click.echo(f"password set for {user.email} ({ended} sessions ended)")

@@ -619,3 +619,13 @@ def test_disabling_a_user_revokes_their_tokens(app, client, alice, first_party):
     _, tokens = login_and_tokens(client, client_id, secret, scope="openid email")
     assert app.test_cli_runner().invoke(args=["users", "disable", ALICE]).exit_code == 0
     assert _refresh_status(client, client_id, secret, tokens) == (400, 401)
+
+
+def test_setting_a_password_from_the_cli_revokes_the_users_tokens(app, client, alice, first_party):
+    """SECURITY.md 6: `idp users set-password` is a reset too: the tokens issued before it end at once."""
+    client_id, secret = first_party
+    _, tokens = login_and_tokens(client, client_id, secret, scope="openid email")
+    result = app.test_cli_runner().invoke(args=["users", "set-password", ALICE, "--password-stdin"],
+                                          input="an entirely new passphrase for alice\n")
+    assert result.exit_code == 0, result.output
+    assert _refresh_status(client, client_id, secret, tokens) == (400, 401)

@@ -21,7 +21,7 @@ from idp.login.views import begin_transaction
 from idp.models import Client, Consent, LoginSession, LoginTransaction, User, utcnow
 from idp.models.user import normalize_email
 from idp.oidc.claims import SCOPE_DESCRIPTIONS
-from idp.oidc.server import revoke_for_client, revoke_for_user
+from idp.oidc.server import revoke_for_client
 from idp.security.passwords import hash_password, password_problems, verify_password
 
 bp = Blueprint("account", __name__)
@@ -137,8 +137,7 @@ def reset_password(token: str):
             if user.email_verified_at is None and row.email == user.email:
                 user.email_verified_at = now  # the link proved the address
             row.used_at = now
-            ended = sessions.end_all(user, "password_reset", now)
-            revoked = revoke_for_user(user, "password_reset")
+            ended, revoked = sessions.sign_out_everywhere(user, "password_reset", now)
             audit.record("password.reset", subject=user, sessions_ended=ended, tokens_revoked=revoked)
             db.session.commit()
             enqueue("send_mail", to=user.email, template="password_changed", context={"name": user.name})

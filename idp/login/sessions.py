@@ -74,6 +74,14 @@ def end(session: LoginSession, reason: str, now: datetime) -> None:
         session.end_reason = reason
 
 
+def sign_out_everywhere(user: User, reason: str, now: datetime) -> tuple[int, int]:
+    """End every session of ``user`` and revoke every token issued to them (SECURITY.md 6: a password reset,
+    disabling the user, an MFA reset); returns (sessions ended, tokens revoked)."""
+    from idp.oidc.server import revoke_for_user
+
+    return end_all(user, reason, now), revoke_for_user(user, reason)
+
+
 def end_all(user: User, reason: str, now: datetime, keep: LoginSession | None = None) -> int:
     """End every live session of ``user`` (but ``keep``); returns how many ended."""
     live = db.session.execute(
