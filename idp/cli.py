@@ -11,9 +11,8 @@ from flask.cli import AppGroup, FlaskGroup, with_appcontext
 
 from idp import audit
 from idp.extensions import db
-from idp.login import sessions
-from idp.login.browser import throttle
-from idp.login.throttle import account_key
+from idp.login import enrolment, sessions
+from idp.login.browser import unlock_account
 from idp.models import AuditEvent, User, utcnow
 from idp.models.user import normalize_email
 from idp.security.passwords import hash_password, password_problems, verify_password
@@ -144,15 +143,10 @@ def users_reset_mfa(email):
     db.session.execute(db.delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
     db.session.execute(db.update(Device).where(Device.user_id == user.id).values(remembered_until=None, revoked_at=now))
     ended, revoked = sessions.sign_out_everywhere(user, "mfa_reset", now)
-    audit.record("mfa.reset", subject=user, via="cli", factors_removed=factors, sessions_ended=ended,
-                 tokens_revoked=revoked)
+    enrolment.notify_change(user, "An administrator removed your second factors.", event="mfa.reset",
+                            next_step="Set up a new one at your next sign-in.", via="cli", factors_removed=factors,
+                            sessions_ended=ended, tokens_revoked=revoked)
     db.session.commit()
-    if user.email_verified:
-        from idp.jobs import enqueue
-
-        enqueue("send_mail", to=user.email, template="security_notice",
-                context={"name": user.name, "what": "An administrator removed your second factors.",
-                         "detail": "Set up a new one at your next sign-in."})
     click.echo(f"reset MFA for {user.email}: {factors} factors removed, {ended} sessions ended")
 
 
@@ -161,11 +155,7 @@ def users_reset_mfa(email):
 def users_unlock(email):
     """Lift the lock that repeated failed sign-ins put on an account."""
     user = _user(email)
-    user.locked_at = None
-    user.failed_logins = 0
-    # Like the emailed unlock link: also lift the failed-attempt delays, or the user stays shut out for up to a day.
-    throttle().succeeded("password", {"account": account_key(user.email)})
-    audit.record("account.unlocked", subject=user, method="cli")
+    unlock_account(user, "cli")
     db.session.commit()
     click.echo(f"unlocked {user.email}")
 

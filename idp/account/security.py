@@ -45,8 +45,7 @@ def _factor(factor_id: int) -> Factor:
 
 
 def _notify(what: str, event: str, **details) -> None:
-    enrolment.notify_change(current_session().user, what, event=event, ip=g.client_ip, user_agent=g.user_agent,
-                            **details)
+    enrolment.notify_change(current_session().user, what, event=event, **details)
 
 
 @bp.get("")

@@ -11,7 +11,7 @@ from idp.extensions import db, limiter
 from idp.http import clear_session_cookie
 from idp.jobs import enqueue
 from idp.login import onetime, sessions, transaction
-from idp.login.browser import binding, current_session, current_user, login_required, throttle
+from idp.login.browser import binding, current_session, current_user, login_required, throttle, unlock_account
 from idp.login.forms import ChangePasswordForm, ConfirmForm, ForgotForm, NewPasswordForm, ProfileForm, SignUpForm
 from idp.login.mfa import has_second_factor
 from idp.login.steps.email_verification import PURPOSE as VERIFY_PURPOSE
@@ -159,11 +159,8 @@ def unlock(token: str):
     if not form.validate_on_submit():
         return render_template("account/confirm.html", form=form, title="Unlock your account",
                                text=f"Unlock the account {row.email}.", button="Unlock")
-    row.user.locked_at = None
-    row.user.failed_logins = 0
     row.used_at = now
-    throttle().succeeded("password", {"account": account_key(row.user.email)})
-    audit.record("account.unlocked", subject=row.user, method="email_link")
+    unlock_account(row.user, "email_link")
     db.session.commit()
     flash("Your account is unlocked. Sign in.")
     return redirect(url_for("login.begin"))

@@ -7,11 +7,12 @@ from urllib.parse import urlsplit
 
 from flask import current_app, g, redirect, request, session, url_for
 
+from idp import audit
 from idp.extensions import limiter
 from idp.http import external_url, session_cookie_name
 from idp.login import sessions
 from idp.login.steps import StepContext
-from idp.login.throttle import Throttle
+from idp.login.throttle import Throttle, account_key
 from idp.models import LoginSession, LoginTransaction, User, utcnow
 from idp.security.tokens import new_token
 
@@ -71,6 +72,15 @@ def throttle() -> Throttle:
     return Throttle(limiter.limiter, {"account": cfg["IDP_THROTTLE_ACCOUNT"], "ip": cfg["IDP_THROTTLE_IP"],
                                       "otp:account": cfg["IDP_THROTTLE_OTP"]},
                     prefix=cfg.get("RATELIMIT_KEY_PREFIX", "idp"))
+
+
+def unlock_account(user: User, method: str) -> None:
+    """Lift the lock of repeated failed sign-ins, and the failed-attempt delays with it (or the user would stay
+    shut out for up to a day); audited. The caller commits."""
+    user.locked_at = None
+    user.failed_logins = 0
+    throttle().succeeded("password", {"account": account_key(user.email)})
+    audit.record("account.unlocked", subject=user, method=method)
 
 
 def step_context(txn: LoginTransaction) -> StepContext:

@@ -94,10 +94,9 @@ def new_recovery_codes_for(user: User, now) -> list[str]:
     return codes
 
 
-def notify_change(user: User, what: str, *, event: str, ip: str | None = None, user_agent: str | None = None,
-                  **details) -> None:
-    """Audit a security change and tell the user by email (SECURITY.md 27)."""
-    audit.record(event, subject=user, ip=ip, user_agent=user_agent, **details)
+def notify_change(user: User, what: str, *, event: str, next_step: str = "", **details) -> None:
+    """Audit a security change and tell the user by email (SECURITY.md 27); ``next_step`` is a line for the mail."""
+    audit.record(event, subject=user, **details)
     if user.email_verified:
         enqueue("send_mail", to=user.email, template="security_notice",
-                context={"name": user.name, "what": what, "detail": ""})
+                context={"name": user.name, "what": what, "detail": next_step})
