@@ -683,6 +683,21 @@ def test_security_changes_need_a_recent_sign_in(app, client, alice):
     assert result.last.status_code == 200 and 'id="totp-secret"' in result.text
 
 
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/account/security/totp/new"), ("GET", "/account/security/phone/new"),
+    ("GET", "/account/security/phone/verify"), ("GET", "/account/security/webauthn/new"),
+    ("POST", "/account/security/factors/1/rename"), ("POST", "/account/security/factors/1/remove"),
+    ("POST", "/account/security/recovery-codes"), ("POST", "/account/security/devices/1/forget"),
+])
+def test_every_security_change_asks_for_a_recent_sign_in(app, client, alice, method, path):
+    """SECURITY.md 27: each page that changes a factor or a device sends a stale session to sign in again first."""
+    sign_in_fully(client)
+    page = client.get("/account/security")
+    age_sessions(app, app.config["IDP_STEP_UP_MAX_AGE"] + 60)
+    response = client.open(path, method=method, data={"csrf_token": csrf_token(page)} if method == "POST" else None)
+    assert response.status_code == 302 and "/login/" in response.headers["Location"], (path, response.status_code)
+
+
 def test_add_rename_remove_totp_and_recovery_codes_are_audited_and_mailed(app, client, alice, mailbox):
     sign_in_fully(client)
     page = client.get("/account/security/totp/new")
