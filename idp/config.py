@@ -49,6 +49,7 @@ class Setting:
     default: Any
     doc: str
     parse: Callable[[str], Any] = str
+    maximum: int | None = None  # a security ceiling: a larger value is taken as this one
 
     def default_for(self, env: str) -> Any:
         return self.default(env) if callable(self.default) else self.default
@@ -81,19 +82,22 @@ SETTINGS: list[Setting] = [
     Setting("IDP_SESSION_IDLE_TIMEOUT", 1800, "Seconds of inactivity after which a sign-in session ends.", int),
     Setting("IDP_SESSION_MAX_AGE", 43200, "Seconds after sign-in at which a session ends regardless of use.", int),
     Setting("IDP_LOGIN_TRANSACTION_TTL", 1800, "Seconds a started sign-in may take before it must start over.", int),
-    Setting("IDP_EMAIL_CODE_TTL", 600, "Seconds an emailed 6-digit code stays valid (at most 600).", int),
+    Setting("IDP_EMAIL_CODE_TTL", 600, "Seconds an emailed 6-digit code stays valid (at most 600).", int,
+            maximum=600),
     Setting("IDP_CODE_MAX_ATTEMPTS", 5, "Wrong answers a one-time code tolerates before it is void.", int),
     Setting("IDP_VERIFY_LINK_TTL", 86400, "Seconds an email verification link stays valid.", int),
     Setting("IDP_RESET_LINK_TTL", 3600, "Seconds a password reset or unlock link stays valid.", int),
     Setting("IDP_RESEND_COOLDOWN", 60, "Seconds between two sends of a code or link to the same user.", int),
-    Setting("IDP_LOCKOUT_THRESHOLD", 50, "Consecutive failed sign-ins that lock an account (at most 100).", int),
+    Setting("IDP_LOCKOUT_THRESHOLD", 50, "Consecutive failed sign-ins that lock an account (at most 100).", int,
+            maximum=100),
     Setting("IDP_THROTTLE_ACCOUNT", "5/minute;15/hour;40/day",
             "Failed attempts allowed per account (growing delays as each tier fills)."),
     Setting("IDP_THROTTLE_IP", "20/minute;100/hour;500/day", "Failed attempts allowed per client IP."),
     Setting("IDP_RATELIMIT_FORMS", "10/minute;100/hour", "Sign-up, reset and resend requests allowed per client IP."),
     Setting("IDP_JOB_RETRY_INTERVALS", [10, 60, 300, 1800],
             "Seconds between retries of a failed mail or SMS job (RQ).", lambda v: [int(x) for x in _list(v)]),
-    Setting("IDP_AUTH_CODE_TTL", 60, "Seconds an authorization code may wait to be redeemed (at most 60).", int),
+    Setting("IDP_AUTH_CODE_TTL", 60, "Seconds an authorization code may wait to be redeemed (at most 60).", int,
+            maximum=60),
     Setting("IDP_ACCESS_TOKEN_TTL", 900, "Seconds a JWT access token lives (clients may set their own).", int),
     Setting("IDP_ID_TOKEN_TTL", 3600, "Seconds an ID token is valid.", int),
     Setting("IDP_REFRESH_TOKEN_TTL", 1209600, "Idle expiry of a refresh token: seconds it may go unused.", int),
@@ -104,7 +108,7 @@ SETTINGS: list[Setting] = [
     Setting("IDP_TWILIO_AUTH_TOKEN", "", "Twilio auth token."),
     Setting("IDP_TWILIO_FROM", "", "Sender number (E.164) for SMS."),
     Setting("IDP_TWILIO_MESSAGING_SERVICE_SID", "", "Twilio messaging service SID (instead of IDP_TWILIO_FROM)."),
-    Setting("IDP_SMS_CODE_TTL", 300, "Seconds an SMS code stays valid (at most 600).", int),
+    Setting("IDP_SMS_CODE_TTL", 300, "Seconds an SMS code stays valid (at most 600).", int, maximum=600),
     Setting("IDP_SMS_CAP_NUMBER", "5/day", "SMS allowed per phone number (guards against SMS pumping)."),
     Setting("IDP_SMS_CAP_USER", "10/day", "SMS allowed per user."),
     Setting("IDP_SMS_CAP_COUNTRY", "1000/day", "SMS allowed per destination country."),
@@ -153,6 +157,8 @@ def load(environ: dict[str, str] | None = None, overrides: dict[str, Any] | None
                 raise ConfigError(f"{setting.name}: {exc}") from None
         else:
             values[setting.name] = setting.default_for(env)
+        if setting.maximum is not None and values[setting.name] > setting.maximum:
+            values[setting.name] = setting.maximum
     values["IDP_ENV"] = env
     values.update(overrides)  # anything else (Flask or extension keys) passes through from tests
     if env == "production":

@@ -183,3 +183,13 @@ def test_readme_configuration_table_is_the_generated_one():
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert config.markdown_table() in readme
+
+
+@pytest.mark.parametrize("name, ceiling", [("IDP_EMAIL_CODE_TTL", 600), ("IDP_SMS_CODE_TTL", 600),
+                                           ("IDP_AUTH_CODE_TTL", 60), ("IDP_LOCKOUT_THRESHOLD", 100)])
+def test_security_ceilings_hold_whatever_the_setting_says(tmp_path, name, ceiling):
+    """SECURITY.md 5, 21, 23: codes live at most 10 minutes (authorization codes 60 s), an account locks after at
+    most 100 failures; a larger value is taken as the ceiling, for every reader of the setting."""
+    values = config.load(environ={name: str(ceiling * 10)}, instance_path=str(tmp_path))
+    assert values[name] == ceiling
+    assert config.load(environ={name: str(ceiling - 1)}, instance_path=str(tmp_path))[name] == ceiling - 1

@@ -61,7 +61,7 @@ def send_sms_code(user: User, phone: str, body_for_code, *, purpose: str, ttl: i
         audit.record("sms.capped", subject=user, country=country, ip=ip)
         raise SmsRefused("Too many text messages were sent. Try another method, or try again tomorrow.")
     caps.failed("sms", keys)  # counts one message against every cap
-    issued = onetime.issue(purpose, user, now=utcnow(), ttl=min(ttl, 600), secret_key=cfg["IDP_SECRET_KEY"],
+    issued = onetime.issue(purpose, user, now=utcnow(), ttl=ttl, secret_key=cfg["IDP_SECRET_KEY"],
                            link=False, code=True, transaction_id=transaction_id)
     issued.row.email = phone  # the destination the code went to
     enqueue("send_sms", to=phone, body=body_for_code(issued.code))

@@ -228,7 +228,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             code_challenge=data.get("code_challenge"), code_challenge_method=data.get("code_challenge_method"),
             claims=g.get("oidc_claims_request"), sid=live.sid, auth_time=live.auth_time, acr=live.acr,
             amr=list(live.amr), issued_at=now,
-            expires_at=now + timedelta(seconds=min(current_app.config["IDP_AUTH_CODE_TTL"], 60)),
+            expires_at=now + timedelta(seconds=current_app.config["IDP_AUTH_CODE_TTL"]),
         ))
         db.session.commit()
 

@@ -24,7 +24,7 @@ class EmailCodeStep(CodeDelivery, FactorStep, Step):
     order = 44
 
     def deliver(self, ctx: StepContext) -> None:
-        ttl = min(ctx.config["IDP_EMAIL_CODE_TTL"], 600)
+        ttl = ctx.config["IDP_EMAIL_CODE_TTL"]
         issued = onetime.issue(self.purpose, ctx.user, now=ctx.now, ttl=ttl, secret_key=ctx.config["IDP_SECRET_KEY"],
                                link=False, code=True, transaction_id=ctx.txn.id)
         enqueue("send_mail", to=ctx.user.email, template="login_code",

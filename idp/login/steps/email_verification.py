@@ -85,9 +85,9 @@ def send_verification(user, *, now, config, url, transaction_id=None) -> None:
     secret = config["IDP_SECRET_KEY"]
     issued = onetime.issue(PURPOSE, user, now=now, ttl=config["IDP_VERIFY_LINK_TTL"], secret_key=secret)
     code = None
-    code_minutes = min(config["IDP_EMAIL_CODE_TTL"], 600) // 60
+    code_minutes = config["IDP_EMAIL_CODE_TTL"] // 60
     if transaction_id is not None:
-        code = onetime.issue(CODE_PURPOSE, user, now=now, ttl=min(config["IDP_EMAIL_CODE_TTL"], 600),
+        code = onetime.issue(CODE_PURPOSE, user, now=now, ttl=config["IDP_EMAIL_CODE_TTL"],
                              secret_key=secret, link=False, code=True, transaction_id=transaction_id).code
     link = url("account.verify_email", token=onetime.sign(issued.token, PURPOSE, secret))
     enqueue("send_mail", to=user.email, template="verify_email",

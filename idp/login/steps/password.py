@@ -94,7 +94,7 @@ class PasswordStep(Step):
     def _count_failure(self, ctx: StepContext, user: User) -> None:
         """Consecutive failures lock the account at the threshold; an emailed link or an admin unlocks it."""
         user.failed_logins += 1
-        threshold = min(int(ctx.config["IDP_LOCKOUT_THRESHOLD"]), 100)
+        threshold = ctx.config["IDP_LOCKOUT_THRESHOLD"]
         if user.failed_logins >= threshold and not user.locked:
             user.locked_at = ctx.now
             audit.record("account.locked", subject=user, failures=user.failed_logins, ip=ctx.ip,
