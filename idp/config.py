@@ -7,13 +7,14 @@ from ``SETTINGS`` (``idp config doc``), so this module is the single source of t
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from idp.security import network
 
 
 class ConfigError(RuntimeError):
@@ -36,8 +37,7 @@ def _list(value: str) -> list[str]:
 def _networks(value: str) -> list[str]:
     # Checked at start-up: a bad entry would otherwise fail every request when X-Forwarded-For is read.
     entries = _list(value)
-    for entry in entries:
-        ipaddress.ip_network(entry, strict=False)  # the ValueError names the entry
+    network.networks(entries)  # the ValueError names the entry
     return entries
 
 

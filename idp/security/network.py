@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from functools import lru_cache
 
 
-def _networks(trusted: Iterable[str]) -> list[ipaddress._BaseNetwork]:
-    return [ipaddress.ip_network(entry, strict=False) for entry in trusted]
+def networks(trusted: Iterable[str]) -> tuple[ipaddress._BaseNetwork, ...]:
+    """The trusted proxies as networks (parsed once per list: every request asks); a bad entry raises ValueError."""
+    return _parsed(tuple(trusted))
+
+
+@lru_cache(maxsize=8)
+def _parsed(trusted: tuple[str, ...]) -> tuple[ipaddress._BaseNetwork, ...]:
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in trusted)
 
 
 def _is_trusted(address: str, networks: list) -> bool:
@@ -20,12 +27,14 @@ def _is_trusted(address: str, networks: list) -> bool:
 
 def client_ip(remote_addr: str, forwarded_for: str | None, trusted_proxies: Iterable[str]) -> str:
     """The client address: X-Forwarded-For is read right to left only while each hop is a trusted proxy."""
-    networks = _networks(trusted_proxies)
-    if not networks or not forwarded_for or not _is_trusted(remote_addr, networks):
+    if not forwarded_for:
+        return remote_addr
+    proxies = networks(trusted_proxies)
+    if not proxies or not _is_trusted(remote_addr, proxies):
         return remote_addr
     hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
     for hop in reversed(hops):
-        if not _is_trusted(hop, networks):
+        if not _is_trusted(hop, proxies):
             try:
                 return str(ipaddress.ip_address(hop))
             except ValueError:
