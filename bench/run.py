@@ -59,6 +59,28 @@ def cpu_seconds(pgid: int, commands: tuple[str, ...] = ()) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def pg(dbname: str, *statements: str) -> list:
+    """Run statements on the local PostgreSQL in autocommit (CREATE/DROP DATABASE, VACUUM); the last one's rows."""
+    conn = psycopg2.connect(dbname=dbname, **PG)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+def idp_provider(port: int, meta: dict, seed: dict) -> driver.Provider:
+    """How the driver signs in at an idp server seeded by seed.py."""
+    return driver.Provider("idp", port, IDP_HOST, meta["authorization_endpoint"], meta["token_endpoint"],
+                           seed["client_id"], seed["client_secret"], seed["redirect_uri"])
+
+
+IDP_USERS = [f"pw-{i}@bench.example" for i in range(1, 1001)]  # seed.py's password users
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -66,13 +88,14 @@ def log(message: str) -> None:
 class _LatencySide:
     """One idp server of the scale comparison: one client at a time, latencies collected over batches."""
 
-    def __init__(self, label: str, db: str, prov: driver.Provider, meta: dict, password: str):
-        self.label, self.db, self.prov, self.meta, self.password = label, db, prov, meta, password
+    def __init__(self, label: str, db: str, port: int, meta: dict, seed: dict):
+        prov = idp_provider(port, meta, seed)
+        self.label, self.db, self.prov, self.meta, self.password = label, db, prov, meta, seed["password"]
         self.auth = {"Authorization": "Basic " + driver.basic(prov.client_id, prov.client_secret)}
         self.browser = driver.Browser(prov.port, prov.host)
         self.latencies: dict[str, list[float]] = {}
         self.signins = 0
-        tokens = [driver.sign_in(prov, f"pw-{n}@bench.example", password) for n in range(1, 6)]
+        tokens = [driver.sign_in(prov, f"pw-{n}@bench.example", self.password) for n in range(1, 6)]
         self.access = [t["access_token"] for t in tokens]
         self.refresh = tokens[-1]["refresh_token"]
 
@@ -95,12 +118,7 @@ class _LatencySide:
 
     def settle(self) -> None:
         """Vacuumed, analysed and checkpointed (growing leaves many dirty pages), then every path warmed up."""
-        conn = psycopg2.connect(dbname=self.db, **PG)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("VACUUM ANALYZE")
-            cur.execute("CHECKPOINT")
-        conn.close()
+        pg(self.db, "VACUUM ANALYZE", "CHECKPOINT")
         for kind in ("signin", "client_credentials", "refresh", "userinfo"):
             for n in range(3 if kind == "signin" else 30):
                 self._call(kind, n)
@@ -120,11 +138,7 @@ class _LatencySide:
         return out
 
     def counts(self) -> dict:
-        conn = psycopg2.connect(dbname=self.db, **PG)
-        with conn.cursor() as cur:
-            cur.execute("SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM tokens)")
-            users, tokens = cur.fetchone()
-        conn.close()
+        [(users, tokens)] = pg(self.db, "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM tokens)")
         return {"users": users, "tokens": tokens}
 
     def close(self) -> None:
@@ -160,17 +174,10 @@ class Bench:
                 break
         else:
             raise SystemExit("no empty Redis database among 11-15 on 127.0.0.1:6379")
-        conn = psycopg2.connect(dbname="postgres", **PG)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {self.db}")
-            cur.execute(f"CREATE DATABASE {self.db}")
-        conn.close()
-        self.env = {
+        self.base_env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("IDP_")},
             "IDP_ENV": "production", "IDP_ISSUER": f"https://{IDP_HOST}",
             "IDP_SECRET_KEY": secrets.token_urlsafe(48)[:48],
-            "IDP_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{self.db}",
             "IDP_REDIS_URL": f"redis://127.0.0.1:6379/{self.redis_db}", "IDP_QUEUE_NAME": f"idp-bench-{os.getpid()}",
             "IDP_MAIL_BACKEND": "console", "IDP_TRUSTED_PROXIES": "127.0.0.1",
             # The bench measures throughput, not the limits: every limit is loosened far past the load.
@@ -181,18 +188,23 @@ class Bench:
             "Rate limits loosened for the bench (IDP_THROTTLE_ACCOUNT/IP/OTP, IDP_RATELIMIT_FORMS = "
             f"{LOOSE}): it measures throughput, not the limits.")
         log(f"database {self.db}, redis db {self.redis_db}, temp {self.tmp}")
-        subprocess.run([str(BIN / "idp"), "db", "upgrade"], env=self.env, cwd=self.tmp, check=True,
-                       capture_output=True)
-        seed_file = self.tmp / "seed.json"
-        subprocess.run([sys.executable, str(BENCH / "seed.py"), "seed", str(seed_file), "--users", "1000",
-                        "--totp-users", "1000"], env=self.env, cwd=self.tmp, check=True)
-        self.seed = json.loads(seed_file.read_text())
+        self.env, self.seed = self._fresh_database(self.db, totp_users=1000)
         log(f"seeded 1000 password users, 1000 TOTP users, client {self.seed['client_id']}")
 
-    def start_idp(self, env: dict | None = None, port: int | None = None, log_name: str = "gunicorn.log") -> None:
-        """idp under gunicorn; without arguments the bench's main server (its pid and metadata are kept)."""
-        main_server = env is None
-        env, port = env or self.env, port or self.args.idp_port
+    def _fresh_database(self, name: str, totp_users: int) -> tuple[dict, dict]:
+        """Create database ``name`` (dropped first), migrate and seed it; its idp environment and seed."""
+        pg("postgres", f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}")
+        if name != self.db:
+            self.extra_dbs.append(name)
+        env = {**self.base_env, "IDP_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{name}"}
+        subprocess.run([str(BIN / "idp"), "db", "upgrade"], env=env, cwd=self.tmp, check=True, capture_output=True)
+        seed_file = self.tmp / f"seed-{name}.json"
+        subprocess.run([sys.executable, str(BENCH / "seed.py"), "seed", str(seed_file), "--users", "1000",
+                        "--totp-users", str(totp_users)], env=env, cwd=self.tmp, check=True, capture_output=True)
+        return env, json.loads(seed_file.read_text())
+
+    def start_idp(self, env: dict, port: int, log_name: str = "gunicorn.log") -> tuple[int, dict]:
+        """idp under gunicorn; its master's pid and its discovery metadata (endpoint paths)."""
         log_file = open(self.tmp / log_name, "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
             [str(BIN / "gunicorn"), "-w", str(self.workers), "-b", f"127.0.0.1:{port}",
@@ -200,11 +212,9 @@ class Bench:
              "--backlog", "256", "wsgi:app"],
             env=env, cwd=self.tmp, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
-        self._wait_ready(port, IDP_HOST, "/.well-known/openid-configuration", proc)
-        if main_server:
-            self.idp_pid = proc.pid
-            self.idp_meta = self._discover(port, IDP_HOST)
+        self._wait_ready(port, IDP_HOST, proc)
         log(f"idp up: gunicorn pid {proc.pid}, {self.workers} workers on 127.0.0.1:{port}")
+        return proc.pid, self._discover(port, IDP_HOST)
 
     def start_peer(self) -> None:
         peer = BENCH / "peer"
@@ -222,19 +232,19 @@ class Bench:
                                 env=env, cwd=peer, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         self.peer_pid = proc.pid
-        self._wait_ready(self.args.peer_port, PEER_HOST, "/.well-known/openid-configuration", proc)
+        self._wait_ready(self.args.peer_port, PEER_HOST, proc)
         self.peer_meta = self._discover(self.args.peer_port, PEER_HOST)
         log(f"peer up: oidc-provider (node {subprocess.check_output(['node', '--version']).decode().strip()}) "
             f"on 127.0.0.1:{self.args.peer_port}")
 
-    def _wait_ready(self, port: int, host: str, path: str, proc) -> None:
+    def _wait_ready(self, port: int, host: str, proc) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise SystemExit(f"server on {port} exited; see {self.tmp}")
             try:
                 browser = driver.Browser(port, host)
-                status, _, _ = browser.request("GET", path)
+                status, _, _ = browser.request("GET", "/.well-known/openid-configuration")
                 browser.close()
                 if status == 200:
                     return
@@ -251,9 +261,7 @@ class Bench:
         return {k: driver._path(v) for k, v in meta.items() if isinstance(v, str) and v.startswith("https://")}
 
     def providers(self) -> dict[str, driver.Provider]:
-        out = {"idp": driver.Provider("idp", self.args.idp_port, IDP_HOST, self.idp_meta["authorization_endpoint"],
-                                      self.idp_meta["token_endpoint"], self.seed["client_id"],
-                                      self.seed["client_secret"], self.seed["redirect_uri"])}
+        out = {"idp": idp_provider(self.args.idp_port, self.idp_meta, self.seed)}
         if self.args.peer:
             out["peer"] = driver.Provider("peer", self.args.peer_port, PEER_HOST,
                                           self.peer_meta["authorization_endpoint"], self.peer_meta["token_endpoint"],
@@ -266,10 +274,10 @@ class Bench:
         """Refresh tokens for each refresh round (fresh ones each round, so no token is presented twice) and access
         tokens for userinfo and introspection, from complete sign-ins."""
         per_round = self.wrk_conns
-        self.tokens: dict[str, dict] = {}
+        self.refresh_tokens: dict[str, list[str]] = {}
         for name, prov in self.providers().items():
-            need = per_round * (self.rounds + 2) + 4  # rounds, warm-up, profile
-            users = self.peer_users if name == "peer" else [f"pw-{i}@bench.example" for i in range(1, 1001)]
+            need = per_round * (self.rounds + 2)  # rounds, warm-up, profile
+            users = self.peer_users if name == "peer" else IDP_USERS
             got: list[dict] = []
 
             def task(n, prov=prov, users=users, got=got):
@@ -287,7 +295,7 @@ class Bench:
                 driver.closed_loop(lambda n, plain=plain, users=users, opaque=opaque: opaque.append(
                     driver.sign_in(plain, users[n], self.seed["password"])), threads=4, seconds=60, max_count=16)
                 access = [t["access_token"] for t in opaque]
-            self.tokens[name] = {"refresh": [t["refresh_token"] for t in got], "access": access}
+            self.refresh_tokens[name] = [t["refresh_token"] for t in got]
             (self.tmp / f"{name}-access.txt").write_text("\n".join(access) + "\n")
             log(f"{name}: {len(got)} sign-ins issued tokens (access token {len(got[0]['access_token'])} chars)")
 
@@ -330,7 +338,7 @@ class Bench:
                                          {"BENCH_BASIC": basic})
         if scenario == "refresh":
             def run(s, i):
-                chunk = self.tokens[target]["refresh"][i * self.wrk_conns:(i + 1) * self.wrk_conns]
+                chunk = self.refresh_tokens[target][i * self.wrk_conns:(i + 1) * self.wrk_conns]
                 path = self.tmp / f"{target}-refresh-{i}.txt"
                 path.write_text("\n".join(chunk) + "\n")
                 return self.wrk(scenario, target, "refresh.lua", meta["token_endpoint"], s,
@@ -353,14 +361,13 @@ class Bench:
                         raise driver.FlowError("no TOTP user free in this 30-second step")
                     driver.sign_in(prov, f"totp-{taken[0]}@bench.example", self.seed["password"], taken[1])
             else:
-                users = self.peer_users if target == "peer" else [f"pw-{i}@bench.example" for i in range(1, 1001)]
+                users = self.peer_users if target == "peer" else IDP_USERS
 
                 def task(n):
                     driver.sign_in(prov, users[n % len(users)], self.seed["password"])
 
             def run(s, i):
-                res = driver.closed_loop(task, threads=self.signin_threads, seconds=s, max_count=100_000).summary()
-                return {**res, "errors": res["errors"]}
+                return driver.closed_loop(task, threads=self.signin_threads, seconds=s, max_count=100_000).summary()
             return run
         raise KeyError(scenario)
 
@@ -434,14 +441,17 @@ class Bench:
         small, ..., each going first in every other batch) so that the machine's noise hits both alike, as for idp
         and the peer.
         """
-        small = self._latency_side("small", self.db, self.args.idp_port, self.env, self.seed, self.idp_meta)
+        small = _LatencySide("small", self.db, self.args.idp_port, self.idp_meta, self.seed)
         log(f"a second idp on a database grown to {self.scale_to} users and tokens (generate_series, one shared "
             "password hash)")
         t0 = time.monotonic()
-        db, env, seed = self._large_database()
+        db = f"{self.db}_large"
+        env, seed = self._fresh_database(db, totp_users=0)
+        subprocess.run([sys.executable, str(BENCH / "seed.py"), "grow", "--users", str(self.scale_to), "--tokens",
+                        str(self.scale_to)], env=env, cwd=self.tmp, check=True, capture_output=True)
         port = self.args.idp_port + 10
-        self.start_idp(env=env, port=port, log_name="gunicorn-large.log")
-        large = self._latency_side("large", db, port, env, seed, self._discover(port, IDP_HOST))
+        _, meta = self.start_idp(env, port, log_name="gunicorn-large.log")
+        large = _LatencySide("large", db, port, meta, seed)
         log(f"ready in {time.monotonic() - t0:.0f} s")
         batches = 3 if self.args.quick else 5
         per_batch = {"signin": 3 if self.args.quick else 8, "client_credentials": 100 if self.args.quick else 200,
@@ -462,29 +472,6 @@ class Bench:
         self.results["scale"] = {**out, "batches": batches, "per_batch": per_batch, "ratio_p50": {
             k: out["large"][k]["p50_ms"] / out["small"][k]["p50_ms"] for k in per_batch}}
 
-    def _large_database(self) -> tuple[str, dict, dict]:
-        db = f"{self.db}_large"
-        conn = psycopg2.connect(dbname="postgres", **PG)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {db}")
-            cur.execute(f"CREATE DATABASE {db}")
-        conn.close()
-        self.extra_dbs.append(db)
-        env = {**self.env, "IDP_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{db}"}
-        subprocess.run([str(BIN / "idp"), "db", "upgrade"], env=env, cwd=self.tmp, check=True, capture_output=True)
-        seed_file = self.tmp / "seed-large.json"
-        subprocess.run([sys.executable, str(BENCH / "seed.py"), "seed", str(seed_file), "--users", "1000",
-                        "--totp-users", "0"], env=env, cwd=self.tmp, check=True, capture_output=True)
-        subprocess.run([sys.executable, str(BENCH / "seed.py"), "grow", "--users", str(self.scale_to), "--tokens",
-                        str(self.scale_to)], env=env, cwd=self.tmp, check=True, capture_output=True)
-        return db, env, json.loads(seed_file.read_text())
-
-    def _latency_side(self, label: str, db: str, port: int, env: dict, seed: dict, meta: dict) -> _LatencySide:
-        prov = driver.Provider("idp", port, IDP_HOST, meta["authorization_endpoint"], meta["token_endpoint"],
-                               seed["client_id"], seed["client_secret"], seed["redirect_uri"])
-        return _LatencySide(label, db, prov, meta, seed["password"])
-
     def rss(self) -> None:
         workers = []
         for entry in Path("/proc").iterdir():
@@ -501,7 +488,8 @@ class Bench:
         log("RSS per gunicorn worker: " + ", ".join(f"{w['rss_mb']} MB" for w in workers))
 
     def profile(self, out_dir: Path) -> None:
-        """py-spy (all workers) during one client_credentials and one sign-in round; raw stacks + summaries."""
+        """py-spy (all workers) during one round each of client_credentials, sign-in, refresh and userinfo (raw
+        collapsed stacks, for bench/profile_summary.py)."""
         out_dir.mkdir(parents=True, exist_ok=True)
         pyspy = shutil.which("py-spy") or str(BIN / "py-spy")
         for scenario in ("client_credentials", "signin", "refresh", "userinfo"):
@@ -550,15 +538,11 @@ class Bench:
                     os.killpg(proc.pid, signal.SIGKILL)
         if self.redis_db is not None:
             redis.Redis(host="127.0.0.1", port=6379, db=self.redis_db).flushdb()
+        names = (self.db, *self.extra_dbs)
         try:
-            conn = psycopg2.connect(dbname="postgres", **PG)
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                for name in (self.db, *self.extra_dbs):
-                    cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            conn.close()
+            pg("postgres", *(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)" for name in names))
         except psycopg2.Error as exc:
-            log(f"could not drop {self.db}: {exc}")
+            log(f"could not drop {', '.join(names)}: {exc}")
         if not self.args.keep_temp:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -589,10 +573,10 @@ def main(argv: list[str]) -> None:
         log(f"limits: argon2id and RS256 in {' and '.join(map(str, counts))} processes (the best counts)")
         bench.results["limits"] = boxlimits.measure(counts, 3 if args.quick else 4)
         lim = bench.results["limits"]
-        lim["argon2id_cpu_ms"] = (os.cpu_count() or 1) * 1000 / lim["argon2id_per_s"]
+        lim["argon2id_cpu_ms"] = cores * 1000 / lim["argon2id_per_s"]
         log(f"limits: {lim['argon2id_per_s']:.1f} argon2id verifications/s, {lim['rs256_sign_per_s']:.0f} RS256 "
             "signatures/s")
-        bench.start_idp()
+        bench.idp_pid, bench.idp_meta = bench.start_idp(bench.env, args.idp_port)
         if args.peer:
             bench.start_peer()
         bench.issue_tokens()
