@@ -204,18 +204,44 @@ def percentile(sorted_values: list[float], pct: float) -> float:
     return sorted_values[index]
 
 
+class _Tally:
+    """What the worker threads of one loop record: latencies of the successes, the count and first of the errors."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.first_error: str | None = None
+
+    def ok(self, latency: float) -> None:
+        with self.lock:
+            self.latencies.append(latency)
+
+    def failed(self, text: str) -> None:
+        with self.lock:
+            self.errors += 1
+            self.first_error = self.first_error or text
+
+    def result(self, took: float) -> LoopResult:
+        return LoopResult(len(self.latencies), self.errors, took, self.latencies, self.first_error)
+
+
+def _run_threads(pool: list[threading.Thread], seconds: float) -> None:
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(seconds + 60)
+
+
 def closed_loop(task: Callable[[int], object], *, threads: int, seconds: float, max_count: int) -> LoopResult:
     """``threads`` workers run ``task(n)`` back to back until ``seconds`` pass or ``max_count`` tasks started."""
-    lock = threading.Lock()
+    tally = _Tally()
     started = [0]
-    latencies: list[float] = []
-    errors = [0]
-    first_error: list[str] = []
     deadline = time.monotonic() + seconds
 
     def worker():
         while time.monotonic() < deadline:
-            with lock:
+            with tally.lock:
                 if started[0] >= max_count:
                     return
                 started[0] += 1
@@ -224,33 +250,20 @@ def closed_loop(task: Callable[[int], object], *, threads: int, seconds: float, 
             try:
                 task(n)
             except Exception as exc:  # noqa: BLE001 - every failure is counted and the first one shown
-                with lock:
-                    errors[0] += 1
-                    if not first_error:
-                        first_error.append(f"{type(exc).__name__}: {exc}"[:400])
+                tally.failed(f"{type(exc).__name__}: {exc}"[:400])
                 continue
-            elapsed = time.perf_counter() - t0
-            with lock:
-                latencies.append(elapsed)
+            tally.ok(time.perf_counter() - t0)
 
     t_start = time.monotonic()
-    pool = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join(seconds + 60)
-    took = time.monotonic() - t_start
-    return LoopResult(len(latencies), errors[0], took, latencies, first_error[0] if first_error else None)
+    _run_threads([threading.Thread(target=worker, daemon=True) for _ in range(threads)], seconds)
+    return tally.result(time.monotonic() - t_start)
 
 
 def open_loop(make_request: Callable[[Browser], tuple[int, bytes]], *, port: int, host: str, rate: float,
               seconds: float, threads: int) -> LoopResult:
     """Requests at a fixed total ``rate`` (per second) for ``seconds``; latency counts from the scheduled send
     time, so a server that falls behind shows its queueing (no coordinated omission)."""
-    lock = threading.Lock()
-    latencies: list[float] = []
-    errors = [0]
-    first_error: list[str] = []
+    tally = _Tally()
     interval = threads / rate
     t0 = time.perf_counter() + 0.05
 
@@ -271,21 +284,12 @@ def open_loop(make_request: Callable[[Browser], tuple[int, bytes]], *, port: int
                     ok = status == 200
                 except Exception as exc:  # noqa: BLE001
                     ok, payload = False, repr(exc).encode()
-                done = time.perf_counter()
-                with lock:
-                    if ok:
-                        latencies.append(done - scheduled)
-                    else:
-                        errors[0] += 1
-                        if not first_error:
-                            first_error.append(payload[:300].decode(errors="replace"))
+                if ok:
+                    tally.ok(time.perf_counter() - scheduled)
+                else:
+                    tally.failed(payload[:300].decode(errors="replace"))
         finally:
             browser.close()
 
-    pool = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join(seconds + 60)
-    took = time.perf_counter() - t0
-    return LoopResult(len(latencies), errors[0], took, latencies, first_error[0] if first_error else None)
+    _run_threads([threading.Thread(target=worker, args=(k,), daemon=True) for k in range(threads)], seconds)
+    return tally.result(time.perf_counter() - t0)
