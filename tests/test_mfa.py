@@ -401,6 +401,25 @@ def test_totp_brute_force_is_throttled(make_app, clock):
     assert len(events(app, "mfa.failure")) == 3
 
 
+def test_recovery_code_guessing_is_throttled(make_app, clock):
+    """SECURITY.md 21: wrong recovery codes count against the same per-account limit as wrong TOTP codes."""
+    app = make_app(IDP_THROTTLE_OTP="3/minute")
+    make_user_in(app)
+    client_id, _ = make_client_in(app, first_party=True, mfa="required")
+    enrol_totp_in(app, ALICE, clock.now())
+    codes = recovery_codes_in(app)
+    client = app.test_client()
+    result = walk(client, authorize_path(client_id), stop_at="totp")
+    follow(client, choose(client, result, "recovery_code"), result=result, stop_at="recovery_code")
+    for wrong in ("aaaa-bbbb-cccc", "dddd-eeee-ffff", "gggg-hhhh-iiii"):
+        response = post_step(client, result, code=wrong)
+        assert "not valid or was already used" in response.get_data(as_text=True)
+    refused = post_step(client, result, code=codes[0])
+    assert refused.status_code == 200 and "Try again in" in refused.get_data(as_text=True)
+    assert step_name(refused) == "recovery_code"
+    assert events(app, "recovery_code.used") == []
+
+
 # --- SMS and email codes (SECURITY.md 23) -----------------------------------------------------------------------
 
 def sms_screen(app, client_id: str, browser=None) -> tuple:
