@@ -220,6 +220,20 @@ def test_acr_values_steps_up_a_password_session_without_asking_the_password_agai
     assert walk(client, authorize_path(plain_client[0], acr_values=MFA)).screens == []
 
 
+def test_a_step_up_gives_the_session_a_new_id(app, client, clock, alice, plain_client):
+    """SECURITY.md 17: the session cookie changes when the assurance level rises, and the old one is dead."""
+    walk(client, authorize_path(plain_client[0]))
+    before = client.get_cookie("idp_session").value
+    secret, _ = enrol_totp_in(app, ALICE, clock.now())
+    walk(client, authorize_path(plain_client[0], acr_values=MFA), answers={"totp": totp_answer(clock, secret)})
+    after = client.get_cookie("idp_session").value
+    assert after != before
+    thief = app.test_client()
+    thief.set_cookie("idp_session", before)
+    assert thief.get("/account").status_code == 302  # sent to sign in
+    assert client.get("/account").status_code == 200
+
+
 def test_sms_factor_gives_sms_and_mfa(app, client, alice, mfa_client):
     add_phone_in(app)
     result = walk(client, authorize_path(mfa_client[0]), answers={"sms": sms_answer(app)})
