@@ -21,6 +21,7 @@ from tests.support import (
     Mailbox,
     code_in,
     csrf_token,
+    follow,
     link_in,
     make_user_in,
     sign_in,
@@ -428,6 +429,37 @@ def test_change_password_requires_the_current_one_and_ends_other_sessions(app, c
     assert mailbox.last("alice@example.com", "changed")
     assert [e.details["sessions_ended"] for e in _audit(app, "password.changed")] == [1]
 
+
+
+def test_change_password_asks_a_stale_session_to_sign_in_again_first(app, client, make_user):
+    """SECURITY.md 27: knowing the current password is not enough when the sign-in is old (a borrowed, unlocked
+    browser): the change waits for a fresh sign-in, then the page comes back."""
+    from datetime import timedelta
+
+    make_user()
+    _complete_sign_in(client, "alice@example.com")
+    page = client.get("/account/password")
+    assert page.status_code == 200
+    with app.app_context():
+        db.session.execute(db.update(LoginSession).values(
+            auth_time=utcnow() - timedelta(seconds=app.config["IDP_STEP_UP_MAX_AGE"] + 60)))
+        db.session.commit()
+    for response in (client.get("/account/password"),
+                     client.post("/account/password", data={"csrf_token": csrf_token(page), "current": PASSWORD,
+                                                           "password": NEW_PASSWORD, "confirm": NEW_PASSWORD})):
+        assert response.status_code == 302 and response.headers["Location"].startswith("/login/"), response.status_code
+    assert _audit(app, "password.changed") == []
+    assert _error(sign_in(app.test_client(), "alice@example.com", NEW_PASSWORD)) == GENERIC_FAILURE
+    # Signing in again (the password step) leads back to the form, which now works.
+    again = client.post("/account/password", data={"csrf_token": csrf_token(page), "current": PASSWORD,
+                                                  "password": NEW_PASSWORD, "confirm": NEW_PASSWORD})
+    result = follow(client, again)
+    assert result.screens == ["password"]
+    form = result.last
+    assert form.status_code == 200 and form.request.path == "/account/password"
+    done = client.post("/account/password", data={"csrf_token": csrf_token(form), "current": PASSWORD,
+                                                  "password": NEW_PASSWORD, "confirm": NEW_PASSWORD})
+    assert done.status_code == 302 and len(_audit(app, "password.changed")) == 1
 
 # --- brute force (SECURITY.md 21) -----------------------------------------------------------------------------------
 

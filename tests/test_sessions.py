@@ -157,3 +157,42 @@ def test_disabling_a_user_ends_every_session(app, make_user):
     refused = sign_in(client, "alice@example.com")
     assert refused.status_code == 200 and GENERIC_FAILURE in refused.get_data(as_text=True)
     assert signed_in_email(client) is None
+
+
+def test_sign_out_everywhere_ends_every_session_and_revokes_every_token(app, make_user, make_client):
+    """SECURITY.md 6: "sign out everywhere" ends this and every other session and revokes the user's tokens, so a
+    relying party's refresh token and access token stop working at once; it is audited."""
+    from tests.support import authorize
+
+    make_user()
+    client_id, secret = make_client(first_party=True, grant_types=["authorization_code", "refresh_token"])
+    laptop = _signed_in(app, "LaptopBrowser/1.0")
+    phone = _signed_in(app, "PhoneBrowser/2.0")
+    code = authorize(laptop, client_id, scope="openid offline_access")
+    issued = laptop.post("/token", data={"grant_type": "authorization_code", "code": code,
+                                         "redirect_uri": "https://rp.example/cb"}, auth=(client_id, secret))
+    assert issued.status_code == 200, issued.get_json()
+    tokens = issued.get_json()
+    assert tokens.get("refresh_token")
+    bearer = {"Authorization": "Bearer " + tokens["access_token"]}
+    assert laptop.get("/userinfo", headers=bearer).status_code == 200
+
+    page = laptop.get("/account")
+    assert 'id="sign-out-everywhere"' in page.get_data(as_text=True)
+    # Without the page's CSRF token nothing happens.
+    assert laptop.post("/account/sessions/end-all", data={}).status_code == 400
+    assert signed_in_email(phone) == "alice@example.com"
+
+    done = laptop.post("/account/sessions/end-all", data={"csrf_token": csrf_token(page)})
+    assert done.status_code == 200 and 'id="signed-out-everywhere"' in done.get_data(as_text=True)
+    assert signed_in_email(laptop) is None
+    assert signed_in_email(phone) is None
+    with app.app_context():
+        reasons = db.session.execute(select(LoginSession.end_reason)).scalars().all()
+    assert reasons == ["signed_out_everywhere", "signed_out_everywhere"]
+    assert laptop.get("/userinfo", headers=bearer).status_code == 401
+    refreshed = laptop.post("/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+                            auth=(client_id, secret))
+    assert refreshed.status_code == 400 and refreshed.get_json()["error"] == "invalid_grant"
+    [event] = _events(app, "sessions.signed_out_everywhere")
+    assert event.details["sessions_ended"] == 2 and event.details["tokens_revoked"] >= 1

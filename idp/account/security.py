@@ -21,14 +21,18 @@ from idp.security import webauthn as wa
 bp = Blueprint("security", __name__, url_prefix="/account/security")
 
 
-def recent_auth_required(view):
-    """Changes need a sign-in within IDP_STEP_UP_MAX_AGE; otherwise the user signs in again (every factor)."""
+def recent_auth_required(view=None, *, after_post: str = "security.index"):
+    """Changes need a sign-in within IDP_STEP_UP_MAX_AGE; otherwise the user signs in again (every factor) and
+    comes back to the page (after a POST: to the ``after_post`` endpoint, since the form must be sent again)."""
+    if view is None:
+        return lambda inner: recent_auth_required(inner, after_post=after_post)
+
     @wraps(view)
     def wrapped(*args, **kwargs):
         live = current_session()
         max_age = current_app.config["IDP_STEP_UP_MAX_AGE"]
         if utcnow() - live.auth_time > timedelta(seconds=max_age):
-            back = request.full_path.rstrip("?") if request.method == "GET" else url_for("security.index")
+            back = request.full_path.rstrip("?") if request.method == "GET" else url_for(after_post)
             return begin_transaction(reasons=["reauth"], return_to=back, user=live.user,
                                      context={"login_hint": live.user.email})
         return view(*args, **kwargs)

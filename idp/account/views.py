@@ -7,6 +7,7 @@ from sqlalchemy.exc import IntegrityError
 
 from idp import audit
 from idp.account import jobs as account_jobs  # noqa: F401  (registers the account jobs)
+from idp.account.security import recent_auth_required
 from idp.extensions import db, limiter
 from idp.http import clear_session_cookie
 from idp.jobs import enqueue
@@ -230,6 +231,23 @@ def end_session(sid: str):
     return redirect(url_for("account.home"))
 
 
+@bp.post("/account/sessions/end-all")
+@login_required
+def sign_out_everywhere():
+    """Sign out everywhere: every session of yours ends, this one too, and every token issued to you is revoked, so
+    that applications must ask you to sign in again (SECURITY.md 6)."""
+    live = current_session()
+    if not ConfirmForm().validate_on_submit():
+        return redirect(url_for("account.home"))
+    user = live.user
+    ended, revoked = sessions.sign_out_everywhere(user, "signed_out_everywhere", utcnow())
+    audit.record("sessions.signed_out_everywhere", subject=user, sessions_ended=ended, tokens_revoked=revoked)
+    db.session.commit()
+    response = current_app.make_response(render_template("account/signed_out.html", everywhere=True))
+    clear_session_cookie(response)
+    return response
+
+
 @bp.get("/account/apps")
 @login_required
 def apps():
@@ -262,8 +280,10 @@ def revoke_app(client_id: str):
 
 @bp.route("/account/password", methods=["GET", "POST"])
 @login_required
+@recent_auth_required(after_post="account.change_password")
 def change_password():
-    """Change the password: the current one is required, and other sessions end (SECURITY.md 20, 27)."""
+    """Change the password: a recent sign-in and the current password are required, and other sessions end
+    (SECURITY.md 20, 27)."""
     live = current_session()
     user = live.user
     form = ChangePasswordForm()
