@@ -165,6 +165,11 @@ class Bench:
         self.redis_db = None
         self.env = None
         self.first_errors: dict[str, str] = {}
+        # Each server the bench drives: where it listens (port, Host) and whose CPU a request costs (process group,
+        # and the names of the storage processes it keeps busy).
+        self.endpoints: dict[str, tuple[int, str]] = {"idp": (args.idp_port, IDP_HOST),
+                                                      "peer": (args.peer_port, PEER_HOST)}
+        self.cpu_of: dict[str, tuple[int, tuple[str, ...]]] = {}
 
     # --- setup -------------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -231,7 +236,7 @@ class Bench:
         proc = subprocess.Popen(["node", str(peer / "server.js"), str(self.args.peer_port), f"https://{PEER_HOST}"],
                                 env=env, cwd=peer, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
-        self.peer_pid = proc.pid
+        self.cpu_of["peer"] = (proc.pid, ())
         self._wait_ready(self.args.peer_port, PEER_HOST, proc)
         self.peer_meta = self._discover(self.args.peer_port, PEER_HOST)
         log(f"peer up: oidc-provider (node {subprocess.check_output(['node', '--version']).decode().strip()}) "
@@ -303,8 +308,7 @@ class Bench:
     def wrk(self, name: str, target: str, script: str, path: str, seconds: float, extra_env: dict | None = None,
             threads: int | None = None):
         threads = threads or self.wrk_threads
-        port = self.args.idp_port if target == "idp" else self.args.peer_port
-        host = IDP_HOST if target == "idp" else PEER_HOST
+        port, host = self.endpoints[target]
         env = {**os.environ, "BENCH_LUA_DIR": str(BENCH / "lua"), "BENCH_HOST": host,
                "BENCH_THREADS": str(threads), **(extra_env or {})}
         cmd = ["wrk", "-t", str(threads), "-c", str(self.wrk_conns), "-d", f"{max(1, int(seconds))}s",
@@ -374,7 +378,7 @@ class Bench:
     def measured(self, target: str, runner, index: int) -> dict:
         """One round, with the CPU it cost the server per request: idp's gunicorn workers plus the PostgreSQL and
         Redis processes (idp's storage), or the peer's node process (its storage is in its own memory)."""
-        pgid, commands = (self.idp_pid, ("postgres", "redis-server")) if target == "idp" else (self.peer_pid, ())
+        pgid, commands = self.cpu_of[target]
         before = cpu_seconds(pgid, commands)
         result = runner(self.round_s, index)
         used = cpu_seconds(pgid, commands) - before
@@ -412,6 +416,46 @@ class Bench:
                 if key.startswith(scenario + "/") and key not in self.results.setdefault("first_errors", {}):
                     self.results["first_errors"][key] = text
                     log(f"  first error {key}: {text}")
+
+    def floor(self) -> None:
+        """The serving stack's own cost per request: gunicorn with idp's worker settings answering idp's discovery
+        document from a plain WSGI callable and from a bare Flask app (bench/floor.py), rounds interleaved like
+        the scenarios. No idp code, no storage: what any Flask app on this stack pays before doing anything."""
+        document = self.tmp / "discovery.json"
+        browser = driver.Browser(self.args.idp_port, IDP_HOST)
+        document.write_bytes(browser.request("GET", "/.well-known/openid-configuration")[2])
+        browser.close()
+        started = []
+        for k, (name, app) in enumerate((("floor_wsgi", "floor:wsgi_app"), ("floor_flask", "floor:flask_app"))):
+            port = self.args.idp_port + 20 + k
+            log_file = open(self.tmp / f"gunicorn-{name}.log", "w")  # noqa: SIM115 - closed with the process
+            proc = subprocess.Popen(
+                [str(BIN / "gunicorn"), "-w", str(self.workers), "-b", f"127.0.0.1:{port}",
+                 *self.args.gunicorn_args.split(), "--chdir", str(BENCH), "--backlog", "256", app],
+                env={**os.environ, "BENCH_FLOOR_DOC": str(document)}, cwd=self.tmp, stdout=log_file,
+                stderr=subprocess.STDOUT, start_new_session=True)
+            self.procs.append(proc)
+            started.append(proc)
+            self._wait_ready(port, IDP_HOST, proc)
+            self.endpoints[name] = (port, IDP_HOST)
+            self.cpu_of[name] = (proc.pid, ())
+        names = ["floor_wsgi", "floor_flask"]
+        runners = {n: (lambda s, i, n=n: self.wrk(n, n, "discovery.lua", "/.well-known/openid-configuration", s))
+                   for n in names}
+        rounds: dict[str, list] = {n: [] for n in names}
+        for n in names:
+            runners[n](self.warmup_s, 0)
+        for i in range(self.rounds):
+            for n in names:
+                rounds[n].append(self.measured(n, runners[n], i))
+        self.results["floor"] = {n: {key: statistics.median(r[key] for r in rounds[n])
+                                     for key in ("rps", "p50_ms", "p99_ms", "cpu_ms")} | {"rounds": rounds[n]}
+                                 for n in names}
+        for proc in started:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(15)
+        log("stack floor: " + ", ".join(f"{n} {e['rps']:.0f}/s, {e['cpu_ms']:.2f} ms CPU/req"
+                                        for n, e in self.results["floor"].items()))
 
     def half_peak(self) -> None:
         """The token endpoint's p99 at half its peak rate: an open-loop Python driver at a fixed rate."""
@@ -520,6 +564,11 @@ class Bench:
                          f"{peer['rps']:.1f}" if peer else "-", f"{peer['p99_ms']:.1f}" if peer else "-", ratio,
                          f"{me['cpu_ms']:.2f}", f"{peer['cpu_ms']:.2f}" if peer else "-", frac))
             me["ratio_to_peer"] = me["rps"] / peer["rps"] if peer and peer["rps"] else None
+        for name, label in (("floor_wsgi", "floor: gunicorn, WSGI"), ("floor_flask", "floor: gunicorn, Flask")):
+            if name in self.results.get("floor", {}):
+                me = self.results["floor"][name]
+                rows.append((label, f"{me['rps']:.1f}", f"{me['p50_ms']:.1f}", f"{me['p99_ms']:.1f}", "-", "-", "-",
+                             f"{me['cpu_ms']:.2f}", "-", ""))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
         lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
@@ -559,7 +608,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--no-peer", dest="peer", action="store_false", help="skip the oidc-provider peer")
     parser.add_argument("--no-scale", dest="scale", action="store_false", help="skip the 1k vs 1M comparison")
     parser.add_argument("--profile", metavar="DIR", help="also record py-spy profiles of idp's workers into DIR")
-    parser.add_argument("--only", help="comma-separated scenarios to run (default: all)")
+    parser.add_argument("--only", help="comma-separated scenarios to run, 'floor' for the stack floor (default: all)")
     parser.add_argument("--keep-temp", action="store_true", help="keep the temp folder (logs, seed, tokens)")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
@@ -577,10 +626,13 @@ def main(argv: list[str]) -> None:
         log(f"limits: {lim['argon2id_per_s']:.1f} argon2id verifications/s, {lim['rs256_sign_per_s']:.0f} RS256 "
             "signatures/s")
         bench.idp_pid, bench.idp_meta = bench.start_idp(bench.env, args.idp_port)
+        bench.cpu_of["idp"] = (bench.idp_pid, ("postgres", "redis-server"))
         if args.peer:
             bench.start_peer()
         bench.issue_tokens()
         bench.run_scenarios()
+        if not args.only or "floor" in args.only.split(","):
+            bench.floor()
         bench.half_peak()
         bench.rss()
         if args.scale:
