@@ -75,7 +75,7 @@ def test_sign_up_verify_by_code_then_sign_out(page, live_server, live_mailbox, c
     expect(page.get_by_text("verified", exact=True)).to_be_visible()
 
     # The Sign out button in the header carries the form token: it signs out at once and says so.
-    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("button", name="Sign out", exact=True).click()
     expect(heading(page, "You are signed out")).to_be_visible()
     page.goto("/account")
     expect(heading(page, "Sign in")).to_be_visible()
@@ -140,7 +140,7 @@ def test_unverified_user_verifies_by_mailed_link_and_resumes(page, live_server, 
     page.goto("/account")
     expect(page.locator("#account-email")).to_have_text("bob@example.com")
     page.goto("/logout")
-    page.locator("main").get_by_role("button", name="Sign out").click()
+    page.locator("main").get_by_role("button", name="Sign out", exact=True).click()
     expect(heading(page, "You are signed out")).to_be_visible()
     assert csp_violations(console_errors) == []
 

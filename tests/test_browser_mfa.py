@@ -89,7 +89,7 @@ def _sign_in(page, email: str, password: str = PASSWORD) -> None:
 
 def _sign_out(page) -> None:
     page.goto("/account")  # its Sign out button carries the form token
-    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("button", name="Sign out", exact=True).click()
     expect(heading(page, "You are signed out")).to_be_visible()
 
 
