@@ -178,9 +178,14 @@ def logout():
         return render_template("account/confirm.html", form=form, title="Sign out",
                                text=f"Sign out {live.user.email} from this browser?", button="Sign out")
     sessions.end(live, "logout", utcnow())
-    audit.record("logout", subject=live.user, sid=live.sid)
+    return _signed_out("logout", live.user, sid=live.sid)
+
+
+def _signed_out(event: str, user: User, everywhere: bool = False, **details):
+    """Audit the sign-out, commit, and show the signed-out page with the session cookie removed."""
+    audit.record(event, subject=user, **details)
     db.session.commit()
-    response = current_app.make_response(render_template("account/signed_out.html"))
+    response = current_app.make_response(render_template("account/signed_out.html", everywhere=everywhere))
     clear_session_cookie(response)
     return response
 
@@ -239,13 +244,9 @@ def sign_out_everywhere():
     live = current_session()
     if not ConfirmForm().validate_on_submit():
         return redirect(url_for("account.home"))
-    user = live.user
-    ended, revoked = sessions.sign_out_everywhere(user, "signed_out_everywhere", utcnow())
-    audit.record("sessions.signed_out_everywhere", subject=user, sessions_ended=ended, tokens_revoked=revoked)
-    db.session.commit()
-    response = current_app.make_response(render_template("account/signed_out.html", everywhere=True))
-    clear_session_cookie(response)
-    return response
+    ended, revoked = sessions.sign_out_everywhere(live.user, "signed_out_everywhere", utcnow())
+    return _signed_out("sessions.signed_out_everywhere", live.user, everywhere=True, sessions_ended=ended,
+                       tokens_revoked=revoked)
 
 
 @bp.get("/account/apps")
