@@ -208,16 +208,20 @@ class Bench:
                         "--totp-users", str(totp_users)], env=env, cwd=self.tmp, check=True, capture_output=True)
         return env, json.loads(seed_file.read_text())
 
-    def start_idp(self, env: dict, port: int, log_name: str = "gunicorn.log") -> tuple[int, dict]:
-        """idp under gunicorn; its master's pid and its discovery metadata (endpoint paths)."""
+    def _gunicorn(self, app: str, chdir: Path, env: dict, port: int, log_name: str, *extra: str) -> subprocess.Popen:
+        """``app`` under gunicorn with the bench's worker settings, in its own process group, once it answers."""
         log_file = open(self.tmp / log_name, "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
             [str(BIN / "gunicorn"), "-w", str(self.workers), "-b", f"127.0.0.1:{port}",
-             *self.args.gunicorn_args.split(), "--chdir", str(ROOT), "--forwarded-allow-ips", "127.0.0.1",
-             "--backlog", "256", "wsgi:app"],
+             *self.args.gunicorn_args.split(), "--chdir", str(chdir), *extra, "--backlog", "256", app],
             env=env, cwd=self.tmp, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         self._wait_ready(port, IDP_HOST, proc)
+        return proc
+
+    def start_idp(self, env: dict, port: int, log_name: str = "gunicorn.log") -> tuple[int, dict]:
+        """idp under gunicorn; its master's pid and its discovery metadata (endpoint paths)."""
+        proc = self._gunicorn("wsgi:app", ROOT, env, port, log_name, "--forwarded-allow-ips", "127.0.0.1")
         log(f"idp up: gunicorn pid {proc.pid}, {self.workers} workers on 127.0.0.1:{port}")
         return proc.pid, self._discover(port, IDP_HOST)
 
@@ -385,29 +389,29 @@ class Bench:
         result["cpu_ms"] = used * 1000 / max(result["requests"], 1)
         return result
 
+    def _interleaved(self, runners: dict, warm: int) -> dict[str, dict]:
+        """A warm-up each, then the rounds interleaved (a, b, a, b...) so that the machine's noise hits every server
+        alike; per server the medians of the rounds' figures, the errors, and every round."""
+        rounds: dict[str, list] = {t: [] for t in runners}
+        for runner in runners.values():
+            runner(self.warmup_s, warm)
+        for i in range(self.rounds):
+            for t, runner in runners.items():
+                rounds[t].append(self.measured(t, runner, i))
+        return {t: {**{key: statistics.median(r[key] for r in rs) for key in ("rps", "p50_ms", "p99_ms", "cpu_ms")},
+                    "errors": sum(r["errors"] for r in rs), "rounds": rs} for t, rs in rounds.items()}
+
+    def wanted(self, name: str) -> bool:
+        """Whether --only (comma-separated) leaves scenario ``name`` in."""
+        return not self.args.only or name in self.args.only.split(",")
+
     def run_scenarios(self) -> None:
         scenarios = ["discovery", "jwks", "client_credentials", "refresh", "introspection", "userinfo", "signin",
                      "signin_totp"]
-        if self.args.only:
-            scenarios = [s for s in scenarios if s in self.args.only.split(",")]
-        for scenario in scenarios:
+        for scenario in filter(self.wanted, scenarios):
             targets = ["idp"] + (["peer"] if self.args.peer and scenario != "signin_totp" else [])
-            runners = {t: self.scenario_runner(scenario, t) for t in targets}
-            rounds: dict[str, list] = {t: [] for t in targets}
-            warm = self.rounds  # the refresh runner takes the last token chunk for the warm-up
-            for t in targets:
-                runners[t](self.warmup_s, warm)
-            for i in range(self.rounds):
-                for t in targets:  # interleaved: idp, peer, idp, peer...
-                    rounds[t].append(self.measured(t, runners[t], i))
-            entry = {}
-            for t in targets:
-                rs = rounds[t]
-                entry[t] = {"rps": statistics.median(r["rps"] for r in rs),
-                            "p50_ms": statistics.median(r["p50_ms"] for r in rs),
-                            "p99_ms": statistics.median(r["p99_ms"] for r in rs),
-                            "cpu_ms": statistics.median(r["cpu_ms"] for r in rs),
-                            "errors": sum(r["errors"] for r in rs), "rounds": rs}
+            # The refresh runner takes the last token chunk for the warm-up.
+            entry = self._interleaved({t: self.scenario_runner(scenario, t) for t in targets}, warm=self.rounds)
             self.results["scenarios"][scenario] = entry
             line = ", ".join(f"{t} {e['rps']:.1f}/s p50 {e['p50_ms']:.1f} p99 {e['p99_ms']:.1f} ms"
                              f"{' errors ' + str(e['errors']) if e['errors'] else ''}" for t, e in entry.items())
@@ -428,29 +432,14 @@ class Bench:
         started = []
         for k, (name, app) in enumerate((("floor_wsgi", "floor:wsgi_app"), ("floor_flask", "floor:flask_app"))):
             port = self.args.idp_port + 20 + k
-            log_file = open(self.tmp / f"gunicorn-{name}.log", "w")  # noqa: SIM115 - closed with the process
-            proc = subprocess.Popen(
-                [str(BIN / "gunicorn"), "-w", str(self.workers), "-b", f"127.0.0.1:{port}",
-                 *self.args.gunicorn_args.split(), "--chdir", str(BENCH), "--backlog", "256", app],
-                env={**os.environ, "BENCH_FLOOR_DOC": str(document)}, cwd=self.tmp, stdout=log_file,
-                stderr=subprocess.STDOUT, start_new_session=True)
-            self.procs.append(proc)
+            proc = self._gunicorn(app, BENCH, {**os.environ, "BENCH_FLOOR_DOC": str(document)}, port,
+                                  f"gunicorn-{name}.log")
             started.append(proc)
-            self._wait_ready(port, IDP_HOST, proc)
             self.endpoints[name] = (port, IDP_HOST)
             self.cpu_of[name] = (proc.pid, ())
-        names = ["floor_wsgi", "floor_flask"]
-        runners = {n: (lambda s, i, n=n: self.wrk(n, n, "discovery.lua", "/.well-known/openid-configuration", s))
-                   for n in names}
-        rounds: dict[str, list] = {n: [] for n in names}
-        for n in names:
-            runners[n](self.warmup_s, 0)
-        for i in range(self.rounds):
-            for n in names:
-                rounds[n].append(self.measured(n, runners[n], i))
-        self.results["floor"] = {n: {key: statistics.median(r[key] for r in rounds[n])
-                                     for key in ("rps", "p50_ms", "p99_ms", "cpu_ms")} | {"rounds": rounds[n]}
-                                 for n in names}
+        self.results["floor"] = self._interleaved(
+            {n: (lambda s, i, n=n: self.wrk(n, n, "discovery.lua", "/.well-known/openid-configuration", s))
+             for n in ("floor_wsgi", "floor_flask")}, warm=0)
         for proc in started:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(15)
@@ -637,7 +626,7 @@ def main(argv: list[str]) -> None:
             bench.start_peer()
         bench.issue_tokens()
         bench.run_scenarios()
-        if not args.only or "floor" in args.only.split(","):
+        if bench.wanted("floor"):
             bench.floor()
         bench.half_peak()
         bench.rss()
