@@ -6,6 +6,7 @@ import re
 import string
 
 import pytest
+from argon2 import PasswordHasher, Type
 from limits.storage import MemoryStorage, RedisStorage
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
@@ -62,6 +63,40 @@ def test_missing_or_malformed_hash_never_matches():
     assert verify_password("", STRONG) is False
     assert verify_password("not-a-hash", STRONG) is False
     assert verify_password("$argon2id$v=19$m=65536,t=3,p=4$broken", STRONG) is False
+
+
+@pytest.mark.parametrize("params", [
+    {},  # idp's own: t=3, m=64 MiB, p=4
+    {"time_cost": 1, "memory_cost": 64, "parallelism": 1},
+    {"time_cost": 2, "memory_cost": 1024, "parallelism": 3, "salt_len": 8, "hash_len": 16},
+    {"time_cost": 1, "memory_cost": 256, "parallelism": 8, "salt_len": 32, "hash_len": 64},
+])
+@pytest.mark.parametrize("password", ["", STRONG, "caf\u00e9 \u2603 \u00fc" * 3, "nul\x00inside", "x" * MAX_LENGTH])
+def test_verification_on_one_thread_agrees_with_argon2_cffi(params, password):
+    # idp computes the lanes on VERIFY_THREADS threads; argon2-cffi made the hash on one thread per lane.
+    stored = PasswordHasher(**params).hash(password)
+    assert verify_password(stored, password) is True
+    assert verify_password(stored, password + "x") is False
+    assert verify_password(stored[:-2] + ("AA" if stored[-2:] != "AA" else "BB"), password) is False
+
+
+def test_other_argon2_variants_still_verify_through_argon2_cffi():
+    stored = PasswordHasher(type=Type.I, time_cost=1, memory_cost=64, parallelism=2).hash(STRONG)
+    assert stored.startswith("$argon2i$")
+    assert verify_password(stored, STRONG) is True
+    assert verify_password(stored, STRONG + "x") is False
+
+
+@pytest.mark.parametrize("encoded", [
+    "$argon2id$v=19$m=99999999999,t=3,p=4$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    "$argon2id$v=19$m=65536,t=0,p=4$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    "$argon2id$v=19$m=65536,t=3,p=0$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    "$argon2id$v=7$m=64,t=1,p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    "$argon2id$v=19$m=64,t=1,p=1$AAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    "$argon2id$v=19$m=64,t=1,p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA$extra",
+])
+def test_out_of_range_or_garbled_argon2id_hashes_never_match(encoded):
+    assert verify_password(encoded, STRONG) is False
 
 
 def test_no_hash_does_not_match_the_internal_placeholder_either():
