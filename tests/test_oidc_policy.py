@@ -413,6 +413,22 @@ def test_key_rotation_keeps_old_keys_published_until_their_tokens_expire(app, cl
     assert len(kids) == 2  # one RS256 and one ES256 key
 
 
+def test_jwks_publishes_a_key_rotated_by_another_worker_at_once(app, client):
+    """Each worker keeps its JWK Set, and serves a rotation made anywhere with its next answer (SECURITY.md 14)."""
+    from idp.oidc import keys
+
+    before = {k["kid"] for k in client.get("/jwks.json").get_json()["keys"]}
+    assert len(before) == 2
+    this_worker = app.extensions["idp.keys"]
+    with app.app_context():
+        app.extensions["idp.keys"] = keys._KeyCache()  # another worker, with its own kept keys, rotates
+        fresh = {row.kid for row in keys.rotate(max_token_lifetime=600)}
+        app.extensions["idp.keys"] = this_worker
+    assert this_worker.jwks is not None and not fresh & {k["kid"] for k in this_worker.jwks["keys"]}
+    after = {k["kid"] for k in client.get("/jwks.json").get_json()["keys"]}
+    assert after == before | fresh
+
+
 def test_key_rotation_keeps_old_keys_as_long_as_a_clients_own_longer_token_lifetime(app, client):
     """A client whose access tokens live a day keeps the retired key published for that day (SECURITY.md 14)."""
     client.get("/jwks.json")  # creates the keys

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from flask import current_app
 from joserfc.jwk import KeySet
-from sqlalchemy import func
+from sqlalchemy import func, select
 
 from idp.extensions import db
 from idp.models import SigningKey, utcnow
@@ -65,6 +65,11 @@ class _KeyCache:
         self.signing: KeySet | None = None
         self.verifying: KeySet | None = None
         self.kids: set[str] = set()
+        # The JWK Set document, the state of the keys table it was built from, and when its first retired key
+        # stops being published (None: no retired key in it).
+        self.jwks: dict | None = None
+        self.jwks_state: tuple | None = None
+        self.jwks_until: datetime | None = None
 
     def load(self, now: datetime | None) -> None:
         secret = current_app.config["IDP_SECRET_KEY"]
@@ -113,9 +118,29 @@ def published(now: datetime | None = None) -> list[SigningKey]:
     ).scalars())
 
 
+# A summary of the keys table that changes whenever a key is created, retired or re-dated (built once: it is
+# asked on every JWKS request).
+_TABLE_STATE = select(
+    func.count(SigningKey.id), func.max(SigningKey.id), func.count(SigningKey.retired_at),
+    func.max(SigningKey.retired_at), func.min(SigningKey.publish_until), func.max(SigningKey.publish_until))
+
+
 def jwks(now: datetime | None = None) -> dict:
-    """The public JWK Set served at jwks_uri."""
-    return {"keys": [dict(row.public_jwk) for row in published(now)]}
+    """The public JWK Set served at jwks_uri.
+
+    Each worker keeps the document and checks on every request, with one aggregate query, whether the keys table
+    changed since, so a key created or rotated by any process is published at once; otherwise it is rebuilt only
+    when a retired key reaches its ``publish_until``.
+    """
+    now = now or utcnow()
+    cache = _cache()
+    state = tuple(db.session.execute(_TABLE_STATE).one())  # before the rows: a change in between rebuilds next time
+    if cache.jwks is None or state != cache.jwks_state or (cache.jwks_until is not None and now >= cache.jwks_until):
+        rows = published(now)
+        cache.jwks = {"keys": [dict(row.public_jwk) for row in rows]}
+        cache.jwks_state = state
+        cache.jwks_until = min((row.publish_until for row in rows if row.publish_until is not None), default=None)
+    return cache.jwks
 
 
 def keyset_for_token(token: str, now: datetime | None = None) -> KeySet:
