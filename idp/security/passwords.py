@@ -30,12 +30,12 @@ def hash_password(password: str) -> str:
 
 # The encoded form argon2 writes (PHC string format): variant, version, cost, then salt and digest in unpadded
 # standard base64.
-_ARGON2ID = re.compile(r"\$argon2id\$v=(?P<v>\d+)\$m=(?P<m>\d+),t=(?P<t>\d+),p=(?P<p>\d+)"
+_ARGON2ID = re.compile(r"\$argon2id\$v=(?P<v>\d{1,10})\$m=(?P<m>\d{1,10}),t=(?P<t>\d{1,10}),p=(?P<p>\d{1,10})"
                        r"\$(?P<salt>[A-Za-z0-9+/]+)\$(?P<digest>[A-Za-z0-9+/]+)")
 # How many threads compute the lanes of a hash. The thread count is not an input of argon2 (RFC 9106 3.1: p is how
 # many lanes *can* run in parallel), so any count gives the same digest. argon2-cffi starts one thread per lane,
 # and the threads wait for each other at the 12 synchronisation points of a t=3 hash. gunicorn already runs one
-# worker per core: under load those waits left cores idle and cost CPU. One thread per hash gave about 6% more
+# worker per core: under load those waits left cores idle and cost CPU. One thread per hash gave about 9% more
 # sign-ins per second on the bench's 2-core box. A lone hash is slower this way (135 ms instead of 90 ms there).
 VERIFY_THREADS = 1
 
@@ -61,6 +61,7 @@ def _verify(encoded: str, password: str) -> bool:
 
 
 def _verify_argon2id(match: re.Match, secret: bytes) -> bool:
+    """argon2's own argon2_ctx on the encoded hash's parameters, then a constant-time comparison of the digests."""
     salt, digest = _b64(match["salt"]), _b64(match["digest"])
     out = ffi.new("uint8_t[]", len(digest))
     pwd, salt_buf = ffi.new("uint8_t[]", secret), ffi.new("uint8_t[]", salt)
