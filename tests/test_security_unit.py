@@ -7,6 +7,7 @@ import string
 
 import pytest
 from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError
 from limits.storage import MemoryStorage, RedisStorage
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
@@ -93,12 +94,39 @@ def test_other_argon2_variants_still_verify_through_argon2_cffi():
     "$argon2id$v=19$m=" + "9" * 5000 + ",t=3,p=4$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
     "$argon2id$v=19$m=65536,t=0,p=4$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
     "$argon2id$v=19$m=65536,t=3,p=0$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-    "$argon2id$v=7$m=64,t=1,p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    "$argon2id$v=19$m=1,t=1,p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",  # m < 8p
     "$argon2id$v=19$m=64,t=1,p=1$AAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
     "$argon2id$v=19$m=64,t=1,p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA$extra",
 ])
 def test_out_of_range_or_garbled_argon2id_hashes_never_match(encoded):
     assert verify_password(encoded, STRONG) is False
+
+
+B64 = string.ascii_uppercase + string.ascii_lowercase + string.digits + "+/"
+
+
+def _respelled(encoded: str, how: str) -> str:
+    """The same hash written in a way argon2 never writes it (argon2-cffi refuses each of these)."""
+    if how == "leading zeros":
+        return encoded.replace("m=64,", "m=0064,")
+    if how == "non-ASCII digits":
+        return encoded.replace("t=1,", "t=\uff11,")  # a full-width 1, which int() accepts
+    # A 32-byte digest is 43 base64 characters with two spare low bits in the last one: setting them
+    # decodes to the same bytes.
+    head, digest = encoded.rsplit("$", 1)
+    assert len(digest) == 43
+    return f"{head}${digest[:-1]}{B64[B64.index(digest[-1]) ^ 1]}"
+
+
+@pytest.mark.parametrize("how", ["leading zeros", "non-ASCII digits", "loose base64"])
+def test_a_hash_spelled_as_argon2_never_writes_it_does_not_match(how):
+    stored = PasswordHasher(time_cost=1, memory_cost=64, parallelism=1).hash(STRONG)
+    assert verify_password(stored, STRONG) is True
+    respelled = _respelled(stored, how)
+    assert respelled != stored
+    with pytest.raises((VerificationError, InvalidHashError, UnicodeError)):
+        PasswordHasher().verify(respelled, STRONG)  # argon2-cffi refuses it too
+    assert verify_password(respelled, STRONG) is False
 
 
 def test_no_hash_does_not_match_the_internal_placeholder_either():

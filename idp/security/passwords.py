@@ -29,8 +29,10 @@ def hash_password(password: str) -> str:
 
 
 # The encoded form argon2 writes (PHC string format): variant, version, cost, then salt and digest in unpadded
-# standard base64.
-_ARGON2ID = re.compile(r"\$argon2id\$v=(?P<v>\d{1,10})\$m=(?P<m>\d{1,10}),t=(?P<t>\d{1,10}),p=(?P<p>\d{1,10})"
+# standard base64. Only the canonical spelling is verified below (ASCII digits without leading zeros, base64 that
+# encodes back to itself); any other spelling never matches, as with argon2-cffi, whose C decoder refuses it too.
+_NUMBER = r"(?:0|[1-9][0-9]{0,9})"
+_ARGON2ID = re.compile(rf"\$argon2id\$v=(?P<v>{_NUMBER})\$m=(?P<m>{_NUMBER}),t=(?P<t>{_NUMBER}),p=(?P<p>{_NUMBER})"
                        r"\$(?P<salt>[A-Za-z0-9+/]+)\$(?P<digest>[A-Za-z0-9+/]+)")
 # How many threads compute the lanes of a hash. The thread count is not an input of argon2 (RFC 9106 3.1: p is how
 # many lanes *can* run in parallel), so any count gives the same digest. argon2-cffi starts one thread per lane,
@@ -56,7 +58,7 @@ def _verify(encoded: str, password: str) -> bool:
         if match is None:
             return _hasher.verify(encoded, password)
         return _verify_argon2id(match, password.encode())
-    except (VerifyMismatchError, VerificationError, InvalidHashError, binascii.Error, OverflowError):
+    except (VerifyMismatchError, VerificationError, InvalidHashError, binascii.Error, OverflowError, UnicodeError):
         return False
 
 
@@ -78,7 +80,10 @@ def _verify_argon2id(match: re.Match, secret: bytes) -> bool:
 
 
 def _b64(value: str) -> bytes:
-    return base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
+    raw = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
+    if base64.b64encode(raw).rstrip(b"=").decode() != value:  # unused low bits set: not what argon2 writes
+        raise binascii.Error("not canonical base64")
+    return raw
 
 
 def needs_rehash(password_hash: str) -> bool:
