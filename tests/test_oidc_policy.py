@@ -478,6 +478,27 @@ def test_end_session_with_valid_hint_signs_out_and_redirects_with_state(client, 
     assert account.status_code == 302 and "/login" in account.headers["Location"]
 
 
+def test_end_session_accepts_a_hint_signed_by_a_key_rotated_in_another_worker(app, client, alice, first_party):
+    """SECURITY.md 14, 15: a worker that has not seen a rotation yet still recognises an ID token signed with the
+    new key (its unknown kid reloads the keys), so logging out works right after a rotation."""
+    from idp.oidc import keys
+
+    client_id, secret = first_party
+    login_and_tokens(client, client_id, secret)  # this worker loads today's keys
+    this_worker = app.extensions["idp.keys"]
+    app.extensions["idp.keys"] = keys._KeyCache()  # another worker rotates and signs with the new key
+    with app.app_context():
+        keys.rotate(max_token_lifetime=600)
+    _, body = login_and_tokens(client, client_id, secret)
+    app.extensions["idp.keys"] = this_worker
+    this_worker.loaded_at -= 5  # loaded a few seconds ago (an unknown kid reloads at most once a second)
+    kid = json.loads(base64.urlsafe_b64decode(body["id_token"].split(".")[0] + "=="))["kid"]
+    assert kid not in this_worker.kids
+    response = _end_session(client, id_token_hint=body["id_token"], post_logout_redirect_uri=LOGGED_OUT, state="bye")
+    assert response.status_code == 302 and response.headers["Location"] == LOGGED_OUT + "?state=bye"
+    assert signed_in_email(client) is None
+
+
 @pytest.mark.parametrize("uri", ["https://rp.example/logged-out/", "https://rp.example/Logged-out",
                                  "https://rp.example/logged-out?x=1", "https://evil.example/logged-out"])
 def test_end_session_never_redirects_to_an_unregistered_uri(client, alice, first_party, uri):
