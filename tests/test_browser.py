@@ -145,7 +145,7 @@ def test_unverified_user_verifies_by_mailed_link_and_resumes(page, live_server, 
     assert csp_violations(console_errors) == []
 
 
-def test_console_collector_seescsp_violations(page, console_errors):
+def test_console_collector_sees_csp_violations(page, console_errors):
     """Guards the assertions above: an inline script on a hosted page is refused and reported to the console."""
     page.goto("/signup")
     with page.expect_console_message(lambda message: "Content Security Policy" in message.text):

@@ -13,12 +13,13 @@ from sqlalchemy import inspect, select
 from idp import http
 from idp.extensions import db
 from idp.login.steps.password import GENERIC_FAILURE
-from idp.models import AuditEvent, LoginSession, LoginTransaction, OneTimeToken, User, utcnow
+from idp.models import LoginSession, LoginTransaction, OneTimeToken, User, utcnow
 from idp.security import passwords
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.support import (
     PASSWORD,
     Mailbox,
+    audit_events,
     code_in,
     csrf_token,
     follow,
@@ -76,12 +77,6 @@ def _session_cookie_header(response, name="idp_session") -> str:
 def _users(app) -> list[str]:
     with app.app_context():
         return list(db.session.execute(select(User.email).order_by(User.id)).scalars())
-
-
-def _audit(app, event: str) -> list[AuditEvent]:
-    with app.app_context():
-        return list(db.session.execute(
-            select(AuditEvent).where(AuditEvent.event == event).order_by(AuditEvent.id)).scalars())
 
 
 def _all_values(app) -> str:
@@ -227,7 +222,7 @@ def test_login_step_and_resend_without_csrf_token_are_refused(app, client, make_
     refused = client.post(step_url, data={"step": "password", "email": "alice@example.com", "password": PASSWORD})
     assert refused.status_code == 400
     assert signed_in_email(client) is None
-    assert not _audit(app, "login.success")
+    assert not audit_events(app, "login.success")
     # The resend button of the verification step.
     other = app.test_client()
     step = sign_in(other, "bob@example.com")
@@ -315,7 +310,7 @@ def test_sign_in_failures_look_the_same_whatever_the_account_state(app, make_use
         assert signed_in_email(client) is None, name
     assert results["unknown"][1] == GENERIC_FAILURE
     assert len(set(results.values())) == 1, {k: v[:2] for k, v in results.items()}
-    reasons = [e.details["reason"] for e in _audit(app, "login.failure")]
+    reasons = [e.details["reason"] for e in audit_events(app, "login.failure")]
     assert sorted(reasons) == ["bad_password", "disabled", "locked", "unknown_user"]  # the log knows, not the user
 
 
@@ -425,8 +420,7 @@ def test_change_password_requires_the_current_one_and_ends_other_sessions(app, c
     _complete_sign_in(fresh, "alice@example.com", NEW_PASSWORD)
     assert signed_in_email(fresh) == "alice@example.com"
     assert mailbox.last("alice@example.com", "changed")
-    assert [e.details["sessions_ended"] for e in _audit(app, "password.changed")] == [1]
-
+    assert [e.details["sessions_ended"] for e in audit_events(app, "password.changed")] == [1]
 
 
 def test_change_password_asks_a_stale_session_to_sign_in_again_first(app, client, make_user):
@@ -446,7 +440,7 @@ def test_change_password_asks_a_stale_session_to_sign_in_again_first(app, client
                      client.post("/account/password", data={"csrf_token": csrf_token(page), "current": PASSWORD,
                                                            "password": NEW_PASSWORD, "confirm": NEW_PASSWORD})):
         assert response.status_code == 302 and response.headers["Location"].startswith("/login/"), response.status_code
-    assert _audit(app, "password.changed") == []
+    assert audit_events(app, "password.changed") == []
     assert _error(sign_in(app.test_client(), "alice@example.com", NEW_PASSWORD)) == GENERIC_FAILURE
     # Signing in again (the password step) leads back to the form, which now works.
     again = client.post("/account/password", data={"csrf_token": csrf_token(page), "current": PASSWORD,
@@ -457,7 +451,8 @@ def test_change_password_asks_a_stale_session_to_sign_in_again_first(app, client
     assert form.status_code == 200 and form.request.path == "/account/password"
     done = client.post("/account/password", data={"csrf_token": csrf_token(form), "current": PASSWORD,
                                                   "password": NEW_PASSWORD, "confirm": NEW_PASSWORD})
-    assert done.status_code == 302 and len(_audit(app, "password.changed")) == 1
+    assert done.status_code == 302 and len(audit_events(app, "password.changed")) == 1
+
 
 # --- brute force (SECURITY.md 21) -----------------------------------------------------------------------------------
 
@@ -481,7 +476,7 @@ def test_account_throttle_refuses_even_the_right_password(make_app):
     bob = app.test_client()
     _complete_sign_in(bob, "bob@example.com")
     assert signed_in_email(bob) == "bob@example.com"
-    assert [e.details["reason"] for e in _audit(app, "login.failure")].count("throttled") == 2
+    assert [e.details["reason"] for e in audit_events(app, "login.failure")].count("throttled") == 2
 
 
 def test_ip_throttle_counts_failures_across_accounts(make_app):
@@ -521,10 +516,10 @@ def test_lockout_after_consecutive_failures_and_unlock_by_mailed_link(make_app, 
     _complete_sign_in(client, "alice@example.com")
     assert signed_in_email(client) == "alice@example.com"
     assert client.get(link).status_code == 400  # the link works once
-    reasons = [e.details["reason"] for e in _audit(app, "login.failure")]
+    reasons = [e.details["reason"] for e in audit_events(app, "login.failure")]
     assert reasons == ["bad_password"] * 4 + ["locked"]
-    assert len(_audit(app, "account.locked")) == 1
-    assert len(_audit(app, "account.unlocked")) == 1
+    assert len(audit_events(app, "account.locked")) == 1
+    assert len(audit_events(app, "account.unlocked")) == 1
 
 
 # --- X-Forwarded-For (SECURITY.md 21) -------------------------------------------------------------------------------
@@ -534,7 +529,7 @@ def test_spoofed_x_forwarded_for_is_ignored_without_trusted_proxies(app, make_us
     client = app.test_client()
     client.environ_base["HTTP_X_FORWARDED_FOR"] = "203.0.113.7"
     sign_in(client, "alice@example.com", "wrong guess number x")
-    assert [e.ip for e in _audit(app, "login.failure")] == ["127.0.0.1"]
+    assert [e.ip for e in audit_events(app, "login.failure")] == ["127.0.0.1"]
 
 
 def test_x_forwarded_for_is_believed_from_a_trusted_proxy(make_app):
@@ -544,7 +539,7 @@ def test_x_forwarded_for_is_believed_from_a_trusted_proxy(make_app):
     client = app.test_client()
     client.environ_base["HTTP_X_FORWARDED_FOR"] = "198.51.100.9, 203.0.113.7"
     sign_in(client, "alice@example.com", "wrong guess number x")
-    assert [e.ip for e in _audit(app, "login.failure")] == ["203.0.113.7"]  # the hop the proxy saw
+    assert [e.ip for e in audit_events(app, "login.failure")] == ["203.0.113.7"]  # the hop the proxy saw
 
 
 # --- open redirect --------------------------------------------------------------------------------------------------

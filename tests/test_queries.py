@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import event
 
 from idp.extensions import db
+from tests.support import PASSWORD, RP_CALLBACK, authorize, authorize_url, csrf_token, path_of, pkce_pair
 
 
 @contextmanager
@@ -75,17 +76,31 @@ def test_jwks_and_discovery_touch_the_database_little(app, machine):
 
 
 @pytest.fixture
-def signed_in_tokens(app, client, make_user, make_client):
-    """Tokens from a complete code flow for a first-party client with refresh tokens."""
-    from tests.support import RP_CALLBACK, authorize, pkce_pair
-
+def rp(make_user, make_client):
+    """Alice and a first-party confidential client, with a PKCE pair: (client_id, secret, verifier, challenge)."""
     make_user()
     client_id, secret = make_client(redirect_uris=[RP_CALLBACK], first_party=True)
-    verifier, challenge = pkce_pair()
-    code = authorize(client, client_id, code_challenge=challenge, code_challenge_method="S256")
-    tokens = client.post("/token", data={"grant_type": "authorization_code", "code": code, "code_verifier": verifier,
-                                         "redirect_uri": RP_CALLBACK}, auth=(client_id, secret)).get_json()
-    return client, client_id, secret, tokens
+    return client_id, secret, *pkce_pair()
+
+
+def _authorize(client, rp, **params) -> str:
+    """An authorization request with the PKCE challenge (signing in first if needed); its code."""
+    return authorize(client, rp[0], code_challenge=rp[3], code_challenge_method="S256", **params)
+
+
+def _authorize_url(rp, **params) -> str:
+    return authorize_url(rp[0], code_challenge=rp[3], code_challenge_method="S256", **params)
+
+
+def _exchange(client, rp, code):
+    return client.post("/token", data={"grant_type": "authorization_code", "code": code, "code_verifier": rp[2],
+                                       "redirect_uri": RP_CALLBACK}, auth=(rp[0], rp[1]))
+
+
+@pytest.fixture
+def signed_in_tokens(client, rp):
+    """Tokens from a complete code flow for a first-party client with refresh tokens."""
+    return client, rp[0], rp[1], _exchange(client, rp, _authorize(client, rp)).get_json()
 
 
 def test_userinfo(app, signed_in_tokens):
@@ -112,15 +127,10 @@ def test_refresh_with_rotation(app, signed_in_tokens):
     assert len(statements) <= 6, statements
 
 
-def test_password_step_of_a_sign_in(app, client, make_user, make_client):
+def test_password_step_of_a_sign_in(app, client, rp):
     """The password POST that completes a sign-in for a client: the planner asks each step whether it applies,
     and each asks for the client and the user's factors; those are read once per request, not once per step."""
-    from tests.support import PASSWORD, RP_CALLBACK, authorize_url, csrf_token, path_of, pkce_pair
-
-    make_user()
-    client_id, _ = make_client(redirect_uris=[RP_CALLBACK], first_party=True)
-    _, challenge = pkce_pair()
-    start = client.get(authorize_url(client_id, code_challenge=challenge, code_challenge_method="S256"))
+    start = client.get(_authorize_url(rp))
     step_path = path_of(start.headers["Location"])
     form = client.get(step_path)
     with counted(app) as statements:
@@ -133,24 +143,12 @@ def test_password_step_of_a_sign_in(app, client, make_user, make_client):
     assert len(statements) <= 12, statements
 
 
-def test_code_exchange(app, client, make_user, make_client):
-    from tests.support import RP_CALLBACK, authorize, pkce_pair
-
-    make_user()
-    client_id, secret = make_client(redirect_uris=[RP_CALLBACK], first_party=True)
-    verifier, challenge = pkce_pair()
-
-    def exchange(code):
-        return client.post("/token", data={"grant_type": "authorization_code", "code": code,
-                                           "code_verifier": verifier, "redirect_uri": RP_CALLBACK},
-                           auth=(client_id, secret))
-
+def test_code_exchange(app, client, rp):
     # The first exchange creates the signing keys; the count is for a warm server.
-    assert exchange(authorize(client, client_id, code_challenge=challenge, code_challenge_method="S256")).status_code \
-        == 200
-    code = authorize(client, client_id, code_challenge=challenge, code_challenge_method="S256")
+    assert _exchange(client, rp, _authorize(client, rp)).status_code == 200
+    code = _authorize(client, rp)
     with counted(app) as statements:
-        response = exchange(code)
+        response = _exchange(client, rp, code)
     assert response.status_code == 200 and "id_token" in response.get_json()
     # the client; the code with its user (one join); claim it (UPDATE, committed); the token row and its audit row
     assert statements.count("SELECT") <= 2, statements
@@ -158,33 +156,22 @@ def test_code_exchange(app, client, make_user, make_client):
     assert statements.count("INSERT") == 2, statements
 
 
-def test_authorization_request_of_a_signed_in_user(app, client, make_user, make_client):
+def test_authorization_request_of_a_signed_in_user(app, client, rp):
     """Authlib validates the request again when it creates the response: the client is read once anyway."""
-    from tests.support import RP_CALLBACK, authorize, authorize_url, pkce_pair
-
-    make_user()
-    client_id, _ = make_client(redirect_uris=[RP_CALLBACK], first_party=True)
-    _, challenge = pkce_pair()
-    authorize(client, client_id, code_challenge=challenge, code_challenge_method="S256")  # signs in
+    _authorize(client, rp)  # signs in
     with counted(app) as statements:
-        response = client.get(authorize_url(client_id, code_challenge=challenge, code_challenge_method="S256"))
+        response = client.get(_authorize_url(rp))
     assert response.status_code == 302 and "code=" in response.headers["Location"], response.headers
     # the session, its user, the client (once; no consent lookup for a first-party client), the code
     assert statements.count("SELECT") <= 3, statements
     assert statements.count("INSERT") == 1, statements
 
 
-def test_authorization_request_with_a_nonce_checks_it_once(app, client, make_user, make_client):
+def test_authorization_request_with_a_nonce_checks_it_once(app, client, rp):
     """The nonce replay check runs once per request (Authlib validates the request twice), on an index."""
-    from tests.support import RP_CALLBACK, authorize, authorize_url, pkce_pair
-
-    make_user()
-    client_id, _ = make_client(redirect_uris=[RP_CALLBACK], first_party=True)
-    _, challenge = pkce_pair()
-    authorize(client, client_id, code_challenge=challenge, code_challenge_method="S256", nonce="n-0")  # signs in
+    _authorize(client, rp, nonce="n-0")  # signs in
     with counted(app) as statements:
-        response = client.get(authorize_url(client_id, code_challenge=challenge, code_challenge_method="S256",
-                                            nonce="n-1"))
+        response = client.get(_authorize_url(rp, nonce="n-1"))
     assert response.status_code == 302 and "code=" in response.headers["Location"], response.headers
     # the session, its user, the client, the nonce (once each); the code
     assert statements.count("SELECT") <= 4, statements

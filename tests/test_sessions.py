@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from idp.extensions import db
 from idp.login.steps.password import GENERIC_FAILURE
-from idp.models import AuditEvent, LoginSession, User, utcnow
-from tests.support import PASSWORD, csrf_token, make_user_in, sign_in, signed_in_email
+from idp.models import LoginSession, User, utcnow
+from tests.support import PASSWORD, audit_events, csrf_token, make_user_in, sign_in, signed_in_email
 
 
 def _signed_in(app, user_agent: str | None = None):
@@ -43,11 +43,6 @@ def _age(app, *, idle: int | None = None, age: int | None = None) -> None:
         db.session.commit()
 
 
-def _events(app, name: str) -> list[AuditEvent]:
-    with app.app_context():
-        return list(db.session.execute(select(AuditEvent).where(AuditEvent.event == name)).scalars())
-
-
 def test_idle_session_ends_and_is_audited(app, make_user):
     make_user()
     client = _signed_in(app)
@@ -59,7 +54,7 @@ def test_idle_session_ends_and_is_audited(app, make_user):
     assert response.status_code == 302 and response.headers["Location"].startswith("/login")
     session = _the_session(app)
     assert session.ended_at is not None and session.end_reason == "idle_timeout"
-    [event] = _events(app, "session.expired")
+    [event] = audit_events(app, "session.expired")
     assert event.details["reason"] == "idle_timeout" and event.details["sid"] == session.sid
     # Ended for good: making the row look fresh again does not revive the cookie.
     _age(app, idle=0)
@@ -75,7 +70,7 @@ def test_session_ends_at_its_absolute_age_even_when_in_use(app, make_user):
     _age(app, idle=0, age=max_age + 5)
     assert signed_in_email(client) is None
     assert _the_session(app).end_reason == "max_age"
-    assert [e.details["reason"] for e in _events(app, "session.expired")] == ["max_age"]
+    assert [e.details["reason"] for e in audit_events(app, "session.expired")] == ["max_age"]
 
 
 def test_timeouts_follow_the_settings(make_app):
@@ -104,7 +99,7 @@ def test_account_page_lists_sessions_and_ends_another_one(app, make_user):
     assert signed_in_email(laptop) == "alice@example.com"  # this one is not
     remaining = laptop.get("/account").get_data(as_text=True)
     assert "PhoneBrowser/2.0" not in remaining
-    assert [e.details["sid"] for e in _events(app, "session.ended")] == [phone_sid]
+    assert [e.details["sid"] for e in audit_events(app, "session.ended")] == [phone_sid]
 
 
 def test_a_user_cannot_end_someone_elses_session(app, make_user):
@@ -194,5 +189,5 @@ def test_sign_out_everywhere_ends_every_session_and_revokes_every_token(app, mak
     refreshed = laptop.post("/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
                             auth=(client_id, secret))
     assert refreshed.status_code == 400 and refreshed.get_json()["error"] == "invalid_grant"
-    [event] = _events(app, "sessions.signed_out_everywhere")
+    [event] = audit_events(app, "sessions.signed_out_everywhere")
     assert event.details["sessions_ended"] == 2 and event.details["tokens_revoked"] >= 1
