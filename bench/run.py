@@ -95,14 +95,14 @@ class _LatencySide:
         self.browser = driver.Browser(prov.port, prov.host)
         self.latencies: dict[str, list[float]] = {}
         self.signins = 0
-        tokens = [driver.sign_in(prov, f"pw-{n}@bench.example", self.password) for n in range(1, 6)]
+        tokens = [driver.sign_in(prov, email, self.password) for email in IDP_USERS[:5]]
         self.access = [t["access_token"] for t in tokens]
         self.refresh = tokens[-1]["refresh_token"]
 
     def _call(self, kind: str, n: int) -> None:
         if kind == "signin":
             self.signins += 1
-            driver.sign_in(self.prov, f"pw-{self.signins % 1000 + 1}@bench.example", self.password)
+            driver.sign_in(self.prov, IDP_USERS[self.signins % len(IDP_USERS)], self.password)
             return
         if kind == "userinfo":
             status, _, payload = self.browser.request("GET", self.meta["userinfo_endpoint"], None, {

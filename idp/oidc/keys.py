@@ -16,7 +16,7 @@ from joserfc.jwk import KeySet
 from sqlalchemy import func, select
 
 from idp.extensions import db
-from idp.models import SigningKey, utcnow
+from idp.models import Client, SigningKey, utcnow
 from idp.security import keys as jose_keys
 from idp.security.tokens import new_token
 
@@ -157,8 +157,6 @@ def keyset_for_token(token: str, now: datetime | None = None) -> KeySet:
 def longest_token_lifetime() -> int:
     """How long a token signed now may stay valid: the longest access-token lifetime (the default or any client's
     own) or the ID token's, plus five minutes of clock skew."""
-    from idp.models import Client
-
     cfg = current_app.config
     longest_client = db.session.execute(db.select(func.max(Client.access_token_ttl))).scalar() or 0
     return max(cfg["IDP_ACCESS_TOKEN_TTL"], cfg["IDP_ID_TOKEN_TTL"], longest_client) + 300
