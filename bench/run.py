@@ -40,10 +40,11 @@ PEER_HOST = "localhost:8444"
 LOOSE = "1000000/minute"
 
 
-def cpu_seconds(pgid: int, commands: tuple[str, ...] = ()) -> float:
-    """CPU time (user + system) used so far by the processes of one process group and by any process whose name is
-    in ``commands`` (idp's share of the box includes the PostgreSQL backends and Redis it keeps busy)."""
-    total = 0
+def cpu_seconds(pgid: int, commands: tuple[str, ...] = ()) -> dict[str, float]:
+    """CPU time (user + system) used so far by the processes of one process group ("server") and by any process
+    whose name is in ``commands`` (idp's share of the box includes the PostgreSQL backends and Redis it keeps
+    busy), per kind of process."""
+    ticks = dict.fromkeys(("server", *commands), 0)
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -54,9 +55,15 @@ def cpu_seconds(pgid: int, commands: tuple[str, ...] = ()) -> float:
             continue
         name = stat[stat.index("(") + 1:stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ..., utime (12th), stime (13th)
-        if int(fields[2]) == pgid or name in commands:
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+        kind = "server" if int(fields[2]) == pgid else name if name in commands else None
+        if kind is not None:
+            ticks[kind] += int(fields[11]) + int(fields[12])
+    return {kind: n / os.sysconf("SC_CLK_TCK") for kind, n in ticks.items()}
+
+
+def _storage_ms(entry: dict) -> float:
+    """The part of a server's CPU per request that its storage processes (PostgreSQL, Redis) used."""
+    return sum(ms for kind, ms in entry.get("cpu_ms_by_process", {}).items() if kind != "server")
 
 
 def pg(dbname: str, *statements: str) -> list:
@@ -385,8 +392,11 @@ class Bench:
         pgid, commands = self.cpu_of[target]
         before = cpu_seconds(pgid, commands)
         result = runner(self.round_s, index)
-        used = cpu_seconds(pgid, commands) - before
-        result["cpu_ms"] = used * 1000 / max(result["requests"], 1)
+        after = cpu_seconds(pgid, commands)
+        per_request = 1000 / max(result["requests"], 1)
+        # Split by process (for idp: its workers, PostgreSQL, Redis), to say where a request's CPU goes.
+        result["cpu_ms_by_process"] = {kind: (after[kind] - before[kind]) * per_request for kind in after}
+        result["cpu_ms"] = sum(result["cpu_ms_by_process"].values())
         return result
 
     def _interleaved(self, runners: dict, warm: int, limit_beside: bool = False) -> dict[str, dict]:
@@ -409,6 +419,9 @@ class Bench:
                 rounds[t].append(self.measured(t, runner, i))
         entry = {t: {**{key: statistics.median(r[key] for r in rs) for key in ("rps", "p50_ms", "p99_ms", "cpu_ms")},
                      "errors": sum(r["errors"] for r in rs), "rounds": rs} for t, rs in rounds.items()}
+        for t, e in entry.items():
+            e["cpu_ms_by_process"] = {kind: statistics.median(r["cpu_ms_by_process"][kind] for r in rounds[t])
+                                      for kind in rounds[t][0]["cpu_ms_by_process"]}
         if limits:
             for e in entry.values():
                 e.update(argon2id_per_s=statistics.median(limits), argon2id_rounds=limits)
@@ -427,8 +440,9 @@ class Bench:
             entry = self._interleaved({t: self.scenario_runner(scenario, t) for t in targets}, warm=self.rounds,
                                       limit_beside=scenario in ("signin", "signin_totp"))
             self.results["scenarios"][scenario] = entry
-            line = ", ".join(f"{t} {e['rps']:.1f}/s p50 {e['p50_ms']:.1f} p99 {e['p99_ms']:.1f} ms"
-                             f"{' errors ' + str(e['errors']) if e['errors'] else ''}" for t, e in entry.items())
+            line = ", ".join(f"{t} {e['rps']:.1f}/s p50 {e['p50_ms']:.1f} p99 {e['p99_ms']:.1f} ms, CPU ms/req "
+                             + " + ".join(f"{kind} {ms:.2f}" for kind, ms in e["cpu_ms_by_process"].items())
+                             + (f" errors {e['errors']}" if e["errors"] else "") for t, e in entry.items())
             if "argon2id_per_s" in entry["idp"]:
                 line += (f"; argon2id limit beside the rounds {entry['idp']['argon2id_per_s']:.1f}/s "
                          f"({', '.join(f'{x:.1f}' for x in entry['idp']['argon2id_rounds'])})")
@@ -562,7 +576,7 @@ class Bench:
     def table(self) -> str:
         lim = self.results["limits"]
         rows = [("scenario", "idp req/s", "p50 ms", "p99 ms", "peer req/s", "peer p99 ms", "idp/peer",
-                 "CPU ms/req idp", "CPU ms/req peer", "fraction of limit")]
+                 "CPU ms/req idp", "of it storage", "CPU ms/req peer", "fraction of limit")]
         for scenario, entry in self.results["scenarios"].items():
             me = entry["idp"]
             peer = entry.get("peer")
@@ -574,13 +588,14 @@ class Bench:
             ratio = f"{me['rps'] / peer['rps']:.2f}" if peer and peer["rps"] else "-"
             rows.append((scenario, f"{me['rps']:.1f}", f"{me['p50_ms']:.1f}", f"{me['p99_ms']:.1f}",
                          f"{peer['rps']:.1f}" if peer else "-", f"{peer['p99_ms']:.1f}" if peer else "-", ratio,
-                         f"{me['cpu_ms']:.2f}", f"{peer['cpu_ms']:.2f}" if peer else "-", frac))
+                         f"{me['cpu_ms']:.2f}", f"{_storage_ms(me):.2f}", f"{peer['cpu_ms']:.2f}" if peer else "-",
+                         frac))
             me["ratio_to_peer"] = me["rps"] / peer["rps"] if peer and peer["rps"] else None
         for name, label in (("floor_wsgi", "floor: gunicorn, WSGI"), ("floor_flask", "floor: gunicorn, Flask")):
             if name in self.results.get("floor", {}):
                 me = self.results["floor"][name]
                 rows.append((label, f"{me['rps']:.1f}", f"{me['p50_ms']:.1f}", f"{me['p99_ms']:.1f}", "-", "-", "-",
-                             f"{me['cpu_ms']:.2f}", "-", ""))
+                             f"{me['cpu_ms']:.2f}", "-", "-", ""))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
         lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
