@@ -63,7 +63,7 @@ def cpu_seconds(pgid: int, commands: tuple[str, ...] = ()) -> dict[str, float]:
 
 def _storage_ms(entry: dict) -> float:
     """The part of a server's CPU per request that its storage processes (PostgreSQL, Redis) used."""
-    return sum(ms for kind, ms in entry.get("cpu_ms_by_process", {}).items() if kind != "server")
+    return sum(ms for kind, ms in entry["cpu_ms_by_process"].items() if kind != "server")
 
 
 def pg(dbname: str, *statements: str) -> list:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from datetime import timedelta
 from urllib.parse import quote, urljoin, urlsplit
 
 import pytest
@@ -426,8 +427,6 @@ def test_change_password_requires_the_current_one_and_ends_other_sessions(app, c
 def test_change_password_asks_a_stale_session_to_sign_in_again_first(app, client, make_user):
     """SECURITY.md 27: knowing the current password is not enough when the sign-in is old (a borrowed, unlocked
     browser): the change waits for a fresh sign-in, then the page comes back."""
-    from datetime import timedelta
-
     make_user()
     _complete_sign_in(client, "alice@example.com")
     page = client.get("/account/password")

@@ -18,6 +18,7 @@ from joserfc.jwk import KeySet
 
 from idp.extensions import db
 from idp.models import AuditEvent, LoginSession, SigningKey, User, utcnow
+from idp.oidc import keys
 from idp.security.keys import KeyDecryptionError, decrypt_private
 from tests.conftest import SECRET
 from tests.support import Walk, csrf_token, link_in, signed_in_email, walk
@@ -415,8 +416,6 @@ def test_key_rotation_keeps_old_keys_published_until_their_tokens_expire(app, cl
 
 def test_jwks_publishes_a_key_rotated_by_another_worker_at_once(app, client):
     """Each worker keeps its JWK Set, and serves a rotation made anywhere with its next answer (SECURITY.md 14)."""
-    from idp.oidc import keys
-
     before = {k["kid"] for k in client.get("/jwks.json").get_json()["keys"]}
     assert len(before) == 2
     this_worker = app.extensions["idp.keys"]
@@ -481,8 +480,6 @@ def test_end_session_with_valid_hint_signs_out_and_redirects_with_state(client, 
 def test_end_session_accepts_a_hint_signed_by_a_key_rotated_in_another_worker(app, client, alice, first_party):
     """SECURITY.md 14, 15: a worker that has not seen a rotation yet still recognises an ID token signed with the
     new key (its unknown kid reloads the keys), so logging out works right after a rotation."""
-    from idp.oidc import keys
-
     client_id, secret = first_party
     login_and_tokens(client, client_id, secret)  # this worker loads today's keys
     this_worker = app.extensions["idp.keys"]

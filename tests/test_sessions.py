@@ -12,7 +12,7 @@ from sqlalchemy import select
 from idp.extensions import db
 from idp.login.steps.password import GENERIC_FAILURE
 from idp.models import LoginSession, User, utcnow
-from tests.support import PASSWORD, audit_events, csrf_token, make_user_in, sign_in, signed_in_email
+from tests.support import PASSWORD, audit_events, authorize, csrf_token, make_user_in, sign_in, signed_in_email
 
 
 def _signed_in(app, user_agent: str | None = None):
@@ -157,8 +157,6 @@ def test_disabling_a_user_ends_every_session(app, make_user):
 def test_sign_out_everywhere_ends_every_session_and_revokes_every_token(app, make_user, make_client):
     """SECURITY.md 6: "sign out everywhere" ends this and every other session and revokes the user's tokens, so a
     relying party's refresh token and access token stop working at once; it is audited."""
-    from tests.support import authorize
-
     make_user()
     client_id, secret = make_client(first_party=True, grant_types=["authorization_code", "refresh_token"])
     laptop = _signed_in(app, "LaptopBrowser/1.0")
