@@ -42,6 +42,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     from idp import http
 
+    app.before_request(http.refuse_nul)
     app.before_request(lambda: http.resolve_client(app))
     app.after_request(http.security_headers)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Flask, current_app, g, has_request_context, request, url_for
+from authlib.oauth2.rfc6749.errors import InvalidRequestError
+from flask import Flask, abort, current_app, g, has_request_context, jsonify, request, url_for
 from werkzeug.wrappers import Response
 
 from idp.security.network import client_ip
@@ -27,6 +28,37 @@ def resolve_client(app: Flask) -> None:
     request.environ["REMOTE_ADDR"] = resolved  # flask-limiter and the audit log read the same address
     g.client_ip = resolved
     g.user_agent = request.headers.get("User-Agent", "")[:512]
+
+
+# The endpoints whose callers expect an OAuth error object (RFC 6749 5.2, RFC 7009 2.2.1, RFC 7662 2.3, RFC 6750 3.1).
+OAUTH_ENDPOINTS = frozenset({"oidc.token", "oidc.revoke", "oidc.introspect", "oidc.userinfo"})
+NUL_MESSAGE = "The request contains a NUL character, which no field accepts."
+
+
+def refuse_nul():
+    """Before each request: a NUL character in the path, a parameter or a header is bad input. No field takes one
+    (RFC 9110 5.5 forbids it in headers; PostgreSQL text cannot store it), so the request is refused here with a
+    400 in the caller's form, before any of it reaches a query."""
+    if not _carries_nul():
+        return None
+    if request.endpoint in OAUTH_ENDPOINTS:
+        status, body, headers = InvalidRequestError(NUL_MESSAGE)()
+        response = jsonify(body)
+        response.status_code = status
+        response.headers.extend(headers)
+        if request.endpoint == "oidc.userinfo":
+            response.headers["WWW-Authenticate"] = f'Bearer error="invalid_request", error_description="{NUL_MESSAGE}"'
+        return response
+    abort(400, NUL_MESSAGE)
+
+
+def _carries_nul() -> bool:
+    if "\x00" in request.path:
+        return True
+    if any("\x00" in key or "\x00" in value for key, value in request.values.items(multi=True)):
+        return True
+    return any("\x00" in value for name, value in request.environ.items()
+               if name.startswith("HTTP_") and isinstance(value, str))
 
 
 def security_headers(response: Response) -> Response:

@@ -569,3 +569,51 @@ def test_login_transactions_are_stored_server_side(app, client):
         assert db.session.get(LoginTransaction, tid) is not None
     stranger = app.test_client()
     assert stranger.get(start.headers["Location"]).status_code == 400  # bound to the browser that began it
+
+
+# --- NUL characters (SECURITY.md 31) ---------------------------------------------------------------------------------
+
+NUL_REFUSED = "NUL character"
+
+
+def test_a_nul_in_a_form_field_is_a_clear_error_and_writes_nothing(app, client, make_user):
+    """PostgreSQL text cannot hold a NUL: before the guard these were 500s there. The transaction survives."""
+    make_user()
+    start = client.get("/login")
+    step_url = start.headers["Location"]
+    page = client.get(step_url)
+    before = len(audit_events(app, "login.failure"))
+    response = client.post(step_url, data={"csrf_token": csrf_token(page), "step": "password",
+                                           "email": "alice\x00@example.com", "password": PASSWORD})
+    assert response.status_code == 400 and NUL_REFUSED in response.get_data(as_text=True)
+    assert len(audit_events(app, "login.failure")) == before
+    done = client.post(step_url, data={"csrf_token": csrf_token(page), "step": "password",
+                                       "email": "alice@example.com", "password": PASSWORD})
+    assert done.status_code == 302 and signed_in_email(client) == "alice@example.com"
+
+
+def test_a_nul_in_sign_up_creates_no_account(app, client, mailbox):
+    response = _sign_up(client, email="new\x00@example.com")
+    assert response.status_code == 400 and NUL_REFUSED in response.get_data(as_text=True)
+    response = _sign_up(client, name="New\x00Person")
+    assert response.status_code == 400
+    assert _users(app) == []
+
+
+@pytest.mark.parametrize("path", ["/login/%00", "/login/abc%00def", "/reset/%00", "/verify-email/x%00"])
+def test_a_nul_in_the_path_is_a_clear_error(client, path):
+    response = client.get(path)
+    assert response.status_code == 400 and NUL_REFUSED in response.get_data(as_text=True)
+
+
+def test_a_nul_is_refused_as_a_json_problem_to_a_json_caller(client):
+    response = client.get("/login/%00", headers={"Accept": "application/json"})
+    assert response.status_code == 400 and response.is_json
+    assert response.get_json()["status"] == 400 and NUL_REFUSED in response.get_json()["detail"]
+
+
+def test_a_nul_in_a_header_is_a_clear_error(client):
+    """RFC 9110 5.5: a field value with a NUL is invalid; the User-Agent would otherwise reach the audit log."""
+    response = client.get("/login", headers={"User-Agent": "agent\x00"})
+    assert response.status_code == 400 and NUL_REFUSED in response.get_data(as_text=True)
+

@@ -944,6 +944,59 @@ def test_odd_authorize_requests_never_give_500(client, conf):
         assert response.status_code < 500, (params, response.status_code)
 
 
+
+# A NUL character: no field takes one (PostgreSQL text cannot hold it, so these were 500s there); the request is
+# refused with a 400 in the caller's form before any of it reaches a query.
+
+@pytest.mark.parametrize("param", ["nonce", "state", "login_hint", "acr_values", "redirect_uri", "scope"])
+def test_a_nul_in_an_authorization_request_is_an_error_page(client, conf, param):
+    response = client.get(authorize_url(conf[0], **{param: "a\x00b"}))
+    assert response.status_code == 400 and "Location" not in response.headers
+    assert "NUL character" in response.get_data(as_text=True)
+
+
+def test_a_nul_in_the_client_id_is_an_error_page(client):
+    response = client.get(authorize_url("a\x00b"))
+    assert response.status_code == 400 and "Location" not in response.headers
+
+
+@pytest.mark.parametrize("path, data", [
+    ("/token", {"grant_type": "client_credentials", "scope": "openid\x00"}),
+    ("/token", {"grant_type": "authorization_code", "code": "\x00", "redirect_uri": RP}),
+    ("/revoke", {"token": "a\x00b"}),
+    ("/introspect", {"token": "a\x00b", "token_type_hint": "access_token"}),
+])
+def test_a_nul_at_the_token_endpoints_is_invalid_request(client, conf, path, data):
+    response = client.post(path, data=data, auth=conf)
+    assert response.status_code == 400 and response.get_json()["error"] == "invalid_request"
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_a_nul_in_a_client_id_at_the_token_endpoint_is_invalid_request(client, conf):
+    response = client.post("/token", data={"grant_type": "client_credentials", "client_id": "a\x00b",
+                                           "client_secret": conf[1]})
+    assert response.status_code == 400 and response.get_json()["error"] == "invalid_request"
+
+
+def test_a_nul_at_userinfo_is_invalid_request_with_a_bearer_challenge(client, alice, conf):
+    access_token = tokens(client, *conf)["access_token"]
+    response = client.post("/userinfo", data={"claims": "\x00"}, headers=bearer(access_token))
+    assert response.status_code == 400 and response.get_json()["error"] == "invalid_request"
+    assert response.headers["WWW-Authenticate"].startswith('Bearer error="invalid_request"')
+    assert userinfo_status(client, access_token) == 200
+
+
+@pytest.mark.parametrize("subject", [5, ["a"], "a\x00b", None])
+def test_a_client_assertion_naming_no_possible_client_is_invalid_client(client, jwt_client, subject):
+    """private_key_jwt: the client comes from the assertion's claims, past the check on the request's text."""
+    client_id, key = jwt_client
+    signed = assertion(client_id, key, iss=subject, sub=subject)
+    response = client.post("/token", data=jwt_auth(signed, grant_type="client_credentials", client_id=client_id))
+    assert response.status_code in (400, 401) and response.get_json()["error"] in ("invalid_client",
+                                                                                 "invalid_request")
+
+
+
 def test_private_key_jwt_works_at_introspection_and_revocation_as_advertised(client, jwt_client):
     client_id, key = jwt_client
     token = client.post("/token", data=jwt_auth(assertion(client_id, key), grant_type="client_credentials"))

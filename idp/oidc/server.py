@@ -47,8 +47,10 @@ def issuer() -> str:
 
 
 def query_client(client_id: str) -> Client | None:
-    """The registered client with this id (read once per request)."""
-    if not client_id or len(client_id) > 64:
+    """The registered client with this id (read once per request). An id no client can have (not a string, too
+    long, or with a NUL, which PostgreSQL text cannot hold: a private_key_jwt assertion's ``sub`` or a decoded
+    Basic header can carry one past the request's own check) is no client."""
+    if not isinstance(client_id, str) or not client_id or len(client_id) > 64 or "\x00" in client_id:
         return None
     return _once_per_request("idp.clients", client_id, lambda: db.session.execute(
         db.select(Client).where(Client.client_id == client_id)).scalar_one_or_none())
