@@ -855,3 +855,38 @@ def test_re_authentication_asks_every_factor_again(app, client, clock, alice, pl
     assert again.screens == ["password", "totp"]
     claims = claims_of(client, *plain_client, again)
     assert claims["acr"] == MFA and {"pwd", "otp", "mfa"} <= set(claims["amr"])
+
+
+# --- malformed answers on the factor screens (SECURITY.md 31) ----------------------------------------------------
+
+def test_choosing_a_factor_before_the_password_changes_nothing(app, client, clock, alice, plain_client):
+    enrol_totp_in(app, ALICE, clock.now())
+    result = walk(client, authorize_path(plain_client[0]), stop_at="password")
+    response = choose(client, result, "totp")
+    assert response.status_code == 302
+    assert step_name(client.get(response.headers["Location"])) == "password"
+
+
+@pytest.mark.parametrize("credential", ['{"id": "\\u0000"}', '{"id": 5}', '{"id": "\u00e9"}', '{"id": ["a"]}', "[]",
+                                        "not json"])
+def test_a_malformed_passkey_answer_is_a_message_on_the_sign_in_page(app, client, alice, plain_client, credential):
+    result = walk(client, authorize_path(plain_client[0]), stop_at="password")
+    response = client.post(f"/login/{tid_of(result)}/passkey",
+                           data={"csrf_token": csrf_token(result.pages[-1]), "credential": credential})
+    assert response.status_code == 302
+    page = client.get(response.headers["Location"])
+    assert step_name(page) == "password"
+    assert "That passkey could not be verified" in page.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("credential", ["{}", "[]", "5", '{"id": 5}', '{"id": "AAAA", "rawId": "AAAA"}',
+                                        '{"id": "AAAA", "rawId": "AAAA", "type": "public-key", "response": {}}'])
+def test_a_malformed_security_key_registration_is_a_form_message(app, client, alice, credential):
+    sign_in_fully(client)
+    page = client.get("/account/security/webauthn/new")
+    response = client.post("/account/security/webauthn/new",
+                           data={"csrf_token": csrf_token(page), "name": "My key", "credential": credential})
+    assert response.status_code == 302 and response.headers["Location"].endswith("/account/security/webauthn/new")
+    assert "could not be registered" in client.get(response.headers["Location"]).get_data(as_text=True)
+    with app.app_context():
+        assert db.session.execute(db.select(Factor)).first() is None

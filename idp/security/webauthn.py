@@ -7,6 +7,7 @@ passes it back; RP ID and origin come from the issuer.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -19,7 +20,7 @@ from webauthn import (
     verify_registration_response,
 )
 from webauthn.helpers import base64url_to_bytes, bytes_to_base64url
-from webauthn.helpers.exceptions import InvalidAuthenticationResponse, InvalidRegistrationResponse
+from webauthn.helpers.exceptions import WebAuthnException
 from webauthn.helpers.structs import (
     AuthenticatorSelectionCriteria,
     CredentialDeviceType,
@@ -84,7 +85,7 @@ def verify_registration(rp: RelyingParty, credential_json: str, challenge: str) 
     try:
         result = verify_registration_response(credential=credential_json, expected_challenge=base64url_to_bytes(
             challenge), expected_rp_id=rp.rp_id, expected_origin=rp.origin)
-    except (InvalidRegistrationResponse, ValueError, KeyError, TypeError) as exc:
+    except (WebAuthnException, ValueError, KeyError, TypeError) as exc:  # malformed JSON, CBOR, keys...
         raise WebAuthnFailed(str(exc)) from None
     return Registered(credential_id=bytes_to_base64url(result.credential_id),
                       public_key=bytes_to_base64url(result.credential_public_key), sign_count=result.sign_count,
@@ -103,13 +104,18 @@ def authentication_options(rp: RelyingParty, *, challenge: str, allow: list[str]
     return options_to_json(options)
 
 
+CREDENTIAL_ID = re.compile(r"[A-Za-z0-9_-]{1,1400}")  # WebAuthn: at most 1023 bytes, so 1,364 in base64url
+
+
 def credential_id_of(credential_json: str) -> str:
     """The credential id a response claims to be from (to look up its public key)."""
     try:
-        value = json.loads(credential_json)
-        return str(value["id"])
+        claimed = json.loads(credential_json)["id"]
     except (ValueError, KeyError, TypeError):
         raise WebAuthnFailed("malformed credential") from None
+    if not isinstance(claimed, str) or not CREDENTIAL_ID.fullmatch(claimed):  # base64url, as every id we store
+        raise WebAuthnFailed("malformed credential")
+    return claimed
 
 
 @dataclass(frozen=True)
@@ -128,7 +134,7 @@ def verify_authentication(rp: RelyingParty, credential_json: str, challenge: str
             credential=credential_json, expected_challenge=base64url_to_bytes(challenge), expected_rp_id=rp.rp_id,
             expected_origin=rp.origin, credential_public_key=base64url_to_bytes(public_key),
             credential_current_sign_count=sign_count, require_user_verification=require_uv)
-    except (InvalidAuthenticationResponse, ValueError, KeyError, TypeError) as exc:
+    except (WebAuthnException, ValueError, KeyError, TypeError) as exc:
         raise WebAuthnFailed(str(exc)) from None
     return Asserted(new_sign_count=result.new_sign_count, user_verified=result.user_verified)
 

@@ -92,7 +92,9 @@ class StepContext:
         return not meets(mfa.reached_level(self.proven_amr, self.remembered()), self.required_level())
 
     def factor_candidates(self) -> list[str]:
-        """Factor steps the user can still take, strongest first."""
+        """Factor steps the user can still take, strongest first (none before the user is known)."""
+        if self.user is None:
+            return []
         done = set(self.state["done"])
         usable = self._once(f"usable:{self.user.id}", lambda: mfa.usable_steps(
             self.user, self.required_level(), self.factors()))
