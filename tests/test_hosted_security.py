@@ -617,3 +617,12 @@ def test_a_nul_in_a_header_is_a_clear_error(client):
     response = client.get("/login", headers={"User-Agent": "agent\x00"})
     assert response.status_code == 400 and NUL_REFUSED in response.get_data(as_text=True)
 
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b"5", b'{"email": 5, "name": ["x"], "password": {}}'])
+def test_a_json_body_with_a_valid_csrf_token_is_no_form(app, client, body):
+    """Flask-WTF would read a JSON body as the form's fields; hosted pages read form fields only."""
+    page = client.get("/signup")
+    response = client.post("/signup", data=body, content_type="application/json",
+                           headers={"X-CSRFToken": csrf_token(page)})
+    assert response.status_code in (200, 400) and "Enter your email address." in response.get_data(as_text=True)
+    assert _users(app) == []

@@ -1,5 +1,6 @@
 """The forms of the hosted pages (flask-wtf: validation and CSRF)."""
 
+from flask import request
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, EmailField, HiddenField, PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length, Optional, Regexp
@@ -8,7 +9,18 @@ EMAIL = [DataRequired("Enter your email address."), Length(max=320),
          Regexp(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", message="Enter a valid email address.")]
 
 
-class SignInForm(FlaskForm):
+class Form(FlaskForm):
+    """Every hosted page's form. It reads form-encoded fields only: Flask-WTF would take a JSON body's members as
+    fields, and fails on a body that is not an object of strings. No hosted page is posted JSON."""
+
+    class Meta:
+        def wrap_formdata(self, form, formdata):
+            if request.is_json and not request.form and not request.files:
+                return None
+            return super().wrap_formdata(form, formdata)
+
+
+class SignInForm(Form):
     """Email and password."""
 
     email = EmailField("Email", validators=EMAIL, render_kw={"autocomplete": "username webauthn"})
@@ -16,14 +28,14 @@ class SignInForm(FlaskForm):
                              render_kw={"autocomplete": "current-password"})
 
 
-class CodeForm(FlaskForm):
+class CodeForm(Form):
     """A one-time code from a message."""
 
     code = StringField("Code", validators=[DataRequired("Enter the code."), Length(max=12)],
                        render_kw={"autocomplete": "one-time-code", "inputmode": "numeric"})
 
 
-class SignUpForm(FlaskForm):
+class SignUpForm(Form):
     """A new account."""
 
     email = EmailField("Email", validators=EMAIL, render_kw={"autocomplete": "email"})
@@ -33,13 +45,13 @@ class SignUpForm(FlaskForm):
                              render_kw={"autocomplete": "new-password"})
 
 
-class ForgotForm(FlaskForm):
+class ForgotForm(Form):
     """The address to send a reset link to."""
 
     email = EmailField("Email", validators=EMAIL, render_kw={"autocomplete": "email"})
 
 
-class NewPasswordForm(FlaskForm):
+class NewPasswordForm(Form):
     """A new password, typed twice."""
 
     password = PasswordField("New password", validators=[DataRequired("Choose a password."), Length(max=4096)],
@@ -56,18 +68,18 @@ class ChangePasswordForm(NewPasswordForm):
                             render_kw={"autocomplete": "current-password"})
 
 
-class ProfileForm(FlaskForm):
+class ProfileForm(Form):
     """Editable profile fields."""
 
     name = StringField("Name", validators=[DataRequired("Enter your name."), Length(max=200)],
                        render_kw={"autocomplete": "name"})
 
 
-class ConfirmForm(FlaskForm):
+class ConfirmForm(Form):
     """A button that only carries the CSRF token (sign out, end session, confirm a link)."""
 
 
-class FactorCodeForm(FlaskForm):
+class FactorCodeForm(Form):
     """A code from an authenticator app, a text message or an email, and "remember this device"."""
 
     code = StringField("Code", validators=[DataRequired("Enter the code."), Length(max=32)],
@@ -75,28 +87,28 @@ class FactorCodeForm(FlaskForm):
     remember = BooleanField("Remember this device")
 
 
-class RecoveryCodeForm(FlaskForm):
+class RecoveryCodeForm(Form):
     """One recovery code."""
 
     code = StringField("Recovery code", validators=[DataRequired("Enter a recovery code."), Length(max=32)],
                        render_kw={"autocomplete": "off"})
 
 
-class WebAuthnForm(FlaskForm):
+class WebAuthnForm(Form):
     """The JSON of a WebAuthn credential, filled in by static/js/webauthn.js."""
 
     credential = HiddenField(validators=[DataRequired("Use your security key or passkey."), Length(max=20000)])
     remember = BooleanField("Remember this device")
 
 
-class TotpEnrolForm(FlaskForm):
+class TotpEnrolForm(Form):
     """The first code from a newly added authenticator app (enrolment counts only once confirmed)."""
 
     code = StringField("Code from the app", validators=[DataRequired("Enter the 6-digit code."), Length(max=12)],
                        render_kw={"autocomplete": "one-time-code", "inputmode": "numeric"})
 
 
-class PhoneForm(FlaskForm):
+class PhoneForm(Form):
     """A phone number for SMS codes."""
 
     phone = StringField("Mobile number (with country code, e.g. +44 7700 900123)",
@@ -104,13 +116,13 @@ class PhoneForm(FlaskForm):
                         render_kw={"autocomplete": "tel", "inputmode": "tel"})
 
 
-class NameForm(FlaskForm):
+class NameForm(Form):
     """A new name for a factor or device."""
 
     name = StringField("Name", validators=[DataRequired("Enter a name."), Length(max=100)])
 
 
-class EnrolForm(FlaskForm):
+class EnrolForm(Form):
     """Enrolment inside sign-in: the first TOTP code, or a new WebAuthn credential (filled in by JavaScript)."""
 
     code = StringField("Code from the app", validators=[Optional(), Length(max=12)],

@@ -5,18 +5,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flask_wtf import FlaskForm
 from wtforms import SubmitField
 
 from idp import audit
 from idp.extensions import db
+from idp.login.forms import Form
 from idp.login.steps import Outcome, Step, StepContext, register
 from idp.login.transaction import update
 from idp.models import Consent
 from idp.oidc.claims import SCOPE_DESCRIPTIONS
 
 
-class ConsentForm(FlaskForm):
+class ConsentForm(Form):
     """Allow or deny."""
 
     allow = SubmitField("Allow")
