@@ -997,6 +997,21 @@ def test_a_client_assertion_naming_no_possible_client_is_invalid_client(client, 
 
 
 
+@pytest.mark.parametrize("params", [{"response_type": "c\u00f6de"}, {"response_type": "code \u00e9"},
+                                    {"redirect_uri": "https://r\u00e9p.example/cb"}])
+def test_non_ascii_that_authlib_would_quote_in_an_error_is_an_error_page(client, conf, params):
+    """Authlib refuses to write these values into an error_description (RFC 6749 4.1.2.1): still a 400 page."""
+    response = client.get(authorize_url(conf[0], **params))
+    assert response.status_code == 400 and "Location" not in response.headers
+    assert "invalid_request" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b"5", b'"text"', b'{"confirm": ["yes"]}'])
+def test_a_json_body_at_end_session_is_no_form(client, body):
+    response = client.post("/end-session", data=body, content_type="application/json")
+    assert response.status_code == 200 and 'name="confirm"' in response.get_data(as_text=True)
+
+
 def test_private_key_jwt_works_at_introspection_and_revocation_as_advertised(client, jwt_client):
     client_id, key = jwt_client
     token = client.post("/token", data=jwt_auth(assertion(client_id, key), grant_type="client_credentials"))

@@ -108,6 +108,12 @@ def jwks():
     return response
 
 
+# Authlib quotes response_type and redirect_uri in its error descriptions, and refuses to build an error whose
+# description would hold a character RFC 6749 4.1.2.1 forbids there (a ValueError with this text). Such a request
+# is still just an invalid one.
+AUTHLIB_UNSAYABLE = "Error description contains forbidden characters"
+
+
 def _authorize_error(error: OAuth2Error):
     """Errors before the redirect URI is trusted show a page (SECURITY.md 2); later ones redirect with `iss`."""
     db.session.rollback()
@@ -149,6 +155,10 @@ def authorize():
         grant = server.get_consent_grant(end_user=user)
     except OAuth2Error as error:
         return _authorize_error(error)
+    except ValueError as exc:
+        if not str(exc).startswith(AUTHLIB_UNSAYABLE):
+            raise
+        return _authorize_error(InvalidRequestError("A parameter holds characters that it may not contain."))
     params = request.values
     state = params.get("state")
     redirect_uri = grant.redirect_uri
