@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 from werkzeug.serving import make_server
 
 from idp import create_app
-from idp.extensions import db
+from idp.extensions import db, limiter
 from tests.support import Mailbox, SMTPServer, make_user_in
 
 TEST_DATABASE_URL = os.environ.get("IDP_TEST_DATABASE_URL", "")
@@ -97,6 +97,10 @@ def make_app(database, tmp_path, smtp_server):
                     "IDP_SMTP_PORT": smtp_server.port}
         config = base_config(tmp_path, **{**defaults, **extra})
         app = create_app(config)
+        if not apps:
+            # flask-limiter keeps the first app's RATELIMIT_KEY_PREFIX for good, so with Redis its counters (the
+            # per-IP form limit, say) would carry over from the tests before: each test starts with none.
+            limiter.reset()
         apps.append(app)
         return app
 
