@@ -890,3 +890,46 @@ def test_a_malformed_security_key_registration_is_a_form_message(app, client, al
     assert "could not be registered" in client.get(response.headers["Location"]).get_data(as_text=True)
     with app.app_context():
         assert db.session.execute(db.select(Factor)).first() is None
+
+
+FULLWIDTH = str.maketrans("0123456789", "\uff10\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18\uff19")
+ARABIC_INDIC = str.maketrans("0123456789", "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669")
+
+
+def test_a_totp_code_typed_in_fullwidth_digits_or_with_a_space_is_accepted(app, clock, alice, plain_client):
+    """Some keyboards (Japanese, Chinese input methods) type fullwidth digits; NFKC makes them the code."""
+    secret, _ = enrol_totp_in(app, ALICE, clock.now())
+    for typed in (lambda code: code.translate(FULLWIDTH), lambda code: code[:3] + " " + code[3:]):
+        client = app.test_client()
+        result = walk(client, authorize_path(plain_client[0]), answers={"totp": lambda page: {
+            "code": typed(clock.totp(secret))}})
+        assert result.screens == ["password", "totp"]
+        assert claims_of(client, *plain_client, result)["acr"] == MFA
+
+
+@pytest.mark.parametrize("typed", [lambda code: code.translate(ARABIC_INDIC), lambda code: "\u00b2" + code[1:],
+                                   lambda code: code[:5] + "\u00e9"])
+def test_a_totp_code_with_other_characters_is_not_right(app, client, clock, alice, plain_client, typed):
+    secret, _ = enrol_totp_in(app, ALICE, clock.now())
+    result = walk(client, authorize_path(plain_client[0]), stop_at="totp")
+    response = post_step(client, result, code=typed(clock.totp(secret)))
+    assert response.status_code == 200 and "That code is not right" in response.get_data(as_text=True)
+
+
+def test_enrolment_in_the_flow_takes_fullwidth_digits_and_refuses_other_scripts(app, client, alice, mfa_client):
+    result = walk(client, authorize_path(mfa_client[0]), stop_at="mfa_enroll")
+    secret = re.search(r'id="totp-secret">([^<]+)<', result.pages[-1].get_data(as_text=True)).group(1).replace(" ", "")
+    refused = post_step(client, result, code=pyotp.TOTP(secret).now().translate(ARABIC_INDIC))
+    assert refused.status_code == 200 and "That code is not right" in refused.get_data(as_text=True)
+    follow(client, post_step(client, result, code=pyotp.TOTP(secret).now().translate(FULLWIDTH)), result=result)
+    assert claims_of(client, *mfa_client, result)["acr"] == MFA
+
+
+def test_an_sms_code_typed_with_a_space_or_in_fullwidth_digits_is_accepted(app, alice, mfa_client):
+    add_phone_in(app)
+    for typed in (lambda code: code[:3] + " " + code[3:], lambda code: code.translate(FULLWIDTH)):
+        client = app.test_client()
+        result = walk(client, authorize_path(mfa_client[0]), answers={"sms": lambda page: {
+            "code": typed(last_sms_code(app))}})
+        assert result.screens == ["password", "sms"]
+        assert claims_of(client, *mfa_client, result)["acr"] == MFA

@@ -912,7 +912,8 @@ def test_claims_that_are_not_a_json_object_are_invalid_request(client, conf, cla
     assert_error_redirect(client.get(authorize_url(conf[0], claims=claims)), "invalid_request")
 
 
-@pytest.mark.parametrize("max_age", ["abc", "-1", "1.5", "", " 5", "1e3", "99999999999999999999"])
+@pytest.mark.parametrize("max_age", ["abc", "-1", "1.5", "", " 5", "1e3", "99999999999999999999", "\u00b2",
+                                     "\uff11\uff12"])
 def test_non_numeric_max_age_is_an_error_redirect(client, conf, max_age):
     assert_error_redirect(client.get(authorize_url(conf[0], max_age=max_age)), "invalid_request")
 

@@ -9,6 +9,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from idp.extensions import db
 from idp.models import OneTimeToken, User
+from idp.security.otp import typed_code
 from idp.security.tokens import code_hash, new_code, new_token, same, token_hash
 
 
@@ -90,7 +91,7 @@ def check_code(purpose: str, transaction_id: str, code: str, *, now: datetime, s
     if row.attempts >= max_attempts:
         raise CodeRejected("Too many wrong codes. Send a new one.")
     row.attempts += 1
-    if not same(row.code_hash, code_hash(secret_key, (code or "").strip(), f"{purpose}:{transaction_id}")):
+    if not same(row.code_hash, code_hash(secret_key, typed_code(code), f"{purpose}:{transaction_id}")):
         if row.attempts >= max_attempts:
             row.used_at = now
             raise CodeRejected("Too many wrong codes. Send a new one.")

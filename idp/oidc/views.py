@@ -164,7 +164,7 @@ def authorize():
     redirect_uri = grant.redirect_uri
     try:
         max_age = params.get("max_age")
-        if max_age is not None and (not max_age.isdigit() or len(max_age) > 10):
+        if max_age is not None and (not (max_age.isascii() and max_age.isdigit()) or len(max_age) > 10):
             raise InvalidRequestError("max_age must be a non-negative integer.")
         try:
             claims_request = oidc_claims.parse_claims_parameter(params.get("claims"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import unicodedata
 from datetime import datetime
 
 import pyotp
@@ -25,11 +26,17 @@ def provisioning_uri(secret: str, account: str, issuer: str) -> str:
                                                                                          issuer_name=issuer)
 
 
+def typed_code(raw: str | None) -> str:
+    """A code as the user meant it: NFKC folds the digits some keyboards type (fullwidth １２３) into ASCII ones,
+    and spaces anywhere are dropped ("123 456")."""
+    return "".join(unicodedata.normalize("NFKC", raw or "").split())
+
+
 def totp_step_at(secret: str, code: str, now: datetime, last_step: int | None) -> int | None:
     """The time step ``code`` is valid for at ``now`` (within the drift), or None; a step not after
     ``last_step`` is refused, so a code is accepted once (replay within its window fails)."""
-    code = (code or "").strip().replace(" ", "")
-    if not code.isdigit() or len(code) != TOTP_DIGITS:
+    code = typed_code(code)
+    if not (code.isascii() and code.isdigit()) or len(code) != TOTP_DIGITS:  # other scripts' digits included
         return None
     totp = pyotp.TOTP(secret, digits=TOTP_DIGITS, interval=TOTP_PERIOD)
     current = totp.timecode(now)
