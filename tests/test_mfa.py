@@ -933,3 +933,29 @@ def test_an_sms_code_typed_with_a_space_or_in_fullwidth_digits_is_accepted(app, 
             "code": typed(last_sms_code(app))}})
         assert result.screens == ["password", "sms"]
         assert claims_of(client, *mfa_client, result)["acr"] == MFA
+
+
+def test_a_user_cannot_change_someone_elses_factor_or_device(app, clock, alice, make_user):
+    """The ids in the URLs are plain integers: each change checks that the row is the signed-in user's."""
+    sign_in_fully(app.test_client())  # Alice's browser: a device row of hers
+    _, factor_id = enrol_totp_in(app, ALICE, clock.now())
+    with app.app_context():
+        device = db.session.execute(db.select(Device).where(Device.user_id == user_id(app))).scalars().first()
+        device.remembered_until = utcnow() + timedelta(days=30)
+        db.session.commit()
+        device_id = device.id
+    make_user(email="bob@example.com", name="Bob")
+    bob = app.test_client()
+    sign_in_fully(bob, "bob@example.com")
+    token = csrf_token(bob.get("/account/security"))
+    assert bob.post(f"/account/security/factors/{factor_id}/rename",
+                    data={"csrf_token": token, "name": "Bob was here"}).status_code == 404
+    assert bob.post(f"/account/security/factors/{factor_id}/remove", data={"csrf_token": token}).status_code == 404
+    bob.post(f"/account/security/devices/{device_id}/forget", data={"csrf_token": token})
+    with app.app_context():
+        factor = db.session.get(Factor, factor_id)
+        assert factor is not None and factor.name != "Bob was here"
+        device = db.session.get(Device, device_id)
+        assert device.revoked_at is None and device.remembered_until is not None
+    for name in ("factor.renamed", "factor.removed", "device.forgotten"):
+        assert events(app, name) == [], name
