@@ -901,7 +901,7 @@ def test_a_totp_code_typed_in_fullwidth_digits_or_with_a_space_is_accepted(app, 
     secret, _ = enrol_totp_in(app, ALICE, clock.now())
     for typed in (lambda code: code.translate(FULLWIDTH), lambda code: code[:3] + " " + code[3:]):
         client = app.test_client()
-        result = walk(client, authorize_path(plain_client[0]), answers={"totp": lambda page: {
+        result = walk(client, authorize_path(plain_client[0]), answers={"totp": lambda page, typed=typed: {
             "code": typed(clock.totp(secret))}})
         assert result.screens == ["password", "totp"]
         assert claims_of(client, *plain_client, result)["acr"] == MFA
@@ -929,7 +929,7 @@ def test_an_sms_code_typed_with_a_space_or_in_fullwidth_digits_is_accepted(app, 
     add_phone_in(app)
     for typed in (lambda code: code[:3] + " " + code[3:], lambda code: code.translate(FULLWIDTH)):
         client = app.test_client()
-        result = walk(client, authorize_path(mfa_client[0]), answers={"sms": lambda page: {
+        result = walk(client, authorize_path(mfa_client[0]), answers={"sms": lambda page, typed=typed: {
             "code": typed(last_sms_code(app))}})
         assert result.screens == ["password", "sms"]
         assert claims_of(client, *mfa_client, result)["acr"] == MFA
