@@ -117,11 +117,21 @@ def _wants_json() -> bool:
 
 
 def _error_handlers(app: Flask) -> None:
-    def render(status: int, title: str, message: str):
+    from idp import http
+
+    def render(status: int, title: str, message: str, headers=()):
         db.session.rollback()  # a failed request leaves nothing half-written
-        if _wants_json():
-            return jsonify({"type": "about:blank", "title": title, "status": status, "detail": message}), status
-        return render_template("error.html", title=title, message=message), status
+        if http.oauth_caller():
+            response = http.oauth_error(status, message or title)
+        elif _wants_json():
+            response = jsonify({"type": "about:blank", "title": title, "status": status, "detail": message})
+        else:
+            response = app.make_response(render_template("error.html", title=title, message=message))
+        response.status_code = status
+        for name, value in headers:  # Allow on a 405 (RFC 9110 15.5.6), Retry-After and the like
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(CSRFError)
     def csrf_error(exc):
@@ -133,7 +143,7 @@ def _error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc):
-        return render(exc.code or 500, exc.name, exc.description or "")
+        return render(exc.code or 500, exc.name, exc.description or "", exc.get_headers())
 
     @app.errorhandler(Exception)
     def unexpected(exc):

@@ -38,18 +38,33 @@ NUL_MESSAGE = "The request contains a NUL character, which no field accepts."
 def refuse_nul():
     """Before each request: a NUL character in the path, a parameter or a header is bad input. No field takes one
     (RFC 9110 5.5 forbids it in headers; PostgreSQL text cannot store it), so the request is refused here with a
-    400 in the caller's form, before any of it reaches a query."""
-    if not _carries_nul():
-        return None
-    if request.endpoint in OAUTH_ENDPOINTS:
-        status, body, headers = InvalidRequestError(NUL_MESSAGE)()
-        response = jsonify(body)
-        response.status_code = status
-        response.headers.extend(headers)
-        if request.endpoint == "oidc.userinfo":
-            response.headers["WWW-Authenticate"] = f'Bearer error="invalid_request", error_description="{NUL_MESSAGE}"'
-        return response
-    abort(400, NUL_MESSAGE)
+    400 in the caller's form (the error handlers choose it), before any of it reaches a query."""
+    if _carries_nul():
+        abort(400, NUL_MESSAGE)
+
+
+def oauth_caller() -> bool:
+    """Whether the request went to an endpoint whose callers expect an OAuth error object; by path, so that a 405
+    or a 413 raised before the view runs counts too."""
+    return request.path in {rule.rule for rule in current_app.url_map.iter_rules() if rule.endpoint in OAUTH_ENDPOINTS}
+
+
+def oauth_error(status: int, message: str) -> Response:
+    """An OAuth error object (RFC 6749 5.2) for a failure outside Authlib's own handling: invalid_request for the
+    caller's fault, server_error for ours, with the HTTP status kept; at userinfo also the Bearer challenge (RFC
+    6750 3.1). The description keeps only the characters RFC 6749 allows there."""
+    description = "".join(ch for ch in message if 0x20 <= ord(ch) <= 0x7E and ch not in '"\\')
+    error = InvalidRequestError(description=description, status_code=status)
+    if status >= 500:
+        error.error = "server_error"
+    status, body, headers = error()
+    response = jsonify(body)
+    response.status_code = status
+    for name, value in headers:
+        response.headers[name] = value
+    if request.endpoint == "oidc.userinfo" or request.path == url_for("oidc.userinfo"):
+        response.headers["WWW-Authenticate"] = f'Bearer error="{body["error"]}", error_description="{description}"'
+    return response
 
 
 def _carries_nul() -> bool:

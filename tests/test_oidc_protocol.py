@@ -12,6 +12,7 @@ import re
 import time
 import uuid
 from datetime import timedelta
+from urllib.parse import urlencode
 
 import pytest
 from authlib.oauth2 import rfc8414, rfc9207
@@ -1011,6 +1012,27 @@ def test_non_ascii_that_authlib_would_quote_in_an_error_is_an_error_page(client,
 def test_a_json_body_at_end_session_is_no_form(client, body):
     response = client.post("/end-session", data=body, content_type="application/json")
     assert response.status_code == 200 and 'name="confirm"' in response.get_data(as_text=True)
+
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/token"), ("GET", "/revoke"), ("GET", "/introspect"),
+                                          ("PUT", "/userinfo")])
+def test_a_wrong_method_at_an_oauth_endpoint_is_an_oauth_error_with_allow(client, method, path):
+    response = client.open(path, method=method)
+    assert response.status_code == 405 and response.get_json()["error"] == "invalid_request"
+    assert "POST" in response.headers["Allow"] and response.headers["Cache-Control"] == "no-store"
+
+
+def test_a_body_too_large_at_the_token_endpoint_is_an_oauth_error(client):
+    response = client.post("/token", data="grant_type=" + "x" * (2 * 1024 * 1024),
+                           content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 413 and response.get_json()["error"] == "invalid_request"
+
+
+def test_a_wrong_method_on_a_hosted_page_is_the_error_page_with_allow(client):
+    response = client.put("/login")
+    assert response.status_code == 405 and response.mimetype == "text/html"
+    assert "GET" in response.headers["Allow"]
 
 
 def test_private_key_jwt_works_at_introspection_and_revocation_as_advertised(client, jwt_client):
