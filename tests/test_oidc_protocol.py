@@ -1015,6 +1015,17 @@ def test_a_json_body_at_end_session_is_no_form(client, body):
 
 
 
+@pytest.mark.parametrize("name, value", [("nonce", "n-2"), ("prompt", "login"), ("acr_values", "urn:idp:acr:mfa"),
+                                         ("max_age", "5"), ("login_hint", "bob@example.com")])
+def test_a_repeated_parameter_is_invalid_request(client, conf, name, value):
+    """RFC 6749 3.1: a parameter must not appear twice (Authlib checks only the five core ones)."""
+    path = authorize_url(conf[0], nonce="n-1") + "&" + urlencode({name: value})
+    if name != "nonce":
+        path += "&" + urlencode({name: value})
+    params = assert_error_redirect(client.get(path), "invalid_request")
+    assert name in params["error_description"]
+
+
 @pytest.mark.parametrize("method, path", [("GET", "/token"), ("GET", "/revoke"), ("GET", "/introspect"),
                                           ("PUT", "/userinfo")])
 def test_a_wrong_method_at_an_oauth_endpoint_is_an_oauth_error_with_allow(client, method, path):

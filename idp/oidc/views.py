@@ -108,6 +108,11 @@ def jwks():
     return response
 
 
+# Parameters of an authorization request that may appear once (RFC 6749 3.1, OIDC Core 3.1.2.1, RFC 7636 4.3).
+SINGLE_VALUED = ("nonce", "code_challenge", "code_challenge_method", "prompt", "max_age", "acr_values", "login_hint",
+                 "id_token_hint", "claims", "ui_locales", "claims_locales", "display", "response_mode", "request",
+                 "request_uri")
+
 # Authlib quotes response_type and redirect_uri in its error descriptions, and refuses to build an error whose
 # description would hold a character RFC 6749 4.1.2.1 forbids there (a ValueError with this text). Such a request
 # is still just an invalid one.
@@ -163,6 +168,9 @@ def authorize():
     state = params.get("state")
     redirect_uri = grant.redirect_uri
     try:
+        repeated = next((name for name in SINGLE_VALUED if len(params.getlist(name)) > 1), None)
+        if repeated:  # RFC 6749 3.1; Authlib checks client_id, response_type, redirect_uri, scope and state
+            raise InvalidRequestError(f"Multiple '{repeated}' in request.")
         max_age = params.get("max_age")
         if max_age is not None and (not (max_age.isascii() and max_age.isdigit()) or len(max_age) > 10):
             raise InvalidRequestError("max_age must be a non-negative integer.")
