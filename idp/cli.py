@@ -70,8 +70,10 @@ users = AppGroup("users", help="Manage user accounts.")
 def users_create(email, password, password_stdin, name, verified, admin):
     """Create a user."""
     email = normalize_email(email)
-    if "@" not in email.strip("@"):
+    if "@" not in email.strip("@") or len(email) > 320:  # RFC 5321's limit, as on the sign-up form
         raise click.ClickException(f"not an email address: {email}")
+    if len(name) > 200:
+        raise click.ClickException("a name has at most 200 characters")
     if db.session.execute(db.select(User.id).where(User.email == email)).first():
         raise click.ClickException(f"a user with email {email} already exists")
     password = _read_password(password, password_stdin)

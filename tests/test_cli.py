@@ -99,6 +99,15 @@ def test_create_needs_a_password_and_an_address(cli):
     assert listing(cli) == {}
 
 
+def test_an_address_or_name_longer_than_the_columns_is_refused_in_one_line(cli):
+    long_address = "x" * 310 + "@example.com"
+    assert refused(cli("users", "create", long_address, "--password", PASSWORD)) == (
+        f"Error: not an email address: {long_address}")
+    assert refused(cli("users", "create", "ivy@example.com", "--password", PASSWORD, "--name", "I" * 201)) == (
+        "Error: a name has at most 200 characters")
+    assert listing(cli) == {}
+
+
 # --- unknown users -----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("command", [

@@ -7,14 +7,20 @@ import base64
 import hashlib
 import json
 import re
+import time
+import uuid
 
 import pytest
+from joserfc import jwt
+from joserfc.jwk import RSAKey
 
 from idp.extensions import db
 from idp.models import Client
-from tests.support import audit_events, ok, path_of, refused, sign_in
+from tests.support import audit_events, make_client_in, ok, path_of, refused, sign_in
 
 REDIRECT_URI = "https://rp.example/cb"
+ISSUER = "http://localhost"
+JWT_CLIENT = ["--grant-type", "client_credentials", "--token-endpoint-auth-method", "private_key_jwt"]
 
 
 def created(output: str) -> tuple[str, str | None]:
@@ -103,10 +109,43 @@ def test_client_credentials_client_needs_no_redirect_uri_and_its_secret_works(cl
     (["--redirect-uri", "rp.example/cb"], "absolute"),
     (["--redirect-uri", REDIRECT_URI, "--post-logout-redirect-uri", "http://rp.example/bye"], "loopback"),
     (["--redirect-uri", REDIRECT_URI, "--scope", "openid", "--scope", "admin"], "unknown scopes: admin"),
+    (JWT_CLIENT + ["--jwks", '{"keys": "x"}'], "not a usable JWK Set"),
+    (JWT_CLIENT + ["--jwks", '{"keys": [{"kty": "RSA"}]}'], "not a usable JWK Set"),
+    (JWT_CLIENT + ["--jwks", '{"keys": [{"kty": "oct", "k": "c2VjcmV0LXNoYXJlZC13aXRoLXRoZS1zZXJ2ZXI"}]}'],
+     "RSA and EC public keys only"),
+    (JWT_CLIENT + ["--jwks", json.dumps({"keys": [RSAKey.generate_key(2048, private=True).as_dict(private=True)]})],
+     "private key"),
+    (JWT_CLIENT + ["--jwks-uri", "ftp://keys.example/jwks"], "https URL"),
+    (JWT_CLIENT + ["--jwks-uri", "http://keys.example/jwks"], "https URL"),
 ])
 def test_bad_settings_are_refused_in_one_line_and_nothing_is_created(cli, args, message):
     assert message in refused(cli("clients", "create", "--name", "Shop", *args))
     assert client_ids(cli) == []
+
+
+def test_a_name_beyond_200_characters_is_refused_in_one_line(cli):
+    assert "1 to 200 characters" in refused(cli("clients", "create", "--name", "S" * 201, "--redirect-uri",
+                                                REDIRECT_URI))
+    assert "1 to 200 characters" in refused(cli("clients", "create", "--name", "  ", "--redirect-uri", REDIRECT_URI))
+    assert client_ids(cli) == []
+
+
+def test_a_client_whose_stored_jwks_is_unusable_gets_invalid_client_not_500(app, client):
+    """A JWK Set stored before registration checked it (or edited in the database) fails the assertion cleanly."""
+    key = RSAKey.generate_key(2048, parameters={"kid": "k1"}, private=True)
+    client_id, _ = make_client_in(app, name="JWT", redirect_uris=[], grant_types=["client_credentials"],
+                                  auth_method="private_key_jwt", jwks={"keys": [key.as_dict(private=False)]})
+    with app.app_context():
+        db.session.execute(db.update(Client).where(Client.client_id == client_id).values(jwks={"keys": "x"}))
+        db.session.commit()
+    now = int(time.time())
+    signed = jwt.encode({"alg": "RS256", "kid": "k1"}, {"iss": client_id, "sub": client_id, "aud": ISSUER + "/token",
+                                                        "iat": now, "exp": now + 60, "jti": uuid.uuid4().hex},
+                        key, algorithms=["RS256"])
+    response = client.post("/token", data={
+        "grant_type": "client_credentials", "client_assertion": signed,
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"})
+    assert response.status_code in (400, 401) and response.get_json()["error"] == "invalid_client"
 
 
 def test_client_ids_never_start_with_a_dash(cli, monkeypatch):

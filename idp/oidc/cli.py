@@ -14,7 +14,7 @@ from idp.login.assurance import LEVELS
 from idp.models import Client, SigningKey
 from idp.oidc import keys
 from idp.oidc.claims import SCOPES
-from idp.oidc.server import ALL_AUTH_METHODS, GRANT_TYPES, revoke_client
+from idp.oidc.server import ALL_AUTH_METHODS, GRANT_TYPES, client_public_keys, revoke_client
 from idp.security.tokens import new_token, token_hash
 
 
@@ -31,6 +31,15 @@ def validate_redirect_uri(uri: str) -> str | None:
             return f"http redirect URIs are only allowed for loopback addresses: {uri}"
     if parts.scheme in {"javascript", "data", "file", "vbscript"}:
         return f"scheme not allowed: {uri}"
+    return None
+
+
+def validate_jwks_uri(uri: str) -> str | None:
+    """Why ``uri`` cannot be where a client's keys are fetched, or None: https, or http to a loopback host."""
+    parts = urlsplit(uri)
+    loopback = parts.scheme == "http" and (parts.hostname or "") in {"127.0.0.1", "::1", "localhost"}
+    if not parts.netloc or not (parts.scheme == "https" or loopback) or parts.fragment:
+        return f"a JWKS URI is an https URL without a fragment: {uri}"
     return None
 
 
@@ -72,6 +81,13 @@ def create_client(*, name: str, redirect_uris: list[str], post_logout_redirect_u
         raise ValueError("client_credentials needs a confidential client")
     if method == "private_key_jwt" and not (jwks or jwks_uri):
         raise ValueError("private_key_jwt needs the client's --jwks or --jwks-uri")
+    if jwks is not None:
+        client_public_keys(jwks)  # raises ValueError with what is wrong
+    problem = validate_jwks_uri(jwks_uri) if jwks_uri else None
+    if problem:
+        raise ValueError(problem)
+    if not name.strip() or len(name) > 200:
+        raise ValueError("a client name has 1 to 200 characters")
     if id_token_alg not in ("RS256", "ES256"):
         raise ValueError("the ID token algorithm must be RS256 or ES256")
     for ttl in (access_token_ttl, refresh_token_ttl):

@@ -381,22 +381,41 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
         return limiter.storage.incr(key, lifetime) == 1
 
     def resolve_client_public_key(self, client: Client):
-        if client.jwks:
-            return KeySet.import_key_set(client.jwks)
-        if client.jwks_uri:
-            return _fetch_jwks(client.jwks_uri)
+        """The client's keys; none (so invalid_client) when the registered set or the one fetched is not usable."""
+        try:
+            if client.jwks:
+                return client_public_keys(client.jwks)
+            if client.jwks_uri:
+                return _fetch_jwks(client.jwks_uri)
+        except ValueError:
+            return None
         return None
 
 
-def _fetch_jwks(uri: str) -> KeySet | None:
+def client_public_keys(value: Any) -> KeySet:
+    """A client's JWK Set for private_key_jwt: RSA or EC public keys only. Raises ValueError saying what is wrong
+    (not a JWK Set, a symmetric key, which would turn the assertion into a shared secret, or a private key)."""
+    try:
+        keyset = KeySet.import_key_set(value)
+    except (JoseError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"not a usable JWK Set ({exc})") from None
+    for key in keyset.keys:
+        if key.key_type not in ("RSA", "EC"):
+            raise ValueError(f"the JWK Set may hold RSA and EC public keys only, not {key.key_type}")
+        if key.is_private:
+            raise ValueError("the JWK Set holds a private key: register the public keys only")
+    return keyset
+
+
+def _fetch_jwks(uri: str) -> KeySet:
     import requests
 
     try:
         response = requests.get(uri, timeout=5)
         response.raise_for_status()
-        return KeySet.import_key_set(response.json())
-    except (requests.RequestException, ValueError):
-        return None
+        return client_public_keys(response.json())
+    except requests.RequestException as exc:
+        raise ValueError(f"could not fetch {uri}") from exc
 
 
 # --- endpoints ---------------------------------------------------------------------------------------------------
