@@ -907,7 +907,7 @@ def test_a_totp_code_typed_in_fullwidth_digits_or_with_a_space_is_accepted(app, 
         assert claims_of(client, *plain_client, result)["acr"] == MFA
 
 
-@pytest.mark.parametrize("typed", [lambda code: code.translate(ARABIC_INDIC), lambda code: "\u00b2" + code[1:],
+@pytest.mark.parametrize("typed", [lambda code: code.translate(ARABIC_INDIC), lambda code: code[:5] + "\u00bd",
                                    lambda code: code[:5] + "\u00e9"])
 def test_a_totp_code_with_other_characters_is_not_right(app, client, clock, alice, plain_client, typed):
     secret, _ = enrol_totp_in(app, ALICE, clock.now())
