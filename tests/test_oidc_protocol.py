@@ -9,8 +9,10 @@ from __future__ import annotations
 import base64
 import json
 import re
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from urllib.parse import urlencode
 
@@ -26,6 +28,7 @@ from idp.extensions import db
 from idp.models import AuthorizationCode, Client, Token, utcnow
 from idp.oidc.cli import create_client
 from idp.security.tokens import token_hash
+from tests.conftest import TEST_DATABASE_URL
 from tests.support import (
     RP_CALLBACK,
     audit_events,
@@ -1055,3 +1058,43 @@ def test_private_key_jwt_works_at_introspection_and_revocation_as_advertised(cli
     assert client.post("/revoke", data=jwt_auth(assertion(client_id, key), token=access_token)).status_code == 200
     info = client.post("/introspect", data=jwt_auth(assertion(client_id, key), token=access_token))
     assert info.get_json()["active"] is False
+
+
+# --- races: single use holds when the requests arrive together (SECURITY.md 5, 6) --------------------------------
+
+ON_POSTGRES = pytest.mark.skipif(not TEST_DATABASE_URL, reason="the race needs PostgreSQL's row locking: set "
+                                                                "IDP_TEST_DATABASE_URL")
+AT_ONCE = 6
+
+
+def at_once(app, send) -> list:
+    """``send(test_client)`` from AT_ONCE threads released together; their responses."""
+    barrier = threading.Barrier(AT_ONCE)
+
+    def one(_):
+        http = app.test_client()
+        barrier.wait()
+        return send(http)
+
+    with ThreadPoolExecutor(AT_ONCE) as pool:
+        return list(pool.map(one, range(AT_ONCE)))
+
+
+@ON_POSTGRES
+def test_a_code_sent_six_times_at_once_issues_tokens_once(app, client, alice, conf):
+    verifier, challenge = pkce_pair()
+    code = authorize(client, conf[0], code_challenge=challenge, code_challenge_method="S256")
+    responses = at_once(app, lambda http: redeem(http, *conf, code, verifier))
+    assert sorted(r.status_code for r in responses) == [200] + [400] * (AT_ONCE - 1)
+    assert {r.get_json()["error"] for r in responses if r.status_code == 400} == {"invalid_grant"}
+
+
+@ON_POSTGRES
+def test_a_refresh_token_sent_six_times_at_once_rotates_once(app, client, alice, conf):
+    body = tokens(client, *conf, scope="openid offline_access")
+    responses = at_once(app, lambda http: refresh(http, *conf, body["refresh_token"]))
+    assert sorted(r.status_code for r in responses) == [200] + [400] * (AT_ONCE - 1)
+    assert {r.get_json()["error"] for r in responses if r.status_code == 400} == {"invalid_grant"}
+    winner = next(r for r in responses if r.status_code == 200).get_json()
+    # The losers presented a rotated token: reuse, so the whole family is revoked, the winner's new token too.
+    assert refresh(client, *conf, winner["refresh_token"]).status_code == 400
