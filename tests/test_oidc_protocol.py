@@ -328,6 +328,18 @@ def test_wrong_verifier_is_invalid_grant(client, alice, conf, public):
         assert response.status_code == 400 and response.get_json()["error"] == "invalid_grant", response.get_json()
 
 
+def test_a_code_that_failed_its_exchange_is_used_up(client, alice, conf):
+    """A wrong verifier or redirect URI still spends the code: it cannot be retried with the right one."""
+    verifier, challenge = pkce_pair()
+    code = authorize(client, conf[0], code_challenge=challenge, code_challenge_method="S256")
+    assert redeem(client, *conf, code, pkce_pair()[0]).status_code == 400
+    response = redeem(client, *conf, code, verifier)
+    assert response.status_code == 400 and response.get_json()["error"] == "invalid_grant"
+    code = authorize(client, conf[0], code_challenge=challenge, code_challenge_method="S256")
+    assert redeem(client, *conf, code, verifier, redirect_uri=RP + "/other").status_code == 400
+    assert redeem(client, *conf, code, verifier).status_code == 400
+
+
 def test_verifier_for_a_code_issued_without_challenge_is_invalid_grant(client, alice, conf):
     code = authorize(client, conf[0])  # confidential: no challenge needed
     verifier, _ = pkce_pair()
@@ -1083,10 +1095,15 @@ def at_once(app, send) -> list:
 @ON_POSTGRES
 def test_a_code_sent_six_times_at_once_issues_tokens_once(app, client, alice, conf):
     verifier, challenge = pkce_pair()
-    code = authorize(client, conf[0], code_challenge=challenge, code_challenge_method="S256")
+    code = authorize(client, conf[0], code_challenge=challenge, code_challenge_method="S256",
+                     scope="openid offline_access")
     responses = at_once(app, lambda http: redeem(http, *conf, code, verifier))
     assert sorted(r.status_code for r in responses) == [200] + [400] * (AT_ONCE - 1)
     assert {r.get_json()["error"] for r in responses if r.status_code == 400} == {"invalid_grant"}
+    # The second uses revoke what the first issued, even when they arrive while it is being issued.
+    winner = next(r for r in responses if r.status_code == 200).get_json()
+    assert userinfo_status(client, winner["access_token"]) == 401
+    assert refresh(client, *conf, winner["refresh_token"]).status_code == 400
 
 
 @ON_POSTGRES

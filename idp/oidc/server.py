@@ -243,18 +243,21 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         if row is None:
             return None
         now = utcnow()
-        # Claim the code atomically: of two concurrent redemptions only one wins (RFC 6749 4.1.2).
+        # Claim the code atomically: of concurrent redemptions only one wins (RFC 6749 4.1.2). The claim commits
+        # with the tokens it issues (save_token), so the row stays locked until they exist: a redemption racing
+        # this one waits here, finds the code used and the tokens committed, and revokes them. When the exchange
+        # fails after the claim, the token view commits the claim alone: a failed code is still a used one.
         claimed = db.session.execute(
             db.update(AuthorizationCode).where(AuthorizationCode.id == row.id, AuthorizationCode.used_at.is_(None))
             .values(used_at=now)
         ).rowcount
-        db.session.commit()
         if claimed != 1:
             # RFC 6749 4.1.2 / RFC 9700 4.5: a second use revokes every token issued from the first.
             family = db.session.execute(
                 db.select(Token.family_id).where(Token.authorization_code_id == row.id).limit(1)).scalar()
             _reuse_detected("code.reuse_detected", "code_reuse", row.user, client.client_id, family)
             return None
+        g.code_claim_pending = True
         if row.expires_at <= now:
             return None
         return row

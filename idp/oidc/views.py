@@ -231,7 +231,10 @@ def token():
     """The token endpoint (RFC 6749 3.2): code, refresh_token and client_credentials grants."""
     if request.method == "OPTIONS":
         return current_app.make_default_options_response()
-    return current_server().create_token_response()
+    response = current_server().create_token_response()
+    if g.pop("code_claim_pending", False):  # the exchange failed after claiming the code: it stays used
+        db.session.commit()
+    return response
 
 
 def _token_from_body() -> None:
