@@ -62,7 +62,7 @@ def oauth_error(status: int, message: str) -> Response:
     response.status_code = status
     for name, value in headers:
         response.headers[name] = value
-    if request.endpoint == "oidc.userinfo" or request.path == url_for("oidc.userinfo"):
+    if request.path == url_for("oidc.userinfo"):
         response.headers["WWW-Authenticate"] = f'Bearer error="{body["error"]}", error_description="{description}"'
     return response
 

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.support import PASSWORD, authorize_url, csrf_token
+from tests.support import authorize_url, csrf_token, sign_in
 
 VALUES = ["\x00", "a\x00b", "\u00e9", "\u00b2\u0661\uff11\uff12", "x" * 5000, "", "[]", "{}", '{"id": "\\u0000"}',
           '{"id": 5, "rawId": "AAAA", "type": "public-key", "response": {}}', "-1", "99999999999999999999",
@@ -52,10 +52,7 @@ def _path(rule: str, value: str, tid: str | None) -> str:
 def _signed_in(app, make_user):
     make_user()
     client = app.test_client()
-    start = client.get("/login")
-    page = client.get(start.headers["Location"])
-    done = client.post(start.headers["Location"], data={"csrf_token": csrf_token(page), "step": "password",
-                                                        "email": "alice@example.com", "password": PASSWORD})
+    done = sign_in(client, "alice@example.com")
     assert done.status_code == 302, done.status_code
     return client
 

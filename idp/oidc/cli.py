@@ -17,6 +17,8 @@ from idp.oidc.claims import SCOPES
 from idp.oidc.server import ALL_AUTH_METHODS, GRANT_TYPES, client_public_keys, revoke_client
 from idp.security.tokens import new_token, token_hash
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})  # where plain http is allowed (RFC 8252 7.3)
+
 
 def validate_redirect_uri(uri: str) -> str | None:
     """Why ``uri`` cannot be registered (SECURITY.md 1), or None: absolute, no fragment, https or loopback http."""
@@ -27,7 +29,7 @@ def validate_redirect_uri(uri: str) -> str | None:
         return f"a redirect URI may not carry a fragment: {uri}"
     if parts.scheme == "http":
         host = parts.hostname or ""
-        if host not in {"127.0.0.1", "::1", "localhost"}:
+        if host not in LOOPBACK_HOSTS:
             return f"http redirect URIs are only allowed for loopback addresses: {uri}"
     if parts.scheme in {"javascript", "data", "file", "vbscript"}:
         return f"scheme not allowed: {uri}"
@@ -37,7 +39,7 @@ def validate_redirect_uri(uri: str) -> str | None:
 def validate_jwks_uri(uri: str) -> str | None:
     """Why ``uri`` cannot be where a client's keys are fetched, or None: https, or http to a loopback host."""
     parts = urlsplit(uri)
-    loopback = parts.scheme == "http" and (parts.hostname or "") in {"127.0.0.1", "::1", "localhost"}
+    loopback = parts.scheme == "http" and (parts.hostname or "") in LOOPBACK_HOSTS
     if not parts.netloc or not (parts.scheme == "https" or loopback) or parts.fragment:
         return f"a JWKS URI is an https URL without a fragment: {uri}"
     return None

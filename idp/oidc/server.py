@@ -391,7 +391,7 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
             if client.jwks_uri:
                 return _fetch_jwks(client.jwks_uri)
         except ValueError:
-            return None
+            pass
         return None
 
 
