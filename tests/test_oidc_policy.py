@@ -21,7 +21,7 @@ from idp.models import AuditEvent, LoginSession, SigningKey, User, utcnow
 from idp.oidc import keys
 from idp.security.keys import KeyDecryptionError, decrypt_private
 from tests.conftest import SECRET
-from tests.support import Walk, csrf_token, link_in, signed_in_email, walk
+from tests.support import PASSWORD, Walk, csrf_token, link_in, signed_in_email, step_name, walk
 from tests.support import audit_events as events
 
 RP = "https://rp.example/cb"
@@ -226,6 +226,23 @@ def test_prompt_login_asks_for_the_password_again_and_refreshes_auth_time(app, c
     assert decode(client, body["id_token"]).claims["auth_time"] > old + 3000
     # Without prompt=login the fresh session is reused silently.
     assert walk(client, authorize_path(client_id)).screens == []
+
+
+def test_a_completed_prompt_login_answers_one_authorization_request(client, alice, first_party):
+    """The sign-in that answered prompt=login is used up by the request it returns to: the same return address,
+    opened again, asks for the password again instead of passing as a fresh sign-in."""
+    client_id, _ = first_party
+    walk(client, authorize_path(client_id))
+    screen = client.get(client.get(authorize_path(client_id, prompt="login")).headers["Location"])
+    assert step_name(screen) == "password"
+    back = client.post(urlsplit(screen.request.url).path, data={
+        "csrf_token": csrf_token(screen), "step": "password", "email": ALICE, "password": PASSWORD})
+    return_to = back.headers["Location"]
+    assert return_to.startswith("/authorize?") and "prompt=login" in return_to
+    assert "code" in parse_qs(urlsplit(client.get(return_to).headers["Location"]).query)
+    again = client.get(return_to)
+    assert again.status_code == 302 and again.headers["Location"].startswith("/login/"), again.headers
+    assert step_name(client.get(again.headers["Location"])) == "password"
 
 
 @pytest.mark.parametrize("max_age, aged", [("0", 0), ("60", 3600)])
