@@ -661,6 +661,22 @@ def test_revoking_an_unknown_token_is_200(client, conf):
         assert client.post("/revoke", data={"token": token}, auth=conf).status_code == 200
 
 
+@pytest.mark.parametrize("hint", ["id_token", "urn:example:unknown", "Refresh_Token"])
+def test_a_hint_idp_does_not_know_is_ignored_not_refused(client, alice, conf, hint):
+    """RFC 7009 2.1, RFC 7662 2.1: the hint only says where to look first; the token is still found."""
+    body = tokens(client, *conf)
+    for kind in ("access_token", "refresh_token"):
+        info = client.post("/introspect", data={"token": body[kind], "token_type_hint": hint}, auth=conf)
+        assert info.status_code == 200 and info.get_json()["active"] is True, (kind, info.get_json())
+    wrong_hint = client.post("/introspect", data={"token": body["refresh_token"], "token_type_hint": "access_token"},
+                             auth=conf)
+    assert wrong_hint.get_json()["active"] is True
+    response = client.post("/revoke", data={"token": body["refresh_token"], "token_type_hint": hint}, auth=conf)
+    assert response.status_code == 200
+    assert introspect(client, *conf, body["refresh_token"])["active"] is False
+    assert userinfo_status(client, body["access_token"]) == 401
+
+
 def test_introspection_by_another_client_says_inactive(client, alice, conf, make_client):
     other = make_client(name="Other")
     body = tokens(client, *conf)

@@ -456,7 +456,17 @@ def _find_presented(token_string: str, hint: str | None) -> _Presented | None:
     return None
 
 
-class Revocation(RevocationEndpoint):
+class _HintIsAHint:
+    """RFC 7009 2.1 and RFC 7662 2.1: ``token_type_hint`` only says where to look first, and the server may ignore
+    it. idp can find both of its token types from the token alone, so a hint it does not know costs nothing and
+    is not an error (Authlib's 401 unsupported_token_type would read to a client as a failed authentication)."""
+
+    def check_params(self, request, client):
+        if "token" not in request.form:
+            raise InvalidRequestError()
+
+
+class Revocation(_HintIsAHint, RevocationEndpoint):
     """RFC 7009: revoking a refresh token revokes its whole family; an access token is revoked by its jti."""
 
     CLIENT_AUTH_METHODS = ALL_AUTH_METHODS
@@ -477,7 +487,7 @@ class Revocation(RevocationEndpoint):
         db.session.commit()
 
 
-class Introspection(IntrospectionEndpoint):
+class Introspection(_HintIsAHint, IntrospectionEndpoint):
     """RFC 7662 for authenticated clients: a client may introspect only its own tokens."""
 
     CLIENT_AUTH_METHODS = CONFIDENTIAL_AUTH_METHODS
