@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import re
 import secrets
 import threading
@@ -257,6 +258,59 @@ def closed_loop(task: Callable[[int], object], *, threads: int, seconds: float, 
     t_start = time.monotonic()
     _run_threads([threading.Thread(target=worker, daemon=True) for _ in range(threads)], seconds)
     return tally.result(time.monotonic() - t_start)
+
+
+class HostProbe:
+    """What the host does to everyone during a round: a thread that sleeps 5 ms at a time and records how late it
+    wakes (CPU taken by other work or other guests), and every 50 ms writes and fsyncs 4 KiB in ``folder``
+    (the disk PostgreSQL flushes its commits to, when on the same filesystem) and records how long that takes.
+
+        with HostProbe(folder) as probe:
+            ... the round ...
+        probe.summary()  # {"wake_late_p99_ms", "wake_late_max_ms", "fsync_p50_ms", "fsync_p99_ms", "fsync_max_ms"}
+    """
+
+    SLEEP = 0.005
+
+    def __init__(self, folder):
+        self.path = os.path.join(str(folder), f"probe-{os.getpid()}-{threading.get_ident()}")
+        self.late: list[float] = []
+        self.fsync: list[float] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        block = os.urandom(4096)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            n = 0
+            while not self.stop.is_set():
+                t = time.perf_counter()
+                time.sleep(self.SLEEP)
+                self.late.append(time.perf_counter() - t - self.SLEEP)
+                n += 1
+                if n % 10 == 0:
+                    t = time.perf_counter()
+                    os.pwrite(fd, block, 0)
+                    os.fsync(fd)
+                    self.fsync.append(time.perf_counter() - t)
+        finally:
+            os.close(fd)
+            os.unlink(self.path)
+
+    def __enter__(self) -> HostProbe:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+    def summary(self) -> dict:
+        late, fsync = sorted(self.late), sorted(self.fsync)
+        return {"wake_late_p99_ms": percentile(late, 99) * 1000, "wake_late_max_ms": (late[-1] if late else 0) * 1000,
+                "fsync_p50_ms": percentile(fsync, 50) * 1000, "fsync_p99_ms": percentile(fsync, 99) * 1000,
+                "fsync_max_ms": (fsync[-1] if fsync else 0) * 1000}
 
 
 def open_loop(make_request: Callable[[Browser], tuple[int, bytes]], *, port: int, host: str, rate: float,

@@ -177,6 +177,7 @@ class Bench:
         self.endpoints: dict[str, tuple[int, str]] = {"idp": (args.idp_port, IDP_HOST),
                                                       "peer": (args.peer_port, PEER_HOST)}
         self.cpu_of: dict[str, tuple[int, tuple[str, ...]]] = {}
+        self.floors: dict[str, subprocess.Popen] = {}  # the stack-floor servers running (bench/floor.py)
 
     # --- setup -------------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -456,26 +457,34 @@ class Bench:
         """The serving stack's own cost per request: gunicorn with idp's worker settings answering idp's discovery
         document from a plain WSGI callable and from a bare Flask app (bench/floor.py), rounds interleaved like
         the scenarios. No idp code, no storage: what any Flask app on this stack pays before doing anything."""
-        document = self.tmp / "discovery.json"
-        browser = driver.Browser(self.args.idp_port, IDP_HOST)
-        document.write_bytes(browser.request("GET", "/.well-known/openid-configuration")[2])
-        browser.close()
-        started = []
-        for k, (name, app) in enumerate((("floor_wsgi", "floor:wsgi_app"), ("floor_flask", "floor:flask_app"))):
-            port = self.args.idp_port + 20 + k
-            proc = self._gunicorn(app, BENCH, {**os.environ, "BENCH_FLOOR_DOC": str(document)}, port,
-                                  f"gunicorn-{name}.log")
-            started.append(proc)
-            self.endpoints[name] = (port, IDP_HOST)
-            self.cpu_of[name] = (proc.pid, ())
+        names = ("floor_wsgi", "floor_flask")
+        for name in names:
+            self._floor_server(name)
         self.results["floor"] = self._interleaved(
             {n: (lambda s, i, n=n: self.wrk(n, n, "discovery.lua", "/.well-known/openid-configuration", s))
-             for n in ("floor_wsgi", "floor_flask")}, warm=0)
-        for proc in started:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(15)
+             for n in names}, warm=0)
+        flask_floor = self.floors.pop("floor_flask")  # the WSGI floor stays for half_peak
+        os.killpg(flask_floor.pid, signal.SIGTERM)
+        flask_floor.wait(15)
         log("stack floor: " + ", ".join(f"{n} {e['rps']:.0f}/s, {e['cpu_ms']:.2f} ms CPU/req"
                                         for n, e in self.results["floor"].items()))
+
+    def _floor_server(self, name: str) -> None:
+        """Start bench/floor.py's ``floor_wsgi`` or ``floor_flask`` under gunicorn (once) as a target of the bench."""
+        if name in self.floors:
+            return
+        document = self.tmp / "discovery.json"
+        if not document.exists():
+            browser = driver.Browser(self.args.idp_port, IDP_HOST)
+            document.write_bytes(browser.request("GET", "/.well-known/openid-configuration")[2])
+            browser.close()
+        port = self.args.idp_port + (20 if name == "floor_wsgi" else 21)
+        app = "floor:wsgi_app" if name == "floor_wsgi" else "floor:flask_app"
+        proc = self._gunicorn(app, BENCH, {**os.environ, "BENCH_FLOOR_DOC": str(document)}, port,
+                              f"gunicorn-{name}.log")
+        self.floors[name] = proc
+        self.endpoints[name] = (port, IDP_HOST)
+        self.cpu_of[name] = (proc.pid, ())
 
     def half_peak(self) -> None:
         """The token endpoint's p99 at half its peak rate: an open-loop Python driver at a fixed rate."""
@@ -491,17 +500,38 @@ class Bench:
             return status, payload
 
         # Rounds like every scenario, the median reported: one stall of the shared host in a single 8-second run
-        # would otherwise decide the p99 on its own (every round is kept in the JSON).
+        # would otherwise decide the p99 on its own (every round is kept in the JSON). Each round of idp is paired
+        # with one of the same driver, rate and request against the WSGI floor (a fixed answer, no idp code, no
+        # storage), in alternating order: the tail that the box and the driver make by themselves in those minutes.
         seconds = 4 if self.args.quick else 8
-        rounds = [driver.open_loop(request, port=self.args.idp_port, host=IDP_HOST, rate=rate, seconds=seconds,
-                                   threads=16).summary() for _ in range(self.rounds)]
-        res = {key: statistics.median(r[key] for r in rounds) for key in ("rps", "p50_ms", "p99_ms")}
-        res["errors"] = sum(r["errors"] for r in rounds)
+        self._floor_server("floor_wsgi")
+        ports = {"idp": self.args.idp_port, "floor": self.endpoints["floor_wsgi"][0]}
+        rounds: dict[str, list] = {"idp": [], "floor": []}
+        for i in range(self.rounds):
+            for target in ("idp", "floor") if i % 2 == 0 else ("floor", "idp"):
+                with driver.HostProbe(self.tmp) as probe:
+                    result = driver.open_loop(request, port=ports[target], host=IDP_HOST, rate=rate, seconds=seconds,
+                                              threads=16).summary()
+                rounds[target].append({**result, "host": probe.summary()})
+
+        def medians(rs: list[dict]) -> dict:
+            return {**{key: statistics.median(r[key] for r in rs) for key in ("rps", "p50_ms", "p99_ms")},
+                    "errors": sum(r["errors"] for r in rs), "rounds": rs}
+
+        res, ref = medians(rounds["idp"]), medians(rounds["floor"])
         self.results["half_peak"] = {"scenario": "client_credentials", "peak_rps": peak, "target_rps": rate, **res,
-                                     "rounds": rounds}
+                                     "floor": ref}
         log(f"half peak: {res['rps']:.1f}/s offered {rate:.1f}/s, p50 {res['p50_ms']:.1f} ms, "
-            f"p99 {res['p99_ms']:.1f} ms (medians of {len(rounds)} rounds; p99 of each: "
-            f"{', '.join(format(r['p99_ms'], '.1f') for r in rounds)} ms), errors {res['errors']}")
+            f"p99 {res['p99_ms']:.1f} ms (medians of {len(res['rounds'])} rounds; p99 of each: "
+            f"{', '.join(format(r['p99_ms'], '.1f') for r in res['rounds'])} ms), errors {res['errors']}; "
+            f"the WSGI floor at the same rate: p50 {ref['p50_ms']:.1f} ms, p99 {ref['p99_ms']:.1f} ms (each: "
+            f"{', '.join(format(r['p99_ms'], '.1f') for r in ref['rounds'])} ms)")
+        for target, rs in rounds.items():
+            log(f"  host during the {target} rounds: woke late p99/max " + ", ".join(
+                f"{r['host']['wake_late_p99_ms']:.1f}/{r['host']['wake_late_max_ms']:.1f}" for r in rs)
+                + " ms; fsync 4 KiB p50/p99/max " + ", ".join(
+                f"{r['host']['fsync_p50_ms']:.1f}/{r['host']['fsync_p99_ms']:.1f}/{r['host']['fsync_max_ms']:.1f}"
+                for r in rs) + " ms")
 
     def scale(self) -> None:
         """Sign-in and token latency, one client at a time, with ~1,000 and with SCALE users and tokens.
@@ -682,6 +712,9 @@ def main(argv: list[str]) -> None:
         hp = bench.results.get("half_peak", {"target_rps": 0, "rps": 0, "p50_ms": 0, "p99_ms": 0})
         print(f"Token endpoint at half its peak ({hp['target_rps']:.0f}/s offered, {hp['rps']:.0f}/s served): "
               f"p50 {hp['p50_ms']:.1f} ms, p99 {hp['p99_ms']:.1f} ms")
+        if "floor" in hp:
+            print(f"  the same driver at the same rate against the WSGI floor: p50 {hp['floor']['p50_ms']:.1f} ms, "
+                  f"p99 {hp['floor']['p99_ms']:.1f} ms (the tail of the box and the driver alone)")
         print("RSS per gunicorn worker: " + ", ".join(f"{w['rss_mb']} MB" for w in bench.results["rss_per_worker"]))
         print(f"One argon2id verification costs {lim['argon2id_cpu_ms']:.0f} ms of CPU (cores / limit); CPU ms/req is "
               "the server's CPU per request or sign-in (idp: gunicorn workers + PostgreSQL + Redis; peer: node)")
