@@ -27,6 +27,7 @@ from flask import Flask, current_app, g, has_request_context, request
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import joinedload
 
 from idp import audit
@@ -53,7 +54,7 @@ def query_client(client_id: str) -> Client | None:
     if not isinstance(client_id, str) or not client_id or len(client_id) > 64 or "\x00" in client_id:
         return None
     return _once_per_request("idp.clients", client_id, lambda: db.session.execute(
-        db.select(Client).where(Client.client_id == client_id)).scalar_one_or_none())
+        _CLIENT, {"client_id": client_id}).scalar_one_or_none())
 
 
 def _once_per_request(kind: str, key, compute):
@@ -65,6 +66,25 @@ def _once_per_request(kind: str, key, compute):
     if key not in known:
         known[key] = compute()
     return known[key]
+
+
+# The statements of the token, userinfo and introspection paths, built once: building and keying a statement on
+# every request cost more Python than running it (issue 5). Values go in as bound parameters.
+_CLIENT = select(Client).where(Client.client_id == bindparam("client_id"))
+_APPEND_TOKEN = insert(Token.__table__)
+_TOKEN_BY_JTI = select(Token).where(Token.jti == bindparam("jti")).options(joinedload(Token.user),
+                                                                          joinedload(Token.client))
+_TOKEN_BY_REFRESH = select(Token).where(Token.refresh_token_hash == bindparam("hash")).options(joinedload(Token.user))
+_CLAIM_REFRESH = (update(Token).where(Token.id == bindparam("row_id"), Token.rotated_at.is_(None))
+                  .values(rotated_at=bindparam("now")).execution_options(synchronize_session=False))
+_CODE = (select(AuthorizationCode).where(AuthorizationCode.code_hash == bindparam("hash"),
+                                         AuthorizationCode.client_id == bindparam("client_id"))
+         .options(joinedload(AuthorizationCode.user)))
+_CLAIM_CODE = (update(AuthorizationCode).where(AuthorizationCode.id == bindparam("row_id"),
+                                               AuthorizationCode.used_at.is_(None))
+               .values(used_at=bindparam("now")).execution_options(synchronize_session=False))
+_NONCE_USED = select(AuthorizationCode.id).where(AuthorizationCode.client_id == bindparam("client_id"),
+                                                 AuthorizationCode.nonce == bindparam("nonce")).limit(1)
 
 
 # --- tokens ------------------------------------------------------------------------------------------------------
@@ -106,20 +126,22 @@ def save_token(token: dict[str, Any], request) -> None:
     now = issued["issued_at"]
     family_expires = context.get("family_expires_at") or now + timedelta(seconds=cfg["IDP_REFRESH_TOKEN_MAX_AGE"])
     idle = client.refresh_token_ttl or cfg["IDP_REFRESH_TOKEN_TTL"]
-    row = Token(
-        jti=issued["jti"], client_id=client.client_id, user=request.user, scope=token.get("scope", ""),
-        grant_type=request.payload.grant_type, family_id=context.get("family_id") or new_token(16),
-        authorization_code_id=context.get("code_id"), sid=context.get("sid"), auth_time=context.get("auth_time"),
-        acr=context.get("acr") or "", amr=context.get("amr") or [], claims=context.get("claims"),
-        issued_at=now, access_expires_at=issued["expires_at"],
-        refresh_token_hash=token_hash(issued["refresh"]) if issued["refresh"] else None,
-        refresh_expires_at=min(now + timedelta(seconds=idle), family_expires) if issued["refresh"] else None,
-        family_expires_at=family_expires if issued["refresh"] else None,
-    )
-    db.session.add(row)
+    scope = token.get("scope", "")
+    # One prepared INSERT rather than an ORM object: nothing reads the row back in this request (issue 5).
+    db.session.connection().execute(_APPEND_TOKEN, {
+        "jti": issued["jti"], "client_id": client.client_id, "user_id": request.user.id if request.user else None,
+        "scope": scope, "grant_type": request.payload.grant_type,
+        "family_id": context.get("family_id") or new_token(16), "authorization_code_id": context.get("code_id"),
+        "sid": context.get("sid"), "auth_time": context.get("auth_time"), "acr": context.get("acr") or "",
+        "amr": context.get("amr") or [], "claims": context.get("claims"),
+        "issued_at": now, "access_expires_at": issued["expires_at"],
+        "refresh_token_hash": token_hash(issued["refresh"]) if issued["refresh"] else None,
+        "refresh_expires_at": min(now + timedelta(seconds=idle), family_expires) if issued["refresh"] else None,
+        "family_expires_at": family_expires if issued["refresh"] else None,
+    })
     event = "token.refreshed" if request.payload.grant_type == "refresh_token" else "token.issued"
     audit.record(event, subject=request.user, client_id=client.client_id, grant_type=request.payload.grant_type,
-                 jti=row.jti, scope=row.scope, refresh_token=bool(issued["refresh"]))
+                 jti=issued["jti"], scope=scope, refresh_token=bool(issued["refresh"]))
     db.session.commit()
 
 
@@ -175,18 +197,14 @@ def access_token_row(token_string: str) -> Token | None:
     jti = decoded.claims.get("jti")
     if not isinstance(jti, str):
         return None
-    return db.session.execute(
-        db.select(Token).where(Token.jti == jti).options(joinedload(Token.user), joinedload(Token.client))
-    ).scalar_one_or_none()
+    return db.session.execute(_TOKEN_BY_JTI, {"jti": jti}).scalar_one_or_none()
 
 
 def refresh_token_row(token_string: str) -> Token | None:
     """The stored token whose refresh token this is."""
     if not token_string or len(token_string) > 512:
         return None
-    return db.session.execute(
-        db.select(Token).where(Token.refresh_token_hash == token_hash(token_string)).options(joinedload(Token.user))
-    ).scalar_one_or_none()
+    return db.session.execute(_TOKEN_BY_REFRESH, {"hash": token_hash(token_string)}).scalar_one_or_none()
 
 
 # --- grants ------------------------------------------------------------------------------------------------------
@@ -235,11 +253,8 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         db.session.commit()
 
     def query_authorization_code(self, code: str, client: Client) -> AuthorizationCode | None:
-        row = db.session.execute(
-            db.select(AuthorizationCode).where(AuthorizationCode.code_hash == token_hash(code or ""),
-                                               AuthorizationCode.client_id == client.client_id)
-            .options(joinedload(AuthorizationCode.user))
-        ).scalar_one_or_none()
+        row = db.session.execute(_CODE, {"hash": token_hash(code or ""), "client_id": client.client_id}
+                                 ).scalar_one_or_none()
         if row is None:
             return None
         now = utcnow()
@@ -247,10 +262,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         # with the tokens it issues (save_token), so the row stays locked until they exist: a redemption racing
         # this one waits here, finds the code used and the tokens committed, and revokes them. When the exchange
         # fails after the claim, the token view commits the claim alone: a failed code is still a used one.
-        claimed = db.session.execute(
-            db.update(AuthorizationCode).where(AuthorizationCode.id == row.id, AuthorizationCode.used_at.is_(None))
-            .values(used_at=now)
-        ).rowcount
+        claimed = db.session.execute(_CLAIM_CODE, {"row_id": row.id, "now": now}).rowcount
         if claimed != 1:
             # RFC 6749 4.1.2 / RFC 9700 4.5: a second use revokes every token issued from the first.
             family = db.session.execute(
@@ -281,9 +293,7 @@ class OpenIDCode(_OpenIDCode):
 
     def exists_nonce(self, nonce: str, request) -> bool:
         return _once_per_request("idp.nonces", (request.payload.client_id, nonce), lambda: db.session.execute(
-            db.select(AuthorizationCode.id).where(AuthorizationCode.client_id == request.payload.client_id,
-                                                  AuthorizationCode.nonce == nonce).limit(1)
-        ).first() is not None)
+            _NONCE_USED, {"client_id": request.payload.client_id, "nonce": nonce}).first() is not None)
 
     def resolve_client_private_key(self, client: Client) -> KeySet:
         return keys.signing_keyset()
@@ -331,10 +341,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             return None
         # Claim the token for this rotation atomically, in the transaction that save_token commits: of two
         # concurrent uses one wins and the other is reuse (PostgreSQL holds the row lock until the commit).
-        claimed = db.session.execute(
-            db.update(Token).where(Token.id == row.id, Token.rotated_at.is_(None)).values(rotated_at=now)
-            .execution_options(synchronize_session=False)
-        ).rowcount
+        claimed = db.session.execute(_CLAIM_REFRESH, {"row_id": row.id, "now": now}).rowcount
         if claimed != 1:
             _reuse_detected("refresh.reuse_detected", "refresh_reuse", row.user, row.client_id, row.family_id)
             return None
