@@ -91,13 +91,22 @@ def metadata() -> dict:
 @bp.get("/.well-known/openid-configuration")
 def discovery():
     """OpenID Connect Discovery 1.0 metadata."""
-    return jsonify(metadata())
+    return _metadata_response()
 
 
 @bp.get("/.well-known/oauth-authorization-server")
 def oauth_metadata():
     """RFC 8414 authorization server metadata (the same document)."""
-    return jsonify(metadata())
+    return _metadata_response()
+
+
+def _metadata_response() -> Response:
+    """The metadata document, serialised once per app: it depends on the settings alone, which do not change while
+    the app runs, and building its URLs was most of a discovery request (issue 5)."""
+    document = current_app.extensions.get("idp.metadata")
+    if document is None:
+        document = current_app.extensions["idp.metadata"] = jsonify(metadata()).get_data()
+    return current_app.response_class(document, mimetype="application/json")
 
 
 @bp.get("/jwks.json")
