@@ -115,9 +115,10 @@ class Provider:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-def sign_in(provider: Provider, email: str, password: str, totp_seed: str | None = None) -> dict:
-    """One complete sign-in by a fresh browser; returns the token response. Raises FlowError."""
-    browser = Browser(provider.port, provider.host)
+def sign_in(provider: Provider, email: str, password: str, totp_seed: str | None = None, browser=None) -> dict:
+    """One complete sign-in by a fresh browser (``browser``: one with Browser's request/close, for a server in the
+    same process); returns the token response. Raises FlowError."""
+    browser = browser or Browser(provider.port, provider.host)
     try:
         state = secrets.token_urlsafe(8)
         params = {"response_type": "code", "client_id": provider.client_id, "redirect_uri": provider.redirect_uri,

@@ -1,0 +1,193 @@
+"""Instructions per request of idp's hot paths, counted by callgrind: a figure the host's noise does not move.
+
+    .venv/bin/python bench/instructions.py [--only cc,refresh,...] [--requests N]
+
+The bench's throughput figures drift by 10-30% with what else the shared host is doing, which hides a change of a
+few percent. This counts the CPU instructions that one request costs idp's own process, in process (Flask's test
+client, no HTTP server), on the local PostgreSQL and Redis, in production mode, seeded like bench/run.py: the same
+code gives the same count to a fraction of a percent, so two commits compare on any host. It does not count
+PostgreSQL's or Redis's own work (bench/run.py's storage column does), nor gunicorn's.
+
+Instructions are not time: RSA's big-number arithmetic retires several instructions per cycle, Python's interpreter
+far fewer, so an RS256 signature weighs about three times more here than in seconds. Compare the same scenario
+across commits, not scenarios with each other. The sign-in's argon2id verification is counted apart and left out
+of its figure: it is fixed by the password policy and would hide the rest of the sign-in by twenty to one.
+
+Needs valgrind and gcc (the helper that turns counting on and off around the measured requests is compiled on
+the fly from valgrind's callgrind.h). About a minute per scenario.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+BENCH = Path(__file__).resolve().parent
+SCENARIOS = ("client_credentials", "refresh", "introspection", "userinfo", "discovery", "signin")
+HELPER = """#include <valgrind/callgrind.h>
+void count_on(void) { CALLGRIND_START_INSTRUMENTATION; CALLGRIND_ZERO_STATS; }
+void count_off(void) { CALLGRIND_DUMP_STATS; CALLGRIND_STOP_INSTRUMENTATION; }
+"""
+
+
+class WSGIBrowser:
+    """driver.Browser's interface over Flask's test client: one fresh browser, its cookies kept by the client."""
+
+    def __init__(self, app, host: str):
+        self.http = app.test_client()
+        self.base_url = f"https://{host}"
+
+    def request(self, method: str, path: str, body: dict | None = None, headers: dict | None = None):
+        response = self.http.open(path, method=method, data=body, base_url=self.base_url,
+                                  headers={"User-Agent": "idp-bench/instructions", **(headers or {})})
+        return response.status_code, response.headers, response.get_data()
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def child(scenario: str, requests: int, helper: str) -> None:
+    """Under callgrind: set up, warm up, then count ``requests`` requests (and, for signin, one hash apart)."""
+    sys.path.insert(0, str(BENCH.parent))  # this tree's idp, whichever tree the virtual environment installed
+    import driver
+
+    from idp import create_app
+    from idp.security.passwords import verify_password
+
+    seed = json.loads(os.environ["BENCH_SEED"])
+    app = create_app()
+    host = urlsplit(app.config["IDP_ISSUER"]).netloc
+    counter = ctypes.CDLL(helper)
+    provider = driver.Provider("idp", 0, host, "/authorize", "/token", seed["client_id"], seed["client_secret"],
+                               seed["redirect_uri"])
+    users = [f"pw-{i}@bench.example" for i in range(1, seed["users"] + 1)]
+    basic = {"Authorization": "Basic " + driver.basic(seed["client_id"], seed["client_secret"])}
+    signed_in = [0]
+
+    def sign_in() -> dict:
+        signed_in[0] += 1
+        return driver.sign_in(provider, users[signed_in[0] % len(users)], seed["password"],
+                              browser=WSGIBrowser(app, host))
+
+    tokens = [sign_in() for _ in range(4)]
+    refresh = [tokens[0]["refresh_token"]]
+    browser = WSGIBrowser(app, host)
+
+    def one(n: int) -> None:
+        if scenario == "signin":
+            sign_in()
+            return
+        if scenario == "client_credentials":
+            status, _, body = browser.request("POST", "/token", {"grant_type": "client_credentials"}, basic)
+        elif scenario == "refresh":
+            status, _, body = browser.request("POST", "/token", {"grant_type": "refresh_token",
+                                                                 "refresh_token": refresh[0]}, basic)
+            refresh[0] = json.loads(body).get("refresh_token", refresh[0])
+        elif scenario == "introspection":
+            status, _, body = browser.request("POST", "/introspect", {"token": tokens[n % 4]["access_token"]}, basic)
+        elif scenario == "userinfo":
+            status, _, body = browser.request("GET", "/userinfo", None,
+                                              {"Authorization": "Bearer " + tokens[n % 4]["access_token"]})
+        else:
+            status, _, body = browser.request("GET", "/.well-known/openid-configuration")
+        if status != 200:
+            raise SystemExit(f"{scenario}: {status} {body[:200]!r}")
+
+    for n in range(10 if scenario == "signin" else 50):
+        one(n)
+    counter.count_on()
+    for n in range(requests):
+        one(n)
+    counter.count_off()
+    if scenario == "signin":  # the argon2id verification of one sign-in, counted apart (second dump)
+        from idp.extensions import db
+        from idp.models import User
+
+        with app.app_context():
+            stored = db.session.execute(db.select(User.password_hash).where(User.email == users[0])).scalar_one()
+        counter.count_on()
+        verify_password(stored, seed["password"])
+        counter.count_off()
+
+
+def _totals(out: Path) -> list[int]:
+    """The instruction totals of each dump callgrind wrote, in order."""
+    parts = sorted(out.glob("callgrind.out.*"), key=lambda p: int(p.name.rsplit(".", 1)[1]))
+    return [int(re.search(r"^totals: (\d+)", p.read_text(), re.M).group(1)) for p in parts]
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", help=f"comma-separated scenarios (default: all of {', '.join(SCENARIOS)})")
+    parser.add_argument("--requests", type=int, default=100, help="requests counted per scenario (sign-ins: a tenth)")
+    parser.add_argument("--out", help="also write the figures to this JSON file")
+    parser.add_argument("--child", nargs=3, metavar=("SCENARIO", "N", "HELPER"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child[0], int(args.child[1]), args.child[2])
+        return
+    scenarios = args.only.split(",") if args.only else list(SCENARIOS)
+    unknown = set(scenarios) - set(SCENARIOS)
+    if unknown:
+        raise SystemExit(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    for tool in ("valgrind", "gcc"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing: apt-get install -y {tool}")
+
+    import run
+
+    bench = run.Bench(argparse.Namespace(quick=True, workers=1, idp_port=0, peer_port=0, keep_temp=False))
+    work = Path(tempfile.mkdtemp(prefix="idp-instructions-"))
+    figures: dict[str, dict] = {}
+    try:
+        helper = work / "count.so"
+        (work / "count.c").write_text(HELPER)
+        subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(helper), str(work / "count.c")], check=True)
+        bench.setup()
+        env = {**bench.env, "PYTHONHASHSEED": "0", "BENCH_SEED": json.dumps({k: v for k, v in bench.seed.items()
+                                                                             if k != "totp_seeds"})}
+        for scenario in scenarios:
+            n = max(1, args.requests // 10) if scenario == "signin" else args.requests
+            out = work / scenario
+            out.mkdir()
+            run.log(f"{scenario}: {n} requests under callgrind")
+            result = subprocess.run(
+                ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}/callgrind.out",
+                 sys.executable, __file__, "--child", scenario, str(n), str(helper)],
+                env=env, cwd=BENCH, capture_output=True, text=True)
+            totals = _totals(out)
+            if result.returncode != 0 or not totals:
+                raise SystemExit(f"{scenario} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+            entry = {"requests": n, "m_instructions_per_request": totals[0] / n / 1e6}
+            if scenario == "signin":
+                # Each sign-in verified one password: take the hash out, report it beside.
+                entry["m_instructions_argon2id"] = totals[1] / 1e6
+                entry["m_instructions_per_request"] -= entry["m_instructions_argon2id"]
+            figures[scenario] = entry
+            run.log(f"{scenario}: {entry['m_instructions_per_request']:.2f} M instructions per request"
+                    + (f" besides the argon2id verification ({entry['m_instructions_argon2id']:.0f} M)"
+                       if scenario == "signin" else ""))
+    finally:
+        bench.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
+    print()
+    print("| scenario | M instructions per request |")
+    print("| --- | --- |")
+    for scenario, entry in figures.items():
+        label = "signin (without the argon2id verification)" if scenario == "signin" else scenario
+        print(f"| {label} | {entry['m_instructions_per_request']:.2f} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
