@@ -1,12 +1,13 @@
 """idp's benchmark, side by side with panva's oidc-provider and the box's limits. See README.md, "Performance".
 
-    .venv/bin/python bench/run.py [--quick] [--out bench/results.json] [--profile DIR] [--no-peer]
+    .venv/bin/python bench/run.py [--quick] [--out bench/results.json] [--profile DIR] [--no-peer] [--no-durable-peer]
 
 Creates a fresh PostgreSQL database (127.0.0.1:5432, user postgres) and uses an empty Redis database
 (127.0.0.1:6379), seeds users and a client, starts idp under gunicorn in production mode and the peer under
-node, drives both on loopback with wrk (Lua scripts in bench/lua/) and a Python driver for sign-ins, and prints
-and writes the table. Every loop is bounded in time and count; everything it started is stopped at the end, and
-the database and the Redis database are dropped / flushed.
+node (twice: with its state in memory, and with it in PostgreSQL), drives them on loopback with wrk (Lua scripts
+in bench/lua/) and a Python driver for sign-ins, and prints and writes the table. Every loop is bounded in time
+and count; everything it started is stopped at the end, and the databases and the Redis database are dropped /
+flushed.
 """
 
 from __future__ import annotations
@@ -64,6 +65,14 @@ def cpu_seconds(pgid: int, commands: tuple[str, ...] = ()) -> dict[str, float]:
 def _storage_ms(entry: dict) -> float:
     """The part of a server's CPU per request that its storage processes (PostgreSQL, Redis) used."""
     return sum(ms for kind, ms in entry["cpu_ms_by_process"].items() if kind != "server")
+
+
+def _markdown(rows: list[tuple[str, ...]]) -> str:
+    """A Markdown table of ``rows`` (the first is the header), padded to line up in a terminal."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
+    return "\n".join(lines)
 
 
 def pg(dbname: str, *statements: str) -> list:
@@ -175,7 +184,9 @@ class Bench:
         # Each server the bench drives: where it listens (port, Host) and whose CPU a request costs (process group,
         # and the names of the storage processes it keeps busy).
         self.endpoints: dict[str, tuple[int, str]] = {"idp": (args.idp_port, IDP_HOST),
-                                                      "peer": (args.peer_port, PEER_HOST)}
+                                                      "peer": (args.peer_port, PEER_HOST),
+                                                      "peer_pg": (args.peer_port + 1, PEER_HOST)}
+        self.peer_meta: dict[str, dict] = {}
         self.cpu_of: dict[str, tuple[int, tuple[str, ...]]] = {}
         self.floors: dict[str, subprocess.Popen] = {}  # the stack-floor servers running (bench/floor.py)
 
@@ -233,26 +244,37 @@ class Bench:
         log(f"idp up: gunicorn pid {proc.pid}, {self.workers} workers on 127.0.0.1:{port}")
         return proc.pid, self._discover(port, IDP_HOST)
 
-    def start_peer(self) -> None:
+    def start_peer(self, name: str) -> None:
+        """The peer ``peer`` (its state in node's memory) or ``peer_pg`` (its state in a PostgreSQL database of its
+        own, each write committed before the answer, as idp's are; its CPU then includes PostgreSQL's)."""
         peer = BENCH / "peer"
-        if not (peer / "node_modules" / "oidc-provider").exists():
+        if not (peer / "node_modules" / "pg").exists():
             log("npm ci in bench/peer")
             subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=peer, check=True)
-        self.peer_secret = secrets.token_urlsafe(32)
-        self.peer_users = [f"peer-{i}@bench.example" for i in range(1, 1001)]
+        if not hasattr(self, "peer_secret"):
+            self.peer_secret = secrets.token_urlsafe(32)
+            self.peer_users = [f"peer-{i}@bench.example" for i in range(1, 1001)]
         env = {**os.environ, "PEER_CLIENT_ID": "bench-peer", "PEER_CLIENT_SECRET": self.peer_secret,
                "PEER_REDIRECT_URI": self.seed["redirect_uri"], "PEER_PASSWORD": self.seed["password"],
                "PEER_USERS": ",".join(self.peer_users), "PEER_RESOURCE": "https://localhost/api",
                "NODE_ENV": "production"}
-        log_file = open(self.tmp / "peer.log", "w")  # noqa: SIM115
-        proc = subprocess.Popen(["node", str(peer / "server.js"), str(self.args.peer_port), f"https://{PEER_HOST}"],
+        storage: tuple[str, ...] = ()
+        if name == "peer_pg":
+            db = f"{self.db}_peer"
+            pg("postgres", f"DROP DATABASE IF EXISTS {db}", f"CREATE DATABASE {db}")
+            self.extra_dbs.append(db)
+            env["PEER_DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:5432/{db}"
+            storage = ("postgres",)
+        port, host = self.endpoints[name]
+        log_file = open(self.tmp / f"{name}.log", "w")  # noqa: SIM115
+        proc = subprocess.Popen(["node", str(peer / "server.js"), str(port), f"https://{host}"],
                                 env=env, cwd=peer, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
-        self.cpu_of["peer"] = (proc.pid, ())
-        self._wait_ready(self.args.peer_port, PEER_HOST, proc)
-        self.peer_meta = self._discover(self.args.peer_port, PEER_HOST)
-        log(f"peer up: oidc-provider (node {subprocess.check_output(['node', '--version']).decode().strip()}) "
-            f"on 127.0.0.1:{self.args.peer_port}")
+        self.cpu_of[name] = (proc.pid, storage)
+        self._wait_ready(port, host, proc)
+        self.peer_meta[name] = self._discover(port, host)
+        log(f"{name} up: oidc-provider (node {subprocess.check_output(['node', '--version']).decode().strip()}"
+            f"{', state in PostgreSQL' if storage else ', state in memory'}) on 127.0.0.1:{port}")
 
     def _wait_ready(self, port: int, host: str, proc) -> None:
         deadline = time.monotonic() + 60
@@ -279,11 +301,10 @@ class Bench:
 
     def providers(self) -> dict[str, driver.Provider]:
         out = {"idp": idp_provider(self.args.idp_port, self.idp_meta, self.seed)}
-        if self.args.peer:
-            out["peer"] = driver.Provider("peer", self.args.peer_port, PEER_HOST,
-                                          self.peer_meta["authorization_endpoint"], self.peer_meta["token_endpoint"],
-                                          "bench-peer", self.peer_secret, self.seed["redirect_uri"],
-                                          {"resource": "https://localhost/api"})
+        for name, meta in self.peer_meta.items():
+            out[name] = driver.Provider(name, self.endpoints[name][0], PEER_HOST, meta["authorization_endpoint"],
+                                        meta["token_endpoint"], "bench-peer", self.peer_secret,
+                                        self.seed["redirect_uri"], {"resource": "https://localhost/api"})
         return out
 
     # --- tokens issued through real sign-ins -----------------------------------------------------------------------
@@ -294,7 +315,7 @@ class Bench:
         self.refresh_tokens: dict[str, list[str]] = {}
         for name, prov in self.providers().items():
             need = per_round * (self.rounds + 2)  # rounds, warm-up, profile
-            users = self.peer_users if name == "peer" else IDP_USERS
+            users = IDP_USERS if name == "idp" else self.peer_users
             got: list[dict] = []
 
             def task(n, prov=prov, users=users, got=got):
@@ -304,7 +325,7 @@ class Bench:
             if len(got) < need:
                 raise SystemExit(f"{name}: only {len(got)} of {need} sign-ins worked: {res.first_error}")
             access = [t["access_token"] for t in got]
-            if name == "peer":
+            if name != "idp":
                 # oidc-provider serves userinfo and introspection only for opaque tokens (its JWT access tokens
                 # are for the resource server): sign in without a resource indicator for those.
                 plain = driver.Provider(**{**prov.__dict__, "extra": {}})
@@ -335,12 +356,13 @@ class Bench:
         if first:
             self.first_errors.setdefault(f"{name}/{target}", first.group(1)[:300])
         secs = r["duration_us"] / 1e6
-        return {"rps": (r["requests"] - r["errors_status"]) / secs, "p50_ms": r["p50_us"] / 1000,
-                "p99_ms": r["p99_us"] / 1000, "requests": r["requests"], "errors": errors, "seconds": secs}
+        served = r["requests"] - r["errors_status"] - r["errors_rejected"]  # a refused answer is no service
+        return {"rps": served / secs, "p50_ms": r["p50_us"] / 1000, "p99_ms": r["p99_us"] / 1000,
+                "requests": r["requests"], "errors": errors, "seconds": secs}
 
     def scenario_runner(self, scenario: str, target: str):
         """A function(seconds, round_index) -> result for one scenario on one server."""
-        meta = self.idp_meta if target == "idp" else self.peer_meta
+        meta = self.idp_meta if target == "idp" else self.peer_meta[target]
         creds = (self.seed["client_id"], self.seed["client_secret"]) if target == "idp" else \
             ("bench-peer", self.peer_secret)
         basic = driver.basic(*creds)
@@ -377,7 +399,7 @@ class Bench:
                         raise driver.FlowError("no TOTP user free in this 30-second step")
                     driver.sign_in(prov, f"totp-{taken[0]}@bench.example", self.seed["password"], taken[1])
             else:
-                users = self.peer_users if target == "peer" else IDP_USERS
+                users = IDP_USERS if target == "idp" else self.peer_users
 
                 def task(n):
                     driver.sign_in(prov, users[n % len(users)], self.seed["password"])
@@ -389,7 +411,8 @@ class Bench:
 
     def measured(self, target: str, runner, index: int) -> dict:
         """One round, with the CPU it cost the server per request: idp's gunicorn workers plus the PostgreSQL and
-        Redis processes (idp's storage), or the peer's node process (its storage is in its own memory)."""
+        Redis processes (idp's storage), or the peer's node process (with its state in memory) and, for peer_pg,
+        the PostgreSQL processes that keep its state."""
         pgid, commands = self.cpu_of[target]
         before = cpu_seconds(pgid, commands)
         result = runner(self.round_s, index)
@@ -436,7 +459,7 @@ class Bench:
         scenarios = ["discovery", "jwks", "client_credentials", "refresh", "introspection", "userinfo", "signin",
                      "signin_totp"]
         for scenario in filter(self.wanted, scenarios):
-            targets = ["idp"] + (["peer"] if self.args.peer and scenario != "signin_totp" else [])
+            targets = ["idp"] + (list(self.peer_meta) if scenario != "signin_totp" else [])
             # The refresh runner takes the last token chunk for the warm-up.
             entry = self._interleaved({t: self.scenario_runner(scenario, t) for t in targets}, warm=self.rounds,
                                       limit_beside=scenario in ("signin", "signin_totp"))
@@ -626,10 +649,21 @@ class Bench:
                 me = self.results["floor"][name]
                 rows.append((label, f"{me['rps']:.1f}", f"{me['p50_ms']:.1f}", f"{me['p99_ms']:.1f}", "-", "-", "-",
                              f"{me['cpu_ms']:.2f}", "-", "-", ""))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
-        lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
-        return "\n".join(lines)
+        return _markdown(rows)
+
+    def durable_table(self) -> str:
+        """idp against the peer with its state in PostgreSQL (peer_pg), where it ran; empty otherwise."""
+        rows = [("scenario", "idp req/s", "peer_pg req/s", "peer_pg p99 ms", "idp/peer_pg", "CPU ms/req idp",
+                 "CPU ms/req peer_pg", "of it PostgreSQL")]
+        for scenario, entry in self.results["scenarios"].items():
+            me, peer = entry["idp"], entry.get("peer_pg")
+            if not peer:
+                continue
+            me["ratio_to_peer_pg"] = me["rps"] / peer["rps"] if peer["rps"] else None
+            rows.append((scenario, f"{me['rps']:.1f}", f"{peer['rps']:.1f}", f"{peer['p99_ms']:.1f}",
+                         f"{me['ratio_to_peer_pg']:.2f}" if peer["rps"] else "-", f"{me['cpu_ms']:.2f}",
+                         f"{peer['cpu_ms']:.2f}", f"{_storage_ms(peer):.2f}"))
+        return _markdown(rows) if len(rows) > 1 else ""
 
     def cleanup(self) -> None:
         for proc in reversed(self.procs):
@@ -662,7 +696,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--gunicorn-args", default="", help="extra gunicorn arguments, e.g. '-k gthread --threads 4'")
     parser.add_argument("--idp-port", type=int, default=8601)
     parser.add_argument("--peer-port", type=int, default=8602)
-    parser.add_argument("--no-peer", dest="peer", action="store_false", help="skip the oidc-provider peer")
+    parser.add_argument("--no-peer", dest="peer", action="store_false", help="skip the oidc-provider peer (both)")
+    parser.add_argument("--no-durable-peer", dest="durable_peer", action="store_false",
+                        help="skip the peer's second run with its state in PostgreSQL (peer_pg)")
     parser.add_argument("--no-scale", dest="scale", action="store_false", help="skip the 1k vs 1M comparison")
     parser.add_argument("--profile", metavar="DIR", help="also record py-spy profiles of idp's workers into DIR")
     parser.add_argument("--only", help="comma-separated scenarios to run, 'floor' for the stack floor (default: all)")
@@ -686,7 +722,9 @@ def main(argv: list[str]) -> None:
         bench.idp_pid, bench.idp_meta = bench.start_idp(bench.env, args.idp_port)
         bench.cpu_of["idp"] = (bench.idp_pid, ("postgres", "redis-server"))
         if args.peer:
-            bench.start_peer()
+            bench.start_peer("peer")
+            if args.durable_peer:
+                bench.start_peer("peer_pg")
         bench.issue_tokens()
         bench.run_scenarios()
         if bench.wanted("floor"):
@@ -697,18 +735,24 @@ def main(argv: list[str]) -> None:
             bench.scale()
         if args.profile:
             bench.profile(Path(args.profile))
-        table = bench.table()
+        table, durable = bench.table(), bench.durable_table()
         bench.results.update({
             "command": " ".join(["bench/run.py", *argv]), "quick": args.quick,
             "setup": {"gunicorn_workers": args.workers, "wrk": f"-t{bench.wrk_threads} -c{bench.wrk_conns}",
                       "signin_threads": bench.signin_threads, "rounds": bench.rounds, "round_s": bench.round_s,
                       "warmup_s": bench.warmup_s, "cores": os.cpu_count(),
-                      "peer": "oidc-provider 9.13.3 (one node process, in-memory adapter)" if args.peer else None},
-            "table": table, "elapsed_s": round(time.monotonic() - started, 1)})
+                      "peer": "oidc-provider 9.13.3 (one node process, in-memory adapter)" if args.peer else None,
+                      "peer_pg": "the same, its state in PostgreSQL (bench/peer/server.js PostgresAdapter)"
+                      if args.peer and args.durable_peer else None},
+            "table": table, "durable_table": durable, "elapsed_s": round(time.monotonic() - started, 1)})
         Path(args.out).write_text(json.dumps(bench.results, indent=2, default=str) + "\n")
         print()
         print(table)
         print()
+        if durable:
+            print("Against the peer with its state in PostgreSQL, committed before each answer (peer_pg):")
+            print(durable)
+            print()
         hp = bench.results.get("half_peak", {"target_rps": 0, "rps": 0, "p50_ms": 0, "p99_ms": 0})
         print(f"Token endpoint at half its peak ({hp['target_rps']:.0f}/s offered, {hp['rps']:.0f}/s served): "
               f"p50 {hp['p50_ms']:.1f} ms, p99 {hp['p99_ms']:.1f} ms")

@@ -1,8 +1,11 @@
 // The peer of bench/run.py: panva's oidc-provider (pinned in package-lock.json) configured like idp's bench
 // setup: one confidential first-party client (client_credentials, authorization_code, refresh_token with
 // rotation), RS256 JWT access tokens for a resource server (resource indicators, accessTokenFormat 'jwt'),
-// introspection and userinfo, the in-memory adapter, and a minimal sign-in interaction that checks an argon2id
-// password hash with idp's parameters (t=3, m=64 MiB, p=4), so that sign-ins cost the same hashing work.
+// introspection and userinfo, and a minimal sign-in interaction that checks an argon2id password hash with idp's
+// parameters (t=3, m=64 MiB, p=4), so that sign-ins cost the same hashing work. Its state (sessions, grants,
+// codes, refresh and opaque access tokens) lives in memory, or, with PEER_DATABASE_URL set, in a PostgreSQL table
+// written before each answer (the durable store idp has; its JWT access tokens are not stored either way).
+// Idle pool connections are kept open: a PostgreSQL backend that exits takes its CPU time out of the bench's count.
 //
 // Usage: node server.js PORT ISSUER  (settings and secrets come from the environment, see bench/run.py).
 // Listens on 127.0.0.1 only. Prints "ready" on stdout when it accepts requests.
@@ -11,6 +14,7 @@ import { generateKeyPairSync, randomBytes } from 'node:crypto';
 
 import argon2 from 'argon2';
 import Provider from 'oidc-provider';
+import pg from 'pg';
 
 const port = Number(process.argv[2] || 8602);
 const issuer = process.argv[3] || 'https://localhost:8602';
@@ -56,8 +60,49 @@ class MemoryAdapter {
   }
 }
 
+// The durable variant: one row per stored object, each write committed (and flushed, PostgreSQL's default) before
+// oidc-provider answers. Expired rows are not returned; lookups by uid, user code and grant have their indexes.
+const pool = env.PEER_DATABASE_URL
+  ? new pg.Pool({ connectionString: env.PEER_DATABASE_URL, max: 8, idleTimeoutMillis: 0 }) : null;
+const SCHEMA = `CREATE TABLE IF NOT EXISTS oidc_store (
+  model text NOT NULL, id text NOT NULL, payload jsonb NOT NULL, grant_id text, uid text, user_code text,
+  expires_at timestamptz, consumed_at timestamptz, PRIMARY KEY (model, id));
+CREATE INDEX IF NOT EXISTS oidc_store_grant ON oidc_store (grant_id);
+CREATE INDEX IF NOT EXISTS oidc_store_uid ON oidc_store (model, uid);
+CREATE INDEX IF NOT EXISTS oidc_store_user_code ON oidc_store (model, user_code)`;
+const LIVE = '(expires_at IS NULL OR expires_at > now())';
+
+class PostgresAdapter {
+  constructor(model) { this.model = model; }
+  async upsert(id, payload, expiresIn) {
+    await pool.query(
+      `INSERT INTO oidc_store (model, id, payload, grant_id, uid, user_code, expires_at)
+       VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $7::int IS NULL THEN NULL ELSE now() + make_interval(secs => $7) END)
+       ON CONFLICT (model, id) DO UPDATE SET payload = EXCLUDED.payload, grant_id = EXCLUDED.grant_id,
+         uid = EXCLUDED.uid, user_code = EXCLUDED.user_code, expires_at = EXCLUDED.expires_at`,
+      [this.model, id, payload, payload.grantId ?? null, payload.uid ?? null, payload.userCode ?? null,
+        expiresIn ?? null]);
+  }
+  async _one(where, value) {
+    const { rows } = await pool.query(
+      `SELECT payload, consumed_at FROM oidc_store WHERE model = $1 AND ${where} = $2 AND ${LIVE}`,
+      [this.model, value]);
+    if (!rows.length) return undefined;
+    const [{ payload, consumed_at: consumed }] = rows;
+    return consumed ? { ...payload, consumed: Math.floor(consumed.getTime() / 1000) } : payload;
+  }
+  find(id) { return this._one('id', id); }
+  findByUid(uid) { return this._one('uid', uid); }
+  findByUserCode(code) { return this._one('user_code', code); }
+  async consume(id) {
+    await pool.query('UPDATE oidc_store SET consumed_at = now() WHERE model = $1 AND id = $2', [this.model, id]);
+  }
+  async destroy(id) { await pool.query('DELETE FROM oidc_store WHERE model = $1 AND id = $2', [this.model, id]); }
+  async revokeByGrantId(grantId) { await pool.query('DELETE FROM oidc_store WHERE grant_id = $1', [grantId]); }
+}
+
 const configuration = {
-  adapter: MemoryAdapter,
+  adapter: pool ? PostgresAdapter : MemoryAdapter,
   clients: [{
     client_id: CLIENT_ID,
     client_secret: CLIENT_SECRET,
@@ -163,6 +208,8 @@ const server = http.createServer(async (req, res) => {
     page(res, 500, String(err && err.message));
   }
 });
+
+if (pool) await pool.query(SCHEMA);
 
 // Seed the sign-in users: PEER_USERS="email1,email2,..." sharing PEER_PASSWORD (one hash, like idp's seed).
 const shared = await argon2.hash(env.PEER_PASSWORD || 'correct horse battery staple', HASH_OPTIONS);
