@@ -52,6 +52,34 @@ def keep_loaded(view):
     return wrapped
 
 
+def reads_only(view):
+    """Run ``view``'s statements without a transaction around them (autocommit), for views that only read.
+
+    PostgreSQL's READ COMMITTED gives each statement its own snapshot either way, so a view that only reads sees
+    the same rows; what it saves is the BEGIN and the ROLLBACK, two of a userinfo request's three round trips to
+    the database (issue 5). Should such a view ever write, each statement commits on its own, so it is for views
+    whose writes, if any, stand alone (the signing keys created on first use).
+
+    It sets psycopg2's own ``autocommit`` on the request's connection, which sends nothing (SQLAlchemy's
+    AUTOCOMMIT isolation level would cost a ``SET`` round trip to undo); ``watch_connections`` clears it when the
+    connection goes back to the pool. SQLite keeps its transaction.
+    """
+    from functools import wraps
+
+    @wraps(view)
+    def wrapped(*args, **kwargs):
+        if db.engine.dialect.name == "postgresql":
+            from psycopg2.extensions import STATUS_READY
+
+            connection = db.session.connection().connection.dbapi_connection
+            if connection.status == STATUS_READY:  # no transaction open on it yet (nothing sent in this request)
+                connection.autocommit = True
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+
 # --- PostgreSQL connections: replaced when dead, without a round trip per request -----------------------------------
 
 # A connection that rested in the pool longer than this is pinged (SELECT 1) before use: a connection dropped
@@ -79,6 +107,8 @@ def watch_connections(engine) -> None:
     @event.listens_for(engine, "checkin")
     def _rested_from(dbapi_connection, record) -> None:
         record.info["checked_in_at"] = time.monotonic()
+        if dbapi_connection is not None and getattr(dbapi_connection, "autocommit", False):
+            dbapi_connection.autocommit = False  # set for one request by reads_only; the pool's default is off
 
     @event.listens_for(engine, "checkout")
     def _alive(dbapi_connection, record, proxy) -> None:

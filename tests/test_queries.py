@@ -113,6 +113,52 @@ def test_userinfo(app, signed_in_tokens):
     assert not {"INSERT", "UPDATE", "DELETE"} & set(statements), statements
 
 
+@contextmanager
+def transactional(app):
+    """For each statement sent inside the block: its first word, and whether psycopg2 sent it inside a transaction
+    (a BEGIN before it and a COMMIT or ROLLBACK after: two more round trips) rather than in autocommit."""
+    seen: list[tuple[str, bool]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        seen.append((statement.split()[0].upper(), not conn.connection.dbapi_connection.autocommit))
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def test_read_only_endpoints_open_no_transaction(app, signed_in_tokens):
+    """jwks, userinfo and introspection only read: on PostgreSQL their statements go without BEGIN and ROLLBACK
+    (two of userinfo's three round trips), and the connection goes back to the pool transactional, so the writes
+    of the next request on it are still all or nothing."""
+    with app.app_context():
+        if db.engine.dialect.name != "postgresql":
+            pytest.skip("autocommit reads are for PostgreSQL")
+    http, client_id, secret, tokens = signed_in_tokens
+    bearer = {"Authorization": "Bearer " + tokens["access_token"]}
+    reads = {
+        "jwks": lambda: http.get("/jwks.json"),
+        "userinfo": lambda: http.get("/userinfo", headers=bearer),
+        "introspection": lambda: http.post("/introspect", data={"token": tokens["access_token"]},
+                                           auth=(client_id, secret)),
+    }
+    for name, call in reads.items():
+        with transactional(app) as seen:
+            assert call().status_code == 200, name
+        assert seen and not any(inside for _, inside in seen), (name, seen)
+        with transactional(app) as seen:
+            response = http.post("/token", data={"grant_type": "refresh_token",
+                                                 "refresh_token": tokens["refresh_token"]}, auth=(client_id, secret))
+        assert response.status_code == 200, response.get_json()
+        tokens = {**tokens, "refresh_token": response.get_json()["refresh_token"]}
+        # the claim of the old token, the new token and the audit row: one transaction, whatever ran before
+        assert {"UPDATE", "INSERT"} <= {word for word, _ in seen} and all(inside for _, inside in seen), seen
+
+
 def test_refresh_with_rotation(app, signed_in_tokens):
     http, client_id, secret, tokens = signed_in_tokens
     with counted(app) as statements:

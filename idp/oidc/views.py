@@ -14,7 +14,7 @@ from joserfc.errors import JoseError
 from werkzeug.wrappers import Response
 
 from idp import audit
-from idp.extensions import csrf, db, keep_loaded
+from idp.extensions import csrf, db, keep_loaded, reads_only
 from idp.http import clear_session_cookie, external_url
 from idp.login import mfa, sessions, transaction
 from idp.login.assurance import LEVELS
@@ -110,6 +110,7 @@ def _metadata_response() -> Response:
 
 
 @bp.get("/jwks.json")
+@reads_only
 def jwks():
     """The public signing keys, including retired ones whose tokens may still be valid."""
     response = jsonify(keys.jwks())
@@ -254,6 +255,7 @@ def _token_from_body() -> None:
 
 @bp.route("/userinfo", methods=["GET", "POST", "OPTIONS"])
 @csrf.exempt
+@reads_only
 def userinfo():
     """The UserInfo endpoint (OIDC Core 5.3): GET, or POST with the token in the header or the body."""
     if request.method == "OPTIONS":
@@ -273,6 +275,7 @@ def revoke():
 
 @bp.route("/introspect", methods=["POST", "OPTIONS"])
 @csrf.exempt
+@reads_only
 def introspect():
     """Token introspection (RFC 7662) for authenticated clients."""
     if request.method == "OPTIONS":
