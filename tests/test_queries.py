@@ -15,20 +15,25 @@ from tests.support import PASSWORD, RP_CALLBACK, authorize, authorize_url, csrf_
 
 
 @contextmanager
-def counted(app):
-    """Count the statements sent to the database inside the block."""
-    statements: list[str] = []
+def recorded(app, describe):
+    """``describe(connection, first word)`` of each statement sent to the database inside the block, in order."""
+    seen: list = []
 
     def record(conn, cursor, statement, parameters, context, executemany):
-        statements.append(statement.split()[0].upper())
+        seen.append(describe(conn, statement.split()[0].upper()))
 
     with app.app_context():
         engine = db.engine
     event.listen(engine, "before_cursor_execute", record)
     try:
-        yield statements
+        yield seen
     finally:
         event.remove(engine, "before_cursor_execute", record)
+
+
+def counted(app):
+    """The first word of each statement sent inside the block (count them)."""
+    return recorded(app, lambda conn, word: word)
 
 
 @pytest.fixture
@@ -113,22 +118,10 @@ def test_userinfo(app, signed_in_tokens):
     assert not {"INSERT", "UPDATE", "DELETE"} & set(statements), statements
 
 
-@contextmanager
 def transactional(app):
     """For each statement sent inside the block: its first word, and whether psycopg2 sent it inside a transaction
     (a BEGIN before it and a COMMIT or ROLLBACK after: two more round trips) rather than in autocommit."""
-    seen: list[tuple[str, bool]] = []
-
-    def record(conn, cursor, statement, parameters, context, executemany):
-        seen.append((statement.split()[0].upper(), not conn.connection.dbapi_connection.autocommit))
-
-    with app.app_context():
-        engine = db.engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+    return recorded(app, lambda conn, word: (word, not conn.connection.dbapi_connection.autocommit))
 
 
 def test_read_only_endpoints_open_no_transaction(app, signed_in_tokens):
