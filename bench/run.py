@@ -186,7 +186,9 @@ class Bench:
         self.endpoints: dict[str, tuple[int, str]] = {"idp": (args.idp_port, IDP_HOST),
                                                       "peer": (args.peer_port, PEER_HOST),
                                                       "peer_pg": (args.peer_port + 1, PEER_HOST)}
-        self.peer_meta: dict[str, dict] = {}
+        self.peer_meta: dict[str, dict] = {}  # the peers started (peer, peer_pg): their endpoint paths
+        self.peer_secret = secrets.token_urlsafe(32)  # both peers' client secret and users
+        self.peer_users = [f"peer-{i}@bench.example" for i in range(1, 1001)]
         self.cpu_of: dict[str, tuple[int, tuple[str, ...]]] = {}
         self.floors: dict[str, subprocess.Popen] = {}  # the stack-floor servers running (bench/floor.py)
 
@@ -251,9 +253,6 @@ class Bench:
         if not (peer / "node_modules" / "pg").exists():
             log("npm ci in bench/peer")
             subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=peer, check=True)
-        if not hasattr(self, "peer_secret"):
-            self.peer_secret = secrets.token_urlsafe(32)
-            self.peer_users = [f"peer-{i}@bench.example" for i in range(1, 1001)]
         env = {**os.environ, "PEER_CLIENT_ID": "bench-peer", "PEER_CLIENT_SECRET": self.peer_secret,
                "PEER_REDIRECT_URI": self.seed["redirect_uri"], "PEER_PASSWORD": self.seed["password"],
                "PEER_USERS": ",".join(self.peer_users), "PEER_RESOURCE": "https://localhost/api",
@@ -302,7 +301,7 @@ class Bench:
     def providers(self) -> dict[str, driver.Provider]:
         out = {"idp": idp_provider(self.args.idp_port, self.idp_meta, self.seed)}
         for name, meta in self.peer_meta.items():
-            out[name] = driver.Provider(name, self.endpoints[name][0], PEER_HOST, meta["authorization_endpoint"],
+            out[name] = driver.Provider(name, *self.endpoints[name], meta["authorization_endpoint"],
                                         meta["token_endpoint"], "bench-peer", self.peer_secret,
                                         self.seed["redirect_uri"], {"resource": "https://localhost/api"})
         return out

@@ -9,7 +9,7 @@ from flask import g, has_request_context
 from sqlalchemy import insert
 
 from idp.extensions import db
-from idp.models import AuditEvent, User, utcnow
+from idp.models import AuditEvent, User
 
 log = logging.getLogger("idp.audit")
 
@@ -32,8 +32,7 @@ def record(event: str, *, subject: User | None = None, actor: User | None = None
         ip = ip if ip is not None else g.get("client_ip")
         user_agent = user_agent if user_agent is not None else g.get("user_agent")
     subject_id = subject.id if subject is not None else None
-    db.session.connection().execute(_APPEND, {
-        "at": utcnow(),
+    db.session.connection().execute(_APPEND, {  # `at` is the column's default, the time of the INSERT
         "event": event,
         "actor_id": actor.id if actor is not None else subject_id,
         "subject_id": subject_id,

@@ -1,5 +1,7 @@
 """Extensions, created unbound here and bound to the app in ``create_app``."""
 
+from functools import wraps
+
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
@@ -38,7 +40,6 @@ def keep_loaded(view):
     after a commit are rows they loaded or wrote themselves in the same request, so reloading them is only
     extra SELECTs. Every other request keeps SQLAlchemy's default (expire on commit).
     """
-    from functools import wraps
 
     @wraps(view)
     def wrapped(*args, **kwargs):
@@ -64,7 +65,6 @@ def reads_only(view):
     AUTOCOMMIT isolation level would cost a ``SET`` round trip to undo); ``watch_connections`` clears it when the
     connection goes back to the pool. SQLite keeps its transaction.
     """
-    from functools import wraps
 
     @wraps(view)
     def wrapped(*args, **kwargs):
@@ -77,7 +77,6 @@ def reads_only(view):
         return view(*args, **kwargs)
 
     return wrapped
-
 
 
 # --- PostgreSQL connections: replaced when dead, without a round trip per request -----------------------------------
