@@ -8,12 +8,29 @@ from typing import Any
 
 from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
+from markupsafe import Markup
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from werkzeug.exceptions import HTTPException
 
+from idp import cli, http, jobs
 from idp import config as settings
+from idp.account import jobs as account_jobs
+from idp.account.security import bp as security_bp
+from idp.account.views import bp as account_bp
+from idp.dev import bp as dev_bp
 from idp.extensions import csrf, db, limiter, migrate, watch_connections
+from idp.jobs import mail, sms
+from idp.login.views import bp as login_bp
+from idp.oidc.server import create_server
+from idp.oidc.views import bp as oidc_bp
+
+# Every background job, by the name it is enqueued under (idp.jobs).
+JOBS = {
+    "send_mail": mail.send_mail,
+    "send_sms": sms.send_sms,
+    "start_password_reset": account_jobs.start_password_reset,
+}
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,21 +53,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     migrate.init_app(app, db, directory=os.path.join(ROOT, "migrations"))
     csrf.init_app(app)
     limiter.init_app(app)
-    from idp import jobs
-
-    jobs.init_app(app)
-
-    from idp import http
+    jobs.init_app(app, JOBS)
 
     app.before_request(http.refuse_nul)
     app.before_request(lambda: http.resolve_client(app))
     app.after_request(http.security_headers)
-
-    from idp.account.security import bp as security_bp
-    from idp.account.views import bp as account_bp
-    from idp.login.views import bp as login_bp
-    from idp.oidc.server import create_server
-    from idp.oidc.views import bp as oidc_bp
 
     create_server(app)
     app.register_blueprint(login_bp)
@@ -58,15 +65,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(security_bp)
     app.register_blueprint(oidc_bp)
     if app.config["IDP_ENV"] == "development":
-        from idp.dev import bp as dev_bp
-
         app.register_blueprint(dev_bp)
 
     _error_handlers(app)
     app.add_template_filter(json_block, "json_block")
-    from idp.cli import register
-
-    register(app)
+    cli.register(app)
     logging.getLogger("idp").setLevel(logging.INFO)
     return app
 
@@ -106,8 +109,6 @@ def _sqlite_foreign_keys(dbapi_connection, connection_record):
 
 def json_block(text: str):
     """A JSON text safe inside <script type="application/json">: <, > and & escaped as JSON unicode escapes."""
-    from markupsafe import Markup
-
     return Markup(text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e"))
 
 
@@ -117,8 +118,6 @@ def _wants_json() -> bool:
 
 
 def _error_handlers(app: Flask) -> None:
-    from idp import http
-
     def render(status: int, title: str, message: str, headers=()):
         db.session.rollback()  # a failed request leaves nothing half-written
         if http.oauth_caller():

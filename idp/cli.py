@@ -7,31 +7,24 @@ from pathlib import Path
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup, FlaskGroup, with_appcontext
+from flask.cli import AppGroup, with_appcontext
+from rq import Worker
 
 from idp import audit
+from idp.config import env_example, markdown_table
 from idp.extensions import db
+from idp.jobs import queue
 from idp.login import enrolment, sessions
 from idp.login.browser import unlock_account
-from idp.models import AuditEvent, User, utcnow
+from idp.models import AuditEvent, Client, Device, Factor, RecoveryCode, User, utcnow
 from idp.models.user import normalize_email
+from idp.oidc.cli import clients, create_client, keys_group
 from idp.security.passwords import hash_password, password_problems, verify_password
-from idp.security.tokens import new_token
+from idp.security.tokens import new_token, token_hash
 
 DEMO_EMAIL = "demo@example.com"
 DEMO_CLIENT_ID = "demo-client"
 DEMO_REDIRECT_URI = "http://127.0.0.1:5001/callback"
-
-
-def _create_app():
-    from idp import create_app
-
-    return create_app()
-
-
-@click.group(cls=FlaskGroup, create_app=_create_app)
-def main() -> None:
-    """idp: an OAuth 2.0 / OpenID Connect identity provider."""
 
 
 def _user(email: str) -> User:
@@ -137,8 +130,6 @@ def users_require_mfa(email, off):
 @click.argument("email")
 def users_reset_mfa(email):
     """Remove every factor, recovery code and remembered device of a user; ends sessions and revokes tokens."""
-    from idp.models import Device, Factor, RecoveryCode
-
     user = _user(email)
     now = utcnow()
     factors = db.session.execute(db.delete(Factor).where(Factor.user_id == user.id)).rowcount
@@ -217,10 +208,6 @@ def demo():
 
 def _demo_client() -> tuple[str, str]:
     """The demo confidential client (created once; its secret is kept in the instance folder like the password)."""
-    from idp.models import Client
-    from idp.oidc.cli import create_client
-    from idp.security.tokens import token_hash
-
     cred = Path(current_app.instance_path) / "demo-client-secret"
     client = db.session.execute(db.select(Client).where(Client.client_id == DEMO_CLIENT_ID)).scalar_one_or_none()
     if client is None:
@@ -262,10 +249,6 @@ def audit_tail(email, lines):
 @with_appcontext
 def worker(burst):
     """Run an RQ worker for mail and SMS jobs, inside the app context."""
-    from rq import Worker
-
-    from idp.jobs import queue
-
     q = queue()
     if q is None:
         raise click.ClickException("IDP_REDIS_URL is not set: jobs run inline, no worker is needed")
@@ -276,14 +259,10 @@ def worker(burst):
 @click.option("--markdown", is_flag=True, help="Print the README's configuration table instead.")
 def config_doc(markdown):
     """Print every setting with its default (the text of .env.example)."""
-    from idp.config import env_example, markdown_table
-
     click.echo(markdown_table() if markdown else env_example(), nl=False)
 
 
 def register(app: Flask) -> None:
     """Attach the commands to the app's CLI."""
-    from idp.oidc.cli import clients, keys_group
-
     for command in (users, demo, audit_group, worker, config_doc, clients, keys_group):
         app.cli.add_command(command)

@@ -317,16 +317,17 @@ def enrol_totp_in(app, email: str, now=None, *, confirm: bool = True) -> tuple[s
     """Give a user an authenticator app (confirmed with the previous step's code); returns (secret, factor id)."""
     from datetime import timedelta
 
-    from idp.login import enrolment
+    from idp.login.factors.totp import confirm_totp, start_totp, totp_secret
     from idp.security.otp import totp_code_at
 
     now = now or utcnow()
     with app.app_context():
+        key = app.config["IDP_SECRET_KEY"]
         user = db.session.execute(db.select(User).where(User.email == email)).scalar_one()
-        factor = enrolment.start_totp(user, now)
-        secret = enrolment.totp_secret(factor)
+        factor = start_totp(user, now, key)
+        secret = totp_secret(factor, key)
         if confirm:  # the previous step's code, so that the current one is still unused
-            assert enrolment.confirm_totp(factor, totp_code_at(secret, now - timedelta(seconds=30)), now)
+            assert confirm_totp(factor, totp_code_at(secret, now - timedelta(seconds=30)), now, key)
         db.session.commit()
         return secret, factor.id
 

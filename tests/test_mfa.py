@@ -20,7 +20,7 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from idp.extensions import db
-from idp.login import enrolment
+from idp.login.factors.recovery_code import new_recovery_codes_for
 from idp.models import AuditEvent, Device, Factor, LoginSession, OneTimeToken, RecoveryCode, User, utcnow
 from idp.security.otp import totp_code_at
 from idp.security.tokens import token_hash
@@ -147,7 +147,7 @@ def add_phone_in(app, email: str = ALICE, phone: str = PHONE) -> None:
 def recovery_codes_in(app, email: str = ALICE) -> list[str]:
     with app.app_context():
         user = db.session.get(User, user_id(app, email))
-        codes = enrolment.new_recovery_codes_for(user, utcnow())
+        codes = new_recovery_codes_for(user, utcnow(), app.config["IDP_SECRET_KEY"])
         db.session.commit()
         return codes
 

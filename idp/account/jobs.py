@@ -8,13 +8,12 @@ from flask import current_app
 from idp import audit
 from idp.extensions import db
 from idp.http import external_url
-from idp.jobs import enqueue, job
+from idp.jobs import enqueue
 from idp.login import onetime
 from idp.models import User, utcnow
 from idp.models.user import normalize_email
 
 
-@job
 def start_password_reset(email: str, ip: str | None = None, user_agent: str | None = None) -> None:
     """Mail a reset link if ``email`` belongs to an enabled account and no link went out within the cooldown."""
     cfg = current_app.config

@@ -12,13 +12,20 @@ from idp.extensions import db, limiter
 from idp.http import clear_session_cookie
 from idp.jobs import enqueue
 from idp.login import onetime, sessions, transaction
-from idp.login.browser import binding, current_session, current_user, login_required, throttle, unlock_account
+from idp.login.browser import (
+    begin_transaction,
+    binding,
+    current_session,
+    current_user,
+    login_required,
+    throttle,
+    unlock_account,
+)
 from idp.login.forms import ChangePasswordForm, ConfirmForm, ForgotForm, NewPasswordForm, ProfileForm, SignUpForm
 from idp.login.mfa import has_second_factor
-from idp.login.steps.email_verification import PURPOSE as VERIFY_PURPOSE
-from idp.login.steps.email_verification import mark_verified
 from idp.login.throttle import account_key
-from idp.login.views import begin_transaction
+from idp.login.verification import PURPOSE as VERIFY_PURPOSE
+from idp.login.verification import mark_verified
 from idp.models import Client, Consent, LoginSession, LoginTransaction, User, utcnow
 from idp.models.user import normalize_email
 from idp.oidc.claims import SCOPE_DESCRIPTIONS
@@ -80,7 +87,7 @@ def signup():
                                      done=["password"], amr=["pwd"])
     audit.record("user.signup_existing", subject=existing)
     return begin_transaction(reasons=["signup"], return_to=url_for("account.home"),
-                             done=["password"], context={"existing_account": email})
+                             done=["password"], existing_account=email)
 
 
 @bp.route("/verify-email/<token>", methods=["GET", "POST"])

@@ -15,8 +15,6 @@ from typing import Any
 
 from flask import current_app, render_template
 
-from idp.jobs import job
-
 log = logging.getLogger("idp.mail")
 
 SUBJECTS = {
@@ -31,7 +29,6 @@ SUBJECTS = {
 }
 
 
-@job
 def send_mail(to: str, template: str, context: dict[str, Any]) -> None:
     """Render ``template`` (text and HTML) and deliver it to ``to`` through the configured backend."""
     context = {**context, "issuer": current_app.config["IDP_ISSUER"]}

@@ -6,7 +6,6 @@ import logging
 
 from flask import current_app
 
-from idp.jobs import job
 from idp.jobs.mail import write_outbox
 
 log = logging.getLogger("idp.sms")
@@ -21,7 +20,6 @@ def twilio_client():
                   http_client=current_app.extensions.get("idp.twilio_http_client"))
 
 
-@job
 def send_sms(to: str, body: str) -> None:
     """Deliver one text message to ``to`` (E.164) through IDP_SMS_BACKEND."""
     cfg = current_app.config

@@ -1,16 +1,19 @@
 """Levels of assurance (`acr`) derived from the methods used (`amr`, RFC 8176).
 
 - `urn:idp:acr:pwd`: a password alone.
-- `urn:idp:acr:mfa`: a password plus a possession factor (TOTP `otp`, `sms`, WebAuthn `hwk`/`swk`, a recovery
-  code), or a passkey with user verification, or a remembered device that was proven with such a factor.
-- `urn:idp:acr:phr`: WebAuthn with user verification (`hwk` or `swk` plus `user`): phishing-resistant.
+- `urn:idp:acr:mfa`: a password plus a factor that counts toward MFA (each factor says whether it does: TOTP
+  `otp`, `sms`, WebAuthn `hwk`/`swk`, a recovery code), or a phishing-resistant factor with user verification
+  (a passkey), or a remembered device that was proven with such a factor.
+- `urn:idp:acr:phr`: a phishing-resistant factor (WebAuthn `hwk` or `swk`) with user verification (`user`).
 
-An emailed code (`email_otp`) never counts toward `mfa` (SECURITY.md 24).
+An emailed code (`email_otp`) never counts toward `mfa` (SECURITY.md 24): its factor says so.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+
+from idp.login.factors import REGISTRY
 
 ACR_PASSWORD = "urn:idp:acr:pwd"
 ACR_MFA = "urn:idp:acr:mfa"
@@ -19,16 +22,15 @@ ACR_PHISHING_RESISTANT = "urn:idp:acr:phr"
 # Ordered weakest first: a request for a level is met by that level or any stronger one.
 LEVELS = (ACR_PASSWORD, ACR_MFA, ACR_PHISHING_RESISTANT)
 
-POSSESSION = frozenset({"otp", "sms", "hwk", "swk", "recovery_code"})
-WEBAUTHN = frozenset({"hwk", "swk"})
 
 
 def complete_amr(amr: Iterable[str]) -> list[str]:
-    """``amr`` with "mfa" added when the methods are two factors: knowledge + possession, or a verified key."""
+    """``amr`` with "mfa" added when the methods are two factors: a password and a factor that counts toward MFA,
+    or a phishing-resistant factor with user verification."""
     methods = list(dict.fromkeys(amr))
     present = set(methods)
-    if "mfa" not in present and (("pwd" in present and present & POSSESSION) or
-                                 (present & WEBAUTHN and "user" in present)):
+    if "mfa" not in present and (("pwd" in present and present & REGISTRY.mfa_amr()) or
+                                 (present & REGISTRY.phishing_resistant_amr() and "user" in present)):
         methods.append("mfa")
     return methods
 
@@ -36,7 +38,7 @@ def complete_amr(amr: Iterable[str]) -> list[str]:
 def acr_for(amr: Iterable[str]) -> str:
     """The strongest level that the methods in ``amr`` reach ("" when nothing was verified)."""
     methods = set(complete_amr(amr))
-    if methods & WEBAUTHN and "user" in methods:
+    if methods & REGISTRY.phishing_resistant_amr() and "user" in methods:
         return ACR_PHISHING_RESISTANT
     if "mfa" in methods:
         return ACR_MFA

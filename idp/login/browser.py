@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import wraps
+from typing import Any
 from urllib.parse import urlsplit
 
 from flask import current_app, g, redirect, request, session, url_for
+from werkzeug.wrappers import Response
 
 from idp import audit
-from idp.extensions import limiter
+from idp.extensions import db, limiter
 from idp.http import external_url, session_cookie_name
-from idp.login import sessions
-from idp.login.steps import StepContext
+from idp.login import sessions, transaction
+from idp.login.context import StepContext
 from idp.login.throttle import Throttle, account_key
-from idp.models import LoginSession, LoginTransaction, User, utcnow
+from idp.models import LoginSession, LoginTransaction, TransactionState, User, utcnow
 from idp.security.tokens import new_token
 
 
@@ -92,3 +95,22 @@ def step_context(txn: LoginTransaction) -> StepContext:
 def device_cookie_name() -> str:
     """``__Host-`` prefixed in production, like the session cookie."""
     return "__Host-idp_device" if current_app.config["IDP_ENV"] == "production" else "idp_device"
+
+
+def begin_transaction(*, reasons: Iterable[str], return_to: str, user: User | None = None,
+                      tid_param: str | None = None, **state: Any) -> Response:
+    """Store a login transaction for this browser and send it to the first screen (the sign-in page, the
+    authorization endpoint and the account pages all start one this way).
+
+    ``state`` sets fields of the transaction's TransactionState (client_id, scopes, login_hint, done, amr...).
+    With ``tid_param``, the transaction's id is added to ``return_to`` under that query parameter, so the page it
+    returns to can tell which reasons were answered.
+    """
+    txn = transaction.start(binding=binding(), state=TransactionState(reasons=list(reasons), return_to=return_to,
+                                                                      **state),
+                            now=utcnow(), ttl=current_app.config["IDP_LOGIN_TRANSACTION_TTL"], user=user)
+    if tid_param:
+        separator = "&" if "?" in return_to else "?"
+        transaction.update(txn, return_to=f"{return_to}{separator}{tid_param}={txn.id}")
+    db.session.commit()
+    return redirect(url_for("login.step", tid=txn.id))

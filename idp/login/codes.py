@@ -13,7 +13,7 @@ from idp import audit
 from idp.extensions import limiter
 from idp.jobs import enqueue
 from idp.login import onetime
-from idp.login.steps import Outcome, StepContext
+from idp.login.context import Outcome, StepContext
 from idp.login.throttle import Throttle
 from idp.login.transaction import update
 from idp.models import User
@@ -72,16 +72,17 @@ class CodeDelivery(ABC):
 
     purpose: str
 
-    def sent_key(self) -> str:
-        return f"{self.purpose}_sent_at"
-
     @abstractmethod
     def deliver(self, ctx: StepContext) -> None:
         """Issue and send the code (each step says how)."""
 
+    def sent_at(self, ctx: StepContext) -> float | None:
+        """When this transaction's last code for the step was sent (POSIX time), if ever."""
+        return ctx.state.code_sent_at.get(self.purpose)
+
     def ensure_sent(self, ctx: StepContext) -> str | None:
         """Send the first code for this transaction; returns an error message if it could not be sent."""
-        if ctx.state["context"].get(self.sent_key()):
+        if self.sent_at(ctx):
             return None
         return self._send(ctx)
 
@@ -90,11 +91,11 @@ class CodeDelivery(ABC):
             self.deliver(ctx)
         except SmsRefused as refused:
             return str(refused)
-        update(ctx.txn, context={**ctx.state["context"], self.sent_key(): ctx.now.timestamp()})
+        update(ctx.txn, code_sent_at={**ctx.state.code_sent_at, self.purpose: ctx.now.timestamp()})
         return None
 
     def resend(self, ctx: StepContext) -> str | None:
-        sent_at = ctx.state["context"].get(self.sent_key())
+        sent_at = self.sent_at(ctx)
         cooldown = ctx.config["IDP_RESEND_COOLDOWN"]
         if sent_at is not None and ctx.now.timestamp() - sent_at < cooldown:
             return f"Please wait {int(cooldown - (ctx.now.timestamp() - sent_at)) + 1} seconds before asking again."

@@ -7,7 +7,7 @@ from datetime import timedelta
 from idp import audit
 from idp.extensions import db
 from idp.jobs import enqueue
-from idp.login.steps import StepContext
+from idp.login.context import StepContext
 from idp.models import Device, User
 from idp.security.tokens import new_token, token_hash
 

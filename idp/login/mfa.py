@@ -1,4 +1,4 @@
-"""What a sign-in must prove beyond the password, and which factor to ask for (STYLE.md: the planner's input).
+"""What a sign-in must prove beyond the password, and which factors can prove it (the planner's input).
 
 The required level is the strongest of: the requested `acr_values` (any one of them suffices, so the weakest
 we support), the client's minimum level and MFA setting, an admin's "MFA required" on the user, and the user's
@@ -9,42 +9,15 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func
-
-from idp.extensions import db
-from idp.login.assurance import ACR_MFA, ACR_PASSWORD, ACR_PHISHING_RESISTANT, acr_for, strongest, weakest
-from idp.models import Client, Device, Factor, RecoveryCode, User
-
-# Factor steps, strongest first: the chooser shows them in this order (issue: strongest enrolled first).
-FACTOR_ORDER = ("webauthn", "totp", "sms", "recovery_code", "email_otp")
-# Reasons that are an explicit demand to authenticate now: a remembered device never answers them.
-EXPLICIT_REASONS = frozenset({"acr", "prompt_login", "max_age", "reauth"})
-
-
-def confirmed_factors(user: User) -> list[Factor]:
-    """The user's confirmed factors (an unconfirmed TOTP enrolment does not count)."""
-    return list(db.session.execute(
-        db.select(Factor).where(Factor.user_id == user.id, Factor.confirmed_at.is_not(None)).order_by(Factor.id)
-    ).scalars())
-
-
-def unused_recovery_codes(user: User) -> int:
-    """How many recovery codes the user has left."""
-    return db.session.execute(db.select(func.count(RecoveryCode.id)).where(
-        RecoveryCode.user_id == user.id, RecoveryCode.used_at.is_(None))).scalar_one()
+from idp.login.assurance import ACR_MFA, ACR_PASSWORD, ACR_PHISHING_RESISTANT, acr_for, meets, strongest, weakest
+from idp.login.context import EXPLICIT_REASONS, StepContext, confirmed_factors
+from idp.login.factors import REGISTRY
+from idp.models import Client, Device, TransactionState, User
 
 
 def has_second_factor(user: User) -> bool:
-    """Whether the user enrolled a TOTP app, a phone or a WebAuthn credential."""
+    """Whether the user enrolled a second factor (a confirmed stored credential of any kind)."""
     return bool(confirmed_factors(user))
-
-
-def client_of(context: dict) -> Client | None:
-    """The client a transaction is for (None for a direct sign-in to the account pages)."""
-    client_id = context.get("client_id")
-    if not client_id:
-        return None
-    return db.session.execute(db.select(Client).where(Client.client_id == client_id)).scalar_one_or_none()
 
 
 def client_level(client: Client) -> str:
@@ -52,11 +25,11 @@ def client_level(client: Client) -> str:
     return strongest([client.min_acr or "", ACR_MFA if client.mfa == "required" else ""])
 
 
-def required_level(user: User, context: dict, client: Client | None, enrolled: bool) -> str:
-    """The level this sign-in must reach (``client``: the transaction's, see client_of; ``enrolled``: whether the
-    user has a confirmed second factor)."""
+def required_level(user: User, state: TransactionState, client: Client | None, enrolled: bool) -> str:
+    """The level this sign-in must reach (``client``: the transaction's; ``enrolled``: whether the user has a
+    confirmed second factor)."""
     levels = [ACR_PASSWORD]
-    requested = weakest(context.get("acr_values") or [])
+    requested = weakest(state.acr_values)
     if requested:
         levels.append(requested)
     if client is not None:
@@ -66,14 +39,14 @@ def required_level(user: User, context: dict, client: Client | None, enrolled: b
     return strongest(levels)
 
 
-def remembered_device_counts(reasons: set[str], context: dict, device: Device | None, now: datetime,
+def remembered_device_counts(reasons: set[str], state: TransactionState, device: Device | None, now: datetime,
                              client: Client | None) -> bool:
     """A remembered device stands in for the second factor, unless the request is an explicit step-up."""
     if device is None or device.remembered_until is None or device.remembered_until <= now:
         return False
     if device.revoked_at is not None or reasons & EXPLICIT_REASONS:
         return False
-    if context.get("acr_values"):
+    if state.acr_values:
         return False
     return client is None or client.allow_remembered_device
 
@@ -88,13 +61,42 @@ def reached_level(amr: list[str], remembered: bool) -> str:
     return acr_for(effective_amr(amr, remembered))
 
 
-def usable_steps(user: User, required: str, factors: list[Factor]) -> list[str]:
-    """Factor steps this user can take for the required level, strongest first (``factors``: confirmed ones)."""
-    available = {factor.kind for factor in factors}
-    if required == ACR_PHISHING_RESISTANT:
-        return ["webauthn"] if "webauthn" in available else []
-    if unused_recovery_codes(user):
-        available.add("recovery_code")
-    if user.email_verified:
-        available.add("email_otp")
-    return [name for name in FACTOR_ORDER if name in available]
+def usable_factors(user: User, required: str, confirmed: list) -> list[str]:
+    """Kinds of factor this user can take for the required level, strongest first (``confirmed``: their
+    confirmed stored credentials)."""
+    return [factor.kind for factor in REGISTRY
+            if (factor.phishing_resistant or required != ACR_PHISHING_RESISTANT) and factor.offered(user, confirmed)]
+
+
+def remembered(ctx: StepContext) -> bool:
+    """Whether a remembered device stands in for the second factor in this sign-in."""
+    return ctx.once("remembered", lambda: remembered_device_counts(ctx.reasons, ctx.state, ctx.device(), ctx.now,
+                                                                   ctx.client()))
+
+
+def assess(ctx: StepContext) -> None:
+    """Fill in the context's required level and the factors the user can still take (once the user is known)."""
+    user = ctx.user
+    if user is None or ctx.required_level:
+        return
+    confirmed = ctx.confirmed_factors()
+    ctx.required_level = required_level(user, ctx.state, ctx.client(), bool(confirmed))
+    done = set(ctx.state.done)
+    ctx.choices = [kind for kind in usable_factors(user, ctx.required_level, confirmed) if kind not in done]
+
+
+def needs_factor(ctx: StepContext) -> bool:
+    """Whether a second factor (or a stronger one) must still be verified."""
+    if ctx.user is None:
+        return False
+    assess(ctx)
+    return not meets(reached_level(ctx.proven_amr, remembered(ctx)), ctx.required_level)
+
+
+def chosen_factor(ctx: StepContext) -> str | None:
+    """The factor to ask for: the user's pick, else the strongest usable one that is offered without a pick."""
+    assess(ctx)
+    if ctx.state.factor in ctx.choices:
+        return ctx.state.factor
+    automatic = [kind for kind in ctx.choices if (factor := REGISTRY.get(kind)) is not None and factor.automatic]
+    return automatic[0] if automatic else None

@@ -9,6 +9,7 @@ from idp import audit
 from idp.extensions import db
 from idp.login.assurance import acr_for, complete_amr
 from idp.models import LoginSession, User
+from idp.oidc.server import revoke_for_user
 from idp.security.tokens import new_token, token_hash
 
 # Writing last_seen_at on every request would turn each page view into a write; a minute is precise enough
@@ -77,8 +78,6 @@ def end(session: LoginSession, reason: str, now: datetime) -> None:
 def sign_out_everywhere(user: User, reason: str, now: datetime) -> tuple[int, int]:
     """End every session of ``user`` and revoke every token issued to them (SECURITY.md 6: a password reset,
     disabling the user, an MFA reset); returns (sessions ended, tokens revoked)."""
-    from idp.oidc.server import revoke_for_user
-
     return end_all(user, reason, now), revoke_for_user(user, reason)
 
 

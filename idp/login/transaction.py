@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from idp.extensions import db
-from idp.models import LoginTransaction, User
+from idp.models import LoginTransaction, TransactionState, User
 from idp.security.tokens import new_token, same, token_hash
 
 
-def start(*, binding: str, reasons: Iterable[str], return_to: str, now: datetime, ttl: int,
-          user: User | None = None, context: dict[str, Any] | None = None, done: Iterable[str] = (),
-          amr: Iterable[str] = ()) -> LoginTransaction:
+def start(*, binding: str, state: TransactionState, now: datetime, ttl: int,
+          user: User | None = None) -> LoginTransaction:
     """Store a new transaction: the reasons it exists, where to return, and what is already done."""
-    txn = LoginTransaction(
-        id=new_token(24),
-        binding_hash=token_hash(binding),
-        user=user,
-        created_at=now,
-        expires_at=now + timedelta(seconds=ttl),
-        state={"reasons": list(reasons), "return_to": return_to, "done": list(done), "amr": list(amr),
-               "context": dict(context or {})},
-    )
+    txn = LoginTransaction(id=new_token(24), binding_hash=token_hash(binding), user=user, created_at=now,
+                           expires_at=now + timedelta(seconds=ttl), state=state)
     db.session.add(txn)
     return txn
 
@@ -41,13 +34,13 @@ def load(tid: str, *, binding: str | None, now: datetime) -> LoginTransaction | 
 
 
 def update(txn: LoginTransaction, **changes: Any) -> None:
-    """Change keys of the JSON state (reassigned as a whole so SQLAlchemy notices)."""
-    txn.state = {**txn.state, **changes}
+    """Change fields of the typed state (a new value is assigned, so SQLAlchemy writes it)."""
+    txn.state = replace(txn.state, **changes)
 
 
 def mark_done(txn: LoginTransaction, step: str, amr: Iterable[str]) -> None:
     """Record that ``step`` succeeded and which methods (RFC 8176 values) it proved."""
-    update(txn, done=[*txn.state["done"], step], amr=list(dict.fromkeys([*txn.state["amr"], *amr])))
+    update(txn, done=[*txn.state.done, step], amr=list(dict.fromkeys([*txn.state.amr, *amr])))
 
 
 def load_completed(tid: str | None, *, binding: str | None, now: datetime,
@@ -60,7 +53,7 @@ def load_completed(tid: str | None, *, binding: str | None, now: datetime,
     if not tid or not binding or len(tid) > 64:
         return None
     txn = db.session.get(LoginTransaction, tid)
-    if txn is None or txn.completed_at is None or txn.state.get("used"):
+    if txn is None or txn.completed_at is None or txn.state.used:
         return None
     if (now - txn.completed_at).total_seconds() > within or not same(txn.binding_hash, token_hash(binding)):
         return None

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
-
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
@@ -12,30 +9,13 @@ from idp import audit
 from idp.extensions import db, keep_loaded, limiter
 from idp.http import set_device_cookie, set_session_cookie
 from idp.login import devices, mfa, planner, sessions, transaction
-from idp.login.browser import binding, current_session, rotate_binding, safe_next, step_context
-from idp.login.steps import StepContext
-from idp.models import LoginTransaction, User, utcnow
+from idp.login.browser import begin_transaction, binding, current_session, rotate_binding, safe_next, step_context
+from idp.login.context import Step, StepContext
+from idp.login.factors import REGISTRY
+from idp.models import LoginTransaction, utcnow
 from idp.security.tokens import token_hash
 
 bp = Blueprint("login", __name__, url_prefix="/login")
-
-
-def begin_transaction(*, reasons: Iterable[str], return_to: str, user: User | None = None,
-                      context: dict[str, Any] | None = None, done: Iterable[str] = (),
-                      amr: Iterable[str] = (), tid_param: str | None = None) -> Response:
-    """Store a login transaction for this browser and send it to the first screen (also used by /authorize).
-
-    With ``tid_param``, the transaction's id is added to ``return_to`` under that query parameter, so the page
-    it returns to can tell which reasons were answered.
-    """
-    txn = transaction.start(binding=binding(), reasons=reasons, return_to=return_to, now=utcnow(),
-                            ttl=current_app.config["IDP_LOGIN_TRANSACTION_TTL"], user=user, context=context,
-                            done=done, amr=amr)
-    if tid_param:
-        separator = "&" if "?" in return_to else "?"
-        transaction.update(txn, return_to=f"{return_to}{separator}{tid_param}={txn.id}")
-    db.session.commit()
-    return redirect(url_for("login.step", tid=txn.id))
 
 
 def _forms_limit() -> str:
@@ -48,8 +28,8 @@ def begin():
     return_to = safe_next(request.args.get("next")) or url_for("account.home")
     if current_session() is not None:
         return redirect(return_to)
-    context = {"login_hint": request.args.get("login_hint", "")[:320]}
-    return begin_transaction(reasons=["no_session"], return_to=return_to, context=context)
+    return begin_transaction(reasons=["no_session"], return_to=return_to,
+                             login_hint=request.args.get("login_hint", "")[:320])
 
 
 def _load(tid: str) -> LoginTransaction | None:
@@ -101,7 +81,16 @@ def step(tid: str):
             error = next(iter(e for errors in form.errors.values() for e in errors), "Check the form.")
     variables = current.begin(ctx)
     db.session.commit()
-    return render_template(current.template, form=form, step=current, tid=tid, error=error, **variables)
+    return render_template(current.template, form=form, step=current, tid=tid, error=error,
+                           others=_others(ctx, current), **variables)
+
+
+def _others(ctx: StepContext, current: Step) -> list[tuple[str, str]]:
+    """The chooser under a factor's form: the other factors the user may pick instead, strongest first."""
+    if REGISTRY.get(current.name) is None:
+        return []
+    return [(kind, factor.chooser_label or factor.title) for kind in ctx.choices
+            if kind != current.name and (factor := REGISTRY.get(kind)) is not None]
 
 
 @bp.post("/<tid>/resend")
@@ -127,11 +116,11 @@ def passkey(tid: str):
     if found is None:
         return _expired()
     txn, ctx, current = found
-    if current is None or current.name != "password":
+    if current is not planner.PASSWORD:
         return redirect(url_for("login.step", tid=tid))
-    outcome = current.verify_passkey(ctx, request.form.get("credential", "")[:20000])
+    outcome = planner.PASSWORD.verify_passkey(ctx, request.form.get("credential", "")[:20000])
     if outcome.ok:
-        transaction.mark_done(txn, "password", outcome.amr)
+        transaction.mark_done(txn, planner.PASSWORD.name, outcome.amr)
     else:
         flash(outcome.error)
     db.session.commit()
@@ -145,8 +134,9 @@ def choose(tid: str):
     if txn is None:
         return _expired()
     ctx = step_context(txn)
+    mfa.assess(ctx)
     wanted = request.form.get("factor", "")
-    if wanted in ctx.factor_candidates():
+    if wanted in ctx.choices:
         transaction.update(txn, factor=wanted)
         db.session.commit()
     return redirect(url_for("login.step", tid=tid))
@@ -165,14 +155,15 @@ def cancel(tid: str):
 def _complete(ctx: StepContext) -> Response:
     """Every step passed: record the session (new id), audit, and return where the transaction came from."""
     txn, user = ctx.txn, ctx.txn.user
+    assert user is not None
     previous = current_session()
-    if not txn.state["amr"] and previous is not None and previous.user_id == user.id:
+    if not txn.state.amr and previous is not None and previous.user_id == user.id:
         # Nothing was authenticated (consent only, or a step-up with nothing to add): the session stands as is.
         txn.completed_at = ctx.now
         db.session.commit()
-        return redirect(txn.state["return_to"])
-    fresh = "pwd" in txn.state["amr"] or previous is None or previous.user_id != user.id
-    amr = mfa.effective_amr(txn.state["amr"], ctx.remembered())
+        return redirect(txn.state.return_to)
+    fresh = "pwd" in txn.state.amr or previous is None or previous.user_id != user.id
+    amr = mfa.effective_amr(txn.state.amr, mfa.remembered(ctx))
     live, token = sessions.start(user, amr=amr, now=ctx.now, ip=ctx.ip, user_agent=ctx.user_agent,
                                  previous=previous, fresh_login=fresh)
     txn.completed_at = ctx.now
@@ -181,11 +172,11 @@ def _complete(ctx: StepContext) -> Response:
     txn.binding_hash = token_hash(binding())
     db.session.flush()
     audit.record("login.success", subject=user, amr=live.amr, acr=live.acr, sid=live.sid,
-                 client_id=txn.state["context"].get("client_id"))
-    device_token = devices.seen(user, ctx, remember=bool(txn.state.get("remember_device")))
+                 client_id=txn.state.client_id)
+    device_token = devices.seen(user, ctx, remember=txn.state.remember_device)
     db.session.commit()  # the session, the transaction, the device and their audit rows: all or nothing
     g.login_session = live
-    response = redirect(txn.state["return_to"])
+    response = redirect(txn.state.return_to)
     set_session_cookie(response, token, max_age=current_app.config["IDP_SESSION_MAX_AGE"])
     if device_token:
         set_device_cookie(response, device_token)

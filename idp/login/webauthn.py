@@ -34,7 +34,7 @@ def assertion_options(txn: LoginTransaction, *, user_id: int | None, require_uv:
 def verify_assertion(txn: LoginTransaction, credential_json: str, *, user_id: int | None, require_uv: bool,
                      now) -> tuple[Factor, wa.Asserted]:
     """Check an assertion against the transaction's challenge (consumed either way) and the stored key."""
-    challenge = txn.state.get("webauthn_challenge")
+    challenge = txn.state.webauthn_challenge
     update(txn, webauthn_challenge=None)
     if not challenge:
         raise wa.WebAuthnFailed("no challenge pending")

@@ -19,7 +19,7 @@ class Factor(db.Model):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # totp | sms | webauthn
+    kind: Mapped[str] = mapped_column(String(16))  # the factor's kind: totp | sms | webauthn | ...
     name: Mapped[str] = mapped_column(String(100), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # counts only once confirmed
@@ -38,6 +38,9 @@ class Factor(db.Model):
     transports: Mapped[str] = mapped_column(String(200), default="")
 
     user: Mapped[User] = relationship()
+
+    # Each factor module maps its own subtype of this row (single-table inheritance on ``kind``).
+    __mapper_args__ = {"polymorphic_on": "kind"}
 
 
 class RecoveryCode(db.Model):

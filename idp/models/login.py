@@ -1,5 +1,8 @@
 """Server-side state of signing in: login transactions, login sessions and one-time tokens."""
 
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -7,8 +10,49 @@ from sqlalchemy import JSON, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from idp.extensions import db
-from idp.models.types import UTCDateTime, utcnow
+from idp.models.types import JSONDataclass, UTCDateTime, utcnow
 from idp.models.user import User
+
+
+@dataclass(frozen=True)
+class TransactionState:
+    """What a login transaction remembers between screens. Frozen: a change is a new value
+    (``dataclasses.replace``) assigned to ``LoginTransaction.state``, which SQLAlchemy then writes."""
+
+    reasons: list[str]  # why the user must sign in: no_session, prompt_login, max_age, acr, consent, reauth...
+    return_to: str  # where the browser goes once every step has passed
+    done: list[str] = field(default_factory=list)  # names of the steps that succeeded
+    amr: list[str] = field(default_factory=list)  # methods (RFC 8176) proven in this transaction
+
+    # What the request asked for (fixed when the transaction starts).
+    client_id: str | None = None
+    client_name: str = ""
+    scopes: list[str] = field(default_factory=list)
+    acr_values: list[str] = field(default_factory=list)
+    satisfied: list[str] = field(default_factory=list)  # reasons an earlier transaction of this request answered
+    session_amr: list[str] | None = None  # the session's methods, which a step-up builds on
+    login_hint: str = ""
+    existing_account: str | None = None  # a sign-up for an address that has an account (no enumeration)
+
+    # Progress.
+    factor: str | None = None  # the second factor the user picked in the chooser
+    remember_device: bool = False
+    denied: bool = False  # the user denied consent
+    used: bool = False  # the completed transaction was read back by the page it returned to
+    webauthn_challenge: str | None = None  # for an assertion; single use
+    webauthn_reg_challenge: str | None = None  # for a registration during sign-in; single use
+    enrol_factor_id: int | None = None  # the unconfirmed factor being enrolled during sign-in
+    code_sent_at: dict[str, float] = field(default_factory=dict)  # purpose -> when the last code was sent
+    decoy_attempts: int = 0  # codes typed for a sign-up of an existing address
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TransactionState:
+        """Read a stored state; keys this version does not know are dropped."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
 
 
 class LoginTransaction(db.Model):
@@ -19,7 +63,7 @@ class LoginTransaction(db.Model):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     binding_hash: Mapped[str] = mapped_column(String(64))
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[TransactionState] = mapped_column(JSONDataclass(TransactionState))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -1,8 +1,9 @@
 """Column types shared by the models."""
 
 from datetime import UTC, datetime
+from typing import Any, Protocol
 
-from sqlalchemy import DateTime
+from sqlalchemy import JSON, DateTime
 from sqlalchemy.types import TypeDecorator
 
 
@@ -29,3 +30,30 @@ class UTCDateTime(TypeDecorator):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class JSONRecord(Protocol):
+    """A value that turns into a JSON object and back (a dataclass with to_json / from_json)."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Any: ...
+
+
+class JSONDataclass(TypeDecorator):
+    """A JSON column whose Python value is a typed record: every reader and writer names its fields, and nothing
+    is ever pickled. Assign a new record (``dataclasses.replace``) to change it, so that the change is seen."""
+
+    impl = JSON
+    cache_ok = True
+
+    def __init__(self, record: type[JSONRecord]):
+        super().__init__()
+        self.record = record
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else value.to_json()
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else self.record.from_json(value)

@@ -31,7 +31,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import joinedload
 
 from idp import audit
-from idp.extensions import db
+from idp.extensions import db, limiter
 from idp.models import AuthorizationCode, Client, Token, utcnow
 from idp.oidc import claims as oidc_claims
 from idp.oidc import keys
@@ -383,8 +383,6 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
 
     def validate_jti(self, claims, jti) -> bool:
         """One use per assertion (RFC 7523 3): its jti is remembered in the rate-limit store until it expires."""
-        from idp.extensions import limiter
-
         prefix = current_app.config.get("RATELIMIT_KEY_PREFIX", "idp")
         lifetime = max(int(claims.get("exp", 0)) - int(utcnow().timestamp()), 0) + 120
         key = f"{prefix}:assertion-jti:{token_hash(str(claims.get('sub')) + ':' + str(jti))}"

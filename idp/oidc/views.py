@@ -18,9 +18,8 @@ from idp.extensions import csrf, db, keep_loaded, reads_only
 from idp.http import clear_session_cookie, external_url
 from idp.login import mfa, sessions, transaction
 from idp.login.assurance import LEVELS
-from idp.login.browser import binding, current_session
+from idp.login.browser import begin_transaction, binding, current_session
 from idp.login.forms import ConfirmForm
-from idp.login.views import begin_transaction
 from idp.models import Consent, utcnow
 from idp.oidc import claims as oidc_claims
 from idp.oidc import keys, policy
@@ -197,9 +196,9 @@ def authorize():
     answered = transaction.load_completed(params.get(TXN_PARAM), binding=binding(), now=now)
     satisfied: set[str] = set()
     if answered is not None:
-        satisfied = set(answered.state["reasons"]) | set(answered.state["context"].get("satisfied", []))
+        satisfied = set(answered.state.reasons) | set(answered.state.satisfied)
         db.session.commit()
-        if answered.state.get("denied"):
+        if answered.state.denied:
             return server.create_authorization_response(grant=grant, grant_user=None)
 
     client = grant.client
@@ -225,10 +224,9 @@ def authorize():
         login_hint = (params.get("login_hint") or "")[:320]
         return begin_transaction(
             reasons=reasons, return_to=_return_url(), user=user if keep_user else None, tid_param=TXN_PARAM,
-            context={"client_id": client.client_id, "client_name": client.name, "scopes": scopes,
-                     "login_hint": login_hint or (user.email if user is not None else ""),
-                     "acr_values": req.acr_values, "satisfied": sorted(satisfied),
-                     "session_amr": list(live.amr) if keep_user else None})
+            client_id=client.client_id, client_name=client.name, scopes=scopes,
+            login_hint=login_hint or (user.email if user is not None else ""), acr_values=req.acr_values,
+            satisfied=sorted(satisfied), session_amr=list(live.amr) if keep_user and live is not None else None)
     g.oidc_session = live
     g.oidc_claims_request = claims_request
     return server.create_authorization_response(grant=grant, grant_user=user)

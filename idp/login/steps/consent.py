@@ -9,8 +9,8 @@ from wtforms import SubmitField
 
 from idp import audit
 from idp.extensions import db
+from idp.login.context import Outcome, Step, StepContext
 from idp.login.forms import Form
-from idp.login.steps import Outcome, Step, StepContext, register
 from idp.login.transaction import update
 from idp.models import Consent
 from idp.oidc.claims import SCOPE_DESCRIPTIONS
@@ -23,7 +23,6 @@ class ConsentForm(Form):
     deny = SubmitField("Deny")
 
 
-@register
 class ConsentStep(Step):
     """The last screen before a code is issued to a client that is not first-party."""
 
@@ -31,34 +30,30 @@ class ConsentStep(Step):
     template = "login/consent.html"
     form_class = ConsentForm
     title = "Allow access"
-    order = 90
-
-    def applies(self, ctx: StepContext) -> bool:
-        return "consent" in ctx.reasons and self.name not in ctx.state["done"] and ctx.user is not None
 
     def begin(self, ctx: StepContext) -> dict[str, Any]:
-        scopes = ctx.state["context"].get("scopes", [])
-        return {"client_name": ctx.state["context"].get("client_name", "An application"),
-                "scopes": [(s, SCOPE_DESCRIPTIONS.get(s, s)) for s in scopes]}
+        return {"client_name": ctx.state.client_name or "An application",
+                "scopes": [(s, SCOPE_DESCRIPTIONS.get(s, s)) for s in ctx.state.scopes]}
 
     def verify(self, ctx: StepContext, data: Mapping[str, Any]) -> Outcome:
-        context = ctx.state["context"]
-        client_id = context["client_id"]
+        user = ctx.user
+        client_id = ctx.state.client_id
+        assert user is not None and client_id is not None
         if not data.get("allow"):
             update(ctx.txn, denied=True)
-            audit.record("consent.denied", subject=ctx.user, client_id=client_id, ip=ctx.ip,
+            audit.record("consent.denied", subject=user, client_id=client_id, ip=ctx.ip,
                          user_agent=ctx.user_agent)
             return Outcome(True)
-        scopes = list(context.get("scopes", []))
+        scopes = list(ctx.state.scopes)
         consent = db.session.execute(
-            db.select(Consent).where(Consent.user_id == ctx.user.id, Consent.client_id == client_id)
+            db.select(Consent).where(Consent.user_id == user.id, Consent.client_id == client_id)
         ).scalar_one_or_none()
         if consent is None:
-            consent = Consent(user_id=ctx.user.id, client_id=client_id, scopes=[])
+            consent = Consent(user_id=user.id, client_id=client_id, scopes=[])
             db.session.add(consent)
         granted = scopes if consent.revoked_at is not None else list(dict.fromkeys([*consent.scopes, *scopes]))
         consent.scopes = granted
         consent.revoked_at = None
-        audit.record("consent.granted", subject=ctx.user, client_id=client_id, scopes=granted, ip=ctx.ip,
+        audit.record("consent.granted", subject=user, client_id=client_id, scopes=granted, ip=ctx.ip,
                      user_agent=ctx.user_agent)
         return Outcome(True)

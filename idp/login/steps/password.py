@@ -9,8 +9,8 @@ from idp import audit
 from idp.extensions import db
 from idp.jobs import enqueue
 from idp.login import onetime
+from idp.login.context import FRESH_LOGIN_REASONS, Outcome, Step, StepContext
 from idp.login.forms import SignInForm
-from idp.login.steps import FRESH_LOGIN_REASONS, Outcome, Step, StepContext, register
 from idp.login.throttle import account_key
 from idp.login.webauthn import assertion_options, verify_assertion
 from idp.models import User
@@ -22,23 +22,16 @@ from idp.security.webauthn import WebAuthnFailed, amr_for
 GENERIC_FAILURE = "Incorrect email or password."
 
 
-@register
 class PasswordStep(Step):
-    """Email + password; the step that tells the transaction who the user is."""
+    """Email + password, or a passkey instead of both; the step that tells the transaction who the user is."""
 
     name = "password"
     template = "login/password.html"
     form_class = SignInForm
     title = "Sign in"
-    order = 10
-
-    def applies(self, ctx: StepContext) -> bool:
-        if self.name in ctx.state["done"]:
-            return False
-        return ctx.user is None or bool(ctx.reasons & FRESH_LOGIN_REASONS)
 
     def begin(self, ctx: StepContext) -> dict[str, Any]:
-        hint = ctx.state["context"].get("login_hint") or (ctx.user.email if ctx.user else "")
+        hint = ctx.state.login_hint or (ctx.user.email if ctx.user else "")
         # Passkey sign-in (conditional UI): any discoverable credential may answer, with user verification.
         return {"email": hint, "passkey_options": assertion_options(ctx.txn, user_id=None, require_uv=True)}
 
