@@ -28,6 +28,7 @@ def start_password_reset(email: str, ip: str | None = None, user_agent: str | No
                            secret_key=cfg["IDP_SECRET_KEY"])
     audit.record("password.reset_requested", subject=user, ip=ip, user_agent=user_agent)
     db.session.commit()
+    assert issued.token is not None
     link = external_url("account.reset_password",
                         token=onetime.sign(issued.token, "password_reset", cfg["IDP_SECRET_KEY"]))
     enqueue("send_mail", to=user.email, template="password_reset",

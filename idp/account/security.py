@@ -13,25 +13,18 @@ from werkzeug.wrappers import Response
 
 from idp.extensions import db, limiter
 from idp.login import devices
-from idp.login.browser import begin_transaction, current_session, login_required
+from idp.login.browser import begin_transaction, login_required, signed_in
 from idp.login.context import confirmed_factors
 from idp.login.enrolment import notify_change
 from idp.login.factors import REGISTRY, FactorType
 from idp.login.factors.base import EnrolContext
 from idp.login.forms import ConfirmForm, NameForm
-from idp.models import Device, Factor, LoginSession, utcnow
+from idp.models import Device, Factor, utcnow
 
 bp = Blueprint("security", __name__, url_prefix="/account/security")
 
 # The Flask session key under which an enrolment keeps what its stages pass on (JSON values only).
 PENDING_KEY = "enrol"
-
-
-def _live() -> LoginSession:
-    """The signed-in session (the views below all require one)."""
-    live = current_session()
-    assert live is not None
-    return live
 
 
 def recent_auth_required(view: Callable[..., Any] | None = None, *, after_post: str = "security.index") -> Any:
@@ -42,7 +35,7 @@ def recent_auth_required(view: Callable[..., Any] | None = None, *, after_post: 
 
     @wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        live = _live()
+        live = signed_in()
         max_age = current_app.config["IDP_STEP_UP_MAX_AGE"]
         if utcnow() - live.auth_time > timedelta(seconds=max_age):
             back = request.full_path.rstrip("?") if request.method == "GET" else url_for(after_post)
@@ -54,20 +47,20 @@ def recent_auth_required(view: Callable[..., Any] | None = None, *, after_post: 
 
 def _factor(factor_id: int) -> Factor:
     factor = db.session.get(Factor, factor_id)
-    if factor is None or factor.user_id != _live().user_id:
+    if factor is None or factor.user_id != signed_in().user_id:
         abort(404)
     return factor
 
 
 def _notify(what: str, event: str, **details: Any) -> None:
-    notify_change(_live().user, what, event=event, **details)
+    notify_change(signed_in().user, what, event=event, **details)
 
 
 @bp.get("")
 @login_required
 def index():
     """Your sign-in methods and remembered devices."""
-    user = _live().user
+    user = signed_in().user
     confirmed = confirmed_factors(user)
     sections = [(factor, section) for factor in REGISTRY
                 if (section := factor.section(user, confirmed, current_app.config)) is not None]
@@ -101,7 +94,7 @@ def enrol(slug: str, stage: str | None) -> Response | str:
     entry = next(iter(factor.enrol_stages))
     if factor.enrol_by_post_only and request.method == "GET":
         return redirect(url_for("security.index"))
-    live = _live()
+    live = signed_in()
     saved = session.get(PENDING_KEY)
     pending = dict(saved["data"]) if isinstance(saved, dict) and saved.get("kind") == factor.kind else {}
     pending.setdefault("sid", live.sid)
@@ -132,8 +125,8 @@ def enrol(slug: str, stage: str | None) -> Response | str:
             if result.next_stage:
                 if result.error:
                     flash(result.error)
-                return redirect(url_for("security.enrol", slug=slug, stage=result.next_stage,
-                                        **request.args.to_dict()))
+                values: dict[str, Any] = {**request.args.to_dict(), "slug": slug, "stage": result.next_stage}
+                return redirect(url_for("security.enrol", **values))
             _show_error(form, result.error or "That did not work. Try again.")
         if factor.enrol_by_post_only:
             return redirect(url_for("security.index"))
@@ -193,7 +186,7 @@ def remove_factor(factor_id: int):
 def forget_device(device_id: int):
     """Stop remembering a device: it will ask for the second factor again."""
     device = db.session.get(Device, device_id)
-    live = _live()
+    live = signed_in()
     if device is not None and device.user_id == live.user_id and ConfirmForm().validate_on_submit():
         device.remembered_until = None
         device.revoked_at = utcnow()

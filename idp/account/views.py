@@ -16,8 +16,8 @@ from idp.login.browser import (
     begin_transaction,
     binding,
     current_session,
-    current_user,
     login_required,
+    signed_in,
     throttle,
     unlock_account,
 )
@@ -201,7 +201,7 @@ def _signed_out(event: str, user: User, everywhere: bool = False, **details):
 @login_required
 def home():
     """The account page: profile, password, and the sessions signed in as you."""
-    live = current_session()
+    live = signed_in()
     return render_template("account/home.html", user=live.user, current=live,
                            sessions=sessions.live_sessions(live.user), profile=ProfileForm(name=live.user.name),
                            confirm=ConfirmForm())
@@ -211,7 +211,7 @@ def home():
 @login_required
 def profile():
     """Change the profile fields."""
-    user = current_user()
+    user = signed_in().user
     form = ProfileForm()
     if form.validate_on_submit():
         user.name = form.name.data.strip()
@@ -227,7 +227,7 @@ def profile():
 @login_required
 def end_session(sid: str):
     """End one of your sessions (another browser, or this one)."""
-    live = current_session()
+    live = signed_in()
     target = db.session.execute(
         db.select(LoginSession).where(LoginSession.sid == sid, LoginSession.user_id == live.user_id)
     ).scalar_one_or_none()
@@ -248,7 +248,7 @@ def end_session(sid: str):
 def sign_out_everywhere():
     """Sign out everywhere: every session of yours ends, this one too, and every token issued to you is revoked, so
     that applications must ask you to sign in again (SECURITY.md 6)."""
-    live = current_session()
+    live = signed_in()
     if not ConfirmForm().validate_on_submit():
         return redirect(url_for("account.home"))
     ended, revoked = sessions.sign_out_everywhere(live.user, "signed_out_everywhere", utcnow())
@@ -260,7 +260,7 @@ def sign_out_everywhere():
 @login_required
 def apps():
     """The applications you allowed to access your account, with what they may see."""
-    user = current_user()
+    user = signed_in().user
     rows = db.session.execute(
         db.select(Consent, Client).join(Client, Client.client_id == Consent.client_id)
         .where(Consent.user_id == user.id, Consent.revoked_at.is_(None)).order_by(Consent.updated_at.desc())
@@ -273,7 +273,7 @@ def apps():
 @login_required
 def revoke_app(client_id: str):
     """Withdraw an application's access: the consent ends and every token it holds for you is revoked."""
-    user = current_user()
+    user = signed_in().user
     consent = db.session.execute(db.select(Consent).where(
         Consent.user_id == user.id, Consent.client_id == client_id, Consent.revoked_at.is_(None))
     ).scalar_one_or_none()
@@ -292,7 +292,7 @@ def revoke_app(client_id: str):
 def change_password():
     """Change the password: a recent sign-in and the current password are required, and other sessions end
     (SECURITY.md 20, 27)."""
-    live = current_session()
+    live = signed_in()
     user = live.user
     form = ChangePasswordForm()
     if form.validate_on_submit():

@@ -43,6 +43,14 @@ def current_session() -> LoginSession | None:
     return g.login_session
 
 
+def signed_in() -> LoginSession:
+    """The live sign-in session of a view behind ``login_required`` (which guarantees there is one)."""
+    live = current_session()
+    if live is None:
+        raise RuntimeError("signed_in() outside a login_required view")
+    return live
+
+
 def current_user() -> User | None:
     """The signed-in user, if any."""
     live = current_session()

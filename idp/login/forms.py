@@ -13,7 +13,7 @@ class Form(FlaskForm):
     """Every hosted page's form. It reads form-encoded fields only: Flask-WTF would take a JSON body's members as
     fields, and fails on a body that is not an object of strings. No hosted page is posted JSON."""
 
-    class Meta:
+    class Meta(FlaskForm.Meta):
         def wrap_formdata(self, form, formdata):
             if request.is_json and not request.form and not request.files:
                 return None

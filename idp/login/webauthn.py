@@ -27,7 +27,7 @@ def assertion_options(txn: LoginTransaction, *, user_id: int | None, require_uv:
     """Options for navigator.credentials.get(), with a fresh challenge bound to this transaction."""
     challenge = wa.new_challenge()
     update(txn, webauthn_challenge=challenge)
-    allow = [f.credential_id for f in credentials_of(user_id)] if user_id is not None else []
+    allow = [f.credential_id for f in credentials_of(user_id) if f.credential_id] if user_id is not None else []
     return wa.authentication_options(relying_party(), challenge=challenge, allow=allow, require_uv=require_uv)
 
 

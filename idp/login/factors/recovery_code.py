@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from flask_wtf import FlaskForm
 from sqlalchemy import func
 
 from idp import audit
@@ -51,7 +50,7 @@ class RecoveryCodes(FactorType):
     title = "Recovery code"
     chooser_label = "Recovery code"
     slug = "recovery-codes"
-    enrol_stages: dict[str, tuple[str, type[FlaskForm]]] = {"new": ("account/recovery_codes.html", ConfirmForm)}
+    enrol_stages = {"new": ("account/recovery_codes.html", ConfirmForm)}
     enrol_by_post_only = True
 
     def offered(self, user: User, confirmed: list[Factor]) -> bool:

@@ -40,8 +40,8 @@ class Sms(CodeDelivery, FactorType):
         """The verified phone used most recently (the first one added, if none was used yet)."""
         assert ctx.user is not None
         phones = self.credentials(ctx.user, ctx.confirmed_factors())
-        used = [f for f in phones if f.last_used_at is not None]
-        return max(used, key=lambda f: f.last_used_at) if used else min(phones, key=lambda f: f.id, default=None)
+        used = [(f.last_used_at, f) for f in phones if f.last_used_at is not None]
+        return max(used, key=lambda pair: pair[0])[1] if used else min(phones, key=lambda f: f.id, default=None)
 
     def deliver(self, ctx: StepContext) -> None:
         factor = self._phone(ctx)

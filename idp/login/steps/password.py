@@ -71,6 +71,7 @@ class PasswordStep(Step):
         elif user.locked:
             reason = "locked"
         if reason is None:
+            assert user is not None
             user.failed_logins = 0
             if needs_rehash(user.password_hash):
                 user.password_hash = hash_password(data["password"])
@@ -94,6 +95,7 @@ class PasswordStep(Step):
                          user_agent=ctx.user_agent)
             issued = onetime.issue("unlock", user, now=ctx.now, ttl=ctx.config["IDP_RESET_LINK_TTL"],
                                    secret_key=ctx.config["IDP_SECRET_KEY"])
+            assert issued.token is not None
             link = ctx.url("account.unlock", token=onetime.sign(issued.token, "unlock", ctx.config["IDP_SECRET_KEY"]))
             enqueue("send_mail", to=user.email, template="account_locked", context={"name": user.name, "link": link})
 
