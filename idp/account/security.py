@@ -95,9 +95,12 @@ def enrol(slug: str, stage: str | None) -> Response | str:
     if factor.enrol_by_post_only and request.method == "GET":
         return redirect(url_for("security.index"))
     live = signed_in()
+    # What an earlier stage kept counts only for the same factor in the same sign-in session (a browser shared
+    # by two accounts, or a session that ended, starts the enrolment over).
     saved = session.get(PENDING_KEY)
-    pending = dict(saved["data"]) if isinstance(saved, dict) and saved.get("kind") == factor.kind else {}
-    pending.setdefault("sid", live.sid)
+    same = isinstance(saved, dict) and saved.get("kind") == factor.kind and saved.get("sid") == live.sid
+    pending = dict(saved["data"]) if same else {}
+    pending["sid"] = live.sid
     ec = EnrolContext(user=live.user, now=utcnow(), ip=g.client_ip, user_agent=g.user_agent,
                       config=current_app.config, pending=pending, args=request.args)
     template, form_class = factor.enrol_stages[stage]
@@ -111,7 +114,7 @@ def enrol(slug: str, stage: str | None) -> Response | str:
                                                             else {}))
                 db.session.commit()
                 if result.next_stage:
-                    session[PENDING_KEY] = {"kind": factor.kind, "data": result.pending or ec.pending}
+                    session[PENDING_KEY] = {"kind": factor.kind, "sid": live.sid, "data": result.pending or ec.pending}
                     return redirect(url_for("security.enrol", slug=slug, stage=result.next_stage))
                 session.pop(PENDING_KEY, None)
                 if result.show:
@@ -134,7 +137,7 @@ def enrol(slug: str, stage: str | None) -> Response | str:
     if variables is None:
         return redirect(url_for("security.enrol", slug=slug, stage=entry))
     db.session.commit()
-    session[PENDING_KEY] = {"kind": factor.kind, "data": ec.pending}
+    session[PENDING_KEY] = {"kind": factor.kind, "sid": live.sid, "data": ec.pending}
     return render_template(template, form=form, factor=factor, slug=slug, **variables)
 
 
