@@ -58,14 +58,14 @@ def argon2id_rate(processes: int, seconds: float) -> float:
 
 def measure(processes: list[int], seconds: float) -> dict:
     """Per-second rates of the whole box for each count of busy processes; the limit is the best of them."""
-    from idp.security.passwords import _hasher
+    from idp.security.passwords import current_cost
 
+    cost = current_cost()
     argon2 = {n: argon2id_rate(n, seconds) for n in processes}
     rs256 = {n: _run(_rs256_worker, n, seconds) for n in processes}
     return {
         "seconds": seconds,
-        "argon2id_params": {"time_cost": _hasher.time_cost, "memory_cost_kib": _hasher.memory_cost,
-                            "parallelism": _hasher.parallelism},
+        "argon2id_params": {"time_cost": cost.time, "memory_cost_kib": cost.memory, "parallelism": cost.lanes},
         "argon2id_by_processes": argon2, "rs256_by_processes": rs256,
         "argon2id_per_s": max(argon2.values()), "rs256_sign_per_s": max(rs256.values()),
     }

@@ -24,6 +24,7 @@ from idp.jobs import mail, sms
 from idp.login.views import bp as login_bp
 from idp.oidc.server import create_server
 from idp.oidc.views import bp as oidc_bp
+from idp.security import passwords
 
 # Every background job, by the name it is enqueued under (idp.jobs).
 JOBS = {
@@ -44,6 +45,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     values = settings.load(environ={} if test_config is not None else None, overrides=test_config,
                            instance_path=app.instance_path)
     app.config.update(values)
+    passwords.use_cost(app.config["IDP_PASSWORD_HASH_COST"])
     _flask_settings(app)
 
     db.init_app(app)

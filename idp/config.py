@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from idp.security import network
+from idp.security.passwords import PRODUCTION_COST, Cost
 
 
 class ConfigError(RuntimeError):
@@ -118,6 +119,8 @@ SETTINGS: list[Setting] = [
     Setting("IDP_STEP_UP_MAX_AGE", 600, "Seconds after a sign-in during which factor and security changes "
             "need no new authentication.", int),
     Setting("IDP_WEBAUTHN_RP_ID", "", "WebAuthn relying party ID (default: the issuer's host name)."),
+    Setting("IDP_PASSWORD_HASH_COST", PRODUCTION_COST, "argon2id cost of new password hashes: passes, memory "
+            "in KiB, lanes; production refuses less than RFC 9106's second recommendation (the default).", Cost.parse),
     Setting("IDP_DEMO_PASSWORD", "", "Password given to the demo user by `idp demo` (default: a random one)."),
 ]
 
@@ -179,6 +182,9 @@ def check_production(values: dict[str, Any]) -> None:
         raise ConfigError("IDP_DATABASE_URL must be a PostgreSQL URL in production")
     if not values.get("IDP_REDIS_URL"):
         raise ConfigError("IDP_REDIS_URL must be set in production (jobs and rate limits)")
+    cost = values.get("IDP_PASSWORD_HASH_COST")
+    if not isinstance(cost, Cost) or not cost.at_least(PRODUCTION_COST):
+        raise ConfigError(f"IDP_PASSWORD_HASH_COST must be at least {PRODUCTION_COST} in production")
     if values.get("IDP_MAIL_BACKEND") not in {"smtp", "console"}:
         raise ConfigError("IDP_MAIL_BACKEND must be smtp or console in production")
     if values.get("IDP_SMS_BACKEND") == "twilio" and not (

@@ -33,6 +33,9 @@ def base_config(tmp_path, **extra) -> dict:
         "IDP_QUEUE_NAME": f"idp-test-{run}",
         "RATELIMIT_KEY_PREFIX": f"idp-test-{run}",
         "IDP_JOB_RETRY_INTERVALS": [],
+        # Cheap argon2id: a production hash costs ~100 ms, and the suite hashes thousands of passwords. The tests
+        # about the cost itself (tests/test_config.py, tests/test_security_unit.py) use the production cost.
+        "IDP_PASSWORD_HASH_COST": "t=1,m=64,p=1",
     }
     config.update(extra)
     return config

@@ -13,6 +13,7 @@ from idp import ROOT, config, create_app
 from idp.config import SETTINGS, ConfigError, env_example
 
 GOOD_SECRET = "s" * 32
+SECRETLESS_TEST_COST = "t=1,m=64,p=1"  # what tests/conftest.py sets
 PRODUCTION = {
     "IDP_ENV": "production",
     "IDP_SECRET_KEY": GOOD_SECRET,
@@ -193,3 +194,35 @@ def test_security_ceilings_hold_whatever_the_setting_says(tmp_path, name, ceilin
     values = config.load(environ={name: str(ceiling * 10)}, instance_path=str(tmp_path))
     assert values[name] == ceiling
     assert config.load(environ={name: str(ceiling - 1)}, instance_path=str(tmp_path))[name] == ceiling - 1
+
+
+def test_production_hashes_passwords_at_the_rfc_9106_cost_and_refuses_less(tmp_path):
+    from idp.security import passwords
+
+    assert passwords.PRODUCTION_COST == passwords.Cost(time=3, memory=65536, lanes=4)  # RFC 9106 4, 2nd option
+    create_app(dict(PRODUCTION))  # builds without reaching its database or Redis
+    try:
+        assert passwords.current_cost() == passwords.PRODUCTION_COST
+        assert passwords.hash_password("a production password").startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+    finally:
+        passwords.use_cost(passwords.Cost.parse(SECRETLESS_TEST_COST))
+    assert _refusal(tmp_path, IDP_PASSWORD_HASH_COST="t=2,m=65536,p=4").startswith(
+        "IDP_PASSWORD_HASH_COST must be at least t=3,m=65536,p=4 in production")
+    assert _refusal(tmp_path, IDP_PASSWORD_HASH_COST="t=3,m=19456,p=4").startswith("IDP_PASSWORD_HASH_COST")
+    stronger = config.load(environ={**PRODUCTION, "IDP_PASSWORD_HASH_COST": "t=4,m=131072,p=4"},
+                           instance_path=str(tmp_path))
+    assert stronger["IDP_PASSWORD_HASH_COST"] == passwords.Cost(4, 131072, 4)
+
+
+def test_tests_hash_cheaply_and_the_development_default_is_the_production_cost(app, tmp_path):
+    from idp.security import passwords
+
+    assert passwords.current_cost() == passwords.Cost.parse(SECRETLESS_TEST_COST)
+    development = config.load(environ={"IDP_ENV": "development"}, instance_path=str(tmp_path))
+    assert development["IDP_PASSWORD_HASH_COST"] == passwords.PRODUCTION_COST
+
+
+@pytest.mark.parametrize("value", ["t=3,m=65536", "t=0,m=64,p=1", "t=1,m=7,p=1", "t=1,m=64,p=1;rm"])
+def test_a_malformed_hash_cost_is_refused_in_one_line(tmp_path, value):
+    with pytest.raises(ConfigError, match="^IDP_PASSWORD_HASH_COST: "):
+        config.load(environ={"IDP_ENV": "development", "IDP_PASSWORD_HASH_COST": value}, instance_path=str(tmp_path))

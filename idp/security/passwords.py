@@ -2,25 +2,69 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 import gzip
-import hmac
 import re
 import unicodedata
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from argon2.low_level import Type, core, ffi, lib
+
+from idp.security.argon2_lanes import verify_argon2id
 
 MIN_LENGTH = 8
 MIN_LENGTH_SINGLE_FACTOR = 15  # SP 800-63B-4 3.1.1.2: a password that is the only factor is at least 15 long
 MAX_LENGTH = 1024  # at least 64 must be allowed; the cap only bounds hashing work
 
-# argon2-cffi's defaults are the RFC 9106 "second recommended" argon2id parameters (t=3, m=64 MiB, p=4).
-_hasher = PasswordHasher()
+
+@dataclass(frozen=True)
+class Cost:
+    """argon2id's cost: passes over memory, memory in KiB, and lanes."""
+
+    time: int
+    memory: int
+    lanes: int
+
+    @classmethod
+    def parse(cls, text: str) -> Cost:
+        """``t=3,m=65536,p=4`` (the PHC string's spelling) -> Cost; raises ValueError."""
+        match = re.fullmatch(r"\s*t=(\d{1,3}),\s*m=(\d{1,8}),\s*p=(\d{1,2})\s*", text or "")
+        if match is None:
+            raise ValueError(f"not an argon2id cost like t=3,m=65536,p=4: {text!r}")
+        cost = cls(*(int(group) for group in match.groups()))
+        if cost.time < 1 or cost.lanes < 1 or cost.memory < 8 * cost.lanes:
+            raise ValueError(f"out of argon2's range: {text!r}")
+        return cost
+
+    def at_least(self, other: Cost) -> bool:
+        """Whether every part of this cost is at least ``other``'s."""
+        return self.time >= other.time and self.memory >= other.memory and self.lanes >= other.lanes
+
+    def __str__(self) -> str:
+        return f"t={self.time},m={self.memory},p={self.lanes}"
+
+
+# RFC 9106 4's second recommended option (argon2-cffi's defaults): what production hashes with at least. Tests
+# hash with a cheap cost (IDP_PASSWORD_HASH_COST), except those about the cost itself.
+PRODUCTION_COST = Cost(time=3, memory=65536, lanes=4)
+
+_hasher = PasswordHasher(time_cost=PRODUCTION_COST.time, memory_cost=PRODUCTION_COST.memory,
+                         parallelism=PRODUCTION_COST.lanes)
+
+
+def use_cost(cost: Cost) -> None:
+    """Hash new passwords (and the unknown-user dummy) at ``cost``; create_app calls it with the app's setting."""
+    global _hasher
+    if (_hasher.time_cost, _hasher.memory_cost, _hasher.parallelism) != (cost.time, cost.memory, cost.lanes):
+        _hasher = PasswordHasher(time_cost=cost.time, memory_cost=cost.memory, parallelism=cost.lanes)
+
+
+def current_cost() -> Cost:
+    """The cost new hashes are made with."""
+    return Cost(_hasher.time_cost, _hasher.memory_cost, _hasher.parallelism)
 
 
 def hash_password(password: str) -> str:
@@ -28,62 +72,22 @@ def hash_password(password: str) -> str:
     return _hasher.hash(_normalize(password))
 
 
-# The encoded form argon2 writes (PHC string format): variant, version, cost, then salt and digest in unpadded
-# standard base64. Only the canonical spelling is verified below (ASCII digits without leading zeros, base64 that
-# encodes back to itself); any other spelling never matches, as with argon2-cffi, whose C decoder refuses it too.
-_NUMBER = r"(?:0|[1-9][0-9]{0,9})"
-_ARGON2ID = re.compile(rf"\$argon2id\$v=(?P<v>{_NUMBER})\$m=(?P<m>{_NUMBER}),t=(?P<t>{_NUMBER}),p=(?P<p>{_NUMBER})"
-                       r"\$(?P<salt>[A-Za-z0-9+/]+)\$(?P<digest>[A-Za-z0-9+/]+)")
-# How many threads compute the lanes of a hash. The thread count is not an input of argon2 (RFC 9106 3.1: p is how
-# many lanes *can* run in parallel), so any count gives the same digest. argon2-cffi starts one thread per lane,
-# and the threads wait for each other at the 12 synchronisation points of a t=3 hash. gunicorn already runs one
-# worker per core: under load those waits left cores idle and cost CPU. One thread per hash gave about 9% more
-# sign-ins per second on the bench's 2-core box. A lone hash is slower this way (135 ms instead of 90 ms there).
-VERIFY_THREADS = 1
-
-
 def verify_password(password_hash: str | None, password: str) -> bool:
     """Whether ``password`` matches; a missing or malformed hash never matches and costs the same work."""
     # bool(), not `is not None`: an empty stored hash must not match the dummy hash's own password.
-    return _verify(password_hash or _dummy_hash(), _normalize(password)) and bool(password_hash)
+    return _verify(password_hash or _dummy_hash(current_cost()), _normalize(password)) and bool(password_hash)
 
 
 def _verify(encoded: str, password: str) -> bool:
-    """argon2id verification with the lanes on VERIFY_THREADS threads; any other encoded hash goes to argon2-cffi.
+    """argon2id through idp.security.argon2_lanes (lanes on one thread); any other encoded hash through argon2-cffi.
 
     Unknown users go through here too, with the dummy hash, so both cost the same (ASVS V6.3.8).
     """
-    match = _ARGON2ID.fullmatch(encoded)
     try:
-        if match is None:
-            return _hasher.verify(encoded, password)
-        return _verify_argon2id(match, password.encode())
+        matched = verify_argon2id(encoded, password.encode())
+        return _hasher.verify(encoded, password) if matched is None else matched
     except (VerifyMismatchError, VerificationError, InvalidHashError, binascii.Error, OverflowError, UnicodeError):
         return False
-
-
-def _verify_argon2id(match: re.Match, secret: bytes) -> bool:
-    """argon2's own argon2_ctx on the encoded hash's parameters, then a constant-time comparison of the digests."""
-    salt, digest = _b64(match["salt"]), _b64(match["digest"])
-    out = ffi.new("uint8_t[]", len(digest))
-    pwd, salt_buf = ffi.new("uint8_t[]", secret), ffi.new("uint8_t[]", salt)
-    context = ffi.new("argon2_context *", {  # a field out of its C type's range raises OverflowError
-        "out": out, "outlen": len(digest), "pwd": pwd, "pwdlen": len(secret), "salt": salt_buf,
-        "saltlen": len(salt), "secret": ffi.NULL, "secretlen": 0, "ad": ffi.NULL, "adlen": 0,
-        "t_cost": int(match["t"]), "m_cost": int(match["m"]), "lanes": int(match["p"]), "threads": VERIFY_THREADS,
-        "version": int(match["v"]), "allocate_cbk": ffi.NULL, "free_cbk": ffi.NULL,
-        "flags": lib.ARGON2_DEFAULT_FLAGS,
-    })
-    if core(context, Type.ID.value) != lib.ARGON2_OK:  # parameters out of argon2's range, or no memory
-        return False
-    return hmac.compare_digest(bytes(ffi.buffer(out, len(digest))), digest)
-
-
-def _b64(value: str) -> bytes:
-    raw = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
-    if base64.b64encode(raw).rstrip(b"=").decode() != value:  # unused low bits set: not what argon2 writes
-        raise binascii.Error("not canonical base64")
-    return raw
 
 
 def needs_rehash(password_hash: str) -> bool:
@@ -91,9 +95,10 @@ def needs_rehash(password_hash: str) -> bool:
     return _hasher.check_needs_rehash(password_hash)
 
 
-@lru_cache(maxsize=1)
-def _dummy_hash() -> str:
-    """A hash to verify against when there is no account, so unknown users cost the same time (ASVS V6.3.8)."""
+@lru_cache(maxsize=4)
+def _dummy_hash(cost: Cost) -> str:
+    """A hash to verify against when there is no account, at the cost real hashes have, so unknown users cost the
+    same time (ASVS V6.3.8)."""
     return _hasher.hash("idp-no-such-account-placeholder")
 
 
