@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from idp import config as settings
 from idp.extensions import csrf, db, limiter, migrate, watch_connections
+from idp.http import Request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,6 +24,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True, template_folder=os.path.join(ROOT, "templates"),
                 static_folder=os.path.join(ROOT, "static"))
     os.makedirs(app.instance_path, exist_ok=True)
+    app.request_class = Request
     # Tests pass their settings explicitly and are not influenced by the shell's IDP_* variables or a .env file.
     values = settings.load(environ={} if test_config is not None else None, overrides=test_config,
                            instance_path=app.instance_path)

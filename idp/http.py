@@ -6,6 +6,8 @@ from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from flask import Flask, abort, current_app, g, has_request_context, jsonify, request, url_for
+from flask import Request as FlaskRequest
+from werkzeug.exceptions import BadRequest
 from werkzeug.wrappers import Response
 
 from idp.security.network import client_ip
@@ -19,6 +21,22 @@ def session_cookie_name(app: Flask | None = None) -> str:
     """``__Host-`` prefixed in production, where the cookie is Secure and host-only (ASVS V3.3.1)."""
     app = app or current_app
     return "__Host-idp_session" if app.config["IDP_ENV"] == "production" else "idp_session"
+
+
+class Request(FlaskRequest):
+    """The app's request: a multipart body with a part that names no field is bad input (RFC 7578 4.2: every part
+    has a name), refused as soon as the form is read, before the CSRF check or any view trips over a field whose
+    name is None."""
+
+    def _load_form_data(self) -> None:
+        super()._load_form_data()
+        if None in self.form or None in self.files:
+            # Later readers (the error page included) see an empty form rather than the nameless part.
+            for upload in self.files.values():
+                upload.close()
+            self.form = self.parameter_storage_class()
+            self.files = self.parameter_storage_class()
+            raise BadRequest("Every part of a multipart form must name its field.")
 
 
 def resolve_client(app: Flask) -> None:

@@ -96,3 +96,26 @@ def test_no_route_answers_bad_input_with_a_500(app, make_user, make_client, stat
                 if response.status_code >= 500:
                     failures.append((method, rule, body, response.status_code))
     assert not failures, "\n".join(map(str, failures))
+
+
+NAMELESS_PART = b'--B\r\nContent-Disposition: form-data\r\n\r\nvalue\r\n--B--\r\n'
+NAMELESS_FILE = b'--B\r\nContent-Disposition: form-data; filename="a.txt"\r\n\r\nvalue\r\n--B--\r\n'
+
+
+@pytest.mark.parametrize("body", [NAMELESS_PART, NAMELESS_FILE], ids=["field", "file"])
+def test_a_multipart_part_without_a_name_is_bad_input_everywhere(app, body):
+    """RFC 7578 4.2: every part names its field; one that does not is a 400 in the caller's form, at every route."""
+    client = app.test_client()
+    failures = []
+    for rule, method in _routes(app):
+        if method == "GET":
+            continue
+        response = client.open(_path(rule, "x", None), method=method, data=body,
+                               content_type="multipart/form-data; boundary=B")
+        if response.status_code >= 500:
+            failures.append((method, rule, response.status_code))
+    assert not failures, "\n".join(map(str, failures))
+    page = client.post("/login", data=body, content_type="multipart/form-data; boundary=B")
+    assert page.status_code == 400 and "name its field" in page.get_data(as_text=True)
+    oauth = client.post("/token", data=body, content_type="multipart/form-data; boundary=B")
+    assert oauth.status_code == 400 and oauth.get_json()["error"] == "invalid_request"
