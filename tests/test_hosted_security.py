@@ -544,13 +544,20 @@ def test_x_forwarded_for_is_believed_from_a_trusted_proxy(make_app):
 # --- open redirect --------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("target", ["https://evil.example", "//evil.example", "/\\evil.example",
-                                    "https:evil.example", "/%2F/evil.example"])
+                                    "https:evil.example", "/%2F/evil.example",
+                                    # Browsers read three or more slashes, and a backslash for a slash, as '//'
+                                    "///evil.example", "////evil.example", "\\\\evil.example", "/\\/evil.example",
+                                    "\\/evil.example",
+                                    # ... and drop tabs and line breaks, which a Location header cannot carry anyway
+                                    "/\t/evil.example", "/\r\n/evil.example", "/account\r\nSet-Cookie: a=b",
+                                    "/account\n"])
 def test_next_parameter_never_leaves_the_site(client, make_user, target):
     make_user()
     done = _complete_sign_in(client, "alice@example.com", next_path=quote(target, safe=""))
     assert done.status_code == 302
     location = done.headers["Location"]
     assert location.startswith("/") and not location.startswith("//") and "\\" not in location
+    assert not any(ord(ch) < 0x20 for ch in location)
     assert urlsplit(urljoin("http://localhost/login", location)).netloc == "localhost"
     assert signed_in_email(client) == "alice@example.com"
 
