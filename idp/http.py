@@ -39,12 +39,26 @@ class Request(FlaskRequest):
             raise BadRequest("Every part of a multipart form must name its field.")
 
 
+# Where the address of the connection's peer (the proxy, behind one) is kept once REMOTE_ADDR holds the client's.
+PEER_ADDR = "idp.peer_addr"
+
+
+def client_address() -> str:
+    """The client's address for this request, resolved through IDP_TRUSTED_PROXIES (X-Forwarded-For believed only
+    from them): the key of every rate limit and throttle (SECURITY.md 33). It resolves on first use whichever
+    hook or limit asks first, so no limit can see the proxy's address for the client's."""
+    if "client_ip" not in g:
+        environ = request.environ
+        peer = environ.setdefault(PEER_ADDR, environ.get("REMOTE_ADDR", ""))
+        g.client_ip = client_ip(peer, request.headers.get("X-Forwarded-For"),
+                                current_app.config["IDP_TRUSTED_PROXIES"])
+        environ["REMOTE_ADDR"] = g.client_ip  # what anything else reading the WSGI address sees
+    return g.client_ip
+
+
 def resolve_client(app: Flask) -> None:
     """Before each request: believe X-Forwarded-For only from IDP_TRUSTED_PROXIES, everywhere at once."""
-    remote = request.environ.get("REMOTE_ADDR", "")
-    resolved = client_ip(remote, request.headers.get("X-Forwarded-For"), app.config["IDP_TRUSTED_PROXIES"])
-    request.environ["REMOTE_ADDR"] = resolved  # flask-limiter and the audit log read the same address
-    g.client_ip = resolved
+    client_address()
     g.user_agent = request.headers.get("User-Agent", "")[:512]
 
 

@@ -541,6 +541,37 @@ def test_x_forwarded_for_is_believed_from_a_trusted_proxy(make_app):
     assert [e.ip for e in audit_events(app, "login.failure")] == ["203.0.113.7"]  # the hop the proxy saw
 
 
+# SECURITY.md 33: the form limits (sign-up, forgot, resend) count per client, also behind a trusted proxy.
+FORM_LIMITED = [("/signup", {"email": "new@example.com", "name": "New", "password": PASSWORD}),
+                ("/forgot", {"email": "alice@example.com"}), ("/login/no-such-transaction/resend", {})]
+
+
+def _form_post(client, path: str, fields: dict, forwarded_for: str | None = None):
+    token = csrf_token(client.get("/signup"))
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+    return client.post(path, data={"csrf_token": token, **fields}, headers=headers)
+
+
+@pytest.mark.parametrize(("path", "fields"), FORM_LIMITED, ids=["signup", "forgot", "resend"])
+def test_form_limit_counts_each_client_behind_a_trusted_proxy(make_app, path, fields):
+    app = make_app(IDP_TRUSTED_PROXIES=["127.0.0.1"], IDP_RATELIMIT_FORMS="2/minute")
+    make_user_in(app)
+    first, second = app.test_client(), app.test_client()
+    assert [_form_post(first, path, fields, "198.51.100.1").status_code != 429 for _ in range(2)] == [True, True]
+    assert _form_post(first, path, fields, "198.51.100.1").status_code == 429
+    assert _form_post(second, path, fields, "198.51.100.2").status_code != 429  # another client, same proxy
+
+
+@pytest.mark.parametrize(("path", "fields"), FORM_LIMITED, ids=["signup", "forgot", "resend"])
+def test_form_limit_ignores_x_forwarded_for_from_an_untrusted_sender(make_app, path, fields):
+    app = make_app(IDP_RATELIMIT_FORMS="2/minute")  # no trusted proxy: 127.0.0.1 is the client
+    make_user_in(app)
+    client = app.test_client()
+    for hop in ("198.51.100.1", "198.51.100.2"):
+        assert _form_post(client, path, fields, hop).status_code != 429
+    assert _form_post(client, path, fields, "198.51.100.3").status_code == 429
+
+
 # --- open redirect --------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("target", ["https://evil.example", "//evil.example", "/\\evil.example",
