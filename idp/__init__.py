@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from werkzeug.exceptions import HTTPException
 
 from idp import config as settings
+from idp import logs
 from idp.extensions import csrf, db, limiter, migrate, watch_connections
 from idp.http import Request
 
@@ -70,6 +71,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     register(app)
     logging.getLogger("idp").setLevel(logging.INFO)
+    logs.install()
     return app
 
 
@@ -79,7 +81,8 @@ def _flask_settings(app: Flask) -> None:
     cfg.update(
         SECRET_KEY=cfg["IDP_SECRET_KEY"],
         SQLALCHEMY_DATABASE_URI=cfg["IDP_DATABASE_URL"],
-        SQLALCHEMY_ENGINE_OPTIONS=cfg.get("SQLALCHEMY_ENGINE_OPTIONS", {}),
+        # No SQL parameter (a token hash, an email, a password hash) in an error message or a log (SECURITY.md 30).
+        SQLALCHEMY_ENGINE_OPTIONS={"hide_parameters": True, **cfg.get("SQLALCHEMY_ENGINE_OPTIONS", {})},
         # Flask's own signed cookie carries only the CSRF secret, flash messages and the browser binding.
         SESSION_COOKIE_NAME="__Host-idp_flow" if production else "idp_flow",
         SESSION_COOKIE_SECURE=production,
