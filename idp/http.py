@@ -28,6 +28,18 @@ class Request(FlaskRequest):
     has a name), refused as soon as the form is read, before the CSRF check or any view trips over a field whose
     name is None."""
 
+    def _get_file_stream(self, *args, **kwargs):
+        # werkzeug leaves the file of an upload cut short (a truncated body) open; track each to close it below.
+        stream = super()._get_file_stream(*args, **kwargs)
+        self.__dict__.setdefault("_idp_uploads", []).append(stream)
+        return stream
+
+    def close(self) -> None:
+        """At the end of the request, close every upload file, including those of a body that failed to parse."""
+        super().close()
+        for stream in self.__dict__.pop("_idp_uploads", ()):
+            stream.close()
+
     def _load_form_data(self) -> None:
         super()._load_form_data()
         if None in self.form or None in self.files:
