@@ -51,8 +51,8 @@ def _link_page(title: str, text: str):
 
 
 def _link_token() -> str:
-    """The token of a mailed link, as the link page POSTed it."""
-    return request.form.get("token", "").strip()
+    """The token of a mailed link, as the link page POSTed it (pasted by hand, maybe with the whole link)."""
+    return request.form.get("token", "").strip().rpartition("#")[2]
 
 
 def _link_error():
