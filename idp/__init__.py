@@ -10,6 +10,7 @@ from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 from idp import config as settings
@@ -152,5 +153,9 @@ def _error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc):
-        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        if isinstance(exc, DBAPIError):  # its message may quote values (SECURITY.md 30)
+            app.logger.error("unhandled database error on %s %s: %s", request.method, request.path,
+                             logs.database_error(exc))
+        else:
+            app.logger.exception("unhandled error on %s %s", request.method, request.path)
         return render(500, "Something went wrong", "The error was logged. Please try again.")

@@ -3,13 +3,18 @@
 A request line holds the query string, and some protocol parameters are secrets there (an `id_token_hint` at the
 end-session endpoint, a `code` in a callback URL, a token someone pasted into a query). The werkzeug and gunicorn
 access logs and idp's own error lines go through ``SecretsFilter``, which replaces those values. SQL parameters are
-kept out of error messages by the engine itself (``hide_parameters``, set in ``create_app``).
+kept out of error messages by the engine itself (``hide_parameters``, set in ``create_app``), and a database error
+is logged by ``database_error``, without the server's message, which can quote values (PostgreSQL shows the
+statement with psycopg2's interpolated parameters, and a unique violation the duplicate key).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import traceback
+
+from sqlalchemy.exc import DBAPIError
 
 # Query parameters whose values are secrets (RFC 6749, 7009, 7636, 7662, OIDC Core and RP-Initiated Logout).
 SECRET_PARAMETERS = ("id_token_hint", "logout_hint", "code", "code_verifier", "token", "refresh_token",
@@ -57,3 +62,12 @@ def install() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(existing, SecretsFilter) for existing in logger.filters):
             logger.addFilter(SecretsFilter())
+
+
+def database_error(exc: DBAPIError) -> str:
+    """A database error for the log without any value it could quote: the driver's error class, the SQLSTATE, the
+    statement (its parameters are placeholders) and where it was raised."""
+    orig = exc.orig
+    code = getattr(orig, "pgcode", None) or getattr(orig, "sqlite_errorname", None) or "-"
+    where = "".join(traceback.format_tb(exc.__traceback__))
+    return f"{type(orig).__name__} (SQLSTATE {code}) on: {exc.statement}\n{where}"
