@@ -986,6 +986,12 @@ def test_an_overlong_parameter_from_an_unknown_client_gets_the_error_page(client
     assert_error_page(client.get(authorize_url("no-such-client", nonce="n" * 600)))
 
 
+def test_a_long_registered_redirect_uri_is_not_refused_for_its_length(client, make_client):
+    long_uri = "https://rp.example/cb?" + "x" * 2100
+    client_id, _ = make_client(first_party=True, redirect_uris=[long_uri])
+    assert_goes_to_login(client.get(authorize_url(client_id, redirect_uri=long_uri)))
+
+
 def test_parameters_at_their_limit_carry_through_to_the_id_token(client, alice, conf):
     nonce = "n" * 512
     body = tokens(client, *conf, nonce=nonce, state="s" * 2048)

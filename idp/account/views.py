@@ -40,7 +40,7 @@ def _link_row(purpose: str, token: str, ttl_setting: str):
 
 # Mailed links (verification, reset, unlock) carry their token in the URL fragment, which a browser never sends:
 # the page the link opens has a script (static/js/link.js) that POSTs it in a form, so no token reaches an access
-# log, a proxy or a Referer (SECURITY.md 30). Without script, the same form asks for the token to be pasted.
+# log, a proxy or a Referer (SECURITY.md 30). Without script, the same form asks for the link to be pasted.
 # The earlier links with the token in the path are gone rather than kept: any proxy in front logs them whatever
 # the app does, and an old link only costs the user a new one (they expire within a day).
 

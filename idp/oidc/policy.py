@@ -148,11 +148,15 @@ PARAMETER_LIMITS = {
 }
 # Any other parameter (idp reads none, but it travels in the transaction's return address too).
 OTHER_PARAMETER_LIMIT = 2048
+# Matched against the client's registration before these limits apply: whatever was registered is fine.
+REGISTERED_PARAMETERS = frozenset({"client_id", "redirect_uri"})
 
 
 def oversized_parameter(params: Mapping[str, list[str]]) -> str | None:
     """The name of the first parameter (each name with its list of values) with a value longer than it may be."""
     for name, values in params.items():
+        if name in REGISTERED_PARAMETERS:
+            continue
         limit = PARAMETER_LIMITS.get(name, OTHER_PARAMETER_LIMIT)
         if any(len(value) > limit for value in values):
             return name
