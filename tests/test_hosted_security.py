@@ -496,6 +496,23 @@ def test_ip_throttle_counts_failures_across_accounts(make_app):
     assert signed_in_email(elsewhere) == "alice@example.com"
 
 
+def test_ip_throttle_counts_each_client_behind_a_trusted_proxy(make_app):
+    """SECURITY.md 33: the per-IP tier counts the client X-Forwarded-For names, not the proxy in front of it."""
+    app = make_app(IDP_THROTTLE_ACCOUNT="100/minute", IDP_THROTTLE_IP="4/minute", IDP_TRUSTED_PROXIES=["127.0.0.1"])
+    make_user_in(app)
+    for n in range(4):
+        guesser = app.test_client()
+        guesser.environ_base["HTTP_X_FORWARDED_FOR"] = "198.51.100.1"
+        assert _error(sign_in(guesser, f"user{n}@example.com", "wrong guess number x")) == GENERIC_FAILURE
+    guesser = app.test_client()
+    guesser.environ_base["HTTP_X_FORWARDED_FOR"] = "198.51.100.1"
+    assert "Try again in" in _error(sign_in(guesser, "alice@example.com", PASSWORD))
+    neighbour = app.test_client()  # behind the same proxy
+    neighbour.environ_base["HTTP_X_FORWARDED_FOR"] = "198.51.100.2"
+    _complete_sign_in(neighbour, "alice@example.com")
+    assert signed_in_email(neighbour) == "alice@example.com"
+
+
 def test_lockout_after_consecutive_failures_and_unlock_by_mailed_link(make_app, smtp_server):
     app = make_app(IDP_LOCKOUT_THRESHOLD=4, IDP_THROTTLE_ACCOUNT="100/minute")
     mailbox = _mailbox(app, smtp_server)
