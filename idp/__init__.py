@@ -11,15 +11,17 @@ from flask_wtf.csrf import CSRFError
 from markupsafe import Markup
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
-from idp import cli, http, jobs
+from idp import cli, http, jobs, logs
 from idp import config as settings
 from idp.account import jobs as account_jobs
 from idp.account.security import bp as security_bp
 from idp.account.views import bp as account_bp
 from idp.dev import bp as dev_bp
 from idp.extensions import csrf, db, limiter, migrate, watch_connections
+from idp.http import Request
 from idp.jobs import mail, sms
 from idp.login.views import bp as login_bp
 from idp.oidc.server import create_server
@@ -41,6 +43,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True, template_folder=os.path.join(ROOT, "templates"),
                 static_folder=os.path.join(ROOT, "static"))
     os.makedirs(app.instance_path, exist_ok=True)
+    app.request_class = Request
     # Tests pass their settings explicitly and are not influenced by the shell's IDP_* variables or a .env file.
     values = settings.load(environ={} if test_config is not None else None, overrides=test_config,
                            instance_path=app.instance_path)
@@ -73,6 +76,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.add_template_filter(json_block, "json_block")
     cli.register(app)
     logging.getLogger("idp").setLevel(logging.INFO)
+    logs.install()
     return app
 
 
@@ -82,7 +86,8 @@ def _flask_settings(app: Flask) -> None:
     cfg.update(
         SECRET_KEY=cfg["IDP_SECRET_KEY"],
         SQLALCHEMY_DATABASE_URI=cfg["IDP_DATABASE_URL"],
-        SQLALCHEMY_ENGINE_OPTIONS=cfg.get("SQLALCHEMY_ENGINE_OPTIONS", {}),
+        # No SQL parameter (a token hash, an email, a password hash) in an error message or a log (SECURITY.md 30).
+        SQLALCHEMY_ENGINE_OPTIONS={"hide_parameters": True, **cfg.get("SQLALCHEMY_ENGINE_OPTIONS", {})},
         # Flask's own signed cookie carries only the CSRF secret, flash messages and the browser binding.
         SESSION_COOKIE_NAME="__Host-idp_flow" if production else "idp_flow",
         SESSION_COOKIE_SECURE=production,
@@ -148,5 +153,9 @@ def _error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc):
-        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        if isinstance(exc, DBAPIError):  # its message may quote values (SECURITY.md 30)
+            app.logger.error("unhandled database error on %s %s: %s", request.method, request.path,
+                             logs.database_error(exc))
+        else:
+            app.logger.exception("unhandled error on %s %s", request.method, request.path)
         return render(500, "Something went wrong", "The error was logged. Please try again.")

@@ -182,7 +182,7 @@ def check_production(values: dict[str, Any]) -> None:
         raise ConfigError("IDP_DATABASE_URL must be a PostgreSQL URL in production")
     if not values.get("IDP_REDIS_URL"):
         raise ConfigError("IDP_REDIS_URL must be set in production (jobs and rate limits)")
-    cost = values.get("IDP_PASSWORD_HASH_COST")
+    cost = values.get("IDP_PASSWORD_HASH_COST", PRODUCTION_COST)
     if not isinstance(cost, Cost) or not cost.at_least(PRODUCTION_COST):
         raise ConfigError(f"IDP_PASSWORD_HASH_COST must be at least {PRODUCTION_COST} in production")
     if values.get("IDP_MAIL_BACKEND") not in {"smtp", "console"}:

@@ -3,12 +3,13 @@
 from functools import wraps
 
 from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf import CSRFProtect
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
+
+from idp.http import client_address
 
 # Stable constraint names so that Alembic migrations are the same on SQLite and PostgreSQL.
 NAMING_CONVENTION = {
@@ -29,8 +30,9 @@ class Base(DeclarativeBase):
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
 csrf = CSRFProtect()
-# The key is the client address after idp.http has resolved X-Forwarded-For against IDP_TRUSTED_PROXIES.
-limiter = Limiter(key_func=get_remote_address)
+# Keyed on the client's address resolved through IDP_TRUSTED_PROXIES by the key function itself (not on
+# REMOTE_ADDR, which still holds the proxy's address when flask-limiter's own before-request check runs first).
+limiter = Limiter(key_func=client_address)
 
 
 def keep_loaded(view):

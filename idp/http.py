@@ -6,6 +6,8 @@ from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from flask import Flask, abort, current_app, g, has_request_context, jsonify, request, url_for
+from flask import Request as FlaskRequest
+from werkzeug.exceptions import BadRequest
 from werkzeug.wrappers import Response
 
 from idp.security.network import client_ip
@@ -21,12 +23,54 @@ def session_cookie_name(app: Flask | None = None) -> str:
     return "__Host-idp_session" if app.config["IDP_ENV"] == "production" else "idp_session"
 
 
+class Request(FlaskRequest):
+    """The app's request: a multipart body with a part that names no field is bad input (RFC 7578 4.2: every part
+    has a name), refused as soon as the form is read, before the CSRF check or any view trips over a field whose
+    name is None."""
+
+    def _get_file_stream(self, *args, **kwargs):
+        # werkzeug leaves the file of an upload cut short (a truncated body) open; track each to close it below.
+        stream = super()._get_file_stream(*args, **kwargs)
+        self.__dict__.setdefault("_idp_uploads", []).append(stream)
+        return stream
+
+    def close(self) -> None:
+        """At the end of the request, close every upload file, including those of a body that failed to parse."""
+        super().close()
+        for stream in self.__dict__.pop("_idp_uploads", ()):
+            stream.close()
+
+    def _load_form_data(self) -> None:
+        super()._load_form_data()
+        if None in self.form or None in self.files:
+            # Later readers (the error page included) see an empty form rather than the nameless part.
+            for upload in self.files.values():
+                upload.close()
+            self.form = self.parameter_storage_class()
+            self.files = self.parameter_storage_class()
+            raise BadRequest("Every part of a multipart form must name its field.")
+
+
+# Where the address of the connection's peer (the proxy, behind one) is kept once REMOTE_ADDR holds the client's.
+PEER_ADDR = "idp.peer_addr"
+
+
+def client_address() -> str:
+    """The client's address for this request, resolved through IDP_TRUSTED_PROXIES (X-Forwarded-For believed only
+    from them): the key of every rate limit and throttle (SECURITY.md 33). It resolves on first use whichever
+    hook or limit asks first, so no limit can see the proxy's address for the client's."""
+    if "client_ip" not in g:
+        environ = request.environ
+        peer = environ.setdefault(PEER_ADDR, environ.get("REMOTE_ADDR", ""))
+        g.client_ip = client_ip(peer, request.headers.get("X-Forwarded-For"),
+                                current_app.config["IDP_TRUSTED_PROXIES"])
+        environ["REMOTE_ADDR"] = g.client_ip  # what anything else reading the WSGI address sees
+    return g.client_ip
+
+
 def resolve_client(app: Flask) -> None:
     """Before each request: believe X-Forwarded-For only from IDP_TRUSTED_PROXIES, everywhere at once."""
-    remote = request.environ.get("REMOTE_ADDR", "")
-    resolved = client_ip(remote, request.headers.get("X-Forwarded-For"), app.config["IDP_TRUSTED_PROXIES"])
-    request.environ["REMOTE_ADDR"] = resolved  # flask-limiter and the audit log read the same address
-    g.client_ip = resolved
+    client_address()
     g.user_agent = request.headers.get("User-Agent", "")[:512]
 
 

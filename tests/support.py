@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import html
 import re
 import socket
 import time
 from email import message_from_bytes, policy
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from aiosmtpd.controller import Controller
 
@@ -107,11 +108,28 @@ def code_in(message: dict) -> str:
 
 
 def link_in(message: dict, marker: str) -> str:
-    """The first link in a mail whose URL contains ``marker``, as a path for the test client."""
+    """The first link in a mail whose URL contains ``marker``, as a path (with its #fragment) for the test client."""
     for url in re.findall(r"https?://\S+", message["text"]):
         if marker in url:
-            return path_of(url)
+            fragment = urlsplit(url).fragment
+            return path_of(url) + (f"#{fragment}" if fragment else "")
     raise AssertionError(f"no {marker} link in the mail")
+
+
+def open_link(client, link: str):
+    """What a browser does with a mailed link: load its page, whose script POSTs the token from the #fragment
+    (static/js/link.js). Returns the answer to that POST (the form the link leads to, or an error page)."""
+    path, _, token = link.partition("#")
+    page = client.get(path)
+    assert page.status_code == 200, page.status_code
+    return client.post(path, data={"csrf_token": csrf_token(page), "token": unquote(token)})
+
+
+def submit_link(client, link: str, page, **fields):
+    """Submit the form that ``open_link`` answered with (it carries the link's token in a hidden field)."""
+    path, _, _ = link.partition("#")
+    token = re.search(r'name="token" value="([^"]*)"', page.get_data(as_text=True)).group(1)
+    return client.post(path, data={"csrf_token": csrf_token(page), "token": html.unescape(token), **fields})
 
 
 def make_user_in(app, *, email="alice@example.com", password=PASSWORD, name="Alice", verified=True, **fields) -> User:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import re
 from datetime import timedelta
 from urllib.parse import quote, urljoin, urlsplit
@@ -26,8 +27,10 @@ from tests.support import (
     follow,
     link_in,
     make_user_in,
+    open_link,
     sign_in,
     signed_in_email,
+    submit_link,
 )
 
 NEEDS_POSTGRES = pytest.mark.skipif(
@@ -107,7 +110,8 @@ def _hosted_pages(client, make_user):
     yield "/login step", step
     yield "/signup", client.get("/signup")
     yield "/forgot", client.get("/forgot")
-    yield "error page", client.get("/reset/not-a-valid-token")
+    yield "error page", client.post("/reset", data={"csrf_token": csrf_token(client.get("/reset")),
+                                                     "token": "not-a-valid-token"})
     yield "expired sign-in", client.get("/login/no-such-transaction")
     yield "404", client.get("/no-such-page")
     _complete_sign_in(client, "alice@example.com")
@@ -347,7 +351,7 @@ def test_forgot_answers_the_same_for_known_and_unknown_addresses(app, mailbox, m
         answers[email] = (response.status_code, _skeleton(response, email))
     assert answers["nobody@example.com"] == answers["alice@example.com"]
     assert answers["alice@example.com"][0] == 200
-    assert link_in(mailbox.last("alice@example.com", "Reset"), "/reset/")
+    assert link_in(mailbox.last("alice@example.com", "Reset"), "/reset#")
     assert not [m for m in mailbox.server.messages if "nobody@example.com" in m["to"]]
 
 
@@ -492,6 +496,23 @@ def test_ip_throttle_counts_failures_across_accounts(make_app):
     assert signed_in_email(elsewhere) == "alice@example.com"
 
 
+def test_ip_throttle_counts_each_client_behind_a_trusted_proxy(make_app):
+    """SECURITY.md 33: the per-IP tier counts the client X-Forwarded-For names, not the proxy in front of it."""
+    app = make_app(IDP_THROTTLE_ACCOUNT="100/minute", IDP_THROTTLE_IP="4/minute", IDP_TRUSTED_PROXIES=["127.0.0.1"])
+    make_user_in(app)
+    for n in range(4):
+        guesser = app.test_client()
+        guesser.environ_base["HTTP_X_FORWARDED_FOR"] = "198.51.100.1"
+        assert _error(sign_in(guesser, f"user{n}@example.com", "wrong guess number x")) == GENERIC_FAILURE
+    guesser = app.test_client()
+    guesser.environ_base["HTTP_X_FORWARDED_FOR"] = "198.51.100.1"
+    assert "Try again in" in _error(sign_in(guesser, "alice@example.com", PASSWORD))
+    neighbour = app.test_client()  # behind the same proxy
+    neighbour.environ_base["HTTP_X_FORWARDED_FOR"] = "198.51.100.2"
+    _complete_sign_in(neighbour, "alice@example.com")
+    assert signed_in_email(neighbour) == "alice@example.com"
+
+
 def test_lockout_after_consecutive_failures_and_unlock_by_mailed_link(make_app, smtp_server):
     app = make_app(IDP_LOCKOUT_THRESHOLD=4, IDP_THROTTLE_ACCOUNT="100/minute")
     mailbox = _mailbox(app, smtp_server)
@@ -505,16 +526,16 @@ def test_lockout_after_consecutive_failures_and_unlock_by_mailed_link(make_app, 
     assert refused.status_code == 200 and _error(refused) == GENERIC_FAILURE  # no "locked" hint
     assert signed_in_email(client) is None
     mail = mailbox.last("alice@example.com", "locked")
-    link = link_in(mail, "/unlock/")
-    confirm = client.get(link)
+    link = link_in(mail, "/unlock#")
+    confirm = open_link(client, link)
     assert confirm.status_code == 200
     with app.app_context():
-        assert db.session.execute(select(User)).scalar_one().locked  # GET alone (a mail scanner) unlocks nothing
-    unlocked = client.post(link, data={"csrf_token": csrf_token(confirm)})
+        assert db.session.execute(select(User)).scalar_one().locked  # opening alone (a mail scanner) unlocks nothing
+    unlocked = submit_link(client, link, confirm, confirm="1")
     assert unlocked.status_code == 302
     _complete_sign_in(client, "alice@example.com")
     assert signed_in_email(client) == "alice@example.com"
-    assert client.get(link).status_code == 400  # the link works once
+    assert open_link(client, link).status_code == 400  # the link works once
     reasons = [e.details["reason"] for e in audit_events(app, "login.failure")]
     assert reasons == ["bad_password"] * 4 + ["locked"]
     assert len(audit_events(app, "account.locked")) == 1
@@ -541,16 +562,95 @@ def test_x_forwarded_for_is_believed_from_a_trusted_proxy(make_app):
     assert [e.ip for e in audit_events(app, "login.failure")] == ["203.0.113.7"]  # the hop the proxy saw
 
 
+# SECURITY.md 30: a mailed link carries its one-time token in the fragment, which no browser sends, so it reaches
+# no access log, proxy or Referer; the page it opens POSTs it (static/js/link.js).
+def test_mailed_links_carry_their_token_in_the_fragment_only(make_app, smtp_server):
+    app = make_app(IDP_LOCKOUT_THRESHOLD=1, IDP_THROTTLE_ACCOUNT="100/minute")
+    mailbox = _mailbox(app, smtp_server)
+    make_user_in(app)
+    client = app.test_client()
+    client.post("/forgot", data={"csrf_token": csrf_token(client.get("/forgot")), "email": "alice@example.com"})
+    client.get(_sign_up(client, email="bob@example.com").headers["Location"])  # the step that mails the link
+    sign_in(app.test_client(), "alice@example.com", "wrong guess number x")
+    mails = {"/reset": mailbox.last("alice@example.com", "Reset"), "/verify-email": mailbox.last("bob@example.com",
+             "Verify"), "/unlock": mailbox.last("alice@example.com", "locked")}
+    for path, mail in mails.items():
+        found = re.findall(r"https?://[^\s\"<>]+", mail["text"] + mail["html"])
+        urls = {html.unescape(url).rstrip(".") for url in found}
+        links = [urlsplit(url) for url in urls if urlsplit(url).path.startswith(path)]
+        assert len(links) == 1, urls  # the same link in the text and the HTML part
+        assert links[0].path == path and links[0].query == "", urls
+        assert len(links[0].fragment) > 40  # the signed token, there only
+        assert all(not urlsplit(url).query for url in urls)
+
+
+def test_an_old_link_with_the_token_in_the_path_is_not_served(client):
+    for path in ("/reset/sometoken", "/verify-email/sometoken", "/unlock/sometoken"):
+        assert client.get(path).status_code == 404
+
+
+def test_the_link_page_works_without_script_when_the_token_is_pasted(app, client, mailbox, make_user):
+    make_user()
+    client.post("/forgot", data={"csrf_token": csrf_token(client.get("/forgot")), "email": "alice@example.com"})
+    link = link_in(mailbox.last("alice@example.com", "Reset"), "/reset#")
+    page = client.get("/reset")
+    text = page.get_data(as_text=True)
+    assert 'name="token"' in text and "js/link.js" in text and "<script>" not in text  # CSP: no inline script
+    pasted = " http://localhost" + link + " "  # the whole link pasted, say
+    form = client.post("/reset", data={"csrf_token": csrf_token(page), "token": pasted})
+    assert form.status_code == 200 and "alice@example.com" in form.get_data(as_text=True)
+    done = submit_link(client, link, form, password=NEW_PASSWORD, confirm=NEW_PASSWORD)
+    assert done.status_code == 302 and done.headers["Location"] == "/login"
+
+
+# SECURITY.md 33: the form limits (sign-up, forgot, resend) count per client, also behind a trusted proxy.
+FORM_LIMITED = [("/signup", {"email": "new@example.com", "name": "New", "password": PASSWORD}),
+                ("/forgot", {"email": "alice@example.com"}), ("/login/no-such-transaction/resend", {})]
+
+
+def _form_post(client, path: str, fields: dict, forwarded_for: str | None = None):
+    token = csrf_token(client.get("/signup"))
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+    return client.post(path, data={"csrf_token": token, **fields}, headers=headers)
+
+
+@pytest.mark.parametrize(("path", "fields"), FORM_LIMITED, ids=["signup", "forgot", "resend"])
+def test_form_limit_counts_each_client_behind_a_trusted_proxy(make_app, path, fields):
+    app = make_app(IDP_TRUSTED_PROXIES=["127.0.0.1"], IDP_RATELIMIT_FORMS="2/minute")
+    make_user_in(app)
+    first, second = app.test_client(), app.test_client()
+    assert [_form_post(first, path, fields, "198.51.100.1").status_code != 429 for _ in range(2)] == [True, True]
+    assert _form_post(first, path, fields, "198.51.100.1").status_code == 429
+    assert _form_post(second, path, fields, "198.51.100.2").status_code != 429  # another client, same proxy
+
+
+@pytest.mark.parametrize(("path", "fields"), FORM_LIMITED, ids=["signup", "forgot", "resend"])
+def test_form_limit_ignores_x_forwarded_for_from_an_untrusted_sender(make_app, path, fields):
+    app = make_app(IDP_RATELIMIT_FORMS="2/minute")  # no trusted proxy: 127.0.0.1 is the client
+    make_user_in(app)
+    client = app.test_client()
+    for hop in ("198.51.100.1", "198.51.100.2"):
+        assert _form_post(client, path, fields, hop).status_code != 429
+    assert _form_post(client, path, fields, "198.51.100.3").status_code == 429
+
+
 # --- open redirect --------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("target", ["https://evil.example", "//evil.example", "/\\evil.example",
-                                    "https:evil.example", "/%2F/evil.example"])
+                                    "https:evil.example", "/%2F/evil.example",
+                                    # Browsers read three or more slashes, and a backslash for a slash, as '//'
+                                    "///evil.example", "////evil.example", "\\\\evil.example", "/\\/evil.example",
+                                    "\\/evil.example",
+                                    # ... and drop tabs and line breaks, which a Location header cannot carry anyway
+                                    "/\t/evil.example", "/\r\n/evil.example", "/account\r\nSet-Cookie: a=b",
+                                    "/account\n"])
 def test_next_parameter_never_leaves_the_site(client, make_user, target):
     make_user()
     done = _complete_sign_in(client, "alice@example.com", next_path=quote(target, safe=""))
     assert done.status_code == 302
     location = done.headers["Location"]
     assert location.startswith("/") and not location.startswith("//") and "\\" not in location
+    assert not any(ord(ch) < 0x20 for ch in location)
     assert urlsplit(urljoin("http://localhost/login", location)).netloc == "localhost"
     assert signed_in_email(client) == "alice@example.com"
 

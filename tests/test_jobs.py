@@ -60,8 +60,8 @@ def test_outbox_backend_writes_one_json_file_per_message(make_app, smtp_server):
     assert {"to", "subject", "text", "html", "sent_at"} <= set(record)
     assert record["to"] == "alice@example.com"
     assert record["subject"] == "Reset your password"
-    assert re.search(r"https?://\S+/reset/\S+", record["text"])
-    assert "/reset/" in record["html"] and "<" in record["html"]
+    assert re.search(r"https?://\S+/reset#\S+", record["text"])
+    assert "/reset#" in record["html"] and "<" in record["html"]
     assert datetime.fromisoformat(record["sent_at"]).tzinfo is not None
     assert smtp_server.messages == []  # nothing went out by SMTP
 
@@ -87,7 +87,7 @@ def test_dev_outbox_lists_messages_and_shows_one_in_development(make_app, smtp_s
     detail = client.get(f"/dev/outbox/{file.stem}")
     assert detail.status_code == 200
     body = detail.get_data(as_text=True)
-    assert "Reset your password" in body and "/reset/" in body
+    assert "Reset your password" in body and "/reset#" in body
     assert client.get("/dev/outbox/no-such-message").status_code == 404
 
 
@@ -137,7 +137,7 @@ def test_with_redis_the_job_is_queued_then_delivered_by_a_worker(app, mailbox, m
     assert queue.count == 1  # the request only enqueued
     assert mailbox.server.messages == []
     message = mailbox.last("alice@example.com", "Reset")  # runs a burst worker first
-    assert link_in(message, "/reset/")
+    assert link_in(message, "/reset#")
     assert queue.count == 0
 
 

@@ -21,7 +21,7 @@ from idp.models import AuditEvent, LoginSession, SigningKey, User, utcnow
 from idp.oidc import keys
 from idp.security.keys import KeyDecryptionError, decrypt_private
 from tests.conftest import SECRET
-from tests.support import PASSWORD, Walk, csrf_token, link_in, signed_in_email, step_name, walk
+from tests.support import PASSWORD, Walk, csrf_token, link_in, open_link, signed_in_email, step_name, submit_link, walk
 from tests.support import audit_events as events
 
 RP = "https://rp.example/cb"
@@ -657,10 +657,10 @@ def test_a_password_reset_revokes_the_users_tokens(app, client, mailbox, alice, 
     other = app.test_client()
     page = other.get("/forgot")
     other.post("/forgot", data={"csrf_token": csrf_token(page), "email": ALICE})
-    link = link_in(mailbox.last(ALICE, "Reset"), "/reset/")
-    form = other.get(link)
+    link = link_in(mailbox.last(ALICE, "Reset"), "/reset#")
+    form = open_link(other, link)
     new = "an entirely new passphrase for alice"
-    assert other.post(link, data={"csrf_token": csrf_token(form), "password": new, "confirm": new}).status_code == 302
+    assert submit_link(other, link, form, password=new, confirm=new).status_code == 302
     assert _refresh_status(client, client_id, secret, tokens) == (400, 401)
 
 

@@ -955,6 +955,50 @@ def test_non_numeric_max_age_with_a_session_is_an_error_redirect(client, alice, 
     assert_error_redirect(client.get(authorize_url(conf[0], max_age="soon")), "invalid_request")
 
 
+# Longer than each parameter may be (idp.oidc.policy.PARAMETER_LIMITS): refused before any page is shown, since
+# a sign-in that ends in a code too big for its row would be lost (SECURITY.md 31, RFC 6749 4.1.2.1).
+OVERLONG = {"nonce": "n" * 513, "code_challenge": "c" * 129, "login_hint": "a" * 310 + "@example.com",
+            "acr_values": "mfa " * 200, "claims": '{"userinfo": {"email": {"essential": true, "x": "' + "y" * 4100
+            + '"}}}', "ui_locales": "en " * 100, "id_token_hint": "e" * 8193, "prompt": "login " * 20,
+            "unknown_extension": "z" * 2049}
+
+
+@pytest.mark.parametrize("name", list(OVERLONG))
+def test_an_overlong_parameter_is_invalid_request_before_any_page(client, conf, name):
+    assert_error_redirect(client.get(authorize_url(conf[0], **{name: OVERLONG[name]})), "invalid_request")
+
+
+def test_an_overlong_nonce_is_invalid_request_for_a_signed_in_user_too(client, alice, conf):
+    authorize(client, conf[0])
+    response = client.get(authorize_url(conf[0], nonce="n" * 600))
+    assert_error_redirect(response, "invalid_request")
+    with client.application.app_context():
+        assert db.session.scalar(db.select(db.func.count()).select_from(AuthorizationCode)) == 1  # the first one
+
+
+def test_an_overlong_state_is_refused_without_being_sent_back(client, conf):
+    params = assert_error_redirect(client.get(authorize_url(conf[0], state="s" * 2049)), "invalid_request",
+                                   state=None)
+    assert "state" not in params
+
+
+def test_an_overlong_parameter_from_an_unknown_client_gets_the_error_page(client, conf):
+    assert_error_page(client.get(authorize_url("no-such-client", nonce="n" * 600)))
+
+
+def test_a_long_registered_redirect_uri_is_not_refused_for_its_length(client, make_client):
+    long_uri = "https://rp.example/cb?" + "x" * 2100
+    client_id, _ = make_client(first_party=True, redirect_uris=[long_uri])
+    assert_goes_to_login(client.get(authorize_url(client_id, redirect_uri=long_uri)))
+
+
+def test_parameters_at_their_limit_carry_through_to_the_id_token(client, alice, conf):
+    nonce = "n" * 512
+    body = tokens(client, *conf, nonce=nonce, state="s" * 2048)
+    assert jwt.decode(body["id_token"], KeySet.import_key_set(client.get("/jwks.json").get_json())).claims[
+        "nonce"] == nonce
+
+
 def test_empty_and_odd_token_requests_never_give_500(client, conf):
     for data in ({}, {"grant_type": ""}, {"grant_type": "authorization_code"},
                  {"grant_type": "refresh_token"}, {"grant_type": "urn:x"}, {"grant_type": "client_credentials",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, flash, g, redirect, render_template, url_for
+from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
 from sqlalchemy.exc import IntegrityError
 
 from idp import audit
@@ -43,6 +43,23 @@ def _link_row(purpose: str, token: str, ttl_setting: str):
     """The live one-time token behind a signed link from a mail, or None."""
     cfg = current_app.config
     return onetime.find_by_link(purpose, token, now=utcnow(), secret_key=cfg["IDP_SECRET_KEY"], ttl=cfg[ttl_setting])
+
+
+# Mailed links (verification, reset, unlock) carry their token in the URL fragment, which a browser never sends:
+# the page the link opens has a script (static/js/link.js) that POSTs it in a form, so no token reaches an access
+# log, a proxy or a Referer (SECURITY.md 30). Without script, the same form asks for the link to be pasted.
+# The earlier links with the token in the path are gone rather than kept: any proxy in front logs them whatever
+# the app does, and an old link only costs the user a new one (they expire within a day).
+
+
+def _link_page(title: str, text: str):
+    """The page a mailed link opens: a form that POSTs the token from the link's fragment back here."""
+    return render_template("account/link.html", form=ConfirmForm(), title=title, text=text)
+
+
+def _link_token() -> str:
+    """The token of a mailed link, as the link page POSTed it (pasted by hand, maybe with the whole link)."""
+    return request.form.get("token", "").strip().rpartition("#")[2]
 
 
 def _link_error():
@@ -90,15 +107,18 @@ def signup():
                              done=["password"], existing_account=email)
 
 
-@bp.route("/verify-email/<token>", methods=["GET", "POST"])
-def verify_email(token: str):
+@bp.route("/verify-email", methods=["GET", "POST"])
+def verify_email():
     """Confirm an address from the link in the verification mail (a button, so mail scanners cannot use it)."""
+    if request.method == "GET":
+        return _link_page("Verify your email", "Open the link from the mail to verify your address.")
+    token = _link_token()
     row = _link_row(VERIFY_PURPOSE, token, "IDP_VERIFY_LINK_TTL")
     if row is None:
         return _link_error()
     form = ConfirmForm()
-    if not form.validate_on_submit():
-        return render_template("account/confirm.html", form=form, title="Verify your email",
+    if "confirm" not in request.form or not form.validate_on_submit():
+        return render_template("account/confirm.html", form=form, title="Verify your email", token=token,
                                text=f"Confirm that {row.email} is your address.", button="Verify email")
     mark_verified(row, utcnow(), ip=g.client_ip, user_agent=g.user_agent, method="link")
     db.session.commit()
@@ -125,16 +145,19 @@ def forgot():
     return render_template("account/forgot_sent.html", email=form.email.data)
 
 
-@bp.route("/reset/<token>", methods=["GET", "POST"])
-def reset_password(token: str):
+@bp.route("/reset", methods=["GET", "POST"])
+def reset_password():
     """Choose a new password from an emailed link; every session of the account ends."""
+    if request.method == "GET":
+        return _link_page("Choose a new password", "Open the link from the mail to choose a new password.")
     now = utcnow()
+    token = _link_token()
     row = _link_row("password_reset", token, "IDP_RESET_LINK_TTL")
     if row is None:
         return _link_error()
     user = row.user
     form = NewPasswordForm()
-    if form.validate_on_submit():
+    if "password" in request.form and form.validate_on_submit():
         problems = password_problems(form.password.data, single_factor=not has_second_factor(user),
                                      context=(user.email.split("@")[0], user.name))
         if not problems:
@@ -153,19 +176,22 @@ def reset_password(token: str):
             flash("Your password was changed. Sign in with the new one.")
             return redirect(url_for("login.begin"))
         form.password.errors = [*form.password.errors, *problems]
-    return render_template("account/reset.html", form=form, email=user.email)
+    return render_template("account/reset.html", form=form, email=user.email, token=token)
 
 
-@bp.route("/unlock/<token>", methods=["GET", "POST"])
-def unlock(token: str):
+@bp.route("/unlock", methods=["GET", "POST"])
+def unlock():
     """Lift a lock from the link mailed when the account was locked."""
+    if request.method == "GET":
+        return _link_page("Unlock your account", "Open the link from the mail to unlock your account.")
     now = utcnow()
+    token = _link_token()
     row = _link_row("unlock", token, "IDP_RESET_LINK_TTL")
     if row is None:
         return _link_error()
     form = ConfirmForm()
-    if not form.validate_on_submit():
-        return render_template("account/confirm.html", form=form, title="Unlock your account",
+    if "confirm" not in request.form or not form.validate_on_submit():
+        return render_template("account/confirm.html", form=form, title="Unlock your account", token=token,
                                text=f"Unlock the account {row.email}.", button="Unlock")
     row.used_at = now
     unlock_account(row.user, "email_link")

@@ -68,8 +68,12 @@ def login_required(view):
 
 
 def safe_next(target: str | None) -> str | None:
-    """Only a same-site path may be a return address (no open redirect): '/x', never '//x' or 'http://x'."""
+    """Only a same-site path may be a return address (no open redirect): '/x', never '//x', '///x', '/\\x' or
+    'http://x'. Control characters are refused too: browsers drop tabs and line breaks from a URL (so '/<tab>/x'
+    is '//x' to them) and a line break cannot go into a Location header at all."""
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return None
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in target):
         return None
     parts = urlsplit(target)
     if parts.scheme or parts.netloc:

@@ -26,7 +26,7 @@ def send_verification(user: User, *, now: datetime, config: Mapping[str, Any], u
     if transaction_id is not None:
         code = onetime.issue(CODE_PURPOSE, user, now=now, ttl=config["IDP_EMAIL_CODE_TTL"],
                              secret_key=secret, link=False, code=True, transaction_id=transaction_id).code
-    link = url("account.verify_email", token=onetime.sign(issued.token, PURPOSE, secret))
+    link = url("account.verify_email", _anchor=onetime.sign(issued.token, PURPOSE, secret))
     enqueue("send_mail", to=user.email, template="verify_email",
             context={"name": user.name, "link": link, "code": code, "code_minutes": code_minutes})
 

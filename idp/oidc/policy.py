@@ -7,7 +7,7 @@ either passes or names a reason for the login flow, and the error `prompt=none` 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -120,3 +120,44 @@ def evaluate(req: Request, now: datetime) -> list[Failure]:
             if failure.reason == "no_session":
                 break
     return failures
+
+
+# --- the request's own size -----------------------------------------------------------------------------------------
+
+# The longest value each authorization request parameter may have. Every parameter is kept while the user signs in
+# (the whole request is the transaction's return address) and some are stored with the code, so an over-long one is
+# refused with invalid_request before any page is shown (RFC 6749 4.1.2.1) instead of failing once the user has
+# signed in. Column sizes in idp/models: nonce String(512), code_challenge String(128) (an S256 challenge is 43),
+# code_challenge_method String(16); login_hint is an email address at most (RFC 5321 4.5.3.1: 320).
+PARAMETER_LIMITS = {
+    "nonce": 512,
+    "code_challenge": 128,
+    "code_challenge_method": 16,
+    "login_hint": 320,
+    "state": 2048,
+    "acr_values": 512,
+    "claims": 4096,
+    "ui_locales": 256,
+    "claims_locales": 256,
+    "id_token_hint": 8192,
+    "scope": 2048,
+    "prompt": 64,
+    "display": 64,
+    "response_mode": 64,
+    "max_age": 10,
+}
+# Any other parameter (idp reads none, but it travels in the transaction's return address too).
+OTHER_PARAMETER_LIMIT = 2048
+# Matched against the client's registration before these limits apply: whatever was registered is fine.
+REGISTERED_PARAMETERS = frozenset({"client_id", "redirect_uri"})
+
+
+def oversized_parameter(params: Mapping[str, list[str]]) -> str | None:
+    """The name of the first parameter (each name with its list of values) with a value longer than it may be."""
+    for name, values in params.items():
+        if name in REGISTERED_PARAMETERS:
+            continue
+        limit = PARAMETER_LIMITS.get(name, OTHER_PARAMETER_LIMIT)
+        if any(len(value) > limit for value in values):
+            return name
+    return None

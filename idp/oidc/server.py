@@ -35,6 +35,7 @@ from idp.extensions import db, limiter
 from idp.models import AuthorizationCode, Client, Token, utcnow
 from idp.oidc import claims as oidc_claims
 from idp.oidc import keys
+from idp.oidc.policy import oversized_parameter
 from idp.security.tokens import new_token, token_hash
 
 ALL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
@@ -231,6 +232,20 @@ class S256CodeChallenge(CodeChallenge):
             return super().validate_code_verifier(grant, result)
         except InvalidRequestError as error:
             raise InvalidGrantError(error.description) from None
+
+
+class ParameterLimits:
+    """Refuse an over-long authorization request parameter with invalid_request, once the client and redirect URI
+    are known good (so it is a redirect, RFC 6749 4.1.2.1) and before the request is acted on (the limits and why:
+    idp.oidc.policy.PARAMETER_LIMITS)."""
+
+    def __call__(self, grant) -> None:
+        grant.register_hook("before_validate_authorization_request_payload", self.validate)
+
+    def validate(self, grant, redirect_uri) -> None:
+        name = oversized_parameter(grant.request.payload.datalist)
+        if name is not None:
+            raise InvalidRequestError(f"'{name}' is too long.", redirect_uri=redirect_uri)
 
 
 class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
@@ -575,7 +590,8 @@ def create_server(app: Flask) -> AuthorizationServer:
     server.register_token_generator("default", generate_token)
     server.register_client_auth_method("client_secret_basic", client_secret_basic)
     server.register_client_auth_method("private_key_jwt", PrivateKeyJWT())
-    server.register_grant(AuthorizationCodeGrant, [OpenIDCode(require_nonce=False), S256CodeChallenge(required=True)])
+    server.register_grant(AuthorizationCodeGrant, [OpenIDCode(require_nonce=False), S256CodeChallenge(required=True),
+                                                    ParameterLimits()])
     server.register_grant(RefreshTokenGrant)
     server.register_grant(ClientCredentialsGrant)
     protector = ResourceProtector()

@@ -131,6 +131,8 @@ AUTHLIB_UNSAYABLE = "Error description contains forbidden characters"
 def _authorize_error(error: OAuth2Error):
     """Errors before the redirect URI is trusted show a page (SECURITY.md 2); later ones redirect with `iss`."""
     db.session.rollback()
+    if error.state is not None and len(error.state) > policy.PARAMETER_LIMITS["state"]:
+        error.state = None  # refused for its length: not sent back either
     if not error.redirect_uri:
         return render_template("error.html", title="This sign-in request is not valid",
                                message=f"{error.error}: {error.description or ''}".strip(": ")), 400

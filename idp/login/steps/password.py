@@ -96,7 +96,7 @@ class PasswordStep(Step):
             issued = onetime.issue("unlock", user, now=ctx.now, ttl=ctx.config["IDP_RESET_LINK_TTL"],
                                    secret_key=ctx.config["IDP_SECRET_KEY"])
             assert issued.token is not None
-            link = ctx.url("account.unlock", token=onetime.sign(issued.token, "unlock", ctx.config["IDP_SECRET_KEY"]))
+            link = ctx.url("account.unlock", _anchor=onetime.sign(issued.token, "unlock", ctx.config["IDP_SECRET_KEY"]))
             enqueue("send_mail", to=user.email, template="account_locked", context={"name": user.name, "link": link})
 
 
