@@ -93,7 +93,10 @@ def verify_email(token: str):
     if not form.validate_on_submit():
         return render_template("account/confirm.html", form=form, title="Verify your email",
                                text=f"Confirm that {row.email} is your address.", button="Verify email")
-    mark_verified(row, utcnow(), ip=g.client_ip, user_agent=g.user_agent, method="link")
+    now = utcnow()
+    if not onetime.use(row, now):  # another request used it in the meantime (SECURITY.md 32)
+        return _link_error()
+    mark_verified(row, now, ip=g.client_ip, user_agent=g.user_agent, method="link")
     db.session.commit()
     pending = db.session.execute(
         db.select(LoginTransaction).where(
@@ -130,6 +133,8 @@ def reset_password(token: str):
     if form.validate_on_submit():
         problems = password_problems(form.password.data, single_factor=not has_second_factor(user),
                                      context=(user.email.split("@")[0], user.name))
+        if not problems and not onetime.use(row, now):  # another request used it in the meantime (SECURITY.md 32)
+            return _link_error()
         if not problems:
             user.password_hash = hash_password(form.password.data)
             user.password_changed_at = now
@@ -137,7 +142,6 @@ def reset_password(token: str):
             user.locked_at = None
             if user.email_verified_at is None and row.email == user.email:
                 user.email_verified_at = now  # the link proved the address
-            row.used_at = now
             ended, revoked = sessions.sign_out_everywhere(user, "password_reset", now)
             audit.record("password.reset", subject=user, sessions_ended=ended, tokens_revoked=revoked)
             db.session.commit()
@@ -160,7 +164,8 @@ def unlock(token: str):
     if not form.validate_on_submit():
         return render_template("account/confirm.html", form=form, title="Unlock your account",
                                text=f"Unlock the account {row.email}.", button="Unlock")
-    row.used_at = now
+    if not onetime.use(row, now):  # another request used it in the meantime (SECURITY.md 32)
+        return _link_error()
     unlock_account(row.user, "email_link")
     db.session.commit()
     flash("Your account is unlocked. Sign in.")

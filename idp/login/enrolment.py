@@ -10,6 +10,7 @@ from flask import current_app
 from idp import audit
 from idp.extensions import db
 from idp.jobs import enqueue
+from idp.login import consume
 from idp.login.steps.recovery_code import recovery_code_hash
 from idp.login.webauthn import credentials_of, relying_party
 from idp.models import Factor, RecoveryCode, User
@@ -37,11 +38,9 @@ def totp_secret(factor: Factor, secret_key: str | None = None) -> str:
 def accept_totp(factor: Factor, code: str, now, secret_key: str | None = None) -> bool:
     """Whether ``code`` is valid for this factor now (one step of drift) and not a replay; records its step."""
     step = totp_step_at(totp_secret(factor, secret_key), code, now, factor.last_step)
-    if step is None:
-        return False
-    factor.last_step = step
-    factor.last_used_at = now
-    return True
+    # The step is recorded by a conditional UPDATE, not by assigning it: two sign-ins that read the same
+    # last_step and submit the same code at once would otherwise both get through (RFC 6238 5.2).
+    return step is not None and consume.totp_step(factor, step, now)
 
 
 def totp_display(factor: Factor, user: User) -> dict:

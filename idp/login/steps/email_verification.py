@@ -95,9 +95,8 @@ def send_verification(user, *, now, config, url, transaction_id=None) -> None:
 
 
 def mark_verified(row, now, *, ip: str, user_agent: str, method: str) -> None:
-    """Mark the address the token was sent to as verified and audit it."""
+    """Mark the address the token was sent to as verified and audit it (the caller has used the token)."""
     user = row.user
-    row.used_at = now
     if user.email == row.email and user.email_verified_at is None:
         user.email_verified_at = now
         audit.record("email.verified", subject=user, method=method, ip=ip, user_agent=user_agent)

@@ -8,7 +8,7 @@ from typing import Any
 from idp import audit
 from idp.extensions import db
 from idp.jobs import enqueue
-from idp.login import onetime
+from idp.login import consume, onetime
 from idp.login.forms import SignInForm
 from idp.login.steps import FRESH_LOGIN_REASONS, Outcome, Step, StepContext, register
 from idp.login.throttle import account_key
@@ -93,11 +93,9 @@ class PasswordStep(Step):
 
     def _count_failure(self, ctx: StepContext, user: User) -> None:
         """Consecutive failures lock the account at the threshold; an emailed link or an admin unlocks it."""
-        user.failed_logins += 1
-        threshold = ctx.config["IDP_LOCKOUT_THRESHOLD"]
-        if user.failed_logins >= threshold and not user.locked:
-            user.locked_at = ctx.now
-            audit.record("account.locked", subject=user, failures=user.failed_logins, ip=ctx.ip,
+        failures = consume.failed_login(user)  # counted in the database: parallel failures all count
+        if failures >= ctx.config["IDP_LOCKOUT_THRESHOLD"] and consume.lock(user, ctx.now):
+            audit.record("account.locked", subject=user, failures=failures, ip=ctx.ip,
                          user_agent=ctx.user_agent)
             issued = onetime.issue("unlock", user, now=ctx.now, ttl=ctx.config["IDP_RESET_LINK_TTL"],
                                    secret_key=ctx.config["IDP_SECRET_KEY"])

@@ -6,12 +6,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from idp import audit
-from idp.extensions import db
 from idp.jobs import enqueue
-from idp.login import mfa
+from idp.login import consume, mfa
 from idp.login.forms import RecoveryCodeForm
 from idp.login.steps import FactorStep, Outcome, Step, StepContext, register
-from idp.models import RecoveryCode
 from idp.security.otp import normalize_recovery_code
 from idp.security.tokens import code_hash
 
@@ -39,14 +37,9 @@ class RecoveryCodeStep(FactorStep, Step):
         if blocked:
             return blocked
         digest = recovery_code_hash(ctx.config["IDP_SECRET_KEY"], ctx.user.id, data.get("code", ""))
-        row = db.session.execute(db.select(RecoveryCode).where(
-            RecoveryCode.user_id == ctx.user.id, RecoveryCode.code_hash == digest,
-            RecoveryCode.used_at.is_(None))).scalar_one_or_none()
-        if row is None:
+        if not consume.recovery_code(ctx.user.id, digest, ctx.now):
             ctx.code_attempt_failed("recovery_code")
             return Outcome(False, "That recovery code is not valid or was already used.")
-        row.used_at = ctx.now
-        db.session.flush()
         left = mfa.unused_recovery_codes(ctx.user)
         audit.record("recovery_code.used", subject=ctx.user, remaining=left, ip=ctx.ip,
                      user_agent=ctx.user_agent)
