@@ -301,7 +301,7 @@ def change_password():
             form.current.errors = [*form.current.errors, f"Too many attempts. Try again in {wait} seconds."]
         elif not verify_password(user.password_hash, form.current.data):
             limiter_.failed("password", keys)
-            audit.record("password.change_failed", subject=user, reason="bad_password")
+            audit.record("password.change_failed", subject=user, reason="bad_password", durable=True)
             db.session.commit()
             form.current.errors = [*form.current.errors, "Your current password is not right."]
         else:
