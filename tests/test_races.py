@@ -15,7 +15,7 @@ import pytest
 
 from idp.extensions import db
 from idp.login import enrolment
-from idp.models import Factor, User, utcnow
+from idp.models import Factor, OneTimeToken, User, utcnow
 from idp.security.otp import totp_code_at
 from tests.conftest import TEST_DATABASE_URL
 from tests.support import (
@@ -239,3 +239,28 @@ def test_parallel_wrong_passwords_all_count_and_lock_the_account_once(make_app, 
         assert user.failed_logins == attempts and user.locked
     assert len(audit_events(app, "account.locked")) == 1
     assert len(mailbox.messages(ALICE)) == 1 and "locked" in mailbox.messages(ALICE)[0]["subject"]
+
+
+def test_parallel_wrong_sms_codes_all_count_and_void_the_code(racing):
+    app = racing
+    with app.app_context():
+        user_id = db.session.execute(db.select(User.id).where(User.email == ALICE)).scalar_one()
+        db.session.add(Factor(user_id=user_id, kind="sms", name="Phone", phone=PHONE, created_at=utcnow(),
+                              confirmed_at=utcnow()))
+        db.session.commit()
+    client_id, _ = make_client_in(app, first_party=True, mfa="required")
+    first = app.test_client()
+    result = walk(first, authorize_url(client_id), stop_at="sms")
+    code = last_sms_code(app)
+    wrong = f"{(int(code) + 1) % 1000000:06d}"
+    page = result.pages[-1]
+    max_attempts = app.config["IDP_CODE_MAX_ATTEMPTS"]
+
+    responses = at_once(max_attempts, lambda _: same_browser(app, first),
+                        lambda http: post_form(http, page, code=wrong))
+    assert won(responses) == 0
+    with app.app_context():
+        row = db.session.execute(db.select(OneTimeToken).where(OneTimeToken.purpose == "sms_login")).scalar_one()
+        assert row.attempts == max_attempts and row.used_at is not None
+    refused = post_form(first, page, code=code)  # the code is void after its last attempt, even the right one
+    assert refused.status_code == 200 and step_name(refused) == "sms"
