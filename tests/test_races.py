@@ -264,3 +264,23 @@ def test_parallel_wrong_sms_codes_all_count_and_void_the_code(racing):
         assert row.attempts == max_attempts and row.used_at is not None
     refused = post_form(first, page, code=code)  # the code is void after its last attempt, even the right one
     assert refused.status_code == 200 and step_name(refused) == "sms"
+
+
+def test_the_link_and_the_code_of_one_verification_mail_at_once_verify_the_address_once(make_app, inbox):
+    app = make_app(**LOOSE)
+    make_user_in(app, verified=False)
+    mailbox = inbox(app)
+    first = app.test_client()
+    result = walk(first, "/login", stop_at="email_verification")
+    message = mailbox.last(ALICE, "Verify")
+    code, link = code_in(message), link_in(message, "/verify-email/")
+    page = result.pages[-1]
+
+    def prepare(i):
+        if i % 2:
+            return same_browser(app, first), page, {"code": code}
+        browser = app.test_client()
+        return browser, browser.get(link), {}
+
+    at_once(6, prepare, lambda prepared: post_form(prepared[0], prepared[1], **prepared[2]))
+    assert len(audit_events(app, "email.verified")) == 1

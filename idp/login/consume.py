@@ -98,3 +98,15 @@ def lock(user: User, now: datetime) -> bool:
     if won:
         set_committed_value(user, "locked_at", now)
     return won
+
+
+def email_verified(user: User, email: str, now: datetime) -> bool:
+    """Mark ``email`` verified if it is still the user's address and not verified yet; True for the one caller that
+    did (the link and the code of the same mail may arrive together: the change is audited once)."""
+    won = db.session.execute(
+        update(_users).where(_users.c.id == user.id, _users.c.email == email, _users.c.email_verified_at.is_(None))
+        .values(email_verified_at=now).returning(_users.c.id)
+    ).first() is not None
+    if won:
+        set_committed_value(user, "email_verified_at", now)
+    return won

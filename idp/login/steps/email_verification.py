@@ -7,7 +7,7 @@ from typing import Any
 
 from idp import audit
 from idp.jobs import enqueue
-from idp.login import onetime
+from idp.login import consume, onetime
 from idp.login.codes import CodeDelivery
 from idp.login.forms import CodeForm
 from idp.login.steps import Outcome, Step, StepContext, register
@@ -98,6 +98,5 @@ def send_verification(user, *, now, config, url, transaction_id=None) -> None:
 def mark_verified(row, now, *, ip: str, user_agent: str, method: str) -> None:
     """Mark the address the token was sent to as verified and audit it (the caller has used the token)."""
     user = row.user
-    if user.email == row.email and user.email_verified_at is None:
-        user.email_verified_at = now
+    if consume.email_verified(user, row.email, now):
         audit.record("email.verified", subject=user, method=method, ip=ip, user_agent=user_agent)
