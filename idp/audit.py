@@ -43,7 +43,7 @@ def record(event: str, *, subject: User | None = None, actor: User | None = None
     ``durable`` is for events that record a refusal or a failure (SECURITY.md 29): the request that refuses often
     rolls its work back, and the row must survive that. It is written in the caller's transaction like any other;
     if that transaction ends without committing, the row is written again in a transaction of its own once the
-    caller's has ended (not before: on SQLite a second writer would wait for the caller's lock, forever).
+    caller's has ended (not before: on SQLite a second writer would wait on the caller's own write lock).
     """
     leaked = _SECRET_KEYS.intersection(details)
     if leaked:
