@@ -49,7 +49,11 @@ def at_once(count: int, prepare, send) -> list:
     barrier = threading.Barrier(count, timeout=60)
 
     def one(i):
-        prepared = prepare(i)
+        try:
+            prepared = prepare(i)
+        except BaseException:
+            barrier.abort()  # the others stop waiting (BrokenBarrierError) instead of timing out
+            raise
         barrier.wait()
         return send(prepared)
 
