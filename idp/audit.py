@@ -7,14 +7,23 @@ from typing import Any
 
 from flask import g, has_request_context
 from sqlalchemy import insert
+from sqlalchemy.event import listens_for
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, SessionTransaction
 
 from idp.extensions import db
 from idp.models import AuditEvent, User
 
 log = logging.getLogger("idp.audit")
 
-# Keys that must never reach an audit row (SECURITY.md 30); a caller that passes one is a bug we want loud.
-_SECRET_KEYS = {"password", "code", "token", "secret", "otp", "seed", "private_key", "client_secret"}
+# Keys that must never reach an audit row (SECURITY.md 30); a caller that passes one is a bug we want loud. The
+# names are those the secrets go by in idp's forms and in the protocols (RFC 6749, 7636, 7523; OIDC Core and
+# RP-Initiated Logout): a value under any of them is the secret itself.
+_SECRET_KEYS = {
+    "password", "new_password", "current_password", "code", "otp", "recovery_code", "code_verifier", "token",
+    "access_token", "refresh_token", "id_token", "id_token_hint", "client_assertion", "secret", "client_secret",
+    "seed", "private_key",
+}
 
 # Rows are only ever appended, and nothing reads one back in the request that wrote it, so they are written as one
 # prepared INSERT in the caller's transaction instead of through the ORM's unit of work (issue 5: on the token
@@ -22,9 +31,20 @@ _SECRET_KEYS = {"password", "code", "token", "secret", "otp", "seed", "private_k
 _APPEND = insert(AuditEvent.__table__)
 
 
+# Rows recorded with durable=True that the caller's transaction has not committed yet, kept in the session's info.
+_UNCOMMITTED = "idp.audit.uncommitted"
+
+
 def record(event: str, *, subject: User | None = None, actor: User | None = None, client_id: str | None = None,
-           ip: str | None = None, user_agent: str | None = None, commit: bool = False, **details: Any) -> None:
-    """Append one event; who/where default to the current request's client (as resolved by idp.http)."""
+           ip: str | None = None, user_agent: str | None = None, commit: bool = False, durable: bool = False,
+           **details: Any) -> None:
+    """Append one event; who/where default to the current request's client (as resolved by idp.http).
+
+    ``durable`` is for events that record a refusal or a failure (SECURITY.md 29): the request that refuses often
+    rolls its work back, and the row must survive that. It is written in the caller's transaction like any other;
+    if that transaction ends without committing, the row is written again in a transaction of its own once the
+    caller's has ended (not before: on SQLite a second writer would wait on the caller's own write lock).
+    """
     leaked = _SECRET_KEYS.intersection(details)
     if leaked:
         raise ValueError(f"audit details may not carry secrets: {sorted(leaked)}")
@@ -32,7 +52,7 @@ def record(event: str, *, subject: User | None = None, actor: User | None = None
         ip = ip if ip is not None else g.get("client_ip")
         user_agent = user_agent if user_agent is not None else g.get("user_agent")
     subject_id = subject.id if subject is not None else None
-    db.session.connection().execute(_APPEND, {  # `at` is the column's default, the time of the INSERT
+    row = {  # `at` is the column's default, the time of the INSERT
         "event": event,
         "actor_id": actor.id if actor is not None else subject_id,
         "subject_id": subject_id,
@@ -41,7 +61,33 @@ def record(event: str, *, subject: User | None = None, actor: User | None = None
         "ip": ip,
         "user_agent": (user_agent or "")[:512] or None,
         "details": details,
-    })
+    }
+    connection = db.session.connection()
+    connection.execute(_APPEND, row)
+    if durable:
+        db.session.info.setdefault(_UNCOMMITTED, []).append((connection.engine, row))
     if commit:
         db.session.commit()
     log.info("%s subject=%s client=%s ip=%s", event, subject_id, client_id, ip)
+
+
+@listens_for(Session, "after_commit")
+def _committed(session: Session) -> None:
+    session.info.pop(_UNCOMMITTED, None)  # the durable rows are in, with the rest of the caller's work
+
+
+@listens_for(Session, "after_transaction_end")
+def _ended(session: Session, transaction: SessionTransaction) -> None:
+    """A transaction ended without commit (rolled back, or closed at the end of the request): its durable rows go in
+    on their own. The caller's connection is released by now, so this waits for no lock of its own."""
+    if transaction.parent is not None or transaction.nested:
+        return
+    pending = session.info.pop(_UNCOMMITTED, None)
+    if not pending:
+        return
+    try:
+        for engine, row in pending:
+            with engine.begin() as connection:
+                connection.execute(_APPEND, row)
+    except SQLAlchemyError:  # the database is gone: say so loudly, but the answer to the user stands
+        log.exception("could not write %d refused-request audit rows", len(pending))

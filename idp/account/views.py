@@ -120,7 +120,10 @@ def verify_email():
     if "confirm" not in request.form or not form.validate_on_submit():
         return render_template("account/confirm.html", form=form, title="Verify your email", token=token,
                                text=f"Confirm that {row.email} is your address.", button="Verify email")
-    mark_verified(row, utcnow(), ip=g.client_ip, user_agent=g.user_agent, method="link")
+    now = utcnow()
+    if not onetime.use(row, now):  # another request used it in the meantime (SECURITY.md 32)
+        return _link_error()
+    mark_verified(row, now, ip=g.client_ip, user_agent=g.user_agent, method="link")
     db.session.commit()
     pending = db.session.execute(
         db.select(LoginTransaction).where(
@@ -160,6 +163,8 @@ def reset_password():
     if "password" in request.form and form.validate_on_submit():
         problems = password_problems(form.password.data, single_factor=not has_second_factor(user),
                                      context=(user.email.split("@")[0], user.name))
+        if not problems and not onetime.use(row, now):  # another request used it in the meantime (SECURITY.md 32)
+            return _link_error()
         if not problems:
             user.password_hash = hash_password(form.password.data)
             user.password_changed_at = now
@@ -167,7 +172,6 @@ def reset_password():
             user.locked_at = None
             if user.email_verified_at is None and row.email == user.email:
                 user.email_verified_at = now  # the link proved the address
-            row.used_at = now
             ended, revoked = sessions.sign_out_everywhere(user, "password_reset", now)
             audit.record("password.reset", subject=user, sessions_ended=ended, tokens_revoked=revoked)
             db.session.commit()
@@ -193,7 +197,8 @@ def unlock():
     if "confirm" not in request.form or not form.validate_on_submit():
         return render_template("account/confirm.html", form=form, title="Unlock your account", token=token,
                                text=f"Unlock the account {row.email}.", button="Unlock")
-    row.used_at = now
+    if not onetime.use(row, now):  # another request used it in the meantime (SECURITY.md 32)
+        return _link_error()
     unlock_account(row.user, "email_link")
     db.session.commit()
     flash("Your account is unlocked. Sign in.")
@@ -329,7 +334,7 @@ def change_password():
             form.current.errors = [*form.current.errors, f"Too many attempts. Try again in {wait} seconds."]
         elif not verify_password(user.password_hash, form.current.data):
             limiter_.failed("password", keys)
-            audit.record("password.change_failed", subject=user, reason="bad_password")
+            audit.record("password.change_failed", subject=user, reason="bad_password", durable=True)
             db.session.commit()
             form.current.errors = [*form.current.errors, "Your current password is not right."]
         else:

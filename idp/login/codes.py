@@ -58,7 +58,7 @@ def send_sms_code(user: User, phone: str, body_for_code, *, purpose: str, ttl: i
     keys = {"number": hashlib.sha256(phone.encode()).hexdigest()[:32], "user": str(user.id), "country": country}
     caps = sms_caps()
     if caps.retry_after("sms", keys):
-        audit.record("sms.capped", subject=user, country=country, ip=ip)
+        audit.record("sms.capped", subject=user, country=country, ip=ip, durable=True)
         raise SmsRefused("Too many text messages were sent. Try another method, or try again tomorrow.")
     caps.failed("sms", keys)  # counts one message against every cap
     issued = onetime.issue(purpose, user, now=utcnow(), ttl=ttl, secret_key=cfg["IDP_SECRET_KEY"],

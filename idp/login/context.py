@@ -120,7 +120,8 @@ class StepContext:
     def code_attempt_failed(self, method: str) -> None:
         """Count a wrong code against the account and the IP, and audit it."""
         self.throttle.failed("otp", self._otp_keys())
-        audit.record("mfa.failure", subject=self.user, method=method, ip=self.ip, user_agent=self.user_agent)
+        audit.record("mfa.failure", subject=self.user, method=method, ip=self.ip, user_agent=self.user_agent,
+                     durable=True)
 
 
 @dataclass

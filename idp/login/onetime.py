@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from idp.extensions import db
+from idp.login import consume
 from idp.models import OneTimeToken, User
 from idp.security.otp import typed_code
 from idp.security.tokens import code_hash, new_code, new_token, same, token_hash
@@ -58,6 +59,11 @@ def sign(token: str, purpose: str, secret_key: str) -> str:
     return URLSafeTimedSerializer(secret_key, salt=f"idp.{purpose}").dumps(token)
 
 
+def use(row: OneTimeToken, now: datetime) -> bool:
+    """Use a link's token (one conditional UPDATE): True for exactly one of the requests that present it."""
+    return consume.token(row, now)
+
+
 def find_by_link(purpose: str, signed: str, *, now: datetime, secret_key: str, ttl: int) -> OneTimeToken | None:
     """The live token behind a signed link, or None if tampered, expired, used or superseded."""
     try:
@@ -90,11 +96,14 @@ def check_code(purpose: str, transaction_id: str, code: str, *, now: datetime, s
         raise CodeRejected("This code has expired. Send a new one.")
     if row.attempts >= max_attempts:
         raise CodeRejected("Too many wrong codes. Send a new one.")
-    row.attempts += 1
-    if not same(row.code_hash, code_hash(secret_key, typed_code(code), f"{purpose}:{transaction_id}")):
-        if row.attempts >= max_attempts:
-            row.used_at = now
-            raise CodeRejected("Too many wrong codes. Send a new one.")
-        raise CodeRejected("That code is not right. Check the latest email and try again.")
-    row.used_at = now
-    return row
+    right = same(row.code_hash, code_hash(secret_key, typed_code(code), f"{purpose}:{transaction_id}"))
+    # One statement counts the attempt and, if the code is right, uses it: of parallel submissions of the right
+    # code exactly one gets it (SECURITY.md 32), and no attempt is lost from the count.
+    attempts = consume.code_attempt(row, right=right, max_attempts=max_attempts, now=now)
+    if attempts is None:  # used, expired or exhausted by another request in the meantime
+        raise CodeRejected("This code has expired. Send a new one.")
+    if right:
+        return row
+    if attempts >= max_attempts:
+        raise CodeRejected("Too many wrong codes. Send a new one.")
+    raise CodeRejected("That code is not right. Check the latest email and try again.")

@@ -8,7 +8,7 @@ from typing import Any
 
 from idp import audit
 from idp.jobs import enqueue
-from idp.login import onetime
+from idp.login import consume, onetime
 from idp.models import OneTimeToken, User
 
 PURPOSE = "verify_email"
@@ -32,9 +32,7 @@ def send_verification(user: User, *, now: datetime, config: Mapping[str, Any], u
 
 
 def mark_verified(row: OneTimeToken, now: datetime, *, ip: str, user_agent: str, method: str) -> None:
-    """Mark the address the token was sent to as verified and audit it."""
+    """Mark the address the token was sent to as verified and audit it (the caller has used the token)."""
     user = row.user
-    row.used_at = now
-    if user.email == row.email and user.email_verified_at is None:
-        user.email_verified_at = now
+    if consume.email_verified(user, row.email, now):
         audit.record("email.verified", subject=user, method=method, ip=ip, user_agent=user_agent)

@@ -50,7 +50,7 @@ def verify_assertion(txn: LoginTransaction, credential_json: str, *, user_id: in
         result = wa.verify_authentication(relying_party(), credential_json, challenge, public_key=factor.public_key,
                                           sign_count=factor.sign_count, require_uv=require_uv)
     except wa.WebAuthnFailed:
-        audit.record("webauthn.failure", subject=factor.user, credential=factor.name)
+        audit.record("webauthn.failure", subject=factor.user, credential=factor.name, durable=True)
         raise
     factor.sign_count = result.new_sign_count
     factor.last_used_at = now

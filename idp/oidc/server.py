@@ -142,7 +142,7 @@ def save_token(token: dict[str, Any], request) -> None:
     })
     event = "token.refreshed" if request.payload.grant_type == "refresh_token" else "token.issued"
     audit.record(event, subject=request.user, client_id=client.client_id, grant_type=request.payload.grant_type,
-                 jti=issued["jti"], scope=scope, refresh_token=bool(issued["refresh"]))
+                 jti=issued["jti"], scope=scope, with_refresh_token=bool(issued["refresh"]))
     db.session.commit()
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import func
 from idp import audit
 from idp.extensions import db
 from idp.jobs import enqueue
+from idp.login import consume
 from idp.login.context import Outcome, StepContext
 from idp.login.factors.base import Action, EnrolContext, Enrolled, FactorType, Section
 from idp.login.forms import ConfirmForm, RecoveryCodeForm
@@ -63,14 +64,9 @@ class RecoveryCodes(FactorType):
         user = ctx.user
         assert user is not None
         digest = recovery_code_hash(ctx.config["IDP_SECRET_KEY"], user.id, data.get("code", ""))
-        row = db.session.execute(db.select(RecoveryCode).where(
-            RecoveryCode.user_id == user.id, RecoveryCode.code_hash == digest,
-            RecoveryCode.used_at.is_(None))).scalar_one_or_none()
-        if row is None:
+        if not consume.recovery_code(user.id, digest, ctx.now):  # one conditional UPDATE: used once, even at once
             ctx.code_attempt_failed(self.kind)
             return Outcome(False, "That recovery code is not valid or was already used.")
-        row.used_at = ctx.now
-        db.session.flush()
         left = unused_recovery_codes(user)
         audit.record("recovery_code.used", subject=user, remaining=left, ip=ctx.ip, user_agent=ctx.user_agent)
         enqueue("send_mail", to=user.email, template="security_notice",

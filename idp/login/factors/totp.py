@@ -10,6 +10,7 @@ from typing import Any
 import segno
 
 from idp.extensions import db
+from idp.login import consume
 from idp.login.context import Outcome, StepContext
 from idp.login.enrolment import notify_change
 from idp.login.factors.base import Action, EnrolContext, Enrolled, FactorType, Section
@@ -44,11 +45,9 @@ def totp_secret(factor: Factor, secret_key: str) -> str:
 def accept_totp(factor: Factor, code: str, now: datetime, secret_key: str) -> bool:
     """Whether ``code`` is valid for this factor now (one step of drift) and not a replay; records its step."""
     step = totp_step_at(totp_secret(factor, secret_key), code, now, factor.last_step)
-    if step is None:
-        return False
-    factor.last_step = step
-    factor.last_used_at = now
-    return True
+    # The step is recorded by a conditional UPDATE, not by assigning it: two sign-ins that read the same
+    # last_step and submit the same code at once would otherwise both get through (RFC 6238 5.2).
+    return step is not None and consume.totp_step(factor, step, now)
 
 
 def confirm_totp(factor: Factor, code: str, now: datetime, secret_key: str) -> bool:

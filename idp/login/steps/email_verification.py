@@ -41,7 +41,8 @@ class EmailVerificationStep(CodeDelivery, Step):
                                      secret_key=ctx.config["IDP_SECRET_KEY"],
                                      max_attempts=ctx.config["IDP_CODE_MAX_ATTEMPTS"])
         except onetime.CodeRejected as rejected:
-            audit.record("email.verification_failed", subject=ctx.user, ip=ctx.ip, user_agent=ctx.user_agent)
+            audit.record("email.verification_failed", subject=ctx.user, ip=ctx.ip, user_agent=ctx.user_agent,
+                         durable=True)
             return Outcome(False, str(rejected))
         mark_verified(row, ctx.now, ip=ctx.ip, user_agent=ctx.user_agent, method="code")
         return Outcome(True)

@@ -8,7 +8,7 @@ from typing import Any
 from idp import audit
 from idp.extensions import db
 from idp.jobs import enqueue
-from idp.login import onetime
+from idp.login import consume, onetime
 from idp.login.context import FRESH_LOGIN_REASONS, Outcome, Step, StepContext
 from idp.login.forms import SignInForm
 from idp.login.throttle import account_key
@@ -40,13 +40,13 @@ class PasswordStep(Step):
         try:
             factor, result = verify_assertion(ctx.txn, credential_json, user_id=None, require_uv=True, now=ctx.now)
         except WebAuthnFailed:
-            audit.record("login.failure", reason="passkey", ip=ctx.ip, user_agent=ctx.user_agent)
+            audit.record("login.failure", reason="passkey", ip=ctx.ip, user_agent=ctx.user_agent, durable=True)
             return Outcome(False, "That passkey could not be verified. Try again or use your password.")
         user = factor.user
         if user.disabled or user.locked or (ctx.user is not None and ctx.user.id != user.id
                                             and ctx.reasons & FRESH_LOGIN_REASONS - {"no_session"}):
             audit.record("login.failure", subject=user, reason="passkey_refused", ip=ctx.ip,
-                         user_agent=ctx.user_agent)
+                         user_agent=ctx.user_agent, durable=True)
             return Outcome(False, GENERIC_FAILURE)
         ctx.txn.user = user
         return Outcome(True, amr=amr_for(factor.backed_up, result.user_verified))
@@ -56,7 +56,8 @@ class PasswordStep(Step):
         keys = {"account": account_key(email), "ip": ctx.ip}
         wait = ctx.throttle.retry_after("password", keys)
         if wait:
-            audit.record("login.failure", reason="throttled", email=email, ip=ctx.ip, user_agent=ctx.user_agent)
+            audit.record("login.failure", reason="throttled", email=email, ip=ctx.ip, user_agent=ctx.user_agent,
+                         durable=True)
             return Outcome(False, f"Too many attempts. Try again in {_human(wait)}.")
         user = db.session.execute(db.select(User).where(User.email == email)).scalar_one_or_none()
         # The hash is checked even for unknown users (against a dummy hash) so timing does not tell them apart.
@@ -82,16 +83,14 @@ class PasswordStep(Step):
         if user is not None and reason == "bad_password":
             self._count_failure(ctx, user)
         audit.record("login.failure", subject=user, reason=reason, email=None if user else email,
-                     ip=ctx.ip, user_agent=ctx.user_agent)
+                     ip=ctx.ip, user_agent=ctx.user_agent, durable=True)
         return Outcome(False, GENERIC_FAILURE)
 
     def _count_failure(self, ctx: StepContext, user: User) -> None:
         """Consecutive failures lock the account at the threshold; an emailed link or an admin unlocks it."""
-        user.failed_logins += 1
-        threshold = ctx.config["IDP_LOCKOUT_THRESHOLD"]
-        if user.failed_logins >= threshold and not user.locked:
-            user.locked_at = ctx.now
-            audit.record("account.locked", subject=user, failures=user.failed_logins, ip=ctx.ip,
+        failures = consume.failed_login(user)  # counted in the database: parallel failures all count
+        if failures >= ctx.config["IDP_LOCKOUT_THRESHOLD"] and consume.lock(user, ctx.now):
+            audit.record("account.locked", subject=user, failures=failures, ip=ctx.ip,
                          user_agent=ctx.user_agent)
             issued = onetime.issue("unlock", user, now=ctx.now, ttl=ctx.config["IDP_RESET_LINK_TTL"],
                                    secret_key=ctx.config["IDP_SECRET_KEY"])

@@ -1,0 +1,112 @@
+"""One-time secrets used, and failures counted, each by ONE conditional statement (SECURITY.md 32).
+
+Reading a row and then writing it lets two requests that arrive together both see it unused: both would succeed.
+Each function here is a single ``UPDATE ... WHERE <still usable> RETURNING``: the database decides who gets the row
+(on PostgreSQL the second updater waits for the first one's commit, then re-checks the WHERE on the row it left),
+and the caller learns from the returned row whether it was the one. The loaded ORM objects are brought in line with
+what was written, without marking them changed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import bindparam, case, update
+from sqlalchemy.orm.attributes import set_committed_value
+
+from idp.extensions import db
+from idp.models import Factor, OneTimeToken, RecoveryCode, User
+
+_factors = Factor.__table__
+_recovery_codes = RecoveryCode.__table__
+_tokens = OneTimeToken.__table__
+_users = User.__table__
+
+
+def totp_step(factor: Factor, step: int, now: datetime) -> bool:
+    """Record ``step`` as the factor's last accepted TOTP step, unless it (or a later one) already is: a code is
+    accepted once, even by sign-ins that submit it at the same instant (RFC 6238 5.2)."""
+    won = db.session.execute(
+        update(_factors).where(_factors.c.id == factor.id,
+                               (_factors.c.last_step.is_(None)) | (_factors.c.last_step < step))
+        .values(last_step=step, last_used_at=now).returning(_factors.c.id)
+    ).first() is not None
+    if won:
+        set_committed_value(factor, "last_step", step)
+        set_committed_value(factor, "last_used_at", now)
+    return won
+
+
+def recovery_code(user_id: int, code_hash: str, now: datetime) -> bool:
+    """Use the user's unused recovery code with this hash; False when there is none (wrong, or already used)."""
+    return db.session.execute(
+        update(_recovery_codes).where(_recovery_codes.c.user_id == user_id, _recovery_codes.c.code_hash == code_hash,
+                                      _recovery_codes.c.used_at.is_(None))
+        .values(used_at=now).returning(_recovery_codes.c.id)
+    ).first() is not None
+
+
+def token(row: OneTimeToken, now: datetime) -> bool:
+    """Use a one-time link or code: True for exactly one caller while it is unused and unexpired."""
+    won = db.session.execute(
+        update(_tokens).where(_tokens.c.id == row.id, _tokens.c.used_at.is_(None), _tokens.c.expires_at > now)
+        .values(used_at=now).returning(_tokens.c.id)
+    ).first() is not None
+    if won:
+        set_committed_value(row, "used_at", now)
+    return won
+
+
+def code_attempt(row: OneTimeToken, *, right: bool, max_attempts: int, now: datetime) -> int | None:
+    """Count one attempt at a typed code, and use the code when it is ``right`` or this was its last attempt.
+
+    Returns the attempts counted so far, or None when the code was no longer usable (used, expired, or out of
+    attempts) by the time this statement ran: N parallel attempts are N counted, and a right code is taken once.
+    """
+    spent = _tokens.c.attempts + 1 >= max_attempts
+    at = bindparam("now", now, type_=_tokens.c.used_at.type)  # typed, so SQLite gets the same UTC form
+    found = db.session.execute(
+        update(_tokens).where(_tokens.c.id == row.id, _tokens.c.used_at.is_(None), _tokens.c.expires_at > now,
+                              _tokens.c.attempts < max_attempts)
+        .values(attempts=_tokens.c.attempts + 1,
+                used_at=at if right else case((spent, at), else_=None))
+        .returning(_tokens.c.attempts, _tokens.c.used_at)
+    ).first()
+    if found is None:
+        return None
+    set_committed_value(row, "attempts", found.attempts)
+    set_committed_value(row, "used_at", found.used_at)
+    return found.attempts
+
+
+def failed_login(user: User) -> int:
+    """Count one wrong password for the user; returns the count including it (no lost update under concurrency)."""
+    count = db.session.execute(
+        update(_users).where(_users.c.id == user.id).values(failed_logins=_users.c.failed_logins + 1)
+        .returning(_users.c.failed_logins)
+    ).scalar_one()
+    set_committed_value(user, "failed_logins", count)
+    return count
+
+
+def lock(user: User, now: datetime) -> bool:
+    """Lock the account unless it already is; True for the one caller that locked it (it audits and mails)."""
+    won = db.session.execute(
+        update(_users).where(_users.c.id == user.id, _users.c.locked_at.is_(None))
+        .values(locked_at=now).returning(_users.c.id)
+    ).first() is not None
+    if won:
+        set_committed_value(user, "locked_at", now)
+    return won
+
+
+def email_verified(user: User, email: str, now: datetime) -> bool:
+    """Mark ``email`` verified if it is still the user's address and not verified yet; True for the one caller that
+    did (the link and the code of the same mail may arrive together: the change is audited once)."""
+    won = db.session.execute(
+        update(_users).where(_users.c.id == user.id, _users.c.email == email, _users.c.email_verified_at.is_(None))
+        .values(email_verified_at=now).returning(_users.c.id)
+    ).first() is not None
+    if won:
+        set_committed_value(user, "email_verified_at", now)
+    return won
