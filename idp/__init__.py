@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, jsonify, render_template, request
@@ -20,16 +21,17 @@ from idp.account import jobs as account_jobs
 from idp.account.security import bp as security_bp
 from idp.account.views import bp as account_bp
 from idp.dev import bp as dev_bp
-from idp.extensions import csrf, db, limiter, migrate, watch_connections
+from idp.extensions import csrf, db, limiter, migrate
 from idp.http import Request
 from idp.jobs import mail, sms
 from idp.login.views import bp as login_bp
 from idp.oidc.server import create_server
 from idp.oidc.views import bp as oidc_bp
+from idp.pg_connections import watch_connections
 from idp.security import passwords
 
 # Every background job, by the name it is enqueued under (idp.jobs).
-JOBS = {
+JOBS: dict[str, Callable[..., Any]] = {
     "send_mail": mail.send_mail,
     "send_sms": sms.send_sms,
     "start_password_reset": account_jobs.start_password_reset,

@@ -12,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, SessionTransaction
 
 from idp.extensions import db
-from idp.models import AuditEvent, User
+from idp.models import AuditEvent, User, table_of
 
 log = logging.getLogger("idp.audit")
 
@@ -26,9 +26,9 @@ _SECRET_KEYS = {
 }
 
 # Rows are only ever appended, and nothing reads one back in the request that wrote it, so they are written as one
-# prepared INSERT in the caller's transaction instead of through the ORM's unit of work (issue 5: on the token
-# endpoint that bookkeeping cost more than the statement itself). They commit or roll back with the caller's work.
-_APPEND = insert(AuditEvent.__table__)
+# prepared INSERT in the caller's transaction instead of through the ORM's unit of work (on the token endpoint
+# that bookkeeping cost more than the statement itself). They commit or roll back with the caller's work.
+_APPEND = insert(table_of(AuditEvent))
 
 
 # Rows recorded with durable=True that the caller's transaction has not committed yet, kept in the session's info.

@@ -132,7 +132,7 @@ def users_reset_mfa(email):
     """Remove every factor, recovery code and remembered device of a user; ends sessions and revokes tokens."""
     user = _user(email)
     now = utcnow()
-    factors = db.session.execute(db.delete(Factor).where(Factor.user_id == user.id)).rowcount
+    factors = len(db.session.execute(db.delete(Factor).where(Factor.user_id == user.id).returning(Factor.id)).all())
     db.session.execute(db.delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
     db.session.execute(db.update(Device).where(Device.user_id == user.id).values(remembered_until=None, revoked_at=now))
     ended, revoked = sessions.sign_out_everywhere(user, "mfa_reset", now)
@@ -215,6 +215,7 @@ def _demo_client() -> tuple[str, str]:
             name="Demo App", redirect_uris=[DEMO_REDIRECT_URI], post_logout_redirect_uris=["http://127.0.0.1:5001/"],
             public=False, grant_types=["authorization_code", "refresh_token"], scopes=[], auth_method=None,
             first_party=False, client_id=DEMO_CLIENT_ID)
+        assert secret is not None  # a confidential client gets one
         cred.write_text(secret)
         cred.chmod(0o600)
         db.session.commit()

@@ -46,8 +46,8 @@ class Request(FlaskRequest):
             # Later readers (the error page included) see an empty form rather than the nameless part.
             for upload in self.files.values():
                 upload.close()
-            self.form = self.parameter_storage_class()
-            self.files = self.parameter_storage_class()
+            self.form = self.parameter_storage_class()  # type: ignore[assignment]  # an empty one of the same kind
+            self.files = self.parameter_storage_class()  # type: ignore[assignment]
             raise BadRequest("Every part of a multipart form must name its field.")
 
 
@@ -61,8 +61,8 @@ def client_address() -> str:
     hook or limit asks first, so no limit can see the proxy's address for the client's."""
     if "client_ip" not in g:
         environ = request.environ
-        peer = environ.setdefault(PEER_ADDR, environ.get("REMOTE_ADDR", ""))
-        g.client_ip = client_ip(peer, request.headers.get("X-Forwarded-For"),
+        peer = environ.setdefault(PEER_ADDR, environ.get("REMOTE_ADDR") or "")
+        g.client_ip = client_ip(str(peer), request.headers.get("X-Forwarded-For"),
                                 current_app.config["IDP_TRUSTED_PROXIES"])
         environ["REMOTE_ADDR"] = g.client_ip  # what anything else reading the WSGI address sees
     return g.client_ip

@@ -7,6 +7,7 @@ import os
 import shutil
 import threading
 import uuid
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -16,8 +17,31 @@ from idp import create_app
 from idp.extensions import db, limiter
 from tests.support import Mailbox, SMTPServer, make_user_in
 
-TEST_DATABASE_URL = os.environ.get("IDP_TEST_DATABASE_URL", "")
-TEST_REDIS_URL = os.environ.get("IDP_TEST_REDIS_URL", "")
+# Under pytest-xdist each worker ("gw0", "gw1", ...) gets a database and a Redis database of its own, derived from
+# the configured ones, since the suite wipes its database's schema and counts what lands in Redis.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+
+
+def _per_worker_database(url: str) -> str:
+    """``postgresql://host/test`` -> ``postgresql://host/test_gw0`` in worker gw0; unchanged without xdist."""
+    if not url or not WORKER:
+        return url
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}_{WORKER}"))
+
+
+def _per_worker_redis(url: str) -> str:
+    """``redis://host:6379/0`` -> ``redis://host:6379/1`` in worker gw0, ``/2`` in gw1 ... (16 databases)."""
+    if not url or not WORKER:
+        return url
+    parts = urlsplit(url)
+    base = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{(base + int(WORKER.removeprefix('gw')) + 1) % 16}"))
+
+
+CONFIGURED_DATABASE_URL = os.environ.get("IDP_TEST_DATABASE_URL", "")
+TEST_DATABASE_URL = _per_worker_database(CONFIGURED_DATABASE_URL)
+TEST_REDIS_URL = _per_worker_redis(os.environ.get("IDP_TEST_REDIS_URL", ""))
 SECRET = "test-secret-key-" + "x" * 40
 
 
@@ -38,6 +62,8 @@ def base_config(tmp_path, **extra) -> dict:
         "IDP_PASSWORD_HASH_COST": "t=1,m=64,p=1",
     }
     config.update(extra)
+    if config["IDP_ENV"] == "production" and "IDP_PASSWORD_HASH_COST" not in extra:
+        del config["IDP_PASSWORD_HASH_COST"]  # production refuses a cheap cost: it hashes at its own
     return config
 
 
@@ -45,6 +71,8 @@ def base_config(tmp_path, **extra) -> dict:
 def database(tmp_path_factory):
     """A migrated database: PostgreSQL when IDP_TEST_DATABASE_URL is set (wiped first), else a SQLite template."""
     if TEST_DATABASE_URL:
+        if TEST_DATABASE_URL != CONFIGURED_DATABASE_URL:
+            _create_database(TEST_DATABASE_URL)
         engine = create_engine(TEST_DATABASE_URL.replace("postgresql://", "postgresql+psycopg2://", 1))
         with engine.begin() as conn:
             conn.execute(text("DROP SCHEMA public CASCADE"))
@@ -60,6 +88,17 @@ def database(tmp_path_factory):
         upgrade()
         db.engine.dispose()
     return url
+
+
+def _create_database(url: str) -> None:
+    """Create this worker's database beside the configured one (through the server's maintenance database)."""
+    parts = urlsplit(url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    name = parts.path.lstrip("/")
+    engine = create_engine(urlunsplit(parts._replace(path="/postgres")), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        if conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}).first() is None:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
 
 
 def _fresh_database(database: str, tmp_path) -> str:

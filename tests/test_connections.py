@@ -1,5 +1,5 @@
 """PostgreSQL connections that died in the pool are replaced before a request uses them (no 500 after a database
-restart), without a ``SELECT 1`` round trip on every request (issue 5: the ping was a sixth of userinfo's time).
+restart), without a ``SELECT 1`` round trip on every request (the ping was a sixth of a userinfo request).
 
 PostgreSQL only: SQLite has no server to end a connection.
 """
@@ -12,7 +12,7 @@ import psycopg2
 import pytest
 from sqlalchemy import event
 
-from idp import extensions
+from idp import pg_connections
 from idp.extensions import db
 
 
@@ -97,7 +97,7 @@ def test_a_connection_that_rested_long_is_pinged(pg_app, backends, monkeypatch):
     with pg_app.app_context():
         dialect = db.engine.dialect
     pinged = []
-    monkeypatch.setattr(extensions, "PING_AFTER_IDLE_SECONDS", 0.0)
+    monkeypatch.setattr(pg_connections, "PING_AFTER_IDLE_SECONDS", 0.0)
     monkeypatch.setattr(dialect, "do_ping", lambda dbapi_connection: pinged.append(1) and False)  # no answer
     response = http.get("/jwks.json")
     assert response.status_code == 200

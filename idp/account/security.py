@@ -98,8 +98,9 @@ def enrol(slug: str, stage: str | None) -> Response | str:
     # What an earlier stage kept counts only for the same factor in the same sign-in session (a browser shared
     # by two accounts, or a session that ended, starts the enrolment over).
     saved = session.get(PENDING_KEY)
-    same = isinstance(saved, dict) and saved.get("kind") == factor.kind and saved.get("sid") == live.sid
-    pending = dict(saved["data"]) if same else {}
+    pending: dict[str, Any] = {}
+    if isinstance(saved, dict) and saved.get("kind") == factor.kind and saved.get("sid") == live.sid:
+        pending = dict(saved.get("data") or {})
     pending["sid"] = live.sid
     ec = EnrolContext(user=live.user, now=utcnow(), ip=g.client_ip, user_agent=g.user_agent,
                       config=current_app.config, pending=pending, args=request.args)

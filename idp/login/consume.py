@@ -15,12 +15,12 @@ from sqlalchemy import bindparam, case, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from idp.extensions import db
-from idp.models import Factor, OneTimeToken, RecoveryCode, User
+from idp.models import Factor, OneTimeToken, RecoveryCode, User, table_of
 
-_factors = Factor.__table__
-_recovery_codes = RecoveryCode.__table__
-_tokens = OneTimeToken.__table__
-_users = User.__table__
+_factors = table_of(Factor)
+_recovery_codes = table_of(RecoveryCode)
+_tokens = table_of(OneTimeToken)
+_users = table_of(User)
 
 
 def totp_step(factor: Factor, step: int, now: datetime) -> bool:

@@ -4,9 +4,9 @@ from idp.models.audit import AuditEvent
 from idp.models.factors import Device, Factor, RecoveryCode
 from idp.models.login import LoginSession, LoginTransaction, OneTimeToken, TransactionState
 from idp.models.oauth import AuthorizationCode, Client, Consent, SigningKey, Token
-from idp.models.types import UTCDateTime, utcnow
+from idp.models.types import UTCDateTime, table_of, utcnow
 from idp.models.user import User
 
 __all__ = ["AuditEvent", "AuthorizationCode", "Client", "Consent", "Device", "Factor", "LoginSession",
            "LoginTransaction", "OneTimeToken", "RecoveryCode", "SigningKey", "Token", "TransactionState", "User",
-           "UTCDateTime", "utcnow"]
+           "UTCDateTime", "table_of", "utcnow"]

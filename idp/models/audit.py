@@ -6,11 +6,11 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Integer, String, event
 from sqlalchemy.orm import Mapped, mapped_column
 
-from idp.extensions import db
+from idp.extensions import Model
 from idp.models.types import UTCDateTime, utcnow
 
 
-class AuditEvent(db.Model):
+class AuditEvent(Model):
     """One security event. Rows carry ids and snapshots, not foreign keys, so they outlive what they describe."""
 
     __tablename__ = "audit_events"

@@ -7,12 +7,12 @@ from datetime import datetime
 from sqlalchemy import Boolean, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from idp.extensions import db
+from idp.extensions import Model
 from idp.models.types import UTCDateTime, utcnow
 from idp.models.user import User
 
 
-class Factor(db.Model):
+class Factor(Model):
     """An enrolled factor: a TOTP app, a verified phone (SMS), or a WebAuthn credential (security key, passkey)."""
 
     __tablename__ = "factors"
@@ -43,7 +43,7 @@ class Factor(db.Model):
     __mapper_args__ = {"polymorphic_on": "kind"}
 
 
-class RecoveryCode(db.Model):
+class RecoveryCode(Model):
     """One of ten single-use recovery codes, stored as a keyed hash."""
 
     __tablename__ = "recovery_codes"
@@ -55,7 +55,7 @@ class RecoveryCode(db.Model):
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
-class Device(db.Model):
+class Device(Model):
     """A browser a user signed in from: known (no new-sign-in mail) and, if asked, remembered (skips the 2nd factor)."""
 
     __tablename__ = "devices"

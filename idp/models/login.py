@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from idp.extensions import db
+from idp.extensions import Model
 from idp.models.types import JSONDataclass, UTCDateTime, utcnow
 from idp.models.user import User
 
@@ -55,7 +55,7 @@ class TransactionState:
         return cls(**{key: value for key, value in data.items() if key in names})
 
 
-class LoginTransaction(db.Model):
+class LoginTransaction(Model):
     """One sign-in in progress: why it started, where to return, which steps are done (a JSON plan, never pickled)."""
 
     __tablename__ = "login_transactions"
@@ -71,7 +71,7 @@ class LoginTransaction(db.Model):
     user: Mapped[User | None] = relationship()
 
 
-class LoginSession(db.Model):
+class LoginSession(Model):
     """A signed-in browser. The cookie holds a random token; only its hash is stored here."""
 
     __tablename__ = "login_sessions"
@@ -93,7 +93,7 @@ class LoginSession(db.Model):
     user: Mapped[User] = relationship()
 
 
-class OneTimeToken(db.Model):
+class OneTimeToken(Model):
     """An emailed link and/or code (verify email, reset password, unlock): stored hashed, expiring, single use."""
 
     __tablename__ = "one_time_tokens"

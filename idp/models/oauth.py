@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from idp.extensions import db
+from idp.extensions import Model
 from idp.models.types import UTCDateTime, utcnow
 from idp.models.user import User
 from idp.security.tokens import same, token_hash
@@ -33,7 +33,7 @@ def _without_port(uri: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-class Client(db.Model):
+class Client(Model):
     """A relying party. The secret is stored as a SHA-256 of a 256-bit random value (SECURITY.md 8)."""
 
     __tablename__ = "clients"
@@ -106,7 +106,7 @@ class Client(db.Model):
         return grant_type in (self.grant_types or [])
 
 
-class AuthorizationCode(db.Model):
+class AuthorizationCode(Model):
     """An issued code: stored hashed, single use, bound to client, redirect URI, PKCE challenge and nonce."""
 
     __tablename__ = "authorization_codes"
@@ -153,7 +153,7 @@ class AuthorizationCode(db.Model):
         return list(self.amr) or None
 
 
-class Token(db.Model):
+class Token(Model):
     """One issued access token (a JWT, known by its jti) and its opaque refresh token (stored hashed)."""
 
     __tablename__ = "tokens"
@@ -208,7 +208,7 @@ class Token(db.Model):
         return self.client
 
 
-class Consent(db.Model):
+class Consent(Model):
     """The scopes a user granted a client; a later page lets the user revoke it."""
 
     __tablename__ = "consents"
@@ -222,7 +222,7 @@ class Consent(db.Model):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
-class SigningKey(db.Model):
+class SigningKey(Model):
     """A JOSE signing key: public JWK in clear, private JWK encrypted with a key derived from IDP_SECRET_KEY."""
 
     __tablename__ = "signing_keys"

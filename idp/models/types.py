@@ -1,10 +1,15 @@
 """Column types shared by the models."""
 
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import JSON, DateTime
+from sqlalchemy import JSON, DateTime, Table
 from sqlalchemy.types import TypeDecorator
+
+
+def table_of(model: Any) -> Table:
+    """The Table behind a mapped class, typed as one (``__table__`` is declared as any FromClause)."""
+    return cast(Table, model.__table__)
 
 
 def utcnow() -> datetime:

@@ -6,7 +6,7 @@ from datetime import datetime
 from sqlalchemy import Boolean, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from idp.extensions import db
+from idp.extensions import Model
 from idp.models.types import UTCDateTime, utcnow
 
 
@@ -20,7 +20,7 @@ def normalize_email(email: str) -> str:
     return (email or "").strip().lower()
 
 
-class User(db.Model):
+class User(Model):
     """A person who signs in."""
 
     __tablename__ = "users"

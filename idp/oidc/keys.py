@@ -62,8 +62,8 @@ class _KeyCache:
 
     def __init__(self):
         self.loaded_at = -1e9
-        self.signing: KeySet | None = None
-        self.verifying: KeySet | None = None
+        self.signing = KeySet([])  # both loaded by fresh() before first use (loaded_at is long past)
+        self.verifying = KeySet([])
         self.kids: set[str] = set()
         # The JWK Set document, the state of the keys table it was built from, and when its first retired key
         # stops being published (None: no retired key in it).

@@ -31,6 +31,13 @@ class Request:
     client_min_acr: str = ""  # the level the client's own policy (MFA required, minimum level) demands
 
     @property
+    def live(self) -> LoginSession:
+        """The session; every check after check_session runs only when there is one (evaluate stops first)."""
+        if self.session is None:
+            raise LookupError("no session")
+        return self.session
+
+    @property
     def user(self) -> User | None:
         return self.session.user if self.session is not None else None
 
@@ -50,7 +57,7 @@ def check_session(req: Request, now: datetime) -> Failure | None:
     """There must be a signed-in session (and, with an id_token_hint, of the hinted user)."""
     if req.session is None:
         return Failure("no_session", "login_required")
-    if req.hint_subject is not None and req.user.subject != req.hint_subject:
+    if req.hint_subject is not None and req.live.user.subject != req.hint_subject:
         return Failure("no_session", "login_required")
     return None
 
@@ -65,7 +72,7 @@ def check_prompt_login(req: Request, now: datetime) -> Failure | None:
 def check_max_age(req: Request, now: datetime) -> Failure | None:
     """`max_age`: the last sign-in must be at most that many seconds old."""
     if req.max_age is not None and "max_age" not in req.satisfied:
-        if (now - req.session.auth_time).total_seconds() > req.max_age:
+        if (now - req.live.auth_time).total_seconds() > req.max_age:
             return Failure("max_age", "login_required")
     return None
 
@@ -73,14 +80,14 @@ def check_max_age(req: Request, now: datetime) -> Failure | None:
 def check_acr_values(req: Request, now: datetime) -> Failure | None:
     """`acr_values`: step up until the session reaches one of the requested levels (or the user has tried)."""
     if req.acr_values and "acr" not in req.satisfied:
-        if not any(meets(req.session.acr, wanted) for wanted in req.acr_values):
+        if not any(meets(req.live.acr, wanted) for wanted in req.acr_values):
             return Failure("acr", "interaction_required")
     return None
 
 
 def check_client_policy(req: Request, now: datetime) -> Failure | None:
     """The client's MFA setting and minimum level: a weaker session steps up (a remembered device may answer)."""
-    if req.client_min_acr and "client_policy" not in req.satisfied and not meets(req.session.acr,
+    if req.client_min_acr and "client_policy" not in req.satisfied and not meets(req.live.acr,
                                                                                  req.client_min_acr):
         return Failure("client_policy", "interaction_required")
     return None
@@ -88,7 +95,7 @@ def check_client_policy(req: Request, now: datetime) -> Failure | None:
 
 def check_email_verified(req: Request, now: datetime) -> Failure | None:
     """Nobody finishes signing in with an unverified email address."""
-    if not req.user.email_verified:
+    if not req.live.user.email_verified:
         return Failure("email_unverified", "interaction_required")
     return None
 

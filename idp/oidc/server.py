@@ -32,7 +32,7 @@ from sqlalchemy.orm import joinedload
 
 from idp import audit
 from idp.extensions import db, limiter
-from idp.models import AuthorizationCode, Client, Token, utcnow
+from idp.models import AuthorizationCode, Client, Token, table_of, utcnow
 from idp.oidc import claims as oidc_claims
 from idp.oidc import keys
 from idp.oidc.policy import oversized_parameter
@@ -72,7 +72,7 @@ def _once_per_request(kind: str, key, compute):
 # The statements of the token, userinfo and introspection paths, built once: building and keying a statement on
 # every request cost more Python than running it (issue 5). Values go in as bound parameters.
 _CLIENT = select(Client).where(Client.client_id == bindparam("client_id"))
-_APPEND_TOKEN = insert(Token.__table__)
+_APPEND_TOKEN = insert(table_of(Token))
 _TOKEN_BY_JTI = select(Token).where(Token.jti == bindparam("jti")).options(joinedload(Token.user),
                                                                           joinedload(Token.client))
 _TOKEN_BY_REFRESH = select(Token).where(Token.refresh_token_hash == bindparam("hash")).options(joinedload(Token.user))

@@ -14,7 +14,7 @@ from joserfc.errors import JoseError
 from werkzeug.wrappers import Response
 
 from idp import audit
-from idp.extensions import csrf, db, keep_loaded, reads_only
+from idp.extensions import csrf, db, keep_loaded
 from idp.http import clear_session_cookie, external_url
 from idp.login import mfa, sessions, transaction
 from idp.login.assurance import LEVELS
@@ -24,6 +24,7 @@ from idp.models import Consent, utcnow
 from idp.oidc import claims as oidc_claims
 from idp.oidc import keys, policy
 from idp.oidc.server import ALL_AUTH_METHODS, CONFIDENTIAL_AUTH_METHODS, GRANT_TYPES, current_server, issuer
+from idp.pg_connections import reads_only
 
 bp = Blueprint("oidc", __name__)
 

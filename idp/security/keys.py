@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from joserfc.jwk import ECKey, RSAKey
+from joserfc.jwk import ECKey, KeyParameters, RSAKey
 
 from idp.security import crypto
 
@@ -14,7 +14,7 @@ SUPPORTED_ALGS = ("RS256", "ES256")
 
 def generate(alg: str, kid: str) -> RSAKey | ECKey:
     """A new private signing key for ``alg`` (RSA 2048 for RS256, P-256 for ES256)."""
-    params = {"kid": kid, "alg": alg, "use": "sig"}
+    params: KeyParameters = {"kid": kid, "alg": alg, "use": "sig"}
     if alg == "RS256":
         return RSAKey.generate_key(2048, parameters=params, private=True)
     if alg == "ES256":

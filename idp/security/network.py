@@ -17,7 +17,7 @@ def _parsed(trusted: tuple[str, ...]) -> tuple[ipaddress._BaseNetwork, ...]:
     return tuple(ipaddress.ip_network(entry, strict=False) for entry in trusted)
 
 
-def _is_trusted(address: str, networks: list) -> bool:
+def _is_trusted(address: str, networks: tuple[ipaddress._BaseNetwork, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
