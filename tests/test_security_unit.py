@@ -8,11 +8,14 @@ import string
 import pytest
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from limits.storage import MemoryStorage, RedisStorage
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
 from idp.login.assurance import ACR_MFA, ACR_PASSWORD, ACR_PHISHING_RESISTANT, LEVELS, acr_for, meets
 from idp.login.throttle import Throttle, account_key
+from idp.security.argon2_lanes import verify_argon2id
 from idp.security.network import client_ip
 from idp.security.passwords import (
     MAX_LENGTH,
@@ -452,3 +455,18 @@ def test_the_apps_throttle_uses_the_configured_storage(app):
         assert 0 < live.retry_after("password", keys) <= 60
     with app.test_request_context():  # a later request sees the same counters (Redis when configured)
         assert throttle().retry_after("password", keys) > 0
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(password=st.text(max_size=40), other=st.text(max_size=40),
+       cost=st.sampled_from([(1, 8, 1), (1, 64, 2), (2, 32, 4), (1, 128, 3)]))
+def test_idp_argon2id_verification_agrees_with_argon2_cffi_both_ways(password, other, cost):
+    # idp.security.argon2_lanes computes the lanes on one thread; whatever it answers, argon2-cffi answers too.
+    time_cost, memory_cost, parallelism = cost
+    stored = PasswordHasher(time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism).hash(password)
+    for candidate in (password, other):
+        try:
+            library = PasswordHasher().verify(stored, candidate)
+        except VerificationError:
+            library = False
+        assert verify_argon2id(stored, candidate.encode()) is library
