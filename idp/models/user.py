@@ -54,7 +54,8 @@ class User(db.Model):
     @validates("phone")
     def _phone_changed(self, _key: str, value: str | None) -> str | None:
         # A proof belongs to one number: whoever writes another number (a page, the console, the CLI) drops it,
-        # so phone_number_verified can never be true for a number no code went to.
+        # so phone_number_verified can never be true for a number no code went to. (So a constructor given both
+        # must name `phone` first; set_verified_phone is the one way in that keeps a proof.)
         if value != self.phone:
             self.phone_verified_at = None
         return value
