@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, flash, g, redirect, render_template, request, session, url_for
 from sqlalchemy.exc import IntegrityError
 
 from idp import audit
 from idp.account import jobs as account_jobs  # noqa: F401  (registers the account jobs)
+from idp.account import phone as profile_phone
 from idp.account.security import recent_auth_required
 from idp.extensions import db, limiter
 from idp.http import clear_session_cookie
@@ -21,7 +22,17 @@ from idp.login.browser import (
     throttle,
     unlock_account,
 )
-from idp.login.forms import ChangePasswordForm, ConfirmForm, ForgotForm, NewPasswordForm, ProfileForm, SignUpForm
+from idp.login.codes import mask_phone
+from idp.login.forms import (
+    ChangePasswordForm,
+    CodeForm,
+    ConfirmForm,
+    ForgotForm,
+    NewPasswordForm,
+    PhoneForm,
+    ProfileForm,
+    SignUpForm,
+)
 from idp.login.mfa import has_second_factor
 from idp.login.throttle import account_key
 from idp.login.verification import PURPOSE as VERIFY_PURPOSE
@@ -251,6 +262,70 @@ def profile():
         flash("Profile saved.")
     else:
         flash(next(e for errors in form.errors.values() for e in errors))
+    return redirect(url_for("account.home"))
+
+
+# The Flask session key under which the number waiting for its code is kept, with the sign-in session it belongs to.
+PHONE_PENDING_KEY = "profile_phone"
+
+
+@bp.route("/account/phone", methods=["GET", "POST"])
+@login_required
+@recent_auth_required(after_post="account.phone")
+@limiter.limit(_forms_limit, methods=["POST"])
+def phone():
+    """Add or change the profile phone number: text a code to it first (SECURITY.md 23, 27)."""
+    live = signed_in()
+    form = PhoneForm()
+    if form.validate_on_submit():
+        try:
+            number = profile_phone.send_code(live.user, form.phone.data, sid=live.sid, ip=g.client_ip,
+                                             config=current_app.config)
+        except profile_phone.PhoneRefused as refused:
+            form.phone.errors = [*form.phone.errors, str(refused)]
+        else:
+            session[PHONE_PENDING_KEY] = {"sid": live.sid, "phone": number}
+            db.session.commit()
+            return redirect(url_for("account.phone_verify"))
+        db.session.commit()  # an audit row recording a refused text (the pumping caps) stays
+    return render_template("account/profile_phone.html", form=form, user=live.user, confirm=ConfirmForm())
+
+
+@bp.route("/account/phone/verify", methods=["GET", "POST"])
+@login_required
+@recent_auth_required(after_post="account.phone")
+@limiter.limit(_forms_limit, methods=["POST"])
+def phone_verify():
+    """Type the code texted to the new number; only then is it saved, as verified."""
+    live = signed_in()
+    pending = session.get(PHONE_PENDING_KEY)
+    if not (isinstance(pending, dict) and pending.get("sid") == live.sid and isinstance(pending.get("phone"), str)):
+        return redirect(url_for("account.phone"))
+    form = CodeForm()
+    if form.validate_on_submit():
+        try:
+            profile_phone.confirm(live.user, pending["phone"], form.code.data, sid=live.sid, now=utcnow(),
+                                  config=current_app.config)
+        except profile_phone.PhoneRefused as refused:
+            form.code.errors = [*form.code.errors, str(refused)]
+            db.session.commit()  # the wrong attempt counts
+        else:
+            db.session.commit()
+            session.pop(PHONE_PENDING_KEY, None)
+            flash("Your phone number is verified and saved.")
+            return redirect(url_for("account.home"))
+    return render_template("account/profile_phone_verify.html", form=form, phone=mask_phone(pending["phone"]))
+
+
+@bp.post("/account/phone/remove")
+@login_required
+@recent_auth_required(after_post="account.phone")
+def phone_remove():
+    """Take the phone number out of the profile (applications no longer receive it)."""
+    user = signed_in().user
+    if ConfirmForm().validate_on_submit() and profile_phone.remove(user):
+        db.session.commit()
+        flash("Your phone number was removed.")
     return redirect(url_for("account.home"))
 
 

@@ -43,9 +43,14 @@ def all_claims(user: User) -> dict[str, Any]:
     }
     if user.name:
         claims["name"] = user.name
+    # The `phone` scope releases the profile number only (the account page's "Phone number"), verified only when a
+    # code texted to that very number proved it (OIDC Core 5.1). A phone enrolled as an SMS sign-in factor is not
+    # used in its place when the profile has none: it was given to receive sign-in codes, not to be handed to
+    # applications, and telling them where a second factor's codes go helps a SIM-swap. Users who want to share it
+    # add it to the profile (the same code proves it).
     if user.phone:
         claims["phone_number"] = user.phone
-        claims["phone_number_verified"] = False
+        claims["phone_number_verified"] = user.phone_verified
     return claims
 
 
