@@ -7,10 +7,16 @@ OIDC RP-Initiated Logout 1.0.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import base64
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector, current_token
+from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import grants
 from authlib.oauth2.rfc6749.authenticate_client import authenticate_client_secret_basic
 from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError
@@ -19,6 +25,7 @@ from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
 from authlib.oauth2.rfc9207 import IssuerParameter
 from authlib.oidc.core import OpenIDCode as _OpenIDCode
 from authlib.oidc.core import UserInfoEndpoint
@@ -32,7 +39,7 @@ from sqlalchemy.orm import joinedload
 
 from idp import audit
 from idp.extensions import db, limiter
-from idp.models import AuthorizationCode, Client, Token, table_of, utcnow
+from idp.models import AuthorizationCode, Client, LoginSession, Token, User, table_of, utcnow
 from idp.oidc import claims as oidc_claims
 from idp.oidc import keys
 from idp.oidc.policy import oversized_parameter
@@ -41,6 +48,21 @@ from idp.security.tokens import new_token, token_hash
 ALL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
 CONFIDENTIAL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 GRANT_TYPES = ["authorization_code", "refresh_token", "client_credentials"]
+
+
+@dataclass
+class Approval:
+    """What the authorization endpoint hands Authlib as the grant's user once every policy check passed: the user,
+    the sign-in session the code is issued from, and the `claims` parameter (OIDC Core 5.5)."""
+
+    user: User
+    session: LoginSession
+    claims_request: dict[str, Any] | None = None
+
+
+def _rowcount(result: Any) -> int:
+    """How many rows an UPDATE changed (SQLAlchemy returns a CursorResult for DML)."""
+    return int(result.rowcount)
 
 
 def issuer() -> str:
@@ -90,59 +112,117 @@ _NONCE_USED = select(AuthorizationCode.id).where(AuthorizationCode.client_id == 
 
 # --- tokens ------------------------------------------------------------------------------------------------------
 
-def generate_token(grant_type: str, client: Client, user=None, scope: str | None = None, expires_in=None,
-                   include_refresh_token: bool = True) -> dict[str, Any]:
-    """An RFC 9068 JWT access token (typ at+jwt) and, where allowed, an opaque rotating refresh token."""
-    cfg = current_app.config
-    now = utcnow()
-    ttl = client.access_token_ttl or cfg["IDP_ACCESS_TOKEN_TTL"]
-    context = g.get("oidc_context") or {}
-    jti = new_token(16)
-    claims: dict[str, Any] = {
-        "iss": issuer(), "sub": user.subject if user is not None else client.client_id, "aud": client.client_id,
-        "client_id": client.client_id, "scope": scope or "", "jti": jti,
-        "iat": int(now.timestamp()), "exp": int(now.timestamp()) + ttl,
-    }
-    if context.get("auth_time") is not None:
-        claims["auth_time"] = int(context["auth_time"].timestamp())
-    for name in ("acr", "amr", "sid"):
-        if context.get(name):
-            claims[name] = context[name]
-    access_token = jwt.encode({"typ": "at+jwt", "alg": "RS256"}, claims, keys.signing_keyset(now), algorithms=["RS256"])
-    token = {"token_type": "Bearer", "access_token": access_token, "expires_in": ttl, "scope": scope or ""}
-    refresh = None
-    if include_refresh_token and user is not None and client.check_grant_type("refresh_token"):
-        refresh = new_token(32)
-        token["refresh_token"] = refresh
-    g.oidc_issued = {"jti": jti, "issued_at": now, "expires_at": now + timedelta(seconds=ttl), "refresh": refresh}
-    return token
+@dataclass
+class SignIn:
+    """The sign-in a grant redeems, handed to Authlib as the grant's user: who, and how and when they signed in
+    (carried by the authorization code, then by each refresh token of its family)."""
+
+    user: User
+    sid: str | None = None
+    auth_time: datetime | None = None
+    acr: str = ""
+    amr: list[str] = field(default_factory=list)
+    claims: dict[str, Any] | None = None  # the `claims` request parameter (OIDC Core 5.5)
+    code_id: int | None = None
+    family_id: str = field(default_factory=lambda: new_token(16))
+    family_expires_at: datetime | None = None
+
+    def get_user_id(self) -> str:
+        """The `sub` of the access token (Authlib's UserMixin)."""
+        return self.user.subject
+
+    @classmethod
+    def from_code(cls, code: AuthorizationCode) -> SignIn:
+        return cls(user=code.user, sid=code.sid, auth_time=code.auth_time, acr=code.acr, amr=list(code.amr),
+                   claims=code.claims, code_id=code.id)
+
+    @classmethod
+    def from_refresh(cls, row: Token) -> SignIn:
+        assert row.user is not None  # a refresh token is always a user's
+        return cls(user=row.user, sid=row.sid, auth_time=row.auth_time, acr=row.acr, amr=list(row.amr),
+                   claims=row.claims, code_id=row.authorization_code_id, family_id=row.family_id,
+                   family_expires_at=row.family_expires_at)
+
+
+class AccessTokens(JWTBearerTokenGenerator):
+    """RFC 9068 JWT access tokens (Authlib's generator: typ at+jwt, client_id, scope, jti) signed by our newest key,
+    with the sign-in's auth_time, acr, amr and sid; and, where allowed, an opaque rotating refresh token."""
+
+    def __init__(self, issuer_id: str):
+        super().__init__(issuer=issuer_id, alg="RS256", refresh_token_generator=self._refresh_token,
+                         expires_generator=self._expires_in)
+
+    def get_jwks(self) -> KeySet:
+        return keys.signing_keyset()
+
+    def get_auth_time(self, user: SignIn | None) -> int | None:
+        return int(user.auth_time.timestamp()) if user is not None and user.auth_time is not None else None
+
+    def get_acr(self, user: SignIn | None) -> str | None:
+        return user.acr or None if user is not None else None
+
+    def get_amr(self, user: SignIn | None) -> list[str] | None:
+        return list(user.amr) or None if user is not None else None
+
+    def get_extra_claims(self, client: Client, grant_type: str, user: SignIn | None, scope: str) -> dict[str, Any]:
+        return {"sid": user.sid} if user is not None and user.sid else {}
+
+    @staticmethod
+    def _expires_in(client: Client, grant_type: str) -> int:
+        return client.access_token_ttl or current_app.config["IDP_ACCESS_TOKEN_TTL"]
+
+    @staticmethod
+    def _refresh_token(client: Client, grant_type: str, user: SignIn | None, scope: str) -> str | None:
+        if user is None or not client.check_grant_type("refresh_token"):
+            return None
+        return new_token(32)
+
+    def generate(self, grant_type, client, user=None, scope=None, expires_in=None, include_refresh_token=True):
+        token = super().generate(grant_type, client, user, scope, expires_in, include_refresh_token)
+        if token.get("refresh_token") is None:
+            token.pop("refresh_token", None)
+        token.setdefault("scope", "")  # always said, even when empty
+        return token
+
+
+def _issued(access_token: str) -> dict[str, Any]:
+    """The claims of an access token this request has just signed (read back, not verified: it is ours, made a
+    moment ago in this process, and never came from outside)."""
+    payload = access_token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 
 
 def save_token(token: dict[str, Any], request) -> None:
-    """Persist what generate_token issued: the jti, the refresh token's hash, and the sign-in it came from."""
+    """Persist what was issued: the jti, the refresh token's hash, and the sign-in it came from."""
     cfg = current_app.config
-    issued = g.oidc_issued
-    context = g.get("oidc_context") or {}
+    claims = _issued(token["access_token"])
+    sign_in: SignIn | None = request.user
     client = request.client
-    now = issued["issued_at"]
-    family_expires = context.get("family_expires_at") or now + timedelta(seconds=cfg["IDP_REFRESH_TOKEN_MAX_AGE"])
+    now = datetime.fromtimestamp(claims["iat"], UTC)
+    refresh = token.get("refresh_token")
+    family_expires = (sign_in.family_expires_at if sign_in is not None else None) or \
+        now + timedelta(seconds=cfg["IDP_REFRESH_TOKEN_MAX_AGE"])
     idle = client.refresh_token_ttl or cfg["IDP_REFRESH_TOKEN_TTL"]
     scope = token.get("scope", "")
-    # One prepared INSERT rather than an ORM object: nothing reads the row back in this request (issue 5).
+    user = sign_in.user if sign_in is not None else None
+    # One prepared INSERT rather than an ORM object: nothing reads the row back in this request.
     db.session.connection().execute(_APPEND_TOKEN, {
-        "jti": issued["jti"], "client_id": client.client_id, "user_id": request.user.id if request.user else None,
+        "jti": claims["jti"], "client_id": client.client_id, "user_id": user.id if user is not None else None,
         "scope": scope, "grant_type": request.payload.grant_type,
-        "family_id": context.get("family_id") or new_token(16), "authorization_code_id": context.get("code_id"),
-        "sid": context.get("sid"), "auth_time": context.get("auth_time"), "acr": context.get("acr") or "",
-        "amr": context.get("amr") or [], "claims": context.get("claims"),
-        "issued_at": now, "access_expires_at": issued["expires_at"],
-        "refresh_token_hash": token_hash(issued["refresh"]) if issued["refresh"] else None,
-        "refresh_expires_at": min(now + timedelta(seconds=idle), family_expires) if issued["refresh"] else None,
-        "family_expires_at": family_expires if issued["refresh"] else None,
+        "family_id": sign_in.family_id if sign_in is not None else new_token(16),
+        "authorization_code_id": sign_in.code_id if sign_in is not None else None,
+        "sid": sign_in.sid if sign_in is not None else None,
+        "auth_time": sign_in.auth_time if sign_in is not None else None,
+        "acr": sign_in.acr if sign_in is not None else "", "amr": sign_in.amr if sign_in is not None else [],
+        "claims": sign_in.claims if sign_in is not None else None,
+        "issued_at": now, "access_expires_at": datetime.fromtimestamp(claims["exp"], UTC),
+        "refresh_token_hash": token_hash(refresh) if refresh else None,
+        "refresh_expires_at": min(now + timedelta(seconds=idle), family_expires) if refresh else None,
+        "family_expires_at": family_expires if refresh else None,
     })
     event = "token.refreshed" if request.payload.grant_type == "refresh_token" else "token.issued"
-    audit.record(event, subject=request.user, client_id=client.client_id, grant_type=request.payload.grant_type,
-                 jti=issued["jti"], scope=scope, with_refresh_token=bool(issued["refresh"]))
+    audit.record(event, subject=user, client_id=client.client_id, grant_type=request.payload.grant_type,
+                 jti=claims["jti"], scope=scope, with_refresh_token=bool(refresh))
     db.session.commit()
 
 
@@ -254,14 +334,15 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = ALL_AUTH_METHODS
 
     def save_authorization_code(self, code: str, request) -> None:
-        live = g.oidc_session
+        approval: Approval = request.user  # what the authorization endpoint handed over as the grant's user
+        live = approval.session
         now = utcnow()
         data = request.payload.data
         db.session.add(AuthorizationCode(
-            code_hash=token_hash(code), client_id=request.client.client_id, user_id=request.user.id,
+            code_hash=token_hash(code), client_id=request.client.client_id, user_id=approval.user.id,
             redirect_uri=request.payload.redirect_uri or "", scope=request.scope or "", nonce=data.get("nonce"),
             code_challenge=data.get("code_challenge"), code_challenge_method=data.get("code_challenge_method"),
-            claims=g.get("oidc_claims_request"), sid=live.sid, auth_time=live.auth_time, acr=live.acr,
+            claims=approval.claims_request, sid=live.sid, auth_time=live.auth_time, acr=live.acr,
             amr=list(live.amr), issued_at=now,
             expires_at=now + timedelta(seconds=current_app.config["IDP_AUTH_CODE_TTL"]),
         ))
@@ -277,30 +358,48 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         # with the tokens it issues (save_token), so the row stays locked until they exist: a redemption racing
         # this one waits here, finds the code used and the tokens committed, and revokes them. When the exchange
         # fails after the claim, the token view commits the claim alone: a failed code is still a used one.
-        claimed = db.session.execute(_CLAIM_CODE, {"row_id": row.id, "now": now}).rowcount
+        claimed = _rowcount(db.session.execute(_CLAIM_CODE, {"row_id": row.id, "now": now}))
         if claimed != 1:
             # RFC 6749 4.1.2 / RFC 9700 4.5: a second use revokes every token issued from the first.
             family = db.session.execute(
                 db.select(Token.family_id).where(Token.authorization_code_id == row.id).limit(1)).scalar()
             _reuse_detected("code.reuse_detected", "code_reuse", row.user, client.client_id, family)
             return None
-        g.code_claim_pending = True
+        self.claimed_code = True
         if row.expires_at <= now:
             return None
         return row
 
+    claimed_code = False  # this request's grant claimed a code (set by query_authorization_code)
+
+    def validate_token_request(self) -> None:
+        with self._claim_kept_on_failure():
+            super().validate_token_request()
+
+    def create_token_response(self):
+        with self._claim_kept_on_failure():
+            return super().create_token_response()
+
+    @contextmanager
+    def _claim_kept_on_failure(self) -> Iterator[None]:
+        """A code claimed by an exchange that then fails (redirect_uri, PKCE, a disabled user) is a used code all
+        the same (RFC 6749 4.1.2): the claim is committed before the error answers."""
+        try:
+            yield
+        except OAuth2Error:
+            if self.claimed_code:
+                db.session.commit()
+            raise
+
     def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
         """Nothing to do: the code was marked used when it was claimed (kept to detect reuse)."""
 
-    def authenticate_user(self, authorization_code: AuthorizationCode):
+    def authenticate_user(self, authorization_code: AuthorizationCode) -> SignIn | None:
+        """The sign-in the code carries (the tokens and the ID token are made from it)."""
         user = authorization_code.user
         if user is None or user.disabled:
             return None
-        g.oidc_context = {"sid": authorization_code.sid, "auth_time": authorization_code.auth_time,
-                          "acr": authorization_code.acr, "amr": list(authorization_code.amr),
-                          "code_id": authorization_code.id, "claims": authorization_code.claims,
-                          "family_id": new_token(16)}
-        return user
+        return SignIn.from_code(authorization_code)
 
 
 class OpenIDCode(_OpenIDCode):
@@ -321,9 +420,9 @@ class OpenIDCode(_OpenIDCode):
     def get_client_algorithm(self, client: Client) -> str:
         return client.id_token_signed_response_alg or "RS256"
 
-    def generate_user_info(self, user, scope: str):
-        requested = (g.get("oidc_context") or {}).get("claims") or {}
-        return oidc_claims.user_info(user, scope, requested.get("id_token"))
+    def generate_user_info(self, user: SignIn, scope: str):
+        requested = user.claims or {}
+        return oidc_claims.user_info(user.user, scope, requested.get("id_token"))
 
     def get_authorization_code_claims(self, authorization_code: AuthorizationCode) -> dict[str, Any]:
         result = super().get_authorization_code_claims(authorization_code)
@@ -356,17 +455,15 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             return None
         # Claim the token for this rotation atomically, in the transaction that save_token commits: of two
         # concurrent uses one wins and the other is reuse (PostgreSQL holds the row lock until the commit).
-        claimed = db.session.execute(_CLAIM_REFRESH, {"row_id": row.id, "now": now}).rowcount
+        claimed = _rowcount(db.session.execute(_CLAIM_REFRESH, {"row_id": row.id, "now": now}))
         if claimed != 1:
             _reuse_detected("refresh.reuse_detected", "refresh_reuse", row.user, row.client_id, row.family_id)
             return None
-        g.oidc_context = {"sid": row.sid, "auth_time": row.auth_time, "acr": row.acr, "amr": list(row.amr),
-                          "claims": row.claims, "family_id": row.family_id,
-                          "family_expires_at": row.family_expires_at, "code_id": row.authorization_code_id}
         return row
 
-    def authenticate_user(self, refresh_token: Token):
-        return refresh_token.user
+    def authenticate_user(self, refresh_token: Token) -> SignIn:
+        """The sign-in the refresh token's family carries."""
+        return SignIn.from_refresh(refresh_token)
 
     def revoke_old_credential(self, refresh_token: Token) -> None:
         """Nothing left to do: the token was marked rotated when it was claimed, and save_token committed it."""
@@ -520,8 +617,10 @@ class Introspection(_HintIsAHint, IntrospectionEndpoint):
 
     def introspect_token(self, token: _Presented) -> dict[str, Any]:
         row = token.row
+        expires_at = token.expires_at
+        assert expires_at is not None  # an active token (Authlib checked is_expired, which refuses None)
         result = {"active": True, "client_id": row.client_id, "scope": row.scope, "iss": issuer(),
-                  "aud": row.client_id, "iat": int(row.issued_at.timestamp()), "exp": int(token.expires_at.timestamp()),
+                  "aud": row.client_id, "iat": int(row.issued_at.timestamp()), "exp": int(expires_at.timestamp()),
                   "token_type": "Bearer" if token.kind == "access_token" else "refresh_token"}
         if token.kind == "access_token":
             result["jti"] = row.jti
@@ -587,7 +686,7 @@ def create_server(app: Flask) -> AuthorizationServer:
     server = AuthorizationServer()
     app.config.setdefault("OAUTH2_SCOPES_SUPPORTED", list(oidc_claims.SCOPES))
     server.init_app(app, query_client=query_client, save_token=save_token)
-    server.register_token_generator("default", generate_token)
+    server.register_token_generator("default", AccessTokens(app.config["IDP_ISSUER"]))
     server.register_client_auth_method("client_secret_basic", client_secret_basic)
     server.register_client_auth_method("private_key_jwt", PrivateKeyJWT())
     server.register_grant(AuthorizationCodeGrant, [OpenIDCode(require_nonce=False), S256CodeChallenge(required=True),

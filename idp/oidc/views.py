@@ -23,7 +23,7 @@ from idp.login.forms import ConfirmForm
 from idp.models import Consent, utcnow
 from idp.oidc import claims as oidc_claims
 from idp.oidc import keys, policy
-from idp.oidc.server import ALL_AUTH_METHODS, CONFIDENTIAL_AUTH_METHODS, GRANT_TYPES, current_server, issuer
+from idp.oidc.server import ALL_AUTH_METHODS, CONFIDENTIAL_AUTH_METHODS, GRANT_TYPES, Approval, current_server, issuer
 from idp.pg_connections import reads_only
 
 bp = Blueprint("oidc", __name__)
@@ -230,9 +230,8 @@ def authorize():
             client_id=client.client_id, client_name=client.name, scopes=scopes,
             login_hint=login_hint or (user.email if user is not None else ""), acr_values=req.acr_values,
             satisfied=sorted(satisfied), session_amr=list(live.amr) if keep_user and live is not None else None)
-    g.oidc_session = live
-    g.oidc_claims_request = claims_request
-    return server.create_authorization_response(grant=grant, grant_user=user)
+    assert user is not None and live is not None  # check_session passed
+    return server.create_authorization_response(grant=grant, grant_user=Approval(user, live, claims_request))
 
 
 @bp.route("/token", methods=["POST", "OPTIONS"])
@@ -242,10 +241,7 @@ def token():
     """The token endpoint (RFC 6749 3.2): code, refresh_token and client_credentials grants."""
     if request.method == "OPTIONS":
         return current_app.make_default_options_response()
-    response = current_server().create_token_response()
-    if g.pop("code_claim_pending", False):  # the exchange failed after claiming the code: it stays used
-        db.session.commit()
-    return response
+    return current_server().create_token_response()
 
 
 def _token_from_body() -> None:
