@@ -318,3 +318,28 @@ def test_per_client_access_token_lifetime_is_what_the_token_says(app, make_user)
     refused = runner.invoke(args=["clients", "create", "--name", "Bad", "--grant-type", "client_credentials",
                                   "--access-token-ttl", "5"])
     assert refused.exit_code != 0 and "between 60 seconds and a year" in refused.output
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"grant_types": ["authorization_code", "password"]}, "unsupported grant type password"),  # RFC 9700 2.4
+    ({"grant_types": ["implicit"]}, "unsupported grant type implicit"),
+    ({"auth_method": "tls_client_auth"}, "unsupported token endpoint auth method tls_client_auth"),
+    ({"id_token_alg": "none"}, "the ID token algorithm must be RS256 or ES256"),
+    ({"id_token_alg": "HS256"}, "the ID token algorithm must be RS256 or ES256"),
+    ({"min_acr": "urn:example:gold"}, "unknown level urn:example:gold"),
+    ({"scopes": ["openid", "admin"]}, "unknown scopes: admin"),
+    ({"jwks_uri": "not a url", "auth_method": "private_key_jwt"}, "invalid jwks_uri"),
+])
+def test_registration_metadata_is_checked_against_what_the_server_supports(app, changes, message):
+    """create_client validates like dynamic registration (RFC 7591 2, OIDC Registration 2): what discovery does not
+    advertise cannot be registered."""
+    from idp.oidc.cli import create_client
+
+    settings = {"name": "Shop", "redirect_uris": [REDIRECT_URI], "post_logout_redirect_uris": [], "public": False,
+                "grant_types": ["authorization_code"], "scopes": ["openid"], "auth_method": None,
+                "first_party": False, **changes}
+    with app.app_context():
+        with pytest.raises(ValueError) as refusal:
+            create_client(**settings)
+        assert str(refusal.value).startswith(message)
+        assert db.session.execute(db.select(Client)).first() is None

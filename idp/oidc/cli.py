@@ -6,7 +6,10 @@ import json
 from urllib.parse import urlsplit
 
 import click
+from authlib.oauth2.rfc7591 import ClientMetadataClaims as RFC7591Claims
+from authlib.oidc.registration import ClientMetadataClaims as OIDCRegistrationClaims
 from flask.cli import AppGroup
+from joserfc.errors import InvalidClaimError
 
 from idp import audit
 from idp.extensions import db
@@ -15,6 +18,7 @@ from idp.models import Client, SigningKey
 from idp.oidc import keys
 from idp.oidc.claims import SCOPES
 from idp.oidc.server import ALL_AUTH_METHODS, GRANT_TYPES, client_public_keys, revoke_client
+from idp.security.keys import SUPPORTED_ALGS
 from idp.security.tokens import new_token, token_hash
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})  # where plain http is allowed (RFC 8252 7.3)
@@ -45,6 +49,41 @@ def validate_jwks_uri(uri: str) -> str | None:
     return None
 
 
+# What this server supports, named as in OpenID Provider Metadata (the values its discovery document publishes).
+SUPPORTED = {
+    "scopes_supported": list(SCOPES), "grant_types_supported": GRANT_TYPES, "response_types_supported": ["code"],
+    "token_endpoint_auth_methods_supported": ALL_AUTH_METHODS, "acr_values_supported": list(LEVELS),
+    "id_token_signing_alg_values_supported": list(SUPPORTED_ALGS),
+}
+
+
+def _refusal(claim: str, metadata: dict) -> str:
+    """The one-line reason a registration metadata value is refused."""
+    if claim == "scope":
+        return f"unknown scopes: {' '.join(s for s in metadata['scope'].split() if s not in SCOPES)}"
+    if claim == "grant_types":
+        unknown = [g for g in metadata["grant_types"] if g not in GRANT_TYPES]
+        return f"unsupported grant type {' '.join(unknown)} (choose from {', '.join(GRANT_TYPES)})"
+    if claim == "token_endpoint_auth_method":
+        return f"unsupported token endpoint auth method {metadata[claim]}"
+    if claim == "id_token_signed_response_alg":
+        return f"the ID token algorithm must be {' or '.join(SUPPORTED_ALGS)}"
+    if claim == "default_acr_values":
+        return f"unknown level {metadata[claim][0]} (choose from {', '.join(LEVELS)})"
+    return f"invalid {claim}"
+
+
+def check_metadata(metadata: dict) -> None:
+    """Validate client metadata as registration does (RFC 7591 2, OpenID Connect Dynamic Client Registration 2)
+    with Authlib's ClientMetadataClaims, against what this server supports; raises ValueError in one line."""
+    for claims_class in (RFC7591Claims, OIDCRegistrationClaims):
+        claims = claims_class(metadata, {}, options=claims_class.get_claims_options(SUPPORTED))
+        try:
+            claims.validate()
+        except InvalidClaimError as error:
+            raise ValueError(_refusal(error.claim, metadata)) from None
+
+
 def new_client_id() -> str:
     """A random client_id that never starts with "-" (the command line would read it as an option)."""
     while (client_id := new_token(16)).startswith("-"):
@@ -65,18 +104,19 @@ def create_client(*, name: str, redirect_uris: list[str], post_logout_redirect_u
                   refresh_token_ttl: int | None = None) -> tuple[Client, str | None]:
     """Register a client after checking its settings; returns it and its secret (None for public clients)."""
     grant_types = grant_types or ["authorization_code", "refresh_token"]
-    for grant in grant_types:
-        if grant not in GRANT_TYPES:
-            raise ValueError(f"unsupported grant type {grant} (choose from {', '.join(GRANT_TYPES)})")
-    if "authorization_code" in grant_types and not redirect_uris:
-        raise ValueError("a client with the authorization_code grant needs at least one --redirect-uri")
-    for uri in [*redirect_uris, *post_logout_redirect_uris]:
+    method = "none" if public else (auth_method or "client_secret_basic")
+    for uri in [*redirect_uris, *post_logout_redirect_uris]:  # stricter than registration's own URI check
         problem = validate_redirect_uri(uri)
         if problem:
             raise ValueError(problem)
-    method = "none" if public else (auth_method or "client_secret_basic")
-    if method not in ALL_AUTH_METHODS:
-        raise ValueError(f"unsupported token endpoint auth method {method}")
+    check_metadata({"redirect_uris": list(redirect_uris), "token_endpoint_auth_method": method,
+                    "grant_types": list(grant_types), "response_types": ["code"] if redirect_uris else [],
+                    "client_name": name, "scope": " ".join(scopes), "id_token_signed_response_alg": id_token_alg,
+                    **({"default_acr_values": [min_acr]} if min_acr else {}),
+                    **({"jwks_uri": jwks_uri} if jwks_uri else {})})
+    # idp's own rules on top of the registration metadata's.
+    if "authorization_code" in grant_types and not redirect_uris:
+        raise ValueError("a client with the authorization_code grant needs at least one --redirect-uri")
     if public and auth_method not in (None, "none"):
         raise ValueError("a public client authenticates with 'none'")
     if method == "none" and "client_credentials" in grant_types:
@@ -90,18 +130,11 @@ def create_client(*, name: str, redirect_uris: list[str], post_logout_redirect_u
         raise ValueError(problem)
     if not name.strip() or len(name) > 200:
         raise ValueError("a client name has 1 to 200 characters")
-    if id_token_alg not in ("RS256", "ES256"):
-        raise ValueError("the ID token algorithm must be RS256 or ES256")
     for ttl in (access_token_ttl, refresh_token_ttl):
         if ttl is not None and not 60 <= ttl <= 365 * 86400:
             raise ValueError("token lifetimes must be between 60 seconds and a year")
     if mfa not in ("optional", "required"):
         raise ValueError("--mfa must be optional or required")
-    if min_acr and min_acr not in LEVELS:
-        raise ValueError(f"unknown level {min_acr} (choose from {', '.join(LEVELS)})")
-    unknown = [s for s in scopes if s not in SCOPES]
-    if unknown:
-        raise ValueError(f"unknown scopes: {' '.join(unknown)}")
     secret = None if method in ("none", "private_key_jwt") else new_client_secret()
     client = Client(client_id=client_id or new_client_id(), name=name, redirect_uris=list(redirect_uris),
                     post_logout_redirect_uris=list(post_logout_redirect_uris), grant_types=list(grant_types),
