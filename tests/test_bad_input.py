@@ -67,8 +67,9 @@ def _in_transaction(app, make_client):
     return client, started.headers["Location"].rsplit("/", 1)[1]
 
 
-@pytest.mark.parametrize("state", ["stranger", "signed_in", "in_transaction"])
-def test_no_route_answers_bad_input_with_a_500(app, make_user, make_client, state):
+def _browser_in(state: str, app, make_user, make_client):
+    """A test client in ``state`` (a stranger, signed in, or inside a login transaction), the transaction's id, and
+    a CSRF token its forms accept."""
     tid = None
     if state == "stranger":
         client = app.test_client()
@@ -78,6 +79,12 @@ def test_no_route_answers_bad_input_with_a_500(app, make_user, make_client, stat
         client, tid = _in_transaction(app, make_client)
     token_page = client.get(f"/login/{tid}" if tid else "/account")
     token = csrf_token(token_page) if 'name="csrf_token"' in token_page.get_data(as_text=True) else ""
+    return client, tid, token
+
+
+@pytest.mark.parametrize("state", ["stranger", "signed_in", "in_transaction"])
+def test_no_route_answers_bad_input_with_a_500(app, make_user, make_client, state):
+    client, tid, token = _browser_in(state, app, make_user, make_client)
     failures = []
     for rule, method in _routes(app):
         if rule in ("/logout", "/account/sessions/end-all") or rule.endswith("/cancel"):
@@ -218,15 +225,7 @@ def _fuzz(app, client, tid: str | None, token: str, skip) -> None:
 
 @pytest.mark.parametrize("state", ["stranger", "signed_in", "in_transaction"])
 def test_no_route_answers_random_input_with_a_500(app, make_user, make_client, state):
-    tid = None
-    if state == "stranger":
-        client = app.test_client()
-    elif state == "signed_in":
-        client = _signed_in(app, make_user)
-    else:
-        client, tid = _in_transaction(app, make_client)
-    token_page = client.get(f"/login/{tid}" if tid else "/account")
-    token = csrf_token(token_page) if 'name="csrf_token"' in token_page.get_data(as_text=True) else ""
+    client, tid, token = _browser_in(state, app, make_user, make_client)
 
     def skip(rule: str) -> bool:  # they end the state under test; the stranger covers them
         return state != "stranger" and (rule in ("/logout", "/account/sessions/end-all") or rule.endswith("/cancel"))
