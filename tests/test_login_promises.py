@@ -297,3 +297,11 @@ def test_a_same_site_next_is_where_sign_in_returns(app, client, alice):
     assert urlsplit(response.headers["Location"]).path == "/account/security"
     assert query_params(response.headers["Location"]) == {}
 
+
+# --- OIDC Core 3.1.2.1: a fresh sign-in answers prompt=login and max_age ----------------------------------------------
+
+@pytest.mark.parametrize("params", [{"prompt": "login"}, {"max_age": "0"}])
+def test_a_browser_without_a_session_signs_in_once_for_prompt_login_or_max_age(app, client, alice, plain_client,
+                                                                               params):
+    result = follow(client, client.get(authorize_url(plain_client[0], **params)))
+    assert result.screens == ["password"] and "code" in result.params
