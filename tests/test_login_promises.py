@@ -266,17 +266,19 @@ def test_a_passkey_signs_in_once_through_the_sign_in_page(app, client, alice):
 
 # --- no open redirect through next= ---------------------------------------------------------------------------------
 
-OFF_SITE = ["//evil.example", "///evil.example", "////evil.example", "/\\evil.example", "\\\\evil.example",
+TRICKY_NEXT = ["//evil.example", "///evil.example", "////evil.example", "/\\evil.example", "\\\\evil.example",
             "/\\/evil.example", "https://evil.example/", "/%2F/evil.example"]
 
 
 def assert_on_site(location: str) -> None:
+    """A path on this site, as a browser reads it: '//x' and '/\\x' name another host."""
     parts = urlsplit(location)
     assert parts.scheme in ("", "http") and parts.netloc in ("", "localhost"), location
-    assert parts.path.startswith("/") and not parts.path.startswith("//") and "\\" not in location, location
+    path = location.removeprefix("http://localhost")
+    assert path.startswith("/") and path[1:2] not in ("/", "\\"), location
 
 
-@pytest.mark.parametrize("target", OFF_SITE)
+@pytest.mark.parametrize("target", TRICKY_NEXT)
 def test_signing_in_never_redirects_off_site_through_next(app, client, alice, target):
     start = client.get("/login?" + urlencode({"next": target}))
     step_url = start.headers["Location"]
