@@ -114,7 +114,7 @@ def set_key(app, authenticator: SoftAuthenticator, **fields) -> None:
         db.session.commit()
 
 
-def copy_cookies(app, source, target) -> None:
+def copy_cookies(source, target) -> None:
     """Give ``target`` every cookie ``source`` holds for the IdP, as someone who copied them would."""
     for name in (FLOW_COOKIE, SESSION_COOKIE, "idp_device"):
         cookie = source.get_cookie(name)
@@ -159,7 +159,7 @@ def test_a_copy_of_the_pre_sign_in_cookies_cannot_carry_on_the_transaction(app, 
     page = client.get(step_url)
     assert step_name(page) == "password"
     thief = app.test_client()
-    copy_cookies(app, client, thief)
+    copy_cookies(client, thief)
     assert thief.get(step_url).status_code == 200  # until sign-in, the copy is as good as the original
 
     done = client.post(step_url, data={"csrf_token": csrf_token(page), "step": "password", "email": ALICE,
@@ -181,11 +181,9 @@ def test_a_copy_of_the_pre_sign_in_cookies_cannot_carry_on_the_transaction(app, 
 
 # --- SECURITY.md 25: the signature counter and the single-use challenge on the sign-in path ----------------------
 
-def sign_in_with_key(client, authenticator: SoftAuthenticator, plain_client, *, counter: int):
-    """Password, then the security-key screen answered with an assertion carrying ``counter``."""
-    answers = {"webauthn": lambda page: {"credential": authenticator.assertion(
-        offered_challenge(page, "webauthn-options"), counter=counter)}}
-    return follow(client, client.get(authorize_url(plain_client[0])), answers=answers, stop_at="webauthn")
+def up_to_the_key_screen(client, plain_client):
+    """Walk an authorization request through the password to the security-key screen (not answered yet)."""
+    return follow(client, client.get(authorize_url(plain_client[0])), stop_at="webauthn")
 
 
 def answer_key_screen(client, walked, credential: str):
@@ -198,7 +196,7 @@ def test_a_security_key_whose_counter_went_back_is_refused_at_sign_in(app, clien
     """A counter at or below the stored one means a cloned authenticator (WebAuthn L3 6.1.1): no sign-in."""
     key = SoftAuthenticator()
     register_key(app, key, sign_count=10)
-    walked = sign_in_with_key(client, key, plain_client, counter=7)
+    walked = up_to_the_key_screen(client, plain_client)
     assert walked.screens == ["password", "webauthn"]
     challenge = offered_challenge(walked.pages[-1], "webauthn-options")
     response = answer_key_screen(client, walked, key.assertion(challenge, counter=7))
@@ -211,7 +209,7 @@ def test_a_security_key_whose_counter_went_back_is_refused_at_sign_in(app, clien
 def test_a_security_key_whose_counter_moved_on_signs_in_and_the_counter_is_stored(app, client, alice, plain_client):
     key = SoftAuthenticator()
     register_key(app, key, sign_count=10)
-    walked = sign_in_with_key(client, key, plain_client, counter=11)
+    walked = up_to_the_key_screen(client, plain_client)
     challenge = offered_challenge(walked.pages[-1], "webauthn-options")
     result = follow(client, answer_key_screen(client, walked, key.assertion(challenge, counter=11)))
     assert "code" in result.params and signed_in_email(client) == ALICE
@@ -223,7 +221,7 @@ def test_a_security_key_assertion_cannot_be_posted_twice_in_one_transaction(app,
     stored counter would let it through."""
     key = SoftAuthenticator()
     register_key(app, key, sign_count=5)
-    walked = sign_in_with_key(client, key, plain_client, counter=0)
+    walked = up_to_the_key_screen(client, plain_client)
     # A counter of 0 is what authenticators without one send: then only the challenge stops a replay.
     assertion = key.assertion(offered_challenge(walked.pages[-1], "webauthn-options"), counter=0)
     assert step_name(answer_key_screen(client, walked, assertion)) == "webauthn"
@@ -267,7 +265,7 @@ def test_a_passkey_signs_in_once_through_the_sign_in_page(app, client, alice):
 # --- no open redirect through next= ---------------------------------------------------------------------------------
 
 TRICKY_NEXT = ["//evil.example", "///evil.example", "////evil.example", "/\\evil.example", "\\\\evil.example",
-            "/\\/evil.example", "https://evil.example/", "/%2F/evil.example"]
+               "/\\/evil.example", "https://evil.example/", "/%2F/evil.example"]
 
 
 def assert_on_site(location: str) -> None:
