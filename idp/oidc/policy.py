@@ -62,16 +62,20 @@ def check_session(req: Request, now: datetime) -> Failure | None:
     return None
 
 
+# A sign-in that answered "no_session" was a fresh one too: asking for it again would sign the user in twice.
+FRESH_SIGN_IN = frozenset({"prompt_login", "max_age", "no_session"})
+
+
 def check_prompt_login(req: Request, now: datetime) -> Failure | None:
     """`prompt=login` forces a fresh sign-in (OIDC Core 3.1.2.1)."""
-    if "login" in req.prompt and "prompt_login" not in req.satisfied:
+    if "login" in req.prompt and not req.satisfied & FRESH_SIGN_IN:
         return Failure("prompt_login", "login_required")
     return None
 
 
 def check_max_age(req: Request, now: datetime) -> Failure | None:
     """`max_age`: the last sign-in must be at most that many seconds old."""
-    if req.max_age is not None and "max_age" not in req.satisfied:
+    if req.max_age is not None and not req.satisfied & FRESH_SIGN_IN:
         if (now - req.live.auth_time).total_seconds() > req.max_age:
             return Failure("max_age", "login_required")
     return None
