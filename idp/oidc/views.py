@@ -284,6 +284,14 @@ def introspect():
     return current_server().create_endpoint_response("introspection")
 
 
+def _logout_needs_confirmation(end_request, live) -> bool:
+    """RP-Initiated Logout 1.0 sections 2, 4 and 6: without a valid id_token_hint, or with one naming another user
+    than the one signed in here, the request cannot say it is this session that ends: the user is asked."""
+    if end_request.needs_confirmation:
+        return True
+    return live is not None and end_request.id_token_claims.get("sub") != live.user.subject
+
+
 @bp.route("/end-session", methods=["GET", "POST"])
 @csrf.exempt  # the RP may POST here; our own confirmation form is checked below
 def end_session():
@@ -295,7 +303,7 @@ def end_session():
         return render_template("error.html", title="This sign-out request is not valid",
                                message=error.description or error.error), 400
     live = current_session()
-    if end_request.needs_confirmation:
+    if _logout_needs_confirmation(end_request, live):
         form = ConfirmForm()
         if request.method != "POST" or request.form.get("confirm") != "yes":
             return render_template("oidc/logout_confirm.html", form=form, client=end_request.client, user=live.user
