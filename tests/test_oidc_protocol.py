@@ -1175,3 +1175,28 @@ def test_a_refresh_token_sent_six_times_at_once_rotates_once(app, client, alice,
     winner = next(r for r in responses if r.status_code == 200).get_json()
     # The losers presented a rotated token: reuse, so the whole family is revoked, the winner's new token too.
     assert refresh(client, *conf, winner["refresh_token"]).status_code == 400
+
+
+# OIDC Core 6.1, 6.2: request objects are not supported (discovery says so), so a request that carries one is
+# refused with the errors Core 3.1.2.6 names for that, not served as if the object were not there.
+@pytest.mark.parametrize(("name", "value", "error"), [
+    ("request", "eyJhbGciOiJub25lIn0.eyJzY29wZSI6Im9wZW5pZCJ9.", "request_not_supported"),
+    ("request_uri", "https://rp.example/request.jwt", "request_uri_not_supported"),
+])
+@pytest.mark.parametrize("signed_in", [False, True])
+def test_a_request_object_is_refused_by_redirect(client, alice, conf, name, value, error, signed_in):
+    if signed_in:
+        authorize(client, conf[0])
+    assert_error_redirect(client.get(authorize_url(conf[0], **{name: value})), error)
+
+
+def test_a_request_object_from_an_unknown_client_or_redirect_uri_gets_the_error_page(client, conf):
+    assert_error_page(client.get(authorize_url("no-such-client", request="a.b.")))
+    assert_error_page(client.get(authorize_url(conf[0], redirect_uri="https://evil.example/cb",
+                                               request_uri="https://rp.example/r")))
+
+
+def test_discovery_says_request_objects_are_not_supported(client):
+    meta = client.get("/.well-known/openid-configuration").get_json()
+    assert meta["request_parameter_supported"] is False
+    assert meta["request_uri_parameter_supported"] is False

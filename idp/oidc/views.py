@@ -7,7 +7,13 @@ from urllib.parse import urlencode
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749.errors import InvalidRequestError
-from authlib.oidc.core.errors import ConsentRequiredError, InteractionRequiredError, LoginRequiredError
+from authlib.oidc.core.errors import (
+    ConsentRequiredError,
+    InteractionRequiredError,
+    LoginRequiredError,
+    RequestNotSupportedError,
+    RequestURINotSupportedError,
+)
 from flask import Blueprint, current_app, g, jsonify, render_template, request, url_for
 from joserfc import jwt
 from joserfc.errors import JoseError
@@ -183,6 +189,10 @@ def authorize():
         repeated = next((name for name in SINGLE_VALUED if len(params.getlist(name)) > 1), None)
         if repeated:  # RFC 6749 3.1; Authlib checks client_id, response_type, redirect_uri, scope and state
             raise InvalidRequestError(f"Multiple '{repeated}' in request.")
+        if params.get("request"):  # OIDC Core 6.1, 3.1.2.6: discovery says request objects are not supported
+            raise RequestNotSupportedError()
+        if params.get("request_uri"):  # OIDC Core 6.2, 3.1.2.6
+            raise RequestURINotSupportedError()
         max_age = params.get("max_age")
         if max_age is not None and (not (max_age.isascii() and max_age.isdigit()) or len(max_age) > 10):
             raise InvalidRequestError("max_age must be a non-negative integer.")
