@@ -1200,3 +1200,18 @@ def test_discovery_says_request_objects_are_not_supported(client):
     meta = client.get("/.well-known/openid-configuration").get_json()
     assert meta["request_parameter_supported"] is False
     assert meta["request_uri_parameter_supported"] is False
+
+
+def test_discovery_does_not_advertise_address(client):
+    """idp holds no postal address: neither the scope nor the claim is offered (OIDC Discovery 3 is truthful)."""
+    meta = client.get("/.well-known/openid-configuration").get_json()
+    assert "address" not in meta["scopes_supported"]
+    assert "address" not in meta["claims_supported"]
+
+
+@pytest.mark.parametrize("signed_in", [False, True])
+def test_the_address_scope_is_invalid_scope_like_any_unknown_scope(client, alice, conf, signed_in):
+    if signed_in:
+        authorize(client, conf[0])
+    assert_error_redirect(client.get(authorize_url(conf[0], scope="openid address")), "invalid_scope")
+    assert_error_redirect(client.get(authorize_url(conf[0], scope="openid no-such-scope")), "invalid_scope")
