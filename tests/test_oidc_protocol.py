@@ -598,6 +598,26 @@ def test_basic_client_cannot_use_client_secret_post(client, machine):
     assert response.status_code in (400, 401) and response.get_json()["error"] == "invalid_client"
 
 
+def test_a_client_using_a_method_it_is_not_registered_for_is_told_the_one_it_is(client, make_client, machine):
+    """RFC 6749 5.2 invalid_client, with a description that helps: the registered method, not every method the
+    endpoint accepts (which would read as if any of them would do)."""
+    post_id, post_secret = make_client(auth_method="client_secret_post", redirect_uris=[],
+                                       grant_types=["client_credentials"])
+    basic = client.post("/token", data={"grant_type": "client_credentials"}, auth=(post_id, post_secret))
+    assert basic.status_code == 401 and basic.get_json()["error"] == "invalid_client"
+    description = basic.get_json()["error_description"]
+    assert "client_secret_post" in description and "client_secret_basic" not in description
+    assert "private_key_jwt" not in description
+    posted = client.post("/token", data={"grant_type": "client_credentials", "client_id": machine[0],
+                                         "client_secret": machine[1]})
+    assert posted.get_json()["error"] == "invalid_client"
+    description = posted.get_json()["error_description"]
+    assert "client_secret_basic" in description and "client_secret_post" not in description
+    # A wrong secret proves nothing: the answer names no method of the client.
+    wrong = client.post("/token", data={"grant_type": "client_credentials"}, auth=(post_id, "wrong"))
+    assert wrong.status_code == 401 and "client_secret_post" not in wrong.get_json()["error_description"]
+
+
 def test_rotate_secret_makes_the_old_one_fail(app, client, machine):
     result = cli(app, "clients", "rotate-secret", machine[0])
     assert result.exit_code == 0, result.output

@@ -12,8 +12,9 @@ from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector, current_token
 from authlib.oauth2.rfc6749 import grants
+from authlib.oauth2.rfc6749.authenticate_client import ClientAuthentication as _ClientAuthentication
 from authlib.oauth2.rfc6749.authenticate_client import authenticate_client_secret_basic
-from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError
+from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidGrantError, InvalidRequestError
 from authlib.oauth2.rfc6750 import BearerTokenValidator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
@@ -380,6 +381,33 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
 
 # --- client authentication ---------------------------------------------------------------------------------------
 
+class ClientAuthentication(_ClientAuthentication):
+    """Authlib's client authentication, but a client that identified itself by a method it is not registered for is
+    told the method it is registered for (RFC 6749 5.2 invalid_client), not every method the endpoint accepts, which
+    reads as if any of them would do. Only a method that identified the client counts (a right secret, a valid
+    assertion, or a bare client_id for `none`): a wrong secret proves nothing and the answer names no method."""
+
+    def authenticate(self, request, methods, endpoint):
+        registered = None
+        for method in methods:
+            client = self._methods[method](self.query_client, request)
+            if not client:
+                continue
+            if client.check_endpoint_auth_method(method, endpoint):
+                request.auth_method = method
+                return client
+            registered = registered or client.token_endpoint_auth_method
+        if registered is None:
+            description = "Client authentication failed."
+        elif registered in methods:
+            description = f"This client is registered to authenticate with {registered}."
+        else:
+            description = f"This client is registered to authenticate with {registered}, which this endpoint refuses."
+        # RFC 6749 5.2: 401 where the client may have used the Authorization header (Authlib's rule).
+        raise InvalidClientError(status_code=401 if "client_secret_basic" in methods else 400,
+                                 description=description)
+
+
 def client_secret_basic(query_client, request):
     """Authlib's client_secret_basic, but a malformed Authorization header is no credentials, not a 500."""
     try:
@@ -587,6 +615,7 @@ def create_server(app: Flask) -> AuthorizationServer:
     server = AuthorizationServer()
     app.config.setdefault("OAUTH2_SCOPES_SUPPORTED", list(oidc_claims.SCOPES))
     server.init_app(app, query_client=query_client, save_token=save_token)
+    server._client_auth = ClientAuthentication(query_client)  # Authlib builds its own only when none is set
     server.register_token_generator("default", generate_token)
     server.register_client_auth_method("client_secret_basic", client_secret_basic)
     server.register_client_auth_method("private_key_jwt", PrivateKeyJWT())
