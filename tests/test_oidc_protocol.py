@@ -1235,3 +1235,40 @@ def test_the_address_scope_is_invalid_scope_like_any_unknown_scope(client, alice
         authorize(client, conf[0])
     assert_error_redirect(client.get(authorize_url(conf[0], scope="openid address")), "invalid_scope")
     assert_error_redirect(client.get(authorize_url(conf[0], scope="openid no-such-scope")), "invalid_scope")
+
+
+def test_a_nonce_the_same_client_already_used_is_refused(client, alice, conf, make_client):
+    """OIDC Core 3.1.2.1, 15.5.2: a nonce is a one-time value per client; a second authorization request with a
+    nonce a code was already issued for is refused (the replay check in idp.oidc.server.OpenIDCode.exists_nonce)."""
+    authorize(client, conf[0], nonce="once-only-1")
+    again = client.get(authorize_url(conf[0], nonce="once-only-1"))
+    params = assert_error_redirect(again, "invalid_request")
+    assert "code" not in params
+    assert authorize(client, conf[0], nonce="once-only-2")  # a fresh nonce still works
+    other_id, _ = make_client(name="Other App", first_party=True)
+    assert authorize(client, other_id, nonce="once-only-1")  # the same value from another client is its own
+
+
+def test_the_client_secret_is_compared_in_constant_time(app, client, machine, monkeypatch):
+    """SECURITY.md 8: the presented secret's hash is compared with the stored one by hmac.compare_digest (through
+    idp.security.tokens.same), never with ``==``, whose time leaks how much of it matches."""
+    import hmac
+
+    real = hmac.compare_digest
+    calls: list[tuple] = []
+
+    def spy(a, b):
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    with app.app_context():
+        stored = db.session.execute(db.select(Client.client_secret_hash).where(Client.client_id == machine[0])
+                                    ).scalar_one()
+    for secret, status in ((machine[1], 200), ("wrong-" + machine[1], 401)):
+        calls.clear()
+        response = client.post("/token", data={"grant_type": "client_credentials"}, auth=(machine[0], secret))
+        assert response.status_code == status
+        compared = {(bytes(a) if isinstance(a, bytes) else a.encode(), bytes(b) if isinstance(b, bytes)
+                     else b.encode()) for a, b in calls}
+        assert (stored.encode(), token_hash(secret).encode()) in compared, calls
