@@ -541,6 +541,39 @@ def test_end_session_without_hint_asks_first_and_get_does_not_sign_out(client, a
     assert signed_in_email(client) is None
 
 
+def test_end_session_with_another_users_hint_asks_and_signs_out_only_what_is_confirmed(client, make_user,
+                                                                                      alice, first_party):
+    """RP-Initiated Logout 1.0 sections 2 and 4: a valid id_token_hint that names another user than the browser's
+    cannot say which session to end, so the browser's user is asked; only a confirmed POST signs them out."""
+    client_id, secret = first_party
+    _, alices = login_and_tokens(client, client_id, secret)
+    client.post("/logout", data={"csrf_token": csrf_token(client.get("/logout"))})
+    assert signed_in_email(client) is None
+    make_user(email="bob@example.com", name="Bob")
+    walk(client, authorize_path(client_id), email="bob@example.com")
+    assert signed_in_email(client) == "bob@example.com"
+    query = "/end-session?" + urlencode({"id_token_hint": alices["id_token"], "post_logout_redirect_uri": LOGGED_OUT,
+                                         "state": "m-1"})
+    page = client.get(query)
+    assert page.status_code == 200 and "Sign out?" in page.get_data(as_text=True)
+    assert "bob@example.com" in page.get_data(as_text=True)
+    assert signed_in_email(client) == "bob@example.com"
+    assert client.post(query, data={"confirm": "yes"}).status_code in (200, 400)  # no CSRF token: nothing happens
+    assert signed_in_email(client) == "bob@example.com"
+    done = client.post(query, data={"csrf_token": csrf_token(page), "confirm": "yes"})
+    assert done.status_code == 302 and done.headers["Location"] == LOGGED_OUT + "?state=m-1"
+    assert signed_in_email(client) is None
+
+
+def test_end_session_with_a_hint_and_no_session_asks_nothing(client, alice, first_party):
+    """A valid hint with nobody signed in here: nothing to end, so no question, and the RP gets its redirect."""
+    client_id, secret = first_party
+    _, body = login_and_tokens(client, client_id, secret)
+    client.post("/logout", data={"csrf_token": csrf_token(client.get("/logout"))})
+    response = _end_session(client, id_token_hint=body["id_token"], post_logout_redirect_uri=LOGGED_OUT, state="n")
+    assert response.status_code == 302 and response.headers["Location"] == LOGGED_OUT + "?state=n"
+
+
 def test_confirmed_end_session_redirects_only_to_the_clients_registered_uri(client, alice, first_party):
     client_id, _ = first_party
     walk(client, authorize_path(client_id))

@@ -598,6 +598,26 @@ def test_basic_client_cannot_use_client_secret_post(client, machine):
     assert response.status_code in (400, 401) and response.get_json()["error"] == "invalid_client"
 
 
+def test_a_client_using_a_method_it_is_not_registered_for_is_told_the_one_it_is(client, make_client, machine):
+    """RFC 6749 5.2 invalid_client, with a description that helps: the registered method, not every method the
+    endpoint accepts (which would read as if any of them would do)."""
+    post_id, post_secret = make_client(auth_method="client_secret_post", redirect_uris=[],
+                                       grant_types=["client_credentials"])
+    basic = client.post("/token", data={"grant_type": "client_credentials"}, auth=(post_id, post_secret))
+    assert basic.status_code == 401 and basic.get_json()["error"] == "invalid_client"
+    description = basic.get_json()["error_description"]
+    assert "client_secret_post" in description and "client_secret_basic" not in description
+    assert "private_key_jwt" not in description
+    posted = client.post("/token", data={"grant_type": "client_credentials", "client_id": machine[0],
+                                         "client_secret": machine[1]})
+    assert posted.get_json()["error"] == "invalid_client"
+    description = posted.get_json()["error_description"]
+    assert "client_secret_basic" in description and "client_secret_post" not in description
+    # A wrong secret proves nothing: the answer names no method of the client.
+    wrong = client.post("/token", data={"grant_type": "client_credentials"}, auth=(post_id, "wrong"))
+    assert wrong.status_code == 401 and "client_secret_post" not in wrong.get_json()["error_description"]
+
+
 def test_rotate_secret_makes_the_old_one_fail(app, client, machine):
     result = cli(app, "clients", "rotate-secret", machine[0])
     assert result.exit_code == 0, result.output
@@ -1175,3 +1195,80 @@ def test_a_refresh_token_sent_six_times_at_once_rotates_once(app, client, alice,
     winner = next(r for r in responses if r.status_code == 200).get_json()
     # The losers presented a rotated token: reuse, so the whole family is revoked, the winner's new token too.
     assert refresh(client, *conf, winner["refresh_token"]).status_code == 400
+
+
+# OIDC Core 6.1, 6.2: request objects are not supported (discovery says so), so a request that carries one is
+# refused with the errors Core 3.1.2.6 names for that, not served as if the object were not there.
+@pytest.mark.parametrize(("name", "value", "error"), [
+    ("request", "eyJhbGciOiJub25lIn0.eyJzY29wZSI6Im9wZW5pZCJ9.", "request_not_supported"),
+    ("request_uri", "https://rp.example/request.jwt", "request_uri_not_supported"),
+])
+@pytest.mark.parametrize("signed_in", [False, True])
+def test_a_request_object_is_refused_by_redirect(client, alice, conf, name, value, error, signed_in):
+    if signed_in:
+        authorize(client, conf[0])
+    assert_error_redirect(client.get(authorize_url(conf[0], **{name: value})), error)
+
+
+def test_a_request_object_from_an_unknown_client_or_redirect_uri_gets_the_error_page(client, conf):
+    assert_error_page(client.get(authorize_url("no-such-client", request="a.b.")))
+    assert_error_page(client.get(authorize_url(conf[0], redirect_uri="https://evil.example/cb",
+                                               request_uri="https://rp.example/r")))
+
+
+def test_discovery_says_request_objects_are_not_supported(client):
+    meta = client.get("/.well-known/openid-configuration").get_json()
+    assert meta["request_parameter_supported"] is False
+    assert meta["request_uri_parameter_supported"] is False
+
+
+def test_discovery_does_not_advertise_address(client):
+    """idp holds no postal address: neither the scope nor the claim is offered (OIDC Discovery 3 is truthful)."""
+    meta = client.get("/.well-known/openid-configuration").get_json()
+    assert "address" not in meta["scopes_supported"]
+    assert "address" not in meta["claims_supported"]
+
+
+@pytest.mark.parametrize("signed_in", [False, True])
+def test_the_address_scope_is_invalid_scope_like_any_unknown_scope(client, alice, conf, signed_in):
+    if signed_in:
+        authorize(client, conf[0])
+    assert_error_redirect(client.get(authorize_url(conf[0], scope="openid address")), "invalid_scope")
+    assert_error_redirect(client.get(authorize_url(conf[0], scope="openid no-such-scope")), "invalid_scope")
+
+
+def test_a_nonce_the_same_client_already_used_is_refused(client, alice, conf, make_client):
+    """OIDC Core 3.1.2.1, 15.5.2: a nonce is a one-time value per client; a second authorization request with a
+    nonce a code was already issued for is refused (the replay check in idp.oidc.server.OpenIDCode.exists_nonce)."""
+    authorize(client, conf[0], nonce="once-only-1")
+    again = client.get(authorize_url(conf[0], nonce="once-only-1"))
+    params = assert_error_redirect(again, "invalid_request")
+    assert "code" not in params
+    assert authorize(client, conf[0], nonce="once-only-2")  # a fresh nonce still works
+    other_id, _ = make_client(name="Other App", first_party=True)
+    assert authorize(client, other_id, nonce="once-only-1")  # the same value from another client is its own
+
+
+def test_the_client_secret_is_compared_in_constant_time(app, client, machine, monkeypatch):
+    """SECURITY.md 8: the presented secret's hash is compared with the stored one by hmac.compare_digest (through
+    idp.security.tokens.same), never with ``==``, whose time leaks how much of it matches."""
+    import hmac
+
+    real = hmac.compare_digest
+    calls: list[tuple] = []
+
+    def spy(a, b):
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    with app.app_context():
+        stored = db.session.execute(db.select(Client.client_secret_hash).where(Client.client_id == machine[0])
+                                    ).scalar_one()
+    for secret, status in ((machine[1], 200), ("wrong-" + machine[1], 401)):
+        calls.clear()
+        response = client.post("/token", data={"grant_type": "client_credentials"}, auth=(machine[0], secret))
+        assert response.status_code == status
+        compared = {(bytes(a) if isinstance(a, bytes) else a.encode(), bytes(b) if isinstance(b, bytes)
+                     else b.encode()) for a, b in calls}
+        assert (stored.encode(), token_hash(secret).encode()) in compared, calls

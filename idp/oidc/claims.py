@@ -9,7 +9,9 @@ from authlib.oidc.core import UserInfo
 
 from idp.models import User
 
-SCOPES = ("openid", "profile", "email", "phone", "address", "offline_access")
+# No `address` (OIDC Core 5.4): idp holds no postal address, so it neither advertises the scope nor accepts it; a
+# request for it is invalid_scope, as for any scope not listed here (Authlib checks OAUTH2_SCOPES_SUPPORTED).
+SCOPES = ("openid", "profile", "email", "phone", "offline_access")
 
 SCOPE_CLAIMS = {
     "openid": ("sub",),
@@ -17,7 +19,6 @@ SCOPE_CLAIMS = {
                 "picture", "website", "gender", "birthdate", "zoneinfo", "locale", "updated_at"),
     "email": ("email", "email_verified"),
     "phone": ("phone_number", "phone_number_verified"),
-    "address": ("address",),
 }
 
 SCOPE_DESCRIPTIONS = {
@@ -25,7 +26,6 @@ SCOPE_DESCRIPTIONS = {
     "profile": "Your name and profile",
     "email": "Your email address",
     "phone": "Your phone number",
-    "address": "Your postal address",
     "offline_access": "Stay connected when you are not using it",
 }
 

@@ -18,8 +18,9 @@ from typing import Any
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector, current_token
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import grants
+from authlib.oauth2.rfc6749.authenticate_client import ClientAuthentication as _ClientAuthentication
 from authlib.oauth2.rfc6749.authenticate_client import authenticate_client_secret_basic
-from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError
+from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidGrantError, InvalidRequestError
 from authlib.oauth2.rfc6750 import BearerTokenValidator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
@@ -30,12 +31,14 @@ from authlib.oauth2.rfc9207 import IssuerParameter
 from authlib.oidc.core import OpenIDCode as _OpenIDCode
 from authlib.oidc.core import UserInfoEndpoint
 from authlib.oidc.rpinitiated import EndSessionEndpoint
-from flask import Flask, current_app, g, has_request_context, request
+from flask import Flask, current_app, has_request_context, request
+from flask_wtf.csrf import validate_csrf
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import joinedload
+from wtforms import ValidationError
 
 from idp import audit
 from idp.extensions import db, limiter
@@ -477,6 +480,33 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
 
 # --- client authentication ---------------------------------------------------------------------------------------
 
+class ClientAuthentication(_ClientAuthentication):
+    """Authlib's client authentication, but a client that identified itself by a method it is not registered for is
+    told the method it is registered for (RFC 6749 5.2 invalid_client), not every method the endpoint accepts, which
+    reads as if any of them would do. Only a method that identified the client counts (a right secret, a valid
+    assertion, or a bare client_id for `none`): a wrong secret proves nothing and the answer names no method."""
+
+    def authenticate(self, request, methods, endpoint):
+        registered = None
+        for method in methods:
+            client = self._methods[method](self.query_client, request)
+            if not client:
+                continue
+            if client.check_endpoint_auth_method(method, endpoint):
+                request.auth_method = method
+                return client
+            registered = registered or client.token_endpoint_auth_method
+        if registered is None:
+            description = "Client authentication failed."
+        elif registered in methods:
+            description = f"This client is registered to authenticate with {registered}."
+        else:
+            description = f"This client is registered to authenticate with {registered}, which this endpoint refuses."
+        # RFC 6749 5.2: 401 where the client may have used the Authorization header (Authlib's rule).
+        raise InvalidClientError(status_code=401 if "client_secret_basic" in methods else 400,
+                                 description=description)
+
+
 def client_secret_basic(query_client, request):
     """Authlib's client_secret_basic, but a malformed Authorization header is no credentials, not a 500."""
     try:
@@ -670,8 +700,16 @@ class EndSession(EndSessionEndpoint):
         return self.server.query_client(audiences[0]) if len(audiences) == 1 else None
 
     def is_post_logout_redirect_uri_legitimate(self, request, post_logout_redirect_uri, client, logout_hint):
-        # Without an id_token_hint, the user has confirmed on our page; the URI was still matched exactly.
-        return bool(g.get("oidc_logout_confirmed")) and client is not None
+        """Without an id_token_hint naming them, the user confirmed on our page: a POSTed "yes" carrying a valid
+        CSRF token (RP-Initiated Logout 1.0 3). The URI was still matched exactly against the registered ones."""
+        data = request.payload.data
+        if client is None or request.method != "POST" or data.get("confirm") != "yes":
+            return False
+        try:
+            validate_csrf(data.get("csrf_token"))
+        except ValidationError:
+            return False
+        return True
 
 
 class Issuer(IssuerParameter):
@@ -686,6 +724,7 @@ def create_server(app: Flask) -> AuthorizationServer:
     server = AuthorizationServer()
     app.config.setdefault("OAUTH2_SCOPES_SUPPORTED", list(oidc_claims.SCOPES))
     server.init_app(app, query_client=query_client, save_token=save_token)
+    server._client_auth = ClientAuthentication(query_client)  # Authlib builds its own only when none is set
     server.register_token_generator("default", AccessTokens(app.config["IDP_ISSUER"]))
     server.register_client_auth_method("client_secret_basic", client_secret_basic)
     server.register_client_auth_method("private_key_jwt", PrivateKeyJWT())

@@ -7,8 +7,14 @@ from urllib.parse import urlencode
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749.errors import InvalidRequestError
-from authlib.oidc.core.errors import ConsentRequiredError, InteractionRequiredError, LoginRequiredError
-from flask import Blueprint, current_app, g, jsonify, render_template, request, url_for
+from authlib.oidc.core.errors import (
+    ConsentRequiredError,
+    InteractionRequiredError,
+    LoginRequiredError,
+    RequestNotSupportedError,
+    RequestURINotSupportedError,
+)
+from flask import Blueprint, current_app, jsonify, render_template, request, url_for
 from joserfc import jwt
 from joserfc.errors import JoseError
 from werkzeug.wrappers import Response
@@ -183,6 +189,10 @@ def authorize():
         repeated = next((name for name in SINGLE_VALUED if len(params.getlist(name)) > 1), None)
         if repeated:  # RFC 6749 3.1; Authlib checks client_id, response_type, redirect_uri, scope and state
             raise InvalidRequestError(f"Multiple '{repeated}' in request.")
+        if params.get("request"):  # OIDC Core 6.1, 3.1.2.6: discovery says request objects are not supported
+            raise RequestNotSupportedError()
+        if params.get("request_uri"):  # OIDC Core 6.2, 3.1.2.6
+            raise RequestURINotSupportedError()
         max_age = params.get("max_age")
         if max_age is not None and (not (max_age.isascii() and max_age.isdigit()) or len(max_age) > 10):
             raise InvalidRequestError("max_age must be a non-negative integer.")
@@ -280,6 +290,14 @@ def introspect():
     return current_server().create_endpoint_response("introspection")
 
 
+def _logout_needs_confirmation(end_request, live) -> bool:
+    """RP-Initiated Logout 1.0 sections 2, 4 and 6: without a valid id_token_hint, or with one naming another user
+    than the one signed in here, the request cannot say it is this session that ends: the user is asked."""
+    if end_request.needs_confirmation:
+        return True
+    return live is not None and end_request.id_token_claims.get("sub") != live.user.subject
+
+
 @bp.route("/end-session", methods=["GET", "POST"])
 @csrf.exempt  # the RP may POST here; our own confirmation form is checked below
 def end_session():
@@ -291,13 +309,12 @@ def end_session():
         return render_template("error.html", title="This sign-out request is not valid",
                                message=error.description or error.error), 400
     live = current_session()
-    if end_request.needs_confirmation:
+    if _logout_needs_confirmation(end_request, live):
         form = ConfirmForm()
         if request.method != "POST" or request.form.get("confirm") != "yes":
             return render_template("oidc/logout_confirm.html", form=form, client=end_request.client, user=live.user
                                    if live else None, action=request.full_path)
         csrf.protect()
-        g.oidc_logout_confirmed = True
         # Validate again: the registered post-logout URI is only legitimate once the user has confirmed.
         end_request = server.validate_endpoint_request("end_session")
     response = server.create_endpoint_response("end_session", end_request)
