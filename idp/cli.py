@@ -214,7 +214,7 @@ def _demo_client() -> tuple[str, str]:
         client, secret = create_client(
             name="Demo App", redirect_uris=[DEMO_REDIRECT_URI], post_logout_redirect_uris=["http://127.0.0.1:5001/"],
             public=False, grant_types=["authorization_code", "refresh_token"], scopes=[], auth_method=None,
-            first_party=False, client_id=DEMO_CLIENT_ID)
+            first_party=False, client_id=DEMO_CLIENT_ID, refresh_tokens_for_sessions=True)
         assert secret is not None  # a confidential client gets one
         cred.write_text(secret)
         cred.chmod(0o600)

@@ -1,4 +1,4 @@
-"""Multi-factor sign-in (issue 4; SECURITY.md 6, 21-28): every factor and policy path through the hosted screens,
+"""Multi-factor sign-in (SECURITY.md 6, 21-28): every factor and policy path through the hosted screens,
 asserting what a relying party sees in the ID token (`acr`, `amr`) and what a user sees on the pages.
 
 TOTP codes are computed for a frozen clock (``clock``) that the login engine reads, so no test depends on when a

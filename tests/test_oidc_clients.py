@@ -201,7 +201,8 @@ def _user_tokens(client, client_id, secret) -> dict:
     verifier = "v" * 50
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     response = client.get(f"/authorize?response_type=code&client_id={client_id}&redirect_uri={REDIRECT_URI}"
-                          f"&scope=openid%20email&state=s&code_challenge={challenge}&code_challenge_method=S256")
+                          f"&scope=openid%20email%20offline_access&state=s&code_challenge={challenge}"
+                          "&code_challenge_method=S256")
     for _ in range(5):
         assert response.status_code == 302, response.get_data(as_text=True)
         location = response.headers["Location"]

@@ -658,7 +658,7 @@ def test_key_rotation_is_audited(app):
 def test_connected_applications_page_lists_and_revokes_a_consent(app, client, alice, third_party):
     """A user sees what each client was allowed, and removing it ends the client's tokens and asks again."""
     client_id, secret = third_party
-    _, tokens = login_and_tokens(client, client_id, secret, scope="openid email")
+    _, tokens = login_and_tokens(client, client_id, secret, scope="openid email offline_access")
     page = client.get("/account/apps")
     text = page.get_data(as_text=True)
     assert "Photo Printer" in text and "Your email address" in text
@@ -686,7 +686,7 @@ def _refresh_status(client, client_id, secret, tokens) -> tuple[int, int]:
 def test_a_password_reset_revokes_the_users_tokens(app, client, mailbox, alice, first_party):
     """SECURITY.md 6: someone who reset the password cannot be followed by tokens issued before."""
     client_id, secret = first_party
-    _, tokens = login_and_tokens(client, client_id, secret, scope="openid email")
+    _, tokens = login_and_tokens(client, client_id, secret, scope="openid email offline_access")
     other = app.test_client()
     page = other.get("/forgot")
     other.post("/forgot", data={"csrf_token": csrf_token(page), "email": ALICE})
@@ -700,7 +700,7 @@ def test_a_password_reset_revokes_the_users_tokens(app, client, mailbox, alice, 
 def test_disabling_a_user_revokes_their_tokens(app, client, alice, first_party):
     """SECURITY.md 6: `idp users disable` ends the refresh tokens and access tokens at once."""
     client_id, secret = first_party
-    _, tokens = login_and_tokens(client, client_id, secret, scope="openid email")
+    _, tokens = login_and_tokens(client, client_id, secret, scope="openid email offline_access")
     assert app.test_cli_runner().invoke(args=["users", "disable", ALICE]).exit_code == 0
     assert _refresh_status(client, client_id, secret, tokens) == (400, 401)
 
@@ -708,7 +708,7 @@ def test_disabling_a_user_revokes_their_tokens(app, client, alice, first_party):
 def test_setting_a_password_from_the_cli_revokes_the_users_tokens(app, client, alice, first_party):
     """SECURITY.md 6: `idp users set-password` is a reset too: the tokens issued before it end at once."""
     client_id, secret = first_party
-    _, tokens = login_and_tokens(client, client_id, secret, scope="openid email")
+    _, tokens = login_and_tokens(client, client_id, secret, scope="openid email offline_access")
     result = app.test_cli_runner().invoke(args=["users", "set-password", ALICE, "--password-stdin"],
                                           input="an entirely new passphrase for alice\n")
     assert result.exit_code == 0, result.output

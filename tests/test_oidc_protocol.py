@@ -64,8 +64,8 @@ def redeem(client, client_id, secret, code, verifier=None, redirect_uri=RP, **ex
     return client.post("/token", data=data, auth=(client_id, secret))
 
 
-def tokens(client, client_id, secret, scope="openid", **params) -> dict:
-    """A full code flow with PKCE; returns the token response body."""
+def tokens(client, client_id, secret, scope="openid offline_access", **params) -> dict:
+    """A full code flow with PKCE (offline_access: a refresh token, OIDC Core 11); returns the token response body."""
     verifier, challenge = pkce_pair()
     code = authorize(client, client_id, scope=scope, code_challenge=challenge, code_challenge_method="S256",
                      **params)
@@ -371,7 +371,8 @@ def test_codes_are_distinct(client, alice, conf):
 
 def test_second_use_of_a_code_fails_and_revokes_what_the_first_use_issued(app, client, alice, conf):
     verifier, challenge = pkce_pair()
-    code = authorize(client, conf[0], code_challenge=challenge, code_challenge_method="S256")
+    code = authorize(client, conf[0], code_challenge=challenge, code_challenge_method="S256",
+                     scope="openid offline_access")
     first = redeem(client, conf[0], conf[1], code, verifier)
     assert first.status_code == 200
     body = first.get_json()
@@ -390,7 +391,8 @@ def test_second_use_of_a_code_fails_and_revokes_what_the_first_use_issued(app, c
 
 def test_code_reuse_also_revokes_tokens_refreshed_from_the_first_use(client, alice, conf):
     verifier, challenge = pkce_pair()
-    code = authorize(client, conf[0], code_challenge=challenge, code_challenge_method="S256")
+    code = authorize(client, conf[0], code_challenge=challenge, code_challenge_method="S256",
+                     scope="openid offline_access")
     body = redeem(client, conf[0], conf[1], code, verifier).get_json()
     newer = refresh(client, *conf, body["refresh_token"]).get_json()
     assert redeem(client, conf[0], conf[1], code, verifier).status_code == 400
@@ -497,7 +499,7 @@ def test_rotation_never_extends_the_absolute_expiry(app, client, alice, conf):
 
 
 def test_refresh_cannot_widen_scope_but_may_narrow_it(client, alice, conf):
-    body = tokens(client, *conf, scope="openid email")
+    body = tokens(client, *conf, scope="openid email offline_access")
     wider = refresh(client, *conf, body["refresh_token"], scope="openid email profile")
     assert wider.status_code == 400 and wider.get_json()["error"] == "invalid_scope"
     narrower = refresh(client, *conf, body["refresh_token"], scope="openid")
@@ -837,7 +839,7 @@ def test_private_key_jwt_assertion_with_alg_none_is_refused(client, jwt_client):
 # --- userinfo ----------------------------------------------------------------------------------------------------
 
 def test_userinfo_by_get_header_post_header_and_post_body(client, alice, conf):
-    body = tokens(client, *conf, scope="openid email")
+    body = tokens(client, *conf, scope="openid email offline_access")
     at = body["access_token"]
     for response in (client.get("/userinfo", headers=bearer(at)), client.post("/userinfo", headers=bearer(at)),
                      client.post("/userinfo", data={"access_token": at})):

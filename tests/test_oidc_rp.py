@@ -91,7 +91,7 @@ def test_authlib_client_signs_in_refreshes_revokes_and_logs_out(live_server, rp_
     client_id, secret = make_client_in(live_server.app, name="Authlib RP", redirect_uris=[REDIRECT_URI],
                                        post_logout_redirect_uris=[LOGOUT_URI])
     jwks = KeySet.import_key_set(requests.get(meta["jwks_uri"], timeout=TIMEOUT).json())
-    with OAuth2Session(client_id, secret, scope="openid profile email", redirect_uri=REDIRECT_URI,
+    with OAuth2Session(client_id, secret, scope="openid profile email offline_access", redirect_uri=REDIRECT_URI,
                        code_challenge_method="S256", token_endpoint=meta["token_endpoint"]) as rp:
         verifier, nonce = generate_token(48), generate_token(20)
         url, state = rp.create_authorization_url(meta["authorization_endpoint"], code_verifier=verifier, nonce=nonce)
@@ -99,7 +99,8 @@ def test_authlib_client_signs_in_refreshes_revokes_and_logs_out(live_server, rp_
         assert steps == ["password", "consent"]
         assert parse_qs(urlsplit(callback).query)["iss"] == [issuer]  # RFC 9207: Authlib leaves this to us
         token = rp.fetch_token(meta["token_endpoint"], authorization_response=callback, code_verifier=verifier)
-        assert token["token_type"].lower() == "bearer" and set(token["scope"].split()) == {"openid", "profile", "email"}
+        assert token["token_type"].lower() == "bearer"
+        assert set(token["scope"].split()) == {"openid", "profile", "email", "offline_access"}
 
         decoded = jwt.decode(token["id_token"], jwks, algorithms=meta["id_token_signing_alg_values_supported"])
         options = {"iss": {"essential": True, "value": issuer}, "aud": {"essential": True, "value": client_id}}

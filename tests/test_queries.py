@@ -1,4 +1,4 @@
-"""How many SQL statements the hot endpoints run (issue 5: remove the waste, and keep it removed).
+"""How many SQL statements the hot endpoints run (bench/README.md: the waste removed stays removed).
 
 The bounds are what the code needs today; a change that adds a query to one of these paths must say why here.
 """
@@ -105,7 +105,7 @@ def _exchange(client, rp, code):
 @pytest.fixture
 def signed_in_tokens(client, rp):
     """Tokens from a complete code flow for a first-party client with refresh tokens."""
-    return client, rp[0], rp[1], _exchange(client, rp, _authorize(client, rp)).get_json()
+    return client, rp[0], rp[1], _exchange(client, rp, _authorize(client, rp, scope="openid offline_access")).get_json()
 
 
 def test_userinfo(app, signed_in_tokens):

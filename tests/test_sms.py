@@ -1,5 +1,5 @@
 """Text messages through Twilio's Messages API: the real twilio client runs, with a recording HTTP client in place
-of the network, and the tests assert the request it sends (issue 4, SECURITY.md 23)."""
+of the network, and the tests assert the request it sends (SECURITY.md 23)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""The hosted login engine: transaction state, planner, steps (one file each) and the views that run them.
+"""The sign-in engine: typed transaction state, the plan, the steps and factors, and the views that run them.
 
-Pipeline (STYLE.md): a policy names reasons -> a login transaction stores them with where to return ->
-the planner turns reasons and the user into steps -> each step renders one screen and verifies one answer ->
-the login session records auth_time, amr and acr -> the browser returns where it came from.
+A policy names reasons -> a login transaction stores them with where to return -> the plan
+(``idp.login.planner.PLAN``) picks the next step -> each step renders one screen and verifies one answer -> the
+login session records auth_time, amr and acr -> the browser returns where it came from. Factors are one module
+each in ``idp.login.factors``, listed once in its registry.
 """

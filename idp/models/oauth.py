@@ -54,6 +54,9 @@ class Client(Model):
     mfa: Mapped[str] = mapped_column(String(16), default="optional")  # optional | required
     min_acr: Mapped[str] = mapped_column(String(64), default="")  # lowest level of assurance it accepts
     allow_remembered_device: Mapped[bool] = mapped_column(Boolean, default=True)
+    # OIDC Core 11: a code flow without offline_access gets a refresh token only if the client is registered for
+    # online sessions, and that token ends with the sign-in session it came from.
+    refresh_tokens_for_sessions: Mapped[bool] = mapped_column(Boolean, default=False)
     access_token_ttl: Mapped[int | None] = mapped_column(Integer)
     refresh_token_ttl: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -101,7 +101,8 @@ def create_client(*, name: str, redirect_uris: list[str], post_logout_redirect_u
                   id_token_alg: str = "RS256", jwks: dict | None = None, jwks_uri: str | None = None,
                   client_id: str | None = None, mfa: str = "optional", min_acr: str = "",
                   allow_remembered_device: bool = True, access_token_ttl: int | None = None,
-                  refresh_token_ttl: int | None = None) -> tuple[Client, str | None]:
+                  refresh_token_ttl: int | None = None,
+                  refresh_tokens_for_sessions: bool = False) -> tuple[Client, str | None]:
     """Register a client after checking its settings; returns it and its secret (None for public clients)."""
     grant_types = grant_types or ["authorization_code", "refresh_token"]
     method = "none" if public else (auth_method or "client_secret_basic")
@@ -142,7 +143,7 @@ def create_client(*, name: str, redirect_uris: list[str], post_logout_redirect_u
                     id_token_signed_response_alg=id_token_alg, jwks=jwks, jwks_uri=jwks_uri,
                     client_secret_hash=token_hash(secret) if secret else None, mfa=mfa, min_acr=min_acr,
                     allow_remembered_device=allow_remembered_device, access_token_ttl=access_token_ttl,
-                    refresh_token_ttl=refresh_token_ttl)
+                    refresh_token_ttl=refresh_token_ttl, refresh_tokens_for_sessions=refresh_tokens_for_sessions)
     db.session.add(client)
     db.session.flush()
     audit.record("client.created", client_id=client.client_id, name=name, auth_method=method,
@@ -165,6 +166,7 @@ def describe(client: Client) -> dict:
             "first_party": client.first_party, "id_token_signed_response_alg": client.id_token_signed_response_alg,
             "mfa": client.mfa, "min_acr": client.min_acr, "allow_remembered_device": client.allow_remembered_device,
             "access_token_ttl": client.access_token_ttl, "refresh_token_ttl": client.refresh_token_ttl,
+            "refresh_tokens_for_sessions": client.refresh_tokens_for_sessions,
             "created_at": client.created_at.isoformat(timespec="seconds")}
 
 
@@ -192,10 +194,12 @@ clients = AppGroup("clients", help="Manage OAuth / OpenID Connect clients.")
 @click.option("--no-remembered-devices", is_flag=True, help="A remembered device never skips the second factor.")
 @click.option("--access-token-ttl", type=int, help="Seconds its access tokens live (default IDP_ACCESS_TOKEN_TTL).")
 @click.option("--refresh-token-ttl", type=int, help="Idle expiry of its refresh tokens (seconds).")
+@click.option("--refresh-for-sessions", "refresh_for_sessions", is_flag=True,
+              help="Refresh tokens without offline_access too; they end with the user's sign-in session.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with client_id and client_secret.")
 def clients_create(name, redirect_uris, logout_uris, public, grant_types, scopes, auth_method, first_party,
                    id_token_alg, jwks_json, jwks_uri, mfa, min_acr, no_remembered_devices, access_token_ttl,
-                   refresh_token_ttl, as_json):
+                   refresh_token_ttl, refresh_for_sessions, as_json):
     """Register a client; its secret is printed once."""
     try:
         jwks = json.loads(jwks_json) if jwks_json else None
@@ -204,7 +208,8 @@ def clients_create(name, redirect_uris, logout_uris, public, grant_types, scopes
             public=public, grant_types=list(grant_types), scopes=list(scopes), auth_method=auth_method,
             first_party=first_party, id_token_alg=id_token_alg, jwks=jwks, jwks_uri=jwks_uri, mfa=mfa,
             min_acr=min_acr or "", allow_remembered_device=not no_remembered_devices,
-            access_token_ttl=access_token_ttl, refresh_token_ttl=refresh_token_ttl)
+            access_token_ttl=access_token_ttl, refresh_token_ttl=refresh_token_ttl,
+            refresh_tokens_for_sessions=refresh_for_sessions)
     except (ValueError, json.JSONDecodeError) as exc:
         db.session.rollback()
         raise click.ClickException(str(exc)) from None

@@ -95,7 +95,7 @@ def _once_per_request(kind: str, key, compute):
 
 
 # The statements of the token, userinfo and introspection paths, built once: building and keying a statement on
-# every request cost more Python than running it (issue 5). Values go in as bound parameters.
+# every request cost more Python than running it (bench/README.md, seventh pass). Values go in as bound parameters.
 _CLIENT = select(Client).where(Client.client_id == bindparam("client_id"))
 _APPEND_TOKEN = insert(table_of(Token))
 _TOKEN_BY_JTI = select(Token).where(Token.jti == bindparam("jti")).options(joinedload(Token.user),
@@ -176,7 +176,11 @@ class AccessTokens(JWTBearerTokenGenerator):
 
     @staticmethod
     def _refresh_token(client: Client, grant_type: str, user: SignIn | None, scope: str) -> str | None:
+        """A refresh token for offline use only when offline_access was granted (OIDC Core 11); for the online
+        session only to a client registered for that; and a new one at every rotation (RFC 9700 4.14.2)."""
         if user is None or not client.check_grant_type("refresh_token"):
+            return None
+        if grant_type == "authorization_code" and not (offline(scope) or client.refresh_tokens_for_sessions):
             return None
         return new_token(32)
 
@@ -186,6 +190,16 @@ class AccessTokens(JWTBearerTokenGenerator):
             token.pop("refresh_token", None)
         token.setdefault("scope", "")  # always said, even when empty
         return token
+
+
+def offline(scope: str | None) -> bool:
+    """Whether a grant's scope includes offline_access: its refresh tokens outlive the sign-in session."""
+    return "offline_access" in (scope or "").split()
+
+
+def revoke_online(sid: str, reason: str) -> int:
+    """Revoke the tokens of one sign-in session that were not granted offline_access (the session ended)."""
+    return _revoke_where((Token.sid == sid) & ~Token.scope.contains("offline_access"), reason)
 
 
 def _issued(access_token: str) -> dict[str, Any]:
@@ -435,6 +449,18 @@ class OpenIDCode(_OpenIDCode):
         return result
 
 
+def _session_live(sid: str | None, now: datetime) -> bool:
+    """Whether the sign-in session ``sid`` is still live (not ended, within its idle and absolute timeouts)."""
+    if sid is None:
+        return False
+    session = db.session.execute(db.select(LoginSession).where(LoginSession.sid == sid)).scalar_one_or_none()
+    if session is None or session.ended_at is not None:
+        return False
+    cfg = current_app.config
+    return (now - session.last_seen_at).total_seconds() <= cfg["IDP_SESSION_IDLE_TIMEOUT"] and \
+        (now - session.created_at).total_seconds() <= cfg["IDP_SESSION_MAX_AGE"]
+
+
 class RefreshTokenGrant(grants.RefreshTokenGrant):
     """Rotation on every use; presenting a rotated token revokes the whole family (RFC 9700 4.14.2)."""
 
@@ -455,6 +481,8 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         if row.family_expires_at is not None and row.family_expires_at <= now:  # absolute expiry
             return None
         if row.user is None or row.user.disabled:
+            return None
+        if not offline(row.scope) and not _session_live(row.sid, now):  # an online token ends with its session
             return None
         # Claim the token for this rotation atomically, in the transaction that save_token commits: of two
         # concurrent uses one wins and the other is reuse (PostgreSQL holds the row lock until the commit).

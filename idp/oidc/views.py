@@ -108,7 +108,7 @@ def oauth_metadata():
 
 def _metadata_response() -> Response:
     """The metadata document, serialised once per app: it depends on the settings alone, which do not change while
-    the app runs, and building its URLs was most of a discovery request (issue 5)."""
+    the app runs, and building its URLs was most of a discovery request (bench/README.md, seventh pass)."""
     document = current_app.extensions.get("idp.metadata")
     if document is None:
         document = current_app.extensions["idp.metadata"] = jsonify(metadata()).get_data()
@@ -170,7 +170,7 @@ def _return_url() -> str:
 @csrf.exempt
 @keep_loaded
 def authorize():
-    """The authorization endpoint: Authlib validates the request, then the policy decides (STYLE.md pipeline)."""
+    """The authorization endpoint: Authlib validates the request, then the ordered checks of idp.oidc.policy decide."""
     server = current_server()
     live = current_session()
     user = live.user if live is not None else None

@@ -32,7 +32,7 @@ async function main() {
   const state = client.randomState();
   const authorizationUrl = client.buildAuthorizationUrl(config, {
     redirect_uri: redirectUri,
-    scope: "openid profile email",
+    scope: "openid profile email offline_access",
     code_challenge: await client.calculatePKCECodeChallenge(codeVerifier),
     code_challenge_method: "S256",
     nonce,
