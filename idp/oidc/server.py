@@ -18,8 +18,11 @@ from typing import Any
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector, current_token
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import grants
-from authlib.oauth2.rfc6749.authenticate_client import ClientAuthentication as _ClientAuthentication
-from authlib.oauth2.rfc6749.authenticate_client import authenticate_client_secret_basic
+from authlib.oauth2.rfc6749.authenticate_client import (
+    authenticate_client_secret_basic,
+    authenticate_client_secret_post,
+    authenticate_none,
+)
 from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidGrantError, InvalidRequestError
 from authlib.oauth2.rfc6750 import BearerTokenValidator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
@@ -508,33 +511,6 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
 
 # --- client authentication ---------------------------------------------------------------------------------------
 
-class ClientAuthentication(_ClientAuthentication):
-    """Authlib's client authentication, but a client that identified itself by a method it is not registered for is
-    told the method it is registered for (RFC 6749 5.2 invalid_client), not every method the endpoint accepts, which
-    reads as if any of them would do. Only a method that identified the client counts (a right secret, a valid
-    assertion, or a bare client_id for `none`): a wrong secret proves nothing and the answer names no method."""
-
-    def authenticate(self, request, methods, endpoint):
-        registered = None
-        for method in methods:
-            client = self._methods[method](self.query_client, request)
-            if not client:
-                continue
-            if client.check_endpoint_auth_method(method, endpoint):
-                request.auth_method = method
-                return client
-            registered = registered or client.token_endpoint_auth_method
-        if registered is None:
-            description = "Client authentication failed."
-        elif registered in methods:
-            description = f"This client is registered to authenticate with {registered}."
-        else:
-            description = f"This client is registered to authenticate with {registered}, which this endpoint refuses."
-        # RFC 6749 5.2: 401 where the client may have used the Authorization header (Authlib's rule).
-        raise InvalidClientError(status_code=401 if "client_secret_basic" in methods else 400,
-                                 description=description)
-
-
 def client_secret_basic(query_client, request):
     """Authlib's client_secret_basic, but a malformed Authorization header is no credentials, not a 500."""
     try:
@@ -740,6 +716,14 @@ class EndSession(EndSessionEndpoint):
         return True
 
 
+# How each token endpoint auth method identifies a client: Authlib's own, and idp's client_secret_basic (no 500 on a
+# malformed header) and private_key_jwt.
+CLIENT_AUTH_METHODS = {
+    "none": authenticate_none, "client_secret_post": authenticate_client_secret_post,
+    "client_secret_basic": client_secret_basic, "private_key_jwt": PrivateKeyJWT(),
+}
+
+
 class Issuer(IssuerParameter):
     """RFC 9207: `iss` on every authorization response."""
 
@@ -747,15 +731,44 @@ class Issuer(IssuerParameter):
         return issuer()
 
 
+class Server(AuthorizationServer):
+    """Authlib's authorization server for Flask. A client that identified itself by a method it is not registered
+    for is told the method it is registered for (RFC 6749 5.2 invalid_client), not every method the endpoint
+    accepts, which reads as if any of them would do. Only a method that identified the client counts (a right
+    secret, a valid assertion, or a bare client_id for `none`): a wrong secret proves nothing and names no method."""
+
+    def authenticate_client(self, request, methods, endpoint="token"):
+        try:
+            return super().authenticate_client(request, methods, endpoint)
+        except InvalidClientError as error:
+            registered = _registered_method(request, methods)
+            if registered is None:
+                error.description = "Client authentication failed."
+            elif registered in methods:
+                error.description = f"This client is registered to authenticate with {registered}."
+            else:
+                error.description = (f"This client is registered to authenticate with {registered}, which this "
+                                     "endpoint refuses.")
+            raise
+
+
+def _registered_method(request, methods: list[str]) -> str | None:
+    """The method the client is registered for, when one of ``methods`` identified it (after Authlib refused it)."""
+    for method in methods:
+        client = CLIENT_AUTH_METHODS[method](query_client, request)
+        if client:
+            return client.token_endpoint_auth_method
+    return None
+
+
 def create_server(app: Flask) -> AuthorizationServer:
     """One authorization server per app, bound to its settings."""
-    server = AuthorizationServer()
+    server = Server()
     app.config.setdefault("OAUTH2_SCOPES_SUPPORTED", list(oidc_claims.SCOPES))
     server.init_app(app, query_client=query_client, save_token=save_token)
-    server._client_auth = ClientAuthentication(query_client)  # Authlib builds its own only when none is set
     server.register_token_generator("default", AccessTokens(app.config["IDP_ISSUER"]))
-    server.register_client_auth_method("client_secret_basic", client_secret_basic)
-    server.register_client_auth_method("private_key_jwt", PrivateKeyJWT())
+    for method in ("client_secret_basic", "private_key_jwt"):
+        server.register_client_auth_method(method, CLIENT_AUTH_METHODS[method])
     server.register_grant(AuthorizationCodeGrant, [OpenIDCode(require_nonce=False), S256CodeChallenge(required=True),
                                                     ParameterLimits()])
     server.register_grant(RefreshTokenGrant)
