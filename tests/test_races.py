@@ -175,8 +175,8 @@ def test_an_email_code_verifies_once_when_posted_six_times_at_once(make_app, inb
     assert len(audit_events(app, "email.verified")) == 1
 
 
-def test_an_sms_code_is_taken_once_when_posted_six_times_at_once(racing):
-    app = racing
+def at_the_sms_screen(app):
+    """Alice with a verified phone, stopped at the SMS screen of an MFA client's sign-in: (browser, page, code)."""
     with app.app_context():
         user_id = db.session.execute(db.select(User.id).where(User.email == ALICE)).scalar_one()
         db.session.add(Factor(user_id=user_id, kind="sms", name="Phone", phone=PHONE, created_at=utcnow(),
@@ -185,8 +185,12 @@ def test_an_sms_code_is_taken_once_when_posted_six_times_at_once(racing):
     client_id, _ = make_client_in(app, first_party=True, mfa="required")
     first = app.test_client()
     result = walk(first, authorize_url(client_id), stop_at="sms")
-    code = last_sms_code(app)
-    page = result.pages[-1]
+    return first, result.pages[-1], last_sms_code(app)
+
+
+def test_an_sms_code_is_taken_once_when_posted_six_times_at_once(racing):
+    app = racing
+    first, page, code = at_the_sms_screen(app)
 
     responses = at_once(6, lambda _: same_browser(app, first), lambda http: post_form(http, page, code=code))
     assert won(responses) == 1, [r.status_code for r in responses]
@@ -250,17 +254,8 @@ def test_parallel_wrong_passwords_all_count_and_lock_the_account_once(make_app, 
 
 def test_parallel_wrong_sms_codes_all_count_and_void_the_code(racing):
     app = racing
-    with app.app_context():
-        user_id = db.session.execute(db.select(User.id).where(User.email == ALICE)).scalar_one()
-        db.session.add(Factor(user_id=user_id, kind="sms", name="Phone", phone=PHONE, created_at=utcnow(),
-                              confirmed_at=utcnow()))
-        db.session.commit()
-    client_id, _ = make_client_in(app, first_party=True, mfa="required")
-    first = app.test_client()
-    result = walk(first, authorize_url(client_id), stop_at="sms")
-    code = last_sms_code(app)
+    first, page, code = at_the_sms_screen(app)
     wrong = f"{(int(code) + 1) % 1000000:06d}"
-    page = result.pages[-1]
     max_attempts = app.config["IDP_CODE_MAX_ATTEMPTS"]
 
     responses = at_once(max_attempts, lambda _: same_browser(app, first),
