@@ -62,7 +62,8 @@ def _by_env(development: Any, testing: Any, production: Any) -> Callable[[str], 
 
 SETTINGS: list[Setting] = [
     Setting("IDP_ENV", "development", "development | testing | production; production refuses unsafe settings."),
-    Setting("IDP_ISSUER", "http://127.0.0.1:5000", "Public base URL of this server; must be https in production."),
+    Setting("IDP_ISSUER", "http://localhost:5000", "Public base URL of this server; must be https in production "
+            "(development: `idp run --port N` makes it http://localhost:N; passkeys need a host name, not an IP)."),
     Setting("IDP_SECRET_KEY", "", "Signs cookies and links, encrypts keys at rest; at least 32 bytes in production "
             "(development generates one in the instance folder)."),
     Setting("IDP_DATABASE_URL", "", "SQLAlchemy URL; PostgreSQL in production (default: SQLite in the instance "

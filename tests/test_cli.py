@@ -292,7 +292,7 @@ def test_audit_tail_filters_by_user(app, cli, make_user):
 
 def test_config_doc_prints_every_setting(cli):
     out = ok(cli("config-doc"))
-    assert "\nIDP_ISSUER=http://127.0.0.1:5000\n" in out
+    assert "\nIDP_ISSUER=http://localhost:5000\n" in out
     assert out == env_example()
 
 

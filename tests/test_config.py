@@ -110,7 +110,7 @@ def test_development_defaults_live_in_the_instance_folder(tmp_path):
     assert values["IDP_OUTBOX_DIR"] == str(instance / "outbox")
     assert values["IDP_MAIL_BACKEND"] == "outbox"
     assert values["IDP_REDIS_URL"] == ""
-    assert values["IDP_ISSUER"] == "http://127.0.0.1:5000"
+    assert values["IDP_ISSUER"] == "http://localhost:5000"  # a host name: passkeys need one
     secret_file = instance / "secret_key"
     assert values["IDP_SECRET_KEY"] == secret_file.read_text()
     assert len(values["IDP_SECRET_KEY"].encode()) >= 32

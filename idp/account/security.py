@@ -71,7 +71,7 @@ def index():
 def _enrolment(slug: str, stage: str | None) -> tuple[FactorType, str]:
     """The factor behind ``slug`` and the enrolment stage asked for (404 for anything else)."""
     factor = REGISTRY.by_slug(slug)
-    if factor is None or not factor.enrol_stages:
+    if factor is None or not factor.enrol_stages or not factor.available():
         abort(404)
     stage = stage or next(iter(factor.enrol_stages))
     if stage not in factor.enrol_stages:

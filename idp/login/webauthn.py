@@ -17,6 +17,12 @@ def relying_party() -> wa.RelyingParty:
     return wa.relying_party(cfg["IDP_ISSUER"], cfg["IDP_WEBAUTHN_RP_ID"])
 
 
+def webauthn_available() -> bool:
+    """Whether passkeys and security keys can work on this server: its RP ID must be a host name (an issuer such as
+    http://127.0.0.1:5000 names an IP address, which browsers refuse)."""
+    return wa.usable_rp_id(relying_party())
+
+
 def credentials_of(user_id: int) -> list[Factor]:
     """The user's confirmed WebAuthn credentials."""
     return list(db.session.execute(db.select(Factor).where(

@@ -6,6 +6,7 @@ passes it back; RP ID and origin come from the issuer.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import secrets
@@ -47,6 +48,15 @@ def relying_party(issuer: str, rp_id: str = "") -> RelyingParty:
     """The RP ID is the issuer's host (or the configured one); the origin is the issuer's scheme and host."""
     parts = urlsplit(issuer)
     return RelyingParty(rp_id=rp_id or (parts.hostname or ""), origin=f"{parts.scheme}://{parts.netloc}")
+
+
+def usable_rp_id(rp: RelyingParty) -> bool:
+    """Whether browsers accept this RP ID: a host name, never an IP address (WebAuthn Level 2, 5.1.3 / 5.1.4.1)."""
+    try:
+        ipaddress.ip_address(rp.rp_id.strip("[]"))
+    except ValueError:
+        return bool(rp.rp_id)
+    return False
 
 
 def new_challenge() -> str:

@@ -86,6 +86,10 @@ class FactorType(Step):
     def name(self) -> str:  # type: ignore[override]
         return self.kind
 
+    def available(self) -> bool:
+        """Whether this server can offer the factor at all (WebAuthn needs a host name as RP ID)."""
+        return True
+
     # --- stored credentials -----------------------------------------------------------------------------------
 
     def credentials(self, user: User, confirmed: list[Factor]) -> list[Factor]:

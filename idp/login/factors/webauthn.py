@@ -12,7 +12,13 @@ from idp.login.enrolment import notify_change
 from idp.login.factors.base import Action, EnrolContext, Enrolled, FactorType, Section
 from idp.login.forms import NameForm, WebAuthnForm
 from idp.login.transaction import update
-from idp.login.webauthn import assertion_options, credentials_of, relying_party, verify_assertion
+from idp.login.webauthn import (
+    assertion_options,
+    credentials_of,
+    relying_party,
+    verify_assertion,
+    webauthn_available,
+)
 from idp.models import Factor, User
 from idp.security import webauthn as wa
 
@@ -60,6 +66,9 @@ class WebAuthn(FactorType):
     slug = "webauthn"
     enrol_stages = {"new": ("account/webauthn_new.html", NameForm)}
 
+    def available(self) -> bool:
+        return webauthn_available()
+
     def _require_uv(self, ctx: StepContext) -> bool:
         return ctx.required_level == "urn:idp:acr:phr"
 
@@ -84,6 +93,11 @@ class WebAuthn(FactorType):
             used = f", last used {f.last_used_at:%Y-%m-%d}" if f.last_used_at else ""
             items.append((f, f"{'passkey, synced' if f.backed_up else 'security key'}; "
                              f"added {f.created_at:%Y-%m-%d}{used}"))
+        if not self.available():
+            return Section("Security keys and passkeys", items=items,
+                           hint=f"Passkeys and security keys need this server to be reached by a host name; "
+                                f"{config['IDP_ISSUER']} is an IP address, which browsers refuse for them. Use "
+                                "http://localhost instead of 127.0.0.1 (or set IDP_ISSUER).")
         return Section("Security keys and passkeys",
                        hint="The strongest option: phishing-resistant. A passkey also lets you sign in without a "
                             "password.", items=items,

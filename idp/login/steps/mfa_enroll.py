@@ -19,7 +19,8 @@ def enrollable(ctx: StepContext) -> list[FactorType]:
     """The factors this sign-in can add, strongest first."""
     phishing_resistant = ctx.required_level == ACR_PHISHING_RESISTANT
     return [factor for factor in REGISTRY
-            if factor.enrol_in_sign_in and (factor.phishing_resistant or not phishing_resistant)]
+            if factor.enrol_in_sign_in and factor.available()
+            and (factor.phishing_resistant or not phishing_resistant)]
 
 
 class EnrolStep(Step):

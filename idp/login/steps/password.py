@@ -12,7 +12,7 @@ from idp.login import consume, onetime
 from idp.login.context import FRESH_LOGIN_REASONS, Outcome, Step, StepContext
 from idp.login.forms import SignInForm
 from idp.login.throttle import account_key
-from idp.login.webauthn import assertion_options, verify_assertion
+from idp.login.webauthn import assertion_options, verify_assertion, webauthn_available
 from idp.models import User
 from idp.models.user import normalize_email
 from idp.security.passwords import hash_password, needs_rehash, verify_password
@@ -33,6 +33,8 @@ class PasswordStep(Step):
     def begin(self, ctx: StepContext) -> dict[str, Any]:
         hint = ctx.state.login_hint or (ctx.user.email if ctx.user else "")
         # Passkey sign-in (conditional UI): any discoverable credential may answer, with user verification.
+        if not webauthn_available():
+            return {"email": hint, "passkey_options": None}
         return {"email": hint, "passkey_options": assertion_options(ctx.txn, user_id=None, require_uv=True)}
 
     def verify_passkey(self, ctx: StepContext, credential_json: str) -> Outcome:
