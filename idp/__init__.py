@@ -21,6 +21,7 @@ from idp.account import jobs as account_jobs
 from idp.account.security import bp as security_bp
 from idp.account.views import bp as account_bp
 from idp.dev import bp as dev_bp
+from idp.dev import demo_bp
 from idp.extensions import csrf, db, limiter, migrate
 from idp.http import Request
 from idp.jobs import mail, sms
@@ -73,6 +74,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(oidc_bp)
     if app.config["IDP_ENV"] == "development":
         app.register_blueprint(dev_bp)
+        app.register_blueprint(demo_bp)
 
     _error_handlers(app)
     app.add_template_filter(json_block, "json_block")

@@ -12,19 +12,16 @@ from rq import Worker
 
 from idp import audit
 from idp.config import env_example, markdown_table
+from idp.demo import DEMO_EMAIL, DEMO_REDIRECT_URI, demo_client_credentials
 from idp.extensions import db
 from idp.jobs import queue
 from idp.login import enrolment, sessions
 from idp.login.browser import unlock_account
-from idp.models import AuditEvent, Client, Device, Factor, RecoveryCode, User, utcnow
+from idp.models import AuditEvent, Device, Factor, RecoveryCode, User, utcnow
 from idp.models.user import normalize_email
-from idp.oidc.cli import clients, create_client, keys_group
+from idp.oidc.cli import clients, keys_group
 from idp.security.passwords import hash_password, password_problems, verify_password
-from idp.security.tokens import new_token, token_hash
-
-DEMO_EMAIL = "demo@example.com"
-DEMO_CLIENT_ID = "demo-client"
-DEMO_REDIRECT_URI = "http://127.0.0.1:5001/callback"
+from idp.security.tokens import new_token
 
 
 def _user(email: str) -> User:
@@ -190,7 +187,7 @@ def demo():
         db.session.flush()
         audit.record("user.created", subject=user, via="demo")
         db.session.commit()
-    demo_client = _demo_client()
+    demo_client = demo_client_credentials()
     changed = not verify_password(user.password_hash, password)
     issuer = current_app.config["IDP_ISSUER"]
     click.echo(f"Demo user:     {DEMO_EMAIL}")
@@ -201,29 +198,13 @@ def demo():
     client_id, secret = demo_client
     click.echo(f"Demo client:   client_id={client_id} client_secret={secret}")
     click.echo(f"               redirect_uri={DEMO_REDIRECT_URI}")
-    click.echo("Try a sign-in: open this URL, sign in, and copy `code` from the address the browser lands on:")
+    if current_app.config["IDP_ENV"] == "development":
+        click.echo(f"Try a sign-in: {issuer}/demo (a relying party built in: a fresh request each time, then the "
+                   "ID token, userinfo and a refresh)")
+    # By hand: a fresh state and nonce at every run (a nonce is accepted once per client, OIDC Core 15.5.2).
+    click.echo("Or by hand: open this URL, sign in, and copy `code` from the address the browser lands on:")
     click.echo(f"  {issuer}/authorize?response_type=code&client_id={client_id}&redirect_uri={DEMO_REDIRECT_URI}"
-               f"&scope=openid%20profile%20email&state=demo&nonce=demo")
-
-
-def _demo_client() -> tuple[str, str]:
-    """The demo confidential client (created once; its secret is kept in the instance folder like the password)."""
-    cred = Path(current_app.instance_path) / "demo-client-secret"
-    client = db.session.execute(db.select(Client).where(Client.client_id == DEMO_CLIENT_ID)).scalar_one_or_none()
-    if client is None:
-        client, secret = create_client(
-            name="Demo App", redirect_uris=[DEMO_REDIRECT_URI], post_logout_redirect_uris=["http://127.0.0.1:5001/"],
-            public=False, grant_types=["authorization_code", "refresh_token"], scopes=[], auth_method=None,
-            first_party=False, client_id=DEMO_CLIENT_ID, refresh_tokens_for_sessions=True)
-        assert secret is not None  # a confidential client gets one
-        cred.write_text(secret)
-        cred.chmod(0o600)
-        db.session.commit()
-        return DEMO_CLIENT_ID, secret
-    secret = cred.read_text().strip() if cred.exists() else ""
-    if not secret or client.client_secret_hash != token_hash(secret):
-        secret = "(changed since; run `idp clients rotate-secret demo-client`)"
-    return DEMO_CLIENT_ID, secret
+               f"&scope=openid%20profile%20email&state={new_token(8)}&nonce={new_token(12)}")
 
 
 @click.group("audit", cls=AppGroup)
