@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from idp.login import onetime
-from idp.login.codes import SmsRefused, mask_phone, normalize_phone, send_sms_code
+from idp.login.codes import SmsRefused, check_phone_code, mask_phone, normalize_phone, send_sms_code
 from idp.login.enrolment import notify_change
 from idp.models import User
 
@@ -44,12 +44,9 @@ def confirm(user: User, phone: str, code: str, *, sid: str, now: datetime, confi
     """Save ``phone`` as the verified profile number if ``code`` is the newest one texted to it for this session
     (each wrong code counts; raises PhoneRefused)."""
     try:
-        row = onetime.check_code(PURPOSE, channel(sid), code, now=now, secret_key=config["IDP_SECRET_KEY"],
-                                 max_attempts=config["IDP_CODE_MAX_ATTEMPTS"])
+        check_phone_code(PURPOSE, channel(sid), user, phone, code, now=now, config=config)
     except onetime.CodeRejected as rejected:
         raise PhoneRefused(str(rejected)) from rejected
-    if row.user_id != user.id or row.email != phone:
-        raise PhoneRefused("That code was for another number. Send a new one.")
     replaced = user.phone is not None
     user.set_verified_phone(phone, now)
     notify_change(user, f"The phone number {mask_phone(phone)} is now in your profile"

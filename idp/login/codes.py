@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
 
 import phonenumbers
 from flask import current_app
@@ -16,7 +19,7 @@ from idp.login import onetime
 from idp.login.context import Outcome, StepContext
 from idp.login.throttle import Throttle
 from idp.login.transaction import update
-from idp.models import User
+from idp.models import OneTimeToken, User
 from idp.models.types import utcnow
 
 
@@ -65,6 +68,17 @@ def send_sms_code(user: User, phone: str, body_for_code, *, purpose: str, ttl: i
                            link=False, code=True, transaction_id=transaction_id)
     issued.row.email = phone  # the destination the code went to
     enqueue("send_sms", to=phone, body=body_for_code(issued.code))
+
+
+def check_phone_code(purpose: str, channel: str, user: User, phone: str, code: str, *, now: datetime,
+                     config: Mapping[str, Any]) -> OneTimeToken:
+    """The code texted to ``phone`` for ``user`` on ``channel``, if ``code`` is it (counts the attempt; raises
+    CodeRejected): a code proves only the number it was sent to."""
+    row = onetime.check_code(purpose, channel, code, now=now, secret_key=config["IDP_SECRET_KEY"],
+                             max_attempts=config["IDP_CODE_MAX_ATTEMPTS"])
+    if row.user_id != user.id or row.email != phone:
+        raise onetime.CodeRejected("That code was for another number. Send a new one.")
+    return row
 
 
 class CodeDelivery(ABC):

@@ -53,11 +53,8 @@ def load(token: str | None, *, now: datetime, idle_timeout: int, max_age: int) -
         end(session, "user_disabled", now)
         db.session.commit()  # ended for good: re-enabling the user must not revive the session
         return None
-    if now - session.last_seen_at > timedelta(seconds=idle_timeout):
-        reason = "idle_timeout"
-    elif now - session.created_at > timedelta(seconds=max_age):
-        reason = "max_age"
-    else:
+    reason = session.timed_out(now, idle_timeout=idle_timeout, max_age=max_age)
+    if reason is None:
         if now - session.last_seen_at > TOUCH_INTERVAL:
             session.last_seen_at = now
             db.session.commit()

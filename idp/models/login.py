@@ -92,6 +92,14 @@ class LoginSession(Model):
 
     user: Mapped[User] = relationship()
 
+    def timed_out(self, now: datetime, *, idle_timeout: int, max_age: int) -> str | None:
+        """Why the session is over by the clock ("idle_timeout" or "max_age"), or None while it may go on."""
+        if (now - self.last_seen_at).total_seconds() > idle_timeout:
+            return "idle_timeout"
+        if (now - self.created_at).total_seconds() > max_age:
+            return "max_age"
+        return None
+
 
 class OneTimeToken(Model):
     """An emailed link and/or code (verify email, reset password, unlock): stored hashed, expiring, single use."""

@@ -460,8 +460,8 @@ def _session_live(sid: str | None, now: datetime) -> bool:
     if session is None or session.ended_at is not None:
         return False
     cfg = current_app.config
-    return (now - session.last_seen_at).total_seconds() <= cfg["IDP_SESSION_IDLE_TIMEOUT"] and \
-        (now - session.created_at).total_seconds() <= cfg["IDP_SESSION_MAX_AGE"]
+    return session.timed_out(now, idle_timeout=cfg["IDP_SESSION_IDLE_TIMEOUT"],
+                             max_age=cfg["IDP_SESSION_MAX_AGE"]) is None
 
 
 class RefreshTokenGrant(grants.RefreshTokenGrant):

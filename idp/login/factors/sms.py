@@ -7,7 +7,14 @@ from typing import Any
 
 from idp.extensions import db
 from idp.login import onetime
-from idp.login.codes import CodeDelivery, SmsRefused, mask_phone, normalize_phone, send_sms_code
+from idp.login.codes import (
+    CodeDelivery,
+    SmsRefused,
+    check_phone_code,
+    mask_phone,
+    normalize_phone,
+    send_sms_code,
+)
 from idp.login.context import Outcome, StepContext
 from idp.login.factors.base import Action, EnrolContext, Enrolled, FactorType, Section
 from idp.login.forms import CodeForm, FactorCodeForm, PhoneForm
@@ -97,10 +104,7 @@ class Sms(CodeDelivery, FactorType):
         if not phone:
             return Enrolled(False, next_stage="new")
         try:
-            row = onetime.check_code(ENROL_PURPOSE, channel, data.get("code") or "", now=ec.now,
-                                     secret_key=cfg["IDP_SECRET_KEY"], max_attempts=cfg["IDP_CODE_MAX_ATTEMPTS"])
-            if row.email != phone:
-                raise onetime.CodeRejected("That code was for another number. Send a new one.")
+            check_phone_code(ENROL_PURPOSE, channel, ec.user, phone, data.get("code") or "", now=ec.now, config=cfg)
         except onetime.CodeRejected as rejected:
             return Enrolled(False, str(rejected))
         db.session.add(PhoneCredential(user_id=ec.user.id, name=f"Phone {mask_phone(phone)}", phone=phone,
