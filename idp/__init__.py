@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
-from idp import cli, http, jobs, logs
+from idp import cli, http, i18n, jobs, logs
 from idp import config as settings
 from idp.account import jobs as account_jobs
 from idp.account.security import bp as security_bp
@@ -25,6 +25,7 @@ from idp.dev import demo_bp
 from idp.extensions import csrf, db, limiter, migrate
 from idp.http import Request
 from idp.jobs import mail, sms
+from idp.login import browser as login_browser
 from idp.login.views import bp as login_bp
 from idp.oidc.server import create_server
 from idp.oidc.views import bp as oidc_bp
@@ -60,6 +61,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             watch_connections(db.engine)
     migrate.init_app(app, db, directory=os.path.join(ROOT, "migrations"))
     csrf.init_app(app)
+    i18n.init_app(app, i18n.Sources(transaction_language=login_browser.transaction_language,
+                                     saved_language=login_browser.saved_language))
     limiter.init_app(app)
     jobs.init_app(app, JOBS)
 

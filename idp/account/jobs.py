@@ -14,8 +14,10 @@ from idp.models import User, utcnow
 from idp.models.user import normalize_email
 
 
-def start_password_reset(email: str, ip: str | None = None, user_agent: str | None = None) -> None:
-    """Mail a reset link if ``email`` belongs to an enabled account and no link went out within the cooldown."""
+def start_password_reset(email: str, ip: str | None = None, user_agent: str | None = None,
+                         language: str | None = None) -> None:
+    """Mail a reset link (in ``language``) if ``email`` belongs to an enabled account and no link went out within
+    the cooldown."""
     cfg = current_app.config
     now = utcnow()
     user = db.session.execute(db.select(User).where(User.email == normalize_email(email))).scalar_one_or_none()
@@ -31,5 +33,5 @@ def start_password_reset(email: str, ip: str | None = None, user_agent: str | No
     assert issued.token is not None
     link = external_url("account.reset_password",  # the token in the fragment: see account.views._link_page
                         _anchor=onetime.sign(issued.token, "password_reset", cfg["IDP_SECRET_KEY"]))
-    enqueue("send_mail", to=user.email, template="password_reset",
+    enqueue("send_mail", to=user.email, template="password_reset", language=language,
             context={"name": user.name, "link": link, "minutes": cfg["IDP_RESET_LINK_TTL"] // 60})

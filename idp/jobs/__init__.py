@@ -8,16 +8,17 @@ service imports to enqueue) never imports the app factory.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask, current_app, has_request_context
 from redis import Redis
 from rq import Queue, Retry
 
-from idp import audit
+from idp import audit, i18n
 from idp.extensions import db
 
 log = logging.getLogger("idp.jobs")
@@ -54,6 +55,9 @@ def enqueue(name: str, **kwargs: Any) -> None:
     jobs = _jobs()
     if name not in jobs:
         raise KeyError(f"unknown job {name!r}")
+    if "language" in inspect.signature(jobs[name]).parameters and has_request_context():
+        # A message is written in the language of the page that caused it (idp.i18n), not the worker's.
+        kwargs.setdefault("language", i18n.current_language())
     q = queue()
     if q is not None:
         intervals = list(current_app.config["IDP_JOB_RETRY_INTERVALS"])

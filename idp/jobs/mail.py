@@ -14,31 +14,36 @@ from pathlib import Path
 from typing import Any
 
 from flask import current_app, render_template
+from flask_babel import lazy_gettext as _l
+
+from idp import i18n
 
 log = logging.getLogger("idp.mail")
 
 SUBJECTS = {
-    "verify_email": "Verify your email address",
-    "account_exists": "You already have an account",
-    "password_reset": "Reset your password",
-    "password_changed": "Your password was changed",
-    "account_locked": "Your account was locked",
-    "login_code": "Your sign-in code",
-    "security_notice": "Security change on your account",
-    "new_signin": "New sign-in to your account",
+    "verify_email": _l("Verify your email address"),
+    "account_exists": _l("You already have an account"),
+    "password_reset": _l("Reset your password"),
+    "password_changed": _l("Your password was changed"),
+    "account_locked": _l("Your account was locked"),
+    "login_code": _l("Your sign-in code"),
+    "security_notice": _l("Security change on your account"),
+    "new_signin": _l("New sign-in to your account"),
 }
 
 
-def send_mail(to: str, template: str, context: dict[str, Any]) -> None:
-    """Render ``template`` (text and HTML) and deliver it to ``to`` through the configured backend."""
+def send_mail(to: str, template: str, context: dict[str, Any], language: str | None = None) -> None:
+    """Render ``template`` (text and HTML) in ``language`` (the page's, when it was enqueued) and deliver it to
+    ``to`` through the configured backend."""
     context = {**context, "issuer": current_app.config["IDP_ISSUER"]}
-    message = {
-        "to": to,
-        "from": current_app.config["IDP_MAIL_FROM"],
-        "subject": SUBJECTS[template],
-        "text": render_template(f"email/{template}.txt", **context),
-        "html": render_template(f"email/{template}.html", **context),
-    }
+    with i18n.force_locale(language if language in i18n.LANGUAGES else i18n.LANGUAGES[0]):
+        message = {
+            "to": to,
+            "from": current_app.config["IDP_MAIL_FROM"],
+            "subject": str(SUBJECTS[template]),
+            "text": render_template(f"email/{template}.txt", **context),
+            "html": render_template(f"email/{template}.html", **context),
+        }
     deliver(message)
 
 

@@ -57,6 +57,21 @@ def current_user() -> User | None:
     return live.user if live is not None else None
 
 
+def saved_language() -> str | None:
+    """The signed-in user's chosen language (idp.i18n)."""
+    user = current_user()
+    return user.locale if user is not None else None
+
+
+def transaction_language() -> str | None:
+    """The ``ui_locales`` language of the sign-in transaction this request's page belongs to (idp.i18n)."""
+    tid = (request.view_args or {}).get("tid")
+    if not isinstance(tid, str) or len(tid) > 64:
+        return None
+    txn = db.session.get(LoginTransaction, tid)
+    return txn.state.ui_locale if txn is not None else None
+
+
 def login_required(view):
     """Send a visitor without a session to sign in, coming back here afterwards."""
     @wraps(view)

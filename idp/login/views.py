@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from idp import audit
+from idp import audit, i18n
 from idp.extensions import db, keep_loaded, limiter
 from idp.http import set_device_cookie, set_session_cookie
 from idp.login import devices, mfa, planner, sessions, transaction
@@ -156,6 +156,7 @@ def _complete(ctx: StepContext) -> Response:
     """Every step passed: record the session (new id), audit, and return where the transaction came from."""
     txn, user = ctx.txn, ctx.txn.user
     assert user is not None
+    i18n.forget_ui_locales()
     previous = current_session()
     if not txn.state.amr and previous is not None and previous.user_id == user.id:
         # Nothing was authenticated (consent only, or a step-up with nothing to add): the session stands as is.

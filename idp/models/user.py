@@ -29,6 +29,7 @@ class User(Model):
     subject: Mapped[str] = mapped_column(String(64), unique=True, default=new_subject)
     email: Mapped[str] = mapped_column(String(320), unique=True)
     name: Mapped[str] = mapped_column(String(200), default="")
+    locale: Mapped[str | None] = mapped_column(String(16))  # the language chosen on the profile page (idp.i18n)
     phone: Mapped[str | None] = mapped_column(String(32))  # the profile number, E.164 (OIDC Core 5.1 phone_number)
     phone_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # when a texted code proved it
     password_hash: Mapped[str | None] = mapped_column(String(255))

@@ -43,6 +43,8 @@ def all_claims(user: User) -> dict[str, Any]:
     }
     if user.name:
         claims["name"] = user.name
+    if user.locale:
+        claims["locale"] = user.locale
     # The `phone` scope releases the profile number only (the account page's "Phone number"), verified only when a
     # code texted to that very number proved it (OIDC Core 5.1). A phone enrolled as an SMS sign-in factor is not
     # used in its place when the profile has none: it was given to receive sign-in codes, not to be handed to

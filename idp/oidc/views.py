@@ -19,7 +19,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from werkzeug.wrappers import Response
 
-from idp import audit
+from idp import audit, i18n
 from idp.extensions import csrf, db, keep_loaded
 from idp.http import clear_session_cookie, external_url
 from idp.login import mfa, sessions, transaction
@@ -88,7 +88,7 @@ def metadata() -> dict:
         "prompt_values_supported": ["none", "login", "consent"],
         "display_values_supported": ["page"],
         "claim_types_supported": ["normal"],
-        "ui_locales_supported": ["en"],
+        "ui_locales_supported": list(i18n.LANGUAGES),
         "frontchannel_logout_supported": False,
         "backchannel_logout_supported": False,
     }
@@ -235,10 +235,13 @@ def authorize():
         reasons = [f.reason for f in failures]
         keep_user = user is not None and "no_session" not in reasons
         login_hint = (params.get("login_hint") or "")[:320]
+        ui_locale = i18n.first_supported(params.get("ui_locales"))
+        i18n.remember_ui_locales(ui_locale)
         return begin_transaction(
             reasons=reasons, return_to=_return_url(), user=user if keep_user else None, tid_param=TXN_PARAM,
             client_id=client.client_id, client_name=client.name, scopes=scopes,
             login_hint=login_hint or (user.email if user is not None else ""), acr_values=req.acr_values,
+            ui_locale=ui_locale,
             satisfied=sorted(satisfied), session_amr=list(live.amr) if keep_user and live is not None else None)
     assert user is not None and live is not None  # check_session passed
     return server.create_authorization_response(grant=grant, grant_user=Approval(user, live, claims_request))
