@@ -8,6 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, jsonify, render_template, request
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from flask_wtf.csrf import CSRFError
 from markupsafe import Markup
 from sqlalchemy import event
@@ -37,6 +39,16 @@ JOBS: dict[str, Callable[..., Any]] = {
     "send_mail": mail.send_mail,
     "send_sms": sms.send_sms,
     "start_password_reset": account_jobs.start_password_reset,
+}
+
+# The HTTP errors a person may meet on a hosted page, in their words (title, what to do).
+HTTP_ERRORS = {
+    400: (_l("This request is not valid"), _l("Go back and try again.")),
+    403: (_l("Not allowed"), _l("You may not open this page.")),
+    404: (_l("Page not found"), _l("Check the address, or start again from the sign-in page.")),
+    405: (_l("Not allowed here"), _l("This address does not accept this kind of request.")),
+    413: (_l("Too much data"), _l("The form sent more than this server accepts.")),
+    415: (_l("Unsupported content"), _l("This address does not accept that kind of content.")),
 }
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,15 +160,20 @@ def _error_handlers(app: Flask) -> None:
 
     @app.errorhandler(CSRFError)
     def csrf_error(exc):
-        return render(400, "This form has expired", "Go back, reload the page and try again.")
+        return render(400, _("This form has expired"), _("Go back, reload the page and try again."))
 
     @app.errorhandler(429)
     def too_many(exc):
-        return render(429, "Too many requests", "Please wait a minute and try again.")
+        return render(429, _("Too many requests"), _("Please wait a minute and try again."))
 
     @app.errorhandler(HTTPException)
     def http_error(exc):
-        return render(exc.code or 500, exc.name, exc.description or "", exc.get_headers())
+        code = exc.code or 500
+        # Werkzeug's own title and description are English; ours are in the page's language. A description
+        # that idp wrote itself (abort(400, _("..."))) was translated where it was written.
+        title, default = HTTP_ERRORS.get(code, (exc.name, exc.description or ""))
+        own = exc.description if exc.description and exc.description != type(exc).description else None
+        return render(code, str(title), own or str(default), exc.get_headers())
 
     @app.errorhandler(Exception)
     def unexpected(exc):
@@ -165,4 +182,4 @@ def _error_handlers(app: Flask) -> None:
                              logs.database_error(exc))
         else:
             app.logger.exception("unhandled error on %s %s", request.method, request.path)
-        return render(500, "Something went wrong", "The error was logged. Please try again.")
+        return render(500, _("Something went wrong"), _("The error was logged. Please try again."))

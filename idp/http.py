@@ -7,6 +7,8 @@ from urllib.parse import urlsplit
 from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from flask import Flask, abort, current_app, g, has_request_context, jsonify, request, url_for
 from flask import Request as FlaskRequest
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from werkzeug.exceptions import BadRequest
 from werkzeug.wrappers import Response
 
@@ -48,7 +50,7 @@ class Request(FlaskRequest):
                 upload.close()
             self.form = self.parameter_storage_class()  # type: ignore[assignment]  # an empty one of the same kind
             self.files = self.parameter_storage_class()  # type: ignore[assignment]
-            raise BadRequest("Every part of a multipart form must name its field.")
+            raise BadRequest(_("Every part of a multipart form must name its field."))
 
 
 # Where the address of the connection's peer (the proxy, behind one) is kept once REMOTE_ADDR holds the client's.
@@ -76,7 +78,7 @@ def resolve_client(app: Flask) -> None:
 
 # The endpoints whose callers expect an OAuth error object (RFC 6749 5.2, RFC 7009 2.2.1, RFC 7662 2.3, RFC 6750 3.1).
 OAUTH_ENDPOINTS = frozenset({"oidc.token", "oidc.revoke", "oidc.introspect", "oidc.userinfo"})
-NUL_MESSAGE = "The request contains a NUL character, which no field accepts."
+NUL_MESSAGE = _l("The request contains a NUL character, which no field accepts.")
 
 
 def refuse_nul():
@@ -84,7 +86,7 @@ def refuse_nul():
     (RFC 9110 5.5 forbids it in headers; PostgreSQL text cannot store it), so the request is refused here with a
     400 in the caller's form (the error handlers choose it), before any of it reaches a query."""
     if _carries_nul():
-        abort(400, NUL_MESSAGE)
+        abort(400, str(NUL_MESSAGE))
 
 
 def oauth_caller() -> bool:

@@ -78,6 +78,11 @@ def refresh() -> None:
     flask_babel.refresh()
 
 
+def product_name() -> str:
+    """The name the pages, mail and texts give the service (IDP_BRAND_NAME when the operator set one)."""
+    return current_app.config.get("IDP_BRAND_NAME") or "idp"
+
+
 def current_language() -> str:
     """The language of the page being rendered (``<html lang>``)."""
     return str(get_locale() or LANGUAGES[0])

@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import phonenumbers
 from flask import current_app
+from flask_babel import format_timedelta
+from flask_babel import gettext as _
 
 from idp import audit
 from idp.extensions import limiter
@@ -56,13 +58,13 @@ def send_sms_code(user: User, phone: str, body_for_code, *, purpose: str, ttl: i
     """Issue a code for ``phone``, check the caps, and enqueue the text (raises SmsRefused)."""
     cfg = current_app.config
     if cfg["IDP_SMS_BACKEND"] == "disabled":
-        raise SmsRefused("Text messages are not available on this server.")
+        raise SmsRefused(_("Text messages are not available on this server."))
     country = str(phonenumbers.parse(phone, None).country_code)
     keys = {"number": hashlib.sha256(phone.encode()).hexdigest()[:32], "user": str(user.id), "country": country}
     caps = sms_caps()
     if caps.retry_after("sms", keys):
         audit.record("sms.capped", subject=user, country=country, ip=ip, durable=True)
-        raise SmsRefused("Too many text messages were sent. Try another method, or try again tomorrow.")
+        raise SmsRefused(_("Too many text messages were sent. Try another method, or try again tomorrow."))
     caps.failed("sms", keys)  # counts one message against every cap
     issued = onetime.issue(purpose, user, now=utcnow(), ttl=ttl, secret_key=cfg["IDP_SECRET_KEY"],
                            link=False, code=True, transaction_id=transaction_id)
@@ -77,7 +79,7 @@ def check_phone_code(purpose: str, channel: str, user: User, phone: str, code: s
     row = onetime.check_code(purpose, channel, code, now=now, secret_key=config["IDP_SECRET_KEY"],
                              max_attempts=config["IDP_CODE_MAX_ATTEMPTS"])
     if row.user_id != user.id or row.email != phone:
-        raise onetime.CodeRejected("That code was for another number. Send a new one.")
+        raise onetime.CodeRejected(_("That code was for another number. Send a new one."))
     return row
 
 
@@ -112,8 +114,10 @@ class CodeDelivery(ABC):
         sent_at = self.sent_at(ctx)
         cooldown = ctx.config["IDP_RESEND_COOLDOWN"]
         if sent_at is not None and ctx.now.timestamp() - sent_at < cooldown:
-            return f"Please wait {int(cooldown - (ctx.now.timestamp() - sent_at)) + 1} seconds before asking again."
-        return self._send(ctx) or "We sent a new code."
+            wait = timedelta(seconds=int(cooldown - (ctx.now.timestamp() - sent_at)) + 1)
+            return _("Please wait %(wait)s before asking again.",
+                     wait=format_timedelta(wait, threshold=1.1, add_direction=False))
+        return self._send(ctx) or _("We sent a new code.")
 
     def check(self, ctx: StepContext, code: str, amr: tuple[str, ...]) -> Outcome:
         """Verify a typed code for this transaction, with per-account attempt limits."""

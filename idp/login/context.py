@@ -10,9 +10,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
+from flask_babel import format_timedelta
+from flask_babel import gettext as _
 from flask_wtf import FlaskForm
 
 from idp import audit
@@ -115,13 +117,19 @@ class StepContext:
     def code_attempts_blocked(self) -> Outcome | None:
         """The failure to answer while this account must wait after too many wrong codes (SECURITY.md 21)."""
         wait = self.throttle.retry_after("otp", self._otp_keys())
-        return Outcome(False, f"Too many attempts. Try again in {wait} seconds.") if wait else None
+        return Outcome(False, too_many_attempts(wait)) if wait else None
 
     def code_attempt_failed(self, method: str) -> None:
         """Count a wrong code against the account and the IP, and audit it."""
         self.throttle.failed("otp", self._otp_keys())
         audit.record("mfa.failure", subject=self.user, method=method, ip=self.ip, user_agent=self.user_agent,
                      durable=True)
+
+
+def too_many_attempts(seconds: int) -> str:
+    """The message of a throttled attempt: the wait said the way the page's language says durations."""
+    return _("Too many attempts. Try again in %(wait)s.",
+             wait=format_timedelta(timedelta(seconds=seconds), threshold=1.1, add_direction=False))
 
 
 @dataclass

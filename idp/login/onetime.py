@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from flask_babel import gettext as _
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from idp.extensions import db
@@ -93,17 +94,17 @@ def check_code(purpose: str, transaction_id: str, code: str, *, now: datetime, s
         .order_by(OneTimeToken.created_at.desc()).limit(1)
     ).scalar_one_or_none()
     if row is None or row.expires_at <= now:
-        raise CodeRejected("This code has expired. Send a new one.")
+        raise CodeRejected(_("This code has expired. Send a new one."))
     if row.attempts >= max_attempts:
-        raise CodeRejected("Too many wrong codes. Send a new one.")
+        raise CodeRejected(_("Too many wrong codes. Send a new one."))
     right = same(row.code_hash, code_hash(secret_key, typed_code(code), f"{purpose}:{transaction_id}"))
     # One statement counts the attempt and, if the code is right, uses it: of parallel submissions of the right
     # code exactly one gets it (SECURITY.md 32), and no attempt is lost from the count.
     attempts = consume.code_attempt(row, right=right, max_attempts=max_attempts, now=now)
     if attempts is None:  # used, expired or exhausted by another request in the meantime
-        raise CodeRejected("This code has expired. Send a new one.")
+        raise CodeRejected(_("This code has expired. Send a new one."))
     if right:
         return row
     if attempts >= max_attempts:
-        raise CodeRejected("Too many wrong codes. Send a new one.")
-    raise CodeRejected("That code is not right. Check the latest email and try again.")
+        raise CodeRejected(_("Too many wrong codes. Send a new one."))
+    raise CodeRejected(_("That code is not right. Check the latest email and try again."))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
 from idp import audit, i18n
@@ -46,9 +47,9 @@ def _current(tid: str):
 
 
 def _expired() -> tuple[str, int]:
-    return render_template("error.html", title="This sign-in has expired",
-                           message="It took too long, was already completed, or was started in another browser.",
-                           action=(url_for("login.begin"), "Start again")), 400
+    return render_template("error.html", title=_("This sign-in has expired"),
+                           message=_("It took too long, was already completed, or was started in another browser."),
+                           action=(url_for("login.begin"), _("Start again"))), 400
 
 
 @bp.route("/<tid>", methods=["GET", "POST"])
@@ -78,7 +79,7 @@ def step(tid: str):
             error = outcome.error
             db.session.commit()  # attempt counters and audit rows stay even though the answer failed
         else:
-            error = next(iter(e for errors in form.errors.values() for e in errors), "Check the form.")
+            error = next(iter(e for errors in form.errors.values() for e in errors), _("Check the form."))
     variables = current.begin(ctx)
     db.session.commit()
     return render_template(current.template, form=form, step=current, tid=tid, error=error,

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from authlib.oidc.core import UserInfo
+from flask_babel import lazy_gettext as _l
 
 from idp.models import User
 
@@ -22,11 +23,11 @@ SCOPE_CLAIMS = {
 }
 
 SCOPE_DESCRIPTIONS = {
-    "openid": "Know who you are (a stable identifier)",
-    "profile": "Your name and profile",
-    "email": "Your email address",
-    "phone": "Your phone number",
-    "offline_access": "Stay connected when you are not using it",
+    "openid": _l("Know who you are (a stable identifier)"),
+    "profile": _l("Your name and profile"),
+    "email": _l("Your email address"),
+    "phone": _l("Your phone number"),
+    "offline_access": _l("Stay connected when you are not using it"),
 }
 
 CLAIMS_SUPPORTED = sorted({"sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "sid", "azp",

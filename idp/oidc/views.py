@@ -15,6 +15,7 @@ from authlib.oidc.core.errors import (
     RequestURINotSupportedError,
 )
 from flask import Blueprint, current_app, jsonify, render_template, request, url_for
+from flask_babel import gettext as _
 from joserfc import jwt
 from joserfc.errors import JoseError
 from werkzeug.wrappers import Response
@@ -141,7 +142,8 @@ def _authorize_error(error: OAuth2Error):
     if error.state is not None and len(error.state) > policy.PARAMETER_LIMITS["state"]:
         error.state = None  # refused for its length: not sent back either
     if not error.redirect_uri:
-        return render_template("error.html", title="This sign-in request is not valid",
+        # The protocol's own words (RFC 6749 4.1.2.1) stay as they are, for the developer who reads them.
+        return render_template("error.html", title=_("This sign-in request is not valid"),
                                message=f"{error.error}: {error.description or ''}".strip(": ")), 400
     response = current_server().handle_error_response(None, error)
     response.headers["Location"] = add_params_to_uri(response.headers["Location"], {"iss": issuer()})
@@ -309,7 +311,7 @@ def end_session():
     try:
         end_request = server.validate_endpoint_request("end_session")
     except OAuth2Error as error:
-        return render_template("error.html", title="This sign-out request is not valid",
+        return render_template("error.html", title=_("This sign-out request is not valid"),
                                message=error.description or error.error), 400
     live = current_session()
     if _logout_needs_confirmation(end_request, live):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from flask_babel import gettext as _
 
 from idp.security.argon2_lanes import verify_argon2id
 
@@ -124,15 +125,15 @@ def password_problems(password: str, *, single_factor: bool, context: tuple[str,
     normalized = _normalize(password or "")
     minimum = MIN_LENGTH_SINGLE_FACTOR if single_factor else MIN_LENGTH
     if len(normalized) < minimum:
-        problems.append(f"Use at least {minimum} characters.")
+        problems.append(_("Use at least %(num)d characters.", num=minimum))
     elif len(normalized) > MAX_LENGTH:
-        problems.append(f"Use at most {MAX_LENGTH} characters.")
+        problems.append(_("Use at most %(num)d characters.", num=MAX_LENGTH))
     lowered = normalized.lower()
     if lowered in common_passwords():
-        problems.append("This password is too common. Choose another.")
+        problems.append(_("This password is too common. Choose another."))
     for word in context:
         word = (word or "").strip().lower()
         if len(word) >= 4 and word in lowered and len(lowered) - len(word) < minimum:
-            problems.append("Do not base the password on your name or email address.")
+            problems.append(_("Do not base the password on your name or email address."))
             break
     return problems

@@ -61,15 +61,16 @@
     form.submit();
   }
 
-  function showError(form, message) {
+  // The messages are the error box's data attributes (templates/_webauthn_error.html), in the page's language.
+  function showError(form, key) {
     const box = form.querySelector(".webauthn-error");
-    if (box) { box.textContent = message; box.hidden = false; }
+    if (box) { box.textContent = box.dataset[key] || ""; box.hidden = false; }
   }
 
   document.querySelectorAll("form[data-webauthn]").forEach((form) => {
     const mode = form.dataset.webauthn;
     if (!window.PublicKeyCredential) {
-      showError(form, "This browser does not support security keys or passkeys.");
+      showError(form, "unsupported");
       return;
     }
     if (mode === "conditional") {
@@ -92,7 +93,7 @@
           if (autofill) { autofill.abort(); }
           navigator.credentials.get({ publicKey: requestOptions(optionsFor(form)) })
             .then((credential) => submitWith(form, credential))
-            .catch(() => showError(form, "No passkey was used. Try again or use your password."));
+            .catch(() => showError(form, "noPasskey"));
         });
       }
       return;
@@ -104,7 +105,7 @@
         ? navigator.credentials.create({ publicKey: creationOptions(optionsFor(form)) })
         : navigator.credentials.get({ publicKey: requestOptions(optionsFor(form)) });
       ceremony.then((credential) => submitWith(form, credential))
-        .catch(() => showError(form, "The security key or passkey was not used. Try again."));
+        .catch(() => showError(form, "notUsed"));
     });
   });
 }());

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from flask_babel import lazy_gettext as _l
+
 from idp.jobs import enqueue
 from idp.login import onetime
 from idp.login.codes import CodeDelivery
@@ -24,8 +26,8 @@ class EmailCode(CodeDelivery, FactorType):
     purpose = "email_login"
     template = "login/email_otp.html"
     form_class = FactorCodeForm
-    title = "Email code"
-    chooser_label = "Code by email (does not count as a second factor)"
+    title = _l("Email code")
+    chooser_label = _l("Code by email (does not count as a second factor)")
 
     def offered(self, user: User, confirmed: list[Factor]) -> bool:
         return user.email_verified

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from sqlalchemy import func
 
 from idp import audit
@@ -48,8 +50,8 @@ class RecoveryCodes(FactorType):
     amr_values = frozenset({"recovery_code"})
     template = "login/recovery_code.html"
     form_class = RecoveryCodeForm
-    title = "Recovery code"
-    chooser_label = "Recovery code"
+    title = _l("Recovery code")
+    chooser_label = _l("Recovery code")
     slug = "recovery-codes"
     enrol_stages = {"new": ("account/recovery_codes.html", ConfirmForm)}
     enrol_by_post_only = True
@@ -66,24 +68,24 @@ class RecoveryCodes(FactorType):
         digest = recovery_code_hash(ctx.config["IDP_SECRET_KEY"], user.id, data.get("code", ""))
         if not consume.recovery_code(user.id, digest, ctx.now):  # one conditional UPDATE: used once, even at once
             ctx.code_attempt_failed(self.kind)
-            return Outcome(False, "That recovery code is not valid or was already used.")
+            return Outcome(False, _("That recovery code is not valid or was already used."))
         left = unused_recovery_codes(user)
         audit.record("recovery_code.used", subject=user, remaining=left, ip=ctx.ip, user_agent=ctx.user_agent)
         enqueue("send_mail", to=user.email, template="security_notice",
-                context={"name": user.name, "what": "A recovery code was used to sign in to your account.",
+                context={"name": user.name, "what": _("A recovery code was used to sign in to your account."),
                          "detail": f"{left} recovery codes are left."})
         return Outcome(True, amr=("recovery_code",))
 
     def section(self, user: User, confirmed: list[Factor], config: Mapping[str, Any]) -> Section:
         left = unused_recovery_codes(user)
-        return Section("Recovery codes",
+        return Section(_("Recovery codes"),
                        summary=f"{left} unused recovery code{'' if left == 1 else 's'}. Each works once, if you "
                                "lose your other methods.",
-                       actions=[Action("Generate new codes" if left else "Generate recovery codes", post=True,
+                       actions=[Action(_("Generate new codes") if left else _("Generate recovery codes"), post=True,
                                        primary=False)])
 
     def enrol_verify(self, stage: str, ec: EnrolContext, data: Mapping[str, Any]) -> Enrolled:
         codes = new_recovery_codes_for(ec.user, ec.now, ec.config["IDP_SECRET_KEY"])
-        return Enrolled(True, notice="New recovery codes were generated; the old ones no longer work.",
+        return Enrolled(True, notice=_("New recovery codes were generated; the old ones no longer work."),
                         event="recovery_codes.generated",
                         show="account/recovery_codes.html", show_context={"codes": codes})

@@ -5,7 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+
 from idp.extensions import db
+from idp.i18n import product_name
 from idp.login import onetime
 from idp.login.codes import (
     CodeDelivery,
@@ -24,6 +28,16 @@ from idp.models import Factor, User
 ENROL_PURPOSE = "phone_verify"
 
 
+def signin_text(code: str) -> str:
+    """The text message that carries a sign-in code."""
+    return _("%(code)s is your sign-in code. Do not share it.", code=code)
+
+
+def enrol_text(code: str) -> str:
+    """The text message that proves a phone being added as a sign-in factor."""
+    return _("%(code)s is your code to add this phone to %(product)s.", code=code, product=product_name())
+
+
 class PhoneCredential(Factor):
     """A phone number in E.164, verified by a code before it counts."""
 
@@ -38,8 +52,8 @@ class Sms(CodeDelivery, FactorType):
     purpose = "sms_login"
     template = "login/sms.html"
     form_class = FactorCodeForm
-    title = "Text message"
-    chooser_label = "Text message"
+    title = _l("Text message")
+    chooser_label = _l("Text message")
     slug = "phone"
     enrol_stages = {"new": ("account/phone_new.html", PhoneForm), "verify": ("account/phone_verify.html", CodeForm)}
 
@@ -53,7 +67,7 @@ class Sms(CodeDelivery, FactorType):
     def deliver(self, ctx: StepContext) -> None:
         factor = self._phone(ctx)
         assert ctx.user is not None and factor is not None and factor.phone
-        send_sms_code(ctx.user, factor.phone, lambda code: f"{code} is your sign-in code. Do not share it.",
+        send_sms_code(ctx.user, factor.phone, signin_text,
                       purpose=self.purpose, ttl=ctx.config["IDP_SMS_CODE_TTL"], transaction_id=ctx.txn.id, ip=ctx.ip)
 
     def begin(self, ctx: StepContext) -> dict[str, Any]:
@@ -76,10 +90,10 @@ class Sms(CodeDelivery, FactorType):
         enabled = config["IDP_SMS_BACKEND"] != "disabled"
         if not enabled and not phones:
             return None
-        return Section("Text messages", hint="The weakest second factor. Keep an authenticator app or a security "
-                                             "key as well.",
+        return Section(_("Text messages"), hint=_("The weakest second factor. Keep an authenticator app or a "
+                                                  "security key as well."),
                        items=[(f, mask_phone(f.phone or "")) for f in phones],
-                       actions=[Action("Add a phone", primary=False)] if enabled else [])
+                       actions=[Action(_("Add a phone"), primary=False)] if enabled else [])
 
     def enrol_begin(self, stage: str, ec: EnrolContext) -> dict[str, Any] | None:
         if stage == "verify":
@@ -93,9 +107,9 @@ class Sms(CodeDelivery, FactorType):
         if stage == "new":
             phone = normalize_phone(data.get("phone") or "")
             if phone is None:
-                return Enrolled(False, "Enter a valid number with its country code, like +44…")
+                return Enrolled(False, _("Enter a valid number with its country code, like +44…"))
             try:
-                send_sms_code(ec.user, phone, lambda code: f"{code} is your code to add this phone to idp.",
+                send_sms_code(ec.user, phone, enrol_text,
                               purpose=ENROL_PURPOSE, ttl=cfg["IDP_SMS_CODE_TTL"], transaction_id=channel, ip=ec.ip)
             except SmsRefused as refused:
                 return Enrolled(False, str(refused))
@@ -107,8 +121,10 @@ class Sms(CodeDelivery, FactorType):
             check_phone_code(ENROL_PURPOSE, channel, ec.user, phone, data.get("code") or "", now=ec.now, config=cfg)
         except onetime.CodeRejected as rejected:
             return Enrolled(False, str(rejected))
-        db.session.add(PhoneCredential(user_id=ec.user.id, name=f"Phone {mask_phone(phone)}", phone=phone,
+        db.session.add(PhoneCredential(user_id=ec.user.id, name=_("Phone %(number)s", number=mask_phone(phone)),
+                                       phone=phone,
                                        created_at=ec.now, confirmed_at=ec.now))
-        return Enrolled(True, notice=f"The phone number {mask_phone(phone)} was added for sign-in codes.",
-                        message="Phone added. Text messages are the weakest second factor: add an authenticator "
-                                "app or a security key too.")
+        return Enrolled(True, notice=_("The phone number %(number)s was added for sign-in codes.",
+                                       number=mask_phone(phone)),
+                        message=_("Phone added. Text messages are the weakest second factor: add an authenticator "
+                                  "app or a security key too."))

@@ -8,6 +8,9 @@ from datetime import datetime
 from typing import Any
 
 import segno
+from flask_babel import format_date
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 
 from idp.extensions import db
 from idp.login import consume
@@ -29,7 +32,7 @@ class TotpCredential(Factor):
 
 def start_totp(user: User, now: datetime, secret_key: str) -> TotpCredential:
     """An unconfirmed TOTP factor with a fresh seed (it counts only once a code confirms it)."""
-    factor = TotpCredential(user_id=user.id, name="Authenticator app", created_at=now,
+    factor = TotpCredential(user_id=user.id, name=_("Authenticator app"), created_at=now,
                             secret_encrypted=crypto.encrypt(new_totp_secret().encode(), secret_key, "totp"))
     db.session.add(factor)
     db.session.flush()
@@ -62,7 +65,7 @@ def totp_display(factor: Factor, user: User, secret_key: str) -> dict[str, Any]:
     """What an enrolment page shows: a QR code (inline SVG, no script) and the key as text."""
     secret = totp_secret(factor, secret_key)
     uri = provisioning_uri(secret, user.email, "idp")
-    svg = segno.make(uri, error="m").svg_inline(scale=4, title="QR code for your authenticator app")
+    svg = segno.make(uri, error="m").svg_inline(scale=4, title=_("QR code for your authenticator app"))
     grouped = " ".join(secret[i:i + 4] for i in range(0, len(secret), 4))
     return {"qr_svg": svg, "secret": grouped, "otpauth_uri": uri,
             "qr_data_uri": "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()}
@@ -83,7 +86,7 @@ class Totp(FactorType):
     amr_values = frozenset({"otp"})
     template = "login/totp.html"
     form_class = FactorCodeForm
-    title = "Authenticator app"
+    title = _l("Authenticator app")
     chooser_label = "Authenticator app"
     enrol_in_sign_in = True
     enrol_partial = "login/_enrol_totp.html"
@@ -104,12 +107,13 @@ class Totp(FactorType):
                 update(ctx.txn, remember_device=bool(data.get("remember")))
                 return Outcome(True, amr=("otp",))
         ctx.code_attempt_failed(self.kind)
-        return Outcome(False, "That code is not right. Use the newest code from your app.")
+        return Outcome(False, _("That code is not right. Use the newest code from your app."))
 
     def section(self, user: User, confirmed: list[Factor], config: Mapping[str, Any]) -> Section:
-        return Section("Authenticator apps",
-                       items=[(f, f"added {f.created_at:%Y-%m-%d}") for f in self.credentials(user, confirmed)],
-                       actions=[Action("Add an authenticator app")])
+        return Section(_("Authenticator apps"),
+                       items=[(f, _("added %(date)s", date=format_date(f.created_at)))
+                              for f in self.credentials(user, confirmed)],
+                       actions=[Action(_("Add an authenticator app"))])
 
     def enrol_begin(self, stage: str, ec: EnrolContext) -> dict[str, Any] | None:
         secret_key = ec.config["IDP_SECRET_KEY"]
@@ -121,9 +125,9 @@ class Totp(FactorType):
         factor = _pending(ec.user, ec.now, ec.config["IDP_SECRET_KEY"], ec.pending.get("factor_id"))
         ec.pending["factor_id"] = factor.id
         if not confirm_totp(factor, data.get("code") or "", ec.now, ec.config["IDP_SECRET_KEY"]):
-            return Enrolled(False, "That code is not right. Try the newest code from the app.")
-        return Enrolled(True, notice="An authenticator app was added to your account.",
-                        message="Authenticator app added.")
+            return Enrolled(False, _("That code is not right. Try the newest code from the app."))
+        return Enrolled(True, notice=_("An authenticator app was added to your account."),
+                        message=_("Authenticator app added."))
 
     def sign_in_enrol_begin(self, ctx: StepContext, phishing_resistant: bool) -> dict[str, Any]:
         if phishing_resistant:
@@ -142,7 +146,7 @@ class Totp(FactorType):
         factor = _pending(ctx.user, ctx.now, secret_key, ctx.state.enrol_factor_id)
         update(ctx.txn, enrol_factor_id=factor.id)
         if not confirm_totp(factor, data["code"], ctx.now, secret_key):
-            return Outcome(False, "That code is not right. Check the time on your phone and try the newest code.")
-        notify_change(ctx.user, "An authenticator app was added to your account.", event="factor.added",
+            return Outcome(False, _("That code is not right. Check the time on your phone and try the newest code."))
+        notify_change(ctx.user, _("An authenticator app was added to your account."), event="factor.added",
                       kind=self.kind, ip=ctx.ip, user_agent=ctx.user_agent)
         return Outcome(True, amr=("otp",))

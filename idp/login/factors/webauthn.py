@@ -6,6 +6,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from flask_babel import format_date
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+
 from idp.extensions import db
 from idp.login.context import Outcome, StepContext
 from idp.login.enrolment import notify_change
@@ -42,7 +46,7 @@ def add_webauthn(user: User, credential_json: str, challenge: str, now: datetime
     result = wa.verify_registration(relying_party(), credential_json, challenge)
     if db.session.execute(db.select(Factor.id).where(Factor.credential_id == result.credential_id)).first():
         raise wa.WebAuthnFailed("credential already registered")
-    factor = WebAuthnCredential(user_id=user.id, name=name or ("Passkey" if result.backed_up else "Security key"),
+    factor = WebAuthnCredential(user_id=user.id, name=name or (_("Passkey") if result.backed_up else _("Security key")),
                                 created_at=now, confirmed_at=now, credential_id=result.credential_id,
                                 public_key=result.public_key, sign_count=result.sign_count,
                                 backed_up=result.backed_up, discoverable=True)
@@ -59,8 +63,8 @@ class WebAuthn(FactorType):
     phishing_resistant = True
     template = "login/webauthn.html"
     form_class = WebAuthnForm
-    title = "Security key or passkey"
-    chooser_label = "Security key or passkey"
+    title = _l("Security key or passkey")
+    chooser_label = _l("Security key or passkey")
     enrol_in_sign_in = True
     enrol_partial = "login/_enrol_webauthn.html"
     slug = "webauthn"
@@ -83,26 +87,31 @@ class WebAuthn(FactorType):
             factor, result = verify_assertion(ctx.txn, data.get("credential", ""), user_id=ctx.user.id,
                                               require_uv=self._require_uv(ctx), now=ctx.now)
         except wa.WebAuthnFailed:
-            return Outcome(False, "That security key or passkey could not be verified. Try again.")
+            return Outcome(False, _("That security key or passkey could not be verified. Try again."))
         update(ctx.txn, remember_device=bool(data.get("remember")))
         return Outcome(True, amr=wa.amr_for(factor.backed_up, result.user_verified))
 
     def section(self, user: User, confirmed: list[Factor], config: Mapping[str, Any]) -> Section:
         items = []
         for f in self.credentials(user, confirmed):
-            used = f", last used {f.last_used_at:%Y-%m-%d}" if f.last_used_at else ""
-            items.append((f, f"{'passkey, synced' if f.backed_up else 'security key'}; "
-                             f"added {f.created_at:%Y-%m-%d}{used}"))
+            kind = _("passkey, synced") if f.backed_up else _("security key")
+            if f.last_used_at:
+                line = _("%(kind)s; added %(added)s, last used %(used)s", kind=kind, added=format_date(f.created_at),
+                         used=format_date(f.last_used_at))
+            else:
+                line = _("%(kind)s; added %(added)s", kind=kind, added=format_date(f.created_at))
+            items.append((f, line))
         if not self.available():
-            return Section("Security keys and passkeys", items=items,
-                           hint=f"Passkeys and security keys need this server to be reached by a host name; "
-                                f"{config['IDP_ISSUER']} is an IP address, which browsers refuse for them. Use "
-                                "http://localhost instead of 127.0.0.1 (or set IDP_ISSUER).")
-        return Section("Security keys and passkeys",
-                       hint="The strongest option: phishing-resistant. A passkey also lets you sign in without a "
-                            "password.", items=items,
-                       actions=[Action("Add a passkey", {"type": "passkey"}),
-                                Action("Add a security key", {"type": "key"}, primary=False)])
+            return Section(_("Security keys and passkeys"), items=items,
+                           hint=_("Passkeys and security keys need this server to be reached by a host name; "
+                                  "%(issuer)s is an IP address, which browsers refuse for them. Use "
+                                  "http://localhost instead of 127.0.0.1 (or set IDP_ISSUER).",
+                                  issuer=config["IDP_ISSUER"]))
+        return Section(_("Security keys and passkeys"),
+                       hint=_("The strongest option: phishing-resistant. A passkey also lets you sign in "
+                              "without a password."), items=items,
+                       actions=[Action(_("Add a passkey"), {"type": "passkey"}),
+                                Action(_("Add a security key"), {"type": "key"}, primary=False)])
 
     def enrol_begin(self, stage: str, ec: EnrolContext) -> dict[str, Any] | None:
         challenge = wa.new_challenge()
@@ -113,12 +122,15 @@ class WebAuthn(FactorType):
     def enrol_verify(self, stage: str, ec: EnrolContext, data: Mapping[str, Any]) -> Enrolled:
         challenge = ec.pending.pop("challenge", None)  # single use, whatever the outcome
         try:
-            factor, _ = add_webauthn(ec.user, (data.get("credential") or "")[:20000], challenge or "", ec.now,
+            factor, _verified = add_webauthn(ec.user, (data.get("credential") or "")[:20000], challenge or "", ec.now,
                                      name=(data.get("name") or "").strip())
         except wa.WebAuthnFailed:
             # A new ceremony (a new challenge) is needed: start the page again.
-            return Enrolled(False, "The security key or passkey could not be registered. Try again.", next_stage=stage)
-        return Enrolled(True, notice=f"The {factor.name} was added to your account.", message=f"{factor.name} added.")
+            return Enrolled(False, _("The security key or passkey could not be registered. Try again."),
+                            next_stage=stage)
+        return Enrolled(True, notice=_("The security key or passkey “%(name)s” was added to your account.",
+                                       name=factor.name),
+                        message=_("“%(name)s” added.", name=factor.name))
 
     def sign_in_enrol_begin(self, ctx: StepContext, phishing_resistant: bool) -> dict[str, Any]:
         assert ctx.user is not None
@@ -135,7 +147,8 @@ class WebAuthn(FactorType):
         try:
             factor, verified = add_webauthn(ctx.user, data["credential"], challenge or "", ctx.now)
         except wa.WebAuthnFailed:
-            return Outcome(False, "The security key or passkey could not be registered. Try again.")
-        notify_change(ctx.user, f"A {factor.name.lower()} was added to your account.", event="factor.added",
+            return Outcome(False, _("The security key or passkey could not be registered. Try again."))
+        notify_change(ctx.user, _("The security key or passkey “%(name)s” was added to your account.",
+                                  name=factor.name), event="factor.added",
                       kind=self.kind, ip=ctx.ip, user_agent=ctx.user_agent)
         return Outcome(True, amr=wa.amr_for(factor.backed_up, verified))

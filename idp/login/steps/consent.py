@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from wtforms import SubmitField
 
 from idp import audit
@@ -29,10 +31,10 @@ class ConsentStep(Step):
     name = "consent"
     template = "login/consent.html"
     form_class = ConsentForm
-    title = "Allow access"
+    title = _l("Allow access")
 
     def begin(self, ctx: StepContext) -> dict[str, Any]:
-        return {"client_name": ctx.state.client_name or "An application",
+        return {"client_name": ctx.state.client_name or _("An application"),
                 "scopes": [(s, SCOPE_DESCRIPTIONS.get(s, s)) for s in ctx.state.scopes]}
 
     def verify(self, ctx: StepContext, data: Mapping[str, Any]) -> Outcome:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+
 from idp import audit
 from idp.jobs import enqueue
 from idp.login import onetime
@@ -26,7 +29,7 @@ class EmailVerificationStep(CodeDelivery, Step):
     purpose = CODE_PURPOSE
     template = "login/verify_email.html"
     form_class = CodeForm
-    title = "Verify your email"
+    title = _l("Verify your email")
 
     def begin(self, ctx: StepContext) -> dict[str, Any]:
         email = ctx.state.existing_account or (ctx.user.email if ctx.user else "")
@@ -62,7 +65,7 @@ class EmailVerificationStep(CodeDelivery, Step):
         update(ctx.txn, decoy_attempts=attempts)
         sent_at = self.sent_at(ctx) or 0
         if ctx.now.timestamp() - sent_at > ctx.config["IDP_EMAIL_CODE_TTL"]:
-            return Outcome(False, "This code has expired. Send a new one.")
+            return Outcome(False, _("This code has expired. Send a new one."))
         if attempts >= ctx.config["IDP_CODE_MAX_ATTEMPTS"]:
-            return Outcome(False, "Too many wrong codes. Send a new one.")
-        return Outcome(False, "That code is not right. Check the latest email and try again.")
+            return Outcome(False, _("Too many wrong codes. Send a new one."))
+        return Outcome(False, _("That code is not right. Check the latest email and try again."))

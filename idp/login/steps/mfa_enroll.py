@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+
 from idp.login.assurance import ACR_PHISHING_RESISTANT
 from idp.login.context import Outcome, Step, StepContext
 from idp.login.factors import REGISTRY, FactorType
@@ -29,7 +32,7 @@ class EnrolStep(Step):
     name = "mfa_enroll"
     template = "login/mfa_enroll.html"
     form_class = EnrolForm
-    title = "Set up a second factor"
+    title = _l("Set up a second factor")
 
     def begin(self, ctx: StepContext) -> dict[str, Any]:
         phishing_resistant = ctx.required_level == ACR_PHISHING_RESISTANT
@@ -45,5 +48,5 @@ class EnrolStep(Step):
             if outcome is not None:
                 return outcome
         if ctx.required_level == ACR_PHISHING_RESISTANT:
-            return Outcome(False, "This sign-in needs a security key or passkey.")
-        return Outcome(False, "That code is not right. Check the time on your phone and try the newest code.")
+            return Outcome(False, _("This sign-in needs a security key or passkey."))
+        return Outcome(False, _("That code is not right. Check the time on your phone and try the newest code."))

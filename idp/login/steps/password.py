@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+
 from idp import audit
 from idp.extensions import db
 from idp.jobs import enqueue
 from idp.login import consume, onetime
-from idp.login.context import FRESH_LOGIN_REASONS, Outcome, Step, StepContext
+from idp.login.context import FRESH_LOGIN_REASONS, Outcome, Step, StepContext, too_many_attempts
 from idp.login.forms import SignInForm
 from idp.login.throttle import account_key
 from idp.login.webauthn import assertion_options, verify_assertion, webauthn_available
@@ -19,7 +22,7 @@ from idp.security.passwords import hash_password, needs_rehash, verify_password
 from idp.security.webauthn import WebAuthnFailed, amr_for
 
 # One message for unknown account, wrong password, locked and disabled account (ASVS V6.3.8, SECURITY.md 19/21).
-GENERIC_FAILURE = "Incorrect email or password."
+GENERIC_FAILURE = _("Incorrect email or password.")
 
 
 class PasswordStep(Step):
@@ -28,7 +31,7 @@ class PasswordStep(Step):
     name = "password"
     template = "login/password.html"
     form_class = SignInForm
-    title = "Sign in"
+    title = _l("Sign in")
 
     def begin(self, ctx: StepContext) -> dict[str, Any]:
         hint = ctx.state.login_hint or (ctx.user.email if ctx.user else "")
@@ -43,7 +46,7 @@ class PasswordStep(Step):
             factor, result = verify_assertion(ctx.txn, credential_json, user_id=None, require_uv=True, now=ctx.now)
         except WebAuthnFailed:
             audit.record("login.failure", reason="passkey", ip=ctx.ip, user_agent=ctx.user_agent, durable=True)
-            return Outcome(False, "That passkey could not be verified. Try again or use your password.")
+            return Outcome(False, _("That passkey could not be verified. Try again or use your password."))
         user = factor.user
         if user.disabled or user.locked or (ctx.user is not None and ctx.user.id != user.id
                                             and ctx.reasons & FRESH_LOGIN_REASONS - {"no_session"}):
@@ -60,7 +63,7 @@ class PasswordStep(Step):
         if wait:
             audit.record("login.failure", reason="throttled", email=email, ip=ctx.ip, user_agent=ctx.user_agent,
                          durable=True)
-            return Outcome(False, f"Too many attempts. Try again in {_human(wait)}.")
+            return Outcome(False, too_many_attempts(wait))
         user = db.session.execute(db.select(User).where(User.email == email)).scalar_one_or_none()
         # The hash is checked even for unknown users (against a dummy hash) so timing does not tell them apart.
         matches = verify_password(user.password_hash if user else None, data.get("password", ""))
@@ -99,11 +102,3 @@ class PasswordStep(Step):
             assert issued.token is not None
             link = ctx.url("account.unlock", _anchor=onetime.sign(issued.token, "unlock", ctx.config["IDP_SECRET_KEY"]))
             enqueue("send_mail", to=user.email, template="account_locked", context={"name": user.name, "link": link})
-
-
-def _human(seconds: int) -> str:
-    if seconds < 90:
-        return f"{seconds} seconds"
-    if seconds < 5400:
-        return f"{round(seconds / 60)} minutes"
-    return f"{round(seconds / 3600)} hours"
