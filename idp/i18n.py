@@ -67,7 +67,10 @@ def select_locale() -> str:
     if choice not in LANGUAGES:
         choice = first_supported(sources.saved_language())
     if choice not in LANGUAGES:
-        choice = request.accept_languages.best_match(LANGUAGES) or LANGUAGES[0]
+        # In the browser's order of preference, each tag by its primary language (RFC 4647 3.4 lookup):
+        # "de-CH, fr;q=0.8" is German, which Werkzeug's best_match would give up for the exact "fr".
+        choice = next((lang for tag, _quality in request.accept_languages
+                       if (lang := first_supported(tag)) is not None), LANGUAGES[0])
     g.ui_language = choice
     return choice
 

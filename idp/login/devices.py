@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from flask_babel import format_datetime
+from flask_babel import gettext as _
+
 from idp import audit
 from idp.extensions import db
 from idp.jobs import enqueue
@@ -16,11 +19,11 @@ def describe(user_agent: str) -> str:
     """A short name for a browser from its User-Agent ("Chrome on Linux")."""
     ua = user_agent or ""
     browser = next((name for key, name in (("Edg/", "Edge"), ("Firefox/", "Firefox"), ("Chrome/", "Chrome"),
-                                           ("Safari/", "Safari")) if key in ua), "A browser")
+                                           ("Safari/", "Safari")) if key in ua), _("A browser"))
     system = next((name for key, name in (("Android", "Android"), ("iPhone", "iPhone"), ("iPad", "iPad"),
                                           ("Windows", "Windows"), ("Mac OS", "macOS"), ("Linux", "Linux"))
-                   if key in ua), "an unknown system")
-    return f"{browser} on {system}"
+                   if key in ua), _("an unknown system"))
+    return _("%(browser)s on %(system)s", browser=browser, system=system)
 
 
 def seen(user: User, ctx: StepContext, *, remember: bool) -> str | None:
@@ -41,7 +44,7 @@ def seen(user: User, ctx: StepContext, *, remember: bool) -> str | None:
         if user.email_verified and not first_ever:  # a brand-new account's first browser is not news
             enqueue("send_mail", to=user.email, template="new_signin",
                     context={"name": user.name, "device": device.name, "ip": ctx.ip,
-                             "when": ctx.now.strftime("%Y-%m-%d %H:%M UTC")})
+                             "when": format_datetime(ctx.now, "long")})
     device.last_used_at = ctx.now
     device.ip = ctx.ip
     days = int(ctx.config["IDP_REMEMBER_DEVICE_DAYS"])

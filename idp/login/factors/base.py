@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
+from flask_babel import gettext as _
 from flask_wtf import FlaskForm
 
 from idp.extensions import db
@@ -117,7 +118,7 @@ class FactorType(Step):
 
     def enrol_verify(self, stage: str, ec: EnrolContext, data: Mapping[str, Any]) -> Enrolled:
         """Check the answer posted to an enrolment stage."""
-        return Enrolled(False, "This sign-in method cannot be added here.")
+        return Enrolled(False, _("This sign-in method cannot be added here."))
 
     # --- enrolment in the middle of a sign-in (see idp.login.steps.enrol) --------------------------------------
 

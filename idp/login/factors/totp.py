@@ -87,7 +87,7 @@ class Totp(FactorType):
     template = "login/totp.html"
     form_class = FactorCodeForm
     title = _l("Authenticator app")
-    chooser_label = "Authenticator app"
+    chooser_label = _l("Authenticator app")
     enrol_in_sign_in = True
     enrol_partial = "login/_enrol_totp.html"
     slug = "totp"
