@@ -8,9 +8,10 @@ from pathlib import Path
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
+from flask_babel import gettext as _
 from rq import Worker
 
-from idp import audit
+from idp import audit, i18n
 from idp.config import env_example, markdown_table
 from idp.demo import DEMO_EMAIL, DEMO_REDIRECT_URI, demo_client_credentials
 from idp.extensions import db
@@ -133,9 +134,10 @@ def users_reset_mfa(email):
     db.session.execute(db.delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
     db.session.execute(db.update(Device).where(Device.user_id == user.id).values(remembered_until=None, revoked_at=now))
     ended, revoked = sessions.sign_out_everywhere(user, "mfa_reset", now)
-    enrolment.notify_change(user, "An administrator removed your second factors.", event="mfa.reset",
-                            next_step="Set up a new one at your next sign-in.", via="cli", factors_removed=factors,
-                            sessions_ended=ended, tokens_revoked=revoked)
+    with i18n.force_locale(i18n.first_supported(user.locale) or i18n.LANGUAGES[0]):  # the mail, in their language
+        enrolment.notify_change(user, _("An administrator removed your second factors."), event="mfa.reset",
+                                next_step=_("Set up a new one at your next sign-in."), via="cli",
+                                factors_removed=factors, sessions_ended=ended, tokens_revoked=revoked)
     db.session.commit()
     click.echo(f"reset MFA for {user.email}: {factors} factors removed, {ended} sessions ended")
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flask import Flask, current_app, has_request_context
+from flask import Flask, current_app
 from redis import Redis
 from rq import Queue, Retry
 
@@ -55,8 +55,9 @@ def enqueue(name: str, **kwargs: Any) -> None:
     jobs = _jobs()
     if name not in jobs:
         raise KeyError(f"unknown job {name!r}")
-    if "language" in inspect.signature(jobs[name]).parameters and has_request_context():
-        # A message is written in the language of the page that caused it (idp.i18n), not the worker's.
+    if "language" in inspect.signature(jobs[name]).parameters:
+        # A message is written in the language of the page that caused it (idp.i18n), or the one a command
+        # forced for its user, never the worker's.
         kwargs.setdefault("language", i18n.current_language())
     q = queue()
     if q is not None:
