@@ -21,6 +21,9 @@ from dataclasses import dataclass
 import flask_babel
 from flask import Flask, current_app, g, has_request_context, request, session
 from flask_babel import Babel, force_locale, get_locale
+from sqlalchemy.exc import SQLAlchemyError
+
+from idp.extensions import db
 
 # Every language idp's pages are complete in; the first is the fallback. Adding one: README "Adding a language".
 LANGUAGES = ("en", "fr", "de")
@@ -63,9 +66,16 @@ def select_locale() -> str:
     if "ui_language" in g:
         return g.ui_language
     sources = current_app.extensions["idp.i18n"]
-    choice = sources.transaction_language() or session.get(_SESSION_KEY)
-    if choice not in LANGUAGES:
-        choice = first_supported(sources.saved_language())
+    try:
+        choice = sources.transaction_language() or session.get(_SESSION_KEY)
+        if choice not in LANGUAGES:
+            choice = first_supported(sources.saved_language())
+    except SQLAlchemyError:
+        # The page may be the error page of a request the database refused (or of a database that is down): it
+        # is still shown, in the browser's language.
+        db.session.rollback()
+        current_app.logger.warning("the page's language could not be read from the database; using the browser's")
+        choice = None
     if choice not in LANGUAGES:
         # In the browser's order of preference, each tag by its primary language (RFC 4647 3.4 lookup):
         # "de-CH, fr;q=0.8" is German, which Werkzeug's best_match would give up for the exact "fr".
