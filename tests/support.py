@@ -403,6 +403,36 @@ def audit_events(app, name: str) -> list:
         return rows
 
 
+def open_tab(context, console_errors: list[str]):
+    """A new tab in a browser context whose console errors (CSP violations among them) and uncaught exceptions are
+    collected in ``console_errors``."""
+    tab = context.new_page()
+    tab.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
+    tab.on("pageerror", lambda error: console_errors.append(str(error)))
+    return tab
+
+
+def add_virtual_authenticator(context, page):
+    """A virtual platform authenticator (CTAP2, resident keys, user verification) attached to the tab, through the
+    DevTools protocol; returns the CDP session, with the authenticator's id as ``authenticator_id``."""
+    cdp = context.new_cdp_session(page)
+    cdp.send("WebAuthn.enable")
+    made = cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
+        "protocol": "ctap2", "transport": "internal", "hasResidentKey": True, "hasUserVerification": True,
+        "isUserVerified": True, "automaticPresenceSimulation": True}})
+    cdp.authenticator_id = made["authenticatorId"]
+    return cdp
+
+
+def authenticator_presence(authenticator, on: bool) -> None:
+    """Whether the virtual authenticator answers by itself (a user touching it / picking the passkey).
+
+    With it on, even the conditional (autofill) request the sign-in page makes on load is answered at once.
+    """
+    authenticator.send("WebAuthn.setAutomaticPresenceSimulation",
+                       {"authenticatorId": authenticator.authenticator_id, "enabled": on})
+
+
 def csp_violations(errors: list[str]) -> list[str]:
     """The CSP violations among a page's console errors; the only other errors allowed are failed loads (favicon,
     400s)."""
