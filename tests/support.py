@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import html
 import re
 import socket
+import subprocess
+import tempfile
 import time
 from email import message_from_bytes, policy
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from aiosmtpd.controller import Controller
@@ -48,7 +52,7 @@ class _Handler:
         return "250 Message accepted for delivery"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -59,7 +63,7 @@ class SMTPServer:
 
     def __init__(self):
         self.messages: list[dict] = []
-        self.port = _free_port()
+        self.port = free_port()
         self.controller = Controller(_Handler(self.messages), hostname="127.0.0.1", port=self.port)
 
     def start(self):
@@ -373,6 +377,24 @@ def require_browser() -> None:
         if os.environ.get("IDP_TEST_REQUIRE_BROWSER") == "1":
             pytest.fail(f"IDP_TEST_REQUIRE_BROWSER=1 but {reason}", pytrace=False)
         pytest.skip(reason, allow_module_level=True)
+
+
+NODE_PACKAGES = Path(__file__).parent / "rp"
+
+
+def node_package(name: str) -> Path:
+    """``tests/rp/node_modules/<name>``, installed first from tests/rp/package-lock.json (``npm ci``) when missing.
+
+    The pytest-xdist workers take turns (a lock file), so two of them never install into the same folder at once.
+    """
+    path = NODE_PACKAGES / "node_modules" / name
+    with open(Path(tempfile.gettempdir()) / "idp-tests-npm.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.is_dir():
+            install = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_PACKAGES,
+                                     capture_output=True, text=True, timeout=300)
+            assert install.returncode == 0, install.stdout + install.stderr
+    return path
 
 
 def ok(result) -> str:
