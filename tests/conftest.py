@@ -235,6 +235,16 @@ def live_server(make_app):
 
 
 @pytest.fixture
+def live_localhost(make_app):
+    """The app on a live loopback server reached as http://localhost:PORT (its issuer): WebAuthn needs a host name
+    as RP ID, and "localhost" is a secure context in Chromium."""
+    server = LiveServer(make_app, host="localhost")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def cli(app):
     """Run an `idp` command against the test app: cli("users", "list", input=...)."""
     runner = app.test_cli_runner()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import html
 import re
 import socket
+import subprocess
+import tempfile
 import time
 from email import message_from_bytes, policy
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from aiosmtpd.controller import Controller
@@ -48,7 +52,7 @@ class _Handler:
         return "250 Message accepted for delivery"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -59,7 +63,7 @@ class SMTPServer:
 
     def __init__(self):
         self.messages: list[dict] = []
-        self.port = _free_port()
+        self.port = free_port()
         self.controller = Controller(_Handler(self.messages), hostname="127.0.0.1", port=self.port)
 
     def start(self):
@@ -375,6 +379,24 @@ def require_browser() -> None:
         pytest.skip(reason, allow_module_level=True)
 
 
+NODE_PACKAGES = Path(__file__).parent / "rp"
+
+
+def node_package(name: str) -> Path:
+    """``tests/rp/node_modules/<name>``, installed first from tests/rp/package-lock.json (``npm ci``) when missing.
+
+    The pytest-xdist workers take turns (a lock file), so two of them never install into the same folder at once.
+    """
+    path = NODE_PACKAGES / "node_modules" / name
+    with open(Path(tempfile.gettempdir()) / "idp-tests-npm.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.is_dir():
+            install = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_PACKAGES,
+                                     capture_output=True, text=True, timeout=300)
+            assert install.returncode == 0, install.stdout + install.stderr
+    return path
+
+
 def ok(result) -> str:
     """The standard output of a CLI command that must have succeeded."""
     assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
@@ -401,6 +423,36 @@ def audit_events(app, name: str) -> list:
         for row in rows:
             db.session.expunge(row)
         return rows
+
+
+def open_tab(context, console_errors: list[str]):
+    """A new tab in a browser context whose console errors (CSP violations among them) and uncaught exceptions are
+    collected in ``console_errors``."""
+    tab = context.new_page()
+    tab.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
+    tab.on("pageerror", lambda error: console_errors.append(str(error)))
+    return tab
+
+
+def add_virtual_authenticator(context, page):
+    """A virtual platform authenticator (CTAP2, resident keys, user verification) attached to the tab, through the
+    DevTools protocol; returns the CDP session, with the authenticator's id as ``authenticator_id``."""
+    cdp = context.new_cdp_session(page)
+    cdp.send("WebAuthn.enable")
+    made = cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
+        "protocol": "ctap2", "transport": "internal", "hasResidentKey": True, "hasUserVerification": True,
+        "isUserVerified": True, "automaticPresenceSimulation": True}})
+    cdp.authenticator_id = made["authenticatorId"]
+    return cdp
+
+
+def authenticator_presence(authenticator, on: bool) -> None:
+    """Whether the virtual authenticator answers by itself (a user touching it / picking the passkey).
+
+    With it on, even the conditional (autofill) request the sign-in page makes on load is answered at once.
+    """
+    authenticator.send("WebAuthn.setAutomaticPresenceSimulation",
+                       {"authenticatorId": authenticator.authenticator_id, "enabled": on})
 
 
 def csp_violations(errors: list[str]) -> list[str]:

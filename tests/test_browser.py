@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tests.support import PASSWORD, Mailbox, code_in, csp_violations, heading, make_user_in, require_browser
+from tests.support import PASSWORD, Mailbox, code_in, csp_violations, heading, make_user_in, open_tab, require_browser
 
 SCREENSHOT = "/tmp/idp-signin.png"
 NEW_PASSWORD = "a whole new passphrase for alice"
@@ -35,10 +35,7 @@ def page(chromium, live_server, console_errors):
     """A fresh browser profile (no cookies) with one tab; closed before the live server stops."""
     context = chromium.new_context(base_url=live_server.url)
     context.set_default_timeout(10_000)
-    tab = context.new_page()
-    tab.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
-    tab.on("pageerror", lambda error: console_errors.append(str(error)))
-    yield tab
+    yield open_tab(context, console_errors)
     context.close()
 
 

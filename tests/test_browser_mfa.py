@@ -1,7 +1,7 @@
 """Browser tests of multi-factor sign-in: TOTP enrolment read off the page, and WebAuthn (registration, second
 factor, passwordless) with Chromium's virtual authenticator driven through the DevTools protocol.
 
-WebAuthn needs a valid RP ID and an IP address is not one, so here the live server is reached as
+WebAuthn needs a valid RP ID and an IP address is not one, so here the live server (live_localhost) is reached as
 http://localhost:PORT and the app's issuer says so ("localhost" is a secure context in Chromium).
 Same requirements and skip/fail rule as tests/test_browser.py.
 """
@@ -20,8 +20,17 @@ import requests
 from idp.extensions import db
 from idp.models import AuditEvent, Factor, LoginSession, User, utcnow
 from idp.security.otp import TOTP_PERIOD, totp_code_at
-from tests.conftest import LiveServer
-from tests.support import PASSWORD, csp_violations, heading, make_client_in, make_user_in, require_browser
+from tests.support import (
+    PASSWORD,
+    add_virtual_authenticator,
+    authenticator_presence,
+    csp_violations,
+    heading,
+    make_client_in,
+    make_user_in,
+    open_tab,
+    require_browser,
+)
 
 ENROL_SCREENSHOT = "/tmp/idp-mfa-enrol.png"
 SECURITY_SCREENSHOT = "/tmp/idp-account-security.png"
@@ -37,16 +46,8 @@ pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
-def live(make_app):
-    server = LiveServer(make_app, host="localhost")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def context(chromium, live, console_errors):
-    ctx = chromium.new_context(base_url=live.url)
+def context(chromium, live_localhost, console_errors):
+    ctx = chromium.new_context(base_url=live_localhost.url)
     ctx.set_default_timeout(10_000)
     yield ctx
     ctx.close()
@@ -54,31 +55,12 @@ def context(chromium, live, console_errors):
 
 @pytest.fixture
 def page(context, console_errors):
-    tab = context.new_page()
-    tab.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
-    tab.on("pageerror", lambda error: console_errors.append(str(error)))
-    return tab
+    return open_tab(context, console_errors)
 
 
 @pytest.fixture
 def authenticator(context, page):
-    """A virtual platform authenticator (CTAP2, resident keys, user verification) attached to the tab."""
-    cdp = context.new_cdp_session(page)
-    cdp.send("WebAuthn.enable")
-    made = cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
-        "protocol": "ctap2", "transport": "internal", "hasResidentKey": True, "hasUserVerification": True,
-        "isUserVerified": True, "automaticPresenceSimulation": True}})
-    cdp.authenticator_id = made["authenticatorId"]
-    return cdp
-
-
-def _presence(authenticator, on: bool) -> None:
-    """Whether the virtual authenticator answers by itself (a user touching it / picking the passkey).
-
-    With it on, even the conditional (autofill) request the sign-in page makes on load is answered at once.
-    """
-    authenticator.send("WebAuthn.setAutomaticPresenceSimulation",
-                       {"authenticatorId": authenticator.authenticator_id, "enabled": on})
+    return add_virtual_authenticator(context, page)
 
 
 def _sign_in(page, email: str, password: str = PASSWORD) -> None:
@@ -115,17 +97,17 @@ def _factors(app, email: str, kind: str) -> list[Factor]:
 def _latest_session_amr(app, email: str) -> list[str]:
     with app.app_context():
         user = db.session.execute(db.select(User).where(User.email == email)).scalar_one()
-        live = db.session.execute(db.select(LoginSession).where(LoginSession.user_id == user.id)
-                                  .order_by(LoginSession.id.desc())).scalars().first()
-        assert live is not None
-        return list(live.amr)
+        latest = db.session.execute(db.select(LoginSession).where(LoginSession.user_id == user.id)
+                                    .order_by(LoginSession.id.desc())).scalars().first()
+        assert latest is not None
+        return list(latest.amr)
 
 
-def _register_passkey(page, live, email: str) -> None:
+def _register_passkey(page, live_localhost, email: str) -> None:
     """Sign in with the password, add a passkey on /account/security, sign out."""
     page.goto("/login")
     _sign_in(page, email)
-    expect(page).to_have_url(f"{live.url}/account")
+    expect(page).to_have_url(f"{live_localhost.url}/account")
     page.goto("/account/security")
     page.get_by_role("link", name="Add a passkey").click()
     expect(heading(page, "Add a passkey")).to_be_visible()
@@ -136,8 +118,8 @@ def _register_passkey(page, live, email: str) -> None:
 
 # --- TOTP ----------------------------------------------------------------------------------------------------------
 
-def test_totp_enrolment_in_the_flow_then_sign_in_with_a_code(page, live, console_errors):
-    make_user_in(live.app, email="carol@example.com", name="Carol", mfa_required=True)
+def test_totp_enrolment_in_the_flow_then_sign_in_with_a_code(page, live_localhost, console_errors):
+    make_user_in(live_localhost.app, email="carol@example.com", name="Carol", mfa_required=True)
     page.goto("/login")
     _sign_in(page, "carol@example.com")
 
@@ -151,9 +133,9 @@ def test_totp_enrolment_in_the_flow_then_sign_in_with_a_code(page, live, console
     enrolled_at = utcnow()
     page.get_by_label("Code from the app", exact=True).fill(totp_code_at(secret, enrolled_at))
     page.get_by_role("button", name="Confirm").click()
-    expect(page).to_have_url(f"{live.url}/account")
-    assert len(_factors(live.app, "carol@example.com", "totp")) == 1
-    assert set(_latest_session_amr(live.app, "carol@example.com")) >= {"pwd", "otp", "mfa"}
+    expect(page).to_have_url(f"{live_localhost.url}/account")
+    assert len(_factors(live_localhost.app, "carol@example.com", "totp")) == 1
+    assert set(_latest_session_amr(live_localhost.app, "carol@example.com")) >= {"pwd", "otp", "mfa"}
 
     _sign_out(page)
     page.goto("/login")
@@ -164,19 +146,19 @@ def test_totp_enrolment_in_the_flow_then_sign_in_with_a_code(page, live, console
     when = now + timedelta(seconds=TOTP_PERIOD) if _step(now) <= _step(enrolled_at) else now
     page.get_by_label("Code", exact=True).fill(totp_code_at(secret, when))
     page.get_by_role("button", name="Verify", exact=True).click()
-    expect(page).to_have_url(f"{live.url}/account")
+    expect(page).to_have_url(f"{live_localhost.url}/account")
     expect(page.locator("#account-email")).to_have_text("carol@example.com")
     assert csp_violations(console_errors) == []
 
 
 # --- WebAuthn -------------------------------------------------------------------------------------------------------
 
-def test_passkey_registration_on_the_security_page(page, live, authenticator, console_errors):
-    make_user_in(live.app, email="dave@example.com", name="Dave")
-    _register_passkey(page, live, "dave@example.com")
+def test_passkey_registration_on_the_security_page(page, live_localhost, authenticator, console_errors):
+    make_user_in(live_localhost.app, email="dave@example.com", name="Dave")
+    _register_passkey(page, live_localhost, "dave@example.com")
     page.screenshot(path=SECURITY_SCREENSHOT, full_page=True)
     expect(page.locator("li[data-kind=webauthn]")).to_contain_text("Passkey")
-    (factor,) = _factors(live.app, "dave@example.com", "webauthn")
+    (factor,) = _factors(live_localhost.app, "dave@example.com", "webauthn")
     assert factor.credential_id and factor.public_key
     credentials = authenticator.send("WebAuthn.getCredentials", {"authenticatorId": authenticator.authenticator_id})
     assert [c["credentialId"].rstrip("=").replace("+", "-").replace("/", "_")
@@ -184,10 +166,11 @@ def test_passkey_registration_on_the_security_page(page, live, authenticator, co
     assert csp_violations(console_errors) == []
 
 
-def test_security_key_as_second_factor_reaches_phishing_resistant_acr(page, live, authenticator, console_errors):
-    make_user_in(live.app, email="erin@example.com", name="Erin")
-    client_id, secret = make_client_in(live.app, redirect_uris=[RP_CALLBACK], first_party=True)
-    _register_passkey(page, live, "erin@example.com")
+def test_security_key_as_second_factor_reaches_phishing_resistant_acr(page, live_localhost, authenticator,
+                                                                      console_errors):
+    make_user_in(live_localhost.app, email="erin@example.com", name="Erin")
+    client_id, secret = make_client_in(live_localhost.app, redirect_uris=[RP_CALLBACK], first_party=True)
+    _register_passkey(page, live_localhost, "erin@example.com")
     _sign_out(page)
 
     landed = []
@@ -197,7 +180,7 @@ def test_security_key_as_second_factor_reaches_phishing_resistant_acr(page, live
         route.fulfill(status=200, content_type="text/plain", body="relying party")
 
     page.route("https://rp.example/**", catch)
-    _presence(authenticator, False)  # or the passkey autofill on the sign-in page would answer by itself
+    authenticator_presence(authenticator, False)  # or the passkey autofill on the sign-in page would answer by itself
     query = {"response_type": "code", "client_id": client_id, "redirect_uri": RP_CALLBACK, "scope": "openid",
              "state": "s-1", "nonce": "n-1", "acr_values": PHR}
     page.goto("/authorize?" + urlencode(query))
@@ -205,13 +188,13 @@ def test_security_key_as_second_factor_reaches_phishing_resistant_acr(page, live
     expect(heading(page, "Sign in")).to_be_visible()
     _sign_in(page, "erin@example.com")
     expect(heading(page, "Use your security key or passkey")).to_be_visible()
-    _presence(authenticator, True)
+    authenticator_presence(authenticator, True)
     page.locator("#webauthn-go").click()
     expect(page.get_by_text("relying party")).to_be_visible()
 
     params = parse_qs(urlsplit(landed[-1]).query)
     assert params["state"] == ["s-1"], params
-    response = requests.post(f"{live.url}/token", auth=(client_id, secret), timeout=10, data={
+    response = requests.post(f"{live_localhost.url}/token", auth=(client_id, secret), timeout=10, data={
         "grant_type": "authorization_code", "code": params["code"][0], "redirect_uri": RP_CALLBACK})
     assert response.status_code == 200, response.text
     claims = _claims(response.json()["id_token"])
@@ -222,37 +205,38 @@ def test_security_key_as_second_factor_reaches_phishing_resistant_acr(page, live
     assert csp_violations(console_errors) == []
 
 
-def test_passwordless_passkey_sign_in_and_counter(page, live, authenticator, console_errors):
+def test_passwordless_passkey_sign_in_and_counter(page, live_localhost, authenticator, console_errors):
     from idp.security import webauthn as wa
 
-    make_user_in(live.app, email="frank@example.com", name="Frank")
-    _register_passkey(page, live, "frank@example.com")
-    (registered,) = _factors(live.app, "frank@example.com", "webauthn")
+    make_user_in(live_localhost.app, email="frank@example.com", name="Frank")
+    _register_passkey(page, live_localhost, "frank@example.com")
+    (registered,) = _factors(live_localhost.app, "frank@example.com", "webauthn")
     _sign_out(page)
 
     posted = []
     page.on("request", lambda request: posted.append(request.post_data_json)
             if request.method == "POST" and request.url.endswith("/passkey") else None)
-    _presence(authenticator, False)  # the autofill request stays pending: the user clicks the button instead
+    # The autofill request stays pending: the user clicks the button instead.
+    authenticator_presence(authenticator, False)
     page.goto("/login")
     expect(heading(page, "Sign in")).to_be_visible()
-    _presence(authenticator, True)
+    authenticator_presence(authenticator, True)
     page.locator("#passkey-signin").click()
-    expect(page).to_have_url(f"{live.url}/account")
+    expect(page).to_have_url(f"{live_localhost.url}/account")
     expect(page.locator("#account-email")).to_have_text("frank@example.com")
-    amr = _latest_session_amr(live.app, "frank@example.com")
+    amr = _latest_session_amr(live_localhost.app, "frank@example.com")
     assert {"hwk", "swk"} & set(amr) and "user" in amr and "mfa" in amr, amr
     assert "pwd" not in amr
-    (first,) = _factors(live.app, "frank@example.com", "webauthn")
+    (first,) = _factors(live_localhost.app, "frank@example.com", "webauthn")
     assert first.sign_count > registered.sign_count
     assert first.last_used_at is not None
 
     # Again, through the passkey autofill (conditional mediation) this time: the counter goes on growing.
     _sign_out(page)
     page.goto("/login")
-    expect(page).to_have_url(f"{live.url}/account")
+    expect(page).to_have_url(f"{live_localhost.url}/account")
     expect(page.locator("#account-email")).to_have_text("frank@example.com")
-    (second,) = _factors(live.app, "frank@example.com", "webauthn")
+    (second,) = _factors(live_localhost.app, "frank@example.com", "webauthn")
     assert second.sign_count > first.sign_count
     assert csp_violations(console_errors) == []
 
@@ -261,14 +245,14 @@ def test_passwordless_passkey_sign_in_and_counter(page, live, authenticator, con
     credential = posted[-1]["credential"]
     client_data = json.loads(base64.urlsafe_b64decode(
         (raw := json.loads(credential)["response"]["clientDataJSON"]) + "=" * (-len(raw) % 4)))
-    assert client_data["origin"] == live.url
-    ours = wa.relying_party(live.url)
+    assert client_data["origin"] == live_localhost.url
+    ours = wa.relying_party(live_localhost.url)
     checked = wa.verify_authentication(ours, credential, client_data["challenge"], public_key=registered.public_key,
                                        sign_count=first.sign_count, require_uv=True)
     assert checked.new_sign_count == second.sign_count and checked.user_verified
     for other in (wa.RelyingParty(rp_id="localhost", origin="http://localhost:1"),
                   wa.RelyingParty(rp_id="localhost", origin="https://evil.example"),
-                  wa.RelyingParty(rp_id="evil.example", origin=live.url)):
+                  wa.RelyingParty(rp_id="evil.example", origin=live_localhost.url)):
         with pytest.raises(wa.WebAuthnFailed):
             wa.verify_authentication(other, credential, client_data["challenge"], public_key=registered.public_key,
                                      sign_count=first.sign_count, require_uv=True)
@@ -279,7 +263,7 @@ def test_passwordless_passkey_sign_in_and_counter(page, live, authenticator, con
     # Replayed through the sign-in itself: a new transaction has its own challenge, so the captured assertion
     # (whose challenge was used up) signs nobody in (SECURITY.md 25: single use, bound to the transaction).
     _sign_out(page)
-    _presence(authenticator, False)
+    authenticator_presence(authenticator, False)
     page.goto("/login")
     expect(heading(page, "Sign in")).to_be_visible()
     tid = page.url.rstrip("/").rsplit("/", 1)[-1]
@@ -289,21 +273,22 @@ def test_passwordless_passkey_sign_in_and_counter(page, live, authenticator, con
     assert replay.status == 302
     page.goto("/account")
     expect(heading(page, "Sign in")).to_be_visible()
-    with live.app.app_context():
+    with live_localhost.app.app_context():
         assert any(e.details.get("reason") == "passkey" for e in db.session.execute(
             db.select(AuditEvent).where(AuditEvent.event == "login.failure")).scalars())
-    _presence(authenticator, True)
+    authenticator_presence(authenticator, True)
 
 
-def test_passkey_enrolment_in_the_flow_for_a_user_who_must_use_mfa(page, live, authenticator, console_errors):
-    make_user_in(live.app, email="gina@example.com", name="Gina", mfa_required=True)
+def test_passkey_enrolment_in_the_flow_for_a_user_who_must_use_mfa(page, live_localhost, authenticator, console_errors):
+    make_user_in(live_localhost.app, email="gina@example.com", name="Gina", mfa_required=True)
     page.goto("/login")
     _sign_in(page, "gina@example.com")
     expect(heading(page, "Set up a second factor")).to_be_visible()
     page.locator("#webauthn-register").click()
-    expect(page).to_have_url(f"{live.url}/account")
-    assert len(_factors(live.app, "gina@example.com", "webauthn")) == 1
-    assert _factors(live.app, "gina@example.com", "totp") == []  # the key shown on the page was never confirmed
-    amr = _latest_session_amr(live.app, "gina@example.com")
+    expect(page).to_have_url(f"{live_localhost.url}/account")
+    assert len(_factors(live_localhost.app, "gina@example.com", "webauthn")) == 1
+    # The key shown on the page was never confirmed.
+    assert _factors(live_localhost.app, "gina@example.com", "totp") == []
+    amr = _latest_session_amr(live_localhost.app, "gina@example.com")
     assert {"pwd", "user", "mfa"} <= set(amr) and {"hwk", "swk"} & set(amr), amr
     assert csp_violations(console_errors) == []

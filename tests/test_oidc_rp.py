@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 import threading
-from pathlib import Path
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import pytest
@@ -27,9 +26,8 @@ from joserfc import jwt
 from joserfc.errors import InvalidClaimError
 from joserfc.jwk import KeySet
 
-from tests.support import PASSWORD, make_client_in, make_user_in
+from tests.support import NODE_PACKAGES, PASSWORD, make_client_in, make_user_in, node_package
 
-RP_DIR = Path(__file__).parent / "rp"
 # Nothing listens there: a flow ends when the browser is sent to one of these.
 REDIRECT_URI = "http://127.0.0.1:9/callback"
 LOGOUT_URI = "http://127.0.0.1:9/signed-out"
@@ -158,11 +156,8 @@ def openid_client_rp():
         if os.environ.get("IDP_TEST_REQUIRE_RP") == "1":
             pytest.fail(f"IDP_TEST_REQUIRE_RP=1 but {problem}", pytrace=False)
         pytest.skip(problem)
-    if not (RP_DIR / "node_modules" / "openid-client").is_dir():
-        install = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=RP_DIR, capture_output=True,
-                                 text=True, timeout=300)
-        assert install.returncode == 0, install.stdout + install.stderr
-    return ["node", str(RP_DIR / "rp.mjs")]
+    node_package("openid-client")
+    return ["node", str(NODE_PACKAGES / "rp.mjs")]
 
 
 def test_openid_client_signs_in_refreshes_revokes_and_logs_out(live_server, rp_setup, openid_client_rp):

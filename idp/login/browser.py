@@ -66,7 +66,8 @@ def saved_language() -> str | None:
 def transaction_language() -> str | None:
     """The ``ui_locales`` language of the sign-in transaction this request's page belongs to (idp.i18n)."""
     tid = (request.view_args or {}).get("tid")
-    if not isinstance(tid, str) or len(tid) > 64:
+    # The error page of a request refused for a NUL (idp.http.refuse_nul) asks too: PostgreSQL cannot take one.
+    if not isinstance(tid, str) or len(tid) > 64 or "\x00" in tid:
         return None
     txn = db.session.get(LoginTransaction, tid)
     return txn.state.ui_locale if txn is not None else None
