@@ -8,6 +8,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from flask_babel import gettext as _
+
+from idp.i18n import product_name
 from idp.login import onetime
 from idp.login.codes import SmsRefused, check_phone_code, mask_phone, normalize_phone, send_sms_code
 from idp.login.enrolment import notify_change
@@ -25,15 +28,21 @@ def channel(sid: str) -> str:
     return f"profile-phone:{sid}"
 
 
+def profile_text(code: str) -> str:
+    """The text message that proves a profile number."""
+    return _("%(code)s is your code to add this number to your %(product)s profile.", code=code,
+             product=product_name())
+
+
 def send_code(user: User, raw: str, *, sid: str, ip: str | None, config: Mapping[str, Any]) -> str:
     """Text a code to the number typed; returns it in E.164 (raises PhoneRefused)."""
     phone = normalize_phone(raw)
     if phone is None:
-        raise PhoneRefused("Enter a valid mobile number with its country code, like +44 7700 900123.")
+        raise PhoneRefused(_("Enter a valid mobile number with its country code, like +44 7700 900123."))
     if user.phone_verified and user.phone == phone:
-        raise PhoneRefused("This number is already in your profile.")
+        raise PhoneRefused(_("This number is already in your profile."))
     try:
-        send_sms_code(user, phone, lambda code: f"{code} is your code to add this number to your idp profile.",
+        send_sms_code(user, phone, profile_text,
                       purpose=PURPOSE, ttl=config["IDP_SMS_CODE_TTL"], transaction_id=channel(sid), ip=ip)
     except SmsRefused as refused:
         raise PhoneRefused(str(refused)) from refused
@@ -49,10 +58,12 @@ def confirm(user: User, phone: str, code: str, *, sid: str, now: datetime, confi
         raise PhoneRefused(str(rejected)) from rejected
     replaced = user.phone is not None
     user.set_verified_phone(phone, now)
-    notify_change(user, f"The phone number {mask_phone(phone)} is now in your profile"
-                        f"{', in place of the previous one' if replaced else ''}.",
+    what = (_("The phone number %(number)s is now in your profile, in place of the previous one.",
+                number=mask_phone(phone)) if replaced
+            else _("The phone number %(number)s is now in your profile.", number=mask_phone(phone)))
+    notify_change(user, what,
                   event="profile.phone_changed", phone=mask_phone(phone), replaced=replaced,
-                  next_step="Applications you allow to see your phone number will receive it.")
+                  next_step=_("Applications you allow to see your phone number will receive it."))
 
 
 def remove(user: User) -> bool:
@@ -61,6 +72,7 @@ def remove(user: User) -> bool:
         return False
     removed = user.phone
     user.phone = None
-    notify_change(user, f"The phone number {mask_phone(removed)} was removed from your profile.",
+    notify_change(user, _("The phone number %(number)s was removed from your profile.",
+                          number=mask_phone(removed)),
                   event="profile.phone_removed", phone=mask_phone(removed))
     return True

@@ -9,6 +9,7 @@ from functools import wraps
 from typing import Any
 
 from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, session, url_for
+from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
 from idp.extensions import db, limiter
@@ -128,10 +129,10 @@ def enrol(slug: str, stage: str | None) -> Response | str:
             db.session.commit()  # attempt counters and audit rows stay even though the answer failed
             if result.next_stage:
                 if result.error:
-                    flash(result.error)
+                    flash(result.error, "error")
                 values: dict[str, Any] = {**request.args.to_dict(), "slug": slug, "stage": result.next_stage}
                 return redirect(url_for("security.enrol", **values))
-            _show_error(form, result.error or "That did not work. Try again.")
+            _show_error(form, result.error or _("That did not work. Try again."))
         if factor.enrol_by_post_only:
             return redirect(url_for("security.index"))
     variables = factor.enrol_begin(stage, ec)
@@ -146,9 +147,9 @@ def _show_error(form: Any, error: str) -> None:
     """Show a refused answer under the form's first visible field (where the user typed it)."""
     for field in form:
         if field.type not in ("CSRFTokenField", "HiddenField"):
-            field.errors = [*field.errors, error]
+            form.add_error(field, error)
             return
-    flash(error)
+    flash(error, "error")
 
 
 @bp.post("/factors/<int:factor_id>/rename")
@@ -160,7 +161,8 @@ def rename_factor(factor_id: int):
     form = NameForm()
     if form.validate_on_submit():
         old, factor.name = factor.name, form.name.data.strip()
-        _notify(f"Your sign-in method “{old}” was renamed to “{factor.name}”.", "factor.renamed", kind=factor.kind)
+        _notify(_("Your sign-in method “%(old)s” was renamed to “%(new)s”.", old=old, new=factor.name),
+                "factor.renamed", kind=factor.kind)
         db.session.commit()
     return redirect(url_for("security.index"))
 
@@ -178,9 +180,10 @@ def remove_factor(factor_id: int):
             factor_type.remove(factor)
         else:  # a credential of a factor this server no longer offers
             db.session.delete(factor)
-        _notify(f"The sign-in method “{name}” was removed from your account.", "factor.removed", kind=kind)
+        _notify(_("The sign-in method “%(name)s” was removed from your account.", name=name), "factor.removed",
+                kind=kind)
         db.session.commit()
-        flash(f"{name} removed.")
+        flash(_("“%(name)s” removed.", name=name))
     return redirect(url_for("security.index"))
 
 
@@ -194,7 +197,7 @@ def forget_device(device_id: int):
     if device is not None and device.user_id == live.user_id and ConfirmForm().validate_on_submit():
         device.remembered_until = None
         device.revoked_at = utcnow()
-        _notify(f"The device “{device.name}” is no longer remembered.", "device.forgotten")
+        _notify(_("The device “%(name)s” is no longer remembered.", name=device.name), "device.forgotten")
         db.session.commit()
-        flash("The device will ask for your second factor again.")
+        flash(_("The device will ask for your second factor again."))
     return redirect(url_for("security.index"))

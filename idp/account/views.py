@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, session, url_for
+from flask_babel import gettext as _
 from sqlalchemy.exc import IntegrityError
 
 from idp import audit
@@ -23,6 +24,7 @@ from idp.login.browser import (
     unlock_account,
 )
 from idp.login.codes import mask_phone
+from idp.login.context import too_many_attempts
 from idp.login.forms import (
     ChangePasswordForm,
     CodeForm,
@@ -74,9 +76,9 @@ def _link_token() -> str:
 
 
 def _link_error():
-    return render_template("error.html", title="This link is not valid",
-                           message="It has expired, was already used, or was replaced by a newer one.",
-                           action=(url_for("login.begin"), "Sign in")), 400
+    return render_template("error.html", title=_("This link is not valid"),
+                           message=_("It has expired, was already used, or was replaced by a newer one."),
+                           action=(url_for("login.begin"), _("Sign in"))), 400
 
 
 @bp.get("/")
@@ -96,7 +98,7 @@ def signup():
     problems = password_problems(form.password.data, single_factor=True,
                                  context=(email.split("@")[0], form.name.data))
     if problems:
-        form.password.errors = [*form.password.errors, *problems]
+        form.add_error(form.password, *problems)
         return render_template("account/signup.html", form=form)
     password_hash = hash_password(form.password.data)  # hashed in both branches so both cost the same
     now = utcnow()
@@ -122,15 +124,16 @@ def signup():
 def verify_email():
     """Confirm an address from the link in the verification mail (a button, so mail scanners cannot use it)."""
     if request.method == "GET":
-        return _link_page("Verify your email", "Open the link from the mail to verify your address.")
+        return _link_page(_("Verify your email"), _("Open the link from the mail to verify your address."))
     token = _link_token()
     row = _link_row(VERIFY_PURPOSE, token, "IDP_VERIFY_LINK_TTL")
     if row is None:
         return _link_error()
     form = ConfirmForm()
     if "confirm" not in request.form or not form.validate_on_submit():
-        return render_template("account/confirm.html", form=form, title="Verify your email", token=token,
-                               text=f"Confirm that {row.email} is your address.", button="Verify email")
+        return render_template("account/confirm.html", form=form, title=_("Verify your email"), token=token,
+                               text=_("Confirm that %(email)s is your address.", email=row.email),
+                               button=_("Verify email"))
     now = utcnow()
     if not onetime.use(row, now):  # another request used it in the meantime (SECURITY.md 32)
         return _link_error()
@@ -144,7 +147,7 @@ def verify_email():
     ).scalar_one_or_none()
     if pending is not None and transaction.load(pending.id, binding=binding(), now=utcnow()) is not None:
         return redirect(url_for("login.step", tid=pending.id))  # resume the sign-in where it stopped
-    flash("Your email address is verified.")
+    flash(_("Your email address is verified."))
     return redirect(url_for("account.home") if current_session() else url_for("login.begin"))
 
 
@@ -163,7 +166,7 @@ def forgot():
 def reset_password():
     """Choose a new password from an emailed link; every session of the account ends."""
     if request.method == "GET":
-        return _link_page("Choose a new password", "Open the link from the mail to choose a new password.")
+        return _link_page(_("Choose a new password"), _("Open the link from the mail to choose a new password."))
     now = utcnow()
     token = _link_token()
     row = _link_row("password_reset", token, "IDP_RESET_LINK_TTL")
@@ -188,9 +191,9 @@ def reset_password():
             db.session.commit()
             enqueue("send_mail", to=user.email, template="password_changed", context={"name": user.name})
             # A reset never signs in: the user signs in again, with every factor (SECURITY.md 20).
-            flash("Your password was changed. Sign in with the new one.")
+            flash(_("Your password was changed. Sign in with the new one."))
             return redirect(url_for("login.begin"))
-        form.password.errors = [*form.password.errors, *problems]
+        form.add_error(form.password, *problems)
     return render_template("account/reset.html", form=form, email=user.email, token=token)
 
 
@@ -198,7 +201,7 @@ def reset_password():
 def unlock():
     """Lift a lock from the link mailed when the account was locked."""
     if request.method == "GET":
-        return _link_page("Unlock your account", "Open the link from the mail to unlock your account.")
+        return _link_page(_("Unlock your account"), _("Open the link from the mail to unlock your account."))
     now = utcnow()
     token = _link_token()
     row = _link_row("unlock", token, "IDP_RESET_LINK_TTL")
@@ -206,13 +209,13 @@ def unlock():
         return _link_error()
     form = ConfirmForm()
     if "confirm" not in request.form or not form.validate_on_submit():
-        return render_template("account/confirm.html", form=form, title="Unlock your account", token=token,
-                               text=f"Unlock the account {row.email}.", button="Unlock")
+        return render_template("account/confirm.html", form=form, title=_("Unlock your account"), token=token,
+                               text=_("Unlock the account %(email)s.", email=row.email), button=_("Unlock"))
     if not onetime.use(row, now):  # another request used it in the meantime (SECURITY.md 32)
         return _link_error()
     unlock_account(row.user, "email_link")
     db.session.commit()
-    flash("Your account is unlocked. Sign in.")
+    flash(_("Your account is unlocked. Sign in."))
     return redirect(url_for("login.begin"))
 
 
@@ -224,8 +227,9 @@ def logout():
     if live is None:
         return render_template("account/signed_out.html")
     if not form.validate_on_submit():
-        return render_template("account/confirm.html", form=form, title="Sign out",
-                               text=f"Sign out {live.user.email} from this browser?", button="Sign out")
+        return render_template("account/confirm.html", form=form, title=_("Sign out"),
+                               text=_("Sign out %(email)s from this browser?", email=live.user.email),
+                               button=_("Sign out"))
     sessions.end(live, "logout", utcnow())
     return _signed_out("logout", live.user, sid=live.sid)
 
@@ -259,7 +263,7 @@ def profile():
         user.name = form.name.data.strip()
         audit.record("profile.updated", subject=user, fields=["name"])
         db.session.commit()
-        flash("Profile saved.")
+        flash(_("Profile saved."))
     else:
         flash(next(e for errors in form.errors.values() for e in errors))
     return redirect(url_for("account.home"))
@@ -282,7 +286,7 @@ def phone():
             number = profile_phone.send_code(live.user, form.phone.data, sid=live.sid, ip=g.client_ip,
                                              config=current_app.config)
         except profile_phone.PhoneRefused as refused:
-            form.phone.errors = [*form.phone.errors, str(refused)]
+            form.add_error(form.phone, str(refused))
         else:
             session[PHONE_PENDING_KEY] = {"sid": live.sid, "phone": number}
             db.session.commit()
@@ -307,12 +311,12 @@ def phone_verify():
             profile_phone.confirm(live.user, pending["phone"], form.code.data, sid=live.sid, now=utcnow(),
                                   config=current_app.config)
         except profile_phone.PhoneRefused as refused:
-            form.code.errors = [*form.code.errors, str(refused)]
+            form.add_error(form.code, str(refused))
             db.session.commit()  # the wrong attempt counts
         else:
             db.session.commit()
             session.pop(PHONE_PENDING_KEY, None)
-            flash("Your phone number is verified and saved.")
+            flash(_("Your phone number is verified and saved."))
             return redirect(url_for("account.home"))
     return render_template("account/profile_phone_verify.html", form=form, phone=mask_phone(pending["phone"]))
 
@@ -325,7 +329,7 @@ def phone_remove():
     user = signed_in().user
     if ConfirmForm().validate_on_submit() and profile_phone.remove(user):
         db.session.commit()
-        flash("Your phone number was removed.")
+        flash(_("Your phone number was removed."))
     return redirect(url_for("account.home"))
 
 
@@ -345,7 +349,7 @@ def end_session(sid: str):
             response = redirect(url_for("login.begin"))
             clear_session_cookie(response)
             return response
-        flash("The session was ended.")
+        flash(_("The session was ended."))
     return redirect(url_for("account.home"))
 
 
@@ -388,7 +392,7 @@ def revoke_app(client_id: str):
         revoked = revoke_for_client(user, client_id, "consent_revoked")
         audit.record("consent.revoked", subject=user, client_id=client_id, tokens_revoked=revoked)
         db.session.commit()
-        flash("Access removed. The application will have to ask again.")
+        flash(_("Access removed. The application will have to ask again."))
     return redirect(url_for("account.apps"))
 
 
@@ -406,17 +410,17 @@ def change_password():
         limiter_ = throttle()
         wait = limiter_.retry_after("password", keys)
         if wait:
-            form.current.errors = [*form.current.errors, f"Too many attempts. Try again in {wait} seconds."]
+            form.add_error(form.current, too_many_attempts(wait))
         elif not verify_password(user.password_hash, form.current.data):
             limiter_.failed("password", keys)
             audit.record("password.change_failed", subject=user, reason="bad_password", durable=True)
             db.session.commit()
-            form.current.errors = [*form.current.errors, "Your current password is not right."]
+            form.add_error(form.current, _("Your current password is not right."))
         else:
             problems = password_problems(form.password.data, single_factor=not has_second_factor(user),
                                          context=(user.email.split("@")[0], user.name))
             if problems:
-                form.password.errors = [*form.password.errors, *problems]
+                form.add_error(form.password, *problems)
             else:
                 now = utcnow()
                 user.password_hash = hash_password(form.password.data)
@@ -425,6 +429,6 @@ def change_password():
                 audit.record("password.changed", subject=user, sessions_ended=ended)
                 db.session.commit()
                 enqueue("send_mail", to=user.email, template="password_changed", context={"name": user.name})
-                flash("Your password was changed. Your other sessions were signed out.")
+                flash(_("Your password was changed. Your other sessions were signed out."))
                 return redirect(url_for("account.home"))
     return render_template("account/password.html", form=form)

@@ -19,6 +19,30 @@ class Form(FlaskForm):
                 return None
             return super().wrap_formdata(form, formdata)
 
+    def validate(self, extra_validators=None) -> bool:
+        """Validate, and flag the fields for templates/_form.html: the first invalid one takes the focus (and no
+        other field autofocuses), each invalid one is marked aria-invalid."""
+        valid = super().validate(extra_validators)
+        self.flag_errors()
+        return valid
+
+    def flag_errors(self) -> None:
+        """Set the focus flags from the fields' errors (also after a view adds an error of its own)."""
+        invalid = [field for field in self if field.errors and field.type not in ("HiddenField", "CSRFTokenField")]
+        for field in self:
+            field.flags.form_invalid = bool(invalid)
+            field.flags.first_invalid = bool(invalid) and field is invalid[0]
+
+    def add_error(self, field, *messages: str) -> None:
+        """An error found after validation (a weak password, a refused text), said at its field."""
+        field.errors = [*field.errors, *messages]
+        self.flag_errors()
+
+    def hidden_errors(self) -> list[str]:
+        """Errors of fields that no page shows (a WebAuthn credential filled in by script): said in the page's
+        error box instead, since no field can carry them."""
+        return [error for field in self if field.type in ("HiddenField", "CSRFTokenField") for error in field.errors]
+
 
 class SignInForm(Form):
     """Email and password."""

@@ -79,7 +79,7 @@ def step(tid: str):
             error = outcome.error
             db.session.commit()  # attempt counters and audit rows stay even though the answer failed
         else:
-            error = next(iter(e for errors in form.errors.values() for e in errors), _("Check the form."))
+            error = next(iter(form.hidden_errors()), None)  # the others are said at their fields
     variables = current.begin(ctx)
     db.session.commit()
     return render_template(current.template, form=form, step=current, tid=tid, error=error,
