@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, flash, g, redirect, render_template, r
 from flask_babel import gettext as _
 from sqlalchemy.exc import IntegrityError
 
-from idp import audit
+from idp import audit, i18n
 from idp.account import jobs as account_jobs  # noqa: F401  (registers the account jobs)
 from idp.account import phone as profile_phone
 from idp.account.security import recent_auth_required
@@ -247,25 +247,33 @@ def _signed_out(event: str, user: User, everywhere: bool = False, **details):
 @login_required
 def home():
     """The account page: profile, password, and the sessions signed in as you."""
+    user = signed_in().user
+    return _home(ProfileForm(name=user.name, locale=user.locale or ""))
+
+
+def _home(profile_form: ProfileForm, status: int = 200):
     live = signed_in()
     return render_template("account/home.html", user=live.user, current=live,
-                           sessions=sessions.live_sessions(live.user), profile=ProfileForm(name=live.user.name),
-                           confirm=ConfirmForm())
+                           sessions=sessions.live_sessions(live.user), profile=profile_form,
+                           confirm=ConfirmForm()), status
 
 
 @bp.post("/account/profile")
 @login_required
 def profile():
-    """Change the profile fields."""
+    """Change the profile fields; a refused form comes back with its errors at their fields."""
     user = signed_in().user
     form = ProfileForm()
-    if form.validate_on_submit():
-        user.name = form.name.data.strip()
-        audit.record("profile.updated", subject=user, fields=["name"])
-        db.session.commit()
-        flash(_("Profile saved."))
-    else:
-        flash(next(e for errors in form.errors.values() for e in errors))
+    if not form.validate_on_submit():
+        return _home(form, 400)
+    changed = [name for name, old, new in (("name", user.name, form.name.data.strip()),
+                                           ("locale", user.locale, form.locale.data or None)) if old != new]
+    user.name = form.name.data.strip()
+    user.locale = form.locale.data or None
+    audit.record("profile.updated", subject=user, fields=changed)
+    db.session.commit()
+    i18n.refresh()  # the notice, and the pages from now on, in the language just chosen
+    flash(_("Profile saved."))
     return redirect(url_for("account.home"))
 
 

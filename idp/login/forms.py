@@ -1,12 +1,30 @@
 """The forms of the hosted pages (flask-wtf: validation and CSRF)."""
 
+from email_validator import EmailNotValidError, validate_email
 from flask import request
+from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, EmailField, HiddenField, PasswordField, StringField
-from wtforms.validators import DataRequired, EqualTo, Length, Optional, Regexp
+from wtforms import BooleanField, EmailField, HiddenField, PasswordField, SelectField, StringField
+from wtforms.validators import DataRequired, EqualTo, Length, Optional, ValidationError
 
-EMAIL = [DataRequired("Enter your email address."), Length(max=320),
-         Regexp(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", message="Enter a valid email address.")]
+from idp.i18n import LANGUAGE_NAMES
+
+
+class EmailAddress:
+    """An address that email-validator accepts (RFC 5321/5322 syntax, length limits, no deliverability lookup:
+    sign-up must not depend on DNS); `<script>` or a 312-character address is refused with a message."""
+
+    message = _l("Enter a valid email address, like name@example.com.")
+
+    def __call__(self, form, field) -> None:
+        try:
+            validate_email(field.data or "", check_deliverability=False)
+        except EmailNotValidError as exc:
+            raise ValidationError(self.message) from exc
+
+
+NAME = [DataRequired(_l("Enter your name.")), Length(max=200, message=_l("Use at most 200 characters."))]
+EMAIL = [DataRequired(_l("Enter your email address.")), Length(max=320), EmailAddress()]
 
 
 class Form(FlaskForm):
@@ -47,56 +65,60 @@ class Form(FlaskForm):
 class SignInForm(Form):
     """Email and password."""
 
-    email = EmailField("Email", validators=EMAIL, render_kw={"autocomplete": "username webauthn"})
-    password = PasswordField("Password", validators=[DataRequired("Enter your password."), Length(max=4096)],
+    email = EmailField(_l("Email"), validators=EMAIL, render_kw={"autocomplete": "username webauthn"})
+    password = PasswordField(_l("Password"), validators=[DataRequired(_l("Enter your password.")), Length(max=4096)],
                              render_kw={"autocomplete": "current-password"})
 
 
 class CodeForm(Form):
     """A one-time code from a message."""
 
-    code = StringField("Code", validators=[DataRequired("Enter the code."), Length(max=12)],
+    code = StringField(_l("Code"), validators=[DataRequired(_l("Enter the code.")), Length(max=12)],
                        render_kw={"autocomplete": "one-time-code", "inputmode": "numeric"})
 
 
 class SignUpForm(Form):
     """A new account."""
 
-    email = EmailField("Email", validators=EMAIL, render_kw={"autocomplete": "email"})
-    name = StringField("Name", validators=[DataRequired("Enter your name."), Length(max=200)],
-                       render_kw={"autocomplete": "name"})
-    password = PasswordField("Password", validators=[DataRequired("Choose a password."), Length(max=4096)],
+    email = EmailField(_l("Email"), validators=EMAIL, render_kw={"autocomplete": "email"})
+    name = StringField(_l("Name"), validators=NAME, render_kw={"autocomplete": "name"})
+    password = PasswordField(_l("Password"), validators=[DataRequired(_l("Choose a password.")), Length(max=4096)],
                              render_kw={"autocomplete": "new-password"})
 
 
 class ForgotForm(Form):
     """The address to send a reset link to."""
 
-    email = EmailField("Email", validators=EMAIL, render_kw={"autocomplete": "email"})
+    email = EmailField(_l("Email"), validators=EMAIL, render_kw={"autocomplete": "email"})
 
 
 class NewPasswordForm(Form):
     """A new password, typed twice."""
 
-    password = PasswordField("New password", validators=[DataRequired("Choose a password."), Length(max=4096)],
+    password = PasswordField(_l("New password"), validators=[DataRequired(_l("Choose a password.")), Length(max=4096)],
                              render_kw={"autocomplete": "new-password"})
-    confirm = PasswordField("Repeat new password",
-                            validators=[EqualTo("password", message="The two passwords differ.")],
+    confirm = PasswordField(_l("Repeat new password"),
+                            validators=[EqualTo("password", message=_l("The two passwords differ."))],
                             render_kw={"autocomplete": "new-password"})
 
 
 class ChangePasswordForm(NewPasswordForm):
     """The current password and a new one."""
 
-    current = PasswordField("Current password", validators=[DataRequired("Enter your current password.")],
+    current = PasswordField(_l("Current password"), validators=[DataRequired(_l("Enter your current password."))],
                             render_kw={"autocomplete": "current-password"})
+
+
 
 
 class ProfileForm(Form):
     """Editable profile fields."""
 
-    name = StringField("Name", validators=[DataRequired("Enter your name."), Length(max=200)],
-                       render_kw={"autocomplete": "name"})
+    name = StringField(_l("Name"), validators=NAME, render_kw={"autocomplete": "name"})
+    # The locale claim (OIDC Core 5.1) and the pages' language (idp.i18n); "" follows the browser.
+    locale = SelectField(_l("Language"), choices=[("", _l("As my browser asks")),
+                                                  *LANGUAGE_NAMES.items()], default="",
+                         validators=[Optional()])
 
 
 class ConfirmForm(Form):
@@ -106,49 +128,50 @@ class ConfirmForm(Form):
 class FactorCodeForm(Form):
     """A code from an authenticator app, a text message or an email, and "remember this device"."""
 
-    code = StringField("Code", validators=[DataRequired("Enter the code."), Length(max=32)],
+    code = StringField(_l("Code"), validators=[DataRequired(_l("Enter the code.")), Length(max=32)],
                        render_kw={"autocomplete": "one-time-code", "inputmode": "numeric"})
-    remember = BooleanField("Remember this device")
+    remember = BooleanField(_l("Remember this device"))
 
 
 class RecoveryCodeForm(Form):
     """One recovery code."""
 
-    code = StringField("Recovery code", validators=[DataRequired("Enter a recovery code."), Length(max=32)],
+    code = StringField(_l("Recovery code"), validators=[DataRequired(_l("Enter a recovery code.")), Length(max=32)],
                        render_kw={"autocomplete": "off"})
 
 
 class WebAuthnForm(Form):
     """The JSON of a WebAuthn credential, filled in by static/js/webauthn.js."""
 
-    credential = HiddenField(validators=[DataRequired("Use your security key or passkey."), Length(max=20000)])
-    remember = BooleanField("Remember this device")
+    credential = HiddenField(validators=[DataRequired(_l("Use your security key or passkey.")), Length(max=20000)])
+    remember = BooleanField(_l("Remember this device"))
 
 
 class TotpEnrolForm(Form):
     """The first code from a newly added authenticator app (enrolment counts only once confirmed)."""
 
-    code = StringField("Code from the app", validators=[DataRequired("Enter the 6-digit code."), Length(max=12)],
+    code = StringField(_l("Code from the app"),
+                       validators=[DataRequired(_l("Enter the 6-digit code.")), Length(max=12)],
                        render_kw={"autocomplete": "one-time-code", "inputmode": "numeric"})
 
 
 class PhoneForm(Form):
     """A phone number for SMS codes."""
 
-    phone = StringField("Mobile number (with country code, e.g. +44 7700 900123)",
-                        validators=[DataRequired("Enter a mobile number."), Length(max=32)],
+    phone = StringField(_l("Mobile number (with country code, e.g. +44 7700 900123)"),
+                        validators=[DataRequired(_l("Enter a mobile number.")), Length(max=32)],
                         render_kw={"autocomplete": "tel", "inputmode": "tel"})
 
 
 class NameForm(Form):
     """A new name for a factor or device."""
 
-    name = StringField("Name", validators=[DataRequired("Enter a name."), Length(max=100)])
+    name = StringField(_l("Name"), validators=[DataRequired(_l("Enter a name.")), Length(max=100)])
 
 
 class EnrolForm(Form):
     """Enrolment inside sign-in: the first TOTP code, or a new WebAuthn credential (filled in by JavaScript)."""
 
-    code = StringField("Code from the app", validators=[Optional(), Length(max=12)],
+    code = StringField(_l("Code from the app"), validators=[Optional(), Length(max=12)],
                        render_kw={"autocomplete": "one-time-code", "inputmode": "numeric"})
     credential = HiddenField(validators=[Optional(), Length(max=20000)])

@@ -21,8 +21,8 @@ from idp.oidc.claims import SCOPE_DESCRIPTIONS
 class ConsentForm(Form):
     """Allow or deny."""
 
-    allow = SubmitField("Allow")
-    deny = SubmitField("Deny")
+    allow = SubmitField(_l("Allow"))
+    deny = SubmitField(_l("Deny"))
 
 
 class ConsentStep(Step):
