@@ -48,7 +48,13 @@ def _hex_colour(value: str) -> str:
 def _logo_url(value: str) -> str:
     # An https URL (the CSP then allows its origin for images) or a file under static/ (or the theme's static/).
     value = value.strip()
-    if not value or (value.startswith("https://") and urlsplit(value).hostname):
+    if not value:
+        return value
+    if value.startswith("https://"):
+        # Its origin goes into the Content-Security-Policy header: a host name and port, nothing that could end
+        # the directive (;) or add a source.
+        if not re.fullmatch(r"[A-Za-z0-9.-]+(?::\d+)?", urlsplit(value).netloc) or any(c in value for c in " ;,'\""):
+            raise ValueError(f"not a plain https:// URL: {value!r}")
         return value
     path = value.removeprefix("/static/").lstrip("/")
     if "://" in value or value.startswith("//") or ".." in path.split("/") or "\\" in path or ":" in path:

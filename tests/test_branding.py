@@ -107,6 +107,8 @@ def test_a_theme_folder_overrides_templates_and_static_files_by_name(make_app, t
     ("IDP_BRAND_COLOR", "#0b5cad; } body { display: none"),
     ("IDP_BRAND_LOGO_URL", "http://cdn.example.com/logo.png"),
     ("IDP_BRAND_LOGO_URL", "javascript:alert(1)"),
+    ("IDP_BRAND_LOGO_URL", "https://cdn.example.com;script-src 'unsafe-inline'/logo.png"),
+    ("IDP_BRAND_LOGO_URL", "https://user@cdn.example.com/logo.png"),
     ("IDP_BRAND_LOGO_URL", "../secret_key"),
     ("IDP_THEME_DIR", "/no/such/folder"),
 ])
