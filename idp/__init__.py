@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
-from idp import cli, http, i18n, jobs, logs
+from idp import branding, cli, http, i18n, jobs, logs
 from idp import config as settings
 from idp.account import jobs as account_jobs
 from idp.account.security import bp as security_bp
@@ -77,6 +77,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
                                      saved_language=login_browser.saved_language))
     limiter.init_app(app)
     jobs.init_app(app, JOBS)
+    branding.init_app(app)
 
     app.before_request(http.refuse_nul)
     app.before_request(lambda: http.resolve_client(app))

@@ -8,11 +8,13 @@ from ``SETTINGS`` (``idp config doc``), so this module is the single source of t
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from idp.security import network
 from idp.security.passwords import PRODUCTION_COST, Cost
@@ -33,6 +35,38 @@ def _bool(value: str) -> bool:
 
 def _list(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _hex_colour(value: str) -> str:
+    # Only #rgb or #rrggbb: the value is written into a stylesheet (/brand.css), so nothing else may pass.
+    value = value.strip()
+    if value and not re.fullmatch(r"#(?:[0-9a-fA-F]{3}){1,2}", value):
+        raise ValueError(f"must be a CSS hex colour such as #0b5cad, not {value!r}")
+    return value.lower()
+
+
+def _logo_url(value: str) -> str:
+    # An https URL (the CSP then allows its origin for images) or a file under static/ (or the theme's static/).
+    value = value.strip()
+    if not value:
+        return value
+    if value.startswith("https://"):
+        # Its origin goes into the Content-Security-Policy header: a host name and port, nothing that could end
+        # the directive (;) or add a source.
+        if not re.fullmatch(r"[A-Za-z0-9.-]+(?::\d+)?", urlsplit(value).netloc) or any(c in value for c in " ;,'\""):
+            raise ValueError(f"not a plain https:// URL: {value!r}")
+        return value
+    path = value.removeprefix("/static/").lstrip("/")
+    if "://" in value or value.startswith("//") or ".." in path.split("/") or "\\" in path or ":" in path:
+        raise ValueError(f"must be an https:// URL or a path under static/ such as img/logo.svg, not {value!r}")
+    return path
+
+
+def _folder(value: str) -> str:
+    value = value.strip()
+    if value and not os.path.isdir(value):
+        raise ValueError(f"{value!r} is not a folder")
+    return os.path.abspath(value) if value else ""
 
 
 def _networks(value: str) -> list[str]:
@@ -122,6 +156,14 @@ SETTINGS: list[Setting] = [
     Setting("IDP_WEBAUTHN_RP_ID", "", "WebAuthn relying party ID (default: the issuer's host name)."),
     Setting("IDP_PASSWORD_HASH_COST", PRODUCTION_COST, "argon2id cost of new password hashes: passes, memory "
             "in KiB, lanes; production refuses less than RFC 9106's second recommendation (the default).", Cost.parse),
+    Setting("IDP_BRAND_NAME", "idp", "Name of the service in page titles, the page header, mail, texts, "
+            "authenticator apps and passkeys."),
+    Setting("IDP_BRAND_LOGO_URL", "", "Logo shown in the page header and in mail: an https:// URL or a path under "
+            "static/ (idp's or the theme's), e.g. img/logo.svg (empty = the name only).", _logo_url),
+    Setting("IDP_BRAND_COLOR", "", "Accent colour of buttons and links, a CSS hex colour such as #0b5cad "
+            "(empty = idp's blue).", _hex_colour),
+    Setting("IDP_THEME_DIR", "", "Folder whose templates/ and static/ override idp's files of the same name "
+            "(see Branding).", _folder),
     Setting("IDP_DEMO_PASSWORD", "", "Password given to the demo user by `idp demo` (default: a random one)."),
 ]
 

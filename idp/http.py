@@ -14,9 +14,11 @@ from werkzeug.wrappers import Response
 
 from idp.security.network import client_ip
 
-# SECURITY.md 16; no inline script or style anywhere, so 'self' is all the page needs.
+# SECURITY.md 16; no inline script or style anywhere, so 'self' is all the page needs (the web app manifest too:
+# default-src 'none' would refuse it). idp.branding adds an https logo's origin to img-src.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
-       "connect-src 'self'; form-action 'self' http: https:; frame-ancestors 'none'; base-uri 'none'")
+       "connect-src 'self'; manifest-src 'self'; form-action 'self' http: https:; frame-ancestors 'none'; "
+       "base-uri 'none'")
 
 
 def session_cookie_name(app: Flask | None = None) -> str:
@@ -126,7 +128,7 @@ def security_headers(response: Response) -> Response:
     """After each request: the headers every hosted page carries (SECURITY.md 16)."""
     headers = response.headers
     headers.setdefault("X-Frame-Options", "DENY")
-    headers.setdefault("Content-Security-Policy", CSP)
+    headers.setdefault("Content-Security-Policy", current_app.extensions.get("idp.csp", CSP))
     headers.setdefault("Referrer-Policy", "no-referrer")
     headers.setdefault("X-Content-Type-Options", "nosniff")
     if current_app.config["IDP_ENV"] == "production":

@@ -16,7 +16,7 @@ from typing import Any
 from flask import current_app, render_template
 from flask_babel import lazy_gettext as _l
 
-from idp import i18n
+from idp import branding, i18n
 
 log = logging.getLogger("idp.mail")
 
@@ -35,7 +35,8 @@ SUBJECTS = {
 def send_mail(to: str, template: str, context: dict[str, Any], language: str | None = None) -> None:
     """Render ``template`` (text and HTML) in ``language`` (the page's, when it was enqueued) and deliver it to
     ``to`` through the configured backend."""
-    context = {**context, "issuer": current_app.config["IDP_ISSUER"]}
+    # Mail is read away from the site: the logo's address is absolute (and the brand's name is the operator's).
+    context = {**context, "issuer": current_app.config["IDP_ISSUER"], "brand": branding.current_brand(external=True)}
     with i18n.force_locale(language if language in i18n.LANGUAGES else i18n.LANGUAGES[0]):
         message = {
             "to": to,

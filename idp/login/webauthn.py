@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from flask import current_app
 
 from idp import audit
 from idp.extensions import db
+from idp.i18n import product_name
 from idp.login.transaction import update
 from idp.models import Factor, LoginTransaction
 from idp.security import webauthn as wa
 
 
 def relying_party() -> wa.RelyingParty:
-    """Our RP ID and origin, from IDP_ISSUER (or IDP_WEBAUTHN_RP_ID)."""
+    """Our RP ID and origin, from IDP_ISSUER (or IDP_WEBAUTHN_RP_ID), and the name a passkey manager lists us by."""
     cfg = current_app.config
-    return wa.relying_party(cfg["IDP_ISSUER"], cfg["IDP_WEBAUTHN_RP_ID"])
+    rp = wa.relying_party(cfg["IDP_ISSUER"], cfg["IDP_WEBAUTHN_RP_ID"])
+    return dataclasses.replace(rp, name=product_name())
 
 
 def webauthn_available() -> bool:

@@ -13,6 +13,7 @@ from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 
 from idp.extensions import db
+from idp.i18n import product_name
 from idp.login import consume
 from idp.login.context import Outcome, StepContext
 from idp.login.enrolment import notify_change
@@ -64,7 +65,7 @@ def confirm_totp(factor: Factor, code: str, now: datetime, secret_key: str) -> b
 def totp_display(factor: Factor, user: User, secret_key: str) -> dict[str, Any]:
     """What an enrolment page shows: a QR code (inline SVG, no script) and the key as text."""
     secret = totp_secret(factor, secret_key)
-    uri = provisioning_uri(secret, user.email, "idp")
+    uri = provisioning_uri(secret, user.email, product_name())  # the name the authenticator app lists
     svg = segno.make(uri, error="m").svg_inline(scale=4, title=_("QR code for your authenticator app"))
     grouped = " ".join(secret[i:i + 4] for i in range(0, len(secret), 4))
     return {"qr_svg": svg, "secret": grouped, "otpauth_uri": uri,
