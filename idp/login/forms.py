@@ -5,6 +5,7 @@ from flask import request
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, EmailField, HiddenField, PasswordField, SelectField, StringField
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, EqualTo, Length, Optional, ValidationError
 
 from idp.i18n import LANGUAGE_NAMES
@@ -116,9 +117,11 @@ class ProfileForm(Form):
 
     name = StringField(_l("Name"), validators=NAME, render_kw={"autocomplete": "name"})
     # The locale claim (OIDC Core 5.1) and the pages' language (idp.i18n); "" follows the browser.
-    locale = SelectField(_l("Language"), choices=[("", _l("As my browser asks")),
-                                                  *LANGUAGE_NAMES.items()], default="",
-                         validators=[Optional()])
+    locale = SelectField(_l("Language"), default="", validators=[Optional()],
+                         choices=[SelectChoice("", _l("As my browser asks")),
+                                  # each language named in itself, as language menus do
+                                  *(SelectChoice(code, name, render_kw={"lang": code})
+                                    for code, name in LANGUAGE_NAMES.items())])
 
 
 class ConfirmForm(Form):
