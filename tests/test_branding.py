@@ -197,3 +197,11 @@ def test_both_palettes_meet_wcag_aa(theme):
     poor += [(a, b, round(contrast(palette[a], palette[b]), 2)) for a, b in CONTROL_PAIRS
              if contrast(palette[a], palette[b]) < 3]
     assert poor == []
+
+
+def test_the_committed_icons_are_what_the_icon_script_draws():
+    """static/ holds the script's output, so a change to the design cannot leave a stale icon behind."""
+    from tests.make_icons import STATIC, icons
+
+    for name, content in icons().items():
+        assert (STATIC / name).read_bytes() == content, name

@@ -1,7 +1,8 @@
 """Draw idp's icons: static/favicon.svg, static/favicon.ico (32 px) and the PNG app icons under static/icons/
 (apple-touch-icon 180 px, web app manifest 192 and 512 px), committed as files.
 
-Run once after changing the design: ``python tools/make_icons.py``. Standard library only (zlib for PNG), so no
+Run once after changing the design: ``python tests/make_icons.py``; tests/test_branding.py checks that the
+committed files are what it draws. Standard library only (zlib for PNG), so no
 image library becomes a dependency for a handful of files. An operator replaces them with a theme folder
 (IDP_THEME_DIR/static/ files of the same names), not by running this.
 """
@@ -89,13 +90,17 @@ def ico(image: bytes, size: int) -> bytes:
     return struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", size, size, 0, 0, 1, 32, len(image), 22) + image
 
 
+def icons() -> dict[str, bytes]:
+    """Every icon file, by its path under static/."""
+    return {"favicon.svg": SVG.encode(), "favicon.ico": ico(png(32), 32),
+            "icons/apple-touch-icon.png": png(180, corner=0),
+            **{f"icons/icon-{size}.png": png(size) for size in (192, 512)}}
+
+
 def main() -> None:
     (STATIC / "icons").mkdir(exist_ok=True)
-    (STATIC / "favicon.svg").write_text(SVG)
-    (STATIC / "favicon.ico").write_bytes(ico(png(32), 32))
-    (STATIC / "icons" / "apple-touch-icon.png").write_bytes(png(180, corner=0))
-    for size in (192, 512):
-        (STATIC / "icons" / f"icon-{size}.png").write_bytes(png(size))
+    for name, content in icons().items():
+        (STATIC / name).write_bytes(content)
 
 
 if __name__ == "__main__":
