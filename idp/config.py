@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import phonenumbers
+
 from idp.security import network
 from idp.security.passwords import PRODUCTION_COST, Cost
 
@@ -43,6 +45,14 @@ def _hex_colour(value: str) -> str:
     if value and not re.fullmatch(r"#(?:[0-9a-fA-F]{3}){1,2}", value):
         raise ValueError(f"must be a CSS hex colour such as #0b5cad, not {value!r}")
     return value.lower()
+
+
+def _region(value: str) -> str:
+    # A region phonenumbers knows (ISO 3166-1 alpha-2), so that a mistyped one fails at start-up, not at the form.
+    value = value.strip().upper()
+    if value and value not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(f"must be a two-letter region such as US or GB, not {value!r}")
+    return value
 
 
 def _logo_url(value: str) -> str:
@@ -160,6 +170,8 @@ SETTINGS: list[Setting] = [
             "authenticator apps and passkeys."),
     Setting("IDP_BRAND_LOGO_URL", "", "Logo shown in the page header and in mail: an https:// URL or a path under "
             "static/ (idp's or the theme's), e.g. img/logo.svg (empty = the name only).", _logo_url),
+    Setting("IDP_DEFAULT_PHONE_REGION", "", "Region (ISO 3166 code such as US) of a phone number typed without "
+            "its +country code; empty = the code is required.", _region),
     Setting("IDP_BRAND_COLOR", "", "Accent colour of buttons and links, a CSS hex colour such as #0b5cad "
             "(empty = idp's blue).", _hex_colour),
     Setting("IDP_THEME_DIR", "", "Folder whose templates/ and static/ override idp's files of the same name "

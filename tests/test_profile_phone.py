@@ -265,3 +265,36 @@ def test_changing_the_number_needs_a_recent_sign_in(app, client, method, path):
     assert response.status_code == 302 and "/login/" in response.headers["Location"], (path, response.status_code)
     assert alice(app).phone == PHONE and alice(app).phone_verified
     assert [m["to"] for m in outbox_sms(app)] == [PHONE, OTHER_PHONE]
+
+
+@pytest.mark.parametrize(("region", "typed", "saved"), [
+    ("", "+44 7700 900123", "+447700900123"),  # spaces, a reserved (drama) range: possible, so accepted
+    ("US", "(555) 010-4477", "+15550104477"),  # no country code: read in IDP_DEFAULT_PHONE_REGION
+    ("GB", "07700 900123", "+447700900123"),
+    ("US", "+1 415.555.0123", "+14155550123"),
+])
+def test_a_number_typed_as_people_write_it_is_saved_in_e164(make_app, region, typed, saved):
+    app = make_app(IDP_SMS_BACKEND="outbox", IDP_DEFAULT_PHONE_REGION=region)
+    make_user_in(app)
+    client = app.test_client()
+    signed_in(client)
+    assert send_code(client, typed).status_code == 302
+    assert outbox_sms(app)[-1]["to"] == saved
+    type_code(client, last_sms_code(app))
+    assert alice(app).phone == saved
+
+
+@pytest.mark.parametrize("typed", ["(555) 010-4477", "12", "+44 12", "call me", "+1 415 555"])
+def test_a_number_that_is_not_possible_is_refused_with_a_message(client, typed):
+    signed_in(client)
+    response = send_code(client, typed)
+    assert response.status_code == 200  # the form again, no default region to read a national number in
+    assert "Enter a valid mobile number with its country code" in response.get_data(as_text=True)
+    assert 'aria-invalid="true"' in response.get_data(as_text=True)
+
+
+def test_an_unknown_default_region_is_refused_at_start_up(make_app):
+    from idp.config import ConfigError
+
+    with pytest.raises(ConfigError, match="IDP_DEFAULT_PHONE_REGION"):
+        make_app(IDP_DEFAULT_PHONE_REGION="XX")

@@ -36,7 +36,7 @@ def profile_text(code: str) -> str:
 
 def send_code(user: User, raw: str, *, sid: str, ip: str | None, config: Mapping[str, Any]) -> str:
     """Text a code to the number typed; returns it in E.164 (raises PhoneRefused)."""
-    phone = normalize_phone(raw)
+    phone = normalize_phone(raw, config["IDP_DEFAULT_PHONE_REGION"])
     if phone is None:
         raise PhoneRefused(_("Enter a valid mobile number with its country code, like +44 7700 900123."))
     if user.phone_verified and user.phone == phone:

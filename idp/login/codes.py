@@ -37,13 +37,18 @@ def sms_caps() -> Throttle:
                     prefix=cfg.get("RATELIMIT_KEY_PREFIX", "idp"))
 
 
-def normalize_phone(raw: str) -> str | None:
-    """The number in E.164, or None when it is not a valid mobile-capable number."""
+def normalize_phone(raw: str, region: str | None = None) -> str | None:
+    """The number in E.164, or None when it is not a valid number. It may be typed as people write it, with spaces,
+    dots, dashes and brackets ("+44 7700 900123", "(555) 010-4477"); without a +country code it is read in
+    ``region`` (IDP_DEFAULT_PHONE_REGION), and refused when there is none."""
     try:
-        number = phonenumbers.parse((raw or "").strip(), None)
+        number = phonenumbers.parse((raw or "").strip()[:64], region or None)
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_valid_number(number):
+    # Possible (a plausible length for its country), not "valid" by the library's list of allocated ranges: that
+    # list lags behind the numbering plans and refuses the reserved ranges people test with; a number that does
+    # not exist simply never gets its code.
+    if not phonenumbers.is_possible_number(number):
         return None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 

@@ -105,7 +105,7 @@ class Sms(CodeDelivery, FactorType):
         cfg = ec.config
         channel = f"phone:{ec.pending['sid']}"
         if stage == "new":
-            phone = normalize_phone(data.get("phone") or "")
+            phone = normalize_phone(data.get("phone") or "", cfg["IDP_DEFAULT_PHONE_REGION"])
             if phone is None:
                 return Enrolled(False, _("Enter a valid number with its country code, like +44…"))
             try:
