@@ -292,3 +292,44 @@ def test_passkey_enrolment_in_the_flow_for_a_user_who_must_use_mfa(page, live_lo
     amr = _latest_session_amr(live_localhost.app, "gina@example.com")
     assert {"pwd", "user", "mfa"} <= set(amr) and {"hwk", "swk"} & set(amr), amr
     assert csp_violations(console_errors) == []
+
+
+# --- recovery codes ---------------------------------------------------------------------------------------------
+
+def test_recovery_codes_are_downloaded_as_a_text_file_from_the_page(page, live_localhost, console_errors):
+    """The codes shown once can be saved as a file made in the page (no server address serves them again)."""
+    from tests.support import enrol_totp_in
+
+    make_user_in(live_localhost.app, email="gina@example.com", name="Gina")
+    secret, _factor = enrol_totp_in(live_localhost.app, "gina@example.com")
+    page.goto("/account/security")
+    _sign_in(page, "gina@example.com")
+    page.get_by_label("Code", exact=True).fill(totp_code_at(secret, utcnow()))
+    page.get_by_role("button", name="Verify", exact=True).click()
+    expect(heading(page, "Two-step sign-in, passkeys and devices")).to_be_visible()
+    page.get_by_role("button", name="Generate recovery codes").click()
+    expect(heading(page, "Your recovery codes")).to_be_visible()
+    shown = [code.strip() for code in page.locator("#recovery-codes li").all_inner_texts()]
+    assert len(shown) == 10
+    expect(page.get_by_role("button", name="Copy", exact=True)).to_be_visible()
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download as a text file").click()
+    assert download.value.suggested_filename == "recovery-codes.txt"
+    lines = download.value.path().read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "Recovery codes for gina@example.com"
+    assert [line for line in lines[1:] if line] == shown
+    assert csp_violations(console_errors) == []
+
+
+def test_totp_enrolment_offers_a_tap_to_add_link(page, live_localhost):
+    """On a phone, the otpauth:// link hands the key to the authenticator app (Key URI Format)."""
+    make_user_in(live_localhost.app, email="hal@example.com", name="Hal")
+    page.goto("/account/security/totp/new")
+    _sign_in(page, "hal@example.com")
+    expect(heading(page, "Add an authenticator app")).to_be_visible()
+    href = page.locator("#totp-link").get_attribute("href")
+    secret = page.locator("#totp-secret").inner_text().replace(" ", "")
+    parts = urlsplit(href)
+    assert (parts.scheme, parts.netloc) == ("otpauth", "totp")
+    assert parse_qs(parts.query)["secret"] == [secret]
+    assert "hal%40example.com" in parts.path or "hal@example.com" in parts.path

@@ -88,4 +88,4 @@ class RecoveryCodes(FactorType):
         codes = new_recovery_codes_for(ec.user, ec.now, ec.config["IDP_SECRET_KEY"])
         return Enrolled(True, notice=_("New recovery codes were generated; the old ones no longer work."),
                         event="recovery_codes.generated",
-                        show="account/recovery_codes.html", show_context={"codes": codes})
+                        show="account/recovery_codes.html", show_context={"codes": codes, "email": ec.user.email})
