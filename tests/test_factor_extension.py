@@ -166,7 +166,8 @@ def test_a_factor_defined_in_a_test_is_enrolled_used_for_mfa_and_removed(pin_app
 
     # Removal on the security page.
     page = client.get("/account/security")
-    removed = client.post(f"/account/security/factors/{row.id}/remove", data={"csrf_token": csrf_token(page)})
+    removed = client.post(f"/account/security/factors/{row.id}/remove",
+                          data={"confirm": "yes", "csrf_token": csrf_token(page)})
     assert removed.status_code == 302
     assert pin_rows(pin_app) == []
     assert [e.details["kind"] for e in events(pin_app, "factor.removed")] == ["pin"]

@@ -664,7 +664,10 @@ def test_forgetting_a_device_asks_for_the_factor_again(app, client, clock, alice
     assert page.status_code == 200 and "Remembered devices" in text
     match = re.search(r'action="(/account/security/devices/(\d+)/forget)"', text)
     assert match, text
-    forgot = client.post(match.group(1), data={"csrf_token": csrf_token(page)})
+    asked = client.post(match.group(1), data={"csrf_token": csrf_token(page)})
+    assert "ask for your second factor again" in asked.get_data(as_text=True)
+    assert "No device is remembered" not in client.get("/account/security").get_data(as_text=True)
+    forgot = client.post(match.group(1), data={"confirm": "yes", "csrf_token": csrf_token(asked)})
     assert forgot.status_code == 302
     assert "No device is remembered" in client.get("/account/security").get_data(as_text=True)
     assert events(app, "device.forgotten")
@@ -748,7 +751,12 @@ def test_add_rename_remove_totp_and_recovery_codes_are_audited_and_mailed(app, c
     assert "My phone" in client.get("/account/security").get_data(as_text=True)
     codes_page = client.post("/account/security/recovery-codes", data={"csrf_token": csrf_token(listing)})
     assert codes_page.status_code == 200 and codes_page.headers["Cache-Control"] == "no-store"
-    removed = client.post(f"/account/security/factors/{factor_id}/remove", data={"csrf_token": csrf_token(listing)})
+    asked = client.post(f"/account/security/factors/{factor_id}/remove", data={"csrf_token": csrf_token(listing)})
+    assert "Remove “My phone”?" in asked.get_data(as_text=True)
+    assert "You will no longer be able to sign in with it" in asked.get_data(as_text=True)
+    assert 'data-kind="totp"' in client.get("/account/security").get_data(as_text=True)  # not removed unasked
+    removed = client.post(f"/account/security/factors/{factor_id}/remove",
+                          data={"confirm": "yes", "csrf_token": csrf_token(asked)})
     assert removed.status_code == 302
     assert 'data-kind="totp"' not in client.get("/account/security").get_data(as_text=True)
     for name in ("factor.added", "factor.renamed", "recovery_codes.generated", "factor.removed"):
@@ -950,8 +958,9 @@ def test_a_user_cannot_change_someone_elses_factor_or_device(app, clock, alice, 
     token = csrf_token(bob.get("/account/security"))
     assert bob.post(f"/account/security/factors/{factor_id}/rename",
                     data={"csrf_token": token, "name": "Bob was here"}).status_code == 404
-    assert bob.post(f"/account/security/factors/{factor_id}/remove", data={"csrf_token": token}).status_code == 404
-    bob.post(f"/account/security/devices/{device_id}/forget", data={"csrf_token": token})
+    assert bob.post(f"/account/security/factors/{factor_id}/remove",
+                    data={"confirm": "yes", "csrf_token": token}).status_code == 404
+    bob.post(f"/account/security/devices/{device_id}/forget", data={"confirm": "yes", "csrf_token": token})
     with app.app_context():
         factor = db.session.get(Factor, factor_id)
         assert factor is not None and factor.name != "Bob was here"

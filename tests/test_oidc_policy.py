@@ -662,7 +662,12 @@ def test_connected_applications_page_lists_and_revokes_a_consent(app, client, al
     page = client.get("/account/apps")
     text = page.get_data(as_text=True)
     assert "Photo Printer" in text and "Your email address" in text
-    response = client.post(f"/account/apps/{client_id}/revoke", data={"csrf_token": csrf_token(page)})
+    asked = client.post(f"/account/apps/{client_id}/revoke", data={"csrf_token": csrf_token(page)})
+    assert "Remove access for Photo Printer?" in asked.get_data(as_text=True)
+    assert "the tokens it holds for you stop working" in asked.get_data(as_text=True)
+    assert "Photo Printer" in client.get("/account/apps").get_data(as_text=True)  # nothing changed yet
+    response = client.post(f"/account/apps/{client_id}/revoke",
+                           data={"confirm": "yes", "csrf_token": csrf_token(asked)})
     assert response.status_code == 302
     assert "Photo Printer" not in client.get("/account/apps").get_data(as_text=True)
     refreshed = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},

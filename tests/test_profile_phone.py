@@ -235,7 +235,7 @@ def test_removing_the_number_stops_its_release(app, client, mailbox):
     add_verified_phone(app, client)
     page = client.get("/account/phone")
     assert 'id="remove-phone"' in page.get_data(as_text=True)
-    removed = client.post("/account/phone/remove", data={"csrf_token": csrf_token(page)})
+    removed = client.post("/account/phone/remove", data={"confirm": "yes", "csrf_token": csrf_token(page)})
     assert removed.status_code == 302
     user = alice(app)
     assert user.phone is None and user.phone_verified_at is None

@@ -93,7 +93,13 @@ def test_account_page_lists_sessions_and_ends_another_one(app, make_user):
         phone_sid = db.session.execute(
             select(LoginSession.sid).where(LoginSession.user_agent == "PhoneBrowser/2.0")).scalar_one()
     assert f"/account/sessions/{phone_sid}/end" in text
-    ended = laptop.post(f"/account/sessions/{phone_sid}/end", data={"csrf_token": csrf_token(page)})
+    asked = laptop.post(f"/account/sessions/{phone_sid}/end", data={"csrf_token": csrf_token(page)})
+    question = asked.get_data(as_text=True)  # without confirmation: a question that says what happens, no change
+    assert asked.status_code == 200 and "End the session on PhoneBrowser/2.0?" in question
+    assert "That browser will be signed out" in question and 'name="confirm" value="yes"' in question
+    assert signed_in_email(phone) == "alice@example.com"
+    ended = laptop.post(f"/account/sessions/{phone_sid}/end",
+                        data={"confirm": "yes", "csrf_token": csrf_token(asked)})
     assert ended.status_code == 302
     assert signed_in_email(phone) is None  # the other browser is signed out
     assert signed_in_email(laptop) == "alice@example.com"  # this one is not
@@ -113,7 +119,7 @@ def test_a_user_cannot_end_someone_elses_session(app, make_user):
             select(LoginSession.sid).join(User).where(User.email == "alice@example.com")).scalar_one()
     page = bob.get("/account")
     assert alice_sid not in page.get_data(as_text=True)
-    bob.post(f"/account/sessions/{alice_sid}/end", data={"csrf_token": csrf_token(page)})
+    bob.post(f"/account/sessions/{alice_sid}/end", data={"confirm": "yes", "csrf_token": csrf_token(page)})
     assert signed_in_email(alice) == "alice@example.com"
 
 
@@ -122,7 +128,7 @@ def test_ending_this_session_from_the_list_signs_out_here(app, make_user):
     client = _signed_in(app)
     page = client.get("/account")
     sid = re.search(r"/account/sessions/([^/]+)/end", page.get_data(as_text=True)).group(1)
-    client.post(f"/account/sessions/{sid}/end", data={"csrf_token": csrf_token(page)})
+    client.post(f"/account/sessions/{sid}/end", data={"confirm": "yes", "csrf_token": csrf_token(page)})
     assert signed_in_email(client) is None
     assert _the_session(app).end_reason == "ended_by_user"
 
@@ -176,7 +182,7 @@ def test_sign_out_everywhere_ends_every_session_and_revokes_every_token(app, mak
     assert laptop.post("/account/sessions/end-all", data={}).status_code == 400
     assert signed_in_email(phone) == "alice@example.com"
 
-    done = laptop.post("/account/sessions/end-all", data={"csrf_token": csrf_token(page)})
+    done = laptop.post("/account/sessions/end-all", data={"confirm": "yes", "csrf_token": csrf_token(page)})
     assert done.status_code == 200 and 'id="signed-out-everywhere"' in done.get_data(as_text=True)
     assert signed_in_email(laptop) is None
     assert signed_in_email(phone) is None

@@ -12,6 +12,7 @@ from flask import Blueprint, abort, current_app, flash, g, redirect, render_temp
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
+from idp.account import confirm
 from idp.extensions import db, limiter
 from idp.login import devices
 from idp.login.browser import begin_transaction, login_required, signed_in
@@ -173,6 +174,10 @@ def rename_factor(factor_id: int):
 def remove_factor(factor_id: int):
     """Remove a factor."""
     factor = _factor(factor_id)
+    if ConfirmForm().validate_on_submit() and not confirm.confirmed():
+        return confirm.ask(_("Remove “%(name)s”?", name=factor.name),
+                           _("You will no longer be able to sign in with it. Add it again later if you need to."),
+                           _("Remove"), url_for("security.index"))
     if ConfirmForm().validate_on_submit():
         name, kind = factor.name, factor.kind
         factor_type = REGISTRY.get(kind)
@@ -195,6 +200,10 @@ def forget_device(device_id: int):
     device = db.session.get(Device, device_id)
     live = signed_in()
     if device is not None and device.user_id == live.user_id and ConfirmForm().validate_on_submit():
+        if not confirm.confirmed():
+            return confirm.ask(_("Forget “%(name)s”?", name=device.name),
+                               _("That browser will ask for your second factor again at its next sign-in."),
+                               _("Forget"), url_for("security.index"))
         device.remembered_until = None
         device.revoked_at = utcnow()
         _notify(_("The device “%(name)s” is no longer remembered.", name=device.name), "device.forgotten")

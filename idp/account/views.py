@@ -7,6 +7,7 @@ from flask_babel import gettext as _
 from sqlalchemy.exc import IntegrityError
 
 from idp import audit, i18n
+from idp.account import confirm
 from idp.account import jobs as account_jobs  # noqa: F401  (registers the account jobs)
 from idp.account import phone as profile_phone
 from idp.account.security import recent_auth_required
@@ -335,6 +336,10 @@ def phone_verify():
 def phone_remove():
     """Take the phone number out of the profile (applications no longer receive it)."""
     user = signed_in().user
+    if ConfirmForm().validate_on_submit() and user.phone and not confirm.confirmed():
+        return confirm.ask(_("Remove your phone number?"),
+                           _("Applications you allowed to see it will no longer receive it."),
+                           _("Remove"), url_for("account.phone"))
     if ConfirmForm().validate_on_submit() and profile_phone.remove(user):
         db.session.commit()
         flash(_("Your phone number was removed."))
@@ -350,6 +355,13 @@ def end_session(sid: str):
         db.select(LoginSession).where(LoginSession.sid == sid, LoginSession.user_id == live.user_id)
     ).scalar_one_or_none()
     if ConfirmForm().validate_on_submit() and target is not None:
+        if not confirm.confirmed():
+            here = target.id == live.id
+            return confirm.ask(
+                _("End the session on %(browser)s?", browser=target.user_agent or _("an unknown browser")),
+                _("You will be signed out in this browser.") if here
+                else _("That browser will be signed out and must sign in again."),
+                _("End the session"), url_for("account.home"))
         sessions.end(target, "ended_by_user", utcnow())
         audit.record("session.ended", subject=live.user, sid=target.sid)
         db.session.commit()
@@ -396,6 +408,11 @@ def revoke_app(client_id: str):
         Consent.user_id == user.id, Consent.client_id == client_id, Consent.revoked_at.is_(None))
     ).scalar_one_or_none()
     if consent is not None and ConfirmForm().validate_on_submit():
+        if not confirm.confirmed():
+            client = db.session.execute(db.select(Client).where(Client.client_id == client_id)).scalar_one_or_none()
+            return confirm.ask(_("Remove access for %(client)s?", client=client.name if client else client_id),
+                               _("It will have to ask you again, and the tokens it holds for you stop working "
+                                 "now."), _("Remove access"), url_for("account.apps"))
         consent.revoked_at = utcnow()
         revoked = revoke_for_client(user, client_id, "consent_revoked")
         audit.record("consent.revoked", subject=user, client_id=client_id, tokens_revoked=revoked)
