@@ -311,3 +311,31 @@ def test_mail_is_written_in_the_language_of_the_page_that_sent_it(app, client, m
     assert message["subject"] == _translated(app, "fr", "Reset your password") != "Reset your password"
     assert _translated(app, "fr", "If you did not ask for this, ignore this message; your password has not "
                                   "changed.") in message["text"]
+
+
+def _eager_gettext(path: Path) -> list[int]:
+    """Lines where gettext runs at import (module or class level): its text would stay in the language of no one."""
+    found = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if (not inside and isinstance(child, ast.Call) and isinstance(child.func, ast.Name)
+                    and child.func.id in ("_", "gettext", "ngettext")):
+                found.append(child.lineno)
+            visit(child, inside)
+
+    visit(ast.parse(path.read_text()), False)
+    return found
+
+
+def test_no_text_is_translated_at_import_time():
+    eager = {str(path.relative_to(ROOT)): lines for path in sorted((ROOT / "idp").rglob("*.py"))
+             if (lines := _eager_gettext(path))}
+    assert not eager, f"use lazy_gettext (_l) outside functions: {eager}"
+
+
+def test_the_import_time_check_notices_an_eager_gettext(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text('A = _("x")\nB = _l("y")\n\ndef f():\n    return _("z")\n')
+    assert _eager_gettext(module) == [1]

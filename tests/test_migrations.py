@@ -107,7 +107,7 @@ def test_no_secret_reaches_an_audit_row_or_a_log_line(app, mailbox, caplog):
     # Sign out, a typo, sign in again.
     page = client.get("/logout")
     client.post("/logout", data={"csrf_token": csrf_token(page)})
-    assert GENERIC_FAILURE in sign_in(client, "alice@example.com", TYPO_PASSWORD).get_data(as_text=True)
+    assert str(GENERIC_FAILURE) in sign_in(client, "alice@example.com", TYPO_PASSWORD).get_data(as_text=True)
     client.get(sign_in(client, "alice@example.com").headers["Location"])
     secrets["session cookie 2"] = client.get_cookie("idp_session").value
     # Reset the password by link and sign in with the new one.

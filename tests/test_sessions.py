@@ -4,9 +4,11 @@ Time is moved by editing the session row, never by sleeping."""
 
 from __future__ import annotations
 
+import html
 import re
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select
 
 from idp.extensions import db
@@ -156,7 +158,7 @@ def test_disabling_a_user_ends_every_session(app, make_user):
         db.session.commit()
     client = app.test_client()
     refused = sign_in(client, "alice@example.com")
-    assert refused.status_code == 200 and GENERIC_FAILURE in refused.get_data(as_text=True)
+    assert refused.status_code == 200 and str(GENERIC_FAILURE) in refused.get_data(as_text=True)
     assert signed_in_email(client) is None
 
 
@@ -195,3 +197,24 @@ def test_sign_out_everywhere_ends_every_session_and_revokes_every_token(app, mak
     assert refreshed.status_code == 400 and refreshed.get_json()["error"] == "invalid_grant"
     [event] = audit_events(app, "sessions.signed_out_everywhere")
     assert event.details["sessions_ended"] == 2 and event.details["tokens_revoked"] >= 1
+
+
+@pytest.mark.parametrize(("path", "reason"), [
+    ("/account/password", "Confirm it's you to change your password."),
+    ("/account/security/totp/new", "Confirm it's you to add a sign-in method."),
+    ("/account/phone", "Confirm it's you to change your phone number."),
+])
+def test_signing_in_again_for_a_change_says_why_and_whose_account(app, make_user, path, reason):
+    make_user()
+    client = _signed_in(app, "LaptopBrowser/1.0")
+    with app.app_context():  # the sign-in is older than IDP_STEP_UP_MAX_AGE
+        for live in db.session.execute(select(LoginSession)).scalars():
+            live.auth_time = live.auth_time - timedelta(seconds=app.config["IDP_STEP_UP_MAX_AGE"] + 60)
+        db.session.commit()
+    page = client.get(path, follow_redirects=True)
+    text = html.unescape(page.get_data(as_text=True))
+    assert reason in text
+    assert "You are signed in as alice@example.com." in text
+    # A plain sign-in says neither.
+    fresh = app.test_client().get("/login", follow_redirects=True).get_data(as_text=True)
+    assert "reauth-reason" not in fresh

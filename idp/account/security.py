@@ -29,11 +29,13 @@ bp = Blueprint("security", __name__, url_prefix="/account/security")
 PENDING_KEY = "enrol"
 
 
-def recent_auth_required(view: Callable[..., Any] | None = None, *, after_post: str = "security.index") -> Any:
+def recent_auth_required(view: Callable[..., Any] | None = None, *, after_post: str = "security.index",
+                         purpose: str = "") -> Any:
     """Changes need a sign-in within IDP_STEP_UP_MAX_AGE; otherwise the user signs in again (every factor) and
-    comes back to the page (after a POST: to the ``after_post`` endpoint, since the form must be sent again)."""
+    comes back to the page (after a POST: to the ``after_post`` endpoint, since the form must be sent again).
+    ``purpose`` names the change, which the sign-in page states (idp.login.steps.password.REAUTH_PURPOSES)."""
     if view is None:
-        return lambda inner: recent_auth_required(inner, after_post=after_post)
+        return lambda inner: recent_auth_required(inner, after_post=after_post, purpose=purpose)
 
     @wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -42,7 +44,7 @@ def recent_auth_required(view: Callable[..., Any] | None = None, *, after_post: 
         if utcnow() - live.auth_time > timedelta(seconds=max_age):
             back = request.full_path.rstrip("?") if request.method == "GET" else url_for(after_post)
             return begin_transaction(reasons=["reauth"], return_to=back, user=live.user,
-                                     login_hint=live.user.email)
+                                     login_hint=live.user.email, reauth_purpose=purpose)
         return view(*args, **kwargs)
     return wrapped
 
@@ -88,7 +90,7 @@ def _enrol_limit() -> str:
 @bp.route("/<slug>", methods=["GET", "POST"], defaults={"stage": None})
 @bp.route("/<slug>/<stage>", methods=["GET", "POST"])
 @login_required
-@recent_auth_required
+@recent_auth_required(purpose="add_method")
 @limiter.limit(_enrol_limit, methods=["POST"])
 def enrol(slug: str, stage: str | None) -> Response | str:
     """Add a sign-in method: each factor's enrolment stages (scan and confirm, send and check a code...)."""
@@ -155,7 +157,7 @@ def _show_error(form: Any, error: str) -> None:
 
 @bp.post("/factors/<int:factor_id>/rename")
 @login_required
-@recent_auth_required
+@recent_auth_required(purpose="change_method")
 def rename_factor(factor_id: int):
     """Rename a factor."""
     factor = _factor(factor_id)
@@ -170,7 +172,7 @@ def rename_factor(factor_id: int):
 
 @bp.post("/factors/<int:factor_id>/remove")
 @login_required
-@recent_auth_required
+@recent_auth_required(purpose="remove_method")
 def remove_factor(factor_id: int):
     """Remove a factor."""
     factor = _factor(factor_id)
@@ -194,7 +196,7 @@ def remove_factor(factor_id: int):
 
 @bp.post("/devices/<int:device_id>/forget")
 @login_required
-@recent_auth_required
+@recent_auth_required(purpose="forget_device")
 def forget_device(device_id: int):
     """Stop remembering a device: it will ask for the second factor again."""
     device = db.session.get(Device, device_id)

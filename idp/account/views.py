@@ -284,7 +284,7 @@ PHONE_PENDING_KEY = "profile_phone"
 
 @bp.route("/account/phone", methods=["GET", "POST"])
 @login_required
-@recent_auth_required(after_post="account.phone")
+@recent_auth_required(after_post="account.phone", purpose="change_phone")
 @limiter.limit(_forms_limit, methods=["POST"])
 def phone():
     """Add or change the profile phone number: text a code to it first (SECURITY.md 23, 27)."""
@@ -306,7 +306,7 @@ def phone():
 
 @bp.route("/account/phone/verify", methods=["GET", "POST"])
 @login_required
-@recent_auth_required(after_post="account.phone")
+@recent_auth_required(after_post="account.phone", purpose="change_phone")
 @limiter.limit(_forms_limit, methods=["POST"])
 def phone_verify():
     """Type the code texted to the new number; only then is it saved, as verified."""
@@ -332,7 +332,7 @@ def phone_verify():
 
 @bp.post("/account/phone/remove")
 @login_required
-@recent_auth_required(after_post="account.phone")
+@recent_auth_required(after_post="account.phone", purpose="change_phone")
 def phone_remove():
     """Take the phone number out of the profile (applications no longer receive it)."""
     user = signed_in().user
@@ -423,7 +423,7 @@ def revoke_app(client_id: str):
 
 @bp.route("/account/password", methods=["GET", "POST"])
 @login_required
-@recent_auth_required(after_post="account.change_password")
+@recent_auth_required(after_post="account.change_password", purpose="change_password")
 def change_password():
     """Change the password: a recent sign-in and the current password are required, and other sessions end
     (SECURITY.md 20, 27)."""

@@ -32,6 +32,7 @@ class TransactionState:
     satisfied: list[str] = field(default_factory=list)  # reasons an earlier transaction of this request answered
     session_amr: list[str] | None = None  # the session's methods, which a step-up builds on
     login_hint: str = ""
+    reauth_purpose: str = ""  # for a "reauth": what the user is about to change (idp.login.steps.password)
     ui_locale: str | None = None  # the first language of the request's ui_locales that idp speaks (idp.i18n)
     existing_account: str | None = None  # a sign-up for an address that has an account (no enumeration)
 

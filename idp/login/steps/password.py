@@ -22,7 +22,20 @@ from idp.security.passwords import hash_password, needs_rehash, verify_password
 from idp.security.webauthn import WebAuthnFailed, amr_for
 
 # One message for unknown account, wrong password, locked and disabled account (ASVS V6.3.8, SECURITY.md 19/21).
-GENERIC_FAILURE = _("Incorrect email or password.")
+GENERIC_FAILURE = _l("Incorrect email or password.")
+
+
+# Why a signed-in user is asked to sign in again (a change that needs a recent sign-in), by the key the page that
+# asks passes to recent_auth_required.
+REAUTH_PURPOSES = {
+    "": _l("Confirm it's you to change your account's security."),
+    "change_password": _l("Confirm it's you to change your password."),
+    "add_method": _l("Confirm it's you to add a sign-in method."),
+    "change_method": _l("Confirm it's you to change a sign-in method."),
+    "remove_method": _l("Confirm it's you to remove a sign-in method."),
+    "forget_device": _l("Confirm it's you to forget a remembered device."),
+    "change_phone": _l("Confirm it's you to change your phone number."),
+}
 
 
 class PasswordStep(Step):
@@ -35,10 +48,14 @@ class PasswordStep(Step):
 
     def begin(self, ctx: StepContext) -> dict[str, Any]:
         hint = ctx.state.login_hint or (ctx.user.email if ctx.user else "")
+        # A signed-in user asked again is told why, and whose account it is.
+        reauth = (str(REAUTH_PURPOSES.get(ctx.state.reauth_purpose, REAUTH_PURPOSES[""]))
+                  if "reauth" in ctx.state.reasons else None)
         # Passkey sign-in (conditional UI): any discoverable credential may answer, with user verification.
         if not webauthn_available():
-            return {"email": hint, "passkey_options": None}
-        return {"email": hint, "passkey_options": assertion_options(ctx.txn, user_id=None, require_uv=True)}
+            return {"email": hint, "passkey_options": None, "reauth": reauth}
+        return {"email": hint, "passkey_options": assertion_options(ctx.txn, user_id=None, require_uv=True),
+                "reauth": reauth}
 
     def verify_passkey(self, ctx: StepContext, credential_json: str) -> Outcome:
         """Passwordless: a passkey with user verification identifies the user and is two factors in one."""
@@ -52,7 +69,7 @@ class PasswordStep(Step):
                                             and ctx.reasons & FRESH_LOGIN_REASONS - {"no_session"}):
             audit.record("login.failure", subject=user, reason="passkey_refused", ip=ctx.ip,
                          user_agent=ctx.user_agent, durable=True)
-            return Outcome(False, GENERIC_FAILURE)
+            return Outcome(False, str(GENERIC_FAILURE))
         ctx.txn.user = user
         return Outcome(True, amr=amr_for(factor.backed_up, result.user_verified))
 
@@ -89,7 +106,7 @@ class PasswordStep(Step):
             self._count_failure(ctx, user)
         audit.record("login.failure", subject=user, reason=reason, email=None if user else email,
                      ip=ctx.ip, user_agent=ctx.user_agent, durable=True)
-        return Outcome(False, GENERIC_FAILURE)
+        return Outcome(False, str(GENERIC_FAILURE))
 
     def _count_failure(self, ctx: StepContext, user: User) -> None:
         """Consecutive failures lock the account at the threshold; an emailed link or an admin unlocks it."""
