@@ -78,6 +78,7 @@ def test_mail_carries_the_brand_name_and_an_absolute_logo(make_app, smtp_server)
     message = Mailbox(app, smtp_server).last("alice@example.com", "Reset")
     assert '<img src="https://id.acme.example/static/img/acme.svg" alt="Acme ID"' in message["html"]
     assert "Sent by Acme ID at https://id.acme.example." in message["html"]
+    assert "Sent by Acme ID at https://id.acme.example." in message["text"]  # the plain-text part too
     assert "idp" not in re.sub(r"https?://\S+", "", message["html"] + message["text"] + message["subject"])
 
 
