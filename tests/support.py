@@ -159,6 +159,24 @@ def sign_in(client, email: str, password: str = PASSWORD, next_path: str | None 
     return response
 
 
+def assert_in(text: str, response, absent: str | None = None) -> None:
+    """``text`` is on the page (and ``absent`` is not)."""
+    body = response.get_data(as_text=True)
+    assert text in body, body[:500]
+    assert absent is None or absent not in body
+
+
+def remove_asking_first(client, path: str, page, *, before=None):
+    """Post a removal form as the page has it: it answers with a question (returned first) and changes nothing
+    until posted again with confirm=yes (the second response). ``before`` runs between the two, to check that
+    nothing changed yet."""
+    asked = client.post(path, data={"csrf_token": csrf_token(page)})
+    assert asked.status_code == 200 and 'name="confirm" value="yes"' in asked.get_data(as_text=True)
+    if before is not None:
+        before()
+    return asked, client.post(path, data={"confirm": "yes", "csrf_token": csrf_token(asked)})
+
+
 def signed_in_email(client) -> str | None:
     """The email the account page shows, or None when it redirects to sign in."""
     response = client.get("/account")
@@ -453,6 +471,17 @@ def authenticator_presence(authenticator, on: bool) -> None:
     """
     authenticator.send("WebAuthn.setAutomaticPresenceSimulation",
                        {"authenticatorId": authenticator.authenticator_id, "enabled": on})
+
+
+def sign_in_with_the_passkey_button(page, authenticator) -> None:
+    """On the sign-in page, sign in with a passkey by its button (the autofill request waits unanswered)."""
+    from playwright.sync_api import expect
+
+    authenticator_presence(authenticator, False)
+    page.goto("/login")
+    expect(heading(page, "Sign in")).to_be_visible()
+    authenticator_presence(authenticator, True)
+    page.locator("#passkey-signin").click()
 
 
 def csp_violations(errors: list[str]) -> list[str]:

@@ -9,10 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from idp import config, create_app
 from idp.branding import brand_css, contrast, text_on
-from idp.config import ConfigError
-from tests.conftest import base_config
 from tests.support import csrf_token
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,26 +97,6 @@ def test_a_theme_folder_overrides_templates_and_static_files_by_name(make_app, t
     script = _get(client, "/static/js/link.js")
     assert script.status_code == 200 and script.data == (ROOT / "static/js/link.js").read_bytes()
     assert _get(client, "/static/../templates/error.html").status_code == 404  # nothing outside the folders
-
-
-@pytest.mark.parametrize(("name", "value"), [
-    ("IDP_BRAND_COLOR", "red"),
-    ("IDP_BRAND_COLOR", "#12345"),
-    ("IDP_BRAND_COLOR", "#0b5cad; } body { display: none"),
-    ("IDP_BRAND_LOGO_URL", "http://cdn.example.com/logo.png"),
-    ("IDP_BRAND_LOGO_URL", "javascript:alert(1)"),
-    ("IDP_BRAND_LOGO_URL", "https://cdn.example.com;script-src 'unsafe-inline'/logo.png"),
-    ("IDP_BRAND_LOGO_URL", "https://user@cdn.example.com/logo.png"),
-    ("IDP_BRAND_LOGO_URL", "../secret_key"),
-    ("IDP_THEME_DIR", "/no/such/folder"),
-])
-def test_a_bad_branding_setting_stops_the_start_in_one_line(tmp_path, name, value):
-    with pytest.raises(ConfigError) as info:
-        config.load(environ={name: value}, instance_path=str(tmp_path))
-    message = str(info.value)
-    assert message.startswith(f"{name}: ") and "\n" not in message
-    with pytest.raises(ConfigError, match=f"^{name}: "):
-        create_app(base_config(tmp_path, **{name: value}))
 
 
 def test_icons_are_served_where_browsers_and_phones_look(client):

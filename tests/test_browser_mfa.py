@@ -30,6 +30,7 @@ from tests.support import (
     make_user_in,
     open_tab,
     require_browser,
+    sign_in_with_the_passkey_button,
 )
 
 ENROL_SCREENSHOT = "/tmp/idp-mfa-enrol.png"
@@ -216,12 +217,7 @@ def test_passwordless_passkey_sign_in_and_counter(page, live_localhost, authenti
     posted = []
     page.on("request", lambda request: posted.append(request.post_data_json)
             if request.method == "POST" and request.url.endswith("/passkey") else None)
-    # The autofill request stays pending: the user clicks the button instead.
-    authenticator_presence(authenticator, False)
-    page.goto("/login")
-    expect(heading(page, "Sign in")).to_be_visible()
-    authenticator_presence(authenticator, True)
-    page.locator("#passkey-signin").click()
+    sign_in_with_the_passkey_button(page, authenticator)
     expect(page).to_have_url(f"{live_localhost.url}/account")
     expect(page.locator("#account-email")).to_have_text("frank@example.com")
     amr = _latest_session_amr(live_localhost.app, "frank@example.com")

@@ -28,7 +28,6 @@ from tests.support import (
     PASSWORD,
     Mailbox,
     add_virtual_authenticator,
-    authenticator_presence,
     code_in,
     csp_violations,
     free_port,
@@ -37,6 +36,7 @@ from tests.support import (
     node_package,
     open_tab,
     require_browser,
+    sign_in_with_the_passkey_button,
 )
 
 require_browser()
@@ -272,11 +272,7 @@ def test_a_passkey_on_the_development_defaults(chromium, idp_run, console_errors
         page.get_by_role("button", name="Sign out", exact=True).click()
         expect(heading(page, "You are signed out")).to_be_visible()
 
-        authenticator_presence(authenticator, False)  # the passkey autofill waits: the user clicks the button
-        page.goto("/login")
-        expect(heading(page, "Sign in")).to_be_visible()
-        authenticator_presence(authenticator, True)
-        page.locator("#passkey-signin").click()
+        sign_in_with_the_passkey_button(page, authenticator)
         expect(page).to_have_url(f"{idp_run.url}/account")
         expect(page.locator("#account-email")).to_have_text("dev@example.com")
     finally:

@@ -11,6 +11,7 @@ from dotenv import dotenv_values
 
 from idp import ROOT, config, create_app
 from idp.config import SETTINGS, ConfigError, env_example
+from tests.conftest import base_config
 
 GOOD_SECRET = "s" * 32
 SECRETLESS_TEST_COST = "t=1,m=64,p=1"  # what tests/conftest.py sets
@@ -145,12 +146,25 @@ def test_environment_values_are_parsed_and_overrides_win(tmp_path):
     ("IDP_SESSION_IDLE_TIMEOUT", "30m"),
     ("IDP_TRUSTED_PROXIES", "10.0.0.0/8, proxy.example.com"),
     ("IDP_JOB_RETRY_INTERVALS", "10,soon"),
+    ("IDP_DEFAULT_PHONE_REGION", "XX"),
+    # Branding: the colour is written into a stylesheet and the logo's origin into the CSP header.
+    ("IDP_BRAND_COLOR", "red"),
+    ("IDP_BRAND_COLOR", "#12345"),
+    ("IDP_BRAND_COLOR", "#0b5cad; } body { display: none"),
+    ("IDP_BRAND_LOGO_URL", "http://cdn.example.com/logo.png"),
+    ("IDP_BRAND_LOGO_URL", "javascript:alert(1)"),
+    ("IDP_BRAND_LOGO_URL", "https://cdn.example.com;script-src 'unsafe-inline'/logo.png"),
+    ("IDP_BRAND_LOGO_URL", "https://user@cdn.example.com/logo.png"),
+    ("IDP_BRAND_LOGO_URL", "../secret_key"),
+    ("IDP_THEME_DIR", "/no/such/folder"),
 ])
 def test_unparseable_values_are_refused_in_one_line_naming_the_setting(tmp_path, name, value):
     with pytest.raises(ConfigError) as info:
         config.load(environ={name: value}, instance_path=str(tmp_path))
     message = str(info.value)
     assert message.startswith(f"{name}: ") and "\n" not in message
+    with pytest.raises(ConfigError, match=f"^{name}: "):  # the app refuses to start on it
+        create_app(base_config(tmp_path, **{name: value}))
 
 
 def test_unknown_environment_name_is_refused(tmp_path):

@@ -27,6 +27,7 @@ from idp.security.tokens import token_hash
 from tests.support import (
     Mailbox,
     Walk,
+    assert_in,
     code_in,
     csrf_token,
     enrol_totp_in,
@@ -35,6 +36,7 @@ from tests.support import (
     make_client_in,
     make_user_in,
     outbox_sms,
+    remove_asking_first,
     signed_in_email,
     step_name,
     walk,
@@ -664,10 +666,9 @@ def test_forgetting_a_device_asks_for_the_factor_again(app, client, clock, alice
     assert page.status_code == 200 and "Remembered devices" in text
     match = re.search(r'action="(/account/security/devices/(\d+)/forget)"', text)
     assert match, text
-    asked = client.post(match.group(1), data={"csrf_token": csrf_token(page)})
+    asked, forgot = remove_asking_first(client, match.group(1), page, before=lambda: assert_in(
+        "Remembered devices", client.get("/account/security"), absent="No device is remembered"))
     assert "ask for your second factor again" in asked.get_data(as_text=True)
-    assert "No device is remembered" not in client.get("/account/security").get_data(as_text=True)
-    forgot = client.post(match.group(1), data={"confirm": "yes", "csrf_token": csrf_token(asked)})
     assert forgot.status_code == 302
     assert "No device is remembered" in client.get("/account/security").get_data(as_text=True)
     assert events(app, "device.forgotten")
@@ -751,12 +752,11 @@ def test_add_rename_remove_totp_and_recovery_codes_are_audited_and_mailed(app, c
     assert "My phone" in client.get("/account/security").get_data(as_text=True)
     codes_page = client.post("/account/security/recovery-codes", data={"csrf_token": csrf_token(listing)})
     assert codes_page.status_code == 200 and codes_page.headers["Cache-Control"] == "no-store"
-    asked = client.post(f"/account/security/factors/{factor_id}/remove", data={"csrf_token": csrf_token(listing)})
+    asked, removed = remove_asking_first(
+        client, f"/account/security/factors/{factor_id}/remove", listing,
+        before=lambda: assert_in('data-kind="totp"', client.get("/account/security")))  # not removed unasked
     assert "Remove “My phone”?" in asked.get_data(as_text=True)
     assert "You will no longer be able to sign in with it" in asked.get_data(as_text=True)
-    assert 'data-kind="totp"' in client.get("/account/security").get_data(as_text=True)  # not removed unasked
-    removed = client.post(f"/account/security/factors/{factor_id}/remove",
-                          data={"confirm": "yes", "csrf_token": csrf_token(asked)})
     assert removed.status_code == 302
     assert 'data-kind="totp"' not in client.get("/account/security").get_data(as_text=True)
     for name in ("factor.added", "factor.renamed", "recovery_codes.generated", "factor.removed"):

@@ -21,7 +21,19 @@ from idp.models import AuditEvent, LoginSession, SigningKey, User, utcnow
 from idp.oidc import keys
 from idp.security.keys import KeyDecryptionError, decrypt_private
 from tests.conftest import SECRET
-from tests.support import PASSWORD, Walk, csrf_token, link_in, open_link, signed_in_email, step_name, submit_link, walk
+from tests.support import (
+    PASSWORD,
+    Walk,
+    assert_in,
+    csrf_token,
+    link_in,
+    open_link,
+    remove_asking_first,
+    signed_in_email,
+    step_name,
+    submit_link,
+    walk,
+)
 from tests.support import audit_events as events
 
 RP = "https://rp.example/cb"
@@ -662,12 +674,10 @@ def test_connected_applications_page_lists_and_revokes_a_consent(app, client, al
     page = client.get("/account/apps")
     text = page.get_data(as_text=True)
     assert "Photo Printer" in text and "Your email address" in text
-    asked = client.post(f"/account/apps/{client_id}/revoke", data={"csrf_token": csrf_token(page)})
+    asked, response = remove_asking_first(client, f"/account/apps/{client_id}/revoke", page,
+                                          before=lambda: assert_in("Photo Printer", client.get("/account/apps")))
     assert "Remove access for Photo Printer?" in asked.get_data(as_text=True)
     assert "the tokens it holds for you stop working" in asked.get_data(as_text=True)
-    assert "Photo Printer" in client.get("/account/apps").get_data(as_text=True)  # nothing changed yet
-    response = client.post(f"/account/apps/{client_id}/revoke",
-                           data={"confirm": "yes", "csrf_token": csrf_token(asked)})
     assert response.status_code == 302
     assert "Photo Printer" not in client.get("/account/apps").get_data(as_text=True)
     refreshed = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},

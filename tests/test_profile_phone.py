@@ -292,9 +292,3 @@ def test_a_number_that_is_not_possible_is_refused_with_a_message(client, typed):
     assert "Enter a valid mobile number with its country code" in response.get_data(as_text=True)
     assert 'aria-invalid="true"' in response.get_data(as_text=True)
 
-
-def test_an_unknown_default_region_is_refused_at_start_up(make_app):
-    from idp.config import ConfigError
-
-    with pytest.raises(ConfigError, match="IDP_DEFAULT_PHONE_REGION"):
-        make_app(IDP_DEFAULT_PHONE_REGION="XX")
