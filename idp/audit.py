@@ -37,7 +37,7 @@ _UNCOMMITTED = "idp.audit.uncommitted"
 
 def record(event: str, *, subject: User | None = None, actor: User | None = None, client_id: str | None = None,
            ip: str | None = None, user_agent: str | None = None, commit: bool = False, durable: bool = False,
-           **details: Any) -> None:
+           actor_client: str | None = None, **details: Any) -> None:
     """Append one event; who/where default to the current request's client (as resolved by idp.http).
 
     ``durable`` is for events that record a refusal or a failure (SECURITY.md 29): the request that refuses often
@@ -45,6 +45,8 @@ def record(event: str, *, subject: User | None = None, actor: User | None = None
     if that transaction ends without committing, the row is written again in a transaction of its own once the
     caller's has ended (not before: on SQLite a second writer would wait on the caller's own write lock).
     """
+    if actor_client:
+        details["actor_client"] = actor_client
     leaked = _SECRET_KEYS.intersection(details)
     if leaked:
         raise ValueError(f"audit details may not carry secrets: {sorted(leaked)}")
@@ -54,7 +56,10 @@ def record(event: str, *, subject: User | None = None, actor: User | None = None
     subject_id = subject.id if subject is not None else None
     row = {  # `at` is the column's default, the time of the INSERT
         "event": event,
-        "actor_id": actor.id if actor is not None else subject_id,
+        # Who did it: a person, the subject themselves by default, or nobody idp knows as a user (a machine
+        # client of the admin API, named in details as actor_client; an operator at the command line).
+        "actor_id": actor.id if actor is not None else None if actor_client or details.get("via") == "cli"
+        else subject_id,
         "subject_id": subject_id,
         "subject_email": subject.email if subject is not None else details.pop("email", None),
         "client_id": client_id,

@@ -12,13 +12,13 @@ from flask_babel import gettext as _
 from rq import Worker
 
 from idp import audit, i18n
+from idp.admin import service
 from idp.config import env_example, markdown_table
 from idp.demo import DEMO_EMAIL, DEMO_REDIRECT_URI, demo_client_credentials
 from idp.extensions import db
 from idp.jobs import queue
-from idp.login import enrolment, sessions
-from idp.login.browser import unlock_account
-from idp.models import AuditEvent, Device, Factor, RecoveryCode, User, utcnow
+from idp.login import sessions
+from idp.models import AuditEvent, User, utcnow
 from idp.models.user import normalize_email
 from idp.oidc.cli import clients, keys_group
 from idp.security.passwords import hash_password, password_problems, verify_password
@@ -89,15 +89,20 @@ def users_list():
         click.echo(f"{user.id}\t{user.email}\t{user.name}\t{','.join(flags)}")
 
 
+def _acting(action, *args, **kwargs):
+    """Run an admin action as the operator at the command line; its refusal is the command's one-line error."""
+    try:
+        return action(service.OPERATOR, *args, **kwargs)
+    except service.AdminError as refused:
+        raise click.ClickException(str(refused)) from None
+
+
 @users.command("disable")
 @click.argument("email")
 def users_disable(email):
     """Disable a user and end all their sessions."""
     user = _user(email)
-    user.disabled = True
-    ended, revoked = sessions.sign_out_everywhere(user, "user_disabled", utcnow())
-    audit.record("user.disabled", subject=user, via="cli", sessions_ended=ended, tokens_revoked=revoked)
-    db.session.commit()
+    ended, _revoked = _acting(service.disable, user)
     click.echo(f"disabled {user.email} ({ended} sessions ended)")
 
 
@@ -106,9 +111,7 @@ def users_disable(email):
 def users_enable(email):
     """Enable a disabled user."""
     user = _user(email)
-    user.disabled = False
-    audit.record("user.enabled", subject=user, via="cli")
-    db.session.commit()
+    _acting(service.enable, user)
     click.echo(f"enabled {user.email}")
 
 
@@ -118,9 +121,7 @@ def users_enable(email):
 def users_require_mfa(email, off):
     """Require (or no longer require) a second factor for a user; one without a factor enrols at next sign-in."""
     user = _user(email)
-    user.mfa_required = not off
-    audit.record("user.mfa_required", subject=user, via="cli", required=not off)
-    db.session.commit()
+    _acting(service.require_mfa, user, not off)
     click.echo(f"{'no longer ' if off else ''}requiring MFA for {user.email}")
 
 
@@ -129,16 +130,10 @@ def users_require_mfa(email, off):
 def users_reset_mfa(email):
     """Remove every factor, recovery code and remembered device of a user; ends sessions and revokes tokens."""
     user = _user(email)
-    now = utcnow()
-    factors = len(db.session.execute(db.delete(Factor).where(Factor.user_id == user.id).returning(Factor.id)).all())
-    db.session.execute(db.delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
-    db.session.execute(db.update(Device).where(Device.user_id == user.id).values(remembered_until=None, revoked_at=now))
-    ended, revoked = sessions.sign_out_everywhere(user, "mfa_reset", now)
     with i18n.force_locale(i18n.first_supported(user.locale) or i18n.LANGUAGES[0]):  # the mail, in their language
-        enrolment.notify_change(user, _("An administrator removed your second factors."), event="mfa.reset",
-                                next_step=_("Set up a new one at your next sign-in."), via="cli",
-                                factors_removed=factors, sessions_ended=ended, tokens_revoked=revoked)
-    db.session.commit()
+        factors, ended, _revoked = _acting(service.reset_mfa, user,
+                                           what=_("An administrator removed your second factors."),
+                                           next_step=_("Set up a new one at your next sign-in."))
     click.echo(f"reset MFA for {user.email}: {factors} factors removed, {ended} sessions ended")
 
 
@@ -147,8 +142,7 @@ def users_reset_mfa(email):
 def users_unlock(email):
     """Lift the lock that repeated failed sign-ins put on an account."""
     user = _user(email)
-    unlock_account(user, "cli")
-    db.session.commit()
+    _acting(service.unlock, user)
     click.echo(f"unlocked {user.email}")
 
 

@@ -105,13 +105,13 @@ def throttle() -> Throttle:
                     prefix=cfg.get("RATELIMIT_KEY_PREFIX", "idp"))
 
 
-def unlock_account(user: User, method: str) -> None:
+def unlock_account(user: User, method: str, **details: Any) -> None:
     """Lift the lock of repeated failed sign-ins, and the failed-attempt delays with it (or the user would stay
     shut out for up to a day); audited. The caller commits."""
     user.locked_at = None
     user.failed_logins = 0
     throttle().succeeded("password", {"account": account_key(user.email)})
-    audit.record("account.unlocked", subject=user, method=method)
+    audit.record("account.unlocked", subject=user, method=method, **details)
 
 
 def step_context(txn: LoginTransaction) -> StepContext:

@@ -13,6 +13,10 @@ from idp.models import User
 # No `address` (OIDC Core 5.4): idp holds no postal address, so it neither advertises the scope nor accepts it; a
 # request for it is invalid_scope, as for any scope not listed here (Authlib checks OAUTH2_SCOPES_SUPPORTED).
 SCOPES = ("openid", "profile", "email", "phone", "offline_access")
+# The admin REST API's scopes (idp.admin): granted only to a confidential client registered for client_credentials
+# alone by an administrator (`idp clients create --grant client_credentials --scope idp:admin`), so no user's
+# consent can hand them out. Not advertised in discovery, which may leave scopes out (RFC 8414 2).
+ADMIN_SCOPES = ("idp:admin", "idp:helpdesk", "idp:audit")
 
 SCOPE_CLAIMS = {
     "openid": ("sub",),

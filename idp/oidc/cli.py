@@ -16,7 +16,7 @@ from idp.extensions import db
 from idp.login.assurance import LEVELS
 from idp.models import Client, SigningKey
 from idp.oidc import keys
-from idp.oidc.claims import SCOPES
+from idp.oidc.claims import ADMIN_SCOPES, SCOPES
 from idp.oidc.server import ALL_AUTH_METHODS, GRANT_TYPES, client_public_keys, revoke_client
 from idp.security.keys import SUPPORTED_ALGS
 from idp.security.tokens import new_token, token_hash
@@ -49,9 +49,11 @@ def validate_jwks_uri(uri: str) -> str | None:
     return None
 
 
-# What this server supports, named as in OpenID Provider Metadata (the values its discovery document publishes).
+# What this server supports, named as in OpenID Provider Metadata (what its discovery document publishes, and the
+# admin scopes, which it does not advertise).
 SUPPORTED = {
-    "scopes_supported": list(SCOPES), "grant_types_supported": GRANT_TYPES, "response_types_supported": ["code"],
+    "scopes_supported": [*SCOPES, *ADMIN_SCOPES], "grant_types_supported": GRANT_TYPES,
+    "response_types_supported": ["code"],
     "token_endpoint_auth_methods_supported": ALL_AUTH_METHODS, "acr_values_supported": list(LEVELS),
     "id_token_signing_alg_values_supported": list(SUPPORTED_ALGS),
 }
@@ -60,7 +62,8 @@ SUPPORTED = {
 def _refusal(claim: str, metadata: dict) -> str:
     """The one-line reason a registration metadata value is refused."""
     if claim == "scope":
-        return f"unknown scopes: {' '.join(s for s in metadata['scope'].split() if s not in SCOPES)}"
+        unknown = [s for s in metadata["scope"].split() if s not in SCOPES and s not in ADMIN_SCOPES]
+        return f"unknown scopes: {' '.join(unknown)}"
     if claim == "grant_types":
         unknown = [g for g in metadata["grant_types"] if g not in GRANT_TYPES]
         return f"unsupported grant type {' '.join(unknown)} (choose from {', '.join(GRANT_TYPES)})"
@@ -122,6 +125,9 @@ def create_client(*, name: str, redirect_uris: list[str], post_logout_redirect_u
         raise ValueError("a public client authenticates with 'none'")
     if method == "none" and "client_credentials" in grant_types:
         raise ValueError("client_credentials needs a confidential client")
+    if set(scopes) & set(ADMIN_SCOPES) and (grant_types != ["client_credentials"] or method == "none"):
+        raise ValueError("the idp:* admin scopes are for a confidential client with only the client_credentials "
+                         "grant (a machine; no user can consent to them)")
     if method == "private_key_jwt" and not (jwks or jwks_uri):
         raise ValueError("private_key_jwt needs the client's --jwks or --jwks-uri")
     if jwks is not None:

@@ -764,7 +764,7 @@ def _registered_method(request, methods: list[str]) -> str | None:
 def create_server(app: Flask) -> AuthorizationServer:
     """One authorization server per app, bound to its settings."""
     server = Server()
-    app.config.setdefault("OAUTH2_SCOPES_SUPPORTED", list(oidc_claims.SCOPES))
+    app.config.setdefault("OAUTH2_SCOPES_SUPPORTED", [*oidc_claims.SCOPES, *oidc_claims.ADMIN_SCOPES])
     server.init_app(app, query_client=query_client, save_token=save_token)
     server.register_token_generator("default", AccessTokens(app.config["IDP_ISSUER"]))
     for method in ("client_secret_basic", "private_key_jwt"):
@@ -778,6 +778,7 @@ def create_server(app: Flask) -> AuthorizationServer:
     server.register_endpoint(Revocation)
     server.register_endpoint(Introspection)
     server.register_endpoint(UserInfo(resource_protector=protector))
+    app.extensions["idp.resource_protector"] = protector  # the admin API's bearer tokens (idp.admin.api)
     server.register_endpoint(EndSession)
     server.register_extension(Issuer())
     app.extensions["idp.oauth"] = server

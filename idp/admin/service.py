@@ -1,0 +1,286 @@
+"""Every admin action on users, once: the command line, the admin REST API (and the console to come) call these.
+
+An action is checked against the actor's roles here, not in each caller, so they all agree; it is audited with the
+actor (a person, a machine client of the API, or the operator at the command line) and the user as subject; a
+change the user would be mailed about had they made it themselves is mailed to them now too (SECURITY.md 27). Each
+action is one transaction: it commits, or raises and leaves nothing written.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import exists, or_
+
+from idp import audit
+from idp.extensions import db
+from idp.jobs import enqueue
+from idp.login import enrolment, sessions
+from idp.login.browser import unlock_account
+from idp.models import Device, Factor, RecoveryCode, User, utcnow
+from idp.models.user import normalize_email
+
+
+class Role(StrEnum):
+    """What an administrator may do (the API's scopes idp:admin, idp:helpdesk, idp:audit name them)."""
+
+    ADMIN = "admin"  # everything
+    HELPDESK = "helpdesk"  # look users up, unlock, reset MFA, send reset mails
+    AUDITOR = "auditor"  # read the audit log only
+
+
+class Power(StrEnum):
+    READ_USERS = "read users"
+    SUPPORT_USERS = "support users"  # unlock, reset MFA, send a password reset
+    CHANGE_USERS = "change users"  # edit, disable, enable, require MFA, revoke tokens
+
+
+POWERS: dict[Power, frozenset[Role]] = {
+    Power.READ_USERS: frozenset({Role.ADMIN, Role.HELPDESK}),
+    Power.SUPPORT_USERS: frozenset({Role.ADMIN, Role.HELPDESK}),
+    Power.CHANGE_USERS: frozenset({Role.ADMIN}),
+}
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts: their roles, and who they are for the audit log."""
+
+    roles: frozenset[Role]
+    via: str  # "cli", "api", "console"
+    user: User | None = None  # a person
+    client_id: str | None = None  # a machine client of the API
+
+    def audit(self) -> dict[str, Any]:
+        return {"actor": self.user, "actor_client": self.client_id, "via": self.via}
+
+
+OPERATOR = Actor(roles=frozenset({Role.ADMIN}), via="cli")  # whoever runs `idp` on the server
+
+
+class AdminError(Exception):
+    """An action refused; ``status`` is the HTTP status the API answers with, the message is for the caller."""
+
+    status = 400
+
+
+class Forbidden(AdminError):
+    status = 403
+
+
+class NotFound(AdminError):
+    status = 404
+
+
+class Conflict(AdminError):
+    status = 409
+
+
+@dataclass
+class Invalid(AdminError):
+    """Bad input, by field."""
+
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return "; ".join(f"{name}: {message}" for name, message in self.errors.items())
+
+
+def require(actor: Actor, power: Power) -> None:
+    if not actor.roles & POWERS[power]:
+        raise Forbidden(f"this requires one of the roles {', '.join(sorted(POWERS[power]))} to {power}")
+
+
+# --- reading ----------------------------------------------------------------------------------------------------
+
+FILTERS = ("verified", "locked", "disabled", "admin", "mfa")
+MAX_PAGE = 200
+
+
+def _has_mfa():
+    return exists().where(Factor.user_id == User.id, Factor.confirmed_at.is_not(None))
+
+
+def _filter(name: str, on: bool):
+    column = {
+        "verified": User.email_verified_at.is_not(None),
+        "locked": User.locked_at.is_not(None),
+        "disabled": User.disabled.is_(True),
+        "admin": User.is_admin.is_(True),
+        "mfa": _has_mfa(),
+    }[name]
+    return column if on else ~column
+
+
+def encode_cursor(user_id: int) -> str:
+    return base64.urlsafe_b64encode(str(user_id).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        value = int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise Invalid({"cursor": "not a cursor this API returned"}) from None
+    if value < 0:
+        raise Invalid({"cursor": "not a cursor this API returned"})
+    return value
+
+
+def list_users(actor: Actor, *, q: str = "", filters: Mapping[str, bool] | None = None, cursor: str | None = None,
+               limit: int = 50) -> tuple[list[User], str | None]:
+    """A page of users in id order after ``cursor`` (keyset pagination: as fast on the millionth page as on the
+    first, unlike OFFSET), matching ``q`` (email, name or subject) and the flag filters; and the next cursor."""
+    require(actor, Power.READ_USERS)
+    if not 1 <= limit <= MAX_PAGE:
+        raise Invalid({"limit": f"between 1 and {MAX_PAGE}"})
+    query = db.select(User).order_by(User.id).limit(limit + 1)
+    if cursor:
+        query = query.where(User.id > decode_cursor(cursor))
+    if q:
+        if len(q) > 320:
+            raise Invalid({"q": "at most 320 characters"})
+        pattern = "%" + q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        query = query.where(or_(User.email.like(pattern, escape="\\"), User.name.ilike(pattern, escape="\\"),
+                                User.subject == q))
+    for name, on in (filters or {}).items():
+        query = query.where(_filter(name, on))
+    users = list(db.session.execute(query).scalars())
+    more = len(users) > limit
+    return users[:limit], encode_cursor(users[limit - 1].id) if more else None
+
+
+def get_user(actor: Actor, user_id: int) -> User:
+    require(actor, Power.READ_USERS)
+    user = db.session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"no user {user_id}")
+    return user
+
+
+def user_by_email(actor: Actor, email: str) -> User:
+    require(actor, Power.READ_USERS)
+    user = db.session.execute(db.select(User).where(User.email == normalize_email(email))).scalar_one_or_none()
+    if user is None:
+        raise NotFound(f"no user with email {email}")
+    return user
+
+
+def has_mfa(user: User) -> bool:
+    return db.session.execute(db.select(_has_mfa().where(User.id == user.id))).scalar() or False
+
+
+# --- changing ---------------------------------------------------------------------------------------------------
+
+def update_user(actor: Actor, user: User, changes: Mapping[str, Any]) -> User:
+    """Edit the profile fields an administrator may set: name, email, email_verified."""
+    require(actor, Power.CHANGE_USERS)
+    unknown = set(changes) - {"name", "email", "email_verified"}
+    if unknown:
+        raise Invalid({name: "not a field an administrator can change" for name in sorted(unknown)})
+    errors: dict[str, str] = {}
+    before = {"name": user.name, "email": user.email, "email_verified": user.email_verified}
+    if "name" in changes:
+        name = changes["name"]
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            errors["name"] = "a name has 1 to 200 characters"
+    if "email" in changes:
+        email = changes["email"]
+        try:
+            if not isinstance(email, str) or len(email) > 320:
+                raise EmailNotValidError("too long")
+            validate_email(email, check_deliverability=False)
+        except EmailNotValidError:
+            errors["email"] = "not a valid email address"
+    if "email_verified" in changes and not isinstance(changes["email_verified"], bool):
+        errors["email_verified"] = "true or false"
+    if errors:
+        raise Invalid(errors)
+    now = utcnow()
+    if "name" in changes:
+        user.name = changes["name"].strip()
+    if "email" in changes and normalize_email(changes["email"]) != user.email:
+        email = normalize_email(changes["email"])
+        if db.session.execute(db.select(User.id).where(User.email == email)).first():
+            raise Conflict("another user has that email address")
+        user.email = email
+        user.email_verified_at = None  # a new address is proved by its owner, unless the admin says so below
+    if "email_verified" in changes:
+        user.email_verified_at = (user.email_verified_at or now) if changes["email_verified"] else None
+    after = {"name": user.name, "email": user.email, "email_verified": user.email_verified}
+    diff = {key: [before[key], after[key]] for key in before if before[key] != after[key]}
+    if diff:
+        audit.record("user.updated", subject=user, changes=diff, **actor.audit())
+    db.session.commit()
+    return user
+
+
+def disable(actor: Actor, user: User) -> tuple[int, int]:
+    """Disable the user: every session ends and every token is revoked; returns (sessions, tokens)."""
+    require(actor, Power.CHANGE_USERS)
+    if actor.user is not None and actor.user.id == user.id:
+        raise Conflict("you cannot disable yourself")
+    user.disabled = True
+    ended, revoked = sessions.sign_out_everywhere(user, "user_disabled", utcnow())
+    audit.record("user.disabled", subject=user, sessions_ended=ended, tokens_revoked=revoked, **actor.audit())
+    db.session.commit()
+    return ended, revoked
+
+
+def enable(actor: Actor, user: User) -> None:
+    require(actor, Power.CHANGE_USERS)
+    user.disabled = False
+    audit.record("user.enabled", subject=user, **actor.audit())
+    db.session.commit()
+
+
+def unlock(actor: Actor, user: User) -> None:
+    """Lift the lock of repeated failed sign-ins."""
+    require(actor, Power.SUPPORT_USERS)
+    unlock_account(user, actor.via, **{key: value for key, value in actor.audit().items() if key != "via"})
+    db.session.commit()
+
+
+def require_mfa(actor: Actor, user: User, required: bool) -> None:
+    """Require (or stop requiring) a second factor at every sign-in of the user."""
+    require(actor, Power.CHANGE_USERS)
+    user.mfa_required = required
+    audit.record("user.mfa_required", subject=user, required=required, **actor.audit())
+    db.session.commit()
+
+
+def reset_mfa(actor: Actor, user: User, *, what: str, next_step: str) -> tuple[int, int, int]:
+    """Remove every factor, recovery code and remembered device; end the sessions and revoke the tokens; mailed
+    (``what`` and ``next_step``, in the user's language, from the caller). Returns (factors, sessions, tokens)."""
+    require(actor, Power.SUPPORT_USERS)
+    now = utcnow()
+    factors = len(db.session.execute(db.delete(Factor).where(Factor.user_id == user.id).returning(Factor.id)).all())
+    db.session.execute(db.delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+    db.session.execute(db.update(Device).where(Device.user_id == user.id).values(remembered_until=None, revoked_at=now))
+    ended, revoked = sessions.sign_out_everywhere(user, "mfa_reset", now)
+    enrolment.notify_change(user, what, event="mfa.reset", next_step=next_step, factors_removed=factors,
+                            sessions_ended=ended, tokens_revoked=revoked, **actor.audit())
+    db.session.commit()
+    return factors, ended, revoked
+
+
+def revoke_tokens(actor: Actor, user: User) -> tuple[int, int]:
+    """End every session and revoke every token of the user (they sign in again everywhere)."""
+    require(actor, Power.CHANGE_USERS)
+    ended, revoked = sessions.sign_out_everywhere(user, "revoked_by_admin", utcnow())
+    audit.record("user.tokens_revoked", subject=user, sessions_ended=ended, tokens_revoked=revoked, **actor.audit())
+    db.session.commit()
+    return ended, revoked
+
+
+def send_password_reset(actor: Actor, user: User) -> None:
+    """Mail the user a password reset link, as /forgot does (the same cooldown applies)."""
+    require(actor, Power.SUPPORT_USERS)
+    audit.record("user.password_reset_sent", subject=user, **actor.audit())
+    db.session.commit()
+    enqueue("start_password_reset", email=user.email, language=user.locale or None)
