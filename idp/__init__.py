@@ -22,6 +22,7 @@ from idp import config as settings
 from idp.account import jobs as account_jobs
 from idp.account.security import bp as security_bp
 from idp.account.views import bp as account_bp
+from idp.admin.api import bp as admin_api_bp
 from idp.dev import bp as dev_bp
 from idp.dev import demo_bp
 from idp.extensions import csrf, db, limiter, migrate
@@ -88,6 +89,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(account_bp)
     app.register_blueprint(security_bp)
     app.register_blueprint(oidc_bp)
+    app.register_blueprint(admin_api_bp)
     if app.config["IDP_ENV"] == "development":
         app.register_blueprint(dev_bp)
         app.register_blueprint(demo_bp)
@@ -149,8 +151,9 @@ def _error_handlers(app: Flask) -> None:
         db.session.rollback()  # a failed request leaves nothing half-written
         if http.oauth_caller():
             response = http.oauth_error(status, message or title)
-        elif _wants_json():
+        elif _wants_json() or request.path.startswith("/admin/api/"):  # an API caller: a problem document
             response = jsonify({"type": "about:blank", "title": title, "status": status, "detail": message})
+            response.content_type = "application/problem+json"
         else:
             response = app.make_response(render_template("error.html", title=title, message=message))
         response.status_code = status

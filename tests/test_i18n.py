@@ -97,6 +97,8 @@ NOT_FOR_PEOPLE = {
     # OAuth error_description is "human-readable ASCII ... to assist the client developer" (RFC 6749 5.2): a
     # translation would be read by nobody it is meant for and may not even be ASCII.
     "idp/oidc/server.py": "OAuth error descriptions (RFC 6749 5.2: ASCII, for the client developer)",
+    "idp/admin/api.py": "the admin API's problem documents, read by the developers of scripts, like the above",
+    "idp/admin/openapi.py": "the admin API's OpenAPI document, for developers",
 }
 GETTEXT = {"_", "_l", "gettext", "lazy_gettext", "ngettext", "lazy_ngettext"}
 # Calls whose string arguments are for developers, logs or the audit trail, or are protocol text.

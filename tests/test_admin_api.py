@@ -1,0 +1,230 @@
+"""The admin REST API (idp.admin.api over idp.admin.service): bearer tokens with idp:* scopes, roles, problem
+documents, keyset pagination, audited actions, and an OpenAPI document that describes every route."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from idp.extensions import db
+from idp.models import AuditEvent, LoginSession, User
+from tests.support import authorize, enrol_totp_in, make_client_in, make_user_in
+
+API = "/admin/api/v1"
+
+
+def machine_token(app, client, *scopes: str) -> str:
+    """An access token from the client_credentials grant of a client registered with ``scopes``."""
+    client_id, secret = make_client_in(app, name="Ops robot", redirect_uris=[], grant_types=["client_credentials"],
+                                       scopes=list(scopes))
+    response = client.post("/token", data={"grant_type": "client_credentials", "scope": " ".join(scopes)},
+                           auth=(client_id, secret))
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["access_token"]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def admin(app, client) -> dict[str, str]:
+    return bearer(machine_token(app, client, "idp:admin"))
+
+
+def user_id(app, email: str) -> int:
+    with app.app_context():
+        return db.session.execute(db.select(User.id).where(User.email == email)).scalar_one()
+
+
+def assert_problem(response, status: int) -> dict:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.content_type == "application/problem+json"
+    body = response.get_json()
+    assert body["status"] == status and body["title"] and body["type"]
+    return body
+
+
+def _api_routes(app) -> list[tuple[str, str]]:
+    """Every (method, path) of the admin API, from the app's URL map, with a sample user id."""
+    routes = []
+    for rule in app.url_map.iter_rules():
+        if rule.rule.startswith(API):
+            for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+                routes.append((method, rule.rule.replace("<int:user_id>", "1")))
+    return routes
+
+
+def test_every_route_refuses_a_caller_without_a_valid_admin_token(app, client, make_user):
+    """The routes come from the app's URL map, so a new one cannot be left open by mistake."""
+    make_user()
+    routes = _api_routes(app)
+    assert len(routes) >= 10
+    for method, path in routes:
+        missing = assert_problem(client.open(path, method=method, json={}), 401)
+        assert missing["title"] == "Authentication required"
+        response = client.open(path, method=method, json={}, headers=bearer("not-a-token"))
+        assert_problem(response, 401)
+        assert response.headers["WWW-Authenticate"].startswith('Bearer realm="idp-admin", error="invalid_token"')
+
+
+def test_a_user_token_is_never_an_admin_token_whatever_the_user(app, client, make_user):
+    make_user(is_admin=True)
+    client_id, secret = make_client_in(app, redirect_uris=["https://rp.example/cb"], first_party=True)
+    code = authorize(client, client_id)
+    tokens = client.post("/token", data={"grant_type": "authorization_code", "code": code,
+                                         "redirect_uri": "https://rp.example/cb"}, auth=(client_id, secret))
+    response = client.get(f"{API}/users", headers=bearer(tokens.get_json()["access_token"]))
+    assert_problem(response, 403)
+    assert 'error="insufficient_scope"' in response.headers["WWW-Authenticate"]
+
+
+def test_admin_scopes_go_only_to_a_machine_client(app):
+    from idp.oidc.cli import create_client
+
+    with app.app_context():
+        for grants in (["authorization_code"], ["client_credentials", "refresh_token"]):
+            with pytest.raises(ValueError, match="admin scopes"):
+                create_client(name="x", redirect_uris=["https://rp.example/cb"], post_logout_redirect_uris=[],
+                              public=False, grant_types=grants, scopes=["openid", "idp:admin"], auth_method=None,
+                              first_party=False)
+    # A normal client (all default scopes) cannot ask for one.
+    client_id, secret = make_client_in(app, redirect_uris=[], grant_types=["client_credentials"])
+    http = app.test_client()
+    issued = http.post("/token", data={"grant_type": "client_credentials", "scope": "idp:admin"},
+                       auth=(client_id, secret))
+    if issued.status_code == 200:  # RFC 6749 3.3: the scope granted is what the client may have, never more
+        assert "idp:admin" not in issued.get_json().get("scope", "")
+        assert_problem(http.get(f"{API}/users", headers=bearer(issued.get_json()["access_token"])), 403)
+    else:
+        assert issued.get_json()["error"] == "invalid_scope"
+
+
+def test_roles_limit_what_a_token_can_do(app, client, make_user):
+    make_user()
+    alice = user_id(app, "alice@example.com")
+    helpdesk = bearer(machine_token(app, client, "idp:helpdesk"))
+    auditor = bearer(machine_token(app, client, "idp:audit"))
+    assert client.get(f"{API}/users", headers=helpdesk).status_code == 200
+    assert client.post(f"{API}/users/{alice}/unlock", headers=helpdesk).status_code == 200
+    assert_problem(client.post(f"{API}/users/{alice}/disable", headers=helpdesk), 403)
+    assert_problem(client.patch(f"{API}/users/{alice}", json={"name": "Eve"}, headers=helpdesk), 403)
+    assert_problem(client.get(f"{API}/users", headers=auditor), 403)
+    with app.app_context():
+        assert not db.session.get(User, alice).disabled
+
+
+def test_listing_filters_searches_and_pages_by_cursor(app, client, admin):
+    for n in range(7):
+        make_user_in(app, email=f"user{n}@example.com", name=f"User {n}", verified=n % 2 == 0)
+    seen, cursor = [], None
+    while True:
+        page = client.get(f"{API}/users", query_string={"limit": 3, **({"cursor": cursor} if cursor else {})},
+                          headers=admin).get_json()
+        seen += [item["email"] for item in page["items"]]
+        assert len(page["items"]) <= 3
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [f"user{n}@example.com" for n in range(7)]  # each once, in order
+    unverified = client.get(f"{API}/users", query_string={"verified": "false"}, headers=admin).get_json()
+    assert [u["email"] for u in unverified["items"]] == ["user1@example.com", "user3@example.com",
+                                                          "user5@example.com"]
+    found = client.get(f"{API}/users", query_string={"q": "USER 4"}, headers=admin).get_json()["items"]
+    assert [u["email"] for u in found] == ["user4@example.com"]
+    assert client.get(f"{API}/users", query_string={"q": "%"}, headers=admin).get_json()["items"] == []
+    assert "password_hash" not in found[0] and found[0]["has_mfa"] is False
+    for bad in ({"limit": 0}, {"limit": "lots"}, {"limit": 201}, {"cursor": "!!"}, {"verified": "yes"}):
+        assert_problem(client.get(f"{API}/users", query_string=bad, headers=admin), 400)
+
+
+def test_patch_changes_a_profile_and_says_what_is_wrong(app, client, admin, make_user):
+    make_user()
+    make_user_in(app, email="bob@example.com", name="Bob")
+    alice = user_id(app, "alice@example.com")
+    changed = client.patch(f"{API}/users/{alice}", json={"name": "Alice Liddell", "email": "ALICE@wonder.example"},
+                           headers=admin)
+    assert changed.status_code == 200
+    body = changed.get_json()
+    assert body["name"] == "Alice Liddell" and body["email"] == "alice@wonder.example"
+    assert body["email_verified"] is False  # a new address is unproven until the admin says otherwise
+    assert client.patch(f"{API}/users/{alice}", json={"email_verified": True},
+                        headers=admin).get_json()["email_verified"] is True
+    errors = assert_problem(client.patch(f"{API}/users/{alice}", json={"email": "<script>", "name": ""},
+                                         headers=admin), 400)["errors"]
+    assert set(errors) == {"email", "name"}
+    assert_problem(client.patch(f"{API}/users/{alice}", json={"email": "bob@example.com"}, headers=admin), 409)
+    assert_problem(client.patch(f"{API}/users/{alice}", json={"is_admin": True}, headers=admin), 400)
+    assert_problem(client.patch(f"{API}/users/{alice}", data="name=x", headers=admin), 400)
+    assert_problem(client.patch(f"{API}/users/999999", json={"name": "x"}, headers=admin), 404)
+    with app.app_context():
+        row = db.session.execute(db.select(AuditEvent).where(AuditEvent.event == "user.updated")).scalars().first()
+        assert row.details["changes"]["name"] == ["Alice", "Alice Liddell"]
+        assert row.actor_id is None and row.details["actor_client"] and row.details["via"] == "api"
+
+
+def test_disabling_ends_the_users_sessions_and_tokens(app, client, admin, make_user):
+    make_user()
+    rp_id, rp_secret = make_client_in(app, redirect_uris=["https://rp.example/cb"], first_party=True)
+    browser = app.test_client()
+    code = authorize(browser, rp_id)
+    user_tokens = browser.post("/token", data={"grant_type": "authorization_code", "code": code,
+                                               "redirect_uri": "https://rp.example/cb"},
+                               auth=(rp_id, rp_secret)).get_json()
+    assert browser.get("/userinfo", headers=bearer(user_tokens["access_token"])).status_code == 200
+    alice = user_id(app, "alice@example.com")
+    disabled = client.post(f"{API}/users/{alice}/disable", headers=admin)
+    assert disabled.status_code == 200 and disabled.get_json()["disabled"] is True
+    assert browser.get("/userinfo", headers=bearer(user_tokens["access_token"])).status_code == 401
+    with app.app_context():
+        assert db.session.execute(db.select(LoginSession).where(LoginSession.ended_at.is_(None))).first() is None
+    assert client.post(f"{API}/users/{alice}/enable", headers=admin).get_json()["disabled"] is False
+
+
+def test_support_actions_mail_the_user(app, client, admin, make_user, mailbox):
+    make_user()
+    enrol_totp_in(app, "alice@example.com")
+    alice = user_id(app, "alice@example.com")
+    assert client.get(f"{API}/users/{alice}", headers=admin).get_json()["has_mfa"] is True
+    reset = client.post(f"{API}/users/{alice}/reset-mfa", headers=admin)
+    assert reset.status_code == 200 and reset.get_json()["has_mfa"] is False
+    assert "An administrator removed your second factors." in mailbox.last("alice@example.com",
+                                                                           "Security change")["text"]
+    assert client.post(f"{API}/users/{alice}/send-password-reset", headers=admin).status_code == 200
+    assert re.search(r"/reset#", mailbox.last("alice@example.com", "Reset your password")["text"])
+    required = client.post(f"{API}/users/{alice}/require-mfa", json={"required": True}, headers=admin)
+    assert required.get_json()["mfa_required"] is True
+    assert_problem(client.post(f"{API}/users/{alice}/require-mfa", json={"required": "yes"}, headers=admin), 400)
+    assert client.post(f"{API}/users/{alice}/revoke-tokens", headers=admin).status_code == 200
+    with app.app_context():
+        events = {row.event: row for row in db.session.execute(db.select(AuditEvent)).scalars()}
+        for name in ("mfa.reset", "user.password_reset_sent", "user.mfa_required", "user.tokens_revoked"):
+            assert events[name].subject_id == alice and events[name].details["via"] == "api", name
+
+
+def test_the_openapi_document_describes_every_route(app, client):
+    document = client.get("/admin/api/openapi.json").get_json()
+    assert document["openapi"].startswith("3.1")
+    described = {(method.upper(), "/admin/api" + path.replace("{user_id}", "1"))
+                 for path, operations in document["paths"].items() for method in operations}
+    assert described == set(_api_routes(app))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method_path=st.sampled_from([("GET", "/users"), ("GET", "/users/1"), ("PATCH", "/users/1"),
+                                    ("POST", "/users/1/require-mfa"), ("POST", "/users/1/disable"),
+                                    ("GET", "/users/x"), ("DELETE", "/users/1")]),
+       query=st.dictionaries(st.sampled_from(["q", "limit", "cursor", "verified", "mfa"]), st.text(max_size=40)),
+       body=st.one_of(st.none(), st.dictionaries(st.text(max_size=10),
+                                                 st.one_of(st.text(max_size=40), st.booleans(), st.integers(),
+                                                           st.none()), max_size=4),
+                      st.lists(st.integers(), max_size=3), st.text(max_size=20)))
+def test_bad_input_is_a_problem_document_never_a_500(app, admin, make_user, method_path, query, body):
+    method, path = method_path
+    response = app.test_client().open(API + path, method=method, query_string=query, json=body, headers=admin)
+    assert response.status_code < 500, response.get_data(as_text=True)
+    if response.status_code >= 400:
+        assert_problem(response, response.status_code)
