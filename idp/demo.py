@@ -8,7 +8,7 @@ from flask import current_app
 
 from idp.extensions import db
 from idp.models import Client
-from idp.oidc.cli import create_client
+from idp.oidc.registration import create_client
 from idp.security.tokens import token_hash
 
 DEMO_EMAIL = "demo@example.com"

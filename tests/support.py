@@ -188,7 +188,7 @@ def signed_in_email(client) -> str | None:
 
 def make_client_in(app, **kwargs):
     """Register a client through the same code as `idp clients create`; returns (client_id, secret)."""
-    from idp.oidc.cli import create_client
+    from idp.oidc.registration import create_client
 
     defaults = {"name": "Test App", "redirect_uris": ["https://rp.example/cb"], "post_logout_redirect_uris": [],
                 "public": False, "grant_types": [], "scopes": [], "auth_method": None, "first_party": False}

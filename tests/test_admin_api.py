@@ -83,7 +83,7 @@ def test_a_user_token_is_never_an_admin_token_whatever_the_user(app, client, mak
 
 
 def test_admin_scopes_go_only_to_a_machine_client(app):
-    from idp.oidc.cli import create_client
+    from idp.oidc.registration import create_client
 
     with app.app_context():
         for grants in (["authorization_code"], ["client_credentials", "refresh_token"]):

@@ -150,7 +150,7 @@ def test_a_client_whose_stored_jwks_is_unusable_gets_invalid_client_not_500(app,
 
 def test_client_ids_never_start_with_a_dash(cli, monkeypatch):
     """A random id like "-x..." would read as an option in `idp clients show ID`."""
-    from idp.oidc import cli as oidc_cli
+    from idp.oidc import registration as oidc_cli
 
     real, ids = oidc_cli.new_token, iter(["-looks-like-an-option", "plain-id"])
     monkeypatch.setattr(oidc_cli, "new_token", lambda nbytes=32: next(ids) if nbytes == 16 else real(nbytes))
@@ -334,7 +334,7 @@ def test_per_client_access_token_lifetime_is_what_the_token_says(app, make_user)
 def test_registration_metadata_is_checked_against_what_the_server_supports(app, changes, message):
     """create_client validates like dynamic registration (RFC 7591 2, OIDC Registration 2): what discovery does not
     advertise cannot be registered."""
-    from idp.oidc.cli import create_client
+    from idp.oidc.registration import create_client
 
     settings = {"name": "Shop", "redirect_uris": [REDIRECT_URI], "post_logout_redirect_uris": [], "public": False,
                 "grant_types": ["authorization_code"], "scopes": ["openid"], "auth_method": None,

@@ -26,7 +26,7 @@ from sqlalchemy import text
 
 from idp.extensions import db
 from idp.models import AuthorizationCode, Client, Token, utcnow
-from idp.oidc.cli import create_client
+from idp.oidc.registration import create_client
 from idp.security.tokens import token_hash
 from tests.conftest import TEST_DATABASE_URL
 from tests.support import (

@@ -12,6 +12,7 @@ import base64
 import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -23,8 +24,13 @@ from idp.extensions import db
 from idp.jobs import enqueue
 from idp.login import enrolment, sessions
 from idp.login.browser import unlock_account
-from idp.models import Device, Factor, RecoveryCode, User, utcnow
+from idp.models import AuditEvent, Client, Device, Factor, LoginSession, RecoveryCode, SigningKey, User, utcnow
 from idp.models.user import normalize_email
+from idp.oidc import keys
+from idp.oidc.registration import create_client as register
+from idp.oidc.registration import new_client_secret
+from idp.oidc.server import revoke_client
+from idp.security.tokens import token_hash
 
 
 class Role(StrEnum):
@@ -39,12 +45,20 @@ class Power(StrEnum):
     READ_USERS = "read users"
     SUPPORT_USERS = "support users"  # unlock, reset MFA, send a password reset
     CHANGE_USERS = "change users"  # edit, disable, enable, require MFA, revoke tokens
+    END_SESSIONS = "end sessions"
+    MANAGE_CLIENTS = "manage clients"
+    MANAGE_KEYS = "manage keys"
+    READ_AUDIT = "read the audit log"
 
 
 POWERS: dict[Power, frozenset[Role]] = {
     Power.READ_USERS: frozenset({Role.ADMIN, Role.HELPDESK}),
     Power.SUPPORT_USERS: frozenset({Role.ADMIN, Role.HELPDESK}),
     Power.CHANGE_USERS: frozenset({Role.ADMIN}),
+    Power.END_SESSIONS: frozenset({Role.ADMIN, Role.HELPDESK}),
+    Power.MANAGE_CLIENTS: frozenset({Role.ADMIN}),
+    Power.MANAGE_KEYS: frozenset({Role.ADMIN}),
+    Power.READ_AUDIT: frozenset({Role.ADMIN, Role.AUDITOR}),
 }
 
 
@@ -284,3 +298,142 @@ def send_password_reset(actor: Actor, user: User) -> None:
     audit.record("user.password_reset_sent", subject=user, **actor.audit())
     db.session.commit()
     enqueue("start_password_reset", email=user.email, language=user.locale or None)
+
+
+# --- sessions and factors ---------------------------------------------------------------------------------------
+
+def _page(limit: int) -> None:
+    if not 1 <= limit <= MAX_PAGE:
+        raise Invalid({"limit": f"between 1 and {MAX_PAGE}"})
+
+
+def list_sessions(actor: Actor, *, user: User | None = None, cursor: str | None = None,
+                  limit: int = 50) -> tuple[list[LoginSession], str | None]:
+    """Live sign-in sessions (all, or one user's), in id order after ``cursor``."""
+    require(actor, Power.READ_USERS)
+    _page(limit)
+    query = db.select(LoginSession).where(LoginSession.ended_at.is_(None)).order_by(LoginSession.id).limit(limit + 1)
+    if user is not None:
+        query = query.where(LoginSession.user_id == user.id)
+    if cursor:
+        query = query.where(LoginSession.id > decode_cursor(cursor))
+    rows = list(db.session.execute(query).scalars())
+    return rows[:limit], encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+
+
+def end_session(actor: Actor, sid: str) -> LoginSession:
+    """End one live session (its browser signs in again)."""
+    require(actor, Power.END_SESSIONS)
+    row = db.session.execute(db.select(LoginSession).where(LoginSession.sid == sid[:64],
+                                                           LoginSession.ended_at.is_(None))).scalar_one_or_none()
+    if row is None:
+        raise NotFound("no live session with that id")
+    sessions.end(row, "ended_by_admin", utcnow())
+    audit.record("session.ended", subject=row.user, sid=row.sid, **actor.audit())
+    db.session.commit()
+    return row
+
+
+def list_factors(actor: Actor, user: User) -> list[Factor]:
+    """The user's confirmed sign-in factors (names, kinds, dates; never a secret)."""
+    require(actor, Power.READ_USERS)
+    return list(db.session.execute(db.select(Factor).where(Factor.user_id == user.id, Factor.confirmed_at.is_not(None))
+                                   .order_by(Factor.id)).scalars())
+
+
+# --- clients and keys -------------------------------------------------------------------------------------------
+
+def list_clients(actor: Actor) -> list[Client]:
+    require(actor, Power.MANAGE_CLIENTS)
+    return list(db.session.execute(db.select(Client).order_by(Client.id)).scalars())
+
+
+def get_client(actor: Actor, client_id: str) -> Client:
+    require(actor, Power.MANAGE_CLIENTS)
+    client = db.session.execute(db.select(Client).where(Client.client_id == client_id[:128])).scalar_one_or_none()
+    if client is None:
+        raise NotFound(f"no client {client_id[:128]}")
+    return client
+
+
+def create_client(actor: Actor, **settings: Any) -> tuple[Client, str | None]:
+    """Register a client (idp.oidc.registration.create_client checks every setting); returns it and its secret,
+    which is shown once."""
+    require(actor, Power.MANAGE_CLIENTS)
+    try:
+        client, secret = register(**settings, audit_details=actor.audit())
+    except ValueError as refused:
+        db.session.rollback()
+        raise Invalid({"client": str(refused)}) from None
+    db.session.commit()
+    return client, secret
+
+
+def delete_client(actor: Actor, client: Client) -> int:
+    """Delete a client: every token it holds is revoked; returns how many."""
+    require(actor, Power.MANAGE_CLIENTS)
+    revoked = revoke_client(client.client_id, "client_deleted")
+    db.session.delete(client)
+    audit.record("client.deleted", client_id=client.client_id, tokens_revoked=revoked, **actor.audit())
+    db.session.commit()
+    return revoked
+
+
+def rotate_client_secret(actor: Actor, client: Client) -> str:
+    """A new secret (returned once, stored hashed); the old one stops working at once."""
+    require(actor, Power.MANAGE_CLIENTS)
+    if client.client_secret_hash is None:
+        raise Conflict("this client has no secret (public or private_key_jwt)")
+    secret = new_client_secret()
+    client.client_secret_hash = token_hash(secret)
+    audit.record("client.secret_rotated", client_id=client.client_id, **actor.audit())
+    db.session.commit()
+    return secret
+
+
+def list_keys(actor: Actor) -> list[SigningKey]:
+    """The signing keys, newest first: active, or retired and published until their tokens expire."""
+    require(actor, Power.MANAGE_KEYS)
+    keys.active()  # the first keys are made on first use
+    return list(db.session.execute(db.select(SigningKey).order_by(SigningKey.created_at.desc(),
+                                                                  SigningKey.id.desc())).scalars())
+
+
+def rotate_keys(actor: Actor) -> list[SigningKey]:
+    """New signing keys; the previous ones stay published while tokens they signed can live."""
+    require(actor, Power.MANAGE_KEYS)
+    fresh = keys.rotate(max_token_lifetime=keys.longest_token_lifetime())
+    audit.record("key.rotated", kids=[row.kid for row in fresh], **actor.audit())
+    db.session.commit()
+    return fresh
+
+
+# --- the audit log ----------------------------------------------------------------------------------------------
+
+AUDIT_FILTERS = ("event", "user_id", "client_id", "ip", "since", "until")
+
+
+def list_audit_events(actor: Actor, *, event: str | None = None, user_id: int | None = None,
+                      client_id: str | None = None, ip: str | None = None, since: datetime | None = None,
+                      until: datetime | None = None, cursor: str | None = None,
+                      limit: int = 100) -> tuple[list[AuditEvent], str | None]:
+    """Audit events, newest first, filtered; keyset pagination on the id."""
+    require(actor, Power.READ_AUDIT)
+    _page(limit)
+    query = db.select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit + 1)
+    if event:
+        query = query.where(AuditEvent.event == event[:64])
+    if user_id is not None:
+        query = query.where(AuditEvent.subject_id == user_id)
+    if client_id:
+        query = query.where(AuditEvent.client_id == client_id[:128])
+    if ip:
+        query = query.where(AuditEvent.ip == ip[:64])
+    if since is not None:
+        query = query.where(AuditEvent.at >= since)
+    if until is not None:
+        query = query.where(AuditEvent.at < until)
+    if cursor:
+        query = query.where(AuditEvent.id < decode_cursor(cursor))
+    rows = list(db.session.execute(query).scalars())
+    return rows[:limit], encode_cursor(rows[limit - 1].id) if len(rows) > limit else None

@@ -1,0 +1,167 @@
+"""Registering a client: the rules its settings must follow (RFC 7591 and OpenID Connect Dynamic Client Registration
+metadata, checked with Authlib's claims classes, plus idp's own), shared by the command line and the admin API."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from authlib.oauth2.rfc7591 import ClientMetadataClaims as RFC7591Claims
+from authlib.oidc.registration import ClientMetadataClaims as OIDCRegistrationClaims
+from joserfc.errors import InvalidClaimError
+
+from idp import audit
+from idp.extensions import db
+from idp.login.assurance import LEVELS
+from idp.models import Client
+from idp.oidc.claims import ADMIN_SCOPES, SCOPES
+from idp.oidc.server import ALL_AUTH_METHODS, GRANT_TYPES, client_public_keys
+from idp.security.keys import SUPPORTED_ALGS
+from idp.security.tokens import new_token, token_hash
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})  # where plain http is allowed (RFC 8252 7.3)
+
+
+def validate_redirect_uri(uri: str) -> str | None:
+    """Why ``uri`` cannot be registered (SECURITY.md 1), or None: absolute, no fragment, https or loopback http."""
+    parts = urlsplit(uri)
+    if not parts.scheme or not parts.netloc and parts.scheme in {"http", "https"}:
+        return f"not an absolute URI: {uri}"
+    if parts.fragment or "#" in uri:
+        return f"a redirect URI may not carry a fragment: {uri}"
+    if parts.scheme == "http":
+        host = parts.hostname or ""
+        if host not in LOOPBACK_HOSTS:
+            return f"http redirect URIs are only allowed for loopback addresses: {uri}"
+    if parts.scheme in {"javascript", "data", "file", "vbscript"}:
+        return f"scheme not allowed: {uri}"
+    return None
+
+
+def validate_jwks_uri(uri: str) -> str | None:
+    """Why ``uri`` cannot be where a client's keys are fetched, or None: https, or http to a loopback host."""
+    parts = urlsplit(uri)
+    loopback = parts.scheme == "http" and (parts.hostname or "") in LOOPBACK_HOSTS
+    if not parts.netloc or not (parts.scheme == "https" or loopback) or parts.fragment:
+        return f"a JWKS URI is an https URL without a fragment: {uri}"
+    return None
+
+
+# What this server supports, named as in OpenID Provider Metadata (what its discovery document publishes, and the
+# admin scopes, which it does not advertise).
+SUPPORTED = {
+    "scopes_supported": [*SCOPES, *ADMIN_SCOPES], "grant_types_supported": GRANT_TYPES,
+    "response_types_supported": ["code"],
+    "token_endpoint_auth_methods_supported": ALL_AUTH_METHODS, "acr_values_supported": list(LEVELS),
+    "id_token_signing_alg_values_supported": list(SUPPORTED_ALGS),
+}
+
+
+def _refusal(claim: str, metadata: dict) -> str:
+    """The one-line reason a registration metadata value is refused."""
+    if claim == "scope":
+        unknown = [s for s in metadata["scope"].split() if s not in SCOPES and s not in ADMIN_SCOPES]
+        return f"unknown scopes: {' '.join(unknown)}"
+    if claim == "grant_types":
+        unknown = [g for g in metadata["grant_types"] if g not in GRANT_TYPES]
+        return f"unsupported grant type {' '.join(unknown)} (choose from {', '.join(GRANT_TYPES)})"
+    if claim == "token_endpoint_auth_method":
+        return f"unsupported token endpoint auth method {metadata[claim]}"
+    if claim == "id_token_signed_response_alg":
+        return f"the ID token algorithm must be {' or '.join(SUPPORTED_ALGS)}"
+    if claim == "default_acr_values":
+        return f"unknown level {metadata[claim][0]} (choose from {', '.join(LEVELS)})"
+    return f"invalid {claim}"
+
+
+def check_metadata(metadata: dict) -> None:
+    """Validate client metadata as registration does (RFC 7591 2, OpenID Connect Dynamic Client Registration 2)
+    with Authlib's ClientMetadataClaims, against what this server supports; raises ValueError in one line."""
+    for claims_class in (RFC7591Claims, OIDCRegistrationClaims):
+        claims = claims_class(metadata, {}, options=claims_class.get_claims_options(SUPPORTED))
+        try:
+            claims.validate()
+        except InvalidClaimError as error:
+            raise ValueError(_refusal(error.claim, metadata)) from None
+
+
+def new_client_id() -> str:
+    """A random client_id that never starts with "-" (the command line would read it as an option)."""
+    while (client_id := new_token(16)).startswith("-"):
+        pass
+    return client_id
+
+
+def new_client_secret() -> str:
+    """A 256-bit client secret; shown once, stored as its SHA-256 (SECURITY.md 8)."""
+    return new_token(32)
+
+
+def create_client(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: list[str], public: bool,
+                  grant_types: list[str], scopes: list[str], auth_method: str | None, first_party: bool,
+                  id_token_alg: str = "RS256", jwks: dict | None = None, jwks_uri: str | None = None,
+                  client_id: str | None = None, mfa: str = "optional", min_acr: str = "",
+                  allow_remembered_device: bool = True, access_token_ttl: int | None = None,
+                  refresh_token_ttl: int | None = None,
+                  refresh_tokens_for_sessions: bool = False,
+                  audit_details: dict | None = None) -> tuple[Client, str | None]:
+    """Register a client after checking its settings; returns it and its secret (None for public clients)."""
+    grant_types = grant_types or ["authorization_code", "refresh_token"]
+    method = "none" if public else (auth_method or "client_secret_basic")
+    for uri in [*redirect_uris, *post_logout_redirect_uris]:  # stricter than registration's own URI check
+        problem = validate_redirect_uri(uri)
+        if problem:
+            raise ValueError(problem)
+    check_metadata({"redirect_uris": list(redirect_uris), "token_endpoint_auth_method": method,
+                    "grant_types": list(grant_types), "response_types": ["code"] if redirect_uris else [],
+                    "client_name": name, "scope": " ".join(scopes), "id_token_signed_response_alg": id_token_alg,
+                    **({"default_acr_values": [min_acr]} if min_acr else {}),
+                    **({"jwks_uri": jwks_uri} if jwks_uri else {})})
+    # idp's own rules on top of the registration metadata's.
+    if "authorization_code" in grant_types and not redirect_uris:
+        raise ValueError("a client with the authorization_code grant needs at least one --redirect-uri")
+    if public and auth_method not in (None, "none"):
+        raise ValueError("a public client authenticates with 'none'")
+    if method == "none" and "client_credentials" in grant_types:
+        raise ValueError("client_credentials needs a confidential client")
+    if set(scopes) & set(ADMIN_SCOPES) and (grant_types != ["client_credentials"] or method == "none"):
+        raise ValueError("the idp:* admin scopes are for a confidential client with only the client_credentials "
+                         "grant (a machine; no user can consent to them)")
+    if method == "private_key_jwt" and not (jwks or jwks_uri):
+        raise ValueError("private_key_jwt needs the client's --jwks or --jwks-uri")
+    if jwks is not None:
+        client_public_keys(jwks)  # raises ValueError with what is wrong
+    problem = validate_jwks_uri(jwks_uri) if jwks_uri else None
+    if problem:
+        raise ValueError(problem)
+    if not name.strip() or len(name) > 200:
+        raise ValueError("a client name has 1 to 200 characters")
+    for ttl in (access_token_ttl, refresh_token_ttl):
+        if ttl is not None and not 60 <= ttl <= 365 * 86400:
+            raise ValueError("token lifetimes must be between 60 seconds and a year")
+    if mfa not in ("optional", "required"):
+        raise ValueError("--mfa must be optional or required")
+    secret = None if method in ("none", "private_key_jwt") else new_client_secret()
+    client = Client(client_id=client_id or new_client_id(), name=name, redirect_uris=list(redirect_uris),
+                    post_logout_redirect_uris=list(post_logout_redirect_uris), grant_types=list(grant_types),
+                    scope=" ".join(scopes or SCOPES), token_endpoint_auth_method=method, first_party=first_party,
+                    id_token_signed_response_alg=id_token_alg, jwks=jwks, jwks_uri=jwks_uri,
+                    client_secret_hash=token_hash(secret) if secret else None, mfa=mfa, min_acr=min_acr,
+                    allow_remembered_device=allow_remembered_device, access_token_ttl=access_token_ttl,
+                    refresh_token_ttl=refresh_token_ttl, refresh_tokens_for_sessions=refresh_tokens_for_sessions)
+    db.session.add(client)
+    db.session.flush()
+    audit.record("client.created", client_id=client.client_id, name=name, auth_method=method,
+                 grant_types=list(grant_types), **(audit_details or {"via": "cli"}))
+    return client, secret
+
+
+def describe(client: Client) -> dict:
+    """A client's settings (never its secret)."""
+    return {"client_id": client.client_id, "name": client.name, "redirect_uris": client.redirect_uris,
+            "post_logout_redirect_uris": client.post_logout_redirect_uris, "grant_types": client.grant_types,
+            "scope": client.scope, "token_endpoint_auth_method": client.token_endpoint_auth_method,
+            "first_party": client.first_party, "id_token_signed_response_alg": client.id_token_signed_response_alg,
+            "mfa": client.mfa, "min_acr": client.min_acr, "allow_remembered_device": client.allow_remembered_device,
+            "access_token_ttl": client.access_token_ttl, "refresh_token_ttl": client.refresh_token_ttl,
+            "refresh_tokens_for_sessions": client.refresh_tokens_for_sessions,
+            "created_at": client.created_at.isoformat(timespec="seconds")}
