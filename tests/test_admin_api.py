@@ -54,7 +54,8 @@ def _api_routes(app) -> list[tuple[str, str]]:
     for rule in app.url_map.iter_rules():
         if rule.rule.startswith(API):
             for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-                routes.append((method, rule.rule.replace("<int:user_id>", "1")))
+                routes.append((method, rule.rule.replace("<int:user_id>", "1").replace("<sid>", "{sid}")
+                               .replace("<client_id>", "{client_id}")))
     return routes
 
 
@@ -213,11 +214,14 @@ def test_the_openapi_document_describes_every_route(app, client):
     assert described == set(_api_routes(app))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(method_path=st.sampled_from([("GET", "/users"), ("GET", "/users/1"), ("PATCH", "/users/1"),
                                     ("POST", "/users/1/require-mfa"), ("POST", "/users/1/disable"),
-                                    ("GET", "/users/x"), ("DELETE", "/users/1")]),
-       query=st.dictionaries(st.sampled_from(["q", "limit", "cursor", "verified", "mfa"]), st.text(max_size=40)),
+                                    ("GET", "/users/x"), ("DELETE", "/users/1"), ("GET", "/sessions"),
+                                    ("DELETE", "/sessions/nope"), ("POST", "/clients"), ("GET", "/clients/nope"),
+                                    ("GET", "/audit-events"), ("GET", "/users/1/factors")]),
+       query=st.dictionaries(st.sampled_from(["q", "limit", "cursor", "verified", "mfa", "user_id", "since",
+                                              "until", "event", "ip"]), st.text(max_size=40)),
        body=st.one_of(st.none(), st.dictionaries(st.text(max_size=10),
                                                  st.one_of(st.text(max_size=40), st.booleans(), st.integers(),
                                                            st.none()), max_size=4),
@@ -228,3 +232,91 @@ def test_bad_input_is_a_problem_document_never_a_500(app, admin, make_user, meth
     assert response.status_code < 500, response.get_data(as_text=True)
     if response.status_code >= 400:
         assert_problem(response, response.status_code)
+
+
+def test_sessions_can_be_listed_and_ended(app, client, admin, make_user):
+    make_user()
+    browser = app.test_client()
+    rp_id, _secret = make_client_in(app, redirect_uris=["https://rp.example/cb"], first_party=True)
+    authorize(browser, rp_id)
+    alice = user_id(app, "alice@example.com")
+    page = client.get(f"{API}/users/{alice}/sessions", headers=admin).get_json()
+    (session,) = page["items"]
+    assert session["user_id"] == alice and "pwd" in session["amr"]
+    assert client.get(f"{API}/sessions", query_string={"user_id": alice}, headers=admin).get_json() == page
+    assert client.delete(f"{API}/sessions/{session['sid']}", headers=admin).status_code == 204
+    assert browser.get("/account").status_code == 302  # that browser is signed out
+    assert_problem(client.delete(f"{API}/sessions/{session['sid']}", headers=admin), 404)
+    assert client.get(f"{API}/sessions", headers=admin).get_json()["items"] == []
+    assert_problem(client.get(f"{API}/sessions", query_string={"user_id": "x"}, headers=admin), 400)
+
+
+def test_factors_are_listed_without_secrets(app, client, admin, make_user):
+    make_user()
+    enrol_totp_in(app, "alice@example.com")
+    (factor,) = client.get(f"{API}/users/{user_id(app, 'alice@example.com')}/factors",
+                           headers=admin).get_json()["items"]
+    assert factor["kind"] == "totp" and set(factor) == {"id", "kind", "name", "created_at", "last_used_at"}
+
+
+def test_clients_are_registered_read_rotated_and_deleted(app, client, admin):
+    created = client.post(f"{API}/clients", headers=admin, json={
+        "name": "Shop", "redirect_uris": ["https://shop.example/cb"], "scopes": ["openid", "email"]})
+    assert created.status_code == 201, created.get_json()
+    body = created.get_json()
+    client_id, secret = body["client_id"], body["client_secret"]
+    assert created.headers["Location"].endswith(f"/admin/api/v1/clients/{client_id}") and secret
+    shown = client.get(f"{API}/clients/{client_id}", headers=admin).get_json()
+    assert shown["name"] == "Shop" and "client_secret" not in shown
+    assert client_id in [c["client_id"] for c in client.get(f"{API}/clients", headers=admin).get_json()["items"]]
+    new_secret = client.post(f"{API}/clients/{client_id}/rotate-secret", headers=admin).get_json()["client_secret"]
+    assert new_secret != secret
+    token_request = {"grant_type": "client_credentials"}
+    assert client.post("/token", data=token_request, auth=(client_id, secret)).status_code == 401
+    for bad in ({"name": "x", "redirect_uris": ["http://evil.example/cb"]}, {"redirect_uris": []},
+                {"name": "x", "public": "yes"}, {"name": "x", "colour": "red"}, {"name": 3}):
+        assert_problem(client.post(f"{API}/clients", headers=admin, json=bad), 400)
+    assert client.delete(f"{API}/clients/{client_id}", headers=admin).status_code == 204
+    assert_problem(client.get(f"{API}/clients/{client_id}", headers=admin), 404)
+    with app.app_context():
+        events = [row.event for row in db.session.execute(db.select(AuditEvent).where(
+            AuditEvent.client_id == client_id)).scalars()]
+    assert events == ["client.created", "client.secret_rotated", "client.deleted"]
+
+
+def test_signing_keys_are_listed_and_rotated(client, admin):
+    before = client.get(f"{API}/keys", headers=admin).get_json()["items"]
+    assert before and {key["state"] for key in before} == {"signing"}
+    fresh = client.post(f"{API}/keys/rotate", headers=admin).get_json()["items"]
+    after = {key["kid"]: key["state"] for key in client.get(f"{API}/keys", headers=admin).get_json()["items"]}
+    assert all(after[key["kid"]] == "signing" for key in fresh)
+    assert all(after[key["kid"]] == "retired" for key in before)  # still published while their tokens live
+    jwks = {key["kid"] for key in client.get("/jwks.json").get_json()["keys"]}
+    assert set(after) <= jwks
+
+
+def test_the_audit_log_is_filtered_paged_and_reading_it_is_audited(app, client, make_user):
+    make_user()
+    admin = bearer(machine_token(app, client, "idp:admin"))
+    auditor = bearer(machine_token(app, client, "idp:audit"))
+    alice = user_id(app, "alice@example.com")
+    for _ in range(3):
+        client.post(f"{API}/users/{alice}/unlock", headers=admin)
+    page = client.get(f"{API}/audit-events", query_string={"event": "account.unlocked", "limit": 2},
+                      headers=auditor).get_json()
+    assert len(page["items"]) == 2 and page["next_cursor"]
+    rest = client.get(f"{API}/audit-events", query_string={"event": "account.unlocked",
+                                                           "cursor": page["next_cursor"]}, headers=auditor).get_json()
+    ids = [row["id"] for row in page["items"] + rest["items"]]
+    assert len(ids) == 3 and ids == sorted(ids, reverse=True)
+    assert all(row["subject_id"] == alice for row in page["items"])
+    assert client.get(f"{API}/audit-events", query_string={"since": "2999-01-01T00:00:00"},
+                      headers=auditor).get_json()["items"] == []
+    assert_problem(client.get(f"{API}/audit-events", query_string={"since": "yesterday"}, headers=auditor), 400)
+    assert_problem(client.get(f"{API}/users", headers=auditor), 403)  # an auditor reads the log only
+    helpdesk = bearer(machine_token(app, client, "idp:helpdesk"))
+    assert_problem(client.get(f"{API}/audit-events", headers=helpdesk), 403)
+    with app.app_context():
+        reads = list(db.session.execute(db.select(AuditEvent).where(AuditEvent.event == "audit.read")).scalars())
+        assert reads and reads[0].details["filters"] == {"event": "account.unlocked"}
+        assert reads[0].details["actor_client"]

@@ -6,6 +6,7 @@ same code the command line runs; this module only speaks HTTP.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import wraps
 from typing import Any
 
@@ -20,7 +21,8 @@ from idp.admin.openapi import document
 from idp.admin.service import Actor, AdminError, Invalid, Role
 from idp.extensions import csrf, db, limiter
 from idp.login.mfa import has_second_factor
-from idp.models import User
+from idp.models import LoginSession, SigningKey, User, utcnow
+from idp.oidc.registration import describe
 
 bp = Blueprint("admin_api", __name__, url_prefix="/admin/api")
 PROBLEM_TYPE = "about:blank"  # RFC 9457 4.2.1: the status code says it all; the title is its phrase
@@ -133,10 +135,7 @@ def openapi() -> Response:
 @authenticated
 def list_users() -> Response:
     """A page of users, filtered, with the cursor of the next page."""
-    try:
-        limit = int(request.args.get("limit", "50"))
-    except ValueError:
-        raise Invalid({"limit": "a whole number"}) from None
+    limit = _limit(50)
     filters = {name: on for name in service.FILTERS if (on := _flag(name)) is not None}
     users, cursor = service.list_users(actor(), q=request.args.get("q", ""), filters=filters,
                                        cursor=request.args.get("cursor") or None, limit=limit)
@@ -219,3 +218,186 @@ def send_password_reset(user_id: int) -> Response:
     """Mail the user a password reset link."""
     return _action(user_id, lambda user: service.send_password_reset(actor(), user))
 
+
+
+# --- sessions and factors ---------------------------------------------------------------------------------------
+
+def session_json(row: LoginSession) -> dict[str, Any]:
+    return {"sid": row.sid, "user_id": row.user_id, "ip": row.ip, "user_agent": row.user_agent,
+            "created_at": row.created_at.isoformat(), "last_seen_at": row.last_seen_at.isoformat(),
+            "auth_time": row.auth_time.isoformat(), "amr": list(row.amr), "acr": row.acr}
+
+
+def _limit(default: int) -> int:
+    try:
+        return int(request.args.get("limit", str(default)))
+    except ValueError:
+        raise Invalid({"limit": "a whole number"}) from None
+
+
+def _sessions_page(user: User | None) -> Response:
+    rows, cursor = service.list_sessions(actor(), user=user, cursor=request.args.get("cursor") or None,
+                                         limit=_limit(50))
+    return jsonify({"items": [session_json(row) for row in rows], "next_cursor": cursor})
+
+
+@bp.get("/v1/sessions")
+@authenticated
+def list_sessions() -> Response:
+    """Every live sign-in session, or one user's (user_id)."""
+    user_id = request.args.get("user_id")
+    if user_id is not None and not user_id.isdigit():
+        raise Invalid({"user_id": "a user id"})
+    return _sessions_page(service.get_user(actor(), int(user_id)) if user_id is not None else None)
+
+
+@bp.delete("/v1/sessions/<sid>")
+@authenticated
+def end_session(sid: str) -> Response:
+    """End a live session: its browser must sign in again."""
+    service.end_session(actor(), sid)
+    return Response(status=204)
+
+
+@bp.get("/v1/users/<int:user_id>/sessions")
+@authenticated
+def user_sessions(user_id: int) -> Response:
+    """A user's live sessions."""
+    return _sessions_page(service.get_user(actor(), user_id))
+
+
+@bp.get("/v1/users/<int:user_id>/factors")
+@authenticated
+def user_factors(user_id: int) -> Response:
+    """A user's sign-in factors: kind, name and dates, never a secret."""
+    factors = service.list_factors(actor(), service.get_user(actor(), user_id))
+    return jsonify({"items": [{"id": f.id, "kind": f.kind, "name": f.name, "created_at": f.created_at.isoformat(),
+                               "last_used_at": f.last_used_at.isoformat() if f.last_used_at else None}
+                              for f in factors]})
+
+
+# --- clients and keys -------------------------------------------------------------------------------------------
+
+# The settings a client is created with, by their JSON type (idp.oidc.registration checks the values).
+CLIENT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "name": str, "redirect_uris": list, "post_logout_redirect_uris": list, "public": bool, "grant_types": list,
+    "scopes": list, "token_endpoint_auth_method": (str, type(None)), "first_party": bool, "id_token_alg": str,
+    "jwks": (dict, type(None)), "jwks_uri": (str, type(None)), "mfa": str, "min_acr": str,
+    "allow_remembered_device": bool, "access_token_ttl": (int, type(None)), "refresh_token_ttl": (int, type(None)),
+    "refresh_tokens_for_sessions": bool,
+}
+CLIENT_DEFAULTS = {"redirect_uris": [], "post_logout_redirect_uris": [], "public": False, "grant_types": [],
+                   "scopes": [], "token_endpoint_auth_method": None, "first_party": False}
+
+
+def _client_settings(body: dict[str, Any]) -> dict[str, Any]:
+    errors = {name: "not a client setting" for name in body if name not in CLIENT_FIELDS}
+    for name, value in body.items():
+        kind = CLIENT_FIELDS.get(name)
+        if kind is None:
+            continue
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, (int, type(None)))):
+            errors[name] = "the wrong type"
+        elif isinstance(value, list) and not all(isinstance(item, str) for item in value):
+            errors[name] = "a list of strings"
+    if "name" not in body:
+        errors["name"] = "required"
+    if errors:
+        raise Invalid(errors)
+    settings = {**CLIENT_DEFAULTS, **body}
+    settings["auth_method"] = settings.pop("token_endpoint_auth_method")
+    return settings
+
+
+@bp.get("/v1/clients")
+@authenticated
+def list_clients() -> Response:
+    """Every registered client (never a secret)."""
+    return jsonify({"items": [describe(client) for client in service.list_clients(actor())]})
+
+
+@bp.post("/v1/clients")
+@authenticated
+def create_client() -> Response:
+    """Register a client; a confidential client's secret is in this answer only."""
+    client, secret = service.create_client(actor(), **_client_settings(_body()))
+    response = jsonify({**describe(client), "client_secret": secret})
+    response.status_code = 201
+    response.headers["Location"] = f"{request.root_path}/admin/api/v1/clients/{client.client_id}"
+    return response
+
+
+@bp.get("/v1/clients/<client_id>")
+@authenticated
+def get_client(client_id: str) -> Response:
+    """One client's settings."""
+    return jsonify(describe(service.get_client(actor(), client_id)))
+
+
+@bp.delete("/v1/clients/<client_id>")
+@authenticated
+def delete_client(client_id: str) -> Response:
+    """Delete a client: every token it holds stops working."""
+    service.delete_client(actor(), service.get_client(actor(), client_id))
+    return Response(status=204)
+
+
+@bp.post("/v1/clients/<client_id>/rotate-secret")
+@authenticated
+def rotate_secret(client_id: str) -> Response:
+    """A new secret, in this answer only; the old one stops working at once."""
+    secret = service.rotate_client_secret(actor(), service.get_client(actor(), client_id))
+    return jsonify({"client_id": client_id, "client_secret": secret})
+
+
+def key_json(row: SigningKey) -> dict[str, Any]:
+    state = "signing" if row.retired_at is None else (
+        "retired" if row.publish_until and row.publish_until > utcnow() else "expired")
+    return {"kid": row.kid, "alg": row.alg, "state": state, "created_at": row.created_at.isoformat(),
+            "retired_at": row.retired_at.isoformat() if row.retired_at else None,
+            "publish_until": row.publish_until.isoformat() if row.publish_until else None}
+
+
+@bp.get("/v1/keys")
+@authenticated
+def list_keys() -> Response:
+    """The signing keys (public parts only), newest first."""
+    return jsonify({"items": [key_json(row) for row in service.list_keys(actor())]})
+
+
+@bp.post("/v1/keys/rotate")
+@authenticated
+def rotate_keys() -> Response:
+    """New signing keys; the previous ones stay published while their tokens can live."""
+    return jsonify({"items": [key_json(row) for row in service.rotate_keys(actor())]})
+
+
+# --- the audit log ----------------------------------------------------------------------------------------------
+
+def _time(name: str) -> datetime | None:
+    value = request.args.get(name)
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise Invalid({name: "an ISO 8601 date and time"}) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@bp.get("/v1/audit-events")
+@authenticated
+def audit_events() -> Response:
+    """Audit events, newest first, filtered by event, user_id, client_id, ip and a time range."""
+    user_id = request.args.get("user_id")
+    if user_id is not None and not user_id.isdigit():
+        raise Invalid({"user_id": "a user id"})
+    rows, cursor = service.list_audit_events(
+        actor(), event=request.args.get("event") or None, user_id=int(user_id) if user_id else None,
+        client_id=request.args.get("client_id") or None, ip=request.args.get("ip") or None,
+        since=_time("since"), until=_time("until"), cursor=request.args.get("cursor") or None, limit=_limit(100))
+    return jsonify({"items": [{"id": row.id, "at": row.at.isoformat(), "event": row.event, "actor_id": row.actor_id,
+                               "subject_id": row.subject_id, "subject_email": row.subject_email,
+                               "client_id": row.client_id, "ip": row.ip, "user_agent": row.user_agent,
+                               "details": row.details} for row in rows],
+                    "next_cursor": cursor})

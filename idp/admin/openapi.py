@@ -31,6 +31,17 @@ def _action(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 FLAG = {"type": "string", "enum": ["true", "false"]}
+CLIENT_ID = {"name": "client_id", "in": "path", "required": True, "schema": {"type": "string"}}
+PAGE = [{"name": "cursor", "in": "query", "schema": {"type": "string"}},
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}}]
+
+
+def _list(schema: str, paged: bool = False) -> dict[str, Any]:
+    properties: dict[str, Any] = {"items": {"type": "array", "items": {"$ref": f"#/components/schemas/{schema}"}}}
+    if paged:
+        properties["next_cursor"] = {"type": ["string", "null"]}
+    return {"description": f"A list of {schema} objects", "content": {"application/json": {"schema": {
+        "type": "object", "required": list(properties), "properties": properties}}}}
 
 
 def document(issuer: str) -> dict[str, Any]:
@@ -82,6 +93,49 @@ def document(issuer: str) -> dict[str, Any]:
             "/v1/users/{user_id}/reset-mfa": _action("Remove every second factor (the user is mailed)"),
             "/v1/users/{user_id}/revoke-tokens": _action("End every session and revoke every token"),
             "/v1/users/{user_id}/send-password-reset": _action("Mail the user a password reset link"),
+            "/v1/users/{user_id}/sessions": {"get": {"summary": "A user's live sessions", "parameters": [
+                USER_ID, *PAGE], "responses": {"200": _list("Session", paged=True), **_errors(400, 404)}}},
+            "/v1/users/{user_id}/factors": {"get": {"summary": "A user's sign-in factors (no secrets)",
+                                                    "parameters": [USER_ID],
+                                                    "responses": {"200": _list("Factor"), **_errors(404)}}},
+            "/v1/sessions": {"get": {"summary": "Live sessions, of everyone or of one user", "parameters": [
+                {"name": "user_id", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]+$"}}, *PAGE],
+                "responses": {"200": _list("Session", paged=True), **_errors(400, 404)}}},
+            "/v1/sessions/{sid}": {"delete": {"summary": "End a live session", "parameters": [
+                {"name": "sid", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"204": {"description": "Ended"}, **_errors(404)}}},
+            "/v1/clients": {
+                "get": {"summary": "Every client", "responses": {"200": _list("Client"), **_errors()}},
+                "post": {"summary": "Register a client (its secret is in this answer only)",
+                         "requestBody": {"required": True, "content": {"application/json": {
+                             "schema": {"$ref": "#/components/schemas/NewClient"}}}},
+                         "responses": {"201": {"description": "The client, with client_secret", "content": {
+                             "application/json": {"schema": {"$ref": "#/components/schemas/Client"}}}},
+                             **_errors(400)}}},
+            "/v1/clients/{client_id}": {
+                "get": {"summary": "A client's settings", "parameters": [CLIENT_ID], "responses": {
+                    "200": {"description": "The client", "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/Client"}}}}, **_errors(404)}},
+                "delete": {"summary": "Delete a client (its tokens stop working)", "parameters": [CLIENT_ID],
+                           "responses": {"204": {"description": "Deleted"}, **_errors(404)}}},
+            "/v1/clients/{client_id}/rotate-secret": {"post": {
+                "summary": "A new secret (in this answer only)", "parameters": [CLIENT_ID],
+                "responses": {"200": {"description": "The new secret", "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["client_id", "client_secret"],
+                    "properties": {"client_id": {"type": "string"}, "client_secret": {"type": "string"}}}}}},
+                    **_errors(404, 409)}}},
+            "/v1/keys": {"get": {"summary": "The signing keys, newest first",
+                                 "responses": {"200": _list("Key"), **_errors()}}},
+            "/v1/keys/rotate": {"post": {"summary": "New signing keys (the old ones stay published a while)",
+                                         "responses": {"200": _list("Key"), **_errors()}}},
+            "/v1/audit-events": {"get": {"summary": "Audit events, newest first (reading is audited)", "parameters": [
+                {"name": "event", "in": "query", "schema": {"type": "string"}},
+                {"name": "user_id", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+                {"name": "client_id", "in": "query", "schema": {"type": "string"}},
+                {"name": "ip", "in": "query", "schema": {"type": "string"}},
+                {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                {"name": "until", "in": "query", "schema": {"type": "string", "format": "date-time"}}, *PAGE],
+                "responses": {"200": _list("AuditEvent", paged=True), **_errors(400)}}},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
@@ -92,6 +146,52 @@ def document(issuer: str) -> dict[str, Any]:
                     "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
                     "detail": {"type": "string"},
                     "errors": {"type": "object", "additionalProperties": {"type": "string"}}}},
+                "Session": {"type": "object", "required": ["sid", "user_id", "amr", "acr"], "properties": {
+                    "sid": {"type": "string"}, "user_id": {"type": "integer"}, "ip": {"type": "string"},
+                    "user_agent": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"},
+                    "last_seen_at": {"type": "string", "format": "date-time"},
+                    "auth_time": {"type": "string", "format": "date-time"},
+                    "amr": {"type": "array", "items": {"type": "string"}}, "acr": {"type": "string"}}},
+                "Factor": {"type": "object", "required": ["id", "kind", "name"], "properties": {
+                    "id": {"type": "integer"}, "kind": {"type": "string"}, "name": {"type": "string"},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "last_used_at": {"type": ["string", "null"], "format": "date-time"}}},
+                "Client": {"type": "object", "required": ["client_id", "name"], "properties": {
+                    "client_id": {"type": "string"}, "name": {"type": "string"},
+                    "client_secret": {"type": ["string", "null"]},
+                    "redirect_uris": {"type": "array", "items": {"type": "string"}},
+                    "post_logout_redirect_uris": {"type": "array", "items": {"type": "string"}},
+                    "grant_types": {"type": "array", "items": {"type": "string"}}, "scope": {"type": "string"},
+                    "token_endpoint_auth_method": {"type": "string"}, "first_party": {"type": "boolean"},
+                    "id_token_signed_response_alg": {"type": "string"}, "mfa": {"type": "string"},
+                    "min_acr": {"type": "string"}, "allow_remembered_device": {"type": "boolean"},
+                    "access_token_ttl": {"type": ["integer", "null"]},
+                    "refresh_token_ttl": {"type": ["integer", "null"]},
+                    "refresh_tokens_for_sessions": {"type": "boolean"}, "created_at": {"type": "string"}}},
+                "NewClient": {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
+                    "name": {"type": "string"}, "redirect_uris": {"type": "array", "items": {"type": "string"}},
+                    "post_logout_redirect_uris": {"type": "array", "items": {"type": "string"}},
+                    "public": {"type": "boolean"}, "grant_types": {"type": "array", "items": {"type": "string"}},
+                    "scopes": {"type": "array", "items": {"type": "string"}},
+                    "token_endpoint_auth_method": {"type": ["string", "null"]}, "first_party": {"type": "boolean"},
+                    "id_token_alg": {"type": "string", "enum": ["RS256", "ES256"]},
+                    "jwks": {"type": ["object", "null"]}, "jwks_uri": {"type": ["string", "null"]},
+                    "mfa": {"type": "string", "enum": ["optional", "required"]}, "min_acr": {"type": "string"},
+                    "allow_remembered_device": {"type": "boolean"},
+                    "access_token_ttl": {"type": ["integer", "null"]},
+                    "refresh_token_ttl": {"type": ["integer", "null"]},
+                    "refresh_tokens_for_sessions": {"type": "boolean"}}},
+                "Key": {"type": "object", "required": ["kid", "alg", "state"], "properties": {
+                    "kid": {"type": "string"}, "alg": {"type": "string"},
+                    "state": {"type": "string", "enum": ["signing", "retired", "expired"]},
+                    "created_at": {"type": "string"}, "retired_at": {"type": ["string", "null"]},
+                    "publish_until": {"type": ["string", "null"]}}},
+                "AuditEvent": {"type": "object", "required": ["id", "at", "event"], "properties": {
+                    "id": {"type": "integer"}, "at": {"type": "string", "format": "date-time"},
+                    "event": {"type": "string"}, "actor_id": {"type": ["integer", "null"]},
+                    "subject_id": {"type": ["integer", "null"]}, "subject_email": {"type": ["string", "null"]},
+                    "client_id": {"type": ["string", "null"]}, "ip": {"type": ["string", "null"]},
+                    "user_agent": {"type": ["string", "null"]}, "details": {"type": "object"}}},
                 "User": {"type": "object", "required": ["id", "subject", "email", "name", "email_verified",
                                                         "disabled", "locked", "admin", "mfa_required", "has_mfa"],
                          "properties": {

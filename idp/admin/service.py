@@ -436,4 +436,9 @@ def list_audit_events(actor: Actor, *, event: str | None = None, user_id: int | 
     if cursor:
         query = query.where(AuditEvent.id < decode_cursor(cursor))
     rows = list(db.session.execute(query).scalars())
+    # Reading the log is itself audited: who looked, at what (the filters), and how much they got.
+    audit.record("audit.read", filters={key: str(value) for key, value in (("event", event), ("user_id", user_id),
+                 ("client_id", client_id), ("ip", ip), ("since", since), ("until", until)) if value is not None},
+                 rows=min(len(rows), limit), **actor.audit())
+    db.session.commit()
     return rows[:limit], encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
