@@ -5,6 +5,7 @@ same code the command line runs; this module only speaks HTTP.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
@@ -115,6 +116,28 @@ def _body() -> dict[str, Any]:
     return data
 
 
+def _documented_parameters() -> set[str] | None:
+    """The query parameters the OpenAPI document gives this request's operation (None: not a documented one)."""
+    rule = request.url_rule.rule if request.url_rule is not None else ""
+    path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.removeprefix(bp.url_prefix or ""))
+    operation = document("").get("paths", {}).get(path, {}).get(request.method.lower())
+    if operation is None:
+        return None
+    return {p["name"] for p in operation.get("parameters", []) if p["in"] == "query"}
+
+
+@bp.before_request
+def only_documented_parameters() -> Response | None:
+    """A query parameter the operation does not have is a mistake (a misspelt filter would silently match
+    everyone), so it is refused rather than ignored."""
+    allowed = _documented_parameters()
+    unknown = sorted(set(request.args) - allowed) if allowed is not None else []
+    if unknown:
+        return problem(400, "Invalid request", f"unknown query parameters: {', '.join(unknown)}",
+                       errors={name: "not a parameter of this operation" for name in unknown})
+    return None
+
+
 # Other errors (404 of an unknown path, 405, 413, a malformed body) are problem documents too: the app's error
 # handlers answer every path under /admin/api/ that way (idp._error_handlers).
 @bp.errorhandler(AdminError)
@@ -138,7 +161,7 @@ def list_users() -> Response:
     limit = _limit(50)
     filters = {name: on for name in service.FILTERS if (on := _flag(name)) is not None}
     users, cursor = service.list_users(actor(), q=request.args.get("q", ""), filters=filters,
-                                       cursor=request.args.get("cursor") or None, limit=limit)
+                                       cursor=request.args.get("cursor"), limit=limit)
     return jsonify({"items": [user_json(user) for user in users], "next_cursor": cursor})
 
 
@@ -236,7 +259,7 @@ def _limit(default: int) -> int:
 
 
 def _sessions_page(user: User | None) -> Response:
-    rows, cursor = service.list_sessions(actor(), user=user, cursor=request.args.get("cursor") or None,
+    rows, cursor = service.list_sessions(actor(), user=user, cursor=request.args.get("cursor"),
                                          limit=_limit(50))
     return jsonify({"items": [session_json(row) for row in rows], "next_cursor": cursor})
 
@@ -395,7 +418,7 @@ def audit_events() -> Response:
     rows, cursor = service.list_audit_events(
         actor(), event=request.args.get("event") or None, user_id=int(user_id) if user_id else None,
         client_id=request.args.get("client_id") or None, ip=request.args.get("ip") or None,
-        since=_time("since"), until=_time("until"), cursor=request.args.get("cursor") or None, limit=_limit(100))
+        since=_time("since"), until=_time("until"), cursor=request.args.get("cursor"), limit=_limit(100))
     return jsonify({"items": [{"id": row.id, "at": row.at.isoformat(), "event": row.event, "actor_id": row.actor_id,
                                "subject_id": row.subject_id, "subject_email": row.subject_email,
                                "client_id": row.client_id, "ip": row.ip, "user_agent": row.user_agent,

@@ -10,7 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
-USER_ID = {"name": "user_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+USER_ID = {"name": "user_id", "in": "path", "required": True,
+           "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}}
+# Text anywhere in a request: no NUL character (idp refuses one everywhere, idp.http.refuse_nul).
+TEXT = {"type": "string", "pattern": "^[^\\u0000]*$"}
 
 
 def _errors(*codes: int) -> dict[str, Any]:
@@ -31,8 +34,9 @@ def _action(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 FLAG = {"type": "string", "enum": ["true", "false"]}
-CLIENT_ID = {"name": "client_id", "in": "path", "required": True, "schema": {"type": "string"}}
-PAGE = [{"name": "cursor", "in": "query", "schema": {"type": "string"}},
+CLIENT_ID = {"name": "client_id", "in": "path", "required": True, "schema": TEXT}
+CURSOR = {"type": "string", "pattern": "^[0-9]{1,18}$"}
+PAGE = [{"name": "cursor", "in": "query", "schema": CURSOR},
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}}]
 
 
@@ -57,11 +61,11 @@ def document(issuer: str) -> dict[str, Any]:
             "/v1/users": {"get": {
                 "summary": "List users (keyset pagination)",
                 "parameters": [
-                    {"name": "q", "in": "query", "schema": {"type": "string", "maxLength": 320},
+                    {"name": "q", "in": "query", "schema": {**TEXT, "maxLength": 320},
                      "description": "Part of the email or name, or the whole subject"},
                     *({"name": name, "in": "query", "schema": FLAG}
                       for name in ("verified", "locked", "disabled", "admin", "mfa")),
-                    {"name": "cursor", "in": "query", "schema": {"type": "string"},
+                    {"name": "cursor", "in": "query", "schema": CURSOR,
                      "description": "next_cursor of the previous page"},
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
                 ],
@@ -102,7 +106,7 @@ def document(issuer: str) -> dict[str, Any]:
                 {"name": "user_id", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]+$"}}, *PAGE],
                 "responses": {"200": _list("Session", paged=True), **_errors(400, 404)}}},
             "/v1/sessions/{sid}": {"delete": {"summary": "End a live session", "parameters": [
-                {"name": "sid", "in": "path", "required": True, "schema": {"type": "string"}}],
+                {"name": "sid", "in": "path", "required": True, "schema": TEXT}],
                 "responses": {"204": {"description": "Ended"}, **_errors(404)}}},
             "/v1/clients": {
                 "get": {"summary": "Every client", "responses": {"200": _list("Client"), **_errors()}},
@@ -129,12 +133,12 @@ def document(issuer: str) -> dict[str, Any]:
             "/v1/keys/rotate": {"post": {"summary": "New signing keys (the old ones stay published a while)",
                                          "responses": {"200": _list("Key"), **_errors()}}},
             "/v1/audit-events": {"get": {"summary": "Audit events, newest first (reading is audited)", "parameters": [
-                {"name": "event", "in": "query", "schema": {"type": "string"}},
+                {"name": "event", "in": "query", "schema": TEXT},
                 {"name": "user_id", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
-                {"name": "client_id", "in": "query", "schema": {"type": "string"}},
-                {"name": "ip", "in": "query", "schema": {"type": "string"}},
-                {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
-                {"name": "until", "in": "query", "schema": {"type": "string", "format": "date-time"}}, *PAGE],
+                {"name": "client_id", "in": "query", "schema": TEXT},
+                {"name": "ip", "in": "query", "schema": TEXT},
+                {"name": "since", "in": "query", "schema": {**TEXT, "format": "date-time"}},
+                {"name": "until", "in": "query", "schema": {**TEXT, "format": "date-time"}}, *PAGE],
                 "responses": {"200": _list("AuditEvent", paged=True), **_errors(400)}}},
         },
         "components": {

@@ -8,8 +8,6 @@ action is one transaction: it commits, or raises and leaves nothing written.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,7 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import exists, or_
+from sqlalchemy import exists, false, or_
 
 from idp import audit
 from idp.extensions import db
@@ -114,6 +112,7 @@ def require(actor: Actor, power: Power) -> None:
 # --- reading ----------------------------------------------------------------------------------------------------
 
 FILTERS = ("verified", "locked", "disabled", "admin", "mfa")
+MAX_ID = 2**31 - 1  # ids are 32-bit integers
 MAX_PAGE = 200
 
 
@@ -132,18 +131,17 @@ def _filter(name: str, on: bool):
     return column if on else ~column
 
 
-def encode_cursor(user_id: int) -> str:
-    return base64.urlsafe_b64encode(str(user_id).encode()).decode().rstrip("=")
+def encode_cursor(row_id: int) -> str:
+    """A page's cursor: the id of its last row (keyset pagination needs nothing more)."""
+    return str(row_id)
 
 
-def decode_cursor(cursor: str) -> int:
-    try:
-        value = int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise Invalid({"cursor": "not a cursor this API returned"}) from None
-    if value < 0:
+def decode_cursor(cursor: str, ceiling: int = MAX_ID) -> int:
+    """The id a cursor names; one past the column's range (``ceiling``) reads as its end, never reaching the
+    database, which would refuse the number."""
+    if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 18:
         raise Invalid({"cursor": "not a cursor this API returned"})
-    return value
+    return min(int(cursor), ceiling)
 
 
 def list_users(actor: Actor, *, q: str = "", filters: Mapping[str, bool] | None = None, cursor: str | None = None,
@@ -154,7 +152,7 @@ def list_users(actor: Actor, *, q: str = "", filters: Mapping[str, bool] | None 
     if not 1 <= limit <= MAX_PAGE:
         raise Invalid({"limit": f"between 1 and {MAX_PAGE}"})
     query = db.select(User).order_by(User.id).limit(limit + 1)
-    if cursor:
+    if cursor is not None:
         query = query.where(User.id > decode_cursor(cursor))
     if q:
         if len(q) > 320:
@@ -171,7 +169,8 @@ def list_users(actor: Actor, *, q: str = "", filters: Mapping[str, bool] | None 
 
 def get_user(actor: Actor, user_id: int) -> User:
     require(actor, Power.READ_USERS)
-    user = db.session.get(User, user_id)
+    # An id beyond the column's range names nobody (and must not reach the database, which would refuse it).
+    user = db.session.get(User, user_id) if 0 <= user_id <= MAX_ID else None
     if user is None:
         raise NotFound(f"no user {user_id}")
     return user
@@ -315,7 +314,7 @@ def list_sessions(actor: Actor, *, user: User | None = None, cursor: str | None 
     query = db.select(LoginSession).where(LoginSession.ended_at.is_(None)).order_by(LoginSession.id).limit(limit + 1)
     if user is not None:
         query = query.where(LoginSession.user_id == user.id)
-    if cursor:
+    if cursor is not None:
         query = query.where(LoginSession.id > decode_cursor(cursor))
     rows = list(db.session.execute(query).scalars())
     return rows[:limit], encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
@@ -424,7 +423,8 @@ def list_audit_events(actor: Actor, *, event: str | None = None, user_id: int | 
     if event:
         query = query.where(AuditEvent.event == event[:64])
     if user_id is not None:
-        query = query.where(AuditEvent.subject_id == user_id)
+        # An id beyond the column's range names nobody (and the database would refuse the number).
+        query = query.where(AuditEvent.subject_id == user_id if user_id <= MAX_ID else false())
     if client_id:
         query = query.where(AuditEvent.client_id == client_id[:128])
     if ip:
@@ -433,8 +433,8 @@ def list_audit_events(actor: Actor, *, event: str | None = None, user_id: int | 
         query = query.where(AuditEvent.at >= since)
     if until is not None:
         query = query.where(AuditEvent.at < until)
-    if cursor:
-        query = query.where(AuditEvent.id < decode_cursor(cursor))
+    if cursor is not None:
+        query = query.where(AuditEvent.id < decode_cursor(cursor, ceiling=2**63 - 1))
     rows = list(db.session.execute(query).scalars())
     # Reading the log is itself audited: who looked, at what (the filters), and how much they got.
     audit.record("audit.read", filters={key: str(value) for key, value in (("event", event), ("user_id", user_id),
