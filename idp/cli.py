@@ -55,28 +55,27 @@ users = AppGroup("users", help="Manage user accounts.")
 @click.argument("email")
 @click.option("--password", help="The password (prefer --password-stdin: arguments show in `ps`).")
 @click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
+@click.option("--invite", is_flag=True, help="Mail the user a link to choose their password instead.")
 @click.option("--name", default="", help="Display name.")
 @click.option("--verified", is_flag=True, help="Mark the email address as verified.")
 @click.option("--admin", is_flag=True, help="Make the user an administrator.")
-def users_create(email, password, password_stdin, name, verified, admin):
-    """Create a user."""
+def users_create(email, password, password_stdin, invite, name, verified, admin):
+    """Create a user, with a password or an invitation mail."""
     email = normalize_email(email)
-    if "@" not in email.strip("@") or len(email) > 320:  # RFC 5321's limit, as on the sign-up form
-        raise click.ClickException(f"not an email address: {email}")
-    if len(name) > 200:
-        raise click.ClickException("a name has at most 200 characters")
-    if db.session.execute(db.select(User.id).where(User.email == email)).first():
-        raise click.ClickException(f"a user with email {email} already exists")
-    password = _read_password(password, password_stdin)
-    _check_password(password, email, name)
-    now = utcnow()
-    user = User(email=email, name=name, password_hash=hash_password(password), password_changed_at=now,
-                email_verified_at=now if verified else None, is_admin=admin)
-    db.session.add(user)
-    db.session.flush()
-    audit.record("user.created", subject=user, via="cli", admin=admin)
-    db.session.commit()
-    click.echo(f"created {email}")
+    if not invite:
+        password = _read_password(password, password_stdin)
+    try:
+        service.create_user(service.OPERATOR, email=email, name=name, password=None if invite else password,
+                            email_verified=verified, admin=admin, invite=invite)
+    except service.Conflict:
+        raise click.ClickException(f"a user with email {email} already exists") from None
+    except service.Invalid as refused:
+        # The command's own words for each refusal, one line.
+        field, message = next(iter(refused.errors.items()))
+        words = {"email": f"not an email address: {email}", "name": "a name has at most 200 characters",
+                 "password": f"weak password: {message}"}
+        raise click.ClickException(words.get(field, f"{field}: {message}")) from None
+    click.echo(f"created {email}" + (" (invitation mailed)" if invite else ""))
 
 
 @users.command("list")

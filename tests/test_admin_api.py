@@ -320,3 +320,44 @@ def test_the_audit_log_is_filtered_paged_and_reading_it_is_audited(app, client, 
         reads = list(db.session.execute(db.select(AuditEvent).where(AuditEvent.event == "audit.read")).scalars())
         assert reads and reads[0].details["filters"] == {"event": "account.unlocked"}
         assert reads[0].details["actor_client"]
+
+
+def test_a_user_is_created_with_a_password_or_invited(app, client, admin, mailbox):
+    from tests.support import PASSWORD, link_in, open_link, sign_in, signed_in_email, submit_link
+
+    typed = client.post(f"{API}/users", headers=admin, json={"email": "Kim@Example.com", "name": "Kim",
+                                                               "password": PASSWORD, "email_verified": True})
+    assert typed.status_code == 201 and typed.get_json()["email"] == "kim@example.com"
+    assert typed.headers["Location"].endswith(f"/admin/api/v1/users/{typed.get_json()['id']}")
+    browser = app.test_client()
+    sign_in(browser, "kim@example.com")
+    assert signed_in_email(browser) == "kim@example.com"
+
+    invited = client.post(f"{API}/users", headers=admin, json={"email": "lee@example.com", "invite": True})
+    assert invited.status_code == 201 and invited.get_json()["email_verified"] is False
+    mail = mailbox.last("lee@example.com", "Your new account")
+    assert "An administrator created an account for you" in mail["text"] and "7 days" in mail["text"]
+    link = link_in(mail, "/reset")
+    newcomer = app.test_client()
+    form = open_link(newcomer, link)
+    set_password = submit_link(newcomer, link, form, password="a fresh long passphrase here",
+                               confirm="a fresh long passphrase here")
+    assert set_password.status_code == 302
+    sign_in(newcomer, "lee@example.com", "a fresh long passphrase here")
+    assert signed_in_email(newcomer) == "lee@example.com"
+    with app.app_context():  # the link proved the address; the creation is audited with its actor
+        assert db.session.execute(db.select(User).where(User.email == "lee@example.com")).scalar_one().email_verified
+        row = db.session.execute(db.select(AuditEvent).where(
+            AuditEvent.event == "user.created", AuditEvent.subject_email == "lee@example.com")).scalar_one()
+        assert row.details["invited"] is True and row.details["actor_client"]
+
+    assert_problem(client.post(f"{API}/users", headers=admin, json={"email": "kim@example.com",
+                                                                    "password": PASSWORD}), 409)
+    for bad in ({"email": "<script>", "password": PASSWORD}, {"email": "m@example.com"},
+                {"email": "m@example.com", "password": PASSWORD, "invite": True},
+                {"email": "m@example.com", "password": "short"}, {"email": "m@example.com", "invite": "yes"},
+                {"email": "m@example.com", "invite": True, "role": "admin"}, {"name": "no email"}):
+        assert_problem(client.post(f"{API}/users", headers=admin, json=bad), 400)
+    helpdesk = bearer(machine_token(app, client, "idp:helpdesk"))
+    assert_problem(client.post(f"{API}/users", headers=helpdesk, json={"email": "n@example.com", "invite": True}),
+                   403)

@@ -170,7 +170,9 @@ def reset_password():
         return _link_page(_("Choose a new password"), _("Open the link from the mail to choose a new password."))
     now = utcnow()
     token = _link_token()
-    row = _link_row("password_reset", token, "IDP_RESET_LINK_TTL")
+    # An invitation (a user an administrator created) sets the first password through the same page.
+    row = _link_row("password_reset", token, "IDP_RESET_LINK_TTL") or _link_row("invite", token,
+                                                                                 "IDP_INVITE_LINK_TTL")
     if row is None:
         return _link_error()
     user = row.user

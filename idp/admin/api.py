@@ -165,6 +165,23 @@ def list_users() -> Response:
     return jsonify({"items": [user_json(user) for user in users], "next_cursor": cursor})
 
 
+@bp.post("/v1/users")
+@authenticated
+def create_user() -> Response:
+    """Create a user, with a password or an invitation mail (201, with the new user and its address)."""
+    body = _body()
+    unknown = set(body) - {"email", "name", "password", "email_verified", "admin", "invite"}
+    if unknown:
+        raise Invalid({name: "not a field of a new user" for name in sorted(unknown)})
+    if "email" not in body:
+        raise Invalid({"email": "required"})
+    user = service.create_user(actor(), **body)
+    response = jsonify(user_json(user))
+    response.status_code = 201
+    response.headers["Location"] = f"{request.root_path}/admin/api/v1/users/{user.id}"
+    return response
+
+
 @bp.get("/v1/users/<int:user_id>")
 @authenticated
 def get_user(user_id: int) -> Response:

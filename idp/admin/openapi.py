@@ -58,7 +58,17 @@ def document(issuer: str) -> dict[str, Any]:
         "servers": [{"url": f"{issuer}/admin/api"}],
         "security": [{"bearer": []}],
         "paths": {
-            "/v1/users": {"get": {
+            "/v1/users": {"post": {
+                "summary": "Create a user, with a password or an invitation mail",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["email"], "additionalProperties": False, "properties": {
+                        "email": {"type": "string", "format": "email", "maxLength": 320},
+                        "name": {"type": "string", "maxLength": 200}, "password": {"type": "string"},
+                        "email_verified": {"type": "boolean"}, "admin": {"type": "boolean"},
+                        "invite": {"type": "boolean"}}}}}},
+                "responses": {"201": {"description": "The new user", "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/User"}}}}, **_errors(400, 409)},
+            }, "get": {
                 "summary": "List users (keyset pagination)",
                 "parameters": [
                     {"name": "q", "in": "query", "schema": {**TEXT, "maxLength": 320},

@@ -15,12 +15,14 @@ from enum import StrEnum
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
+from flask import current_app
 from sqlalchemy import exists, false, or_
 
 from idp import audit
 from idp.extensions import db
+from idp.http import external_url
 from idp.jobs import enqueue
-from idp.login import enrolment, sessions
+from idp.login import enrolment, onetime, sessions
 from idp.login.browser import unlock_account
 from idp.models import AuditEvent, Client, Device, Factor, LoginSession, RecoveryCode, SigningKey, User, utcnow
 from idp.models.user import normalize_email
@@ -28,6 +30,7 @@ from idp.oidc import keys
 from idp.oidc.registration import create_client as register
 from idp.oidc.registration import new_client_secret
 from idp.oidc.server import revoke_client
+from idp.security.passwords import hash_password, password_problems
 from idp.security.tokens import token_hash
 
 
@@ -190,6 +193,63 @@ def has_mfa(user: User) -> bool:
 
 # --- changing ---------------------------------------------------------------------------------------------------
 
+def _email_problem(email: Any) -> str | None:
+    try:
+        if not isinstance(email, str) or len(email) > 320:
+            raise EmailNotValidError("too long")
+        validate_email(email, check_deliverability=False)
+    except EmailNotValidError:
+        return "not a valid email address"
+    return None
+
+
+def create_user(actor: Actor, *, email: Any, name: Any = "", password: Any = None, email_verified: Any = False,
+                admin: Any = False, invite: Any = False) -> User:
+    """Create a user with a password the administrator typed, or invite them: a mail with a link to choose their
+    password (valid IDP_INVITE_LINK_TTL), which also proves the address."""
+    require(actor, Power.CHANGE_USERS)
+    errors: dict[str, str] = {}
+    if problem := _email_problem(email):
+        errors["email"] = problem
+    if not isinstance(name, str) or len(name) > 200:
+        errors["name"] = "a name has at most 200 characters"
+    for flag, value in (("email_verified", email_verified), ("admin", admin), ("invite", invite)):
+        if not isinstance(value, bool):
+            errors[flag] = "true or false"
+    if password is not None and not isinstance(password, str):
+        errors["password"] = "a string"
+    elif (password is not None) == (invite is True):  # one way in: a password, or an invitation to choose one
+        errors["password" if password is None else "invite"] = "a password or an invitation (one of the two)"
+    if errors:
+        raise Invalid(errors)
+    email = normalize_email(email)
+    if password is not None:
+        problems = password_problems(password, single_factor=True, context=(email.split("@")[0], name))
+        if problems:
+            raise Invalid({"password": " ".join(problems)})
+    if db.session.execute(db.select(User.id).where(User.email == email)).first():
+        raise Conflict("a user with that email address exists")
+    now = utcnow()
+    user = User(email=email, name=name.strip(), is_admin=admin, email_verified_at=now if email_verified else None,
+                password_hash=hash_password(password) if password is not None else None,
+                password_changed_at=now if password is not None else None)
+    db.session.add(user)
+    db.session.flush()
+    audit.record("user.created", subject=user, admin=admin, invited=invite, **actor.audit())
+    if invite:
+        cfg = current_app.config
+        issued = onetime.issue("invite", user, now=now, ttl=cfg["IDP_INVITE_LINK_TTL"],
+                               secret_key=cfg["IDP_SECRET_KEY"])
+        assert issued.token is not None
+        link = external_url("account.reset_password",  # the token in the fragment, as every mailed link
+                            _anchor=onetime.sign(issued.token, "invite", cfg["IDP_SECRET_KEY"]))
+        db.session.commit()
+        enqueue("send_mail", to=user.email, template="invitation",
+                context={"name": user.name, "link": link, "days": max(1, cfg["IDP_INVITE_LINK_TTL"] // 86400)})
+    db.session.commit()
+    return user
+
+
 def update_user(actor: Actor, user: User, changes: Mapping[str, Any]) -> User:
     """Edit the profile fields an administrator may set: name, email, email_verified."""
     require(actor, Power.CHANGE_USERS)
@@ -202,14 +262,8 @@ def update_user(actor: Actor, user: User, changes: Mapping[str, Any]) -> User:
         name = changes["name"]
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             errors["name"] = "a name has 1 to 200 characters"
-    if "email" in changes:
-        email = changes["email"]
-        try:
-            if not isinstance(email, str) or len(email) > 320:
-                raise EmailNotValidError("too long")
-            validate_email(email, check_deliverability=False)
-        except EmailNotValidError:
-            errors["email"] = "not a valid email address"
+    if "email" in changes and (problem := _email_problem(changes["email"])):
+        errors["email"] = problem
     if "email_verified" in changes and not isinstance(changes["email_verified"], bool):
         errors["email_verified"] = "true or false"
     if errors:

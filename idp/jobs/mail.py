@@ -29,6 +29,7 @@ SUBJECTS = {
     "login_code": _l("Your sign-in code"),
     "security_notice": _l("Security change on your account"),
     "new_signin": _l("New sign-in to your account"),
+    "invitation": _l("Your new account"),
 }
 
 
