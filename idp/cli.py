@@ -84,7 +84,8 @@ def users_list():
     rows = db.session.execute(db.select(User).order_by(User.id)).scalars()
     for user in rows:
         flags = [f for f, on in (("verified", user.email_verified), ("admin", user.is_admin),
-                                 ("disabled", user.disabled), ("locked", user.locked)) if on]
+                                 ("disabled", user.disabled), ("locked", user.locked),
+                                 ("deleted", user.deleted_at is not None)) if on]
         click.echo(f"{user.id}\t{user.email}\t{user.name}\t{','.join(flags)}")
 
 
@@ -134,6 +135,30 @@ def users_reset_mfa(email):
                                            what=_("An administrator removed your second factors."),
                                            next_step=_("Set up a new one at your next sign-in."))
     click.echo(f"reset MFA for {user.email}: {factors} factors removed, {ended} sessions ended")
+
+
+@users.command("delete")
+@click.argument("email")
+def users_delete(email):
+    """Delete a user softly: disabled and hidden at once, restorable for IDP_DELETE_GRACE_DAYS."""
+    user = _user(email)
+    _acting(service.delete_user, user)
+    click.echo(f"deleted {user.email} (restorable for {current_app.config['IDP_DELETE_GRACE_DAYS']} days)")
+
+
+@users.command("restore")
+@click.argument("email")
+def users_restore(email):
+    """Undo a deletion that was not purged yet."""
+    user = _user(email)
+    _acting(service.restore_user, user)
+    click.echo(f"restored {user.email}")
+
+
+@users.command("purge")
+def users_purge():
+    """Remove for good the users deleted more than IDP_DELETE_GRACE_DAYS ago (run it daily, from cron)."""
+    click.echo(f"purged {_acting(service.purge_deleted)} deleted users")
 
 
 @users.command("unlock")

@@ -133,6 +133,8 @@ SETTINGS: list[Setting] = [
     Setting("IDP_CODE_MAX_ATTEMPTS", 5, "Wrong answers a one-time code tolerates before it is void.", int),
     Setting("IDP_VERIFY_LINK_TTL", 86400, "Seconds an email verification link stays valid.", int),
     Setting("IDP_RESET_LINK_TTL", 3600, "Seconds a password reset or unlock link stays valid.", int),
+    Setting("IDP_DELETE_GRACE_DAYS", 30, "Days a user an administrator deleted can be restored before `idp users "
+            "purge` removes them for good.", int),
     Setting("IDP_INVITE_LINK_TTL", 7 * 86400, "Seconds the set-password link of an invitation (a user created by an "
             "administrator) stays valid.", int),
     Setting("IDP_RESEND_COOLDOWN", 60, "Seconds between two sends of a code or link to the same user.", int),

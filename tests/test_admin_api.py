@@ -361,3 +361,41 @@ def test_a_user_is_created_with_a_password_or_invited(app, client, admin, mailbo
     helpdesk = bearer(machine_token(app, client, "idp:helpdesk"))
     assert_problem(client.post(f"{API}/users", headers=helpdesk, json={"email": "n@example.com", "invite": True}),
                    403)
+
+
+def test_a_deleted_user_is_hidden_signed_out_restorable_and_purged_after_the_grace(app, client, admin, make_user):
+    from datetime import timedelta
+
+    from tests.support import sign_in, signed_in_email
+
+    make_user()
+    alice = user_id(app, "alice@example.com")
+    browser = app.test_client()
+    sign_in(browser, "alice@example.com")
+    assert signed_in_email(browser) == "alice@example.com"
+    assert client.delete(f"{API}/users/{alice}", headers=admin).status_code == 204
+    assert signed_in_email(browser) is None  # signed out at once...
+    assert sign_in(app.test_client(), "alice@example.com").status_code == 200  # ...and cannot sign in again
+    assert client.get(f"{API}/users", headers=admin).get_json()["items"] == []  # hidden
+    (shown,) = client.get(f"{API}/users", query_string={"deleted": "true"}, headers=admin).get_json()["items"]
+    assert shown["deleted_at"] and shown["disabled"] is True
+    assert_problem(client.delete(f"{API}/users/{alice}", headers=admin), 409)
+
+    restored = client.post(f"{API}/users/{alice}/restore", headers=admin).get_json()
+    assert restored["deleted_at"] is None and restored["disabled"] is False
+    sign_in(browser, "alice@example.com")
+    assert signed_in_email(browser) == "alice@example.com"
+    assert_problem(client.post(f"{API}/users/{alice}/restore", headers=admin), 409)
+
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["users", "delete", "alice@example.com"]).exit_code == 0
+    assert "purged 0 deleted users" in runner.invoke(args=["users", "purge"]).output  # still within the grace
+    with app.app_context():
+        user = db.session.get(User, alice)
+        user.deleted_at -= timedelta(days=app.config["IDP_DELETE_GRACE_DAYS"] + 1)
+        db.session.commit()
+    assert "purged 1 deleted users" in runner.invoke(args=["users", "purge"]).output
+    with app.app_context():
+        assert db.session.get(User, alice) is None
+        assert db.session.execute(db.select(AuditEvent).where(AuditEvent.event == "user.purged")).first()
+    assert_problem(client.get(f"{API}/users/{alice}", headers=admin), 404)

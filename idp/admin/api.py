@@ -95,6 +95,7 @@ def user_json(user: User) -> dict[str, Any]:
         "locale": user.locale, "disabled": user.disabled, "locked": user.locked, "admin": user.is_admin,
         "mfa_required": user.mfa_required, "has_mfa": has_second_factor(user),
         "created_at": user.created_at.isoformat(), "updated_at": user.updated_at.isoformat(),
+        "deleted_at": user.deleted_at.isoformat() if user.deleted_at else None,
     }
 
 
@@ -201,6 +202,21 @@ def _action(user_id: int, run: Callable[[User], Any]) -> Response:
     user = service.get_user(actor(), user_id)
     run(user)
     return jsonify(user_json(user))
+
+
+@bp.delete("/v1/users/<int:user_id>")
+@authenticated
+def delete_user(user_id: int) -> Response:
+    """Delete a user softly: disabled and hidden at once, restorable until purged."""
+    service.delete_user(actor(), service.get_user(actor(), user_id))
+    return Response(status=204)
+
+
+@bp.post("/v1/users/<int:user_id>/restore")
+@authenticated
+def restore_user(user_id: int) -> Response:
+    """Undo a deletion that was not purged yet."""
+    return _action(user_id, lambda user: service.restore_user(actor(), user))
 
 
 @bp.post("/v1/users/<int:user_id>/disable")

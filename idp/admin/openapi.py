@@ -74,7 +74,7 @@ def document(issuer: str) -> dict[str, Any]:
                     {"name": "q", "in": "query", "schema": {**TEXT, "maxLength": 320},
                      "description": "Part of the email or name, or the whole subject"},
                     *({"name": name, "in": "query", "schema": FLAG}
-                      for name in ("verified", "locked", "disabled", "admin", "mfa")),
+                      for name in ("verified", "locked", "disabled", "admin", "mfa", "deleted")),
                     {"name": "cursor", "in": "query", "schema": CURSOR,
                      "description": "next_cursor of the previous page"},
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
@@ -89,6 +89,9 @@ def document(issuer: str) -> dict[str, Any]:
                 "get": {"summary": "Get a user", "parameters": [USER_ID],
                         "responses": {"200": {"description": "The user", "content": {"application/json": {
                             "schema": {"$ref": "#/components/schemas/User"}}}}, **_errors(404)}},
+                "delete": {"summary": "Delete a user (disabled and hidden at once; restorable until purged)",
+                           "parameters": [USER_ID], "responses": {"204": {"description": "Deleted"},
+                                                                  **_errors(404, 409)}},
                 "patch": {"summary": "Change a user's name, email or email_verified", "parameters": [USER_ID],
                           "requestBody": {"required": True, "content": {"application/json": {"schema": {
                               "type": "object", "additionalProperties": False,
@@ -98,6 +101,7 @@ def document(issuer: str) -> dict[str, Any]:
                           "responses": {"200": {"description": "The changed user", "content": {"application/json": {
                               "schema": {"$ref": "#/components/schemas/User"}}}}, **_errors(400, 404, 409)}},
             },
+            "/v1/users/{user_id}/restore": _action("Undo a deletion that was not purged yet"),
             "/v1/users/{user_id}/disable": _action("Disable a user (sessions end, tokens are revoked)"),
             "/v1/users/{user_id}/enable": _action("Enable a disabled user"),
             "/v1/users/{user_id}/unlock": _action("Lift the lock of repeated failed sign-ins"),
@@ -217,7 +221,8 @@ def document(issuer: str) -> dict[str, Any]:
                              "admin": {"type": "boolean"}, "mfa_required": {"type": "boolean"},
                              "has_mfa": {"type": "boolean"},
                              "created_at": {"type": "string", "format": "date-time"},
-                             "updated_at": {"type": "string", "format": "date-time"}}},
+                             "updated_at": {"type": "string", "format": "date-time"},
+                             "deleted_at": {"type": ["string", "null"], "format": "date-time"}}},
             },
         },
     }

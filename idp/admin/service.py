@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -114,7 +114,7 @@ def require(actor: Actor, power: Power) -> None:
 
 # --- reading ----------------------------------------------------------------------------------------------------
 
-FILTERS = ("verified", "locked", "disabled", "admin", "mfa")
+FILTERS = ("verified", "locked", "disabled", "admin", "mfa", "deleted")
 MAX_ID = 2**31 - 1  # ids are 32-bit integers
 MAX_PAGE = 200
 
@@ -130,6 +130,7 @@ def _filter(name: str, on: bool):
         "disabled": User.disabled.is_(True),
         "admin": User.is_admin.is_(True),
         "mfa": _has_mfa(),
+        "deleted": User.deleted_at.is_not(None),
     }[name]
     return column if on else ~column
 
@@ -163,7 +164,8 @@ def list_users(actor: Actor, *, q: str = "", filters: Mapping[str, bool] | None 
         pattern = "%" + q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         query = query.where(or_(User.email.like(pattern, escape="\\"), User.name.ilike(pattern, escape="\\"),
                                 User.subject == q))
-    for name, on in (filters or {}).items():
+    filters = {"deleted": False, **(filters or {})}  # deleted users are hidden unless asked for
+    for name, on in filters.items():
         query = query.where(_filter(name, on))
     users = list(db.session.execute(query).scalars())
     more = len(users) > limit
@@ -248,6 +250,47 @@ def create_user(actor: Actor, *, email: Any, name: Any = "", password: Any = Non
                 context={"name": user.name, "link": link, "days": max(1, cfg["IDP_INVITE_LINK_TTL"] // 86400)})
     db.session.commit()
     return user
+
+
+def delete_user(actor: Actor, user: User) -> None:
+    """Delete softly: disabled and hidden at once, every session ended and token revoked; restorable until
+    purged (IDP_DELETE_GRACE_DAYS)."""
+    require(actor, Power.CHANGE_USERS)
+    if actor.user is not None and actor.user.id == user.id:
+        raise Conflict("you cannot delete yourself")
+    if user.deleted_at is not None:
+        raise Conflict("this user is deleted already")
+    user.deleted_at = utcnow()
+    user.disabled = True
+    ended, revoked = sessions.sign_out_everywhere(user, "user_deleted", user.deleted_at)
+    audit.record("user.deleted", subject=user, sessions_ended=ended, tokens_revoked=revoked, **actor.audit())
+    db.session.commit()
+
+
+def restore_user(actor: Actor, user: User) -> None:
+    """Undo a deletion that has not been purged yet; the user is enabled again."""
+    require(actor, Power.CHANGE_USERS)
+    if user.deleted_at is None:
+        raise Conflict("this user is not deleted")
+    user.deleted_at = None
+    user.disabled = False
+    audit.record("user.restored", subject=user, **actor.audit())
+    db.session.commit()
+
+
+def purge_deleted(actor: Actor, *, now: datetime | None = None) -> int:
+    """Remove for good the users deleted more than IDP_DELETE_GRACE_DAYS ago (their factors, sessions, tokens
+    and consents go with them; the audit log keeps its rows, which hold ids and snapshots). Returns how many."""
+    require(actor, Power.CHANGE_USERS)
+    cutoff = (now or utcnow()) - timedelta(days=current_app.config["IDP_DELETE_GRACE_DAYS"])
+    doomed = list(db.session.execute(db.select(User).where(User.deleted_at.is_not(None),
+                                                           User.deleted_at < cutoff)).scalars())
+    for user in doomed:
+        audit.record("user.purged", subject=user, **actor.audit())
+    if doomed:
+        db.session.execute(db.delete(User).where(User.id.in_([user.id for user in doomed])))
+    db.session.commit()
+    return len(doomed)
 
 
 def update_user(actor: Actor, user: User, changes: Mapping[str, Any]) -> User:

@@ -35,6 +35,8 @@ class User(Model):
     password_hash: Mapped[str | None] = mapped_column(String(255))
     email_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Deleted by an administrator: disabled and hidden at once, purged after IDP_DELETE_GRACE_DAYS (idp.admin).
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     mfa_required: Mapped[bool] = mapped_column(Boolean, default=False)  # set by an admin: no sign-in without MFA
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
