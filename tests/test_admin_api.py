@@ -310,9 +310,10 @@ def test_the_audit_log_is_filtered_paged_and_reading_it_is_audited(app, client, 
     ids = [row["id"] for row in page["items"] + rest["items"]]
     assert len(ids) == 3 and ids == sorted(ids, reverse=True)
     assert all(row["subject_id"] == alice for row in page["items"])
-    assert client.get(f"{API}/audit-events", query_string={"since": "2999-01-01T00:00:00"},
+    assert client.get(f"{API}/audit-events", query_string={"since": "2999-01-01T00:00:00Z"},
                       headers=auditor).get_json()["items"] == []
-    assert_problem(client.get(f"{API}/audit-events", query_string={"since": "yesterday"}, headers=auditor), 400)
+    for bad in ("yesterday", "2026-12-05", "2026-12-05T10:00:00"):  # RFC 3339: date, time and offset
+        assert_problem(client.get(f"{API}/audit-events", query_string={"since": bad}, headers=auditor), 400)
     assert_problem(client.get(f"{API}/users", headers=auditor), 403)  # an auditor reads the log only
     helpdesk = bearer(machine_token(app, client, "idp:helpdesk"))
     assert_problem(client.get(f"{API}/audit-events", headers=helpdesk), 403)
@@ -399,3 +400,36 @@ def test_a_deleted_user_is_hidden_signed_out_restorable_and_purged_after_the_gra
         assert db.session.get(User, alice) is None
         assert db.session.execute(db.select(AuditEvent).where(AuditEvent.event == "user.purged")).first()
     assert_problem(client.get(f"{API}/users/{alice}", headers=admin), 404)
+
+
+def test_the_filtered_audit_log_is_exported_as_csv_and_json_lines(app, client, make_user):
+    import csv
+    import io
+    import json
+
+    make_user()
+    admin = bearer(machine_token(app, client, "idp:admin"))
+    auditor = bearer(machine_token(app, client, "idp:audit"))
+    alice = user_id(app, "alice@example.com")
+    for _ in range(2):
+        client.post(f"{API}/users/{alice}/unlock", headers=admin)
+    lines = client.get(f"{API}/audit-events/export", query_string={"event": "account.unlocked"},
+                       headers=auditor)
+    assert lines.status_code == 200 and lines.mimetype == "application/jsonl"
+    assert 'filename="audit-events.jsonl"' in lines.headers["Content-Disposition"]
+    rows = [json.loads(line) for line in lines.get_data(as_text=True).splitlines()]
+    assert [row["event"] for row in rows] == ["account.unlocked"] * 2 and rows[0]["id"] > rows[1]["id"]
+    table = client.get(f"{API}/audit-events/export", query_string={"event": "account.unlocked", "format": "csv"},
+                       headers=auditor)
+    assert table.mimetype == "text/csv"
+    records = list(csv.DictReader(io.StringIO(table.get_data(as_text=True))))
+    assert [int(r["id"]) for r in records] == [row["id"] for row in rows]
+    assert json.loads(records[0]["details"]) == rows[0]["details"]
+    assert_problem(client.get(f"{API}/audit-events/export", query_string={"format": "xml"}, headers=auditor), 400)
+    assert_problem(client.get(f"{API}/audit-events/export", headers=bearer(machine_token(app, client,
+                                                                                           "idp:helpdesk"))), 403)
+    with app.app_context():  # each export is itself audited, with what was asked for
+        exports = list(db.session.execute(db.select(AuditEvent).where(AuditEvent.event == "audit.exported"))
+                       .scalars())
+    assert [e.details["format"] for e in exports] == ["jsonl", "csv"]
+    assert exports[0].details["filters"] == {"event": "account.unlocked"}

@@ -5,14 +5,17 @@ same code the command line runs; this module only speaks HTTP.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import re
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from functools import wraps
 from typing import Any
 
 from authlib.oauth2.rfc6749.errors import MissingAuthorizationError, OAuth2Error
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request, stream_with_context
 from flask_babel import force_locale
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response
@@ -22,7 +25,7 @@ from idp.admin.openapi import document
 from idp.admin.service import Actor, AdminError, Invalid, Role
 from idp.extensions import csrf, db, limiter
 from idp.login.mfa import has_second_factor
-from idp.models import LoginSession, SigningKey, User, utcnow
+from idp.models import AuditEvent, LoginSession, SigningKey, User, utcnow
 from idp.oidc.registration import describe
 
 bp = Blueprint("admin_api", __name__, url_prefix="/admin/api")
@@ -437,23 +440,68 @@ def _time(name: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise Invalid({name: "an ISO 8601 date and time"}) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        moment = None
+    # RFC 3339 date-time, as the document says: a date, a time and an offset ("2026-12-05T10:00:00Z").
+    if moment is None or "T" not in value.upper() or moment.tzinfo is None:
+        raise Invalid({name: "an RFC 3339 date and time with its offset, like 2026-12-05T10:00:00Z"})
+    return moment
+
+
+def _audit_filter() -> service.AuditFilter:
+    user_id = request.args.get("user_id")
+    if user_id is not None and not user_id.isdigit():
+        raise Invalid({"user_id": "a user id"})
+    return service.AuditFilter(event=request.args.get("event") or None, user_id=int(user_id) if user_id else None,
+                               client_id=request.args.get("client_id") or None, ip=request.args.get("ip") or None,
+                               since=_time("since"), until=_time("until"))
+
+
+def audit_json(row: AuditEvent) -> dict[str, Any]:
+    return {"id": row.id, "at": row.at.isoformat(), "event": row.event, "actor_id": row.actor_id,
+            "subject_id": row.subject_id, "subject_email": row.subject_email, "client_id": row.client_id,
+            "ip": row.ip, "user_agent": row.user_agent, "details": row.details}
 
 
 @bp.get("/v1/audit-events")
 @authenticated
 def audit_events() -> Response:
     """Audit events, newest first, filtered by event, user_id, client_id, ip and a time range."""
-    user_id = request.args.get("user_id")
-    if user_id is not None and not user_id.isdigit():
-        raise Invalid({"user_id": "a user id"})
-    rows, cursor = service.list_audit_events(
-        actor(), event=request.args.get("event") or None, user_id=int(user_id) if user_id else None,
-        client_id=request.args.get("client_id") or None, ip=request.args.get("ip") or None,
-        since=_time("since"), until=_time("until"), cursor=request.args.get("cursor"), limit=_limit(100))
-    return jsonify({"items": [{"id": row.id, "at": row.at.isoformat(), "event": row.event, "actor_id": row.actor_id,
-                               "subject_id": row.subject_id, "subject_email": row.subject_email,
-                               "client_id": row.client_id, "ip": row.ip, "user_agent": row.user_agent,
-                               "details": row.details} for row in rows],
-                    "next_cursor": cursor})
+    rows, cursor = service.list_audit_events(actor(), _audit_filter(), cursor=request.args.get("cursor"),
+                                             limit=_limit(100))
+    return jsonify({"items": [audit_json(row) for row in rows], "next_cursor": cursor})
+
+
+EXPORT_COLUMNS = ("id", "at", "event", "actor_id", "subject_id", "subject_email", "client_id", "ip", "user_agent",
+                  "details")
+
+
+@bp.get("/v1/audit-events/export")
+@authenticated
+def export_audit_events() -> Response:
+    """Every event the filters select, as CSV (format=csv) or JSON lines (format=jsonl), streamed."""
+    fmt = request.args.get("format", "jsonl")
+    if fmt not in ("csv", "jsonl"):
+        raise Invalid({"format": "csv or jsonl"})
+    rows = service.export_audit_events(actor(), _audit_filter(), fmt)
+
+    def lines() -> Iterator[str]:
+        if fmt == "jsonl":
+            for row in rows:
+                yield json.dumps(audit_json(row), separators=(",", ":")) + "\n"
+            return
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(EXPORT_COLUMNS)
+        for row in rows:
+            record = audit_json(row)
+            record["details"] = json.dumps(record["details"], separators=(",", ":"))
+            writer.writerow([record[column] for column in EXPORT_COLUMNS])
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+        yield buffer.getvalue()
+
+    mimetype = "text/csv" if fmt == "csv" else "application/jsonl"
+    response = Response(stream_with_context(lines()), mimetype=mimetype)
+    response.headers["Content-Disposition"] = f'attachment; filename="audit-events.{fmt}"'
+    return response

@@ -35,6 +35,14 @@ def _action(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
 
 FLAG = {"type": "string", "enum": ["true", "false"]}
 CLIENT_ID = {"name": "client_id", "in": "path", "required": True, "schema": TEXT}
+AUDIT_FILTERS = [
+    {"name": "event", "in": "query", "schema": TEXT},
+    {"name": "user_id", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+    {"name": "client_id", "in": "query", "schema": TEXT},
+    {"name": "ip", "in": "query", "schema": TEXT},
+    {"name": "since", "in": "query", "schema": {**TEXT, "format": "date-time"}},
+    {"name": "until", "in": "query", "schema": {**TEXT, "format": "date-time"}},
+]
 CURSOR = {"type": "string", "pattern": "^[0-9]{1,18}$"}
 PAGE = [{"name": "cursor", "in": "query", "schema": CURSOR},
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}}]
@@ -146,13 +154,16 @@ def document(issuer: str) -> dict[str, Any]:
                                  "responses": {"200": _list("Key"), **_errors()}}},
             "/v1/keys/rotate": {"post": {"summary": "New signing keys (the old ones stay published a while)",
                                          "responses": {"200": _list("Key"), **_errors()}}},
+            "/v1/audit-events/export": {"get": {
+                "summary": "Every audit event the filters select, as CSV or JSON lines (the export is audited)",
+                "parameters": [{"name": "format", "in": "query", "schema": {"type": "string",
+                                                                          "enum": ["csv", "jsonl"]}},
+                               *AUDIT_FILTERS],
+                "responses": {"200": {"description": "The events, newest first, streamed", "content": {
+                    "text/csv": {"schema": {"type": "string"}},
+                    "application/jsonl": {"schema": {"type": "string"}}}}, **_errors(400)}}},
             "/v1/audit-events": {"get": {"summary": "Audit events, newest first (reading is audited)", "parameters": [
-                {"name": "event", "in": "query", "schema": TEXT},
-                {"name": "user_id", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
-                {"name": "client_id", "in": "query", "schema": TEXT},
-                {"name": "ip", "in": "query", "schema": TEXT},
-                {"name": "since", "in": "query", "schema": {**TEXT, "format": "date-time"}},
-                {"name": "until", "in": "query", "schema": {**TEXT, "format": "date-time"}}, *PAGE],
+                *AUDIT_FILTERS, *PAGE],
                 "responses": {"200": _list("AuditEvent", paged=True), **_errors(400)}}},
         },
         "components": {

@@ -8,7 +8,7 @@ action is one transaction: it commits, or raises and leaves nothing written.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -506,36 +506,60 @@ def rotate_keys(actor: Actor) -> list[SigningKey]:
 
 # --- the audit log ----------------------------------------------------------------------------------------------
 
-AUDIT_FILTERS = ("event", "user_id", "client_id", "ip", "since", "until")
+@dataclass(frozen=True)
+class AuditFilter:
+    """Which audit events: by event, subject, client, IP and time range (all optional)."""
+
+    event: str | None = None
+    user_id: int | None = None
+    client_id: str | None = None
+    ip: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def described(self) -> dict[str, str]:
+        return {key: str(value) for key, value in vars(self).items() if value is not None}
+
+    def query(self):
+        query = db.select(AuditEvent).order_by(AuditEvent.id.desc())
+        if self.event:
+            query = query.where(AuditEvent.event == self.event[:64])
+        if self.user_id is not None:
+            # An id beyond the column's range names nobody (and the database would refuse the number).
+            query = query.where(AuditEvent.subject_id == self.user_id if self.user_id <= MAX_ID else false())
+        if self.client_id:
+            query = query.where(AuditEvent.client_id == self.client_id[:128])
+        if self.ip:
+            query = query.where(AuditEvent.ip == self.ip[:64])
+        if self.since is not None:
+            query = query.where(AuditEvent.at >= self.since)
+        if self.until is not None:
+            query = query.where(AuditEvent.at < self.until)
+        return query
 
 
-def list_audit_events(actor: Actor, *, event: str | None = None, user_id: int | None = None,
-                      client_id: str | None = None, ip: str | None = None, since: datetime | None = None,
-                      until: datetime | None = None, cursor: str | None = None,
+def list_audit_events(actor: Actor, where: AuditFilter, *, cursor: str | None = None,
                       limit: int = 100) -> tuple[list[AuditEvent], str | None]:
     """Audit events, newest first, filtered; keyset pagination on the id."""
     require(actor, Power.READ_AUDIT)
     _page(limit)
-    query = db.select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit + 1)
-    if event:
-        query = query.where(AuditEvent.event == event[:64])
-    if user_id is not None:
-        # An id beyond the column's range names nobody (and the database would refuse the number).
-        query = query.where(AuditEvent.subject_id == user_id if user_id <= MAX_ID else false())
-    if client_id:
-        query = query.where(AuditEvent.client_id == client_id[:128])
-    if ip:
-        query = query.where(AuditEvent.ip == ip[:64])
-    if since is not None:
-        query = query.where(AuditEvent.at >= since)
-    if until is not None:
-        query = query.where(AuditEvent.at < until)
+    query = where.query().limit(limit + 1)
     if cursor is not None:
         query = query.where(AuditEvent.id < decode_cursor(cursor, ceiling=2**63 - 1))
     rows = list(db.session.execute(query).scalars())
     # Reading the log is itself audited: who looked, at what (the filters), and how much they got.
-    audit.record("audit.read", filters={key: str(value) for key, value in (("event", event), ("user_id", user_id),
-                 ("client_id", client_id), ("ip", ip), ("since", since), ("until", until)) if value is not None},
-                 rows=min(len(rows), limit), **actor.audit())
+    audit.record("audit.read", filters=where.described(), rows=min(len(rows), limit), **actor.audit())
     db.session.commit()
     return rows[:limit], encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+
+
+def export_audit_events(actor: Actor, where: AuditFilter, fmt: str) -> Iterator[AuditEvent]:
+    """Every audit event the filter selects, newest first, read in batches; the export itself is audited first."""
+    require(actor, Power.READ_AUDIT)  # checked now, before the answer starts (not when the rows are read)
+    audit.record("audit.exported", filters=where.described(), format=fmt, **actor.audit())
+    db.session.commit()
+
+    def rows() -> Iterator[AuditEvent]:
+        # Read as the answer is written (a streamed answer outlives the request's own database session).
+        yield from db.session.execute(where.query().execution_options(yield_per=500)).scalars()
+    return rows()

@@ -256,6 +256,10 @@ def token():
     """The token endpoint (RFC 6749 3.2): code, refresh_token and client_credentials grants."""
     if request.method == "OPTIONS":
         return current_app.make_default_options_response()
+    # The signing keys first: the very first ones are created and committed on first use, and that commit must
+    # not come between a grant's claim of a code or refresh token and its tokens, whose row lock makes a racing
+    # reuse wait and then revoke what this exchange issued (RFC 9700 4.5; tests/test_oidc_protocol.py races).
+    keys.signing_keyset()
     return current_server().create_token_response()
 
 
