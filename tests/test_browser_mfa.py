@@ -315,6 +315,9 @@ def test_recovery_codes_are_downloaded_as_a_text_file_from_the_page(page, live_l
     assert lines[0] == "Recovery codes for gina@example.com"
     assert [line for line in lines[1:] if line] == shown
     assert csp_violations(console_errors) == []
+    # Let the page finish loading (its icons) before the browser closes: a transfer cut off mid-file leaves the
+    # development server's file open, which the suite's warnings-as-errors reports at teardown.
+    page.wait_for_load_state("networkidle")
 
 
 def test_totp_enrolment_offers_a_tap_to_add_link(page, live_localhost):
@@ -329,3 +332,4 @@ def test_totp_enrolment_offers_a_tap_to_add_link(page, live_localhost):
     assert (parts.scheme, parts.netloc) == ("otpauth", "totp")
     assert parse_qs(parts.query)["secret"] == [secret]
     assert "hal%40example.com" in parts.path or "hal@example.com" in parts.path
+    page.wait_for_load_state("networkidle")  # as in the test above: no transfer cut off at teardown
