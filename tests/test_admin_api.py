@@ -248,7 +248,8 @@ def test_sessions_can_be_listed_and_ended(app, client, admin, make_user):
     assert browser.get("/account").status_code == 302  # that browser is signed out
     assert_problem(client.delete(f"{API}/sessions/{session['sid']}", headers=admin), 404)
     assert client.get(f"{API}/sessions", headers=admin).get_json()["items"] == []
-    assert_problem(client.get(f"{API}/sessions", query_string={"user_id": "x"}, headers=admin), 400)
+    for bad in ("x", "¹", "-1"):  # "¹" is a digit to str.isdigit, not to int()
+        assert_problem(client.get(f"{API}/sessions", query_string={"user_id": bad}, headers=admin), 400)
 
 
 def test_factors_are_listed_without_secrets(app, client, admin, make_user):

@@ -305,7 +305,7 @@ def _sessions_page(user: User | None) -> Response:
 def list_sessions() -> Response:
     """Every live sign-in session, or one user's (user_id)."""
     user_id = request.args.get("user_id")
-    if user_id is not None and not user_id.isdigit():
+    if user_id is not None and not (user_id.isascii() and user_id.isdigit()):  # not "¹"
         raise Invalid({"user_id": "a user id"})
     return _sessions_page(service.get_user(actor(), int(user_id)) if user_id is not None else None)
 
@@ -449,7 +449,7 @@ def _time(name: str) -> datetime | None:
 
 def _audit_filter() -> service.AuditFilter:
     user_id = request.args.get("user_id")
-    if user_id is not None and not user_id.isdigit():
+    if user_id is not None and not (user_id.isascii() and user_id.isdigit()):  # not "¹"
         raise Invalid({"user_id": "a user id"})
     return service.AuditFilter(event=request.args.get("event") or None, user_id=int(user_id) if user_id else None,
                                client_id=request.args.get("client_id") or None, ip=request.args.get("ip") or None,
