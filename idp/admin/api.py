@@ -6,6 +6,7 @@ same code the command line runs; this module only speaks HTTP.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import re
@@ -24,7 +25,6 @@ from idp.admin import service
 from idp.admin.openapi import document
 from idp.admin.service import Actor, AdminError, Invalid, Role
 from idp.extensions import csrf, db, limiter
-from idp.login.mfa import has_second_factor
 from idp.models import AuditEvent, LoginSession, SigningKey, User, utcnow
 from idp.oidc.registration import describe
 
@@ -90,13 +90,15 @@ def actor() -> Actor:
     return g.admin_actor
 
 
-def user_json(user: User) -> dict[str, Any]:
-    """A user as the API shows it: no secret, no hash."""
+def user_json(user: User, mfa: set[int] | None = None) -> dict[str, Any]:
+    """A user as the API shows it: no secret, no hash (``mfa``: the ids with a second factor, when known)."""
+    if mfa is None:
+        mfa = service.with_mfa([user])
     return {
         "id": user.id, "subject": user.subject, "email": user.email, "name": user.name,
         "email_verified": user.email_verified, "phone": user.phone, "phone_verified": user.phone_verified,
         "locale": user.locale, "disabled": user.disabled, "locked": user.locked, "admin": user.is_admin,
-        "mfa_required": user.mfa_required, "has_mfa": has_second_factor(user),
+        "mfa_required": user.mfa_required, "has_mfa": user.id in mfa,
         "created_at": user.created_at.isoformat(), "updated_at": user.updated_at.isoformat(),
         "deleted_at": user.deleted_at.isoformat() if user.deleted_at else None,
     }
@@ -120,14 +122,19 @@ def _body() -> dict[str, Any]:
     return data
 
 
-def _documented_parameters() -> set[str] | None:
-    """The query parameters the OpenAPI document gives this request's operation (None: not a documented one)."""
+@functools.cache
+def _query_parameters() -> dict[tuple[str, str], frozenset[str]]:
+    """(method, path) -> the query parameters the OpenAPI document gives that operation; built once."""
+    return {(method.upper(), path): frozenset(p["name"] for p in operation.get("parameters", [])
+                                               if p["in"] == "query")
+            for path, operations in document("")["paths"].items() for method, operation in operations.items()}
+
+
+def _documented_parameters() -> frozenset[str] | None:
+    """The query parameters of this request's operation (None: not a documented one)."""
     rule = request.url_rule.rule if request.url_rule is not None else ""
     path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.removeprefix(bp.url_prefix or ""))
-    operation = document("").get("paths", {}).get(path, {}).get(request.method.lower())
-    if operation is None:
-        return None
-    return {p["name"] for p in operation.get("parameters", []) if p["in"] == "query"}
+    return _query_parameters().get((request.method, path))
 
 
 @bp.before_request
@@ -166,7 +173,8 @@ def list_users() -> Response:
     filters = {name: on for name in service.FILTERS if (on := _flag(name)) is not None}
     users, cursor = service.list_users(actor(), q=request.args.get("q", ""), filters=filters,
                                        cursor=request.args.get("cursor"), limit=limit)
-    return jsonify({"items": [user_json(user) for user in users], "next_cursor": cursor})
+    mfa = service.with_mfa(users)
+    return jsonify({"items": [user_json(user, mfa) for user in users], "next_cursor": cursor})
 
 
 @bp.post("/v1/users")

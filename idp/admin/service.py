@@ -189,8 +189,13 @@ def user_by_email(actor: Actor, email: str) -> User:
     return user
 
 
-def has_mfa(user: User) -> bool:
-    return db.session.execute(db.select(_has_mfa().where(User.id == user.id))).scalar() or False
+def with_mfa(users: list[User]) -> set[int]:
+    """The ids among ``users`` that have a confirmed second factor, in one query (a page of users, not one each)."""
+    ids = [user.id for user in users]
+    if not ids:
+        return set()
+    return set(db.session.execute(db.select(Factor.user_id).where(Factor.user_id.in_(ids),
+                                                                  Factor.confirmed_at.is_not(None))).scalars())
 
 
 # --- changing ---------------------------------------------------------------------------------------------------
