@@ -42,10 +42,10 @@ def seed(out: str, users: int, totp_users: int) -> None:
         # Password-only users pw-1 .. pw-N and TOTP users totp-1 .. totp-N, all verified.
         for prefix, count in (("pw", users), ("totp", totp_users)):
             db.session.execute(text(
-                "INSERT INTO users (subject, email, name, password_hash, email_verified_at, disabled, is_admin, "
+                "INSERT INTO users (subject, email, name, password_hash, email_verified_at, disabled, "
                 "mfa_required, failed_logins, password_changed_at, created_at, updated_at) "
                 f"SELECT '{prefix}-sub-' || i, '{prefix}-' || i || '@bench.example', 'Bench User ' || i, :hash, "
-                ":now, false, false, false, 0, :now, :now, :now FROM generate_series(1, :n) AS i"),
+                ":now, false, false, 0, :now, :now, :now FROM generate_series(1, :n) AS i"),
                 {**params, "n": count})
         seeds = [pyotp.random_base32() for _ in range(totp_users)]
         secret = app.config["IDP_SECRET_KEY"]
@@ -84,9 +84,9 @@ def grow(users: int, tokens: int) -> None:
         now = datetime.now(UTC)
         if users > have_users:
             db.session.execute(text(
-                "INSERT INTO users (subject, email, name, password_hash, email_verified_at, disabled, is_admin, "
+                "INSERT INTO users (subject, email, name, password_hash, email_verified_at, disabled, "
                 "mfa_required, failed_logins, password_changed_at, created_at, updated_at) "
-                "SELECT 'bulk-sub-' || i, 'bulk-' || i || '@bench.example', 'Bulk User', :hash, :now, false, false, "
+                "SELECT 'bulk-sub-' || i, 'bulk-' || i || '@bench.example', 'Bulk User', :hash, :now, false, "
                 "false, 0, :now, :now, :now FROM generate_series(:start, :end) AS i"),
                 {"hash": shared, "now": now, "start": have_users + 1, "end": users})
         if tokens > have_tokens:

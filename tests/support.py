@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 from aiosmtpd.controller import Controller
 
 from idp.extensions import db
-from idp.models import User, utcnow
+from idp.models import AdminRole, User, utcnow
 from idp.security.passwords import hash_password
 
 PASSWORD = "correct horse battery staple"
@@ -136,11 +136,14 @@ def submit_link(client, link: str, page, **fields):
     return client.post(path, data={"csrf_token": csrf_token(page), "token": html.unescape(token), **fields})
 
 
-def make_user_in(app, *, email="alice@example.com", password=PASSWORD, name="Alice", verified=True, **fields) -> User:
-    """Insert a user and return it (detached, with its id and email)."""
+def make_user_in(app, *, email="alice@example.com", password=PASSWORD, name="Alice", verified=True,
+                 is_admin=False, roles=(), **fields) -> User:
+    """Insert a user and return it (detached, with its id and email); ``is_admin`` grants the admin role,
+    ``roles`` any roles (admin, helpdesk, auditor)."""
     with app.app_context():
         user = User(email=email, name=name, password_hash=hash_password(password),
                     email_verified_at=utcnow() if verified else None, **fields)
+        user.roles = [AdminRole(role=role) for role in (*roles, *(["admin"] if is_admin else []))]
         db.session.add(user)
         db.session.commit()
         db.session.refresh(user)

@@ -24,7 +24,18 @@ from idp.http import external_url
 from idp.jobs import enqueue
 from idp.login import enrolment, onetime, sessions
 from idp.login.browser import unlock_account
-from idp.models import AuditEvent, Client, Device, Factor, LoginSession, RecoveryCode, SigningKey, User, utcnow
+from idp.models import (
+    AdminRole,
+    AuditEvent,
+    Client,
+    Device,
+    Factor,
+    LoginSession,
+    RecoveryCode,
+    SigningKey,
+    User,
+    utcnow,
+)
 from idp.models.user import normalize_email
 from idp.oidc import keys
 from idp.oidc.registration import create_client as register
@@ -123,12 +134,17 @@ def _has_mfa():
     return exists().where(Factor.user_id == User.id, Factor.confirmed_at.is_not(None))
 
 
+def _has_role():
+    now = utcnow()
+    return exists().where(AdminRole.user_id == User.id, or_(AdminRole.until.is_(None), AdminRole.until > now))
+
+
 def _filter(name: str, on: bool):
     column = {
         "verified": User.email_verified_at.is_not(None),
         "locked": User.locked_at.is_not(None),
         "disabled": User.disabled.is_(True),
-        "admin": User.is_admin.is_(True),
+        "admin": _has_role(),
         "mfa": _has_mfa(),
         "deleted": User.deleted_at.is_not(None),
     }[name]
@@ -237,9 +253,11 @@ def create_user(actor: Actor, *, email: Any, name: Any = "", password: Any = Non
     if db.session.execute(db.select(User.id).where(User.email == email)).first():
         raise Conflict("a user with that email address exists")
     now = utcnow()
-    user = User(email=email, name=name.strip(), is_admin=admin, email_verified_at=now if email_verified else None,
+    user = User(email=email, name=name.strip(), email_verified_at=now if email_verified else None,
                 password_hash=hash_password(password) if password is not None else None,
                 password_changed_at=now if password is not None else None)
+    if admin:
+        user.roles = [AdminRole(role=Role.ADMIN, granted_by=actor.user.id if actor.user else None)]
     db.session.add(user)
     db.session.flush()
     audit.record("user.created", subject=user, admin=admin, invited=invite, **actor.audit())

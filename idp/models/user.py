@@ -1,10 +1,12 @@
 """The user account."""
 
+from __future__ import annotations
+
 import secrets
 from datetime import datetime
 
-from sqlalchemy import Boolean, Integer, String
-from sqlalchemy.orm import Mapped, mapped_column, validates
+from sqlalchemy import Boolean, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
 from idp.extensions import Model
 from idp.models.types import UTCDateTime, utcnow
@@ -37,7 +39,6 @@ class User(Model):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     # Deleted by an administrator: disabled and hidden at once, purged after IDP_DELETE_GRACE_DAYS (idp.admin).
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
-    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     mfa_required: Mapped[bool] = mapped_column(Boolean, default=False)  # set by an admin: no sign-in without MFA
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -72,5 +73,33 @@ class User(Model):
     def locked(self) -> bool:
         return self.locked_at is not None
 
+    roles: Mapped[list[AdminRole]] = relationship(back_populates="user", cascade="all, delete-orphan",
+                                                  foreign_keys="AdminRole.user_id", lazy="selectin")
+
+    def roles_at(self, now: datetime) -> frozenset[str]:
+        """The admin roles the user holds at ``now`` (a grant with an end time lapses by itself)."""
+        return frozenset(grant.role for grant in self.roles if grant.until is None or grant.until > now)
+
+    @property
+    def is_admin(self) -> bool:
+        """Whether the user holds any admin role now (full admin, helpdesk or auditor)."""
+        return bool(self.roles_at(utcnow()))
+
     def __repr__(self) -> str:
         return f"<User {self.id} {self.email}>"
+
+
+class AdminRole(Model):
+    """An admin role granted to a user (idp.admin.service.Role), for good or until an end time."""
+
+    __tablename__ = "admin_roles"
+    __table_args__ = (UniqueConstraint("user_id", "role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    granted_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    granted_by: Mapped[int | None] = mapped_column(Integer)  # the granting admin's id (None: the command line)
+    until: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)  # lapses then, audited (housekeeping)
+
+    user: Mapped[User] = relationship(back_populates="roles", foreign_keys=[user_id])
