@@ -57,9 +57,9 @@ def record(event: str, *, subject: User | None = None, actor: User | None = None
     row = {  # `at` is the column's default, the time of the INSERT
         "event": event,
         # Who did it: a person, the subject themselves by default, or nobody idp knows as a user (a machine
-        # client of the admin API, named in details as actor_client; an operator at the command line).
-        "actor_id": actor.id if actor is not None else None if actor_client or details.get("via") == "cli"
-        else subject_id,
+        # client of the admin API, named in details as actor_client; an operator at the command line; idp itself).
+        "actor_id": actor.id if actor is not None
+        else None if actor_client or details.get("via") in ("cli", "system") else subject_id,
         "subject_id": subject_id,
         "subject_email": subject.email if subject is not None else details.pop("email", None),
         "client_id": client_id,

@@ -128,7 +128,10 @@ def security_headers(response: Response) -> Response:
     """After each request: the headers every hosted page carries (SECURITY.md 16)."""
     headers = response.headers
     headers.setdefault("X-Frame-Options", "DENY")
-    headers.setdefault("Content-Security-Policy", current_app.extensions.get("idp.csp", CSP))
+    policy = current_app.extensions.get("idp.csp", CSP)
+    if origin := g.get("csp_image_origin"):  # a page showing a client's logo (its https origin, checked)
+        policy = policy.replace("img-src 'self'", f"img-src 'self' {origin}", 1)
+    headers.setdefault("Content-Security-Policy", policy)
     headers.setdefault("Referrer-Policy", "no-referrer")
     headers.setdefault("X-Content-Type-Options", "nosniff")
     if current_app.config["IDP_ENV"] == "production":

@@ -55,7 +55,7 @@ def _api_routes(app) -> list[tuple[str, str]]:
         if rule.rule.startswith(API):
             for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
                 routes.append((method, rule.rule.replace("<int:user_id>", "1").replace("<sid>", "{sid}")
-                               .replace("<client_id>", "{client_id}")))
+                               .replace("<client_id>", "{client_id}").replace("<role>", "{role}")))
     return routes
 
 

@@ -268,7 +268,7 @@ def _events(output: str) -> list[tuple[str, str]]:
 
 def test_audit_tail_prints_recent_events_oldest_first(cli):
     ok(cli("users", "create", "alice@example.com", "--password", PASSWORD))
-    ok(cli("users", "create", "bob@example.com", "--password", NEW_PASSWORD, "--admin"))
+    ok(cli("users", "create", "bob@example.com", "--password", NEW_PASSWORD))
     ok(cli("users", "disable", "bob@example.com"))
     out = ok(cli("audit", "tail"))
     assert _events(out) == [("user.created", "alice@example.com"), ("user.created", "bob@example.com"),

@@ -98,6 +98,9 @@ def user_json(user: User, mfa: set[int] | None = None) -> dict[str, Any]:
         "id": user.id, "subject": user.subject, "email": user.email, "name": user.name,
         "email_verified": user.email_verified, "phone": user.phone, "phone_verified": user.phone_verified,
         "locale": user.locale, "disabled": user.disabled, "locked": user.locked, "admin": user.is_admin,
+        "roles": [{"role": grant.role, "until": grant.until.isoformat() if grant.until else None}
+                  for grant in sorted(user.roles, key=lambda grant: grant.role)
+                  if grant.until is None or grant.until > utcnow()],
         "mfa_required": user.mfa_required, "has_mfa": user.id in mfa,
         "created_at": user.created_at.isoformat(), "updated_at": user.updated_at.isoformat(),
         "deleted_at": user.deleted_at.isoformat() if user.deleted_at else None,
@@ -286,6 +289,26 @@ def send_password_reset(user_id: int) -> Response:
     return _action(user_id, lambda user: service.send_password_reset(actor(), user))
 
 
+@bp.post("/v1/users/<int:user_id>/roles")
+@authenticated
+def grant_role(user_id: int) -> Response:
+    """Grant an admin role, for good or until a time."""
+    body = _body()
+    unknown = set(body) - {"role", "until"}
+    if unknown:
+        raise Invalid({name: "not a field of a grant" for name in sorted(unknown)})
+    until = body.get("until")
+    if until is not None:
+        until = _moment("until", until)
+    return _action(user_id, lambda user: service.grant_role(actor(), user, body.get("role"), until))
+
+
+@bp.delete("/v1/users/<int:user_id>/roles/<role>")
+@authenticated
+def revoke_role(user_id: int, role: str) -> Response:
+    """Take an admin role away."""
+    return _action(user_id, lambda user: service.revoke_role(actor(), user, role))
+
 
 # --- sessions and factors ---------------------------------------------------------------------------------------
 
@@ -347,7 +370,8 @@ def user_factors(user_id: int) -> Response:
 
 # The settings a client is created with, by their JSON type (idp.oidc.registration checks the values).
 CLIENT_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "name": str, "redirect_uris": list, "post_logout_redirect_uris": list, "public": bool, "grant_types": list,
+    "name": str, "logo_uri": (str, type(None)), "redirect_uris": list, "post_logout_redirect_uris": list,
+    "public": bool, "grant_types": list,
     "scopes": list, "token_endpoint_auth_method": (str, type(None)), "first_party": bool, "id_token_alg": str,
     "jwks": (dict, type(None)), "jwks_uri": (str, type(None)), "mfa": str, "min_acr": str,
     "allow_remembered_device": bool, "access_token_ttl": (int, type(None)), "refresh_token_ttl": (int, type(None)),
@@ -357,8 +381,9 @@ CLIENT_DEFAULTS = {"redirect_uris": [], "post_logout_redirect_uris": [], "public
                    "scopes": [], "token_endpoint_auth_method": None, "first_party": False}
 
 
-def _client_settings(body: dict[str, Any]) -> dict[str, Any]:
-    errors = {name: "not a client setting" for name in body if name not in CLIENT_FIELDS}
+def _client_settings(body: dict[str, Any], creating: bool = True) -> dict[str, Any]:
+    fields = CLIENT_FIELDS if creating else {k: v for k, v in CLIENT_FIELDS.items() if k != "public"}
+    errors = {name: "not a client setting" for name in body if name not in fields}
     for name, value in body.items():
         kind = CLIENT_FIELDS.get(name)
         if kind is None:
@@ -367,12 +392,13 @@ def _client_settings(body: dict[str, Any]) -> dict[str, Any]:
             errors[name] = "the wrong type"
         elif isinstance(value, list) and not all(isinstance(item, str) for item in value):
             errors[name] = "a list of strings"
-    if "name" not in body:
+    if "name" not in body and creating:
         errors["name"] = "required"
     if errors:
         raise Invalid(errors)
-    settings = {**CLIENT_DEFAULTS, **body}
-    settings["auth_method"] = settings.pop("token_endpoint_auth_method")
+    settings = {**CLIENT_DEFAULTS, **body} if creating else dict(body)
+    if "token_endpoint_auth_method" in settings:
+        settings["auth_method"] = settings.pop("token_endpoint_auth_method")
     return settings
 
 
@@ -399,6 +425,14 @@ def create_client() -> Response:
 def get_client(client_id: str) -> Response:
     """One client's settings."""
     return jsonify(describe(service.get_client(actor(), client_id)))
+
+
+@bp.patch("/v1/clients/<client_id>")
+@authenticated
+def update_client(client_id: str) -> Response:
+    """Change some of a client's settings."""
+    client = service.get_client(actor(), client_id)
+    return jsonify(describe(service.update_client(actor(), client, _client_settings(_body(), creating=False))))
 
 
 @bp.delete("/v1/clients/<client_id>")
@@ -443,8 +477,13 @@ def rotate_keys() -> Response:
 
 def _time(name: str) -> datetime | None:
     value = request.args.get(name)
-    if value is None:
-        return None
+    return None if value is None else _moment(name, value)
+
+
+def _moment(name: str, value: Any) -> datetime:
+    """An RFC 3339 date-time with its offset, or a problem naming the field."""
+    if not isinstance(value, str):
+        raise Invalid({name: "an RFC 3339 date and time with its offset, like 2026-12-05T10:00:00Z"})
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:

@@ -48,6 +48,22 @@ PAGE = [{"name": "cursor", "in": "query", "schema": CURSOR},
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}}]
 
 
+# A client's settings, as registration takes them (idp.oidc.registration.SETTINGS).
+CLIENT_SETTINGS: dict[str, Any] = {
+    "name": {"type": "string"}, "logo_uri": {"type": ["string", "null"]},
+    "redirect_uris": {"type": "array", "items": {"type": "string"}},
+    "post_logout_redirect_uris": {"type": "array", "items": {"type": "string"}},
+    "public": {"type": "boolean"}, "grant_types": {"type": "array", "items": {"type": "string"}},
+    "scopes": {"type": "array", "items": {"type": "string"}},
+    "token_endpoint_auth_method": {"type": ["string", "null"]}, "first_party": {"type": "boolean"},
+    "id_token_alg": {"type": "string", "enum": ["RS256", "ES256"]},
+    "jwks": {"type": ["object", "null"]}, "jwks_uri": {"type": ["string", "null"]},
+    "mfa": {"type": "string", "enum": ["optional", "required"]}, "min_acr": {"type": "string"},
+    "allow_remembered_device": {"type": "boolean"}, "access_token_ttl": {"type": ["integer", "null"]},
+    "refresh_token_ttl": {"type": ["integer", "null"]}, "refresh_tokens_for_sessions": {"type": "boolean"},
+}
+
+
 def _list(schema: str, paged: bool = False) -> dict[str, Any]:
     properties: dict[str, Any] = {"items": {"type": "array", "items": {"$ref": f"#/components/schemas/{schema}"}}}
     if paged:
@@ -119,6 +135,21 @@ def document(issuer: str) -> dict[str, Any]:
             "/v1/users/{user_id}/reset-mfa": _action("Remove every second factor (the user is mailed)"),
             "/v1/users/{user_id}/revoke-tokens": _action("End every session and revoke every token"),
             "/v1/users/{user_id}/send-password-reset": _action("Mail the user a password reset link"),
+            "/v1/users/{user_id}/roles": {"post": {
+                "summary": "Grant an admin role, for good or until a time (it then lapses by itself)",
+                "parameters": [USER_ID],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["role"], "additionalProperties": False, "properties": {
+                        "role": {"type": "string", "enum": ["admin", "helpdesk", "auditor"]},
+                        "until": {"type": ["string", "null"], "format": "date-time"}}}}}},
+                "responses": {"200": {"description": "The user with the role", "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/User"}}}}, **_errors(400, 404, 409)}}},
+            "/v1/users/{user_id}/roles/{role}": {"delete": {
+                "summary": "Take an admin role away (never your own admin role, never the last administrator's)",
+                "parameters": [USER_ID, {"name": "role", "in": "path", "required": True,
+                                         "schema": {"type": "string", "enum": ["admin", "helpdesk", "auditor"]}}],
+                "responses": {"200": {"description": "The user without the role", "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/User"}}}}, **_errors(404, 409)}}},
             "/v1/users/{user_id}/sessions": {"get": {"summary": "A user's live sessions", "parameters": [
                 USER_ID, *PAGE], "responses": {"200": _list("Session", paged=True), **_errors(400, 404)}}},
             "/v1/users/{user_id}/factors": {"get": {"summary": "A user's sign-in factors (no secrets)",
@@ -142,6 +173,12 @@ def document(issuer: str) -> dict[str, Any]:
                 "get": {"summary": "A client's settings", "parameters": [CLIENT_ID], "responses": {
                     "200": {"description": "The client", "content": {"application/json": {
                         "schema": {"$ref": "#/components/schemas/Client"}}}}, **_errors(404)}},
+                "patch": {"summary": "Change some of a client's settings (checked as a whole, as at creation)",
+                          "parameters": [CLIENT_ID], "requestBody": {"required": True, "content": {
+                              "application/json": {"schema": {"$ref": "#/components/schemas/ClientChanges"}}}},
+                          "responses": {"200": {"description": "The changed client", "content": {
+                              "application/json": {"schema": {"$ref": "#/components/schemas/Client"}}}},
+                              **_errors(400, 404)}},
                 "delete": {"summary": "Delete a client (its tokens stop working)", "parameters": [CLIENT_ID],
                            "responses": {"204": {"description": "Deleted"}, **_errors(404)}}},
             "/v1/clients/{client_id}/rotate-secret": {"post": {
@@ -187,7 +224,7 @@ def document(issuer: str) -> dict[str, Any]:
                     "last_used_at": {"type": ["string", "null"], "format": "date-time"}}},
                 "Client": {"type": "object", "required": ["client_id", "name"], "properties": {
                     "client_id": {"type": "string"}, "name": {"type": "string"},
-                    "client_secret": {"type": ["string", "null"]},
+                    "logo_uri": {"type": ["string", "null"]}, "client_secret": {"type": ["string", "null"]},
                     "redirect_uris": {"type": "array", "items": {"type": "string"}},
                     "post_logout_redirect_uris": {"type": "array", "items": {"type": "string"}},
                     "grant_types": {"type": "array", "items": {"type": "string"}}, "scope": {"type": "string"},
@@ -198,18 +235,9 @@ def document(issuer: str) -> dict[str, Any]:
                     "refresh_token_ttl": {"type": ["integer", "null"]},
                     "refresh_tokens_for_sessions": {"type": "boolean"}, "created_at": {"type": "string"}}},
                 "NewClient": {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
-                    "name": {"type": "string"}, "redirect_uris": {"type": "array", "items": {"type": "string"}},
-                    "post_logout_redirect_uris": {"type": "array", "items": {"type": "string"}},
-                    "public": {"type": "boolean"}, "grant_types": {"type": "array", "items": {"type": "string"}},
-                    "scopes": {"type": "array", "items": {"type": "string"}},
-                    "token_endpoint_auth_method": {"type": ["string", "null"]}, "first_party": {"type": "boolean"},
-                    "id_token_alg": {"type": "string", "enum": ["RS256", "ES256"]},
-                    "jwks": {"type": ["object", "null"]}, "jwks_uri": {"type": ["string", "null"]},
-                    "mfa": {"type": "string", "enum": ["optional", "required"]}, "min_acr": {"type": "string"},
-                    "allow_remembered_device": {"type": "boolean"},
-                    "access_token_ttl": {"type": ["integer", "null"]},
-                    "refresh_token_ttl": {"type": ["integer", "null"]},
-                    "refresh_tokens_for_sessions": {"type": "boolean"}}},
+                    **CLIENT_SETTINGS}},
+                "ClientChanges": {"type": "object", "additionalProperties": False, "properties": {
+                    key: value for key, value in CLIENT_SETTINGS.items() if key != "public"}},
                 "Key": {"type": "object", "required": ["kid", "alg", "state"], "properties": {
                     "kid": {"type": "string"}, "alg": {"type": "string"},
                     "state": {"type": "string", "enum": ["signing", "retired", "expired"]},
@@ -230,6 +258,9 @@ def document(issuer: str) -> dict[str, Any]:
                              "phone_verified": {"type": "boolean"}, "locale": {"type": ["string", "null"]},
                              "disabled": {"type": "boolean"}, "locked": {"type": "boolean"},
                              "admin": {"type": "boolean"}, "mfa_required": {"type": "boolean"},
+                             "roles": {"type": "array", "items": {"type": "object", "required": ["role"],
+                                       "properties": {"role": {"type": "string"},
+                                                      "until": {"type": ["string", "null"]}}}},
                              "has_mfa": {"type": "boolean"},
                              "created_at": {"type": "string", "format": "date-time"},
                              "updated_at": {"type": "string", "format": "date-time"},

@@ -16,6 +16,7 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
+from flask_babel import force_locale, gettext
 from sqlalchemy import exists, false, or_
 
 from idp import audit
@@ -24,10 +25,12 @@ from idp.http import external_url
 from idp.jobs import enqueue
 from idp.login import enrolment, onetime, sessions
 from idp.login.browser import unlock_account
+from idp.login.factors import REGISTRY
 from idp.models import (
     AdminRole,
     AuditEvent,
     Client,
+    Consent,
     Device,
     Factor,
     LoginSession,
@@ -40,7 +43,8 @@ from idp.models.user import normalize_email
 from idp.oidc import keys
 from idp.oidc.registration import create_client as register
 from idp.oidc.registration import new_client_secret
-from idp.oidc.server import revoke_client
+from idp.oidc.registration import update_client as update
+from idp.oidc.server import revoke_client, revoke_for_client
 from idp.security.passwords import hash_password, password_problems
 from idp.security.tokens import token_hash
 
@@ -60,6 +64,7 @@ class Power(StrEnum):
     END_SESSIONS = "end sessions"
     MANAGE_CLIENTS = "manage clients"
     MANAGE_KEYS = "manage keys"
+    MANAGE_ADMINS = "grant or remove admin roles"
     READ_AUDIT = "read the audit log"
 
 
@@ -70,6 +75,7 @@ POWERS: dict[Power, frozenset[Role]] = {
     Power.END_SESSIONS: frozenset({Role.ADMIN, Role.HELPDESK}),
     Power.MANAGE_CLIENTS: frozenset({Role.ADMIN}),
     Power.MANAGE_KEYS: frozenset({Role.ADMIN}),
+    Power.MANAGE_ADMINS: frozenset({Role.ADMIN}),
     Power.READ_AUDIT: frozenset({Role.ADMIN, Role.AUDITOR}),
 }
 
@@ -88,6 +94,23 @@ class Actor:
 
 
 OPERATOR = Actor(roles=frozenset({Role.ADMIN}), via="cli")  # whoever runs `idp` on the server
+ROLE_NAMES = frozenset(role.value for role in Role)
+
+
+def roles_of(user: User, now: datetime | None = None) -> frozenset[Role]:
+    """The admin roles ``user`` holds now (a grant past its end time no longer counts, lapsed or not)."""
+    if user.disabled or user.deleted_at is not None:
+        return frozenset()
+    return frozenset(Role(name) for name in user.roles_at(now or utcnow()) if name in ROLE_NAMES)
+
+
+def person(user: User, via: str = "console") -> Actor:
+    """A signed-in administrator acting (in the console, or with a token of their own at the API)."""
+    return Actor(roles=roles_of(user), via=via, user=user)
+
+
+def can(actor: Actor, power: Power) -> bool:
+    return bool(actor.roles & POWERS[power])
 
 
 class AdminError(Exception):
@@ -119,7 +142,7 @@ class Invalid(AdminError):
 
 
 def require(actor: Actor, power: Power) -> None:
-    if not actor.roles & POWERS[power]:
+    if not can(actor, power):
         raise Forbidden(f"this requires one of the roles {', '.join(sorted(POWERS[power]))} to {power}")
 
 
@@ -283,6 +306,7 @@ def delete_user(actor: Actor, user: User) -> None:
         raise Conflict("you cannot delete yourself")
     if user.deleted_at is not None:
         raise Conflict("this user is deleted already")
+    _keep_an_admin(user)
     user.deleted_at = utcnow()
     user.disabled = True
     ended, revoked = sessions.sign_out_everywhere(user, "user_deleted", user.deleted_at)
@@ -358,6 +382,7 @@ def disable(actor: Actor, user: User) -> tuple[int, int]:
     require(actor, Power.CHANGE_USERS)
     if actor.user is not None and actor.user.id == user.id:
         raise Conflict("you cannot disable yourself")
+    _keep_an_admin(user)
     user.disabled = True
     ended, revoked = sessions.sign_out_everywhere(user, "user_disabled", utcnow())
     audit.record("user.disabled", subject=user, sessions_ended=ended, tokens_revoked=revoked, **actor.audit())
@@ -417,6 +442,152 @@ def send_password_reset(actor: Actor, user: User) -> None:
     audit.record("user.password_reset_sent", subject=user, **actor.audit())
     db.session.commit()
     enqueue("start_password_reset", email=user.email, language=user.locale or None)
+
+
+# --- admin roles ------------------------------------------------------------------------------------------------
+
+def _keep_an_admin(user: User) -> None:
+    """Refuse to take the last enabled full administrator away (disabled, deleted or stripped of the role).
+
+    The admin grants are read FOR UPDATE: two administrators removing each other at the same moment would
+    otherwise each see the other still in place and leave nobody."""
+    now = utcnow()
+    grants = db.session.execute(
+        db.select(AdminRole.user_id).join(User, User.id == AdminRole.user_id)
+        .where(AdminRole.role == Role.ADMIN.value, or_(AdminRole.until.is_(None), AdminRole.until > now),
+               User.disabled.is_(False), User.deleted_at.is_(None))
+        .with_for_update(of=AdminRole)).scalars().all()
+    if user.id in grants and len(set(grants)) == 1:
+        raise Conflict("this is the last administrator: make someone else an administrator first")
+
+
+def grant_role(actor: Actor, user: User, role: Any, until: datetime | None = None) -> AdminRole:
+    """Give ``user`` an admin role, for good or until ``until`` (then it lapses by itself); granting a role
+    held already sets its end time anew."""
+    require(actor, Power.MANAGE_ADMINS)
+    if role not in ROLE_NAMES:
+        raise Invalid({"role": f"one of {', '.join(sorted(ROLE_NAMES))}"})
+    now = utcnow()
+    if until is not None and (until.tzinfo is None or until <= now):
+        raise Invalid({"until": "a time in the future, with its offset"})
+    if user.deleted_at is not None or user.disabled:
+        raise Conflict("a disabled or deleted user cannot hold an admin role")
+    grant = next((row for row in user.roles if row.role == role), None)
+    before = grant.until.isoformat() if grant is not None and grant.until else None
+    if grant is None:
+        grant = AdminRole(role=role, until=until, granted_at=now, granted_by=actor.user.id if actor.user else None)
+        user.roles.append(grant)
+    else:
+        grant.until, grant.granted_at = until, now
+        grant.granted_by = actor.user.id if actor.user else None
+    audit.record("admin.role_granted", subject=user, role=role, until=until.isoformat() if until else None,
+                 previous_until=before, **actor.audit())
+    db.session.commit()
+    return grant
+
+
+def revoke_role(actor: Actor, user: User, role: Any) -> None:
+    """Take an admin role away. Nobody removes their own admin role, and the last administrator stays one."""
+    require(actor, Power.MANAGE_ADMINS)
+    grant = next((row for row in user.roles if row.role == role), None)
+    if grant is None:
+        raise NotFound(f"this user does not hold the role {str(role)[:16]}")
+    if role == Role.ADMIN.value:
+        if actor.user is not None and actor.user.id == user.id:
+            raise Conflict("you cannot remove your own admin role")
+        _keep_an_admin(user)
+    user.roles.remove(grant)
+    audit.record("admin.role_revoked", subject=user, role=role, **actor.audit())
+    db.session.commit()
+
+
+def lapse_roles(now: datetime | None = None) -> int:
+    """Remove the grants whose end time has passed, each audited (housekeeping; a lapsed grant stopped counting
+    at its end time already, this only records it and tidies up). Returns how many."""
+    now = now or utcnow()
+    lapsed = list(db.session.execute(db.select(AdminRole).where(AdminRole.until.is_not(None), AdminRole.until <= now)
+                                     .with_for_update(skip_locked=True)).scalars())
+    for grant in lapsed:
+        audit.record("admin.role_lapsed", subject=grant.user, role=grant.role, until=grant.until.isoformat(),
+                     via="system")
+        db.session.delete(grant)
+    db.session.commit()
+    return len(lapsed)
+
+
+# --- a user's devices, applications and events ------------------------------------------------------------------
+
+def list_devices(actor: Actor, user: User) -> list[Device]:
+    """The user's known browsers, remembered or not, newest first."""
+    require(actor, Power.READ_USERS)
+    return list(db.session.execute(db.select(Device).where(Device.user_id == user.id, Device.revoked_at.is_(None))
+                                   .order_by(Device.last_used_at.desc())).scalars())
+
+
+def forget_device(actor: Actor, user: User, device_id: int) -> Device:
+    """Stop remembering a device: its next sign-in asks for the second factor again (the user is told)."""
+    require(actor, Power.SUPPORT_USERS)
+    device = db.session.get(Device, device_id) if 0 <= device_id <= MAX_ID else None
+    if device is None or device.user_id != user.id or device.revoked_at is not None:
+        raise NotFound("no such device")
+    device.remembered_until = None
+    device.revoked_at = utcnow()
+    with force_locale(user.locale or "en"):  # the notice mail, in the user's language
+        what = gettext("An administrator made idp forget the device “%(name)s”.", name=device.name)
+    enrolment.notify_change(user, what, event="device.forgotten", device_id=device.id, **actor.audit())
+    db.session.commit()
+    return device
+
+
+def remove_factor(actor: Actor, user: User, factor_id: int) -> Factor:
+    """Remove one sign-in factor of the user (mailed to them, as when they remove it themselves)."""
+    require(actor, Power.SUPPORT_USERS)
+    factor = db.session.get(Factor, factor_id) if 0 <= factor_id <= MAX_ID else None
+    if factor is None or factor.user_id != user.id:
+        raise NotFound("no such factor")
+    factor_type = REGISTRY.get(factor.kind)
+    if factor_type is not None:
+        factor_type.remove(factor)
+    else:  # a credential of a factor this server no longer offers
+        db.session.delete(factor)
+    with force_locale(user.locale or "en"):
+        what = gettext("An administrator removed the sign-in method “%(name)s” from your account.", name=factor.name)
+    enrolment.notify_change(user, what, event="factor.removed", kind=factor.kind, **actor.audit())
+    db.session.commit()
+    return factor
+
+
+def list_consents(actor: Actor, user: User) -> list[tuple[Consent, Client | None]]:
+    """The applications the user allowed, with what they may see."""
+    require(actor, Power.READ_USERS)
+    return [(consent, client) for consent, client in db.session.execute(
+        db.select(Consent, Client).outerjoin(Client, Client.client_id == Consent.client_id)
+        .where(Consent.user_id == user.id, Consent.revoked_at.is_(None)).order_by(Consent.updated_at.desc()))]
+
+
+def revoke_consent(actor: Actor, user: User, client_id: str) -> int:
+    """Withdraw an application's access to the user: the consent ends and its tokens are revoked; returns how many."""
+    require(actor, Power.CHANGE_USERS)
+    consent = db.session.execute(db.select(Consent).where(Consent.user_id == user.id,
+                                                          Consent.client_id == client_id[:128],
+                                                          Consent.revoked_at.is_(None))).scalar_one_or_none()
+    if consent is None:
+        raise NotFound("this application has no access to the user")
+    consent.revoked_at = utcnow()
+    revoked = revoke_for_client(user, consent.client_id, "consent_revoked")
+    audit.record("consent.revoked", subject=user, client_id=consent.client_id, tokens_revoked=revoked,
+                 **actor.audit())
+    db.session.commit()
+    return revoked
+
+
+def end_sessions(actor: Actor, user: User) -> int:
+    """End every live session of the user (their tokens stay; revoke_tokens ends both)."""
+    require(actor, Power.END_SESSIONS)
+    ended = sessions.end_all(user, "ended_by_admin", utcnow())
+    audit.record("session.ended_all", subject=user, sessions_ended=ended, **actor.audit())
+    db.session.commit()
+    return ended
 
 
 # --- sessions and factors ---------------------------------------------------------------------------------------
@@ -486,6 +657,18 @@ def create_client(actor: Actor, **settings: Any) -> tuple[Client, str | None]:
         raise Invalid({"client": str(refused)}) from None
     db.session.commit()
     return client, secret
+
+
+def update_client(actor: Actor, client: Client, changes: Mapping[str, Any]) -> Client:
+    """Change a client's settings (checked as a whole, as at creation); the changed fields are audited."""
+    require(actor, Power.MANAGE_CLIENTS)
+    try:
+        update(client, dict(changes), audit_details=actor.audit())
+    except ValueError as refused:
+        db.session.rollback()
+        raise Invalid({"client": str(refused)}) from None
+    db.session.commit()
+    return client
 
 
 def delete_client(actor: Actor, client: Client) -> int:

@@ -3,6 +3,7 @@ metadata, checked with Authlib's claims classes, plus idp's own), shared by the 
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc7591 import ClientMetadataClaims as RFC7591Claims
@@ -96,15 +97,19 @@ def new_client_secret() -> str:
     return new_token(32)
 
 
-def create_client(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: list[str], public: bool,
-                  grant_types: list[str], scopes: list[str], auth_method: str | None, first_party: bool,
-                  id_token_alg: str = "RS256", jwks: dict | None = None, jwks_uri: str | None = None,
-                  client_id: str | None = None, mfa: str = "optional", min_acr: str = "",
-                  allow_remembered_device: bool = True, access_token_ttl: int | None = None,
-                  refresh_token_ttl: int | None = None,
-                  refresh_tokens_for_sessions: bool = False,
-                  audit_details: dict | None = None) -> tuple[Client, str | None]:
-    """Register a client after checking its settings; returns it and its secret (None for public clients)."""
+# Every setting of a client, by the name create_client takes it under (what the CLI, the API and the console set).
+SETTINGS = ("name", "logo_uri", "redirect_uris", "post_logout_redirect_uris", "public", "grant_types", "scopes",
+            "auth_method", "first_party", "id_token_alg", "jwks", "jwks_uri", "mfa", "min_acr",
+            "allow_remembered_device", "access_token_ttl", "refresh_token_ttl", "refresh_tokens_for_sessions")
+
+
+def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: list[str], public: bool,
+             grant_types: list[str], scopes: list[str], auth_method: str | None, first_party: bool,
+             id_token_alg: str = "RS256", jwks: dict | None = None, jwks_uri: str | None = None,
+             mfa: str = "optional", min_acr: str = "", allow_remembered_device: bool = True,
+             access_token_ttl: int | None = None, refresh_token_ttl: int | None = None,
+             refresh_tokens_for_sessions: bool = False, logo_uri: str | None = None) -> dict:
+    """The settings as stored (column names), after checking them; raises ValueError in one line."""
     grant_types = grant_types or ["authorization_code", "refresh_token"]
     method = "none" if public else (auth_method or "client_secret_basic")
     for uri in [*redirect_uris, *post_logout_redirect_uris]:  # stricter than registration's own URI check
@@ -115,7 +120,7 @@ def create_client(*, name: str, redirect_uris: list[str], post_logout_redirect_u
                     "grant_types": list(grant_types), "response_types": ["code"] if redirect_uris else [],
                     "client_name": name, "scope": " ".join(scopes), "id_token_signed_response_alg": id_token_alg,
                     **({"default_acr_values": [min_acr]} if min_acr else {}),
-                    **({"jwks_uri": jwks_uri} if jwks_uri else {})})
+                    **({"jwks_uri": jwks_uri} if jwks_uri else {}), **({"logo_uri": logo_uri} if logo_uri else {})})
     # idp's own rules on top of the registration metadata's.
     if "authorization_code" in grant_types and not redirect_uris:
         raise ValueError("a client with the authorization_code grant needs at least one --redirect-uri")
@@ -133,6 +138,10 @@ def create_client(*, name: str, redirect_uris: list[str], post_logout_redirect_u
     problem = validate_jwks_uri(jwks_uri) if jwks_uri else None
     if problem:
         raise ValueError(problem)
+    # The logo's origin goes into the consent page's Content-Security-Policy: a plain host name (and port) only.
+    if logo_uri and (len(logo_uri) > 2000 or urlsplit(logo_uri).scheme != "https"
+                     or not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?", urlsplit(logo_uri).netloc)):
+        raise ValueError("a logo URI is an https URL of at most 2000 characters")
     if not name.strip() or len(name) > 200:
         raise ValueError("a client name has 1 to 200 characters")
     for ttl in (access_token_ttl, refresh_token_ttl):
@@ -140,24 +149,72 @@ def create_client(*, name: str, redirect_uris: list[str], post_logout_redirect_u
             raise ValueError("token lifetimes must be between 60 seconds and a year")
     if mfa not in ("optional", "required"):
         raise ValueError("--mfa must be optional or required")
+    return {"name": name, "logo_uri": logo_uri or None, "redirect_uris": list(redirect_uris),
+            "post_logout_redirect_uris": list(post_logout_redirect_uris), "grant_types": list(grant_types),
+            "scope": " ".join(scopes or SCOPES), "token_endpoint_auth_method": method, "first_party": first_party,
+            "id_token_signed_response_alg": id_token_alg, "jwks": jwks, "jwks_uri": jwks_uri, "mfa": mfa,
+            "min_acr": min_acr, "allow_remembered_device": allow_remembered_device,
+            "access_token_ttl": access_token_ttl, "refresh_token_ttl": refresh_token_ttl,
+            "refresh_tokens_for_sessions": refresh_tokens_for_sessions}
+
+
+def create_client(*, client_id: str | None = None, audit_details: dict | None = None,
+                  **settings) -> tuple[Client, str | None]:
+    """Register a client after checking its settings (SETTINGS); returns it and its secret (None for public
+    clients and private_key_jwt)."""
+    columns = _checked(**settings)
+    method = columns["token_endpoint_auth_method"]
     secret = None if method in ("none", "private_key_jwt") else new_client_secret()
-    client = Client(client_id=client_id or new_client_id(), name=name, redirect_uris=list(redirect_uris),
-                    post_logout_redirect_uris=list(post_logout_redirect_uris), grant_types=list(grant_types),
-                    scope=" ".join(scopes or SCOPES), token_endpoint_auth_method=method, first_party=first_party,
-                    id_token_signed_response_alg=id_token_alg, jwks=jwks, jwks_uri=jwks_uri,
-                    client_secret_hash=token_hash(secret) if secret else None, mfa=mfa, min_acr=min_acr,
-                    allow_remembered_device=allow_remembered_device, access_token_ttl=access_token_ttl,
-                    refresh_token_ttl=refresh_token_ttl, refresh_tokens_for_sessions=refresh_tokens_for_sessions)
+    client = Client(client_id=client_id or new_client_id(), client_secret_hash=token_hash(secret) if secret else None,
+                    **columns)
     db.session.add(client)
     db.session.flush()
-    audit.record("client.created", client_id=client.client_id, name=name, auth_method=method,
-                 grant_types=list(grant_types), **(audit_details or {"via": "cli"}))
+    audit.record("client.created", client_id=client.client_id, name=client.name, auth_method=method,
+                 grant_types=client.grant_types, **(audit_details or {"via": "cli"}))
     return client, secret
+
+
+def settings_of(client: Client) -> dict:
+    """A client's settings under create_client's names."""
+    public = client.token_endpoint_auth_method == "none"
+    return {"name": client.name, "logo_uri": client.logo_uri, "redirect_uris": list(client.redirect_uris),
+            "post_logout_redirect_uris": list(client.post_logout_redirect_uris), "public": public,
+            "grant_types": list(client.grant_types), "scopes": client.scope.split(),
+            "auth_method": None if public else client.token_endpoint_auth_method, "first_party": client.first_party,
+            "id_token_alg": client.id_token_signed_response_alg, "jwks": client.jwks, "jwks_uri": client.jwks_uri,
+            "mfa": client.mfa, "min_acr": client.min_acr, "allow_remembered_device": client.allow_remembered_device,
+            "access_token_ttl": client.access_token_ttl, "refresh_token_ttl": client.refresh_token_ttl,
+            "refresh_tokens_for_sessions": client.refresh_tokens_for_sessions}
+
+
+def update_client(client: Client, changes: dict, audit_details: dict | None = None) -> dict:
+    """Change some settings of a client, checked as a whole as at creation; returns the diff (column: [before,
+    after]). Whether it has a secret cannot change (public, or private_key_jwt, against a secret): that is a new
+    client, since its secret would have to appear or vanish under running software."""
+    unknown = set(changes) - set(SETTINGS)
+    if unknown:
+        raise ValueError(f"not client settings: {', '.join(sorted(unknown))}")
+    merged = {**settings_of(client), **changes}
+    columns = _checked(**merged)
+    had_secret = client.client_secret_hash is not None
+    if had_secret != (columns["token_endpoint_auth_method"] not in ("none", "private_key_jwt")):
+        raise ValueError("a client cannot gain or lose its secret: register a new client for that")
+    diff = {}
+    for column, value in columns.items():
+        if getattr(client, column) != value:
+            diff[column] = [getattr(client, column), value]
+            setattr(client, column, value)
+    if diff:
+        shown = {column: pair for column, pair in diff.items() if column != "jwks"}  # keys are long; named only
+        audit.record("client.updated", client_id=client.client_id, changes=shown, jwks_changed="jwks" in diff,
+                     **(audit_details or {"via": "cli"}))
+    return diff
 
 
 def describe(client: Client) -> dict:
     """A client's settings (never its secret)."""
-    return {"client_id": client.client_id, "name": client.name, "redirect_uris": client.redirect_uris,
+    return {"client_id": client.client_id, "name": client.name, "logo_uri": client.logo_uri,
+            "redirect_uris": client.redirect_uris,
             "post_logout_redirect_uris": client.post_logout_redirect_uris, "grant_types": client.grant_types,
             "scope": client.scope, "token_endpoint_auth_method": client.token_endpoint_auth_method,
             "first_party": client.first_party, "id_token_signed_response_alg": client.id_token_signed_response_alg,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
+from flask import g
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from wtforms import SubmitField
@@ -34,7 +36,12 @@ class ConsentStep(Step):
     title = _l("Allow access")
 
     def begin(self, ctx: StepContext) -> dict[str, Any]:
-        return {"client_name": ctx.state.client_name or _("An application"),
+        client = ctx.client()
+        logo = client.logo_uri if client is not None else None
+        if logo:  # registered as an https URL (idp.oidc.registration); the page's CSP allows its origin only
+            parts = urlsplit(logo)
+            g.csp_image_origin = f"https://{parts.netloc}"
+        return {"client_name": ctx.state.client_name or _("An application"), "client_logo": logo,
                 "scopes": [(s, SCOPE_DESCRIPTIONS.get(s, s)) for s in ctx.state.scopes]}
 
     def verify(self, ctx: StepContext, data: Mapping[str, Any]) -> Outcome:
