@@ -23,6 +23,7 @@ from idp.account import jobs as account_jobs
 from idp.account.security import bp as security_bp
 from idp.account.views import bp as account_bp
 from idp.admin.api import bp as admin_api_bp
+from idp.admin.console import bp as admin_console_bp
 from idp.dev import bp as dev_bp
 from idp.dev import demo_bp
 from idp.extensions import csrf, db, limiter, migrate
@@ -90,6 +91,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(security_bp)
     app.register_blueprint(oidc_bp)
     app.register_blueprint(admin_api_bp)
+    app.register_blueprint(admin_console_bp)
     if app.config["IDP_ENV"] == "development":
         app.register_blueprint(dev_bp)
         app.register_blueprint(demo_bp)

@@ -47,6 +47,14 @@ def _hex_colour(value: str) -> str:
     return value.lower()
 
 
+def _admin_acr(value: str) -> str:
+    # Below MFA the console would be one stolen password away; only the two multi-factor levels are accepted.
+    value = value.strip()
+    if value not in ("urn:idp:acr:mfa", "urn:idp:acr:phr"):
+        raise ValueError(f"must be urn:idp:acr:mfa or urn:idp:acr:phr, not {value!r}")
+    return value
+
+
 def _region(value: str) -> str:
     # A region phonenumbers knows (ISO 3166-1 alpha-2), so that a mistyped one fails at start-up, not at the form.
     value = value.strip().upper()
@@ -133,6 +141,9 @@ SETTINGS: list[Setting] = [
     Setting("IDP_CODE_MAX_ATTEMPTS", 5, "Wrong answers a one-time code tolerates before it is void.", int),
     Setting("IDP_VERIFY_LINK_TTL", 86400, "Seconds an email verification link stays valid.", int),
     Setting("IDP_RESET_LINK_TTL", 3600, "Seconds a password reset or unlock link stays valid.", int),
+    Setting("IDP_ADMIN_ACR", "urn:idp:acr:mfa", "Level of assurance the admin console demands (an admin without a "
+            "second factor enrols one while signing in); `urn:idp:acr:phr` asks for a passkey or security key.",
+            _admin_acr),
     Setting("IDP_DELETE_GRACE_DAYS", 30, "Days a user an administrator deleted can be restored before `idp users "
             "purge` removes them for good.", int),
     Setting("IDP_INVITE_LINK_TTL", 7 * 86400, "Seconds the set-password link of an invitation (a user created by an "

@@ -530,25 +530,27 @@ def export_audit_events() -> Response:
     if fmt not in ("csv", "jsonl"):
         raise Invalid({"format": "csv or jsonl"})
     rows = service.export_audit_events(actor(), _audit_filter(), fmt)
-
-    def lines() -> Iterator[str]:
-        if fmt == "jsonl":
-            for row in rows:
-                yield json.dumps(audit_json(row), separators=(",", ":")) + "\n"
-            return
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(EXPORT_COLUMNS)
-        for row in rows:
-            record = audit_json(row)
-            record["details"] = json.dumps(record["details"], separators=(",", ":"))
-            writer.writerow([record[column] for column in EXPORT_COLUMNS])
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-        yield buffer.getvalue()
-
-    mimetype = "text/csv" if fmt == "csv" else "application/jsonl"
-    response = Response(stream_with_context(lines()), mimetype=mimetype)
+    response = Response(stream_with_context(audit_lines(rows, fmt)),
+                        mimetype="text/csv" if fmt == "csv" else "application/jsonl")
     response.headers["Content-Disposition"] = f'attachment; filename="audit-events.{fmt}"'
     return response
+
+
+def audit_lines(rows: Iterator[AuditEvent], fmt: str) -> Iterator[str]:
+    """Audit events as CSV (a header line first) or JSON lines, a line at a time (the API's and the console's
+    exports)."""
+    if fmt == "jsonl":
+        for row in rows:
+            yield json.dumps(audit_json(row), separators=(",", ":")) + "\n"
+        return
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(EXPORT_COLUMNS)
+    for row in rows:
+        record = audit_json(row)
+        record["details"] = json.dumps(record["details"], separators=(",", ":"))
+        writer.writerow([record[column] for column in EXPORT_COLUMNS])
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    yield buffer.getvalue()

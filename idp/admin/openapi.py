@@ -116,12 +116,13 @@ def document(issuer: str) -> dict[str, Any]:
                 "delete": {"summary": "Delete a user (disabled and hidden at once; restorable until purged)",
                            "parameters": [USER_ID], "responses": {"204": {"description": "Deleted"},
                                                                   **_errors(404, 409)}},
-                "patch": {"summary": "Change a user's name, email or email_verified", "parameters": [USER_ID],
+                "patch": {"summary": "Change a user's name, email, email_verified or phone", "parameters": [USER_ID],
                           "requestBody": {"required": True, "content": {"application/json": {"schema": {
                               "type": "object", "additionalProperties": False,
                               "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200},
                                              "email": {"type": "string", "format": "email", "maxLength": 320},
-                                             "email_verified": {"type": "boolean"}}}}}},
+                                             "email_verified": {"type": "boolean"},
+                                             "phone": {"type": ["string", "null"], "maxLength": 64}}}}}},
                           "responses": {"200": {"description": "The changed user", "content": {"application/json": {
                               "schema": {"$ref": "#/components/schemas/User"}}}}, **_errors(400, 404, 409)}},
             },

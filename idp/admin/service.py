@@ -25,6 +25,7 @@ from idp.http import external_url
 from idp.jobs import enqueue
 from idp.login import enrolment, onetime, sessions
 from idp.login.browser import unlock_account
+from idp.login.codes import normalize_phone
 from idp.login.factors import REGISTRY
 from idp.models import (
     AdminRole,
@@ -341,13 +342,14 @@ def purge_deleted(actor: Actor, *, now: datetime | None = None) -> int:
 
 
 def update_user(actor: Actor, user: User, changes: Mapping[str, Any]) -> User:
-    """Edit the profile fields an administrator may set: name, email, email_verified."""
+    """Edit the profile fields an administrator may set: name, email, email_verified, phone (E.164 or as people
+    write it, read in IDP_DEFAULT_PHONE_REGION; empty or null removes it; a new number is unverified)."""
     require(actor, Power.CHANGE_USERS)
-    unknown = set(changes) - {"name", "email", "email_verified"}
+    unknown = set(changes) - {"name", "email", "email_verified", "phone"}
     if unknown:
         raise Invalid({name: "not a field an administrator can change" for name in sorted(unknown)})
     errors: dict[str, str] = {}
-    before = {"name": user.name, "email": user.email, "email_verified": user.email_verified}
+    before = {"name": user.name, "email": user.email, "email_verified": user.email_verified, "phone": user.phone}
     if "name" in changes:
         name = changes["name"]
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
@@ -356,6 +358,13 @@ def update_user(actor: Actor, user: User, changes: Mapping[str, Any]) -> User:
         errors["email"] = problem
     if "email_verified" in changes and not isinstance(changes["email_verified"], bool):
         errors["email_verified"] = "true or false"
+    phone = changes.get("phone")
+    if phone is not None and not isinstance(phone, str):
+        errors["phone"] = "a phone number, or null"
+    elif phone:
+        phone = normalize_phone(phone, current_app.config["IDP_DEFAULT_PHONE_REGION"])
+        if phone is None:
+            errors["phone"] = "not a phone number (write it with its +country code)"
     if errors:
         raise Invalid(errors)
     now = utcnow()
@@ -369,7 +378,9 @@ def update_user(actor: Actor, user: User, changes: Mapping[str, Any]) -> User:
         user.email_verified_at = None  # a new address is proved by its owner, unless the admin says so below
     if "email_verified" in changes:
         user.email_verified_at = (user.email_verified_at or now) if changes["email_verified"] else None
-    after = {"name": user.name, "email": user.email, "email_verified": user.email_verified}
+    if "phone" in changes:
+        user.phone = phone or None  # a different number drops the proof of the old one (User._phone_changed)
+    after = {"name": user.name, "email": user.email, "email_verified": user.email_verified, "phone": user.phone}
     diff = {key: [before[key], after[key]] for key in before if before[key] != after[key]}
     if diff:
         audit.record("user.updated", subject=user, changes=diff, **actor.audit())
@@ -717,6 +728,7 @@ class AuditFilter:
     """Which audit events: by event, subject, client, IP and time range (all optional)."""
 
     event: str | None = None
+    events: tuple[str, ...] | None = None  # any of these
     user_id: int | None = None
     client_id: str | None = None
     ip: str | None = None
@@ -730,6 +742,8 @@ class AuditFilter:
         query = db.select(AuditEvent).order_by(AuditEvent.id.desc())
         if self.event:
             query = query.where(AuditEvent.event == self.event[:64])
+        if self.events:
+            query = query.where(AuditEvent.event.in_(self.events))
         if self.user_id is not None:
             # An id beyond the column's range names nobody (and the database would refuse the number).
             query = query.where(AuditEvent.subject_id == self.user_id if self.user_id <= MAX_ID else false())

@@ -74,7 +74,7 @@ class User(Model):
         return self.locked_at is not None
 
     roles: Mapped[list[AdminRole]] = relationship(back_populates="user", cascade="all, delete-orphan",
-                                                  foreign_keys="AdminRole.user_id", lazy="selectin")
+                                                  foreign_keys="AdminRole.user_id")
 
     def roles_at(self, now: datetime) -> frozenset[str]:
         """The admin roles the user holds at ``now`` (a grant with an end time lapses by itself)."""

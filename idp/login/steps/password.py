@@ -35,6 +35,7 @@ REAUTH_PURPOSES = {
     "remove_method": _l("Confirm it's you to remove a sign-in method."),
     "forget_device": _l("Confirm it's you to forget a remembered device."),
     "change_phone": _l("Confirm it's you to change your phone number."),
+    "admin_action": _l("Confirm it's you to make this change as an administrator."),
 }
 
 
