@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from flask import g, has_request_context
-from sqlalchemy import insert
+from flask import current_app, g, has_app_context, has_request_context
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import JWKRegistry
+from sqlalchemy import Connection, func, insert, select, text
 from sqlalchemy.event import listens_for
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, SessionTransaction
 
 from idp.extensions import db
-from idp.models import AuditEvent, User, table_of
+from idp.models import AuditCheckpoint, AuditEvent, SigningKey, User, table_of, utcnow
 
 log = logging.getLogger("idp.audit")
 
@@ -28,7 +36,113 @@ _SECRET_KEYS = {
 # Rows are only ever appended, and nothing reads one back in the request that wrote it, so they are written as one
 # prepared INSERT in the caller's transaction instead of through the ORM's unit of work (on the token endpoint
 # that bookkeeping cost more than the statement itself). They commit or roll back with the caller's work.
-_APPEND = insert(table_of(AuditEvent))
+_EVENTS = table_of(AuditEvent)
+_APPEND = insert(_EVENTS)
+_CHECKPOINTS = table_of(AuditCheckpoint)
+
+
+# --- The hash chain (SECURITY.md 35) --------------------------------------------------------------------------------
+#
+# Each row carries prev_hash, the row_hash of the row before it (GENESIS for the first), and
+# row_hash = sha256(prev_hash + canonical JSON of its content), content being every column but the two hashes.
+#
+# Concurrency: two transactions appending at once must not both link to the same predecessor, and the order of
+# the chain must be the order of the ids. So an append first takes a lock that serialises appends and is held
+# until its transaction ends, and only then reads the last row and takes the next id:
+# - PostgreSQL: pg_advisory_xact_lock, released by COMMIT or ROLLBACK. It must be a statement of its own before
+#   the read: under READ COMMITTED (idp's level) each statement sees what was committed when it started, so the
+#   read that follows the wait sees the row the previous holder committed. The id comes from the table's own
+#   sequence, drawn under the lock, so ids grow in chain order; a transaction that rolls back leaves a gap in
+#   the ids, never in the chain (the next append links to the last committed row).
+# - SQLite: a writer holds the database's write lock until it ends, but the driver opens the transaction only at
+#   the first write, so a no-op UPDATE goes first to take it before the read. The id is the one SQLite would
+#   give (the largest plus one), taken explicitly because the hash covers it.
+# Cost: the first append of a transaction pays two small statements more (the lock, then one indexed read of the
+# last row with the next id); later appends in the same transaction reuse the link they keep in the session
+# (on PostgreSQL one SELECT nextval each). And appends of concurrent transactions wait for one another from their
+# first append to their end: a transaction should audit at its end, as idp's do (record, then commit).
+GENESIS = "0" * 64
+_FIELDS = ("id", "at", "event", "actor_id", "subject_id", "subject_email", "client_id", "ip", "user_agent", "details")
+_LOCK_KEY = 0x1D9_A0D1  # any constant that no other advisory lock of this database uses
+_LOCK = {"postgresql": text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=_LOCK_KEY),
+         "sqlite": text("UPDATE audit_events SET id = id WHERE 0")}
+_SEQUENCE = func.pg_get_serial_sequence("audit_events", "id")
+_LAST_HASH = select(_EVENTS.c.row_hash).order_by(_EVENTS.c.id.desc()).limit(1).scalar_subquery()
+_NEXT_PG = select(func.nextval(_SEQUENCE), _LAST_HASH)
+_NEXTVAL_PG = select(func.nextval(_SEQUENCE))
+_LAST_SQLITE = select(_EVENTS.c.id, _EVENTS.c.row_hash).order_by(_EVENTS.c.id.desc()).limit(1)
+# session.info: the (id, row_hash) of the last row the session's transaction appended, while it holds the lock.
+_LINK = "idp.audit.link"
+
+
+def rfc3339(at: datetime) -> str:
+    """A time as the chain hashes it: UTC, microseconds, Z."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def row_hash(prev_hash: str, row: Mapping[Any, Any]) -> str:
+    """sha256 (hex) of the previous row's hash followed by the canonical JSON of this row's content."""
+    content = {name: row[name] for name in _FIELDS}
+    content["at"] = rfc3339(content["at"])
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256((prev_hash + canonical).encode()).hexdigest()
+
+
+def _append(connection: Connection, content: dict[str, Any], link: dict[str, Any]) -> None:
+    """Insert one row chained to the last. ``link`` is where this transaction keeps (id, row_hash) of the row it
+    appended last, while it holds the lock: empty at its first append."""
+    postgres = connection.dialect.name == "postgresql"
+    if "hash" not in link:
+        if postgres:
+            dbapi: Any = connection.connection.dbapi_connection
+            if getattr(dbapi, "autocommit", False):
+                # A reads_only view (idp.pg_connections) that audits after all: without a transaction the lock
+                # would end with its own statement. Nothing is in progress on it, so this starts one here.
+                dbapi.autocommit = False
+        connection.execute(_LOCK[connection.dialect.name])
+        if postgres:
+            next_id, prev = connection.execute(_NEXT_PG).one()
+        else:
+            last = connection.execute(_LAST_SQLITE).one_or_none()
+            next_id, prev = (last[0] + 1, last[1]) if last else (1, None)
+        prev = prev or GENESIS
+    else:
+        prev = link["hash"]
+        next_id = connection.execute(_NEXTVAL_PG).scalar_one() if postgres else link["id"] + 1
+    row = {**content, "id": next_id, "prev_hash": prev}
+    row["row_hash"] = row_hash(prev, row)
+    connection.execute(_APPEND, row)
+    link.update(id=next_id, hash=row["row_hash"])
+    every = current_app.config.get("IDP_AUDIT_CHECKPOINT_EVERY", 0) if has_app_context() else 0
+    if every > 0 and next_id % every == 0:
+        _checkpoint(connection, next_id, row["row_hash"])
+
+
+def _signing_key(connection: Connection) -> tuple[str, Any] | None:
+    """The active ES256 signing key (kid, private key), read on ``connection``; None before keys exist. It does
+    not create one (idp.oidc.keys.active would commit the caller's transaction to do so)."""
+    from idp.oidc.keys import current_private_key
+
+    return current_private_key(connection, "ES256")
+
+
+def _checkpoint(connection: Connection, last_event_id: int, last_hash: str) -> dict[str, Any] | None:
+    """Sign and store a checkpoint of the chain ending at ``last_event_id`` (None without a signing key)."""
+    signer = _signing_key(connection)
+    if signer is None:
+        log.warning("no signing key yet: audit checkpoint at event %d skipped", last_event_id)
+        return None
+    kid, key = signer
+    at = utcnow()
+    payload = {"last_event_id": last_event_id, "row_hash": last_hash, "at": rfc3339(at)}
+    signature = jws.serialize_compact({"alg": key.alg, "kid": kid}, _canonical(payload), key, algorithms=[key.alg])
+    row = {"at": at, "last_event_id": last_event_id, "row_hash": last_hash, "kid": kid, "signature": signature}
+    connection.execute(insert(_CHECKPOINTS), row)
+    return row
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 # Rows recorded with durable=True that the caller's transaction has not committed yet, kept in the session's info.
@@ -54,7 +168,7 @@ def record(event: str, *, subject: User | None = None, actor: User | None = None
         ip = ip if ip is not None else g.get("client_ip")
         user_agent = user_agent if user_agent is not None else g.get("user_agent")
     subject_id = subject.id if subject is not None else None
-    row = {  # `at` is the column's default, the time of the INSERT
+    row = {
         "event": event,
         # Who did it: a person, the subject themselves by default, or nobody idp knows as a user (a machine
         # client of the admin API, named in details as actor_client; an operator at the command line; idp itself).
@@ -65,10 +179,13 @@ def record(event: str, *, subject: User | None = None, actor: User | None = None
         "client_id": client_id,
         "ip": ip,
         "user_agent": (user_agent or "")[:512] or None,
-        "details": details,
+        # As it will read back from the JSON column (tuples as lists, keys as strings): the hash covers that.
+        "details": json.loads(json.dumps(details)),
+        # Set here, not by the column's default: the hash covers it.
+        "at": utcnow(),
     }
     connection = db.session.connection()
-    connection.execute(_APPEND, row)
+    _append(connection, row, db.session.info.setdefault(_LINK, {}))
     if durable:
         db.session.info.setdefault(_UNCOMMITTED, []).append((connection.engine, row))
     if commit:
@@ -82,6 +199,13 @@ def _committed(session: Session) -> None:
 
 
 @listens_for(Session, "after_transaction_end")
+def _unlinked(session: Session, transaction: SessionTransaction) -> None:
+    """The lock ended with the transaction (or a savepoint may have taken rows back): the next append reads the
+    chain's end again."""
+    session.info.pop(_LINK, None)
+
+
+@listens_for(Session, "after_transaction_end")
 def _ended(session: Session, transaction: SessionTransaction) -> None:
     """A transaction ended without commit (rolled back, or closed at the end of the request): its durable rows go in
     on their own. The caller's connection is released by now, so this waits for no lock of its own."""
@@ -92,7 +216,94 @@ def _ended(session: Session, transaction: SessionTransaction) -> None:
         return
     try:
         for engine, row in pending:
-            with engine.begin() as connection:
-                connection.execute(_APPEND, row)
+            with engine.begin() as connection:  # a transaction of its own: its own lock and link
+                _append(connection, row, {})
     except SQLAlchemyError:  # the database is gone: say so loudly, but the answer to the user stands
         log.exception("could not write %d refused-request audit rows", len(pending))
+
+
+# --- Checkpoints and verification ------------------------------------------------------------------------------------
+
+
+def checkpoint() -> dict[str, Any] | None:
+    """Sign the end of the chain now (``idp audit checkpoint``); None when the log is empty. Commits."""
+    from idp.oidc.keys import active
+
+    active()  # the signing keys exist (created and committed on first use)
+    connection = db.session.connection()
+    last = connection.execute(select(_EVENTS.c.id, _EVENTS.c.row_hash).order_by(_EVENTS.c.id.desc()).limit(1)
+                              ).one_or_none()
+    row = _checkpoint(connection, last.id, last.row_hash) if last is not None else None
+    db.session.commit()
+    return row
+
+
+@dataclass
+class Report:
+    """What verify_chain found: the counts it walked, and the first broken link (None: the log is intact)."""
+
+    events: int = 0
+    checkpoints: int = 0
+    problem: str | None = None
+
+    @property
+    def intact(self) -> bool:
+        return self.problem is None
+
+    def __str__(self) -> str:
+        return self.problem or f"audit log intact: {self.events} events, {self.checkpoints} checkpoints"
+
+
+def _checkpoint_problem(cp: Any, public_keys: dict[str, Any]) -> str | None:
+    """Why a checkpoint row cannot be believed, or None: its JWS must verify with the key it names (any key in
+    signing_keys, retired ones too: a checkpoint outlives its key's tokens) and say what its columns say."""
+    jwk = public_keys.get(cp.kid)
+    if jwk is None:
+        return f"checkpoint {cp.id}: signed by unknown key {cp.kid}"
+    try:
+        key = JWKRegistry.import_key(jwk)
+        signed = jws.deserialize_compact(cp.signature, key, algorithms=[jwk.get("alg", "ES256")])
+        claims = json.loads(signed.payload)
+    except (JoseError, ValueError, TypeError):
+        return f"checkpoint {cp.id}: bad signature"
+    if signed.headers().get("kid") != cp.kid or claims != {"last_event_id": cp.last_event_id,
+                                                           "row_hash": cp.row_hash, "at": rfc3339(cp.at)}:
+        return f"checkpoint {cp.id}: signed content does not match the row"
+    return None
+
+
+def verify_chain(batch: int = 1000) -> Report:
+    """Walk the whole log in id order, recomputing every hash, and check every checkpoint: its signature, and
+    that the event it names is there with the hash it signed. Stops at the first problem."""
+    report = Report()
+    public_keys = {kid: dict(jwk) for kid, jwk in db.session.execute(select(SigningKey.kid, SigningKey.public_jwk))}
+    checkpoints = list(db.session.execute(select(_CHECKPOINTS).order_by(_CHECKPOINTS.c.id)))
+    by_event: dict[int, list[Any]] = {}
+    for cp in checkpoints:
+        report.problem = _checkpoint_problem(cp, public_keys)
+        if report.problem:
+            return report
+        by_event.setdefault(cp.last_event_id, []).append(cp)
+    prev_id, prev = None, GENESIS
+    rows = db.session.execute(select(_EVENTS).order_by(_EVENTS.c.id).execution_options(yield_per=batch)).mappings()
+    for row in rows:
+        if row["prev_hash"] != prev:
+            report.problem = (f"event {row['id']}: prev_hash does not link to event {prev_id}" if prev_id is not None
+                              else f"event {row['id']}: prev_hash does not start the chain")
+        elif row["row_hash"] != row_hash(prev, row):
+            report.problem = f"event {row['id']}: row_hash does not match its content"
+        else:
+            for cp in by_event.pop(row["id"], []):
+                if cp.row_hash != row["row_hash"]:
+                    report.problem = f"checkpoint {cp.id}: row_hash differs from event {row['id']}'s"
+                    break
+        if report.problem:
+            rows.close()
+            return report
+        report.events += 1
+        prev_id, prev = row["id"], row["row_hash"]
+    for cps in by_event.values():  # a checkpoint names an event the walk did not meet: removed
+        report.problem = f"checkpoint {cps[0].id}: event {cps[0].last_event_id} is missing"
+        return report
+    report.checkpoints = len(checkpoints)
+    return report

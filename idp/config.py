@@ -146,6 +146,8 @@ SETTINGS: list[Setting] = [
             _admin_acr),
     Setting("IDP_DELETE_GRACE_DAYS", 30, "Days a user an administrator deleted can be restored before `idp users "
             "purge` removes them for good.", int),
+    Setting("IDP_AUDIT_CHECKPOINT_EVERY", 1000, "Sign a checkpoint of the audit hash chain at every event whose id is "
+            "a multiple of this (0 = only `idp audit checkpoint`).", int),
     Setting("IDP_INVITE_LINK_TTL", 7 * 86400, "Seconds the set-password link of an invitation (a user created by an "
             "administrator) stays valid.", int),
     Setting("IDP_RESEND_COOLDOWN", 60, "Seconds between two sends of a code or link to the same user.", int),

@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Integer, String, event
+from sqlalchemy import JSON, BigInteger, Integer, String, Text, event
 from sqlalchemy.orm import Mapped, mapped_column
 
 from idp.extensions import Model
@@ -25,6 +25,26 @@ class AuditEvent(Model):
     ip: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(512))
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The hash chain (SECURITY.md 35): the row_hash of the row before (64 zeros for the first) and
+    # sha256(prev_hash + canonical JSON of this row's content), both hex; written by idp.audit, checked by
+    # `idp audit verify`. Nullable only because a column added to a filled table on SQLite cannot be NOT NULL
+    # without a rebuild; every row has them (migration 0010 chains the rows that were there before).
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    row_hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditCheckpoint(Model):
+    """A signed statement that the chain ended at ``last_event_id`` with ``row_hash`` at time ``at``: a JWS over
+    those three, by the active signing key ``kid``. Rewriting the chain up to a checkpoint would need that key."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_event_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), index=True)
+    row_hash: Mapped[str] = mapped_column(String(64))
+    kid: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(Text)
 
 
 class AuditLogIsAppendOnly(RuntimeError):
@@ -32,10 +52,12 @@ class AuditLogIsAppendOnly(RuntimeError):
 
 
 @event.listens_for(AuditEvent, "before_update")
+@event.listens_for(AuditCheckpoint, "before_update")
 def _refuse_update(mapper, connection, target):
     raise AuditLogIsAppendOnly("audit events are never updated")
 
 
 @event.listens_for(AuditEvent, "before_delete")
+@event.listens_for(AuditCheckpoint, "before_delete")
 def _refuse_delete(mapper, connection, target):
     raise AuditLogIsAppendOnly("audit events are never deleted")

@@ -10,10 +10,11 @@ import base64
 import json
 import time
 from datetime import datetime, timedelta
+from typing import Any
 
 from flask import current_app
 from joserfc.jwk import KeySet
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 
 from idp.extensions import db
 from idp.models import Client, SigningKey, utcnow
@@ -106,6 +107,24 @@ def verification_keyset(now: datetime | None = None, kid: str | None = None) -> 
     if kid is not None and kid not in cache.kids and time.monotonic() - cache.loaded_at > 1.0:
         cache.load(now)
     return cache.verifying
+
+
+def current_private_key(connection: Connection, alg: str) -> tuple[str, Any] | None:
+    """The active key of ``alg`` as (kid, private key), read on ``connection`` (for signing inside a transaction
+    that is not the session's, or that must not commit); None while no such key exists. It creates none."""
+    cache = _cache()
+    if time.monotonic() - cache.loaded_at <= CACHE_SECONDS:
+        for key in cache.signing.keys:
+            if key.alg == alg and key.kid:
+                return key.kid, key
+    row = connection.execute(
+        select(SigningKey.kid, SigningKey.private_jwk_encrypted)
+        .where(SigningKey.alg == alg, SigningKey.retired_at.is_(None))
+        .order_by(SigningKey.created_at.desc(), SigningKey.id.desc()).limit(1)).one_or_none()
+    if row is None:
+        return None
+    return row.kid, jose_keys.import_private(jose_keys.decrypt_private(row.private_jwk_encrypted,
+                                                                       current_app.config["IDP_SECRET_KEY"]))
 
 
 def published(now: datetime | None = None) -> list[SigningKey]:
