@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask_babel import lazy_gettext as _l
 from wtforms import BooleanField, DateField, IntegerField, SelectField, StringField, TextAreaField
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 from idp.login.assurance import LEVELS
@@ -11,9 +12,9 @@ from idp.login.forms import EmailAddress, Form
 from idp.oidc.server import ALL_AUTH_METHODS, GRANT_TYPES
 from idp.security.keys import SUPPORTED_ALGS
 
-ROLE_CHOICES = [("admin", _l("Administrator (everything)")),
-                ("helpdesk", _l("Helpdesk (look up users, unlock, reset MFA, send mails, end sessions)")),
-                ("auditor", _l("Auditor (read the audit log)"))]
+ROLE_CHOICES = [SelectChoice("admin", _l("Administrator (everything)")),
+                SelectChoice("helpdesk", _l("Helpdesk (look up users, unlock, reset MFA, send mails, end sessions)")),
+                SelectChoice("auditor", _l("Auditor (read the audit log)"))]
 
 
 class NewUserForm(Form):
@@ -74,14 +75,16 @@ class ClientForm(Form):
                                 validators=[Length(max=1000)], default="authorization_code\nrefresh_token")
     scopes = StringField(_l("Scopes (separated by spaces; empty for all)"), validators=[Length(max=2000)])
     auth_method = SelectField(_l("Token endpoint authentication"),
-                              choices=[("", _l("Default (client_secret_basic)"))] + [(m, m) for m in ALL_AUTH_METHODS])
+                              choices=[SelectChoice("", _l("Default (client_secret_basic)")),
+                                       *(SelectChoice(m, m) for m in ALL_AUTH_METHODS)])
     first_party = BooleanField(_l("First-party (trusted: no consent page)"))
-    id_token_alg = SelectField(_l("ID token algorithm"), choices=[(a, a) for a in SUPPORTED_ALGS])
+    id_token_alg = SelectField(_l("ID token algorithm"), choices=[SelectChoice(a, a) for a in SUPPORTED_ALGS])
     jwks = TextAreaField(_l("Public JWK Set (JSON; for private_key_jwt)"), validators=[Length(max=20000)])
     jwks_uri = StringField(_l("JWK Set URL (for private_key_jwt)"), validators=[Optional(), Length(max=2000)])
-    mfa = SelectField(_l("Second factor"), choices=[("optional", _l("As the user chose")),
-                                                    ("required", _l("Required at every sign-in"))])
-    min_acr = SelectField(_l("Lowest level of assurance"), choices=[("", _l("Any"))] + [(a, a) for a in LEVELS])
+    mfa = SelectField(_l("Second factor"), choices=[SelectChoice("optional", _l("As the user chose")),
+                                                    SelectChoice("required", _l("Required at every sign-in"))])
+    min_acr = SelectField(_l("Lowest level of assurance"), choices=[SelectChoice("", _l("Any")),
+                                                                              *(SelectChoice(a, a) for a in LEVELS)])
     allow_remembered_device = BooleanField(_l("A remembered device may stand in for the second factor"),
                                            default=True)
     access_token_ttl = IntegerField(_l("Access token lifetime in seconds (empty: the server's)"),

@@ -1,0 +1,327 @@
+"""The admin console (/admin/): who gets in (every route, from the app's URL map), what each role reaches, and
+the actions doing what they say, audited, with the confirmations and the recent sign-in they need."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+
+from idp.extensions import db
+from idp.models import AuditEvent, LoginSession, Token, User, utcnow
+from idp.security.otp import totp_code_at
+from tests.support import (
+    audit_events,
+    csrf_token,
+    enrol_totp_in,
+    follow,
+    make_user_in,
+    step_name,
+)
+
+ADMIN = "root@example.com"
+
+
+def console_routes(app) -> list[tuple[str, str]]:
+    """Every (method, path) of the console, with sample values for its parts."""
+    samples = {"<int:user_id>": "1", "<int:factor_id>": "1", "<int:device_id>": "1", "<client_id>": "c",
+               "<sid>": "s", "<name>": "disable", "<role>": "admin"}
+    routes = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint.startswith("admin."):
+            path = rule.rule
+            for part, value in samples.items():
+                path = path.replace(part, value)
+            assert "<" not in path, f"give {rule.rule} a sample value here"
+            routes.extend((method, path) for method in sorted(rule.methods - {"HEAD", "OPTIONS"}))
+    return routes
+
+
+def sign_in(client, email: str, secret: str | None = None):
+    """Sign in at /login, answering the TOTP step when ``secret`` is given; returns the last response."""
+    answers = {"totp": lambda page: {"code": totp_code_at(secret, utcnow())}} if secret else {}
+    return follow(client, client.get("/login"), email=email, answers=answers)
+
+
+@pytest.fixture
+def admin(app):
+    """An administrator with an authenticator app: (the user's id, the TOTP secret)."""
+    user = make_user_in(app, email=ADMIN, name="Root", is_admin=True)
+    secret, _factor = enrol_totp_in(app, ADMIN)
+    return user.id, secret
+
+
+@pytest.fixture
+def console(app, admin):
+    """A browser signed in to the console with the admin's password and TOTP code."""
+    client = app.test_client()
+    sign_in(client, ADMIN, admin[1])
+    assert client.get("/admin/").status_code == 200
+    return client
+
+
+def post(client, path: str, page_path: str, **data):
+    """Post a console form with the CSRF token of the page it is on."""
+    return client.post(path, data={"csrf_token": csrf_token(client.get(page_path)), **data})
+
+
+# --- who gets in ------------------------------------------------------------------------------------------------
+
+def test_every_console_route_sends_a_signed_out_visitor_to_sign_in(app, client):
+    routes = console_routes(app)
+    assert len(routes) > 20
+    for method, path in routes:
+        response = client.open(path, method=method)
+        if method == "GET":
+            assert response.status_code == 302 and "/login" in response.headers["Location"], (method, path)
+        else:  # a POST without the session is refused before anything (CSRF, then the console's own check)
+            assert response.status_code in (302, 400), (method, path, response.status_code)
+
+
+def test_every_console_route_is_a_404_for_a_signed_in_user_who_is_no_admin(app, client):
+    make_user_in(app, email="bob@example.com")
+    sign_in(client, "bob@example.com")
+    page = client.get("/account")
+    token = csrf_token(page)
+    for method, path in console_routes(app):
+        response = client.open(path, method=method, data={"csrf_token": token} if method == "POST" else None)
+        assert response.status_code == 404, (method, path, response.status_code)
+
+
+def test_an_admin_signed_in_with_a_password_alone_steps_up_on_every_route(app, client, admin):
+    """Signed in with the password only (no factor asked then), the console asks for the second factor first."""
+    make_user_in(app, email="helper@example.com", roles=["helpdesk"])  # no factor at all: enrols inside the sign-in
+    sign_in(client, "helper@example.com")
+    token = csrf_token(client.get("/account"))
+    for method, path in console_routes(app):
+        response = client.open(path, method=method, data={"csrf_token": token} if method == "POST" else None)
+        assert response.status_code == 302, (method, path, response.status_code)
+        location = response.headers["Location"]
+        assert "/login/" in location, (method, path, location)
+        assert step_name(client.get(location)) == "mfa_enroll", (method, path)
+
+
+def test_an_admin_without_a_factor_enrols_one_inside_the_sign_in_and_lands_on_the_page(app, client):
+    make_user_in(app, email=ADMIN, is_admin=True)
+    sign_in(client, ADMIN)
+    response = client.get("/admin/users")
+    assert response.status_code == 302
+    page = client.get(response.headers["Location"])
+    assert step_name(page) == "mfa_enroll"
+    secret = re.search(r'id="totp-secret">([^<]+)<', page.get_data(as_text=True)).group(1).replace(" ", "")
+    done = follow(client, page, answers={"mfa_enroll": lambda p: {"code": totp_code_at(secret, utcnow())}})
+    assert done.screens == ["mfa_enroll"]
+    assert done.last.status_code == 200 and done.last.request.path == "/admin/users"  # where it was going
+    with app.app_context():
+        live = db.session.execute(db.select(LoginSession).where(LoginSession.ended_at.is_(None))).scalars().all()
+        assert [row.acr for row in live] == ["urn:idp:acr:mfa"]
+
+
+def test_roles_narrow_what_the_console_shows_and_allows(app, admin):
+    make_user_in(app, email="help@example.com", roles=["helpdesk"])
+    make_user_in(app, email="audit@example.com", roles=["auditor"])
+    helpdesk, auditor = app.test_client(), app.test_client()
+    for browser, email in ((helpdesk, "help@example.com"), (auditor, "audit@example.com")):
+        sign_in(browser, email, enrol_totp_in(app, email)[0])
+    assert helpdesk.get("/admin/users").status_code == 200
+    assert helpdesk.get("/admin/clients").status_code == 403
+    assert helpdesk.get("/admin/keys").status_code == 403
+    assert helpdesk.get("/admin/audit").status_code == 403
+    assert 'href="/admin/clients"' not in helpdesk.get("/admin/").get_data(as_text=True)
+    assert auditor.get("/admin/audit").status_code == 200
+    assert auditor.get("/admin/users").status_code == 403
+    assert auditor.get("/admin/clients").status_code == 403
+
+
+# --- users ------------------------------------------------------------------------------------------------------
+
+def test_overview_counts_users_and_draws_the_chart_with_a_text_alternative(app, console):
+    make_user_in(app, email="bob@example.com", verified=False)
+    body = console.get("/admin/").get_data(as_text=True)
+    assert re.search(r'data-stat="users">2<', body) and re.search(r'data-stat="verified">1<', body)
+    assert re.search(r'data-stat="mfa">1<', body)
+    assert '<svg' in body and 'role="img"' in body and "<desc" in body and "<polyline" in body
+    # Today's sign-in (the admin's own) is in the chart's numbers.
+    assert re.search(r"<td>1</td><td>0</td><td>0</td></tr>\s*</tbody>", body), body[body.find("chart-data"):][:600]
+
+
+def test_search_and_filters_find_users_a_page_at_a_time(app, console):
+    for n in range(60):
+        make_user_in(app, email=f"user{n:02d}@example.com", name=f"User {n}", verified=n % 2 == 0)
+    first = console.get("/admin/users?verified=no").get_data(as_text=True)
+    assert "user01@example.com" in first and "user00@example.com" not in first
+    assert "Next page" not in first  # 30 unverified users fit one page
+    everyone = console.get("/admin/users").get_data(as_text=True)
+    next_url = re.search(r'href="([^"]+)" rel="next"', everyone).group(1).replace("&amp;", "&")
+    second = console.get(next_url).get_data(as_text=True)
+    assert "user59@example.com" in second and "user10@example.com" not in second
+    assert "user42@example.com" in console.get("/admin/users?q=USER42").get_data(as_text=True)
+
+
+def test_disabling_a_user_ends_their_session_and_revokes_their_tokens(app, console, admin):
+    bob = make_user_in(app, email="bob@example.com")
+    bob_browser = app.test_client()
+    sign_in(bob_browser, "bob@example.com")
+    assert bob_browser.get("/account").status_code == 200
+    page = f"/admin/users/{bob.id}"
+    asked = post(console, f"{page}/actions/disable", page)
+    assert asked.status_code == 200 and "Disable this user?" in asked.get_data(as_text=True)  # confirm first
+    done = post(console, f"{page}/actions/disable", page, confirm="yes")
+    assert done.status_code == 302
+    assert bob_browser.get("/account").status_code == 302  # signed out
+    with app.app_context():
+        assert db.session.get(User, bob.id).disabled
+        row = audit_events(app, "user.disabled")[-1]
+        assert row.actor_id == admin[0] and row.subject_id == bob.id and row.details["via"] == "console"
+    post(console, f"{page}/actions/enable", page)
+    with app.app_context():
+        assert not db.session.get(User, bob.id).disabled
+
+
+def test_an_admin_cannot_disable_themselves_nor_remove_the_last_admin_role(app, console, admin):
+    page = f"/admin/users/{admin[0]}"
+    response = post(console, f"{page}/actions/disable", page, confirm="yes")
+    assert response.status_code == 302
+    assert "you cannot disable yourself" in console.get(page).get_data(as_text=True)
+    post(console, f"{page}/roles/admin/remove", page)
+    with app.app_context():
+        assert db.session.get(User, admin[0]).is_admin
+
+
+def test_a_destructive_action_needs_a_recent_sign_in(app, console, admin):
+    bob = make_user_in(app, email="bob@example.com")
+    with app.app_context():  # the admin signed in long ago
+        for row in db.session.execute(db.select(LoginSession)).scalars():
+            row.auth_time = utcnow() - timedelta(hours=2)
+        db.session.commit()
+    page = f"/admin/users/{bob.id}"
+    assert console.get(page).status_code == 200  # reading is fine
+    response = post(console, f"{page}/actions/disable", page, confirm="yes")
+    assert response.status_code == 302 and "/login/" in response.headers["Location"]
+    with app.app_context():
+        assert not db.session.get(User, bob.id).disabled
+    # Signing in again (password and factor) returns to the user's page, where the action can be sent again.
+    walked = follow(console, console.get(response.headers["Location"]), email=ADMIN,
+                    answers={"totp": lambda p: {"code": totp_code_at(admin[1], utcnow() + timedelta(seconds=30))}})
+    assert walked.screens == ["password", "totp"] and walked.last.request.path == page
+    post(console, f"{page}/actions/disable", page, confirm="yes")
+    with app.app_context():
+        assert db.session.get(User, bob.id).disabled
+
+
+def test_granting_a_role_with_an_end_time_and_its_lapse(app, console, admin):
+    bob = make_user_in(app, email="bob@example.com")
+    page = f"/admin/users/{bob.id}"
+    tomorrow = (utcnow() + timedelta(days=2)).date().isoformat()
+    post(console, f"{page}/roles", page, role="helpdesk", until=tomorrow)
+    with app.app_context():
+        user = db.session.get(User, bob.id)
+        assert [grant.role for grant in user.roles] == ["helpdesk"] and user.is_admin
+        from idp.admin import service
+        assert service.lapse_roles(utcnow() + timedelta(days=3)) == 1
+        assert not db.session.get(User, bob.id).is_admin
+    assert [row.details["role"] for row in audit_events(app, "admin.role_lapsed")] == ["helpdesk"]
+
+
+def test_creating_a_user_with_an_invitation(app, console):
+    page = "/admin/users/new"
+    response = post(console, page, page, email="new@example.com", name="New", invite="y")
+    assert response.status_code == 302
+    with app.app_context():
+        user = db.session.execute(db.select(User).where(User.email == "new@example.com")).scalar_one()
+        assert user.password_hash is None
+    refused = post(console, page, page, email="not an address", name="X", invite="y")
+    assert refused.status_code == 400 and 'aria-invalid="true"' in refused.get_data(as_text=True)
+
+
+def test_editing_a_profile_changes_it_and_audits_the_diff(app, console):
+    bob = make_user_in(app, email="bob@example.com", name="Bob")
+    page = f"/admin/users/{bob.id}"
+    post(console, f"{page}/profile", page, name="Robert", email="bob@example.com", phone="+44 7700 900123",
+         email_verified="y")
+    with app.app_context():
+        user = db.session.get(User, bob.id)
+        assert (user.name, user.phone) == ("Robert", "+447700900123")
+    changes = audit_events(app, "user.updated")[-1].details["changes"]
+    assert changes["name"] == ["Bob", "Robert"] and changes["phone"] == [None, "+447700900123"]
+    bad = post(console, f"{page}/profile", page, name="Robert", email="bob@example.com", phone="12")
+    assert bad.status_code == 400 and "not a phone number" in bad.get_data(as_text=True)
+
+
+# --- clients, keys, audit ---------------------------------------------------------------------------------------
+
+def test_a_client_is_registered_edited_and_deleted_after_typing_its_name(app, console):
+    page = "/admin/clients/new"
+    created = post(console, page, page, name="Shop", redirect_uris="https://shop.example/cb",
+                   grant_types="authorization_code\nrefresh_token", id_token_alg="RS256", mfa="optional",
+                   auth_method="", min_acr="", allow_remembered_device="y")
+    body = created.get_data(as_text=True)
+    assert created.status_code == 200, body[:800]
+    client_id = re.search(r'id="client-id">([^<]+)<', body).group(1)
+    assert re.search(r'id="client-secret">[^<]{20,}<', body)
+    edit = f"/admin/clients/{client_id}"
+    saved = post(console, edit, edit, name="Shop 2", redirect_uris="https://shop.example/cb\nhttps://shop.example/b",
+                 grant_types="authorization_code\nrefresh_token", id_token_alg="RS256", mfa="required",
+                 auth_method="", min_acr="", logo_uri="https://cdn.example/logo.png")
+    assert saved.status_code == 302, saved.get_data(as_text=True)[:1000]
+    from idp.models import Client
+    with app.app_context():
+        row = db.session.execute(db.select(Client).where(Client.client_id == client_id)).scalar_one()
+        assert (row.name, row.mfa, len(row.redirect_uris), row.logo_uri) == ("Shop 2", "required", 2,
+                                                                            "https://cdn.example/logo.png")
+    bad = post(console, edit, edit, name="Shop 2", redirect_uris="http://evil.example/cb",
+               grant_types="authorization_code", id_token_alg="RS256", mfa="optional", auth_method="", min_acr="")
+    assert bad.status_code == 400 and "loopback" in bad.get_data(as_text=True)
+    asked = post(console, f"{edit}/delete", edit)
+    assert "Type" in asked.get_data(as_text=True)
+    wrong = post(console, f"{edit}/delete", edit, confirm="yes", typed="Shop")
+    assert wrong.status_code == 400
+    with app.app_context():
+        assert db.session.execute(db.select(Client).where(Client.client_id == client_id)).scalar_one_or_none()
+    post(console, f"{edit}/delete", edit, confirm="yes", typed="Shop 2")
+    with app.app_context():
+        assert db.session.execute(db.select(Client).where(Client.client_id == client_id)).scalar_one_or_none() is None
+
+
+def test_rotating_keys_needs_the_typed_word(app, console):
+    console.get("/admin/keys")
+    before = len(audit_events(app, "key.rotated"))
+    assert post(console, "/admin/keys/rotate", "/admin/keys", confirm="yes", typed="rotate").status_code == 400
+    assert post(console, "/admin/keys/rotate", "/admin/keys", confirm="yes", typed="ROTATE").status_code == 302
+    assert len(audit_events(app, "key.rotated")) == before + 1
+    assert 'data-state="retired"' in console.get("/admin/keys").get_data(as_text=True)
+
+
+def test_the_audit_log_filters_and_exports_what_it_shows(app, console, admin):
+    make_user_in(app, email="bob@example.com")
+    page = console.get("/admin/audit?user=bob@example.com").get_data(as_text=True)
+    assert 'data-event="user.created"' not in page  # make_user_in writes no row; nothing about bob yet
+    assert console.get("/admin/audit?since=yesterday").status_code == 400
+    export = console.get("/admin/audit/export?format=csv&event=login.success")
+    assert export.status_code == 200 and export.mimetype == "text/csv"
+    lines = export.get_data(as_text=True).splitlines()
+    assert lines[0].startswith("id,at,event") and all(",login.success," in line for line in lines[1:]) and lines[1:]
+    with app.app_context():
+        exported = db.session.execute(db.select(AuditEvent).where(AuditEvent.event == "audit.exported")).scalars()
+        assert [row.actor_id for row in exported] == [admin[0]]
+
+
+def test_a_disabled_users_tokens_stop_working(app, console, make_client):
+    bob = make_user_in(app, email="bob@example.com")
+    client_id, _secret = make_client(first_party=True)
+    with app.app_context():
+        db.session.add(Token(jti="j1", client_id=client_id, user_id=bob.id, scope="openid", grant_type="x",
+                             family_id="f1", access_expires_at=utcnow() + timedelta(hours=1)))
+        db.session.commit()
+    page = f"/admin/users/{bob.id}"
+    post(console, f"{page}/actions/revoke-tokens", page, confirm="yes")
+    with app.app_context():
+        assert db.session.execute(db.select(Token).where(Token.jti == "j1")).scalar_one().revoked_at is not None
+
+
+def test_console_pages_speak_the_browsers_language(app, console):
+    page = console.get("/admin/users", headers={"Accept-Language": "fr"}).get_data(as_text=True)
+    assert "<html lang=\"fr\"" in page or "<html lang=fr" in page
+    assert "Utilisateurs" in page
+
