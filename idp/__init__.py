@@ -22,6 +22,7 @@ from idp import config as settings
 from idp.account import jobs as account_jobs
 from idp.account.security import bp as security_bp
 from idp.account.views import bp as account_bp
+from idp.admin import bulk as admin_bulk
 from idp.admin.api import bp as admin_api_bp
 from idp.admin.console import bp as admin_console_bp
 from idp.dev import bp as dev_bp
@@ -41,6 +42,7 @@ JOBS: dict[str, Callable[..., Any]] = {
     "send_mail": mail.send_mail,
     "send_sms": sms.send_sms,
     "start_password_reset": account_jobs.start_password_reset,
+    "admin_bulk": admin_bulk.run_job,
 }
 
 # The HTTP errors a person may meet on a hosted page, in their words (title, what to do).

@@ -26,7 +26,7 @@ ADMIN = "root@example.com"
 def console_routes(app) -> list[tuple[str, str]]:
     """Every (method, path) of the console, with sample values for its parts."""
     samples = {"<int:user_id>": "1", "<int:factor_id>": "1", "<int:device_id>": "1", "<client_id>": "c",
-               "<sid>": "s", "<name>": "disable", "<role>": "admin"}
+               "<sid>": "s", "<name>": "disable", "<role>": "admin", "<int:job_id>": "1"}
     routes = []
     for rule in app.url_map.iter_rules():
         if rule.endpoint.startswith("admin."):
@@ -325,3 +325,71 @@ def test_console_pages_speak_the_browsers_language(app, console):
     assert "<html lang=\"fr\"" in page or "<html lang=fr" in page
     assert "Utilisateurs" in page
 
+
+
+# --- many users at once -----------------------------------------------------------------------------------------
+
+def test_a_bulk_action_shows_a_dry_run_then_runs_as_a_job_with_a_result_per_user(app, console, admin):
+    ids = [make_user_in(app, email=f"temp{n}@example.com").id for n in range(3)]
+    make_user_in(app, email="keep@example.com")
+    selection = {"q": "temp", "disabled": "no"}
+    dry = post(console, "/admin/users/bulk", "/admin/users", action="disable", **selection)
+    body = dry.get_data(as_text=True)
+    assert 'data-total="3"' in body and 'data-changed="3"' in body and "keep@example.com" not in body
+    with app.app_context():
+        assert not any(db.session.get(User, user_id).disabled for user_id in ids)  # a dry run writes nothing
+    stale = post(console, "/admin/users/bulk/run", "/admin/users", action="disable", expected="4", **selection)
+    assert stale.status_code == 302  # the selection is not what the dry run showed: refused
+    with app.app_context():
+        assert not any(db.session.get(User, user_id).disabled for user_id in ids)
+    ran = post(console, "/admin/users/bulk/run", "/admin/users", action="disable", expected="3", **selection)
+    assert ran.status_code == 302 and "/admin/jobs/" in ran.headers["Location"]
+    job_page = console.get(ran.headers["Location"]).get_data(as_text=True)
+    assert 'data-finished="true"' in job_page and job_page.count('data-outcome="done"') == 3
+    with app.app_context():
+        assert all(db.session.get(User, user_id).disabled for user_id in ids)
+        assert not db.session.execute(db.select(User).where(User.email == "keep@example.com")).scalar_one().disabled
+    assert len(audit_events(app, "user.disabled")) == 3 and audit_events(app, "admin.bulk_finished")
+
+
+def test_a_bulk_delete_needs_the_count_typed_and_skips_the_admin_themselves(app, console, admin):
+    make_user_in(app, email="gone@example.com")
+    selection = {"q": "example.com"}
+    dry = post(console, "/admin/users/bulk", "/admin/users", action="delete", **selection).get_data(as_text=True)
+    assert 'data-total="2"' in dry and 'data-changed="1"' in dry and "you cannot do this to yourself" in dry
+    untyped = post(console, "/admin/users/bulk/run", "/admin/users", action="delete", expected="2", **selection)
+    assert "/admin/jobs/" not in untyped.headers["Location"]
+    ran = post(console, "/admin/users/bulk/run", "/admin/users", action="delete", expected="2", typed="2",
+               **selection)
+    page = console.get(ran.headers["Location"]).get_data(as_text=True)
+    assert page.count('data-outcome="done"') == 1 and "you cannot do this to yourself" in page
+    with app.app_context():
+        assert db.session.get(User, admin[0]).deleted_at is None
+
+
+def test_users_export_and_import_round_trip_without_secrets(app, console):
+    make_user_in(app, email="bob@example.com", name="Bob", phone="+447700900123")
+    exported = console.get("/admin/users/export?format=jsonl&q=bob")
+    assert exported.status_code == 200
+    lines = exported.get_data(as_text=True).splitlines()
+    assert len(lines) == 1 and '"email":"bob@example.com"' in lines[0]
+    assert "password" not in lines[0] and "hash" not in lines[0]
+    csv_lines = console.get("/admin/users/export?format=csv").get_data(as_text=True).splitlines()
+    assert csv_lines[0].startswith("id,subject,email") and len(csv_lines) == 3
+    assert audit_events(app, "users.exported")
+    upload = "\n".join([lines[0].replace("bob@", "robert@"), lines[0], "{nope", '{"email": "x", "admin": true}',
+                        '{"email": "carol@example.com", "name": "Carol", "locale": "fr"}'])
+    import io
+    page = console.get("/admin/users/import")
+    response = console.post("/admin/users/import", data={
+        "csrf_token": csrf_token(page), "file": (io.BytesIO(upload.encode()), "users.jsonl")},
+        content_type="multipart/form-data")
+    body = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert body.count('data-outcome="created"') == 2 and 'data-outcome="exists already"' in body
+    assert 'data-outcome="not JSON"' in body and "unknown fields: admin" in body
+    with app.app_context():
+        carol = db.session.execute(db.select(User).where(User.email == "carol@example.com")).scalar_one()
+        assert carol.password_hash is None and carol.locale == "fr" and not carol.is_admin
+        robert = db.session.execute(db.select(User).where(User.email == "robert@example.com")).scalar_one()
+        assert robert.phone == "+447700900123" and not robert.phone_verified

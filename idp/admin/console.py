@@ -31,7 +31,7 @@ from flask_babel import force_locale
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
-from idp.admin import service
+from idp.admin import bulk, service
 from idp.admin.forms import ClientForm, GrantRoleForm, NewUserForm, ProfileEditForm, TypedConfirmForm
 from idp.admin.service import Actor, AdminError, Invalid, Power
 from idp.extensions import db
@@ -193,9 +193,14 @@ def users() -> str | tuple[str, int]:
         flash(str(refused), "error")
         rows, cursor = [], None
     args: dict[str, Any] = {key: value for key, value in request.args.items() if key != "cursor"}
+    selected = _user_filters()
+    export_args: dict[str, Any] = {"q": q, **{name: "yes" if on else "no" for name, on in selected.items()}}
+    bulk_actions = [(name, label) for name, label in _bulk_texts().items()
+                    if service.can(actor(), bulk.ACTIONS[name][1])]
     return render_template("admin/users.html", title=_("Users"), users=rows, mfa=service.with_mfa(rows), q=q,
                            filters=request.args, next_url=url_for("admin.users", **args, cursor=cursor)
-                           if cursor else None, names=USER_FILTERS)
+                           if cursor else None, names=USER_FILTERS, selected=selected, export_args=export_args,
+                           bulk_actions=bulk_actions, confirm=ConfirmForm())
 
 
 @bp.route("/users/new", methods=["GET", "POST"])
@@ -459,6 +464,122 @@ def end_user_session(user_id: int, sid: str) -> Any:
     return redirect(url_for("admin.user", user_id=user_id))
 
 
+# --- many users at once -----------------------------------------------------------------------------------------
+
+def _selection_args(source: Any) -> tuple[str, dict[str, bool]]:
+    """The search and filters of a users list (from its query, or from the hidden fields of a bulk form)."""
+    q = (source.get("q") or "")[:320]
+    return q, {name: source[name] == "yes" for name in USER_FILTERS if source.get(name) in ("yes", "no")}
+
+
+def _users_url(q: str, filters: dict[str, bool]) -> str:
+    args: dict[str, Any] = {name: "yes" if on else "no" for name, on in filters.items()}
+    return url_for("admin.users", q=q, **args)
+
+
+def _bulk_texts() -> dict[str, str]:
+    return {"disable": _("Disable"), "enable": _("Enable"), "reset-mfa": _("Reset MFA"),
+            "end-sessions": _("End every session"), "delete": _("Delete")}
+
+
+@bp.post("/users/bulk")
+@console(Power.READ_USERS, back=lambda **_ignored: url_for("admin.users"))
+def bulk_preview() -> Any:
+    """The dry run of a bulk action on the users list's selection: who would change, who would be skipped."""
+    if not ConfirmForm().validate_on_submit():
+        abort(400)
+    q, filters = _selection_args(request.form)
+    action = request.form.get("action", "")
+    try:
+        dry = bulk.preview(actor(), action, q, filters)
+    except AdminError as refused:
+        _refused(refused)
+        return redirect(_users_url(q, filters))
+    return render_template("admin/bulk_preview.html", title=_("Dry run"), dry=dry, q=q, filters=filters,
+                           action_label=_bulk_texts()[action], destructive=bulk.ACTIONS[action][2],
+                           back=_users_url(q, filters),
+                           confirm=ConfirmForm(), form=TypedConfirmForm(formdata=None))
+
+
+@bp.post("/users/bulk/run")
+@console(Power.READ_USERS, back=lambda **_ignored: url_for("admin.users"))
+def bulk_run() -> Any:
+    """Run a bulk action on the selection its dry run showed (typed count for a deletion)."""
+    if not ConfirmForm().validate_on_submit():
+        abort(400)
+    q, filters = _selection_args(request.form)
+    action = request.form.get("action", "")
+    back = _users_url(q, filters)
+    if action not in bulk.ACTIONS:
+        abort(400)
+    if bulk.ACTIONS[action][2] and (stale := _sign_in_again(g.admin_session, back)) is not None:
+        return stale
+    expected = request.form.get("expected", "")
+    if not (expected.isascii() and expected.isdigit()):
+        abort(400)
+    if action == "delete" and request.form.get("typed", "").strip() != expected:
+        flash(_("Type the number of users to delete them."), "error")
+        return redirect(back)
+    try:
+        job = bulk.start(actor(), action, q, filters, int(expected[:9]))
+    except AdminError as refused:
+        _refused(refused)
+        return redirect(back)
+    return redirect(url_for("admin.bulk_job", job_id=job.id))
+
+
+@bp.get("/jobs/<int:job_id>")
+@console(Power.READ_USERS)
+def bulk_job(job_id: int) -> str:
+    """A bulk action's progress and each user's result."""
+    try:
+        job = bulk.get_job(actor(), job_id)
+    except service.NotFound:
+        abort(404)
+    ids = list(job.user_ids)[:1000]
+    emails: dict[int, str] = {}
+    if ids:
+        emails = {row.id: row.email for row in db.session.execute(db.select(User.id, User.email)
+                                                                  .where(User.id.in_(ids)))}
+    rows = [(user_id, emails.get(user_id, ""), job.results.get(str(user_id))) for user_id in ids]
+    done = sum(1 for outcome in job.results.values() if outcome == "done")
+    return render_template("admin/bulk_job.html", title=_("Bulk action"), job=job, rows=rows, done=done,
+                           action_label=_bulk_texts().get(job.action, job.action))
+
+
+@bp.get("/users/export")
+@console(Power.READ_USERS)
+def users_export() -> Response:
+    """The users list's selection as CSV or JSON lines (no secret; the export is audited)."""
+    fmt = request.args.get("format", "csv")
+    q, filters = _selection_args(request.args)
+    try:
+        lines = bulk.export_users(actor(), q, filters, fmt)
+    except Invalid:
+        abort(400)
+    response = Response(stream_with_context(lines), mimetype="text/csv" if fmt == "csv" else "application/jsonl")
+    response.headers["Content-Disposition"] = f'attachment; filename="users.{fmt}"'
+    return response
+
+
+@bp.route("/users/import", methods=["GET", "POST"])
+@console(Power.CHANGE_USERS)
+def users_import() -> Any:
+    """Create users from a JSON lines file (the export's format), each with an invitation mail or none."""
+    form = ConfirmForm()
+    results = None
+    status = 200
+    if request.method == "POST":
+        upload = request.files.get("file")
+        if not form.validate_on_submit() or upload is None or not upload.filename:
+            flash(_("Choose a JSON lines file to import."), "error")
+            status = 400
+        else:
+            results = bulk.import_users(actor(), iter(upload.stream), invite=request.form.get("invite") == "y")
+    return render_template("admin/users_import.html", title=_("Import users"), form=form, results=results,
+                           limit=bulk.MAX_IMPORT_LINES), status
+
+
 # --- sessions ---------------------------------------------------------------------------------------------------
 
 @bp.get("/sessions")
@@ -714,6 +835,14 @@ def audit_log() -> str | tuple[str, int]:
                            export_csv=url_for("admin.audit_export", **args, format="csv"),
                            export_jsonl=url_for("admin.audit_export", **args, format="jsonl"),
                            next_url=url_for("admin.audit_log", **args, cursor=cursor) if cursor else None), status
+
+
+@bp.get("/audit/verify")
+@console(Power.READ_AUDIT)
+def audit_verify() -> str:
+    """Walk the hash chain and the signed checkpoints (as `idp audit verify` does) and say where it breaks."""
+    report = service.verify_audit(actor())
+    return render_template("admin/audit_verify.html", title=_("Audit log integrity"), report=report)
 
 
 @bp.get("/audit/export")

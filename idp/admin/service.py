@@ -285,18 +285,24 @@ def create_user(actor: Actor, *, email: Any, name: Any = "", password: Any = Non
     db.session.add(user)
     db.session.flush()
     audit.record("user.created", subject=user, admin=admin, invited=invite, **actor.audit())
-    if invite:
-        cfg = current_app.config
-        issued = onetime.issue("invite", user, now=now, ttl=cfg["IDP_INVITE_LINK_TTL"],
-                               secret_key=cfg["IDP_SECRET_KEY"])
-        assert issued.token is not None
-        link = external_url("account.reset_password",  # the token in the fragment, as every mailed link
-                            _anchor=onetime.sign(issued.token, "invite", cfg["IDP_SECRET_KEY"]))
-        db.session.commit()
-        enqueue("send_mail", to=user.email, template="invitation",
-                context={"name": user.name, "link": link, "days": max(1, cfg["IDP_INVITE_LINK_TTL"] // 86400)})
     db.session.commit()
+    if invite:
+        invite_user(user)
     return user
+
+
+def invite_user(user: User) -> None:
+    """Mail ``user`` an invitation: a link to choose their password (valid IDP_INVITE_LINK_TTL), which also
+    proves their address."""
+    cfg = current_app.config
+    issued = onetime.issue("invite", user, now=utcnow(), ttl=cfg["IDP_INVITE_LINK_TTL"],
+                           secret_key=cfg["IDP_SECRET_KEY"])
+    assert issued.token is not None
+    link = external_url("account.reset_password",  # the token in the fragment, as every mailed link
+                        _anchor=onetime.sign(issued.token, "invite", cfg["IDP_SECRET_KEY"]))
+    db.session.commit()
+    enqueue("send_mail", to=user.email, template="invitation", **({"language": user.locale} if user.locale else {}),
+            context={"name": user.name, "link": link, "days": max(1, cfg["IDP_INVITE_LINK_TTL"] // 86400)})
 
 
 def delete_user(actor: Actor, user: User) -> None:
@@ -771,6 +777,16 @@ def list_audit_events(actor: Actor, where: AuditFilter, *, cursor: str | None = 
     audit.record("audit.read", filters=where.described(), rows=min(len(rows), limit), **actor.audit())
     db.session.commit()
     return rows[:limit], encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+
+
+def verify_audit(actor: Actor) -> audit.Report:
+    """Check the audit log's hash chain and signed checkpoints (idp.audit.verify_chain); the check is audited."""
+    require(actor, Power.READ_AUDIT)
+    report = audit.verify_chain()
+    audit.record("audit.verified", intact=report.intact, events=report.events, checkpoints=report.checkpoints,
+                 problem=report.problem, **actor.audit())
+    db.session.commit()
+    return report
 
 
 def export_audit_events(actor: Actor, where: AuditFilter, fmt: str) -> Iterator[AuditEvent]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
 from idp.extensions import Model
@@ -87,6 +87,22 @@ class User(Model):
 
     def __repr__(self) -> str:
         return f"<User {self.id} {self.email}>"
+
+
+class AdminJob(Model):
+    """A bulk admin action (idp.admin.bulk): the users it was confirmed for, frozen then, and each one's result."""
+
+    __tablename__ = "admin_jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    action: Mapped[str] = mapped_column(String(32))
+    actor_id: Mapped[int | None] = mapped_column(Integer)  # the administrator (None: the command line)
+    via: Mapped[str] = mapped_column(String(16), default="console")
+    user_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    results: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)  # user id -> "done" or why not
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class AdminRole(Model):
