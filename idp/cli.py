@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -12,7 +13,7 @@ from flask_babel import gettext as _
 from rq import Worker
 
 from idp import audit, i18n
-from idp.admin import service
+from idp.admin import bulk, service
 from idp.config import env_example, markdown_table
 from idp.demo import DEMO_EMAIL, DEMO_REDIRECT_URI, demo_client_credentials
 from idp.extensions import db
@@ -170,6 +171,66 @@ def users_unlock(email):
     click.echo(f"unlocked {user.email}")
 
 
+@users.command("grant-role")
+@click.argument("email")
+@click.argument("role", type=click.Choice(sorted(service.ROLE_NAMES)))
+@click.option("--until", "until", help="When the role lapses by itself (ISO 8601 with an offset, or a date: UTC).")
+def users_grant_role(email, role, until):
+    """Give a user an admin role (admin, helpdesk or auditor), for good or until a time."""
+    user = _user(email)
+    moment = None
+    if until:
+        try:
+            moment = datetime.fromisoformat(until if "T" in until else f"{until}T00:00:00+00:00")
+        except ValueError:
+            raise click.ClickException(f"not a date or time: {until}") from None
+        if moment.tzinfo is None:
+            raise click.ClickException("give the time with its offset, e.g. 2027-01-31T18:00:00+01:00")
+    _acting(service.grant_role, user, role, moment)
+    click.echo(f"{user.email} is {role}" + (f" until {moment.isoformat()}" if moment else ""))
+
+
+@users.command("revoke-role")
+@click.argument("email")
+@click.argument("role", type=click.Choice(sorted(service.ROLE_NAMES)))
+def users_revoke_role(email, role):
+    """Take an admin role away (never the last administrator's)."""
+    user = _user(email)
+    _acting(service.revoke_role, user, role)
+    click.echo(f"{user.email} is no longer {role}")
+
+
+@users.command("export")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("-q", "--query", "q", default="", help="Only users whose email or name contains this.")
+def users_export(fmt, q):
+    """Print users as JSON lines or CSV (no secrets); `idp users import` reads the JSON lines back."""
+    for chunk in _acting(bulk.export_users, q, {}, fmt):
+        click.echo(chunk, nl=False)
+
+
+@users.command("import")
+@click.argument("source", type=click.File("rb"))
+@click.option("--invite", is_flag=True, help="Mail each new user an invitation to choose a password.")
+def users_import(source, invite):
+    """Create users from a JSON lines file (`-` for standard input); prints each line's outcome."""
+    results = _acting(bulk.import_users, iter(source), invite=invite)
+    for number, email, outcome in results:
+        click.echo(f"{number}\t{email or '-'}\t{outcome}")
+    created = sum(1 for _n, _e, outcome in results if outcome == "created")
+    click.echo(f"created {created} of {len(results)}")
+
+
+@click.command("housekeeping")
+@with_appcontext
+def housekeeping():
+    """Daily chores: record admin roles whose end time passed, and purge users deleted longer ago than
+    IDP_DELETE_GRACE_DAYS (run it from a timer or cron)."""
+    lapsed = service.lapse_roles()
+    purged = service.purge_deleted(service.OPERATOR)
+    click.echo(f"{lapsed} admin roles lapsed, {purged} deleted users purged")
+
+
 @users.command("set-password")
 @click.argument("email")
 @click.option("--password-stdin", is_flag=True, required=True, help="Read the new password from standard input.")
@@ -285,5 +346,5 @@ def config_doc(markdown):
 
 def register(app: Flask) -> None:
     """Attach the commands to the app's CLI."""
-    for command in (users, demo, audit_group, worker, config_doc, clients, keys_group):
+    for command in (users, demo, audit_group, worker, config_doc, clients, keys_group, housekeeping):
         app.cli.add_command(command)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from idp.extensions import db
 from idp.models import AuditEvent, LoginSession, User
-from tests.support import authorize, enrol_totp_in, make_client_in, make_user_in
+from tests.support import authorize, authorize_url, enrol_totp_in, make_client_in, make_user_in, walk
 
 API = "/admin/api/v1"
 
@@ -72,22 +72,77 @@ def test_every_route_refuses_a_caller_without_a_valid_admin_token(app, client, m
         assert response.headers["WWW-Authenticate"].startswith('Bearer realm="idp-admin", error="invalid_token"')
 
 
-def test_a_user_token_is_never_an_admin_token_whatever_the_user(app, client, make_user):
+def _user_token(browser, client_id: str, secret: str, scope: str, email: str, totp: str | None = None) -> dict:
+    """Sign ``email`` in at /authorize for ``scope`` (answering the TOTP step with ``totp``'s current code) and
+    redeem the code; the walk's screens are in the answer under "screens"."""
+    from idp.models import utcnow
+    from idp.security.otp import totp_code_at
+
+    answers = {"totp": lambda page: {"code": totp_code_at(totp, utcnow())}} if totp else {}
+    result = walk(browser, authorize_url(client_id, scope=scope), email=email, answers=answers)
+    response = browser.post("/token", data={"grant_type": "authorization_code", "code": result.code,
+                                            "redirect_uri": "https://rp.example/cb"}, auth=(client_id, secret))
+    assert response.status_code == 200, response.get_json()
+    return {**response.get_json(), "screens": result.screens}
+
+
+def test_a_user_token_without_an_admin_scope_is_refused_whatever_the_user(app, client, make_user):
     make_user(is_admin=True)
     client_id, secret = make_client_in(app, redirect_uris=["https://rp.example/cb"], first_party=True)
-    code = authorize(client, client_id)
-    tokens = client.post("/token", data={"grant_type": "authorization_code", "code": code,
-                                         "redirect_uri": "https://rp.example/cb"}, auth=(client_id, secret))
-    response = client.get(f"{API}/users", headers=bearer(tokens.get_json()["access_token"]))
+    tokens = _user_token(client, client_id, secret, "openid", "alice@example.com")
+    response = client.get(f"{API}/users", headers=bearer(tokens["access_token"]))
     assert_problem(response, 403)
     assert 'error="insufficient_scope"' in response.headers["WWW-Authenticate"]
+
+
+def test_an_admins_own_token_needs_the_consoles_acr_and_counts_only_for_their_roles(app, make_user):
+    """A first-party client registered for idp:* scopes: an administrator's sign-in for such a scope asks for the
+    second factor (IDP_ADMIN_ACR), and the token acts as them; a role the user lacks is not granted."""
+    make_user(email="root@example.com", is_admin=True)
+    make_user(email="help@example.com", roles=["helpdesk"])
+    make_user(email="bob@example.com")
+    client_id, secret = make_client_in(app, redirect_uris=["https://rp.example/cb"], first_party=True,
+                                       scopes=["openid", "idp:admin", "idp:helpdesk"])
+    root_totp = enrol_totp_in(app, "root@example.com")[0]
+    help_totp = enrol_totp_in(app, "help@example.com")[0]
+
+    root = _user_token(app.test_client(), client_id, secret, "openid idp:admin", "root@example.com", root_totp)
+    assert root["screens"] == ["password", "totp"] and "idp:admin" in root["scope"].split()
+    bob_id = user_id(app, "bob@example.com")
+    disabled = app.test_client().post(f"{API}/users/{bob_id}/disable", headers=bearer(root["access_token"]))
+    assert disabled.status_code == 200
+    row = audit_rows(app, "user.disabled")[-1]
+    assert row.actor_id == user_id(app, "root@example.com") and row.details["actor_client"] == client_id
+
+    helper = _user_token(app.test_client(), client_id, secret, "openid idp:admin idp:helpdesk", "help@example.com",
+                         help_totp)
+    assert helper["scope"].split() == ["openid", "idp:helpdesk"]  # no idp:admin for a helpdesk user
+    api = app.test_client()
+    assert api.get(f"{API}/users", headers=bearer(helper["access_token"])).status_code == 200
+    assert_problem(api.post(f"{API}/users/{bob_id}/enable", headers=bearer(helper["access_token"])), 403)
+
+    make_user(email="carol@example.com")
+    nobody = _user_token(app.test_client(), client_id, secret, "openid idp:admin", "carol@example.com")
+    assert nobody["scope"].split() == ["openid"]  # not an administrator: the scope is dropped, no factor asked
+    assert_problem(api.get(f"{API}/users", headers=bearer(nobody["access_token"])), 403)
+
+    with app.app_context():  # the role taken away: the token stops counting at once
+        from idp.admin import service
+        service.revoke_role(service.OPERATOR, db.session.get(User, user_id(app, "help@example.com")), "helpdesk")
+    assert_problem(api.get(f"{API}/users", headers=bearer(helper["access_token"])), 403)
+
+
+def audit_rows(app, event: str) -> list:
+    with app.app_context():
+        return list(db.session.execute(db.select(AuditEvent).where(AuditEvent.event == event)
+                                       .order_by(AuditEvent.id)).scalars())
 
 
 def test_admin_scopes_go_only_to_a_machine_client(app):
     from idp.oidc.registration import create_client
 
     with app.app_context():
-        for grants in (["authorization_code"], ["client_credentials", "refresh_token"]):
+        for grants in (["authorization_code"], ["client_credentials", "refresh_token"]):  # and not first-party
             with pytest.raises(ValueError, match="admin scopes"):
                 create_client(name="x", redirect_uris=["https://rp.example/cb"], post_logout_redirect_uris=[],
                               public=False, grant_types=grants, scopes=["openid", "idp:admin"], auth_method=None,

@@ -25,6 +25,7 @@ from idp.admin import service
 from idp.admin.openapi import document
 from idp.admin.service import Actor, AdminError, Invalid, Role
 from idp.extensions import csrf, db, limiter
+from idp.login.assurance import meets
 from idp.models import AuditEvent, LoginSession, SigningKey, User, utcnow
 from idp.oidc.registration import describe
 
@@ -75,13 +76,18 @@ def authenticated(view: Callable[..., Any]) -> Callable[..., Any]:
             return problem(401, "Invalid token", "The access token is unknown, expired or revoked.",
                            _challenge("invalid_token", "The access token is not valid"))
         roles = frozenset(SCOPE_ROLES[s] for s in (token.scope or "").split() if s in SCOPE_ROLES)
-        if token.user_id is not None or not roles:
-            # Admin powers are a machine client's (client_credentials with an idp:* scope); a user's token is
-            # never enough, whatever its scope.
-            return problem(403, "Insufficient scope", "This token carries no admin scope.",
+        person = None
+        if token.user_id is not None:
+            # An administrator's own token (from a first-party client): its scopes count only for the roles the
+            # user holds now, and only from a sign-in as strong as the console demands.
+            person = db.session.get(User, token.user_id)
+            strong = meets(token.acr or "", current_app.config["IDP_ADMIN_ACR"])
+            roles = roles & service.roles_of(person) if person is not None and strong else frozenset()
+        if not roles:
+            return problem(403, "Insufficient scope", "This token carries no admin scope that its holder may use.",
                            _challenge("insufficient_scope", "An admin scope is required",
                                       " ".join(SCOPE_ROLES)))
-        g.admin_actor = Actor(roles=roles, via="api", client_id=token.client_id)
+        g.admin_actor = Actor(roles=roles, via="api", user=person, client_id=token.client_id)
         return view(*args, **kwargs)
     return wrapped
 

@@ -32,6 +32,7 @@ from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
 from idp.admin import bulk, service
+from idp.admin.api import audit_lines
 from idp.admin.forms import ClientForm, GrantRoleForm, NewUserForm, ProfileEditForm, TypedConfirmForm
 from idp.admin.service import Actor, AdminError, Invalid, Power
 from idp.extensions import db
@@ -849,8 +850,6 @@ def audit_verify() -> str:
 @console(Power.READ_AUDIT)
 def audit_export() -> Response:
     """The filtered audit log as CSV or JSON lines (the export is audited)."""
-    from idp.admin.api import audit_lines  # one writer of both formats
-
     fmt = request.args.get("format", "csv")
     if fmt not in ("csv", "jsonl"):
         abort(400)

@@ -13,6 +13,7 @@ from idp.login.assurance import ACR_MFA, ACR_PASSWORD, ACR_PHISHING_RESISTANT, a
 from idp.login.context import EXPLICIT_REASONS, StepContext, confirmed_factors
 from idp.login.factors import REGISTRY
 from idp.models import Client, Device, TransactionState, User
+from idp.oidc.claims import ADMIN_SCOPES
 
 
 def has_second_factor(user: User) -> bool:
@@ -25,10 +26,14 @@ def client_level(client: Client) -> str:
     return strongest([client.min_acr or "", ACR_MFA if client.mfa == "required" else ""])
 
 
-def required_level(user: User, state: TransactionState, client: Client | None, enrolled: bool) -> str:
+def required_level(user: User, state: TransactionState, client: Client | None, enrolled: bool,
+                   admin_level: str = "") -> str:
     """The level this sign-in must reach (``client``: the transaction's; ``enrolled``: whether the user has a
-    confirmed second factor)."""
+    confirmed second factor; ``admin_level``: IDP_ADMIN_ACR, demanded when an administrator's token is to carry
+    an admin scope)."""
     levels = [ACR_PASSWORD]
+    if admin_level and set(state.scopes) & set(ADMIN_SCOPES) and user.is_admin:
+        levels.append(admin_level)
     requested = weakest(state.acr_values)
     if requested:
         levels.append(requested)
@@ -80,7 +85,8 @@ def assess(ctx: StepContext) -> None:
     if user is None or ctx.required_level:
         return
     confirmed = ctx.confirmed_factors()
-    ctx.required_level = required_level(user, ctx.state, ctx.client(), bool(confirmed))
+    ctx.required_level = required_level(user, ctx.state, ctx.client(), bool(confirmed),
+                                        ctx.config.get("IDP_ADMIN_ACR", ""))
     done = set(ctx.state.done)
     ctx.choices = [kind for kind in usable_factors(user, ctx.required_level, confirmed) if kind not in done]
 

@@ -13,10 +13,20 @@ from idp.models import User
 # No `address` (OIDC Core 5.4): idp holds no postal address, so it neither advertises the scope nor accepts it; a
 # request for it is invalid_scope, as for any scope not listed here (Authlib checks OAUTH2_SCOPES_SUPPORTED).
 SCOPES = ("openid", "profile", "email", "phone", "offline_access")
-# The admin REST API's scopes (idp.admin): granted only to a confidential client registered for client_credentials
-# alone by an administrator (`idp clients create --grant client_credentials --scope idp:admin`), so no user's
-# consent can hand them out. Not advertised in discovery, which may leave scopes out (RFC 8414 2).
-ADMIN_SCOPES = ("idp:admin", "idp:helpdesk", "idp:audit")
+# The admin REST API's scopes (idp.admin), each naming an admin role. An administrator registers the clients that
+# may ask for them: a confidential machine client for client_credentials alone, or a first-party client (never
+# shown a consent page) whose users' tokens carry them only for the roles the user holds, after a sign-in at
+# IDP_ADMIN_ACR (grantable_scope). No user's consent can hand them out. Not advertised in discovery, which may
+# leave scopes out (RFC 8414 2).
+ADMIN_SCOPE_ROLES = {"idp:admin": "admin", "idp:helpdesk": "helpdesk", "idp:audit": "auditor"}
+ADMIN_SCOPES = tuple(ADMIN_SCOPE_ROLES)
+
+
+def grantable_scope(scope: str, roles: frozenset[str], strong_enough: bool) -> str:
+    """``scope`` for a user's token: an admin scope stays only for a role the user holds, and only when the
+    sign-in reached IDP_ADMIN_ACR (``strong_enough``); every other scope is kept."""
+    return " ".join(s for s in scope.split()
+                    if s not in ADMIN_SCOPE_ROLES or (strong_enough and ADMIN_SCOPE_ROLES[s] in roles))
 
 SCOPE_CLAIMS = {
     "openid": ("sub",),

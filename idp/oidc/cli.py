@@ -11,7 +11,7 @@ from idp.admin import service as admin_service
 from idp.extensions import db
 from idp.login.assurance import LEVELS
 from idp.models import Client
-from idp.oidc.registration import ALL_AUTH_METHODS, GRANT_TYPES, create_client, describe
+from idp.oidc.registration import ALL_AUTH_METHODS, GRANT_TYPES, describe
 
 
 def _client(client_id: str) -> Client:
@@ -47,24 +47,27 @@ clients = AppGroup("clients", help="Manage OAuth / OpenID Connect clients.")
 @click.option("--refresh-token-ttl", type=int, help="Idle expiry of its refresh tokens (seconds).")
 @click.option("--refresh-for-sessions", "refresh_for_sessions", is_flag=True,
               help="Refresh tokens without offline_access too; they end with the user's sign-in session.")
+@click.option("--logo-uri", help="An https URL of the client's logo, shown on the consent page.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with client_id and client_secret.")
 def clients_create(name, redirect_uris, logout_uris, public, grant_types, scopes, auth_method, first_party,
                    id_token_alg, jwks_json, jwks_uri, mfa, min_acr, no_remembered_devices, access_token_ttl,
-                   refresh_token_ttl, refresh_for_sessions, as_json):
+                   refresh_token_ttl, refresh_for_sessions, logo_uri, as_json):
     """Register a client; its secret is printed once."""
     try:
         jwks = json.loads(jwks_json) if jwks_json else None
-        client, secret = create_client(
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"--jwks is not JSON: {exc}") from None
+    try:
+        client, secret = admin_service.create_client(
+            admin_service.OPERATOR,
             name=name, redirect_uris=list(redirect_uris), post_logout_redirect_uris=list(logout_uris),
             public=public, grant_types=list(grant_types), scopes=list(scopes), auth_method=auth_method,
             first_party=first_party, id_token_alg=id_token_alg, jwks=jwks, jwks_uri=jwks_uri, mfa=mfa,
             min_acr=min_acr or "", allow_remembered_device=not no_remembered_devices,
             access_token_ttl=access_token_ttl, refresh_token_ttl=refresh_token_ttl,
-            refresh_tokens_for_sessions=refresh_for_sessions)
-    except (ValueError, json.JSONDecodeError) as exc:
-        db.session.rollback()
-        raise click.ClickException(str(exc)) from None
-    db.session.commit()
+            refresh_tokens_for_sessions=refresh_for_sessions, logo_uri=logo_uri)
+    except admin_service.Invalid as refused:
+        raise click.ClickException(refused.errors.get("client", str(refused))) from None
     if as_json:
         click.echo(json.dumps({"client_id": client.client_id, "client_secret": secret}))
         return
@@ -87,6 +90,28 @@ def clients_list():
 def clients_show(client_id):
     """Show one client's settings as JSON."""
     click.echo(json.dumps(describe(_client(client_id)), indent=2))
+
+
+@clients.command("update")
+@click.argument("client_id")
+@click.argument("changes")
+def clients_update(client_id, changes):
+    """Change settings, given as a JSON object under the admin API's names (e.g. '{"name": "Shop", "mfa":
+    "required"}'); checked as a whole, as at creation."""
+    client = _client(client_id)
+    try:
+        settings = json.loads(changes)
+    except json.JSONDecodeError:
+        raise click.ClickException("CHANGES must be a JSON object") from None
+    if not isinstance(settings, dict):
+        raise click.ClickException("CHANGES must be a JSON object")
+    if "token_endpoint_auth_method" in settings:
+        settings["auth_method"] = settings.pop("token_endpoint_auth_method")
+    try:
+        admin_service.update_client(admin_service.OPERATOR, client, settings)
+    except admin_service.AdminError as refused:
+        raise click.ClickException(str(refused)) from None
+    click.echo(json.dumps(describe(client), indent=2))
 
 
 @clients.command("delete")

@@ -128,9 +128,11 @@ def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: 
         raise ValueError("a public client authenticates with 'none'")
     if method == "none" and "client_credentials" in grant_types:
         raise ValueError("client_credentials needs a confidential client")
-    if set(scopes) & set(ADMIN_SCOPES) and (grant_types != ["client_credentials"] or method == "none"):
+    machine = grant_types == ["client_credentials"] and method != "none"
+    if set(scopes) & set(ADMIN_SCOPES) and not (machine or first_party):
         raise ValueError("the idp:* admin scopes are for a confidential client with only the client_credentials "
-                         "grant (a machine; no user can consent to them)")
+                         "grant (a machine), or a first-party client (its users' tokens carry them for their "
+                         "own roles); no user can consent to them")
     if method == "private_key_jwt" and not (jwks or jwks_uri):
         raise ValueError("private_key_jwt needs the client's --jwks or --jwks-uri")
     if jwks is not None:

@@ -45,6 +45,7 @@ from wtforms import ValidationError
 
 from idp import audit
 from idp.extensions import db, limiter
+from idp.login.assurance import meets
 from idp.models import AuthorizationCode, Client, LoginSession, Token, User, table_of, utcnow
 from idp.oidc import claims as oidc_claims
 from idp.oidc import keys
@@ -358,9 +359,13 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         live = approval.session
         now = utcnow()
         data = request.payload.data
+        # Admin scopes (first-party clients only, idp.oidc.registration) for the roles the user holds, after a
+        # sign-in as strong as the console's.
+        scope = oidc_claims.grantable_scope(request.scope or "", approval.user.roles_at(now),
+                                meets(live.acr, current_app.config["IDP_ADMIN_ACR"]))
         db.session.add(AuthorizationCode(
             code_hash=token_hash(code), client_id=request.client.client_id, user_id=approval.user.id,
-            redirect_uri=request.payload.redirect_uri or "", scope=request.scope or "", nonce=data.get("nonce"),
+            redirect_uri=request.payload.redirect_uri or "", scope=scope, nonce=data.get("nonce"),
             code_challenge=data.get("code_challenge"), code_challenge_method=data.get("code_challenge_method"),
             claims=approval.claims_request, sid=live.sid, auth_time=live.auth_time, acr=live.acr,
             amr=list(live.amr), issued_at=now,
