@@ -47,8 +47,13 @@ _CHECKPOINTS = table_of(AuditCheckpoint)
 # row_hash = sha256(prev_hash + canonical JSON of its content), content being every column but the two hashes.
 #
 # Concurrency: two transactions appending at once must not both link to the same predecessor, and the order of
-# the chain must be the order of the ids. So an append first takes a lock that serialises appends and is held
-# until its transaction ends, and only then reads the last row and takes the next id:
+# the chain must be the order of the ids. So the rows a transaction records are kept in the session and appended
+# when it commits (before_commit, after the ORM's flush): there the transaction takes a lock that serialises
+# appends and is held until it ends, and only then reads the last row and takes the next id. Taking that lock
+# last matters: a transaction that took it at its first record and then waited for a row another transaction
+# holds (a refresh token both try to rotate) while that one waited for the lock to audit was a deadlock,
+# which PostgreSQL broke by failing one of them. Holding it only while appending, a transaction waits for no
+# row while it holds the lock. The lock:
 # - PostgreSQL: pg_advisory_xact_lock, released by COMMIT or ROLLBACK. It must be a statement of its own before
 #   the read: under READ COMMITTED (idp's level) each statement sees what was committed when it started, so the
 #   read that follows the wait sees the row the previous holder committed. The id comes from the table's own
@@ -57,10 +62,9 @@ _CHECKPOINTS = table_of(AuditCheckpoint)
 # - SQLite: a writer holds the database's write lock until it ends, but the driver opens the transaction only at
 #   the first write, so a no-op UPDATE goes first to take it before the read. The id is the one SQLite would
 #   give (the largest plus one), taken explicitly because the hash covers it.
-# Cost: the first append of a transaction pays two small statements more (the lock, then one indexed read of the
-# last row with the next id); later appends in the same transaction reuse the link they keep in the session
-# (on PostgreSQL one SELECT nextval each). And appends of concurrent transactions wait for one another from their
-# first append to their end: a transaction should audit at its end, as idp's do (record, then commit).
+# Cost: a committing transaction with rows pays two small statements more (the lock, then one indexed read of the
+# last row with the next id); its later rows reuse the link (on PostgreSQL one SELECT nextval each). Commits
+# that append wait for one another only for their appends and the COMMIT itself.
 GENESIS = "0" * 64
 _FIELDS = ("id", "at", "event", "actor_id", "subject_id", "subject_email", "client_id", "ip", "user_agent", "details")
 _LOCK_KEY = 0x1D9_A0D1  # any constant that no other advisory lock of this database uses
@@ -71,8 +75,6 @@ _LAST_HASH = select(_EVENTS.c.row_hash).order_by(_EVENTS.c.id.desc()).limit(1).s
 _NEXT_PG = select(func.nextval(_SEQUENCE), _LAST_HASH)
 _NEXTVAL_PG = select(func.nextval(_SEQUENCE))
 _LAST_SQLITE = select(_EVENTS.c.id, _EVENTS.c.row_hash).order_by(_EVENTS.c.id.desc()).limit(1)
-# session.info: the (id, row_hash) of the last row the session's transaction appended, while it holds the lock.
-_LINK = "idp.audit.link"
 
 
 def rfc3339(at: datetime) -> str:
@@ -147,6 +149,8 @@ def _canonical(value: Any) -> bytes:
 
 # Rows recorded with durable=True that the caller's transaction has not committed yet, kept in the session's info.
 _UNCOMMITTED = "idp.audit.uncommitted"
+# Every row the session's transaction recorded, appended to the chain when it commits (see the hash chain above).
+_PENDING = "idp.audit.pending"
 
 
 def record(event: str, *, subject: User | None = None, actor: User | None = None, client_id: str | None = None,
@@ -184,13 +188,27 @@ def record(event: str, *, subject: User | None = None, actor: User | None = None
         # Set here, not by the column's default: the hash covers it.
         "at": utcnow(),
     }
-    connection = db.session.connection()
-    _append(connection, row, db.session.info.setdefault(_LINK, {}))
+    connection = db.session.connection()  # the transaction begins now (its rows commit with its work)
+    db.session.info.setdefault(_PENDING, []).append(row)
     if durable:
         db.session.info.setdefault(_UNCOMMITTED, []).append((connection.engine, row))
     if commit:
         db.session.commit()
     log.info("%s subject=%s client=%s ip=%s", event, subject_id, client_id, ip)
+
+
+@listens_for(Session, "before_commit")
+def _append_pending(session: Session) -> None:
+    """The transaction commits: its recorded rows join the chain now, after the ORM wrote its own changes (so no
+    row lock is waited for while the chain's lock is held)."""
+    if not session.info.get(_PENDING):
+        return
+    session.flush()
+    rows = session.info.pop(_PENDING)
+    connection = session.connection()
+    link: dict[str, Any] = {}
+    for row in rows:
+        _append(connection, row, link)
 
 
 @listens_for(Session, "after_commit")
@@ -200,9 +218,10 @@ def _committed(session: Session) -> None:
 
 @listens_for(Session, "after_transaction_end")
 def _unlinked(session: Session, transaction: SessionTransaction) -> None:
-    """The lock ended with the transaction (or a savepoint may have taken rows back): the next append reads the
-    chain's end again."""
-    session.info.pop(_LINK, None)
+    """A transaction that ends without committing takes its recorded rows with it (the durable ones are written
+    again by _ended)."""
+    if transaction.parent is None and not transaction.nested:
+        session.info.pop(_PENDING, None)
 
 
 @listens_for(Session, "after_transaction_end")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import click
@@ -15,13 +15,15 @@ from rq import Worker
 from idp import audit, i18n
 from idp.admin import bulk, service
 from idp.config import env_example, markdown_table
-from idp.demo import DEMO_EMAIL, DEMO_REDIRECT_URI, demo_client_credentials
+from idp.demo import DEMO_ADMIN_EMAIL, DEMO_EMAIL, DEMO_REDIRECT_URI, demo_client_credentials
 from idp.extensions import db
 from idp.jobs import queue
 from idp.login import sessions
-from idp.models import AuditEvent, User, utcnow
+from idp.login.factors.totp import confirm_totp, start_totp, totp_secret
+from idp.models import AdminRole, AuditEvent, Factor, User, utcnow
 from idp.models.user import normalize_email
 from idp.oidc.cli import clients, keys_group
+from idp.security.otp import provisioning_uri, totp_code_at
 from idp.security.passwords import hash_password, password_problems, verify_password
 from idp.security.tokens import new_token
 
@@ -268,12 +270,17 @@ def demo():
         db.session.flush()
         audit.record("user.created", subject=user, via="demo")
         db.session.commit()
+    admin_secret = _demo_admin(password)
     demo_client = demo_client_credentials()
     changed = not verify_password(user.password_hash, password)
     issuer = current_app.config["IDP_ISSUER"]
     click.echo(f"Demo user:     {DEMO_EMAIL}")
     click.echo(f"Demo password: {password}" + ("  (changed since; use yours)" if changed else ""))
     click.echo(f"Sign in at:    {issuer}/login")
+    click.echo(f"Demo admin:    {DEMO_ADMIN_EMAIL}, same password, administrator of the console at {issuer}/admin/")
+    if admin_secret:
+        click.echo(f"               its second factor is an authenticator app with the key {admin_secret}")
+        click.echo(f"               ({provisioning_uri(admin_secret, DEMO_ADMIN_EMAIL, 'idp demo')})")
     if current_app.config["IDP_ENV"] == "development":
         click.echo(f"Dev outbox:    {issuer}/dev/outbox")
     client_id, secret = demo_client
@@ -286,6 +293,29 @@ def demo():
     click.echo("Or by hand: open this URL, sign in, and copy `code` from the address the browser lands on:")
     click.echo(f"  {issuer}/authorize?response_type=code&client_id={client_id}&redirect_uri={DEMO_REDIRECT_URI}"
                f"&scope=openid%20profile%20email&state={new_token(8)}&nonce={new_token(12)}")
+
+
+def _demo_admin(password: str) -> str | None:
+    """The demo administrator (created once, with the demo password and a confirmed TOTP factor, since the console
+    demands a second factor); returns its TOTP key, or None when that factor was removed since."""
+    key = current_app.config["IDP_SECRET_KEY"]
+    admin = db.session.execute(db.select(User).where(User.email == DEMO_ADMIN_EMAIL)).scalar_one_or_none()
+    if admin is None:
+        now = utcnow()
+        admin = User(email=DEMO_ADMIN_EMAIL, name="Demo Admin", password_hash=hash_password(password),
+                     password_changed_at=now, email_verified_at=now)
+        admin.roles = [AdminRole(role="admin")]
+        db.session.add(admin)
+        db.session.flush()
+        credential = start_totp(admin, now, key)
+        # Confirmed with the previous period's code, so that the code showing now still signs in.
+        assert confirm_totp(credential, totp_code_at(totp_secret(credential, key), now - timedelta(seconds=30)),
+                            now, key)
+        audit.record("user.created", subject=admin, via="demo", admin=True)
+        db.session.commit()
+    factor = db.session.execute(db.select(Factor).where(Factor.user_id == admin.id, Factor.kind == "totp",
+                                                        Factor.confirmed_at.is_not(None))).scalars().first()
+    return totp_secret(factor, key) if factor is not None else None
 
 
 @click.group("audit", cls=AppGroup)

@@ -31,7 +31,9 @@ def run(ctx: click.Context, **options: Any) -> None:
     production = (os.environ.get("IDP_ENV") or dotenv.get("IDP_ENV")) == "production"
     if not configured and not production:  # production names its issuer, or refuses to start
         os.environ["IDP_ISSUER"] = f"http://localhost:{options['port']}"
-    click.echo(f"idp: open {os.environ.get('IDP_ISSUER') or configured}/login")
+    issuer = os.environ.get("IDP_ISSUER") or configured
+    click.echo(f"idp: open {issuer}/login")
+    click.echo(f"idp: the admin console is {issuer}/admin/ (`idp demo` prints its admin account)")
     ctx.invoke(run_command, **options)
 
 

@@ -12,6 +12,7 @@ from idp.oidc.registration import create_client
 from idp.security.tokens import token_hash
 
 DEMO_EMAIL = "demo@example.com"
+DEMO_ADMIN_EMAIL = "admin@example.com"  # an administrator of the console, with a TOTP factor (`idp demo`)
 DEMO_CLIENT_ID = "demo-client"
 DEMO_REDIRECT_URI = "http://127.0.0.1:5001/callback"
 

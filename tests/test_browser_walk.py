@@ -243,6 +243,8 @@ def idp_run(make_app, tmp_path):
                 time.sleep(0.1)
         url = f"http://localhost:{port}"
         assert log.read_text().splitlines()[0] == f"idp: open {url}/login", log.read_text()
+        assert log.read_text().splitlines()[1] == (f"idp: the admin console is {url}/admin/ "
+                                                   "(`idp demo` prints its admin account)")
         yield SimpleNamespace(url=url, app=app)
     finally:
         server.terminate()

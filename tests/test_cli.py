@@ -231,10 +231,27 @@ def test_demo_is_idempotent_and_its_password_signs_in(app, cli, tmp_path):
     assert "Sign in at:    http://localhost/login" in first
     assert "changed since" not in first + second
     assert len(password) >= 15
-    assert list(listing(cli)) == ["demo@example.com"]
+    assert list(listing(cli)) == ["demo@example.com", "admin@example.com"]
     credential = tmp_path / "instance" / "demo-password"
     assert stat.S_IMODE(os.stat(credential).st_mode) == 0o600
     assert full_sign_in(app, "demo@example.com", password)[1] == "demo@example.com"
+
+
+def test_demo_names_an_admin_whose_printed_totp_key_opens_the_console(app, cli, tmp_path):
+    from idp.models import utcnow
+    from idp.security.otp import totp_code_at
+    from tests.support import follow
+
+    app.instance_path = str(tmp_path / "instance")
+    os.makedirs(app.instance_path)
+    out = ok(cli("demo"))
+    key = re.search(r"authenticator app with the key ([A-Z2-7]+)", out).group(1)
+    assert "admin@example.com" in out and "http://localhost/admin/" in out and "otpauth://totp/" in out
+    assert key in ok(cli("demo"))  # the same key each run
+    browser = app.test_client()
+    follow(browser, browser.get("/login?next=/admin/"), email="admin@example.com", password=_demo_password(out),
+           answers={"totp": lambda page: {"code": totp_code_at(key, utcnow())}})
+    assert browser.get("/admin/").status_code == 200
 
 
 def test_demo_says_when_its_password_was_changed(app, cli, tmp_path):

@@ -361,8 +361,10 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         data = request.payload.data
         # Admin scopes (first-party clients only, idp.oidc.registration) for the roles the user holds, after a
         # sign-in as strong as the console's.
-        scope = oidc_claims.grantable_scope(request.scope or "", approval.user.roles_at(now),
-                                meets(live.acr, current_app.config["IDP_ADMIN_ACR"]))
+        scope = request.scope or ""
+        if set(scope.split()) & set(oidc_claims.ADMIN_SCOPES):  # (the roles are read only then)
+            scope = oidc_claims.grantable_scope(scope, approval.user.roles_at(now),
+                                                meets(live.acr, current_app.config["IDP_ADMIN_ACR"]))
         db.session.add(AuthorizationCode(
             code_hash=token_hash(code), client_id=request.client.client_id, user_id=approval.user.id,
             redirect_uri=request.payload.redirect_uri or "", scope=scope, nonce=data.get("nonce"),
