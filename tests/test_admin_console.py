@@ -396,3 +396,19 @@ def test_users_export_and_import_round_trip_without_secrets(app, console):
         assert carol.password_hash is None and carol.locale == "fr" and not carol.is_admin
         robert = db.session.execute(db.select(User).where(User.email == "robert@example.com")).scalar_one()
         assert robert.phone == "+447700900123" and not robert.phone_verified
+
+
+def test_a_verification_mail_is_sent_again_for_an_unverified_address_only(app, console):
+    from idp.models import OneTimeToken
+
+    bob = make_user_in(app, email="bob@example.com", verified=False)
+    page = f"/admin/users/{bob.id}"
+    assert 'data-action="send-verification"' in console.get(page).get_data(as_text=True)
+    post(console, f"{page}/actions/send-verification", page)
+    with app.app_context():
+        assert db.session.execute(db.select(OneTimeToken).where(OneTimeToken.user_id == bob.id,
+                                                                OneTimeToken.purpose == "verify_email")).first()
+    assert [row.subject_id for row in audit_events(app, "user.verification_sent")] == [bob.id]
+    alice = make_user_in(app, email="alice@example.com")
+    post(console, f"/admin/users/{alice.id}/actions/send-verification", f"/admin/users/{alice.id}")
+    assert "verified already" in console.get(f"/admin/users/{alice.id}").get_data(as_text=True)

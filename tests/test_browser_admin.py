@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
@@ -179,7 +180,7 @@ def test_an_administrators_day_in_the_console(chromium, admin_setup, axe_source,
         inspect.check("Audit log")
         with page.expect_download() as download:
             page.locator("#export-csv").click()
-        rows = list(csv.reader(io.StringIO(open(download.value.path(), encoding="utf-8").read())))
+        rows = list(csv.reader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8"))))
         assert rows[0][:3] == ["id", "at", "event"] and [row[2] for row in rows[1:]] == ["user.disabled"]
         page.goto("/admin/audit/verify")
         inspect.check("Audit log integrity")

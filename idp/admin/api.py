@@ -295,6 +295,13 @@ def send_password_reset(user_id: int) -> Response:
     return _action(user_id, lambda user: service.send_password_reset(actor(), user))
 
 
+@bp.post("/v1/users/<int:user_id>/send-verification")
+@authenticated
+def send_verification(user_id: int) -> Response:
+    """Mail the user a new link to verify their address."""
+    return _action(user_id, lambda user: service.send_verification(actor(), user))
+
+
 @bp.post("/v1/users/<int:user_id>/roles")
 @authenticated
 def grant_role(user_id: int) -> Response:

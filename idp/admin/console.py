@@ -308,6 +308,7 @@ USER_ACTIONS: dict[str, tuple[Callable[[Actor, User], Any], bool]] = {
     "revoke-tokens": (service.revoke_tokens, True),
     "end-sessions": (service.end_sessions, False),
     "send-password-reset": (service.send_password_reset, False),
+    "send-verification": (service.send_verification, False),
     "delete": (service.delete_user, True),
     "restore": (service.restore_user, False),
 }
@@ -330,6 +331,7 @@ def _action_texts() -> dict[str, tuple[str, str, str]]:
                           _("Every application signed in as this user stops working until they sign in again.")),
         "end-sessions": (_("Their sessions ended."), "", ""),
         "send-password-reset": (_("A password reset mail is on its way."), "", ""),
+        "send-verification": (_("A verification mail is on its way."), "", ""),
         "delete": (_("Deleted. The user can be restored until the grace period ends."), _("Delete this user?"),
                    _("They are disabled and hidden at once, signed out everywhere, and removed for good after "
                      "%(days)s days unless restored.", days=current_app.config["IDP_DELETE_GRACE_DAYS"])),

@@ -136,6 +136,7 @@ def document(issuer: str) -> dict[str, Any]:
             "/v1/users/{user_id}/reset-mfa": _action("Remove every second factor (the user is mailed)"),
             "/v1/users/{user_id}/revoke-tokens": _action("End every session and revoke every token"),
             "/v1/users/{user_id}/send-password-reset": _action("Mail the user a password reset link"),
+            "/v1/users/{user_id}/send-verification": _action("Mail the user a new link to verify their address"),
             "/v1/users/{user_id}/roles": {"post": {
                 "summary": "Grant an admin role, for good or until a time (it then lapses by itself)",
                 "parameters": [USER_ID],

@@ -23,7 +23,7 @@ from idp import audit
 from idp.extensions import db
 from idp.http import external_url
 from idp.jobs import enqueue
-from idp.login import enrolment, onetime, sessions
+from idp.login import enrolment, onetime, sessions, verification
 from idp.login.browser import unlock_account
 from idp.login.codes import normalize_phone
 from idp.login.factors import REGISTRY
@@ -459,6 +459,17 @@ def send_password_reset(actor: Actor, user: User) -> None:
     audit.record("user.password_reset_sent", subject=user, **actor.audit())
     db.session.commit()
     enqueue("start_password_reset", email=user.email, language=user.locale or None)
+
+
+def send_verification(actor: Actor, user: User) -> None:
+    """Mail the user a new link to verify their address (helpdesk: "I never got the mail")."""
+    require(actor, Power.SUPPORT_USERS)
+    if user.email_verified:
+        raise Conflict("this address is verified already")
+    audit.record("user.verification_sent", subject=user, **actor.audit())
+    with force_locale(user.locale or "en"):
+        verification.send_verification(user, now=utcnow(), config=current_app.config, url=external_url)
+    db.session.commit()
 
 
 # --- admin roles ------------------------------------------------------------------------------------------------
