@@ -170,6 +170,10 @@ def _error_handlers(app: Flask) -> None:
     def csrf_error(exc):
         return render(400, _("This form has expired"), _("Go back, reload the page and try again."))
 
+    @app.errorhandler(jobs.QueueUnavailable)
+    def queue_down(exc):
+        return render(503, _("Service unavailable"), _("Please try again in a minute."), [("Retry-After", "30")])
+
     @app.errorhandler(429)
     def too_many(exc):
         return render(429, _("Too many requests"), _("Please wait a minute and try again."))

@@ -489,3 +489,25 @@ def test_the_filtered_audit_log_is_exported_as_csv_and_json_lines(app, client, m
                        .scalars())
     assert [e.details["format"] for e in exports] == ["jsonl", "csv"]
     assert exports[0].details["filters"] == {"event": "account.unlocked"}
+
+
+def test_a_job_queue_that_is_down_fails_the_action_with_503_and_leaves_nothing_written(app, client, admin,
+                                                                                      make_user):
+    """Redis gone in the middle of the day: an action that mails is refused as a whole (no factor removed, no
+    audit row saying a mail went out), with a problem document and Retry-After, never a 500."""
+    from redis import Redis
+    from rq import Queue
+
+    from idp.models import Factor
+
+    make_user()
+    alice = user_id(app, "alice@example.com")
+    enrol_totp_in(app, "alice@example.com")
+    app.extensions["idp.queue"] = Queue("idp", connection=Redis(host="127.0.0.1", port=1, socket_connect_timeout=1))
+    for action, event in (("send-password-reset", "user.password_reset_sent"), ("reset-mfa", "mfa.reset")):
+        response = client.post(f"{API}/users/{alice}/{action}", headers=admin)
+        assert_problem(response, 503)
+        assert response.headers["Retry-After"] == "30"
+        assert audit_rows(app, event) == []
+    with app.app_context():
+        assert db.session.execute(db.select(Factor).where(Factor.user_id == alice)).scalars().all()

@@ -188,16 +188,25 @@ def decode_cursor(cursor: str, ceiling: int = MAX_ID) -> int:
     return min(int(cursor), ceiling)
 
 
+def _keyset(query: Any, column: Any, cursor: str | None, limit: int, *, newest_first: bool = False,
+            ceiling: int = MAX_ID) -> tuple[list[Any], str | None]:
+    """One page of ``query`` (already ordered by ``column``) after ``cursor``, and the next page's cursor:
+    keyset pagination, a WHERE on the indexed id instead of OFFSET, so the last page costs what the first does."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise Invalid({"limit": f"between 1 and {MAX_PAGE}"})
+    if cursor is not None:
+        bound = decode_cursor(cursor, ceiling)
+        query = query.where(column < bound if newest_first else column > bound)
+    rows = list(db.session.execute(query.limit(limit + 1)).scalars())
+    return rows[:limit], encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+
+
 def list_users(actor: Actor, *, q: str = "", filters: Mapping[str, bool] | None = None, cursor: str | None = None,
                limit: int = 50) -> tuple[list[User], str | None]:
     """A page of users in id order after ``cursor`` (keyset pagination: as fast on the millionth page as on the
     first, unlike OFFSET), matching ``q`` (email, name or subject) and the flag filters; and the next cursor."""
     require(actor, Power.READ_USERS)
-    if not 1 <= limit <= MAX_PAGE:
-        raise Invalid({"limit": f"between 1 and {MAX_PAGE}"})
-    query = db.select(User).order_by(User.id).limit(limit + 1)
-    if cursor is not None:
-        query = query.where(User.id > decode_cursor(cursor))
+    query = db.select(User).order_by(User.id)
     if q:
         if len(q) > 320:
             raise Invalid({"q": "at most 320 characters"})
@@ -207,9 +216,7 @@ def list_users(actor: Actor, *, q: str = "", filters: Mapping[str, bool] | None 
     filters = {"deleted": False, **(filters or {})}  # deleted users are hidden unless asked for
     for name, on in filters.items():
         query = query.where(_filter(name, on))
-    users = list(db.session.execute(query).scalars())
-    more = len(users) > limit
-    return users[:limit], encode_cursor(users[limit - 1].id) if more else None
+    return _keyset(query, User.id, cursor, limit)
 
 
 def get_user(actor: Actor, user_id: int) -> User:
@@ -457,8 +464,9 @@ def send_password_reset(actor: Actor, user: User) -> None:
     """Mail the user a password reset link, as /forgot does (the same cooldown applies)."""
     require(actor, Power.SUPPORT_USERS)
     audit.record("user.password_reset_sent", subject=user, **actor.audit())
-    db.session.commit()
+    # Queued before the commit: a queue that is down fails the request (503) with no row saying it was sent.
     enqueue("start_password_reset", email=user.email, language=user.locale or None)
+    db.session.commit()
 
 
 def send_verification(actor: Actor, user: User) -> None:
@@ -620,23 +628,16 @@ def end_sessions(actor: Actor, user: User) -> int:
 
 # --- sessions and factors ---------------------------------------------------------------------------------------
 
-def _page(limit: int) -> None:
-    if not 1 <= limit <= MAX_PAGE:
-        raise Invalid({"limit": f"between 1 and {MAX_PAGE}"})
 
 
 def list_sessions(actor: Actor, *, user: User | None = None, cursor: str | None = None,
                   limit: int = 50) -> tuple[list[LoginSession], str | None]:
     """Live sign-in sessions (all, or one user's), in id order after ``cursor``."""
     require(actor, Power.READ_USERS)
-    _page(limit)
-    query = db.select(LoginSession).where(LoginSession.ended_at.is_(None)).order_by(LoginSession.id).limit(limit + 1)
+    query = db.select(LoginSession).where(LoginSession.ended_at.is_(None)).order_by(LoginSession.id)
     if user is not None:
         query = query.where(LoginSession.user_id == user.id)
-    if cursor is not None:
-        query = query.where(LoginSession.id > decode_cursor(cursor))
-    rows = list(db.session.execute(query).scalars())
-    return rows[:limit], encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+    return _keyset(query, LoginSession.id, cursor, limit)
 
 
 def end_session(actor: Actor, sid: str) -> LoginSession:
@@ -779,15 +780,11 @@ def list_audit_events(actor: Actor, where: AuditFilter, *, cursor: str | None = 
                       limit: int = 100) -> tuple[list[AuditEvent], str | None]:
     """Audit events, newest first, filtered; keyset pagination on the id."""
     require(actor, Power.READ_AUDIT)
-    _page(limit)
-    query = where.query().limit(limit + 1)
-    if cursor is not None:
-        query = query.where(AuditEvent.id < decode_cursor(cursor, ceiling=2**63 - 1))
-    rows = list(db.session.execute(query).scalars())
+    rows, next_cursor = _keyset(where.query(), AuditEvent.id, cursor, limit, newest_first=True, ceiling=2**63 - 1)
     # Reading the log is itself audited: who looked, at what (the filters), and how much they got.
-    audit.record("audit.read", filters=where.described(), rows=min(len(rows), limit), **actor.audit())
+    audit.record("audit.read", filters=where.described(), rows=len(rows), **actor.audit())
     db.session.commit()
-    return rows[:limit], encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+    return rows, next_cursor
 
 
 def verify_audit(actor: Actor) -> audit.Report:

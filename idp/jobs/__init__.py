@@ -8,6 +8,7 @@ service imports to enqueue) never imports the app factory.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 from flask import Flask, current_app
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue, Retry
 
 from idp import audit, i18n
@@ -29,6 +31,11 @@ ENTRY_POINT = "idp.worker.execute"
 # Inline mode (development and tests without Redis) retries at once with a short backoff instead of the
 # RQ schedule, so that a request is never held for minutes.
 INLINE_BACKOFF = (0.05, 0.2)
+
+
+class QueueUnavailable(Exception):
+    """The job queue (Redis) could not take a job: the request that asked for it fails with 503, and its own work
+    rolls back with it (nothing half-done, no audit row saying a mail went out)."""
 
 
 def init_app(app: Flask, jobs: Mapping[str, Callable[..., Any]]) -> None:
@@ -50,20 +57,31 @@ def queue():
     return current_app.extensions.get("idp.queue")
 
 
+@functools.cache
+def _takes_language(job: Callable[..., Any]) -> bool:
+    """Whether a job takes the language its message is written in (asked once per job, not per enqueue)."""
+    return "language" in inspect.signature(job).parameters
+
+
 def enqueue(name: str, **kwargs: Any) -> None:
     """Run job ``name`` in the background (RQ, retried with backoff) or inline (retried briefly)."""
     jobs = _jobs()
     if name not in jobs:
         raise KeyError(f"unknown job {name!r}")
-    if "language" in inspect.signature(jobs[name]).parameters:
+    if _takes_language(jobs[name]):
         # A message is written in the language of the page that caused it (idp.i18n), or the one a command
         # forced for its user, never the worker's.
         kwargs.setdefault("language", i18n.current_language())
     q = queue()
     if q is not None:
         intervals = list(current_app.config["IDP_JOB_RETRY_INTERVALS"])
-        q.enqueue(ENTRY_POINT, name, kwargs, retry=Retry(max=len(intervals), interval=intervals) if intervals else None,
-                  result_ttl=0, failure_ttl=7 * 86400, description=f"idp job {name}")
+        try:
+            q.enqueue(ENTRY_POINT, name, kwargs,
+                      retry=Retry(max=len(intervals), interval=intervals) if intervals else None,
+                      result_ttl=0, failure_ttl=7 * 86400, description=f"idp job {name}")
+        except RedisError as exc:
+            log.error("job %s could not be queued: %s", name, type(exc).__name__)
+            raise QueueUnavailable(name) from exc
         return
     # As on RQ, the job runs after the work that asked for it is saved: a failed attempt then rolls back only
     # the job's own writes, never the caller's (a lockout, its unlock token, their audit rows).
