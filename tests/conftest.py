@@ -15,7 +15,7 @@ from werkzeug.serving import make_server
 
 from idp import create_app
 from idp.extensions import db, limiter
-from tests.support import Mailbox, SMTPServer, make_user_in
+from tests.support import Mailbox, SMTPServer, make_user_in, node_package
 
 # Under pytest-xdist each worker ("gw0", "gw1", ...) gets a database and a Redis database of its own, derived from
 # the configured ones, since the suite wipes its database's schema and counts what lands in Redis.
@@ -273,3 +273,15 @@ def chromium():
 def console_errors():
     """Console errors (CSP violations among them) and uncaught exceptions of every page in a browser test."""
     return []
+
+
+@pytest.fixture(scope="session")
+def axe_source() -> str:
+    """axe.min.js from npm (tests/rp), evaluated in each page through the DevTools protocol: the page's own CSP
+    (script-src 'self') is left as it is, since nothing is added to the document."""
+    try:
+        return (node_package("axe-core") / "axe.min.js").read_text()
+    except (OSError, AssertionError) as problem:
+        if os.environ.get("IDP_TEST_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"IDP_TEST_REQUIRE_BROWSER=1 but axe-core could not be installed: {problem}", pytrace=False)
+        pytest.skip(f"axe-core could not be installed (npm ci in tests/rp): {problem}")

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from aiosmtpd.controller import Controller
+from flask_babel import force_locale, gettext
 
 from idp.extensions import db
 from idp.models import AdminRole, User, utcnow
@@ -498,3 +499,65 @@ def csp_violations(errors: list[str]) -> list[str]:
 def heading(page, name: str):
     """A page's level-1 heading with this name (Playwright locator)."""
     return page.get_by_role("heading", name=name, level=1)
+
+
+# What axe-core reports that fails a browser walk (it also has "moderate" and "minor").
+BLOCKING = ("serious", "critical")
+
+
+class Inspector:
+    """Checks each page the walk reaches and keeps every problem, so that one failure names all of them."""
+
+    def __init__(self, page, app, language: str, axe: str):
+        self.page, self.app, self.language, self.axe = page, app, language, axe
+        self.problems: list[str] = []
+        self.seen: list[str] = []
+
+    def expected_heading(self, english: str) -> str:
+        """The heading in the walk's language: the catalogue's translation of the English one."""
+        if self.language == "en":
+            return english
+        with self.app.test_request_context(), force_locale(self.language):
+            translated = gettext(english)
+        if translated == english:
+            self.problems.append(f"{english!r}: no {self.language} translation in the catalogue")
+        return translated
+
+    def check(self, english_heading: str) -> None:
+        page = self.page
+        page.wait_for_load_state()
+        expected = self.expected_heading(english_heading)
+        where = f"{page.url} ({english_heading})"
+        self.seen.append(where)
+        shown = page.locator("h1").first.inner_text().strip()
+        if shown != expected:
+            self.problems.append(f"{where}: heading {shown!r}, expected {expected!r}")
+        lang = page.locator("html").get_attribute("lang")
+        if lang != self.language:
+            self.problems.append(f"{where}: <html lang={lang!r}>, expected {self.language!r}")
+        width = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+        if width[0] > width[1]:
+            self.problems.append(f"{where}: scrolls sideways, {width[0]} px wide in a {width[1]} px window "
+                                 f"({width[0] - width[1]} px too wide; overflowing: {', '.join(self.overflowing())})")
+        for violation in self.axe_violations():
+            self.problems.append(f"{where}: axe {violation}")
+
+    def overflowing(self) -> list[str]:
+        """The outermost elements that reach past the window's right edge (what to fix)."""
+        return self.page.evaluate("""() => {
+            const over = e => e && e.getBoundingClientRect().right > window.innerWidth + 0.5;
+            return [...document.querySelectorAll("body *")].filter(e => over(e) && !over(e.parentElement))
+                .slice(0, 5).map(e => e.tagName.toLowerCase() + (e.id ? "#" + e.id : "")
+                                      + [...e.classList].map(c => "." + c).join(""));
+        }""")
+
+    def axe_violations(self) -> list[str]:
+        if not self.page.evaluate("() => typeof window.axe === 'object'"):
+            self.page.evaluate(self.axe)
+        results = self.page.evaluate("""async () => {
+            const found = await axe.run(document, {resultTypes: ["violations"]});
+            return found.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
+                                               nodes: v.nodes.map(n => n.target.join(" "))}));
+        }""")
+        return [f"{v['impact']} {v['id']} ({v['help']}) at {', '.join(v['nodes'])}"
+                for v in results if v["impact"] in BLOCKING]

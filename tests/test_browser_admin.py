@@ -23,6 +23,7 @@ from idp.models import User, utcnow
 from idp.security.otp import totp_code_at
 from tests.support import (
     PASSWORD,
+    Inspector,
     csp_violations,
     enrol_totp_in,
     follow,
@@ -35,8 +36,6 @@ from tests.support import (
 require_browser()
 
 from playwright.sync_api import expect  # noqa: E402  (only once we know it is there)
-
-from tests.test_browser_walk import Inspector, axe_source  # noqa: E402,F401  (the walk's page checks)
 
 pytestmark = pytest.mark.browser
 
