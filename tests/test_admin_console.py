@@ -412,3 +412,37 @@ def test_a_verification_mail_is_sent_again_for_an_unverified_address_only(app, c
     alice = make_user_in(app, email="alice@example.com")
     post(console, f"/admin/users/{alice.id}/actions/send-verification", f"/admin/users/{alice.id}")
     assert "verified already" in console.get(f"/admin/users/{alice.id}").get_data(as_text=True)
+
+
+# --- bad input of every shape -----------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+TEXT = st.text(max_size=60)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(path=st.sampled_from(["/admin/users", "/admin/audit", "/admin/sessions", "/admin/users/export",
+                             "/admin/audit/export", "/admin/jobs/1", "/admin/users/1"]),
+       query=st.dictionaries(st.sampled_from(["q", "cursor", "verified", "mfa", "deleted", "user", "event", "ip",
+                                              "client_id", "since", "until", "format"]), TEXT, max_size=5))
+def test_console_pages_answer_any_query_without_a_500(app, console, path, query):
+    response = console.get(path, query_string=query)
+    assert response.status_code < 500, (path, query, response.get_data(as_text=True)[:300])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(form=st.sampled_from(["/admin/users/new", "/admin/clients/new", "/admin/users/bulk", "profile", "roles"]),
+       fields=st.dictionaries(st.sampled_from(["email", "name", "password", "invite", "phone", "email_verified",
+                                               "redirect_uris", "grant_types", "scopes", "auth_method", "jwks",
+                                               "jwks_uri", "logo_uri", "access_token_ttl", "mfa", "min_acr",
+                                               "id_token_alg", "action", "q", "role", "until", "expected"]),
+                              TEXT, max_size=8))
+def test_console_forms_answer_any_input_without_a_500(app, console, admin, form, fields):
+    target = {"profile": f"/admin/users/{admin[0]}/profile", "roles": f"/admin/users/{admin[0]}/roles"}.get(form, form)
+    page = "/admin/users" if form in ("/admin/users/bulk", "profile", "roles") else form
+    response = post(console, target, page, **fields)
+    assert response.status_code < 500, (target, fields, response.get_data(as_text=True)[:300])
+    with app.app_context():
+        assert db.session.get(User, admin[0]).is_admin  # whatever was sent, the last admin stays one

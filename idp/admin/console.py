@@ -193,7 +193,7 @@ def users() -> str | tuple[str, int]:
     except Invalid as refused:
         flash(str(refused), "error")
         rows, cursor = [], None
-    args: dict[str, Any] = {key: value for key, value in request.args.items() if key != "cursor"}
+    args: dict[str, Any] = {key: request.args[key] for key in ("q", *USER_FILTERS) if key in request.args}
     selected = _user_filters()
     export_args: dict[str, Any] = {"q": q, **{name: "yes" if on else "no" for name, on in selected.items()}}
     bulk_actions = [(name, label) for name, label in _bulk_texts().items()
@@ -599,7 +599,7 @@ def sessions() -> str:
         rows, cursor = service.list_sessions(actor(), user=owner, cursor=request.args.get("cursor"), limit=50)
     except AdminError as refused:
         flash(str(refused), "error")
-    args: dict[str, Any] = {key: value for key, value in request.args.items() if key != "cursor"}
+    args: dict[str, Any] = {"user": email} if email else {}
     return render_template("admin/sessions.html", title=_("Sessions"), sessions=rows, email=email,
                            confirm=ConfirmForm(),
                            next_url=url_for("admin.sessions", **args, cursor=cursor) if cursor else None)
@@ -795,6 +795,9 @@ def rotate_keys() -> Any:
 
 # --- the audit log ----------------------------------------------------------------------------------------------
 
+AUDIT_FILTERS = ("event", "user", "client_id", "ip", "since", "until")  # the audit page's query (and its exports')
+
+
 def _day(name: str, end: bool = False) -> datetime | None:
     value = request.args.get(name, "")
     if not value:
@@ -833,7 +836,7 @@ def audit_log() -> str | tuple[str, int]:
     except Invalid as refused:
         flash(str(refused), "error")
         status = 400
-    args: dict[str, Any] = {key: value for key, value in request.args.items() if key != "cursor" and value}
+    args: dict[str, Any] = {key: request.args[key] for key in AUDIT_FILTERS if request.args.get(key)}
     return render_template("admin/audit.html", title=_("Audit log"), rows=rows, filters=request.args,
                            export_csv=url_for("admin.audit_export", **args, format="csv"),
                            export_jsonl=url_for("admin.audit_export", **args, format="jsonl"),
