@@ -511,3 +511,17 @@ def test_a_job_queue_that_is_down_fails_the_action_with_503_and_leaves_nothing_w
         assert audit_rows(app, event) == []
     with app.app_context():
         assert db.session.execute(db.select(Factor).where(Factor.user_id == alice)).scalars().all()
+
+
+def test_setting_a_password_and_verifying_the_audit_chain_through_the_api(app, client, admin, make_user):
+    make_user()
+    alice = user_id(app, "alice@example.com")
+    assert_problem(client.post(f"{API}/users/{alice}/password", json={"password": "short"}, headers=admin), 400)
+    assert_problem(client.post(f"{API}/users/{alice}/password", json={"password": "a long enough passphrase 7",
+                                                                    "admin": True}, headers=admin), 400)
+    done = client.post(f"{API}/users/{alice}/password", json={"password": "a long enough passphrase 7"},
+                       headers=admin)
+    assert done.status_code == 200
+    assert audit_rows(app, "password.reset")[-1].details["via"] == "api"
+    verdict = client.get(f"{API}/audit-events/verify", headers=admin).get_json()
+    assert verdict["intact"] is True and verdict["events"] >= 2 and verdict["problem"] is None

@@ -12,6 +12,7 @@ from idp.extensions import db
 from idp.models import AuditEvent, LoginSession, Token, User, utcnow
 from idp.security.otp import totp_code_at
 from tests.support import (
+    PASSWORD,
     audit_events,
     csrf_token,
     drain_jobs,
@@ -39,10 +40,10 @@ def console_routes(app) -> list[tuple[str, str]]:
     return routes
 
 
-def sign_in(client, email: str, secret: str | None = None):
+def sign_in(client, email: str, secret: str | None = None, password: str = PASSWORD):
     """Sign in at /login, answering the TOTP step when ``secret`` is given; returns the last response."""
     answers = {"totp": lambda page: {"code": totp_code_at(secret, utcnow())}} if secret else {}
-    return follow(client, client.get("/login"), email=email, answers=answers)
+    return follow(client, client.get("/login"), email=email, password=password, answers=answers)
 
 
 @pytest.fixture
@@ -446,3 +447,25 @@ def test_console_forms_answer_any_input_without_a_500(app, console, admin, form,
     assert response.status_code < 500, (target, fields, response.get_data(as_text=True)[:300])
     with app.app_context():
         assert db.session.get(User, admin[0]).is_admin  # whatever was sent, the last admin stays one
+
+
+def test_an_admin_sets_a_password_the_user_is_signed_out_and_it_signs_in(app, console):
+    bob = make_user_in(app, email="bob@example.com")
+    bob_browser = app.test_client()
+    sign_in(bob_browser, "bob@example.com")
+    page = f"/admin/users/{bob.id}"
+    weak = post(console, f"{page}/password", page, password="password")
+    assert weak.status_code == 400 and 'aria-invalid="true"' in weak.get_data(as_text=True)
+    new = "a brand new passphrase 42"
+    assert post(console, f"{page}/password", page, password=new).status_code == 302
+    assert bob_browser.get("/account").status_code == 302  # signed out
+    fresh = app.test_client()
+    sign_in(fresh, "bob@example.com", password=new)
+    assert fresh.get("/account").status_code == 200
+    assert audit_events(app, "password.reset")[-1].details["via"] == "console"
+
+
+def test_a_checkpoint_signed_from_the_console_is_verified(app, console):
+    assert post(console, "/admin/audit/checkpoint", "/admin/audit/verify").status_code == 302
+    page = console.get("/admin/audit/verify").get_data(as_text=True)
+    assert 'data-intact="true"' in page and re.search(r"and [1-9]\d* signed checkpoints", page)

@@ -295,6 +295,17 @@ def send_password_reset(user_id: int) -> Response:
     return _action(user_id, lambda user: service.send_password_reset(actor(), user))
 
 
+@bp.post("/v1/users/<int:user_id>/password")
+@authenticated
+def set_password(user_id: int) -> Response:
+    """Set the user's password ({"password": "..."}): they are signed out everywhere and mailed."""
+    body = _body()
+    unknown = set(body) - {"password"}
+    if unknown:
+        raise Invalid({name: "not a field here" for name in sorted(unknown)})
+    return _action(user_id, lambda user: service.set_password(actor(), user, body.get("password")))
+
+
 @bp.post("/v1/users/<int:user_id>/send-verification")
 @authenticated
 def send_verification(user_id: int) -> Response:
@@ -520,6 +531,15 @@ def audit_json(row: AuditEvent) -> dict[str, Any]:
     return {"id": row.id, "at": row.at.isoformat(), "event": row.event, "actor_id": row.actor_id,
             "subject_id": row.subject_id, "subject_email": row.subject_email, "client_id": row.client_id,
             "ip": row.ip, "user_agent": row.user_agent, "details": row.details}
+
+
+@bp.get("/v1/audit-events/verify")
+@authenticated
+def verify_audit() -> Response:
+    """Recompute the audit hash chain and check every signed checkpoint."""
+    report = service.verify_audit(actor())
+    return jsonify({"intact": report.intact, "events": report.events, "checkpoints": report.checkpoints,
+                    "problem": report.problem})
 
 
 @bp.get("/v1/audit-events")

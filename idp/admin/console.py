@@ -33,7 +33,7 @@ from werkzeug.wrappers import Response
 
 from idp.admin import bulk, service
 from idp.admin.api import audit_lines
-from idp.admin.forms import ClientForm, GrantRoleForm, NewUserForm, ProfileEditForm, TypedConfirmForm
+from idp.admin.forms import ClientForm, GrantRoleForm, NewUserForm, ProfileEditForm, SetPasswordForm, TypedConfirmForm
 from idp.admin.service import Actor, AdminError, Invalid, Power
 from idp.extensions import db
 from idp.login.assurance import meets
@@ -245,7 +245,8 @@ def user(user_id: int) -> str:
     return _user_page(target)
 
 
-def _user_page(target: User, profile: ProfileEditForm | None = None, status: int = 200) -> Any:
+def _user_page(target: User, profile: ProfileEditForm | None = None, status: int = 200,
+               password: SetPasswordForm | None = None) -> Any:
     if profile is None:
         profile = ProfileEditForm(formdata=None, name=target.name, email=target.email, phone=target.phone or "",
                                   email_verified=target.email_verified)
@@ -255,6 +256,7 @@ def _user_page(target: User, profile: ProfileEditForm | None = None, status: int
     sessions_page, _next = service.list_sessions(actor(), user=target, limit=50)
     return render_template(
         "admin/user.html", title=target.email, target=target, profile=profile, confirm=ConfirmForm(),
+        password=password or SetPasswordForm(formdata=None),
         grant=GrantRoleForm(formdata=None), roles=service.roles_of(target), grants=target.roles,
         factors=service.list_factors(actor(), target), devices=service.list_devices(actor(), target),
         sessions=sessions_page, apps=service.list_consents(actor(), target), events=events,
@@ -288,6 +290,24 @@ def edit_profile(user_id: int) -> Any:
         _refused(refused)
         return redirect(url_for("admin.user", user_id=user_id))
     flash(_("Profile saved."))
+    return redirect(url_for("admin.user", user_id=user_id))
+
+
+@bp.post("/users/<int:user_id>/password")
+@console(Power.CHANGE_USERS, destructive=True, back=_back_to_user)
+def set_password(user_id: int) -> Any:
+    """Set a user's password: they are signed out everywhere and mailed."""
+    target = _user(user_id)
+    form = SetPasswordForm()
+    if not _ok(form):
+        return _user_page(target, status=400, password=form)
+    try:
+        service.set_password(actor(), target, form.password.data)
+    except Invalid as refused:
+        db.session.rollback()
+        form.add_error(form.password, refused.errors.get("password", str(refused)))
+        return _user_page(target, status=400, password=form)
+    flash(_("Password set; the user was signed out everywhere and mailed."))
     return redirect(url_for("admin.user", user_id=user_id))
 
 
@@ -848,7 +868,21 @@ def audit_log() -> str | tuple[str, int]:
 def audit_verify() -> str:
     """Walk the hash chain and the signed checkpoints (as `idp audit verify` does) and say where it breaks."""
     report = service.verify_audit(actor())
-    return render_template("admin/audit_verify.html", title=_("Audit log integrity"), report=report)
+    return render_template("admin/audit_verify.html", title=_("Audit log integrity"), report=report,
+                           confirm=ConfirmForm())
+
+
+@bp.post("/audit/checkpoint")
+@console(Power.READ_AUDIT, back=lambda **_ignored: url_for("admin.audit_verify"))
+def audit_checkpoint() -> Response:
+    """Sign the end of the chain now (as `idp audit checkpoint`)."""
+    if not ConfirmForm().validate_on_submit():
+        abort(400)
+    if service.checkpoint_audit(actor()) is None:
+        flash(_("The audit log is empty: nothing to sign yet."), "error")
+    else:
+        flash(_("Checkpoint signed."))
+    return redirect(url_for("admin.audit_verify"))
 
 
 @bp.get("/audit/export")

@@ -40,6 +40,13 @@ class ProfileEditForm(Form):
     email_verified = BooleanField(_l("The email address is verified"))
 
 
+class SetPasswordForm(Form):
+    """A password the administrator sets for a user (who is signed out everywhere and mailed)."""
+
+    password = StringField(_l("New password"), validators=[DataRequired(_l("Enter a password.")), Length(max=1024)],
+                           render_kw={"autocomplete": "new-password", "type": "password"})
+
+
 class GrantRoleForm(Form):
     """Give a user an admin role, for good or until a day."""
 

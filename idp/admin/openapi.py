@@ -137,6 +137,10 @@ def document(issuer: str) -> dict[str, Any]:
             "/v1/users/{user_id}/revoke-tokens": _action("End every session and revoke every token"),
             "/v1/users/{user_id}/send-password-reset": _action("Mail the user a password reset link"),
             "/v1/users/{user_id}/send-verification": _action("Mail the user a new link to verify their address"),
+            "/v1/users/{user_id}/password": _action(
+                "Set the user's password (checked as at sign-up); they are signed out everywhere and mailed",
+                {"type": "object", "required": ["password"], "additionalProperties": False,
+                 "properties": {"password": {"type": "string", "maxLength": 1024}}}),
             "/v1/users/{user_id}/roles": {"post": {
                 "summary": "Grant an admin role, for good or until a time (it then lapses by itself)",
                 "parameters": [USER_ID],
@@ -201,6 +205,13 @@ def document(issuer: str) -> dict[str, Any]:
                 "responses": {"200": {"description": "The events, newest first, streamed", "content": {
                     "text/csv": {"schema": {"type": "string"}},
                     "application/jsonl": {"schema": {"type": "string"}}}}, **_errors(400)}}},
+            "/v1/audit-events/verify": {"get": {
+                "summary": "Recompute the audit hash chain and check every signed checkpoint (audited)",
+                "responses": {"200": {"description": "The verdict", "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["intact", "events", "checkpoints", "problem"], "properties": {
+                        "intact": {"type": "boolean"}, "events": {"type": "integer"},
+                        "checkpoints": {"type": "integer"}, "problem": {"type": ["string", "null"]}}}}}},
+                    **_errors()}}},
             "/v1/audit-events": {"get": {"summary": "Audit events, newest first (reading is audited)", "parameters": [
                 *AUDIT_FILTERS, *PAGE],
                 "responses": {"200": _list("AuditEvent", paged=True), **_errors(400)}}},

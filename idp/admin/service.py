@@ -460,6 +460,28 @@ def revoke_tokens(actor: Actor, user: User) -> tuple[int, int]:
     return ended, revoked
 
 
+def set_password(actor: Actor, user: User, password: Any) -> tuple[int, int]:
+    """Set the user's password (checked as at sign-up); every session ends and every token is revoked, and the
+    user is mailed. Returns (sessions, tokens)."""
+    require(actor, Power.CHANGE_USERS)
+    if not isinstance(password, str) or not password:
+        raise Invalid({"password": "a password"})
+    problems = password_problems(password, single_factor=True, context=(user.email.split("@")[0], user.name))
+    if problems:
+        raise Invalid({"password": " ".join(problems)})
+    now = utcnow()
+    user.password_hash = hash_password(password)
+    user.password_changed_at = now
+    user.failed_logins = 0
+    ended, revoked = sessions.sign_out_everywhere(user, "password_reset", now)
+    with force_locale(user.locale or "en"):
+        what = gettext("An administrator set a new password for your account.")
+    enrolment.notify_change(user, what, event="password.reset", sessions_ended=ended, tokens_revoked=revoked,
+                            **actor.audit())
+    db.session.commit()
+    return ended, revoked
+
+
 def send_password_reset(actor: Actor, user: User) -> None:
     """Mail the user a password reset link, as /forgot does (the same cooldown applies)."""
     require(actor, Power.SUPPORT_USERS)
@@ -795,6 +817,14 @@ def verify_audit(actor: Actor) -> audit.Report:
                  problem=report.problem, **actor.audit())
     db.session.commit()
     return report
+
+
+def checkpoint_audit(actor: Actor) -> dict[str, Any] | None:
+    """Sign the end of the audit chain now (idp.audit.checkpoint); None when the log is empty. Audited."""
+    require(actor, Power.READ_AUDIT)
+    audit.record("audit.checkpointed", **actor.audit())
+    db.session.commit()
+    return audit.checkpoint()
 
 
 def export_audit_events(actor: Actor, where: AuditFilter, fmt: str) -> Iterator[AuditEvent]:
