@@ -525,3 +525,76 @@ def test_setting_a_password_and_verifying_the_audit_chain_through_the_api(app, c
     assert audit_rows(app, "password.reset")[-1].details["via"] == "api"
     verdict = client.get(f"{API}/audit-events/verify", headers=admin).get_json()
     assert verdict["intact"] is True and verdict["events"] >= 2 and verdict["problem"] is None
+
+
+# --- what the attacker review found (each was possible before) ------------------------------------------------
+
+def test_the_last_permanent_admin_cannot_be_given_an_end_time(app, client, admin, make_user):
+    make_user(email="root@example.com", is_admin=True)
+    root = user_id(app, "root@example.com")
+    body = {"role": "admin", "until": "2099-01-01T00:00:00Z"}
+    assert_problem(client.post(f"{API}/users/{root}/roles", json=body, headers=admin), 409)
+    make_user(email="second@example.com", is_admin=True)
+    assert client.post(f"{API}/users/{root}/roles", json=body, headers=admin).status_code == 200  # one stays
+
+
+def test_enable_does_not_bring_back_a_deleted_user_and_restore_keeps_them_disabled(app, client, admin, make_user):
+    make_user(email="bob@example.com")
+    bob = user_id(app, "bob@example.com")
+    client.post(f"{API}/users/{bob}/disable", headers=admin)
+    assert client.delete(f"{API}/users/{bob}", headers=admin).status_code == 204
+    assert_problem(client.post(f"{API}/users/{bob}/enable", headers=admin), 409)
+    restored = client.post(f"{API}/users/{bob}/restore", headers=admin).get_json()
+    assert restored["deleted_at"] is None and restored["disabled"] is True  # as before the deletion
+
+
+def test_the_helpdesk_cannot_weaken_an_administrators_sign_in(app, make_user):
+    from idp.admin import service
+
+    make_user(email="root@example.com", is_admin=True)
+    make_user(email="help@example.com", roles=["helpdesk"])
+    enrol_totp_in(app, "root@example.com")
+    with app.test_request_context():
+        root = db.session.execute(db.select(User).where(User.email == "root@example.com")).scalar_one()
+        helper = service.person(db.session.execute(db.select(User).where(User.email == "help@example.com"))
+                                .scalar_one())
+        for action in (lambda: service.reset_mfa(helper, root, what="x", next_step="y"),
+                       lambda: service.unlock(helper, root)):
+            with pytest.raises(service.Forbidden):
+                action()
+            db.session.rollback()
+        assert service.list_factors(service.OPERATOR, root)  # the factor is still there
+
+
+def test_an_admins_notice_mail_is_in_the_users_language(app, client, admin, make_user, mailbox):
+    make_user(email="jean@example.com", locale="fr")
+    jean = user_id(app, "jean@example.com")
+    client.post(f"{API}/users/{jean}/password", json={"password": "une phrase de passe assez longue"},
+                headers=admin)
+    notice = mailbox.last("jean@example.com")
+    assert "administrateur" in notice["text"] and "Security change" not in notice["subject"]
+
+
+def test_a_nul_anywhere_in_a_body_is_a_problem_document(app, client, admin, make_user):
+    make_user()
+    alice = user_id(app, "alice@example.com")
+    assert_problem(client.patch(f"{API}/users/{alice}", json={"name": "a\u0000b"}, headers=admin), 400)
+    assert_problem(client.post(f"{API}/clients", json={"name": "x", "redirect_uris": ["https://a/\u0000"]},
+                               headers=admin), 400)
+
+
+def test_admin_scopes_never_go_to_a_client_credentials_grant_beside_a_user_flow(app):
+    from idp.oidc.registration import create_client
+
+    with app.app_context(), pytest.raises(ValueError, match="admin scopes"):
+        create_client(name="x", redirect_uris=["https://rp.example/cb"], post_logout_redirect_uris=[],
+                      public=False, grant_types=["authorization_code", "client_credentials"],
+                      scopes=["openid", "idp:admin"], auth_method=None, first_party=True)
+
+
+def test_csv_exports_do_not_hand_spreadsheets_a_formula(app, client, admin, make_user):
+    make_user(email="evil@example.com", name="=HYPERLINK(\"http://evil.example\")")
+    with app.test_request_context():
+        from idp.admin import bulk, service
+        lines = "".join(bulk.export_users(service.OPERATOR, "evil", {}, "csv"))
+    assert "'=HYPERLINK" in lines and ",=HYPERLINK" not in lines

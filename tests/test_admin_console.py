@@ -469,3 +469,29 @@ def test_a_checkpoint_signed_from_the_console_is_verified(app, console):
     assert post(console, "/admin/audit/checkpoint", "/admin/audit/verify").status_code == 302
     page = console.get("/admin/audit/verify").get_data(as_text=True)
     assert 'data-intact="true"' in page and re.search(r"and [1-9]\d* signed checkpoints", page)
+
+
+def test_a_far_future_audit_day_is_a_refusal_not_a_500(app, console):
+    assert console.get("/admin/audit?until=9999-12-31").status_code == 400
+    assert console.get("/admin/audit/export?until=9999-12-31").status_code == 400
+
+
+def test_an_import_line_with_a_nul_is_refused_and_the_rest_goes_on(app, console):
+    import io
+
+    upload = ('{"email": "ok1@example.com"}\n{"email": "x@example.com", "name": "a\\u0000b"}\n'
+              '{"email": "ok2@example.com"}')
+    page = console.get("/admin/users/import")
+    body = console.post("/admin/users/import", data={"csrf_token": csrf_token(page),
+                                                     "file": (io.BytesIO(upload.encode()), "u.jsonl")},
+                        content_type="multipart/form-data").get_data(as_text=True)
+    assert body.count('data-outcome="created"') == 2 and 'data-outcome="a NUL character"' in body
+
+
+def test_a_bulk_enable_leaves_deleted_users_deleted(app, console, admin):
+    bob = make_user_in(app, email="bob@example.com")
+    with app.test_request_context():
+        from idp.admin import service
+        service.delete_user(service.OPERATOR, db.session.get(User, bob.id))
+    dry = post(console, "/admin/users/bulk", "/admin/users", action="enable", q="bob", deleted="yes")
+    assert "deleted (restore them first)" in dry.get_data(as_text=True)

@@ -300,3 +300,33 @@ def test_the_link_and_the_code_of_one_verification_mail_at_once_verify_the_addre
     at_once(6, prepare, lambda prepared: (submit_link(prepared[0], link, prepared[1], **prepared[2]) if prepared[2]
                                           else post_form(prepared[0], prepared[1], code=code)))
     assert len(audit_events(app, "email.verified")) == 1
+
+
+def test_two_admins_disabling_each_other_at_once_leave_one_administrator(make_app):
+    """The last-admin rule holds under a race: each sees the other as an administrator until one commits."""
+    from idp.admin import service
+
+    app = make_app()
+    ids = [make_user_in(app, email=f"admin{n}@example.com", is_admin=True).id for n in range(2)]
+
+    def prepare(i):
+        context = app.app_context()
+        context.push()
+        me, other = db.session.get(User, ids[i]), db.session.get(User, ids[1 - i])
+        return context, service.person(me), other
+
+    def send(prepared):
+        context, me, other = prepared
+        try:
+            service.disable(me, other)
+            return "done"
+        except service.Conflict:
+            db.session.rollback()
+            return "refused"
+        finally:
+            context.pop()
+
+    outcomes = at_once(2, prepare, send)
+    assert sorted(outcomes) == ["done", "refused"]
+    with app.app_context():
+        assert [db.session.get(User, user_id).disabled for user_id in ids].count(False) == 1

@@ -22,6 +22,7 @@ from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
 from idp.admin import service
+from idp.admin.bulk import csv_cell
 from idp.admin.openapi import document
 from idp.admin.service import Actor, AdminError, Invalid, Role
 from idp.extensions import csrf, db, limiter
@@ -128,7 +129,19 @@ def _body() -> dict[str, Any]:
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
         raise Invalid({"body": "a JSON object"})
+    if _carries_nul(data):  # refused everywhere in idp (idp.http.refuse_nul; PostgreSQL cannot store one)
+        raise Invalid({"body": "a NUL character"})
     return data
+
+
+def _carries_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_carries_nul(key) or _carries_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_carries_nul(item) for item in value)
+    return False
 
 
 @functools.cache
@@ -582,7 +595,7 @@ def audit_lines(rows: Iterator[AuditEvent], fmt: str) -> Iterator[str]:
     for row in rows:
         record = audit_json(row)
         record["details"] = json.dumps(record["details"], separators=(",", ":"))
-        writer.writerow([record[column] for column in EXPORT_COLUMNS])
+        writer.writerow([csv_cell(record[column]) for column in EXPORT_COLUMNS])
         yield buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()

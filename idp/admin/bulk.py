@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import current_app
 from flask_babel import force_locale, gettext
+from sqlalchemy.exc import IntegrityError
 
 from idp import audit, i18n
 from idp.admin import service
@@ -69,6 +70,10 @@ def skip_reason(actor: Actor, action: str, user: User) -> str | None:
     """Why the action would leave ``user`` as is (the dry run shows it; the run records it), or None."""
     if actor.user is not None and actor.user.id == user.id and action in ("disable", "delete"):
         return "you cannot do this to yourself"
+    if user.deleted_at is not None and action in ("disable", "enable", "reset-mfa"):
+        return "deleted (restore them first)"
+    if action == "reset-mfa" and service.roles_of(user) and not service.can(actor, Power.MANAGE_ADMINS):
+        return "an administrator: only an administrator may do this"
     if action == "disable" and user.disabled:
         return "disabled already"
     if action == "enable" and not user.disabled:
@@ -153,9 +158,11 @@ def run_job(job_id: int) -> None:
 
 
 def get_job(actor: Actor, job_id: int) -> AdminJob:
+    """A bulk action: its own author's, or any for an administrator."""
     require(actor, Power.READ_USERS)
     job = db.session.get(AdminJob, job_id) if 0 <= job_id <= service.MAX_ID else None
-    if job is None:
+    mine = job is not None and actor.user is not None and job.actor_id == actor.user.id
+    if job is None or not (mine or service.can(actor, Power.MANAGE_ADMINS)):
         raise service.NotFound("no such bulk action")
     return job
 
@@ -171,6 +178,15 @@ def _exported(user: User, mfa: set[int]) -> dict[str, Any]:
             "email_verified": user.email_verified, "phone": user.phone, "phone_verified": user.phone_verified,
             "locale": user.locale, "disabled": user.disabled, "locked": user.locked, "has_mfa": user.id in mfa,
             "roles": sorted(service.roles_of(user)), "created_at": user.created_at.isoformat()}
+
+
+def csv_cell(value: Any) -> Any:
+    """A value for a CSV cell that a spreadsheet will not run: text starting with = + - @ (or a tab or carriage
+    return) is a formula to Excel and LibreOffice, so it is quoted with a leading apostrophe (OWASP, CSV
+    injection). A user's own name is such text."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def export_users(actor: Actor, q: str, filters: Mapping[str, bool], fmt: str) -> Iterator[str]:
@@ -197,7 +213,7 @@ def export_users(actor: Actor, q: str, filters: Mapping[str, bool], fmt: str) ->
                     buffer.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n")
                 else:
                     record["roles"] = " ".join(record["roles"])
-                    writer.writerow([record[name] for name in EXPORT_FIELDS])
+                    writer.writerow([csv_cell(record[name]) for name in EXPORT_FIELDS])
             yield buffer.getvalue()
             buffer.seek(0)
             buffer.truncate()
@@ -214,6 +230,8 @@ EXPORT_ONLY = frozenset(EXPORT_FIELDS) - IMPORT_FIELDS
 def _import_problem(record: Any) -> str | None:
     if not isinstance(record, dict):
         return "not a JSON object"
+    if any(isinstance(value, str) and "\x00" in value for value in (*record, *record.values())):
+        return "a NUL character"  # refused everywhere in idp (PostgreSQL cannot store one)
     unknown = set(record) - IMPORT_FIELDS - EXPORT_ONLY
     if unknown:
         return f"unknown fields: {', '.join(sorted(unknown))[:200]}"
@@ -264,7 +282,12 @@ def import_users(actor: Actor, lines: Iterator[bytes | str], *, invite: bool) ->
         if record.get("phone"):
             user.phone = normalize_phone(record["phone"], current_app.config["IDP_DEFAULT_PHONE_REGION"])
         db.session.add(user)
-        db.session.flush()
+        try:
+            db.session.flush()
+        except IntegrityError:  # the same address created meanwhile (another import, a sign-up)
+            db.session.rollback()
+            results.append((number, email, "exists already"))
+            continue
         audit.record("user.created", subject=user, imported=True, invited=invite, **actor.audit())
         db.session.commit()
         if invite:

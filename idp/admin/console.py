@@ -268,7 +268,7 @@ def _back_to_user(user_id: int, **_ignored: Any) -> str:
 
 
 @bp.post("/users/<int:user_id>/profile")
-@console(Power.CHANGE_USERS, back=_back_to_user)
+@console(Power.CHANGE_USERS, destructive=True, back=_back_to_user)  # a new address takes password resets
 def edit_profile(user_id: int) -> Any:
     """Change name, email, phone and the verified flag."""
     target = _user(user_id)
@@ -323,7 +323,7 @@ USER_ACTIONS: dict[str, tuple[Callable[[Actor, User], Any], bool]] = {
     "enable": (service.enable, False),
     "unlock": (service.unlock, False),
     "require-mfa": (lambda who, target: service.require_mfa(who, target, True), False),
-    "stop-requiring-mfa": (lambda who, target: service.require_mfa(who, target, False), False),
+    "stop-requiring-mfa": (lambda who, target: service.require_mfa(who, target, False), True),
     "reset-mfa": (lambda who, target: _reset_mfa(target), True),
     "revoke-tokens": (service.revoke_tokens, True),
     "end-sessions": (service.end_sessions, False),
@@ -343,7 +343,9 @@ def _action_texts() -> dict[str, tuple[str, str, str]]:
         "enable": (_("Enabled."), "", ""),
         "unlock": (_("Unlocked."), "", ""),
         "require-mfa": (_("A second factor is now required at every sign-in."), "", ""),
-        "stop-requiring-mfa": (_("A second factor is no longer required."), "", ""),
+        "stop-requiring-mfa": (_("A second factor is no longer required."), _("Stop requiring a second factor?"),
+                               _("This user may then sign in with a password alone, unless an application "
+                                 "demands more.")),
         "reset-mfa": (_("Second factors removed; the user was mailed."), _("Reset this user's MFA?"),
                       _("Every factor, recovery code and remembered device is removed, their sessions end and "
                         "their tokens stop working.")),
@@ -454,7 +456,7 @@ def remove_factor(user_id: int, factor_id: int) -> Any:
 
 
 @bp.post("/users/<int:user_id>/devices/<int:device_id>/forget")
-@console(Power.SUPPORT_USERS, back=_back_to_user)
+@console(Power.SUPPORT_USERS, destructive=True, back=_back_to_user)
 def forget_device(user_id: int, device_id: int) -> Any:
     """Forget a remembered device (its next sign-in asks for the second factor)."""
     return _user_item_action(user_id, lambda target: service.forget_device(actor(), target, device_id),
@@ -463,7 +465,7 @@ def forget_device(user_id: int, device_id: int) -> Any:
 
 
 @bp.post("/users/<int:user_id>/apps/<client_id>/revoke")
-@console(Power.CHANGE_USERS, back=_back_to_user)
+@console(Power.CHANGE_USERS, destructive=True, back=_back_to_user)
 def revoke_app(user_id: int, client_id: str) -> Any:
     """Withdraw an application's access to the user."""
     return _user_item_action(user_id, lambda target: service.revoke_consent(actor(), target, client_id),
@@ -824,9 +826,9 @@ def _day(name: str, end: bool = False) -> datetime | None:
         return None
     try:
         day = datetime.strptime(value[:10], "%Y-%m-%d").date()
-    except ValueError:
+        return datetime.combine(day + timedelta(days=1) if end else day, time(), tzinfo=UTC)
+    except (ValueError, OverflowError):  # not a date, or the last day there is
         raise Invalid({name: _("a date, like 2026-12-05")}) from None
-    return datetime.combine(day + timedelta(days=1) if end else day, time(), tzinfo=UTC)
 
 
 def _audit_filter() -> service.AuditFilter:

@@ -321,10 +321,13 @@ def delete_user(actor: Actor, user: User) -> None:
     if user.deleted_at is not None:
         raise Conflict("this user is deleted already")
     _keep_an_admin(user)
+    was_disabled = user.disabled
     user.deleted_at = utcnow()
     user.disabled = True
     ended, revoked = sessions.sign_out_everywhere(user, "user_deleted", user.deleted_at)
-    audit.record("user.deleted", subject=user, sessions_ended=ended, tokens_revoked=revoked, **actor.audit())
+    # Whether they were disabled already is kept in the (append-only) log: restoring gives that state back.
+    audit.record("user.deleted", subject=user, sessions_ended=ended, tokens_revoked=revoked,
+                 was_disabled=was_disabled, **actor.audit())
     db.session.commit()
 
 
@@ -333,9 +336,12 @@ def restore_user(actor: Actor, user: User) -> None:
     require(actor, Power.CHANGE_USERS)
     if user.deleted_at is None:
         raise Conflict("this user is not deleted")
+    deleted = db.session.execute(db.select(AuditEvent.details).where(
+        AuditEvent.event == "user.deleted", AuditEvent.subject_id == user.id).order_by(AuditEvent.id.desc())
+        .limit(1)).scalar()
     user.deleted_at = None
-    user.disabled = False
-    audit.record("user.restored", subject=user, **actor.audit())
+    user.disabled = bool((deleted or {}).get("was_disabled"))  # as they were before the deletion
+    audit.record("user.restored", subject=user, disabled=user.disabled, **actor.audit())
     db.session.commit()
 
 
@@ -416,6 +422,8 @@ def disable(actor: Actor, user: User) -> tuple[int, int]:
 
 def enable(actor: Actor, user: User) -> None:
     require(actor, Power.CHANGE_USERS)
+    if user.deleted_at is not None:
+        raise Conflict("this user is deleted: restore them instead")
     user.disabled = False
     audit.record("user.enabled", subject=user, **actor.audit())
     db.session.commit()
@@ -424,6 +432,7 @@ def enable(actor: Actor, user: User) -> None:
 def unlock(actor: Actor, user: User) -> None:
     """Lift the lock of repeated failed sign-ins."""
     require(actor, Power.SUPPORT_USERS)
+    _guard_admin(actor, user)
     unlock_account(user, actor.via, **{key: value for key, value in actor.audit().items() if key != "via"})
     db.session.commit()
 
@@ -440,6 +449,7 @@ def reset_mfa(actor: Actor, user: User, *, what: str, next_step: str) -> tuple[i
     """Remove every factor, recovery code and remembered device; end the sessions and revoke the tokens; mailed
     (``what`` and ``next_step``, in the user's language, from the caller). Returns (factors, sessions, tokens)."""
     require(actor, Power.SUPPORT_USERS)
+    _guard_admin(actor, user)
     now = utcnow()
     factors = len(db.session.execute(db.delete(Factor).where(Factor.user_id == user.id).returning(Factor.id)).all())
     db.session.execute(db.delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
@@ -474,10 +484,10 @@ def set_password(actor: Actor, user: User, password: Any) -> tuple[int, int]:
     user.password_changed_at = now
     user.failed_logins = 0
     ended, revoked = sessions.sign_out_everywhere(user, "password_reset", now)
-    with force_locale(user.locale or "en"):
-        what = gettext("An administrator set a new password for your account.")
-    enrolment.notify_change(user, what, event="password.reset", sessions_ended=ended, tokens_revoked=revoked,
-                            **actor.audit())
+    with force_locale(user.locale or "en"):  # the notice and its mail, in the user's language
+        enrolment.notify_change(user, gettext("An administrator set a new password for your account."),
+                                event="password.reset", sessions_ended=ended, tokens_revoked=revoked,
+                                **actor.audit())
     db.session.commit()
     return ended, revoked
 
@@ -486,7 +496,8 @@ def send_password_reset(actor: Actor, user: User) -> None:
     """Mail the user a password reset link, as /forgot does (the same cooldown applies)."""
     require(actor, Power.SUPPORT_USERS)
     audit.record("user.password_reset_sent", subject=user, **actor.audit())
-    # Queued before the commit: a queue that is down fails the request (503) with no row saying it was sent.
+    # Queued before the commit: a queue (Redis) that is down fails the request (503) with no row saying it was
+    # sent. (Without Redis the job runs inline, after enqueue commits the row itself.)
     enqueue("start_password_reset", email=user.email, language=user.locale or None)
     db.session.commit()
 
@@ -505,18 +516,27 @@ def send_verification(actor: Actor, user: User) -> None:
 # --- admin roles ------------------------------------------------------------------------------------------------
 
 def _keep_an_admin(user: User) -> None:
-    """Refuse to take the last enabled full administrator away (disabled, deleted or stripped of the role).
+    """Refuse to take the last enabled administrator with a permanent admin grant away (disabled, deleted,
+    stripped of the role, or given an end time): someone must always be able to administer, and a grant with an
+    end time lapses by itself.
 
-    The admin grants are read FOR UPDATE: two administrators removing each other at the same moment would
-    otherwise each see the other still in place and leave nobody."""
-    now = utcnow()
-    grants = db.session.execute(
+    The admin grants are read FOR UPDATE, and their users with them (PostgreSQL locks the rows of both joined
+    tables, and re-reads a row another transaction changed before it returns it): two administrators removing
+    each other at the same moment would otherwise each see the other still in place and leave nobody."""
+    keepers = db.session.execute(
         db.select(AdminRole.user_id).join(User, User.id == AdminRole.user_id)
-        .where(AdminRole.role == Role.ADMIN.value, or_(AdminRole.until.is_(None), AdminRole.until > now),
-               User.disabled.is_(False), User.deleted_at.is_(None))
-        .with_for_update(of=AdminRole)).scalars().all()
-    if user.id in grants and len(set(grants)) == 1:
-        raise Conflict("this is the last administrator: make someone else an administrator first")
+        .where(AdminRole.role == Role.ADMIN.value, AdminRole.until.is_(None), User.disabled.is_(False),
+               User.deleted_at.is_(None))
+        .with_for_update()).scalars().all()
+    if user.id in keepers and len(set(keepers)) == 1:
+        raise Conflict("this is the last administrator: make someone else an administrator (for good) first")
+
+
+def _guard_admin(actor: Actor, user: User) -> None:
+    """Support actions (reset MFA, remove a factor, forget a device, unlock) on an administrator weaken what guards
+    the console: only an administrator may do them to an administrator, never the helpdesk."""
+    if roles_of(user) and not can(actor, Power.MANAGE_ADMINS):
+        raise Forbidden("only an administrator may do this to a user who holds an admin role")
 
 
 def grant_role(actor: Actor, user: User, role: Any, until: datetime | None = None) -> AdminRole:
@@ -532,6 +552,8 @@ def grant_role(actor: Actor, user: User, role: Any, until: datetime | None = Non
         raise Conflict("a disabled or deleted user cannot hold an admin role")
     grant = next((row for row in user.roles if row.role == role), None)
     before = grant.until.isoformat() if grant is not None and grant.until else None
+    if role == Role.ADMIN.value and until is not None and grant is not None and grant.until is None:
+        _keep_an_admin(user)  # a permanent grant given an end time: not the last one
     if grant is None:
         grant = AdminRole(role=role, until=until, granted_at=now, granted_by=actor.user.id if actor.user else None)
         user.roles.append(grant)
@@ -585,14 +607,16 @@ def list_devices(actor: Actor, user: User) -> list[Device]:
 def forget_device(actor: Actor, user: User, device_id: int) -> Device:
     """Stop remembering a device: its next sign-in asks for the second factor again (the user is told)."""
     require(actor, Power.SUPPORT_USERS)
+    _guard_admin(actor, user)
     device = db.session.get(Device, device_id) if 0 <= device_id <= MAX_ID else None
     if device is None or device.user_id != user.id or device.revoked_at is not None:
         raise NotFound("no such device")
     device.remembered_until = None
     device.revoked_at = utcnow()
-    with force_locale(user.locale or "en"):  # the notice mail, in the user's language
-        what = gettext("An administrator made idp forget the device “%(name)s”.", name=device.name)
-    enrolment.notify_change(user, what, event="device.forgotten", device_id=device.id, **actor.audit())
+    with force_locale(user.locale or "en"):  # the notice and its mail, in the user's language
+        enrolment.notify_change(user, gettext("An administrator made idp forget the device “%(name)s”.",
+                                              name=device.name),
+                                event="device.forgotten", device_id=device.id, **actor.audit())
     db.session.commit()
     return device
 
@@ -600,6 +624,7 @@ def forget_device(actor: Actor, user: User, device_id: int) -> Device:
 def remove_factor(actor: Actor, user: User, factor_id: int) -> Factor:
     """Remove one sign-in factor of the user (mailed to them, as when they remove it themselves)."""
     require(actor, Power.SUPPORT_USERS)
+    _guard_admin(actor, user)
     factor = db.session.get(Factor, factor_id) if 0 <= factor_id <= MAX_ID else None
     if factor is None or factor.user_id != user.id:
         raise NotFound("no such factor")
@@ -608,9 +633,10 @@ def remove_factor(actor: Actor, user: User, factor_id: int) -> Factor:
         factor_type.remove(factor)
     else:  # a credential of a factor this server no longer offers
         db.session.delete(factor)
-    with force_locale(user.locale or "en"):
-        what = gettext("An administrator removed the sign-in method “%(name)s” from your account.", name=factor.name)
-    enrolment.notify_change(user, what, event="factor.removed", kind=factor.kind, **actor.audit())
+    with force_locale(user.locale or "en"):  # the notice and its mail, in the user's language
+        enrolment.notify_change(user, gettext("An administrator removed the sign-in method “%(name)s” from your "
+                                              "account.", name=factor.name),
+                                event="factor.removed", kind=factor.kind, **actor.audit())
     db.session.commit()
     return factor
 

@@ -129,7 +129,10 @@ def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: 
     if method == "none" and "client_credentials" in grant_types:
         raise ValueError("client_credentials needs a confidential client")
     machine = grant_types == ["client_credentials"] and method != "none"
-    if set(scopes) & set(ADMIN_SCOPES) and not (machine or first_party):
+    # A first-party app's users may carry admin scopes for their own roles, but a client_credentials token has no
+    # user: with admin scopes that grant must be the client's only one (a machine), never beside a user flow.
+    people = first_party and "client_credentials" not in grant_types
+    if set(scopes) & set(ADMIN_SCOPES) and not (machine or people):
         raise ValueError("the idp:* admin scopes are for a confidential client with only the client_credentials "
                          "grant (a machine), or a first-party client (its users' tokens carry them for their "
                          "own roles); no user can consent to them")
