@@ -32,6 +32,7 @@ from idp.http import Request
 from idp.jobs import mail, sms
 from idp.login import browser as login_browser
 from idp.login.views import bp as login_bp
+from idp.oidc.challenge import bp as challenge_bp
 from idp.oidc.server import create_server
 from idp.oidc.views import bp as oidc_bp
 from idp.pg_connections import watch_connections
@@ -94,6 +95,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(oidc_bp)
     app.register_blueprint(admin_api_bp)
     app.register_blueprint(admin_console_bp)
+    app.register_blueprint(challenge_bp)
     if app.config["IDP_ENV"] == "development":
         app.register_blueprint(dev_bp)
         app.register_blueprint(demo_bp)

@@ -35,6 +35,8 @@ class TransactionState:
     reauth_purpose: str = ""  # for a "reauth": what the user is about to change (idp.login.steps.password)
     ui_locale: str | None = None  # the first language of the request's ui_locales that idp speaks (idp.i18n)
     existing_account: str | None = None  # a sign-up for an address that has an account (no enumeration)
+    # An authorization request made at the challenge endpoint (idp.oidc.challenge): PKCE and nonce for its code.
+    code_request: dict[str, Any] | None = None
 
     # Progress.
     factor: str | None = None  # the second factor the user picked in the chooser

@@ -61,6 +61,8 @@ def metadata() -> dict:
         "issuer": issuer(),
         "authorization_endpoint": external_url("oidc.authorize"),
         "token_endpoint": external_url("oidc.token"),
+        # OAuth 2.0 for First-Party Applications (draft-ietf-oauth-first-party-apps-04, 8): idp.oidc.challenge.
+        "authorization_challenge_endpoint": external_url("challenge.authorize_challenge"),
         "userinfo_endpoint": external_url("oidc.userinfo"),
         "jwks_uri": external_url("oidc.jwks"),
         "revocation_endpoint": external_url("oidc.revoke"),

@@ -1,0 +1,302 @@
+"""The Authorization Challenge Endpoint of OAuth 2.0 for First-Party Applications (draft-ietf-oauth-first-party-apps-04,
+"the draft" below): a first-party app signs its user in without a browser, and gets an authorization code to redeem
+at /token with PKCE.
+
+It runs the hosted pages' sign-in engine (idp.login: the same transaction, planner, steps, throttles, lockout,
+audit and assurance rules); each request answers the step the plan asks for now, and the answer is JSON instead
+of a page:
+- the first request carries the authorization request (draft 5.1: client_id, response_type=code, scope, PKCE,
+  acr_values, nonce) and, usually, ``username`` and ``password``;
+- while a step is left, 403 ``insufficient_authorization`` with a new ``auth_session`` (draft 5.2.2) says which
+  step and which factors the user has (``otp``, ``sms``, ``email_otp``, ``recovery_code``, ``webauthn`` with its
+  request options); the app posts ``code`` (or ``credential``, or ``factor`` to pick another) with it;
+- when every step has passed, 200 with ``authorization_code`` (draft 5.2.1);
+- what the API cannot do (verify an address, enrol a factor) is 403 ``redirect_to_web`` (draft 5.2.2.1.1): the app
+  starts the usual code flow in a browser. No ``request_uri`` is given: idp has no PAR endpoint yet, and the draft
+  allows the error without one.
+
+The ``auth_session`` (draft 5.3.1, 9.6) is the login transaction's id and a 256-bit secret whose hash, with the
+client's id, is the transaction's binding: it is bound to the client, changes at every response, and expires
+with the transaction; a replayed, foreign or expired one is ``invalid_session``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from authlib.oauth2.rfc6749.errors import OAuth2Error
+from flask import Blueprint, current_app, g, jsonify, request
+from werkzeug.datastructures import MultiDict
+from werkzeug.wrappers import Response
+
+from idp import audit
+from idp.extensions import csrf, db, limiter
+from idp.http import external_url
+from idp.login import devices, mfa, planner, sessions, transaction
+from idp.login.assurance import LEVELS, meets
+from idp.login.browser import throttle
+from idp.login.context import Step, StepContext
+from idp.models import AuthorizationCode, Client, LoginTransaction, TransactionState, utcnow
+from idp.oidc import claims as oidc_claims
+from idp.oidc.server import current_server
+from idp.security.tokens import new_token, token_hash
+
+bp = Blueprint("challenge", __name__)
+csrf.exempt(bp)  # a back-channel API of first-party apps: no cookies, no forms
+
+# The names the API gives the factors (the draft leaves them to the server): TOTP is "otp", the others as idp names
+# them.
+API_NAMES = {"totp": "otp"}
+KINDS = {name: kind for kind, name in API_NAMES.items()}
+MAX_PARAMETER = 4096  # longer values are refused (a password or an assertion fits; idp.oidc.policy does likewise)
+
+
+def _limit() -> str:
+    return current_app.config["IDP_RATELIMIT_FORMS"]
+
+
+def _error(status: int, error: str, description: str, **extra: Any) -> Response:
+    """An error object (draft 5.2.2; RFC 6749 5.2): ASCII description, never cached."""
+    body = {"error": error, "error_description": description, **extra}
+    response = jsonify(body)
+    response.status_code = status
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _binding(client: Client, secret: str) -> str:
+    return f"challenge:{client.client_id}:{secret}"
+
+
+def _new_session(txn: LoginTransaction, client: Client) -> str:
+    """A new auth_session for the transaction; the previous one stops working."""
+    secret = new_token(32)
+    txn.binding_hash = token_hash(_binding(client, secret))
+    return f"{txn.id}.{secret}"
+
+
+def _load(auth_session: str, client: Client) -> LoginTransaction | None:
+    tid, _dot, secret = auth_session.partition(".")
+    if not secret:
+        return None
+    return transaction.load(tid, binding=_binding(client, secret), now=utcnow())
+
+
+def _session_client(auth_session: str) -> Client | None:
+    """The public client whose auth_session this is (draft 5.1: a follow-up may name its client by the
+    auth_session alone); the binding is checked afterwards. A confidential client always authenticates (4.1)."""
+    tid = auth_session.partition(".")[0]
+    txn = db.session.get(LoginTransaction, tid) if 0 < len(tid) <= 64 else None
+    if txn is None or not txn.state.client_id:
+        return None
+    client = db.session.execute(db.select(Client).where(Client.client_id == txn.state.client_id)).scalar_one_or_none()
+    return client if client is not None and client.token_endpoint_auth_method == "none" else None
+
+
+def _client(data: Mapping[str, str]) -> Client | Response:
+    """The first-party client making the request, authenticated as at the token endpoint (draft 4.1, 9.4)."""
+    server = current_server()
+    try:
+        client = server.authenticate_client(server.create_oauth2_request(request),
+                                            ["none", "client_secret_basic", "client_secret_post", "private_key_jwt"])
+    except OAuth2Error as error:
+        anonymous = not data.get("client_id") and "Authorization" not in request.headers
+        found = _session_client(data["auth_session"]) if anonymous and data.get("auth_session") else None
+        if found is None:
+            return _error(401, "invalid_client", error.description or "Client authentication failed.")
+        client = found
+    if not client.first_party:  # draft 5, 9.1: first parties only
+        return _error(400, "unauthorized_client", "This endpoint is open to first-party clients only.")
+    if not client.check_grant_type("authorization_code"):
+        return _error(400, "unauthorized_client", "This client may not use the authorization_code grant.")
+    return client
+
+
+def _parameters() -> Mapping[str, str] | Response:
+    data = request.form
+    if request.mimetype != "application/x-www-form-urlencoded":
+        return _error(400, "invalid_request", "Send the parameters form-encoded (draft 4.1).")
+    for name, value in data.items(multi=True):
+        if len(value) > MAX_PARAMETER or "\x00" in value:
+            return _error(400, "invalid_request", f"The parameter {name[:40]} is too long or holds a NUL.")
+    if any(len(data.getlist(name)) > 1 for name in data):
+        return _error(400, "invalid_request", "A parameter was sent more than once.")
+    return data
+
+
+def _start(client: Client, data: Mapping[str, str]) -> LoginTransaction | Response:
+    """A new transaction for the authorization request the first request carries (draft 5.1)."""
+    if data.get("response_type") != "code":
+        return _error(400, "unsupported_response_type", "response_type must be code.")
+    scopes = (data.get("scope") or "openid").split()
+    allowed = set(client.scope.split())
+    if not set(scopes) <= allowed or not set(scopes) <= {*oidc_claims.SCOPES, *oidc_claims.ADMIN_SCOPES}:
+        return _error(400, "invalid_scope", "A requested scope is not allowed for this client.")
+    challenge, method = data.get("code_challenge"), data.get("code_challenge_method")
+    if challenge is None and client.token_endpoint_auth_method == "none":
+        return _error(400, "invalid_request", "A public client must send a PKCE code_challenge (S256).")
+    if challenge is not None and (method != "S256" or not 43 <= len(challenge) <= 128):
+        return _error(400, "invalid_request", "The code_challenge must be S256, 43 to 128 characters.")
+    acr_values = (data.get("acr_values") or "").split()
+    if any(value not in LEVELS for value in acr_values):
+        return _error(400, "invalid_request", f"acr_values must be among {' '.join(LEVELS)}.")
+    max_age = data.get("max_age")
+    if max_age is not None and not (max_age.isascii() and max_age.isdigit() and len(max_age) <= 9):
+        return _error(400, "invalid_request", "max_age must be a number of seconds.")
+    now = utcnow()
+    state = TransactionState(
+        reasons=["no_session"], return_to="", client_id=client.client_id, client_name=client.name, scopes=scopes,
+        acr_values=acr_values, login_hint=(data.get("username") or data.get("login_hint") or "")[:320],
+        code_request={"code_challenge": challenge, "code_challenge_method": method if challenge else None,
+                      "nonce": data.get("nonce")})
+    txn = transaction.start(binding=new_token(32), state=state, now=now,
+                            ttl=current_app.config["IDP_LOGIN_TRANSACTION_TTL"])
+    db.session.flush()
+    return txn
+
+
+def _context(txn: LoginTransaction, data: Mapping[str, str]) -> StepContext:
+    return StepContext(txn=txn, now=utcnow(), ip=g.client_ip, user_agent=g.user_agent, config=current_app.config,
+                       throttle=throttle(), url=external_url, device_token=data.get("device_token") or None)
+
+
+def _answer(step: Step, data: Mapping[str, str]) -> MultiDict | None:
+    """The step's form fields from the request, or None when the request does not answer this step."""
+    if step is planner.PASSWORD:
+        if "password" not in data:
+            return None
+        return MultiDict({"email": data.get("username", ""), "password": data.get("password", "")})
+    if "credential" in data:
+        return MultiDict({"credential": data["credential"], "remember": data.get("remember_device", "")})
+    if "code" in data:
+        return MultiDict({"code": data["code"], "remember": "y" if data.get("remember_device") == "true" else ""})
+    return None
+
+
+def _describe(ctx: StepContext, step: Step, auth_session: str, error: str = "") -> Response:
+    """403 insufficient_authorization (draft 5.2.2.1): what the app asks its user for next; after a wrong answer
+    400 access_denied (5.2.2: "incorrect data"), the same for an unknown account as for a wrong password, with the
+    step to try again and a new auth_session."""
+    variables = step.begin(ctx)  # sends the text message or mail of a code step, makes a WebAuthn challenge
+    body: dict[str, Any] = {"auth_session": auth_session}
+    if step is planner.PASSWORD:
+        body["step"] = "password"
+        description = error or "Send username and password."
+    else:
+        body["step"] = API_NAMES.get(step.name, step.name)
+        body["factors"] = [API_NAMES.get(kind, kind) for kind in ctx.choices]
+        if step.name == "webauthn":
+            body["webauthn_options"] = variables.get("options")
+        description = error or f"Send the {body['step']} answer (code, or credential for webauthn)."
+    if error:
+        return _error(400, "access_denied", description, **body)
+    return _error(403, "insufficient_authorization", description, **body)
+
+
+def _redirect_to_web(description: str) -> Response:
+    return _error(403, "redirect_to_web", description)
+
+
+def _complete(ctx: StepContext, client: Client) -> Response:
+    """Every step passed: a session (no cookie: the app holds tokens), the code, and the device token."""
+    txn, user = ctx.txn, ctx.txn.user
+    assert user is not None
+    amr = mfa.effective_amr(txn.state.amr, mfa.remembered(ctx))
+    live, _cookie = sessions.start(user, amr=amr, now=ctx.now, ip=ctx.ip, user_agent=ctx.user_agent)
+    txn.completed_at = ctx.now
+    db.session.flush()
+    audit.record("login.success", subject=user, amr=live.amr, acr=live.acr, sid=live.sid, client_id=client.client_id,
+                 via="challenge")
+    device_token = devices.seen(user, ctx, remember=txn.state.remember_device)
+    request_data = txn.state.code_request or {}
+    scope = " ".join(txn.state.scopes)
+    if set(txn.state.scopes) & set(oidc_claims.ADMIN_SCOPES):
+        scope = oidc_claims.grantable_scope(scope, user.roles_at(ctx.now),
+                                            meets(live.acr, current_app.config["IDP_ADMIN_ACR"]))
+    code = new_token(32)
+    db.session.add(AuthorizationCode(
+        code_hash=token_hash(code), client_id=client.client_id, user_id=user.id, redirect_uri="", scope=scope,
+        nonce=request_data.get("nonce"), code_challenge=request_data.get("code_challenge"),
+        code_challenge_method=request_data.get("code_challenge_method"), claims=None, sid=live.sid,
+        auth_time=live.auth_time, acr=live.acr, amr=list(live.amr), issued_at=ctx.now,
+        expires_at=ctx.now + timedelta(seconds=current_app.config["IDP_AUTH_CODE_TTL"])))
+    db.session.commit()
+    body = {"authorization_code": code, **({"device_token": device_token} if device_token else {})}
+    response = jsonify(body)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/authorize-challenge")
+@limiter.limit(_limit)
+def authorize_challenge() -> Response:
+    """The Authorization Challenge Endpoint (draft 4.1)."""
+    data = _parameters()
+    if isinstance(data, Response):
+        return data
+    client = _client(data)
+    if isinstance(client, Response):
+        return client
+    if data.get("client_id") and data["client_id"] != client.client_id:  # draft 5.1
+        return _error(400, "invalid_request", "client_id names another client than the one authenticated.")
+    auth_session = data.get("auth_session")
+    if auth_session:
+        txn = _load(auth_session, client)
+        if txn is None:
+            db.session.rollback()
+            return _error(400, "invalid_session", "The auth_session is unknown, used, expired or another client's.")
+    else:
+        started = _start(client, data)
+        if isinstance(started, Response):
+            return started
+        txn = started
+    ctx = _context(txn, data)
+    wanted = KINDS.get(data.get("factor", ""), data.get("factor", ""))
+    if wanted:
+        mfa.assess(ctx)
+        if wanted in ctx.choices:
+            transaction.update(txn, factor=wanted)
+            ctx = _context(txn, data)
+    return _step(ctx, client, data)
+
+
+def _step(ctx: StepContext, client: Client, data: Mapping[str, str]) -> Response:
+    txn = ctx.txn
+    current = planner.next_step(ctx)
+    error = ""
+    if current is not None and current not in (planner.EMAIL_VERIFICATION, planner.ENROL, planner.CONSENT):
+        answer = _answer(current, data)
+        if answer is not None:
+            form = current.form_class(formdata=answer, meta={"csrf": False})
+            if form.validate():
+                outcome = current.verify(ctx, form.data)
+                if outcome.ok:
+                    transaction.mark_done(txn, current.name, outcome.amr)
+                    ctx = _context(txn, data)
+                    current = planner.next_step(ctx)
+                else:
+                    error = _ascii(outcome.error or "")
+            else:
+                error = "The answer is malformed."
+    if current is None:
+        return _complete(ctx, client)
+    if current is planner.EMAIL_VERIFICATION:
+        db.session.commit()
+        return _redirect_to_web("The user must verify their email address in a browser first.")
+    if current is planner.ENROL:
+        db.session.commit()
+        return _redirect_to_web("The user must add a second factor first, in a browser.")
+    if current is planner.CONSENT:  # first-party clients are never asked; kept for a plan that changes
+        db.session.commit()
+        return _redirect_to_web("The user must consent in a browser.")
+    auth_session = _new_session(txn, client)
+    response = _describe(ctx, current, auth_session, error)
+    db.session.commit()  # attempt counters, audit rows, the new auth_session: also when the answer failed
+    return response
+
+
+def _ascii(text: str) -> str:
+    """A step's message (in the user's language) as an error_description may carry it (RFC 6749 5.2: ASCII)."""
+    return "".join(ch for ch in str(text) if 0x20 <= ord(ch) <= 0x7E and ch not in '"\\') or "The answer is wrong."
