@@ -278,6 +278,9 @@ def unlock(user_id: int) -> Response:
 def require_mfa(user_id: int) -> Response:
     """Require a second factor ({"required": true}) or stop requiring it ({"required": false})."""
     body = _body()
+    unknown = set(body) - {"required"}
+    if unknown:
+        raise Invalid({name: "not a field here" for name in sorted(unknown)})
     if not isinstance(body.get("required"), bool):
         raise Invalid({"required": "true or false"})
     return _action(user_id, lambda user: service.require_mfa(actor(), user, body["required"]))

@@ -132,7 +132,8 @@ def document(issuer: str) -> dict[str, Any]:
             "/v1/users/{user_id}/unlock": _action("Lift the lock of repeated failed sign-ins"),
             "/v1/users/{user_id}/require-mfa": _action(
                 "Require a second factor, or stop requiring it",
-                {"type": "object", "required": ["required"], "properties": {"required": {"type": "boolean"}}}),
+                {"type": "object", "required": ["required"], "additionalProperties": False,
+                 "properties": {"required": {"type": "boolean"}}}),
             "/v1/users/{user_id}/reset-mfa": _action("Remove every second factor (the user is mailed)"),
             "/v1/users/{user_id}/revoke-tokens": _action("End every session and revoke every token"),
             "/v1/users/{user_id}/send-password-reset": _action("Mail the user a password reset link"),
