@@ -175,3 +175,46 @@ def test_a_public_client_must_send_pkce_and_bad_input_is_an_oauth_error(app, cli
         response = client.post(CHALLENGE, data=data)
         assert 400 <= response.status_code < 500 and response.get_json()["error"], (data, response.get_json())
     assert client.get(CHALLENGE).status_code == 405
+
+
+def test_a_step_up_asks_only_for_the_missing_factor_on_the_same_session(app, client, app_client):
+    """RFC 9470 through the challenge endpoint (draft 6.1, 7): the auth_session that came with the first code
+    names the app's session; acr_values asks for a factor only, max_age for the password again."""
+    make_user_in(app)
+    first, verifier = start(client, app_client[0])
+    signed_in = first.get_json()
+    before = redeem(client, app_client[0], signed_in["authorization_code"], verifier)
+    assert before["acr"] == "urn:idp:acr:pwd"
+    secret = enrol_totp_in(app, ALICE)[0]  # the user adds an authenticator app meanwhile
+    verifier, challenge = pkce_pair()
+    step = client.post(CHALLENGE, data={
+        "auth_session": signed_in["auth_session"], "client_id": app_client[0], "response_type": "code",
+        "scope": "openid", "code_challenge": challenge, "code_challenge_method": "S256",
+        "acr_values": "urn:idp:acr:mfa"}).get_json()
+    assert step["error"] == "insufficient_authorization" and step["step"] == "otp"  # no password asked
+    done = client.post(CHALLENGE, data={"auth_session": step["auth_session"], "code": totp_code_at(secret, utcnow())})
+    after = redeem(client, app_client[0], done.get_json()["authorization_code"], verifier)
+    assert after["acr"] == "urn:idp:acr:mfa" and after["sid"] == before["sid"]
+    assert {"pwd", "otp"} <= set(after["amr"])
+
+    verifier, challenge = pkce_pair()
+    again = client.post(CHALLENGE, data={
+        "auth_session": done.get_json()["auth_session"], "client_id": app_client[0], "response_type": "code",
+        "code_challenge": challenge, "code_challenge_method": "S256", "max_age": "0"}).get_json()
+    assert again["step"] == "password"  # max_age: the password again, then the factor
+
+
+def test_a_used_auth_session_of_an_ended_session_is_refused(app, client, app_client):
+    from idp.models import LoginSession
+
+    make_user_in(app)
+    signed_in = start(client, app_client[0])[0].get_json()
+    with app.app_context():
+        for row in db.session.execute(db.select(LoginSession)).scalars():
+            row.ended_at = utcnow()
+        db.session.commit()
+    verifier, challenge = pkce_pair()
+    refused = client.post(CHALLENGE, data={"auth_session": signed_in["auth_session"], "client_id": app_client[0],
+                                           "response_type": "code", "code_challenge": challenge,
+                                           "code_challenge_method": "S256"})
+    assert refused.status_code == 400 and refused.get_json()["error"] == "invalid_session"

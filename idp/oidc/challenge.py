@@ -38,10 +38,10 @@ from idp.login import devices, mfa, planner, sessions, transaction
 from idp.login.assurance import LEVELS, meets
 from idp.login.browser import throttle
 from idp.login.context import Step, StepContext
-from idp.models import AuthorizationCode, Client, LoginTransaction, TransactionState, utcnow
+from idp.models import AuthorizationCode, Client, LoginSession, LoginTransaction, TransactionState, utcnow
 from idp.oidc import claims as oidc_claims
 from idp.oidc.server import current_server
-from idp.security.tokens import new_token, token_hash
+from idp.security.tokens import new_token, same, token_hash
 
 bp = Blueprint("challenge", __name__)
 csrf.exempt(bp)  # a back-channel API of first-party apps: no cookies, no forms
@@ -126,8 +126,30 @@ def _parameters() -> Mapping[str, str] | Response:
     return data
 
 
-def _start(client: Client, data: Mapping[str, str]) -> LoginTransaction | Response:
-    """A new transaction for the authorization request the first request carries (draft 5.1)."""
+def _signed_in(auth_session: str, client: Client) -> LoginSession | None:
+    """The live session an earlier challenge of this client ended in, named by the auth_session its code came with
+    (draft 6.1: kept "to restore the context of a previous session and prompt only for the needed step-up
+    factors")."""
+    tid, _dot, secret = auth_session.partition(".")
+    txn = db.session.get(LoginTransaction, tid) if secret and 0 < len(tid) <= 64 else None
+    if txn is None or txn.completed_at is None or not same(txn.binding_hash, token_hash(_binding(client, secret))):
+        return None
+    sid = (txn.state.code_request or {}).get("sid")
+    cfg = current_app.config
+    live = db.session.execute(db.select(LoginSession).where(LoginSession.sid == sid)).scalar_one_or_none() \
+        if sid else None
+    if live is None or live.ended_at is not None:
+        return None
+    if live.timed_out(utcnow(), idle_timeout=cfg["IDP_SESSION_IDLE_TIMEOUT"], max_age=cfg["IDP_SESSION_MAX_AGE"]):
+        return None
+    if live.user.disabled:
+        return None
+    return live
+
+
+def _start(client: Client, data: Mapping[str, str], live: LoginSession | None = None) -> LoginTransaction | Response:
+    """A new transaction for the authorization request the first request carries (draft 5.1); with ``live``, a
+    step-up of that session (RFC 9470: acr_values and max_age ask for more than it has)."""
     if data.get("response_type") != "code":
         return _error(400, "unsupported_response_type", "response_type must be code.")
     scopes = (data.get("scope") or "openid").split()
@@ -146,13 +168,20 @@ def _start(client: Client, data: Mapping[str, str]) -> LoginTransaction | Respon
     if max_age is not None and not (max_age.isascii() and max_age.isdigit() and len(max_age) <= 9):
         return _error(400, "invalid_request", "max_age must be a number of seconds.")
     now = utcnow()
+    reasons = ["no_session"]
+    if live is not None:  # a step-up: only what the request asks beyond the session is asked for
+        reasons = ["acr"] if acr_values else []
+        if max_age is not None and (now - live.auth_time).total_seconds() > int(max_age):
+            reasons.append("max_age")
     state = TransactionState(
-        reasons=["no_session"], return_to="", client_id=client.client_id, client_name=client.name, scopes=scopes,
+        reasons=reasons, return_to="", client_id=client.client_id, client_name=client.name, scopes=scopes,
         acr_values=acr_values, login_hint=(data.get("username") or data.get("login_hint") or "")[:320],
+        session_amr=list(live.amr) if live is not None else None,
         code_request={"code_challenge": challenge, "code_challenge_method": method if challenge else None,
-                      "nonce": data.get("nonce")})
+                      "nonce": data.get("nonce"), "previous_sid": live.sid if live is not None else None})
     txn = transaction.start(binding=new_token(32), state=state, now=now,
-                            ttl=current_app.config["IDP_LOGIN_TRANSACTION_TTL"])
+                            ttl=current_app.config["IDP_LOGIN_TRANSACTION_TTL"],
+                            user=live.user if live is not None else None)
     db.session.flush()
     return txn
 
@@ -203,14 +232,24 @@ def _complete(ctx: StepContext, client: Client) -> Response:
     """Every step passed: a session (no cookie: the app holds tokens), the code, and the device token."""
     txn, user = ctx.txn, ctx.txn.user
     assert user is not None
-    amr = mfa.effective_amr(txn.state.amr, mfa.remembered(ctx))
-    live, _cookie = sessions.start(user, amr=amr, now=ctx.now, ip=ctx.ip, user_agent=ctx.user_agent)
+    request_data = dict(txn.state.code_request or {})
+    previous_sid = request_data.get("previous_sid")
+    previous = db.session.execute(db.select(LoginSession).where(LoginSession.sid == previous_sid)
+                                  ).scalar_one_or_none() if previous_sid else None
+    if txn.state.amr or previous is None:
+        amr = mfa.effective_amr(txn.state.amr, mfa.remembered(ctx))
+        live, _cookie = sessions.start(user, amr=amr, now=ctx.now, ip=ctx.ip, user_agent=ctx.user_agent,
+                                       previous=previous, fresh_login="pwd" in txn.state.amr or previous is None)
+    else:  # a step-up the session already satisfies: its code says what the session has
+        live = previous
     txn.completed_at = ctx.now
     db.session.flush()
     audit.record("login.success", subject=user, amr=live.amr, acr=live.acr, sid=live.sid, client_id=client.client_id,
                  via="challenge")
     device_token = devices.seen(user, ctx, remember=txn.state.remember_device)
-    request_data = txn.state.code_request or {}
+    # The auth_session stays with the app (draft 5.3.1, 6.1): a later step-up names this session by it.
+    transaction.update(txn, code_request={**request_data, "sid": live.sid})
+    auth_session = _new_session(txn, client)
     scope = " ".join(txn.state.scopes)
     if set(txn.state.scopes) & set(oidc_claims.ADMIN_SCOPES):
         scope = oidc_claims.grantable_scope(scope, user.roles_at(ctx.now),
@@ -223,7 +262,8 @@ def _complete(ctx: StepContext, client: Client) -> Response:
         auth_time=live.auth_time, acr=live.acr, amr=list(live.amr), issued_at=ctx.now,
         expires_at=ctx.now + timedelta(seconds=current_app.config["IDP_AUTH_CODE_TTL"])))
     db.session.commit()
-    body = {"authorization_code": code, **({"device_token": device_token} if device_token else {})}
+    body = {"authorization_code": code, "auth_session": auth_session,
+            **({"device_token": device_token} if device_token else {})}
     response = jsonify(body)
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -243,10 +283,16 @@ def authorize_challenge() -> Response:
         return _error(400, "invalid_request", "client_id names another client than the one authenticated.")
     auth_session = data.get("auth_session")
     if auth_session:
-        txn = _load(auth_session, client)
-        if txn is None:
+        found = _load(auth_session, client)
+        if found is None and (live := _signed_in(auth_session, client)) is not None:
+            stepping = _start(client, data, live)  # a new authorization request on the app's session (step-up)
+            if isinstance(stepping, Response):
+                return stepping
+            found = stepping
+        if found is None:
             db.session.rollback()
             return _error(400, "invalid_session", "The auth_session is unknown, used, expired or another client's.")
+        txn = found
     else:
         started = _start(client, data)
         if isinstance(started, Response):
