@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 from idp import branding, cli, http, i18n, jobs, logs
 from idp import config as settings
 from idp.account import jobs as account_jobs
+from idp.account.api import bp as account_api_bp
 from idp.account.security import bp as security_bp
 from idp.account.views import bp as account_bp
 from idp.admin import bulk as admin_bulk
@@ -96,6 +97,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(admin_api_bp)
     app.register_blueprint(admin_console_bp)
     app.register_blueprint(challenge_bp)
+    app.register_blueprint(account_api_bp)
     if app.config["IDP_ENV"] == "development":
         app.register_blueprint(dev_bp)
         app.register_blueprint(demo_bp)
@@ -157,7 +159,7 @@ def _error_handlers(app: Flask) -> None:
         db.session.rollback()  # a failed request leaves nothing half-written
         if http.oauth_caller():
             response = http.oauth_error(status, message or title)
-        elif _wants_json() or request.path.startswith("/admin/api/"):  # an API caller: a problem document
+        elif _wants_json() or request.path.startswith(("/admin/api/", "/api/v1/")):  # an API caller: a problem
             response = jsonify({"type": "about:blank", "title": title, "status": status, "detail": message})
             response.content_type = "application/problem+json"
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749.errors import InvalidRequestError
@@ -170,3 +171,19 @@ def external_url(endpoint: str, **values) -> str:
         with current_app.test_request_context(base_url=current_app.config["IDP_ISSUER"]):
             path = url_for(endpoint, **values)
     return f"{issuer.scheme}://{issuer.netloc}{path}"
+
+
+PROBLEM_TYPE = "about:blank"  # RFC 9457 4.2.1: the status code says it all; the title is its phrase
+
+
+def problem(status: int, title: str, detail: str = "", headers: dict[str, str] | None = None,
+            **members: Any) -> Response:
+    """An RFC 9457 problem document (the admin API's and the account API's errors)."""
+    body = {"type": PROBLEM_TYPE, "title": title, "status": status, **({"detail": detail} if detail else {}),
+            **members}
+    response = jsonify(body)
+    response.status_code = status
+    response.content_type = "application/problem+json"
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response

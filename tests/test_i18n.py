@@ -99,6 +99,8 @@ NOT_FOR_PEOPLE = {
     "idp/oidc/server.py": "OAuth error descriptions (RFC 6749 5.2: ASCII, for the client developer)",
     "idp/admin/api.py": "the admin API's problem documents, read by the developers of scripts, like the above",
     "idp/admin/openapi.py": "the admin API's OpenAPI document, for developers",
+    "idp/account/api.py": "the account API's problem documents, for the developers of first-party apps",
+    "idp/oidc/challenge.py": "OAuth error descriptions of the challenge endpoint (RFC 6749 5.2, as above)",
 }
 GETTEXT = {"_", "_l", "gettext", "lazy_gettext", "ngettext", "lazy_ngettext"}
 # Calls whose string arguments are for developers, logs or the audit trail, or are protocol text.

@@ -26,29 +26,16 @@ from idp.admin.bulk import csv_cell
 from idp.admin.openapi import document
 from idp.admin.service import Actor, AdminError, Invalid, Role
 from idp.extensions import csrf, db, limiter
+from idp.http import problem
 from idp.login.assurance import meets
 from idp.models import AuditEvent, LoginSession, SigningKey, User, utcnow
 from idp.oidc.registration import describe
 
 bp = Blueprint("admin_api", __name__, url_prefix="/admin/api")
-PROBLEM_TYPE = "about:blank"  # RFC 9457 4.2.1: the status code says it all; the title is its phrase
 csrf.exempt(bp)  # bearer tokens, never cookies: nothing for a cross-site form to ride on
 limiter.exempt(bp)
 
 SCOPE_ROLES = {"idp:admin": Role.ADMIN, "idp:helpdesk": Role.HELPDESK, "idp:audit": Role.AUDITOR}
-
-
-def problem(status: int, title: str, detail: str = "", headers: dict[str, str] | None = None,
-            **members: Any) -> Response:
-    """An RFC 9457 problem document."""
-    body = {"type": PROBLEM_TYPE, "title": title, "status": status, **({"detail": detail} if detail else {}),
-            **members}
-    response = jsonify(body)
-    response.status_code = status
-    response.content_type = "application/problem+json"
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    return response
 
 
 def _challenge(error: str | None = None, description: str = "", scope: str = "") -> dict[str, str]:

@@ -154,7 +154,8 @@ def _start(client: Client, data: Mapping[str, str], live: LoginSession | None = 
         return _error(400, "unsupported_response_type", "response_type must be code.")
     scopes = (data.get("scope") or "openid").split()
     allowed = set(client.scope.split())
-    if not set(scopes) <= allowed or not set(scopes) <= {*oidc_claims.SCOPES, *oidc_claims.ADMIN_SCOPES}:
+    known = {*oidc_claims.SCOPES, *oidc_claims.ADMIN_SCOPES, oidc_claims.ACCOUNT_SCOPE}
+    if not set(scopes) <= allowed or not set(scopes) <= known:
         return _error(400, "invalid_scope", "A requested scope is not allowed for this client.")
     challenge, method = data.get("code_challenge"), data.get("code_challenge_method")
     if challenge is None and client.token_endpoint_auth_method == "none":

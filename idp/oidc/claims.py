@@ -20,6 +20,9 @@ SCOPES = ("openid", "profile", "email", "phone", "offline_access")
 # leave scopes out (RFC 8414 2).
 ADMIN_SCOPE_ROLES = {"idp:admin": "admin", "idp:helpdesk": "helpdesk", "idp:audit": "auditor"}
 ADMIN_SCOPES = tuple(ADMIN_SCOPE_ROLES)
+# The account API's scope (idp.account.api): a first-party app managing its user's own account. Only a first-party
+# client may be registered for it, and no consent page ever shows it. Not advertised either.
+ACCOUNT_SCOPE = "idp:account"
 
 
 def grantable_scope(scope: str, roles: frozenset[str], strong_enough: bool) -> str:

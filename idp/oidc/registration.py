@@ -14,7 +14,7 @@ from idp import audit
 from idp.extensions import db
 from idp.login.assurance import LEVELS
 from idp.models import Client
-from idp.oidc.claims import ADMIN_SCOPES, SCOPES
+from idp.oidc.claims import ACCOUNT_SCOPE, ADMIN_SCOPES, SCOPES
 from idp.oidc.server import ALL_AUTH_METHODS, GRANT_TYPES, client_public_keys
 from idp.security.keys import SUPPORTED_ALGS
 from idp.security.tokens import new_token, token_hash
@@ -50,7 +50,7 @@ def validate_jwks_uri(uri: str) -> str | None:
 # What this server supports, named as in OpenID Provider Metadata (what its discovery document publishes, and the
 # admin scopes, which it does not advertise).
 SUPPORTED = {
-    "scopes_supported": [*SCOPES, *ADMIN_SCOPES], "grant_types_supported": GRANT_TYPES,
+    "scopes_supported": [*SCOPES, *ADMIN_SCOPES, ACCOUNT_SCOPE], "grant_types_supported": GRANT_TYPES,
     "response_types_supported": ["code"],
     "token_endpoint_auth_methods_supported": ALL_AUTH_METHODS, "acr_values_supported": list(LEVELS),
     "id_token_signing_alg_values_supported": list(SUPPORTED_ALGS),
@@ -60,7 +60,8 @@ SUPPORTED = {
 def _refusal(claim: str, metadata: dict) -> str:
     """The one-line reason a registration metadata value is refused."""
     if claim == "scope":
-        unknown = [s for s in metadata["scope"].split() if s not in SCOPES and s not in ADMIN_SCOPES]
+        unknown = [s for s in metadata["scope"].split() if s not in SCOPES and s not in ADMIN_SCOPES
+                   and s != ACCOUNT_SCOPE]
         return f"unknown scopes: {' '.join(unknown)}"
     if claim == "grant_types":
         unknown = [g for g in metadata["grant_types"] if g not in GRANT_TYPES]
@@ -136,6 +137,8 @@ def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: 
         raise ValueError("the idp:* admin scopes are for a confidential client with only the client_credentials "
                          "grant (a machine), or a first-party client (its users' tokens carry them for their "
                          "own roles); no user can consent to them")
+    if ACCOUNT_SCOPE in scopes and not first_party:
+        raise ValueError("the idp:account scope is for first-party clients (their users manage their own account)")
     if method == "private_key_jwt" and not (jwks or jwks_uri):
         raise ValueError("private_key_jwt needs the client's --jwks or --jwks-uri")
     if jwks is not None:

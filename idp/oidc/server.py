@@ -771,7 +771,8 @@ def _registered_method(request, methods: list[str]) -> str | None:
 def create_server(app: Flask) -> AuthorizationServer:
     """One authorization server per app, bound to its settings."""
     server = Server()
-    app.config.setdefault("OAUTH2_SCOPES_SUPPORTED", [*oidc_claims.SCOPES, *oidc_claims.ADMIN_SCOPES])
+    app.config.setdefault("OAUTH2_SCOPES_SUPPORTED", [*oidc_claims.SCOPES, *oidc_claims.ADMIN_SCOPES,
+                                                      oidc_claims.ACCOUNT_SCOPE])
     server.init_app(app, query_client=query_client, save_token=save_token)
     server.register_token_generator("default", AccessTokens(app.config["IDP_ISSUER"]))
     for method in ("client_secret_basic", "private_key_jwt"):

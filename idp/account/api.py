@@ -1,0 +1,369 @@
+"""The account API, /api/v1: a first-party app manages its signed-in user's own account with JSON (what the REST
+service idp replaces offered), on the same code as the hosted account and security pages.
+
+Callers present a bearer access token of idp's own (RFC 6750) issued to a first-party client with the
+``idp:account`` scope (the challenge endpoint, idp.oidc.challenge, or the code flow). Every change to a credential
+or factor needs a recent sign-in strong enough for the user, exactly as the security page does; otherwise the answer
+is 401 with an RFC 9470 challenge (``insufficient_user_authentication`` with ``acr_values`` and ``max_age``), and
+the app steps up at the challenge endpoint with those values. Errors are RFC 9457 problem documents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from functools import wraps
+from typing import Any
+
+from authlib.oauth2.rfc6749.errors import MissingAuthorizationError, OAuth2Error
+from flask import Blueprint, current_app, g, jsonify, request
+from flask_babel import force_locale
+from flask_babel import gettext as _
+from werkzeug.wrappers import Response
+
+from idp import audit, i18n
+from idp.extensions import csrf, db, limiter
+from idp.http import problem
+from idp.login import sessions
+from idp.login.assurance import ACR_MFA, ACR_PASSWORD, meets
+from idp.login.context import confirmed_factors
+from idp.login.enrolment import notify_change
+from idp.login.factors import REGISTRY
+from idp.login.factors.recovery_code import new_recovery_codes_for
+from idp.login.factors.totp import TotpCredential, confirm_totp, start_totp, totp_display
+from idp.models import Client, Consent, Device, Factor, LoginSession, Token, User, utcnow
+from idp.oidc.claims import ACCOUNT_SCOPE, SCOPE_DESCRIPTIONS
+from idp.oidc.server import revoke_family, revoke_for_client
+
+bp = Blueprint("account_api", __name__, url_prefix="/api/v1")
+csrf.exempt(bp)  # bearer tokens, never cookies
+
+
+def _challenge(error: str | None = None, description: str = "", **params: Any) -> dict[str, str]:
+    """RFC 6750 3 (and RFC 9470 3 for a sign-in that is not enough): the WWW-Authenticate challenge."""
+    parts = ['Bearer realm="idp-account"']
+    if error:
+        parts.append(f'error="{error}"')
+    if description:
+        parts.append(f'error_description="{description}"')
+    parts.extend(f'{name}="{value}"' if isinstance(value, str) else f"{name}={value}"
+                 for name, value in params.items())
+    return {"WWW-Authenticate": ", ".join(parts)}
+
+
+def signed_in(view: Callable[..., Any]) -> Callable[..., Any]:
+    """A view for a user's token of a first-party client with the idp:account scope."""
+    @wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        protector = current_app.extensions["idp.resource_protector"]
+        try:
+            token = protector.acquire_token()
+        except MissingAuthorizationError:
+            return problem(401, "Authentication required", "Send an access token: Authorization: Bearer ...",
+                           _challenge())
+        except OAuth2Error:
+            return problem(401, "Invalid token", "The access token is unknown, expired or revoked.",
+                           _challenge("invalid_token", "The access token is not valid"))
+        client = db.session.execute(db.select(Client).where(Client.client_id == token.client_id)).scalar_one_or_none()
+        user = db.session.get(User, token.user_id) if token.user_id is not None else None
+        if (user is None or client is None or not client.first_party
+                or ACCOUNT_SCOPE not in (token.scope or "").split()):
+            return problem(403, "Insufficient scope", "A user's token of a first-party app with the idp:account "
+                           "scope is required.", _challenge("insufficient_scope", "idp:account is required",
+                                                            scope=ACCOUNT_SCOPE))
+        if user.disabled or user.deleted_at is not None:
+            return problem(401, "Invalid token", "The account is disabled.",
+                           _challenge("invalid_token", "The account is disabled"))
+        g.api_token, g.api_user = token, user
+        with force_locale(i18n.first_supported(user.locale) or i18n.LANGUAGES[0]):  # notices in their language
+            return view(*args, **kwargs)
+    return wrapped
+
+
+def recent_sign_in(view: Callable[..., Any]) -> Callable[..., Any]:
+    """A change to a credential or factor: the token's sign-in must be within IDP_STEP_UP_MAX_AGE and reach the
+    level the user signs in at (MFA once they have a factor), as on the security page; otherwise RFC 9470."""
+    @wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        token: Token = g.api_token
+        user: User = g.api_user
+        max_age = current_app.config["IDP_STEP_UP_MAX_AGE"]
+        level = ACR_MFA if confirmed_factors(user) or user.mfa_required else ACR_PASSWORD
+        fresh = token.auth_time is not None and utcnow() - token.auth_time <= timedelta(seconds=max_age)
+        if not fresh or not meets(token.acr or "", level):
+            return problem(401, "Sign in again", "This change needs a recent sign-in at the level shown in the "
+                           "WWW-Authenticate challenge (RFC 9470): step up at the authorization challenge endpoint.",
+                           _challenge("insufficient_user_authentication", "A more recent or stronger sign-in is "
+                                      "required", acr_values=level, max_age=max_age),
+                           acr_values=level, max_age=max_age)
+        return view(*args, **kwargs)
+    return wrapped
+
+
+def user() -> User:
+    return g.api_user
+
+
+def _when(moment: Any) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def profile_json(person: User) -> dict[str, Any]:
+    return {"sub": person.subject, "email": person.email, "email_verified": person.email_verified,
+            "name": person.name, "phone_number": person.phone, "phone_number_verified": person.phone_verified,
+            "locale": person.locale, "mfa": bool(confirmed_factors(person)), "created_at": _when(person.created_at)}
+
+
+def _body() -> dict[str, Any] | Response:
+    data = request.get_json(silent=True) if request.is_json else None
+    if not isinstance(data, dict):
+        return problem(400, "Invalid request", "Send a JSON object (Content-Type: application/json).")
+    if any(isinstance(value, str) and "\x00" in value for value in (*data, *data.values())):
+        return problem(400, "Invalid request", "A NUL character is refused in every field.")
+    return data
+
+
+def _invalid(errors: dict[str, str]) -> Response:
+    return problem(400, "Invalid request", "; ".join(f"{k}: {v}" for k, v in errors.items()), errors=errors)
+
+
+# --- the profile ------------------------------------------------------------------------------------------------
+
+@bp.get("/me")
+@signed_in
+def me() -> Response:
+    """The signed-in user's profile."""
+    return jsonify(profile_json(user()))
+
+
+@bp.patch("/me")
+@signed_in
+def update_me() -> Response:
+    """Change the name or the language (the email and phone change through their own verified flows)."""
+    data = _body()
+    if isinstance(data, Response):
+        return data
+    errors = {name: "not a field that can be changed here" for name in data if name not in ("name", "locale")}
+    name, locale = data.get("name"), data.get("locale", user().locale)
+    if "name" in data and (not isinstance(name, str) or not name.strip() or len(name) > 200):
+        errors["name"] = "a name has 1 to 200 characters"
+    if "locale" in data and locale is not None and locale not in i18n.LANGUAGES:
+        errors["locale"] = f"one of {', '.join(i18n.LANGUAGES)}, or null"
+    if errors:
+        return _invalid(errors)
+    person = user()
+    before = {"name": person.name, "locale": person.locale}
+    if isinstance(name, str):
+        person.name = name.strip()
+    if "locale" in data:
+        person.locale = locale
+    changes = {key: [before[key], getattr(person, key)] for key in before if before[key] != getattr(person, key)}
+    if changes:
+        audit.record("profile.updated", subject=person, changes=changes, via="api")
+    db.session.commit()
+    return jsonify(profile_json(person))
+
+
+# --- factors ----------------------------------------------------------------------------------------------------
+
+def factor_json(factor: Factor) -> dict[str, Any]:
+    return {"id": factor.id, "kind": "otp" if factor.kind == "totp" else factor.kind, "name": factor.name,
+            "created_at": _when(factor.created_at), "last_used_at": _when(factor.last_used_at),
+            "confirmed": factor.confirmed_at is not None}
+
+
+@bp.get("/me/factors")
+@signed_in
+def factors() -> Response:
+    """The user's second factors (no secrets)."""
+    return jsonify({"items": [factor_json(factor) for factor in confirmed_factors(user())]})
+
+
+def _own_factor(factor_id: int) -> Factor | None:
+    factor = db.session.get(Factor, factor_id) if 0 <= factor_id <= 2**31 - 1 else None
+    return factor if factor is not None and factor.user_id == user().id else None
+
+
+@bp.delete("/me/factors/<int:factor_id>")
+@signed_in
+@recent_sign_in
+def remove_factor(factor_id: int) -> Response:
+    """Remove a factor (mailed to the user, as on the security page)."""
+    factor = _own_factor(factor_id)
+    if factor is None:
+        return problem(404, "Not found", "No such factor.")
+    name, kind = factor.name, factor.kind
+    factor_type = REGISTRY.get(kind)
+    if factor_type is not None:
+        factor_type.remove(factor)
+    else:
+        db.session.delete(factor)
+    notify_change(user(), _("The sign-in method “%(name)s” was removed from your account.", name=name),
+                  event="factor.removed", kind=kind, via="api")
+    db.session.commit()
+    return Response(status=204)
+
+
+@bp.post("/me/factors/totp")
+@signed_in
+@recent_sign_in
+@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+def start_otp() -> Response:
+    """Begin adding an authenticator app: the key, its otpauth:// URI and a QR code (SVG); confirm with a code."""
+    key = current_app.config["IDP_SECRET_KEY"]
+    factor = start_totp(user(), utcnow(), key)
+    shown = totp_display(factor, user(), key)
+    db.session.commit()
+    response = jsonify({"id": factor.id, "secret": shown["secret"].replace(" ", ""), "otpauth_uri":
+                        shown["otpauth_uri"], "qr_svg": shown["qr_svg"]})
+    response.status_code = 201
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/me/factors/totp/<int:factor_id>/confirm")
+@signed_in
+@recent_sign_in
+@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+def confirm_otp(factor_id: int) -> Response:
+    """Confirm a new authenticator app with its first code; the user is mailed."""
+    data = _body()
+    if isinstance(data, Response):
+        return data
+    factor = _own_factor(factor_id)
+    if not isinstance(factor, TotpCredential) or factor.confirmed_at is not None:
+        return problem(404, "Not found", "No authenticator app waiting for its first code.")
+    code = data.get("code")
+    if not isinstance(code, str) or not code.strip() or len(code) > 12:
+        return _invalid({"code": "the 6-digit code from the app"})
+    if not confirm_totp(factor, code.strip(), utcnow(), current_app.config["IDP_SECRET_KEY"]):
+        db.session.commit()  # the spent time step stays spent
+        return _invalid({"code": "that code is not right: use the newest code from the app"})
+    notify_change(user(), _("An authenticator app was added to your account."), event="factor.added", kind="totp",
+                  via="api")
+    db.session.commit()
+    return jsonify(factor_json(factor))
+
+
+@bp.post("/me/recovery-codes")
+@signed_in
+@recent_sign_in
+def recovery_codes() -> Response:
+    """Ten new recovery codes, shown in this answer only; the old ones stop working."""
+    codes = new_recovery_codes_for(user(), utcnow(), current_app.config["IDP_SECRET_KEY"])
+    notify_change(user(), _("New recovery codes were made; the old ones no longer work."),
+                  event="recovery_codes.generated", via="api")
+    db.session.commit()
+    response = jsonify({"codes": codes})
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# --- sessions, devices, applications, logout --------------------------------------------------------------------
+
+@bp.get("/me/sessions")
+@signed_in
+def my_sessions() -> Response:
+    """The user's live sessions (browsers and apps), this token's marked current."""
+    current = g.api_token.sid
+    return jsonify({"items": [{"sid": row.sid, "ip": row.ip, "user_agent": row.user_agent,
+                               "created_at": _when(row.created_at), "last_seen_at": _when(row.last_seen_at),
+                               "acr": row.acr, "amr": list(row.amr), "current": row.sid == current}
+                              for row in sessions.live_sessions(user())]})
+
+
+@bp.delete("/me/sessions/<sid>")
+@signed_in
+def end_my_session(sid: str) -> Response:
+    """End one of the user's sessions (its online tokens stop working)."""
+    row = db.session.execute(db.select(LoginSession).where(LoginSession.sid == sid[:64],
+                                                           LoginSession.user_id == user().id,
+                                                           LoginSession.ended_at.is_(None))).scalar_one_or_none()
+    if row is None:
+        return problem(404, "Not found", "No live session of yours with that id.")
+    sessions.end(row, "ended_by_user", utcnow())
+    audit.record("session.ended", subject=user(), sid=row.sid, via="api")
+    db.session.commit()
+    return Response(status=204)
+
+
+@bp.get("/me/devices")
+@signed_in
+def my_devices() -> Response:
+    """The browsers and apps the user signed in from, remembered or not."""
+    rows = db.session.execute(db.select(Device).where(Device.user_id == user().id, Device.revoked_at.is_(None))
+                              .order_by(Device.last_used_at.desc())).scalars()
+    now = utcnow()
+    return jsonify({"items": [{"id": row.id, "name": row.name, "ip": row.ip, "created_at": _when(row.created_at),
+                               "last_used_at": _when(row.last_used_at),
+                               "remembered_until": _when(row.remembered_until)
+                               if row.remembered_until and row.remembered_until > now else None}
+                              for row in rows]})
+
+
+@bp.delete("/me/devices/<int:device_id>")
+@signed_in
+@recent_sign_in
+def forget_my_device(device_id: int) -> Response:
+    """Forget a device: it asks for the second factor again (the user is mailed)."""
+    device = db.session.get(Device, device_id) if 0 <= device_id <= 2**31 - 1 else None
+    if device is None or device.user_id != user().id or device.revoked_at is not None:
+        return problem(404, "Not found", "No such device.")
+    device.remembered_until = None
+    device.revoked_at = utcnow()
+    notify_change(user(), _("The device “%(name)s” is no longer remembered.", name=device.name),
+                  event="device.forgotten", via="api")
+    db.session.commit()
+    return Response(status=204)
+
+
+@bp.get("/me/apps")
+@signed_in
+def my_apps() -> Response:
+    """The applications the user allowed, with what each may see."""
+    rows = db.session.execute(db.select(Consent, Client).join(Client, Client.client_id == Consent.client_id)
+                              .where(Consent.user_id == user().id, Consent.revoked_at.is_(None))).all()
+    return jsonify({"items": [{"client_id": client.client_id, "name": client.name, "scopes": consent.scopes,
+                               "descriptions": [str(SCOPE_DESCRIPTIONS.get(s, s)) for s in consent.scopes],
+                               "granted_at": _when(consent.updated_at)} for consent, client in rows]})
+
+
+@bp.delete("/me/apps/<client_id>")
+@signed_in
+def revoke_my_app(client_id: str) -> Response:
+    """Withdraw an application's access: the consent ends and its tokens for the user are revoked."""
+    consent = db.session.execute(db.select(Consent).where(Consent.user_id == user().id,
+                                                          Consent.client_id == client_id[:128],
+                                                          Consent.revoked_at.is_(None))).scalar_one_or_none()
+    if consent is None:
+        return problem(404, "Not found", "That application has no access to your account.")
+    consent.revoked_at = utcnow()
+    revoked = revoke_for_client(user(), consent.client_id, "consent_revoked")
+    audit.record("consent.revoked", subject=user(), client_id=consent.client_id, tokens_revoked=revoked, via="api")
+    db.session.commit()
+    return Response(status=204)
+
+
+@bp.post("/logout")
+@signed_in
+def logout() -> Response:
+    """End the session this token came from and revoke its token family; ``{"everywhere": true}``: every session
+    and token of the user."""
+    data = request.get_json(silent=True) if request.is_json else {}
+    everywhere = isinstance(data, dict) and data.get("everywhere") is True
+    token: Token = g.api_token
+    now = utcnow()
+    if everywhere:
+        ended, revoked = sessions.sign_out_everywhere(user(), "signed_out_everywhere", now)
+        audit.record("sessions.signed_out_everywhere", subject=user(), sessions_ended=ended, tokens_revoked=revoked,
+                     via="api")
+    else:
+        live = db.session.execute(db.select(LoginSession).where(LoginSession.sid == token.sid)).scalar_one_or_none() \
+            if token.sid else None
+        if live is not None:
+            sessions.end(live, "logout", now)
+        revoked = revoke_family(token.family_id, "logout")
+        audit.record("logout", subject=user(), sid=token.sid, tokens_revoked=revoked, via="api")
+    db.session.commit()
+    return Response(status=204)
+

@@ -1,0 +1,124 @@
+"""The account API (/api/v1) as a native app uses it, with no browser: sign in at the challenge endpoint, manage
+the account, meet the RFC 9470 step-up challenge, step up, refresh, log out."""
+
+from __future__ import annotations
+
+import pytest
+
+from idp.extensions import db
+from idp.models import AuditEvent, Factor, utcnow
+from idp.security.otp import totp_code_at
+from tests.support import PASSWORD, make_client_in, make_user_in, pkce_pair
+from tests.test_challenge import ALICE, CHALLENGE, redeem
+
+API = "/api/v1"
+
+
+@pytest.fixture
+def mobile(app):
+    return make_client_in(app, name="Mobile", redirect_uris=["https://app.example/cb"], public=True,
+                          first_party=True, scopes=["openid", "profile", "email", "offline_access", "idp:account"])
+
+
+def sign_in(http, client_id: str, scope: str = "openid offline_access idp:account", otp: str | None = None,
+            **extra) -> tuple[dict, dict]:
+    """Sign in at the challenge endpoint (answering the TOTP step with ``otp``'s code); returns (tokens, the last
+    challenge answer)."""
+    verifier, challenge = pkce_pair()
+    answer = http.post(CHALLENGE, data={"client_id": client_id, "response_type": "code", "scope": scope,
+                                        "code_challenge": challenge, "code_challenge_method": "S256",
+                                        "username": ALICE, "password": PASSWORD, **extra}).get_json()
+    if "authorization_code" not in answer:
+        assert answer["step"] == "otp", answer
+        answer = http.post(CHALLENGE, data={"auth_session": answer["auth_session"],
+                                            "code": totp_code_at(otp, utcnow())}).get_json()
+    tokens = http.post("/token", data={"grant_type": "authorization_code", "code": answer["authorization_code"],
+                                       "client_id": client_id, "code_verifier": verifier}).get_json()
+    return tokens, answer
+
+
+def bearer(tokens: dict) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+def test_a_native_app_signs_in_manages_factors_steps_up_refreshes_and_logs_out(app, client, mobile):
+    make_user_in(app, name="Alice")
+    tokens, first = sign_in(client, mobile[0])
+    me = client.get(f"{API}/me", headers=bearer(tokens))
+    assert me.status_code == 200 and me.get_json()["email"] == ALICE and me.get_json()["mfa"] is False
+
+    started = client.post(f"{API}/me/factors/totp", headers=bearer(tokens))
+    assert started.status_code == 201 and started.get_json()["otpauth_uri"].startswith("otpauth://totp/")
+    secret, factor_id = started.get_json()["secret"], started.get_json()["id"]
+    confirmed = client.post(f"{API}/me/factors/totp/{factor_id}/confirm", headers=bearer(tokens),
+                            json={"code": totp_code_at(secret, utcnow())})
+    assert confirmed.status_code == 200 and confirmed.get_json()["confirmed"] is True
+    assert [f["kind"] for f in client.get(f"{API}/me/factors", headers=bearer(tokens)).get_json()["items"]] == ["otp"]
+
+    # The first token's sign-in (a password) is no longer enough for a change now that the user has a factor.
+    refused = client.delete(f"{API}/me/factors/{factor_id}", headers=bearer(tokens))
+    assert refused.status_code == 401
+    challenge = refused.headers["WWW-Authenticate"]
+    assert 'error="insufficient_user_authentication"' in challenge and 'acr_values="urn:idp:acr:mfa"' in challenge
+    assert "max_age=" in challenge and refused.content_type == "application/problem+json"
+
+    # Step up on the same session (only the factor is asked), then the change goes through.
+    verifier, code_challenge = pkce_pair()
+    step = client.post(CHALLENGE, data={"auth_session": first["auth_session"], "client_id": mobile[0],
+                                        "response_type": "code", "scope": "openid offline_access idp:account",
+                                        "code_challenge": code_challenge, "code_challenge_method": "S256",
+                                        "acr_values": "urn:idp:acr:mfa"}).get_json()
+    assert step["step"] == "otp"
+    done = client.post(CHALLENGE, data={"auth_session": step["auth_session"],
+                                        "code": totp_code_at(secret, utcnow() + __import__("datetime").timedelta(
+                                            seconds=30))}).get_json()
+    claims = redeem(client, mobile[0], done["authorization_code"], verifier)
+    assert claims["acr"] == "urn:idp:acr:mfa"
+    stronger = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
+                                           "client_id": mobile[0]}).get_json()
+    assert "access_token" in stronger  # refreshing keeps the old sign-in's level: still refused below
+    assert client.delete(f"{API}/me/factors/{factor_id}", headers=bearer(stronger)).status_code == 401
+
+    verifier, code_challenge = pkce_pair()
+    step = client.post(CHALLENGE, data={"auth_session": done["auth_session"], "client_id": mobile[0],
+                                        "response_type": "code", "scope": "openid offline_access idp:account",
+                                        "code_challenge": code_challenge, "code_challenge_method": "S256",
+                                        "acr_values": "urn:idp:acr:mfa"}).get_json()
+    fresh = client.post("/token", data={"grant_type": "authorization_code", "code": step["authorization_code"],
+                                        "client_id": mobile[0], "code_verifier": verifier}).get_json()
+    assert client.delete(f"{API}/me/factors/{factor_id}", headers=bearer(fresh)).status_code == 204
+    with app.app_context():
+        assert db.session.get(Factor, factor_id) is None
+
+    sessions = client.get(f"{API}/me/sessions", headers=bearer(fresh)).get_json()["items"]
+    assert [row["current"] for row in sessions] == [True]
+    assert client.post(f"{API}/logout", headers=bearer(fresh)).status_code == 204
+    assert client.get(f"{API}/me", headers=bearer(fresh)).status_code == 401
+    again = client.post("/token", data={"grant_type": "refresh_token", "refresh_token": fresh["refresh_token"],
+                                        "client_id": mobile[0]})
+    assert again.status_code == 400 and again.get_json()["error"] == "invalid_grant"
+
+
+def test_the_api_needs_a_first_party_users_token_with_the_account_scope(app, client, mobile):
+    make_user_in(app)
+    assert client.get(f"{API}/me").status_code == 401
+    narrow, _answer = sign_in(client, mobile[0], scope="openid")
+    refused = client.get(f"{API}/me", headers=bearer(narrow))
+    assert refused.status_code == 403 and 'error="insufficient_scope"' in refused.headers["WWW-Authenticate"]
+    from idp.oidc.registration import create_client
+    with app.app_context(), pytest.raises(ValueError, match="idp:account"):
+        create_client(name="x", redirect_uris=["https://rp.example/cb"], post_logout_redirect_uris=[], public=True,
+                      grant_types=[], scopes=["openid", "idp:account"], auth_method=None, first_party=False)
+
+
+def test_profile_changes_are_checked_and_audited(app, client, mobile):
+    make_user_in(app, name="Alice")
+    tokens, _answer = sign_in(client, mobile[0])
+    changed = client.patch(f"{API}/me", headers=bearer(tokens), json={"name": "Alice L.", "locale": "fr"})
+    assert changed.status_code == 200 and changed.get_json()["locale"] == "fr"
+    for body in ({"email": "x@example.com"}, {"name": ""}, {"locale": "xx"}, {"name": "a\x00"}, ["list"]):
+        response = client.patch(f"{API}/me", headers=bearer(tokens), json=body)
+        assert response.status_code == 400 and response.content_type == "application/problem+json", body
+    with app.app_context():
+        row = db.session.execute(db.select(AuditEvent).where(AuditEvent.event == "profile.updated")).scalar_one()
+        assert row.details["changes"]["name"] == ["Alice", "Alice L."]
