@@ -22,6 +22,7 @@ from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
 from idp import audit, i18n
+from idp.account.openapi import document
 from idp.extensions import csrf, db, limiter
 from idp.http import problem
 from idp.login import sessions
@@ -125,6 +126,12 @@ def _body() -> dict[str, Any] | Response:
 
 def _invalid(errors: dict[str, str]) -> Response:
     return problem(400, "Invalid request", "; ".join(f"{k}: {v}" for k, v in errors.items()), errors=errors)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3.1 document of this API."""
+    return jsonify(document(current_app.config["IDP_ISSUER"]))
 
 
 # --- the profile ------------------------------------------------------------------------------------------------
@@ -349,8 +356,14 @@ def revoke_my_app(client_id: str) -> Response:
 def logout() -> Response:
     """End the session this token came from and revoke its token family; ``{"everywhere": true}``: every session
     and token of the user."""
-    data = request.get_json(silent=True) if request.is_json else {}
-    everywhere = isinstance(data, dict) and data.get("everywhere") is True
+    everywhere = False
+    if request.get_data():
+        data = _body()
+        if isinstance(data, Response):
+            return data
+        if set(data) - {"everywhere"} or not isinstance(data.get("everywhere", False), bool):
+            return _invalid({"everywhere": "true or false (and nothing else)"})
+        everywhere = data.get("everywhere", False)
     token: Token = g.api_token
     now = utcnow()
     if everywhere:

@@ -1,0 +1,135 @@
+"""The OpenAPI 3.1 document of the account API (idp.account.api), served at /api/v1/openapi.json.
+
+Written out, like the admin API's (idp.admin.openapi); tests/test_account_openapi.py holds it to the routes and
+runs schemathesis against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PROBLEM = {"$ref": "#/components/responses/Problem"}
+TEXT = {"type": "string", "pattern": "^[^\\u0000]*$"}
+ID = {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}
+DATE = {"type": ["string", "null"], "format": "date-time"}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(code): PROBLEM for code in (401, 403, *codes)}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _items(schema: str) -> dict[str, Any]:
+    return _json({"type": "object", "required": ["items"], "properties": {
+        "items": {"type": "array", "items": {"$ref": f"#/components/schemas/{schema}"}}}}, f"{schema} list")
+
+
+def _path(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+STEP_UP = "401 with an RFC 9470 challenge when the token's sign-in is too old or too weak"
+
+
+def document(issuer: str) -> dict[str, Any]:
+    """The document, with the server's own address."""
+    ref = {"$ref": "#/components/schemas/Profile"}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "idp account API", "version": "1",
+                 "description": "A first-party app manages its signed-in user's account. Authenticate with a user's "
+                                "access token of a first-party client carrying the idp:account scope."},
+        "servers": [{"url": f"{issuer}/api/v1"}],
+        "security": [{"bearer": []}],
+        "paths": {
+            "/me": {
+                "get": {"summary": "The signed-in user's profile", "responses": {"200": _json(ref, "Profile"),
+                                                                                 **_errors()}},
+                "patch": {"summary": "Change the name or the language",
+                          "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                              "type": "object", "additionalProperties": False, "properties": {
+                                  "name": {**TEXT, "minLength": 1, "maxLength": 200},
+                                  "locale": {"type": ["string", "null"], "enum": ["en", "fr", "de", None]}}}}}},
+                          "responses": {"200": _json(ref, "The changed profile"), **_errors(400)}},
+            },
+            "/me/factors": {"get": {"summary": "Second factors (no secrets)",
+                                    "responses": {"200": _items("Factor"), **_errors()}}},
+            "/me/factors/{factor_id}": {"delete": {
+                "summary": f"Remove a factor (the user is mailed); {STEP_UP}", "parameters": [_path("factor_id", ID)],
+                "responses": {"204": {"description": "Removed"}, **_errors(404)}}},
+            "/me/factors/totp": {"post": {
+                "summary": f"Begin adding an authenticator app; {STEP_UP}",
+                "responses": {"201": _json({"type": "object", "required": ["id", "secret", "otpauth_uri", "qr_svg"],
+                                            "properties": {"id": {"type": "integer"}, "secret": {"type": "string"},
+                                                           "otpauth_uri": {"type": "string"},
+                                                           "qr_svg": {"type": "string"}}},
+                                           "The key, its otpauth:// URI and a QR code"), **_errors(429)}}},
+            "/me/factors/totp/{factor_id}/confirm": {"post": {
+                "summary": f"Confirm a new authenticator app with its first code; {STEP_UP}",
+                "parameters": [_path("factor_id", ID)],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["code"], "properties": {"code": {**TEXT, "maxLength": 12}}}}}},
+                "responses": {"200": _json({"$ref": "#/components/schemas/Factor"}, "The confirmed factor"),
+                              **_errors(400, 404, 429)}}},
+            "/me/recovery-codes": {"post": {
+                "summary": f"Ten new recovery codes, shown once; {STEP_UP}",
+                "responses": {"200": _json({"type": "object", "required": ["codes"], "properties": {
+                    "codes": {"type": "array", "items": {"type": "string"}}}}, "The codes"), **_errors()}}},
+            "/me/sessions": {"get": {"summary": "Live sessions", "responses": {"200": _items("Session"),
+                                                                              **_errors()}}},
+            "/me/sessions/{sid}": {"delete": {"summary": "End a session", "parameters": [_path("sid", TEXT)],
+                                              "responses": {"204": {"description": "Ended"}, **_errors(404)}}},
+            "/me/devices": {"get": {"summary": "Browsers and apps signed in from",
+                                    "responses": {"200": _items("Device"), **_errors()}}},
+            "/me/devices/{device_id}": {"delete": {
+                "summary": f"Forget a device; {STEP_UP}", "parameters": [_path("device_id", ID)],
+                "responses": {"204": {"description": "Forgotten"}, **_errors(404)}}},
+            "/me/apps": {"get": {"summary": "Applications allowed", "responses": {"200": _items("App"),
+                                                                                 **_errors()}}},
+            "/me/apps/{client_id}": {"delete": {
+                "summary": "Withdraw an application's access (its tokens are revoked)",
+                "parameters": [_path("client_id", TEXT)],
+                "responses": {"204": {"description": "Withdrawn"}, **_errors(404)}}},
+            "/logout": {"post": {
+                "summary": "End this token's session and token family; everywhere: every session and token",
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {"everywhere": {"type": "boolean"}}}}}},
+                "responses": {"204": {"description": "Signed out"}, **_errors(400)}}},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "responses": {"Problem": {"description": "An RFC 9457 problem document", "content": {
+                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}},
+            "schemas": {
+                "Problem": {"type": "object", "required": ["type", "title", "status"], "properties": {
+                    "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+                    "detail": {"type": "string"}, "acr_values": {"type": "string"}, "max_age": {"type": "integer"},
+                    "errors": {"type": "object", "additionalProperties": {"type": "string"}}}},
+                "Profile": {"type": "object", "required": ["sub", "email", "email_verified", "name", "mfa"],
+                            "properties": {"sub": {"type": "string"}, "email": {"type": "string"},
+                                           "email_verified": {"type": "boolean"}, "name": {"type": "string"},
+                                           "phone_number": {"type": ["string", "null"]},
+                                           "phone_number_verified": {"type": "boolean"},
+                                           "locale": {"type": ["string", "null"]}, "mfa": {"type": "boolean"},
+                                           "created_at": DATE}},
+                "Factor": {"type": "object", "required": ["id", "kind", "name"], "properties": {
+                    "id": {"type": "integer"}, "kind": {"type": "string"}, "name": {"type": "string"},
+                    "created_at": DATE, "last_used_at": DATE, "confirmed": {"type": "boolean"}}},
+                "Session": {"type": "object", "required": ["sid", "current"], "properties": {
+                    "sid": {"type": "string"}, "ip": {"type": "string"}, "user_agent": {"type": "string"},
+                    "created_at": DATE, "last_seen_at": DATE, "acr": {"type": "string"},
+                    "amr": {"type": "array", "items": {"type": "string"}}, "current": {"type": "boolean"}}},
+                "Device": {"type": "object", "required": ["id", "name"], "properties": {
+                    "id": {"type": "integer"}, "name": {"type": "string"}, "ip": {"type": "string"},
+                    "created_at": DATE, "last_used_at": DATE, "remembered_until": DATE}},
+                "App": {"type": "object", "required": ["client_id", "name", "scopes"], "properties": {
+                    "client_id": {"type": "string"}, "name": {"type": "string"},
+                    "scopes": {"type": "array", "items": {"type": "string"}},
+                    "descriptions": {"type": "array", "items": {"type": "string"}}, "granted_at": DATE}},
+            },
+        },
+    }
