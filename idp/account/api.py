@@ -258,7 +258,7 @@ def confirm_otp(factor_id: int) -> Response:
 def recovery_codes() -> Response:
     """Ten new recovery codes, shown in this answer only; the old ones stop working."""
     codes = new_recovery_codes_for(user(), utcnow(), current_app.config["IDP_SECRET_KEY"])
-    notify_change(user(), _("New recovery codes were made; the old ones no longer work."),
+    notify_change(user(), _("New recovery codes were generated; the old ones no longer work."),
                   event="recovery_codes.generated", via="api")
     db.session.commit()
     response = jsonify({"codes": codes})
