@@ -122,3 +122,31 @@ def test_profile_changes_are_checked_and_audited(app, client, mobile):
     with app.app_context():
         row = db.session.execute(db.select(AuditEvent).where(AuditEvent.event == "profile.updated")).scalar_one()
         assert row.details["changes"]["name"] == ["Alice", "Alice L."]
+
+
+def test_password_change_forgot_and_reset_through_the_api(app, client, mobile, mailbox):
+    from tests.support import link_in
+
+    make_user_in(app)
+    tokens, _answer = sign_in(client, mobile[0])
+    other = app.test_client()
+    other_tokens, _other = sign_in(other, mobile[0], scope="openid idp:account")  # online: ends with its session
+    wrong = client.post(f"{API}/me/password", headers=bearer(tokens),
+                        json={"current_password": "not it", "new_password": "a new long passphrase 1"})
+    assert wrong.status_code == 400 and "current_password" in wrong.get_json()["errors"]
+    changed = client.post(f"{API}/me/password", headers=bearer(tokens),
+                          json={"current_password": PASSWORD, "new_password": "a new long passphrase 1"})
+    assert changed.status_code == 204
+    assert client.get(f"{API}/me", headers=bearer(tokens)).status_code == 200  # this session stays
+    assert other.get(f"{API}/me", headers=bearer(other_tokens)).status_code == 401  # the other one ended
+
+    for email in (ALICE, "nobody@example.com"):  # the same answer with or without an account
+        assert client.post(f"{API}/password/forgot", json={"email": email}).status_code == 202
+    token = link_in(mailbox.last(ALICE, "Reset"), "/reset#").rpartition("#")[2]
+    weak = client.post(f"{API}/password/reset", json={"token": token, "password": "password"})
+    assert weak.status_code == 400 and "password" in weak.get_json()["errors"]
+    assert client.post(f"{API}/password/reset", json={"token": token, "password": "the reset passphrase 2"}
+                       ).status_code == 204
+    assert client.get(f"{API}/me", headers=bearer(tokens)).status_code == 401  # a reset ends every session
+    again = client.post(f"{API}/password/reset", json={"token": token, "password": "another passphrase 3"})
+    assert again.status_code == 400 and again.get_json()["title"] == "Invalid token"

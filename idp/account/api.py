@@ -22,9 +22,11 @@ from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
 from idp import audit, i18n
+from idp.account import passwords
 from idp.account.openapi import document
 from idp.extensions import csrf, db, limiter
 from idp.http import problem
+from idp.jobs import enqueue
 from idp.login import sessions
 from idp.login.assurance import ACR_MFA, ACR_PASSWORD, meets
 from idp.login.context import confirmed_factors
@@ -33,6 +35,7 @@ from idp.login.factors import REGISTRY
 from idp.login.factors.recovery_code import new_recovery_codes_for
 from idp.login.factors.totp import TotpCredential, confirm_totp, start_totp, totp_display
 from idp.models import Client, Consent, Device, Factor, LoginSession, Token, User, utcnow
+from idp.models.user import normalize_email
 from idp.oidc.claims import ACCOUNT_SCOPE, SCOPE_DESCRIPTIONS
 from idp.oidc.server import revoke_family, revoke_for_client
 
@@ -169,6 +172,78 @@ def update_me() -> Response:
         audit.record("profile.updated", subject=person, changes=changes, via="api")
     db.session.commit()
     return jsonify(profile_json(person))
+
+
+# --- passwords --------------------------------------------------------------------------------------------------
+
+def _password_errors(errors: dict[str, list[str]], names: dict[str, str]) -> Response:
+    return _invalid({names.get(field, field): " ".join(messages) for field, messages in errors.items()})
+
+
+@bp.post("/me/password")
+@signed_in
+@recent_sign_in
+def change_password() -> Response:
+    """Change the password with the current one (throttled like a sign-in); the user's other sessions end and they
+    are mailed. This token's session stays."""
+    data = _body()
+    if isinstance(data, Response):
+        return data
+    current, new = data.get("current_password"), data.get("new_password")
+    if set(data) - {"current_password", "new_password"} or not isinstance(current, str) or not isinstance(new, str):
+        return _invalid({"body": "current_password and new_password, both strings"})
+    token: Token = g.api_token
+    keep = db.session.execute(db.select(LoginSession).where(LoginSession.sid == token.sid)).scalar_one_or_none() \
+        if token.sid else None
+    errors = passwords.change(user(), current, new, ip=g.client_ip, keep=keep, via="api")
+    if errors is not None:
+        return _password_errors(errors, {"current": "current_password", "password": "new_password"})
+    return Response(status=204)
+
+
+def _unsigned_body() -> dict[str, Any] | Response:
+    """The body of a call made before any sign-in (forgot, reset): a JSON object of strings."""
+    data = _body()
+    if isinstance(data, Response):
+        return data
+    if not all(isinstance(value, str) and len(value) <= 4096 for value in data.values()):
+        return _invalid({"body": "string values of at most 4096 characters"})
+    return data
+
+
+@bp.post("/password/forgot")
+@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+def forgot_password() -> Response:
+    """Mail a reset link, as /forgot does: 202 whether or not the address has an account (no enumeration)."""
+    data = _unsigned_body()
+    if isinstance(data, Response):
+        return data
+    email = data.get("email", "")
+    if set(data) - {"email"} or not email or len(email) > 320:
+        return _invalid({"email": "an email address"})
+    enqueue("start_password_reset", email=normalize_email(email), ip=g.client_ip, user_agent=g.user_agent)
+    return Response(status=202)
+
+
+@bp.post("/password/reset")
+@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+def reset_password() -> Response:
+    """Set a new password with the token of a mailed reset link (the part after '#'): used once; every session ends
+    and every token is revoked; the app then signs the user in again."""
+    data = _unsigned_body()
+    if isinstance(data, Response):
+        return data
+    if set(data) - {"token", "password"} or not data.get("token") or "password" not in data:
+        return _invalid({"body": "token and password"})
+    row = passwords.reset_link(data["token"].strip().rpartition("#")[2])
+    if row is None:
+        return problem(400, "Invalid token", "The link has expired, was already used, or was replaced.")
+    errors = passwords.reset(row, data["password"], via="api")
+    if errors is not None:
+        if "token" in errors:
+            return problem(400, "Invalid token", "The link has expired, was already used, or was replaced.")
+        return _password_errors(errors, {})
+    return Response(status=204)
 
 
 # --- factors ----------------------------------------------------------------------------------------------------

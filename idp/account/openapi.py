@@ -55,6 +55,26 @@ def document(issuer: str) -> dict[str, Any]:
                                   "locale": {"type": ["string", "null"], "enum": ["en", "fr", "de", None]}}}}}},
                           "responses": {"200": _json(ref, "The changed profile"), **_errors(400)}},
             },
+            "/me/password": {"post": {
+                "summary": f"Change the password with the current one (other sessions end); {STEP_UP}",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["current_password", "new_password"],
+                    "additionalProperties": False, "properties": {"current_password": TEXT,
+                                                                  "new_password": TEXT}}}}},
+                "responses": {"204": {"description": "Changed"}, **_errors(400)}}},
+            "/password/forgot": {"post": {
+                "summary": "Mail a password reset link (202 whether or not the address has an account)",
+                "security": [], "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["email"], "additionalProperties": False,
+                    "properties": {"email": {**TEXT, "maxLength": 320}}}}}},
+                "responses": {"202": {"description": "Accepted"}, "400": PROBLEM, "429": PROBLEM}}},
+            "/password/reset": {"post": {
+                "summary": "Set a new password with the token of a mailed reset link (every session ends)",
+                "security": [], "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["token", "password"], "additionalProperties": False,
+                    "properties": {"token": {**TEXT, "maxLength": 4096},
+                                   "password": {**TEXT, "maxLength": 4096}}}}}},
+                "responses": {"204": {"description": "Changed"}, "400": PROBLEM, "429": PROBLEM}}},
             "/me/factors": {"get": {"summary": "Second factors (no secrets)",
                                     "responses": {"200": _items("Factor"), **_errors()}}},
             "/me/factors/{factor_id}": {"delete": {

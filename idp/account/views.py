@@ -7,7 +7,7 @@ from flask_babel import gettext as _
 from sqlalchemy.exc import IntegrityError
 
 from idp import audit, i18n
-from idp.account import confirm
+from idp.account import confirm, passwords
 from idp.account import jobs as account_jobs  # noqa: F401  (registers the account jobs)
 from idp.account import phone as profile_phone
 from idp.account.security import recent_auth_required
@@ -21,11 +21,9 @@ from idp.login.browser import (
     current_session,
     login_required,
     signed_in,
-    throttle,
     unlock_account,
 )
 from idp.login.codes import mask_phone
-from idp.login.context import too_many_attempts
 from idp.login.forms import (
     ChangePasswordForm,
     CodeForm,
@@ -36,15 +34,13 @@ from idp.login.forms import (
     ProfileForm,
     SignUpForm,
 )
-from idp.login.mfa import has_second_factor
-from idp.login.throttle import account_key
 from idp.login.verification import PURPOSE as VERIFY_PURPOSE
 from idp.login.verification import mark_verified
 from idp.models import Client, Consent, LoginSession, LoginTransaction, User, utcnow
 from idp.models.user import normalize_email
 from idp.oidc.claims import SCOPE_DESCRIPTIONS
 from idp.oidc.server import revoke_for_client
-from idp.security.passwords import hash_password, password_problems, verify_password
+from idp.security.passwords import hash_password, password_problems
 
 bp = Blueprint("account", __name__)
 
@@ -168,35 +164,22 @@ def reset_password():
     """Choose a new password from an emailed link; every session of the account ends."""
     if request.method == "GET":
         return _link_page(_("Choose a new password"), _("Open the link from the mail to choose a new password."))
-    now = utcnow()
     token = _link_token()
     # An invitation (a user an administrator created) sets the first password through the same page.
-    row = _link_row("password_reset", token, "IDP_RESET_LINK_TTL") or _link_row("invite", token,
-                                                                                 "IDP_INVITE_LINK_TTL")
+    row = passwords.reset_link(token)
     if row is None:
         return _link_error()
     user = row.user
     form = NewPasswordForm()
     if "password" in request.form and form.validate_on_submit():
-        problems = password_problems(form.password.data, single_factor=not has_second_factor(user),
-                                     context=(user.email.split("@")[0], user.name))
-        if not problems and not onetime.use(row, now):  # another request used it in the meantime (SECURITY.md 32)
-            return _link_error()
-        if not problems:
-            user.password_hash = hash_password(form.password.data)
-            user.password_changed_at = now
-            user.failed_logins = 0
-            user.locked_at = None
-            if user.email_verified_at is None and row.email == user.email:
-                user.email_verified_at = now  # the link proved the address
-            ended, revoked = sessions.sign_out_everywhere(user, "password_reset", now)
-            audit.record("password.reset", subject=user, sessions_ended=ended, tokens_revoked=revoked)
-            db.session.commit()
-            enqueue("send_mail", to=user.email, template="password_changed", context={"name": user.name})
+        errors = passwords.reset(row, form.password.data)
+        if errors is None:
             # A reset never signs in: the user signs in again, with every factor (SECURITY.md 20).
             flash(_("Your password was changed. Sign in with the new one."))
             return redirect(url_for("login.begin"))
-        form.add_error(form.password, *problems)
+        if "token" in errors:  # another request used it in the meantime (SECURITY.md 32)
+            return _link_error()
+        form.add_error(form.password, *errors["password"])
     return render_template("account/reset.html", form=form, email=user.email, token=token)
 
 
@@ -430,32 +413,12 @@ def change_password():
     """Change the password: a recent sign-in and the current password are required, and other sessions end
     (SECURITY.md 20, 27)."""
     live = signed_in()
-    user = live.user
     form = ChangePasswordForm()
     if form.validate_on_submit():
-        keys = {"account": account_key(user.email), "ip": g.client_ip}
-        limiter_ = throttle()
-        wait = limiter_.retry_after("password", keys)
-        if wait:
-            form.add_error(form.current, too_many_attempts(wait))
-        elif not verify_password(user.password_hash, form.current.data):
-            limiter_.failed("password", keys)
-            audit.record("password.change_failed", subject=user, reason="bad_password", durable=True)
-            db.session.commit()
-            form.add_error(form.current, _("Your current password is not right."))
-        else:
-            problems = password_problems(form.password.data, single_factor=not has_second_factor(user),
-                                         context=(user.email.split("@")[0], user.name))
-            if problems:
-                form.add_error(form.password, *problems)
-            else:
-                now = utcnow()
-                user.password_hash = hash_password(form.password.data)
-                user.password_changed_at = now
-                ended = sessions.end_all(user, "password_changed", now, keep=live)
-                audit.record("password.changed", subject=user, sessions_ended=ended)
-                db.session.commit()
-                enqueue("send_mail", to=user.email, template="password_changed", context={"name": user.name})
-                flash(_("Your password was changed. Your other sessions were signed out."))
-                return redirect(url_for("account.home"))
+        errors = passwords.change(live.user, form.current.data, form.password.data, ip=g.client_ip, keep=live)
+        if errors is None:
+            flash(_("Your password was changed. Your other sessions were signed out."))
+            return redirect(url_for("account.home"))
+        for name, messages in errors.items():
+            form.add_error(form.current if name == "current" else form.password, *messages)
     return render_template("account/password.html", form=form)
