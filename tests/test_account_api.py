@@ -150,3 +150,39 @@ def test_password_change_forgot_and_reset_through_the_api(app, client, mobile, m
     assert client.get(f"{API}/me", headers=bearer(tokens)).status_code == 401  # a reset ends every session
     again = client.post(f"{API}/password/reset", json={"token": token, "password": "another passphrase 3"})
     assert again.status_code == 400 and again.get_json()["title"] == "Invalid token"
+
+
+def test_a_native_app_registers_a_user_who_verifies_the_mailed_code_and_is_signed_in(app, client, mobile, mailbox):
+    from tests.support import code_in
+
+    verifier, challenge = pkce_pair()
+    body = {"client_id": mobile[0], "email": "new@example.com", "name": "New", "password": "a fine passphrase 9",
+            "scope": "openid idp:account", "code_challenge": challenge, "code_challenge_method": "S256"}
+    started = client.post(f"{API}/register", json=body)
+    assert started.status_code == 202 and started.get_json()["step"] == "email_verification"
+    code = code_in(mailbox.last("new@example.com"))
+    wrong = client.post(CHALLENGE, data={"auth_session": started.get_json()["auth_session"], "code": "000000"})
+    assert wrong.status_code == 400 and wrong.get_json()["step"] == "email_verification"
+    done = client.post(CHALLENGE, data={"auth_session": wrong.get_json()["auth_session"], "code": code})
+    assert done.status_code == 200, done.get_json()
+    tokens = client.post("/token", data={"grant_type": "authorization_code", "client_id": mobile[0],
+                                         "code": done.get_json()["authorization_code"],
+                                         "code_verifier": verifier}).get_json()
+    profile = client.get(f"{API}/me", headers=bearer(tokens)).get_json()
+    assert profile["email"] == "new@example.com" and profile["email_verified"] is True
+
+
+def test_registering_an_existing_address_answers_the_same_and_mails_its_owner(app, client, mobile, mailbox):
+    make_user_in(app)
+    _verifier, challenge = pkce_pair()
+    body = {"client_id": mobile[0], "email": ALICE, "name": "Mallory", "password": "a fine passphrase 9",
+            "code_challenge": challenge, "code_challenge_method": "S256"}
+    taken = client.post(f"{API}/register", json=body)
+    fresh = client.post(f"{API}/register", json={**body, "email": "free@example.com"})
+    assert taken.status_code == fresh.status_code == 202
+    assert set(taken.get_json()) == set(fresh.get_json()) and taken.get_json()["step"] == "email_verification"
+    assert "already" in mailbox.last(ALICE)["text"].lower()
+    for bad in ({**body, "email": "not an address"}, {**body, "password": "password"}, {**body, "client_id": "x"},
+                {**body, "admin": "true"}):
+        response = client.post(f"{API}/register", json=bad)
+        assert response.status_code in (400, 401) and response.content_type == "application/problem+json", bad

@@ -158,9 +158,25 @@ def test_wrong_codes_are_throttled_like_the_hosted_pages(make_app):
     assert "Too many" in refused.get_json()["error_description"]
 
 
-def test_an_unverified_address_is_sent_to_the_browser(app, client, app_client):
+def test_an_unverified_address_is_verified_with_the_mailed_code(app, client, app_client, mailbox):
+    from tests.support import code_in
+
     make_user_in(app, verified=False)
-    response, _v = start(client, app_client[0])
+    response, verifier = start(client, app_client[0])
+    body = response.get_json()
+    assert response.status_code == 403 and body["step"] == "email_verification"
+    done = client.post(CHALLENGE, data={"auth_session": body["auth_session"], "code": code_in(mailbox.last(ALICE))})
+    assert done.status_code == 200, done.get_json()
+    assert redeem(client, app_client[0], done.get_json()["authorization_code"], verifier)["amr"] == ["pwd"]
+    with app.app_context():
+        assert db.session.execute(db.select(User).where(User.email == ALICE)).scalar_one().email_verified
+
+
+def test_a_factor_the_policy_demands_and_the_user_lacks_is_added_in_a_browser(app, client):
+    make_user_in(app)
+    strict = make_client_in(app, name="Bank", redirect_uris=["https://bank.example/cb"], public=True,
+                            first_party=True, mfa="required")
+    response, _v = start(client, strict[0])
     assert response.status_code == 403 and response.get_json()["error"] == "redirect_to_web"
 
 

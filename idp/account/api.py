@@ -16,6 +16,7 @@ from functools import wraps
 from typing import Any
 
 from authlib.oauth2.rfc6749.errors import MissingAuthorizationError, OAuth2Error
+from email_validator import EmailNotValidError, validate_email
 from flask import Blueprint, current_app, g, jsonify, request
 from flask_babel import force_locale
 from flask_babel import gettext as _
@@ -23,6 +24,7 @@ from werkzeug.wrappers import Response
 
 from idp import audit, i18n
 from idp.account import passwords
+from idp.account import signup as accounts
 from idp.account.openapi import document
 from idp.extensions import csrf, db, limiter
 from idp.http import problem
@@ -36,8 +38,9 @@ from idp.login.factors.recovery_code import new_recovery_codes_for
 from idp.login.factors.totp import TotpCredential, confirm_totp, start_totp, totp_display
 from idp.models import Client, Consent, Device, Factor, LoginSession, Token, User, utcnow
 from idp.models.user import normalize_email
+from idp.oidc.challenge import start_signup
 from idp.oidc.claims import ACCOUNT_SCOPE, SCOPE_DESCRIPTIONS
-from idp.oidc.server import revoke_family, revoke_for_client
+from idp.oidc.server import current_server, revoke_family, revoke_for_client
 
 bp = Blueprint("account_api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)  # bearer tokens, never cookies
@@ -172,6 +175,60 @@ def update_me() -> Response:
         audit.record("profile.updated", subject=person, changes=changes, via="api")
     db.session.commit()
     return jsonify(profile_json(person))
+
+
+# --- registration -----------------------------------------------------------------------------------------------
+
+def _app_client(data: dict[str, Any]) -> Client | Response:
+    """The first-party app calling before any sign-in: a confidential one authenticates (HTTP Basic), a public one
+    names itself with client_id."""
+    if "Authorization" in request.headers:
+        server = current_server()
+        try:
+            client = server.authenticate_client(server.create_oauth2_request(request), ["client_secret_basic"])
+        except OAuth2Error:
+            return problem(401, "Invalid client", "Client authentication failed.", _challenge("invalid_client"))
+    else:
+        client_id = data.get("client_id")
+        client = db.session.execute(db.select(Client).where(Client.client_id == str(client_id)[:64])
+                                    ).scalar_one_or_none() if client_id else None
+        if client is None or client.token_endpoint_auth_method != "none":
+            return problem(401, "Invalid client", "Name a public first-party client (client_id), or authenticate.")
+    if not client.first_party:
+        return problem(403, "Forbidden", "Only first-party apps may register users.")
+    return client
+
+
+@bp.post("/register")
+@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+def register() -> Response:
+    """Create an account (unverified) and mail the code that verifies it; the same 202 answer whether or not the
+    address has an account (that address gets an "account exists" mail instead). The app then sends the code to
+    the authorization challenge endpoint with the auth_session, and receives an authorization code."""
+    data = _unsigned_body()
+    if isinstance(data, Response):
+        return data
+    client = _app_client(data)
+    if isinstance(client, Response):
+        return client
+    allowed = {"client_id", "email", "name", "password", "scope", "code_challenge", "code_challenge_method", "nonce"}
+    errors = {name: "not a field of a registration" for name in set(data) - allowed}
+    email, name, password = data.get("email", ""), data.get("name", ""), data.get("password", "")
+    try:
+        validate_email(email, check_deliverability=False)
+    except EmailNotValidError:
+        errors["email"] = "a valid email address"
+    if not name.strip() or len(name) > 200:
+        errors["name"] = "a name has 1 to 200 characters"
+    if not password:
+        errors["password"] = "a password"
+    if errors:
+        return _invalid(errors)
+    registration = accounts.register(email, name, password, via="api", client_id=client.client_id)
+    if registration.problems:
+        db.session.rollback()
+        return _invalid({"password": " ".join(registration.problems)})
+    return start_signup(client, data, registration.user, registration.existing)
 
 
 # --- passwords --------------------------------------------------------------------------------------------------

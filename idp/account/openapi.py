@@ -62,6 +62,17 @@ def document(issuer: str) -> dict[str, Any]:
                     "additionalProperties": False, "properties": {"current_password": TEXT,
                                                                   "new_password": TEXT}}}}},
                 "responses": {"204": {"description": "Changed"}, **_errors(400)}}},
+            "/register": {"post": {
+                "summary": "Create an account and mail its verification code (202 whether or not the address has an "
+                           "account); the app sends the code to the challenge endpoint with the auth_session",
+                "security": [], "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["email", "name", "password"], "additionalProperties": False,
+                    "properties": {name: {**TEXT, "maxLength": 4096} for name in (
+                        "client_id", "email", "name", "password", "scope", "code_challenge",
+                        "code_challenge_method", "nonce")}}}}},
+                "responses": {"202": _json({"type": "object", "required": ["auth_session", "step"], "properties": {
+                    "auth_session": {"type": "string"}, "step": {"type": "string"}}}, "The sign-up's next step"),
+                              "400": PROBLEM, "401": PROBLEM, "403": PROBLEM, "429": PROBLEM}}},
             "/password/forgot": {"post": {
                 "summary": "Mail a password reset link (202 whether or not the address has an account)",
                 "security": [], "requestBody": {"required": True, "content": {"application/json": {"schema": {

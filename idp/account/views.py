@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
-from sqlalchemy.exc import IntegrityError
 
 from idp import audit, i18n
 from idp.account import confirm, passwords
 from idp.account import jobs as account_jobs  # noqa: F401  (registers the account jobs)
 from idp.account import phone as profile_phone
+from idp.account import signup as accounts
 from idp.account.security import recent_auth_required
 from idp.extensions import db, limiter
 from idp.http import clear_session_cookie
@@ -40,7 +40,6 @@ from idp.models import Client, Consent, LoginSession, LoginTransaction, User, ut
 from idp.models.user import normalize_email
 from idp.oidc.claims import SCOPE_DESCRIPTIONS
 from idp.oidc.server import revoke_for_client
-from idp.security.passwords import hash_password, password_problems
 
 bp = Blueprint("account", __name__)
 
@@ -91,30 +90,15 @@ def signup():
     form = SignUpForm()
     if not form.validate_on_submit():
         return render_template("account/signup.html", form=form)
-    email = normalize_email(form.email.data)
-    problems = password_problems(form.password.data, single_factor=True,
-                                 context=(email.split("@")[0], form.name.data))
-    if problems:
-        form.add_error(form.password, *problems)
+    registration = accounts.register(form.email.data, form.name.data, form.password.data)
+    if registration.problems:
+        form.add_error(form.password, *registration.problems)
         return render_template("account/signup.html", form=form)
-    password_hash = hash_password(form.password.data)  # hashed in both branches so both cost the same
-    now = utcnow()
-    existing = db.session.execute(db.select(User).where(User.email == email)).scalar_one_or_none()
-    if existing is None:
-        user = User(email=email, name=form.name.data.strip(), password_hash=password_hash, password_changed_at=now)
-        db.session.add(user)
-        try:
-            db.session.flush()
-        except IntegrityError:  # the same address registered a moment ago by another request
-            db.session.rollback()
-            existing = db.session.execute(db.select(User).where(User.email == email)).scalar_one()
-        else:
-            audit.record("user.signup", subject=user)
-            return begin_transaction(reasons=["signup"], return_to=url_for("account.home"), user=user,
-                                     done=["password"], amr=["pwd"])
-    audit.record("user.signup_existing", subject=existing)
+    if registration.user is not None:
+        return begin_transaction(reasons=["signup"], return_to=url_for("account.home"), user=registration.user,
+                                 done=["password"], amr=["pwd"])
     return begin_transaction(reasons=["signup"], return_to=url_for("account.home"),
-                             done=["password"], existing_account=email)
+                             done=["password"], existing_account=registration.existing)
 
 
 @bp.route("/verify-email", methods=["GET", "POST"])

@@ -38,7 +38,7 @@ from idp.login import devices, mfa, planner, sessions, transaction
 from idp.login.assurance import LEVELS, meets
 from idp.login.browser import throttle
 from idp.login.context import Step, StepContext
-from idp.models import AuthorizationCode, Client, LoginSession, LoginTransaction, TransactionState, utcnow
+from idp.models import AuthorizationCode, Client, LoginSession, LoginTransaction, TransactionState, User, utcnow
 from idp.oidc import claims as oidc_claims
 from idp.oidc.server import current_server
 from idp.security.tokens import new_token, same, token_hash
@@ -187,6 +187,37 @@ def _start(client: Client, data: Mapping[str, str], live: LoginSession | None = 
     return txn
 
 
+def start_signup(client: Client, data: Mapping[str, Any], user: User | None, existing: str | None) -> Response:
+    """A sign-up made through the account API (idp.account.api): the transaction a new account signs in with once
+    its address is verified by the mailed code, answered here. An address that has an account gets the same
+    answer and the "account exists" mail (SECURITY.md 19)."""
+    challenge, method = data.get("code_challenge"), data.get("code_challenge_method")
+    if client.token_endpoint_auth_method == "none" and (not isinstance(challenge, str) or method != "S256"
+                                                        or not 43 <= len(challenge) <= 128):
+        return _error(400, "invalid_request", "A public client must send a PKCE code_challenge (S256).")
+    scopes = str(data.get("scope") or "openid").split()
+    if not set(scopes) <= set(client.scope.split()):
+        return _error(400, "invalid_scope", "A requested scope is not allowed for this client.")
+    state = TransactionState(
+        reasons=["signup"], return_to="", client_id=client.client_id, client_name=client.name, scopes=scopes,
+        done=["password"], amr=["pwd"] if user is not None else [], existing_account=existing,
+        code_request={"code_challenge": challenge, "code_challenge_method": method if challenge else None,
+                      "nonce": data.get("nonce")})
+    txn = transaction.start(binding=new_token(32), state=state, now=utcnow(),
+                            ttl=current_app.config["IDP_LOGIN_TRANSACTION_TTL"], user=user)
+    db.session.flush()
+    ctx = _context(txn, {})
+    step = planner.next_step(ctx)
+    assert step is planner.EMAIL_VERIFICATION
+    auth_session = _new_session(txn, client)
+    step.begin(ctx)  # mails the code (or, for an address with an account, the "account exists" mail)
+    db.session.commit()
+    response = jsonify({"auth_session": auth_session, "step": "email_verification"})
+    response.status_code = 202
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def _context(txn: LoginTransaction, data: Mapping[str, str]) -> StepContext:
     return StepContext(txn=txn, now=utcnow(), ip=g.client_ip, user_agent=g.user_agent, config=current_app.config,
                        throttle=throttle(), url=external_url, device_token=data.get("device_token") or None)
@@ -205,7 +236,7 @@ def _answer(step: Step, data: Mapping[str, str]) -> MultiDict | None:
     return None
 
 
-def _describe(ctx: StepContext, step: Step, auth_session: str, error: str = "") -> Response:
+def _describe(ctx: StepContext, step: Step, auth_session: str, error: str = "", notice: str = "") -> Response:
     """403 insufficient_authorization (draft 5.2.2.1): what the app asks its user for next; after a wrong answer
     400 access_denied (5.2.2: "incorrect data"), the same for an unknown account as for a wrong password, with the
     step to try again and a new auth_session."""
@@ -214,12 +245,17 @@ def _describe(ctx: StepContext, step: Step, auth_session: str, error: str = "") 
     if step is planner.PASSWORD:
         body["step"] = "password"
         description = error or "Send username and password."
+    elif step is planner.EMAIL_VERIFICATION:
+        body["step"] = "email_verification"
+        description = error or "Send the code mailed to the address (resend=true for a new one)."
     else:
         body["step"] = API_NAMES.get(step.name, step.name)
         body["factors"] = [API_NAMES.get(kind, kind) for kind in ctx.choices]
         if step.name == "webauthn":
             body["webauthn_options"] = variables.get("options")
         description = error or f"Send the {body['step']} answer (code, or credential for webauthn)."
+    if notice:
+        description = notice
     if error:
         return _error(400, "access_denied", description, **body)
     return _error(403, "insufficient_authorization", description, **body)
@@ -313,7 +349,10 @@ def _step(ctx: StepContext, client: Client, data: Mapping[str, str]) -> Response
     txn = ctx.txn
     current = planner.next_step(ctx)
     error = ""
-    if current is not None and current not in (planner.EMAIL_VERIFICATION, planner.ENROL, planner.CONSENT):
+    notice = ""
+    if current is not None and data.get("resend") == "true":
+        notice = _ascii(current.resend(ctx) or "")  # a new code after the cooldown, or how long to wait
+    elif current is not None and current not in (planner.ENROL, planner.CONSENT):
         answer = _answer(current, data)
         if answer is not None:
             form = current.form_class(formdata=answer, meta={"csrf": False})
@@ -329,9 +368,6 @@ def _step(ctx: StepContext, client: Client, data: Mapping[str, str]) -> Response
                 error = "The answer is malformed."
     if current is None:
         return _complete(ctx, client)
-    if current is planner.EMAIL_VERIFICATION:
-        db.session.commit()
-        return _redirect_to_web("The user must verify their email address in a browser first.")
     if current is planner.ENROL:
         db.session.commit()
         return _redirect_to_web("The user must add a second factor first, in a browser.")
@@ -339,7 +375,7 @@ def _step(ctx: StepContext, client: Client, data: Mapping[str, str]) -> Response
         db.session.commit()
         return _redirect_to_web("The user must consent in a browser.")
     auth_session = _new_session(txn, client)
-    response = _describe(ctx, current, auth_session, error)
+    response = _describe(ctx, current, auth_session, error, notice)
     db.session.commit()  # attempt counters, audit rows, the new auth_session: also when the answer failed
     return response
 
