@@ -186,3 +186,50 @@ def test_registering_an_existing_address_answers_the_same_and_mails_its_owner(ap
                 {**body, "admin": "true"}):
         response = client.post(f"{API}/register", json=bad)
         assert response.status_code in (400, 401) and response.content_type == "application/problem+json", bad
+
+
+def test_deleting_my_account_through_the_api_then_restoring_it_from_the_mail(app, client, mobile, mailbox):
+    from tests.support import link_in
+
+    make_user_in(app)
+    tokens, _answer = sign_in(client, mobile[0])
+    exported = client.get(f"{API}/me/export", headers=bearer(tokens))
+    data = exported.get_json()
+    assert exported.status_code == 200 and data["profile"]["email"] == ALICE
+    assert any(event["event"] == "login.success" for event in data["events"])
+    assert "password" not in str(data).lower().replace("password_changed_at", "")
+    assert client.delete(f"{API}/me", headers=bearer(tokens)).status_code == 204
+    assert client.get(f"{API}/me", headers=bearer(tokens)).status_code == 401
+    refused, _v = __import__("tests.test_challenge", fromlist=["start"]).start(client, mobile[0])
+    assert refused.status_code == 400  # a deleted account cannot sign in
+    from tests.support import open_link, submit_link
+
+    link = link_in(mailbox.last(ALICE, "deleted"), "/account/restore#")
+    restored = submit_link(client, link, open_link(client, link), confirm="1")
+    assert restored.status_code == 302
+    assert open_link(client, link).status_code == 400  # used once
+    again, _v = __import__("tests.test_challenge", fromlist=["start"]).start(client, mobile[0])
+    assert again.status_code == 200
+    with app.app_context():
+        events = [row.event for row in db.session.execute(db.select(AuditEvent).order_by(AuditEvent.id)).scalars()]
+        assert "user.deleted" in events and "user.restored" in events and "user.exported" in events
+
+
+def test_the_account_page_downloads_my_data_and_deletes_my_account(app, client):
+    from tests.support import csrf_token, walk
+
+    make_user_in(app)
+    walk(client, "/login")
+    home = client.get("/account")
+    assert 'id="export-data"' in home.get_data(as_text=True)
+    exported = client.get("/account/export")
+    assert exported.status_code == 200 and exported.get_json()["profile"]["email"] == ALICE
+    assert "attachment" in exported.headers["Content-Disposition"]
+    asked = client.post("/account/delete", data={"csrf_token": csrf_token(home)})
+    assert asked.status_code == 200 and "Delete your account?" in asked.get_data(as_text=True)
+    done = client.post("/account/delete", data={"csrf_token": csrf_token(home), "confirm": "yes"})
+    assert 'id="account-deleted"' in done.get_data(as_text=True)
+    assert client.get("/account").status_code == 302  # signed out
+    with app.app_context():
+        from idp.models import User
+        assert db.session.execute(db.select(User).where(User.email == ALICE)).scalar_one().deleted_at is not None

@@ -234,3 +234,58 @@ def test_a_used_auth_session_of_an_ended_session_is_refused(app, client, app_cli
                                            "response_type": "code", "code_challenge": challenge,
                                            "code_challenge_method": "S256"})
     assert refused.status_code == 400 and refused.get_json()["error"] == "invalid_session"
+
+
+def _signed_in_with_session(client, client_id: str) -> dict:
+    return start(client, client_id)[0].get_json()
+
+
+def _step_up(client, client_id: str, auth_session: str, **params) -> dict:
+    _verifier, challenge = pkce_pair()
+    return client.post(CHALLENGE, data={"auth_session": auth_session, "client_id": client_id, "response_type": "code",
+                                        "code_challenge": challenge, "code_challenge_method": "S256",
+                                        **params}).get_json()
+
+
+def test_a_signed_in_auth_session_is_used_once_and_only_for_a_real_step_up(app, client, app_client):
+    """An auth_session that came with a code cannot mint further codes: without acr_values or max_age it asks for
+    nothing new (refused), it never widens the scope, and it works once."""
+    make_user_in(app)
+    signed_in = _signed_in_with_session(client, app_client[0])
+    assert _step_up(client, app_client[0], signed_in["auth_session"])["error"] == "invalid_request"
+    signed_in = _signed_in_with_session(client, app_client[0])
+    wider = _step_up(client, app_client[0], signed_in["auth_session"], scope="openid offline_access",
+                     acr_values="urn:idp:acr:pwd")
+    assert wider["error"] == "invalid_scope"
+    signed_in = _signed_in_with_session(client, app_client[0])
+    first = _step_up(client, app_client[0], signed_in["auth_session"], acr_values="urn:idp:acr:pwd")
+    assert "authorization_code" in first  # the session already reaches that level: no step
+    replay = _step_up(client, app_client[0], signed_in["auth_session"], acr_values="urn:idp:acr:pwd")
+    assert replay["error"] == "invalid_session"
+
+
+def test_a_step_up_in_progress_dies_with_its_session(app, client, app_client):
+    from idp.login import sessions
+
+    make_user_in(app)
+    signed_in = _signed_in_with_session(client, app_client[0])
+    secret = enrol_totp_in(app, ALICE)[0]
+    step = _step_up(client, app_client[0], signed_in["auth_session"], acr_values="urn:idp:acr:mfa")
+    assert step["step"] == "otp"
+    with app.app_context():  # the user signs out everywhere meanwhile
+        user = db.session.execute(db.select(User).where(User.email == ALICE)).scalar_one()
+        sessions.sign_out_everywhere(user, "signed_out_everywhere", utcnow())
+        db.session.commit()
+    late = client.post(CHALLENGE, data={"auth_session": step["auth_session"], "code": totp_code_at(secret, utcnow())})
+    assert late.status_code == 400 and late.get_json()["error"] == "invalid_session"
+
+
+def test_signing_in_again_for_max_age_must_be_the_same_person(app, client, app_client):
+    make_user_in(app)
+    make_user_in(app, email="bob@example.com")
+    signed_in = _signed_in_with_session(client, app_client[0])
+    step = _step_up(client, app_client[0], signed_in["auth_session"], max_age="0")
+    assert step["step"] == "password"
+    other = client.post(CHALLENGE, data={"auth_session": step["auth_session"], "username": "bob@example.com",
+                                         "password": PASSWORD})
+    assert other.status_code == 400 and "authorization_code" not in other.get_json()

@@ -23,7 +23,7 @@ from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
 from idp import audit, i18n
-from idp.account import passwords
+from idp.account import lifecycle, passwords
 from idp.account import signup as accounts
 from idp.account.openapi import document
 from idp.extensions import csrf, db, limiter
@@ -175,6 +175,24 @@ def update_me() -> Response:
         audit.record("profile.updated", subject=person, changes=changes, via="api")
     db.session.commit()
     return jsonify(profile_json(person))
+
+
+@bp.delete("/me")
+@signed_in
+@recent_sign_in
+def delete_me() -> Response:
+    """Delete the account: signed out everywhere at once, removed for good after the grace window unless the mailed
+    link restores it."""
+    lifecycle.delete(user(), via="api")
+    return Response(status=204)
+
+
+@bp.get("/me/export")
+@signed_in
+@recent_sign_in
+def export_me() -> Response:
+    """Everything idp holds about the user, as JSON (no secrets)."""
+    return jsonify(lifecycle.export(user()))
 
 
 # --- registration -----------------------------------------------------------------------------------------------

@@ -54,7 +54,13 @@ def document(issuer: str) -> dict[str, Any]:
                                   "name": {**TEXT, "minLength": 1, "maxLength": 200},
                                   "locale": {"type": ["string", "null"], "enum": ["en", "fr", "de", None]}}}}}},
                           "responses": {"200": _json(ref, "The changed profile"), **_errors(400)}},
+                "delete": {"summary": f"Delete the account (restorable from the mailed link for the grace window); "
+                                      f"{STEP_UP}", "responses": {"204": {"description": "Deleted"}, **_errors()}},
             },
+            "/me/export": {"get": {"summary": f"Everything idp holds about the user, no secrets; {STEP_UP}",
+                                   "responses": {"200": _json({"type": "object", "required": [
+                                       "profile", "factors", "devices", "sessions", "applications", "events"]},
+                                       "The data"), **_errors()}}},
             "/me/password": {"post": {
                 "summary": f"Change the password with the current one (other sessions end); {STEP_UP}",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {

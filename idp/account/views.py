@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, flash, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, flash, g, jsonify, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
 
 from idp import audit, i18n
-from idp.account import confirm, passwords
+from idp.account import confirm, lifecycle, passwords
 from idp.account import jobs as account_jobs  # noqa: F401  (registers the account jobs)
 from idp.account import phone as profile_phone
 from idp.account import signup as accounts
@@ -388,6 +388,56 @@ def revoke_app(client_id: str):
         db.session.commit()
         flash(_("Access removed. The application will have to ask again."))
     return redirect(url_for("account.apps"))
+
+
+@bp.post("/account/delete")
+@login_required
+@recent_auth_required(after_post="account.home", purpose="delete_account")
+def delete_account():
+    """Delete your account: signed out everywhere at once, removed for good after IDP_DELETE_GRACE_DAYS unless you
+    open the link the mail carries."""
+    live = signed_in()
+    if not ConfirmForm().validate_on_submit():
+        return redirect(url_for("account.home"))
+    if not confirm.confirmed():
+        return confirm.ask(_("Delete your account?"),
+                           _("You are signed out everywhere at once, every application loses access, and the account "
+                             "is removed for good in %(days)s days. A mail tells you how to undo it until then.",
+                             days=current_app.config["IDP_DELETE_GRACE_DAYS"]),
+                           _("Delete my account"), url_for("account.home"))
+    lifecycle.delete(live.user)
+    response = current_app.make_response(render_template("account/signed_out.html", deleted=True))
+    clear_session_cookie(response)
+    return response
+
+
+@bp.route("/account/restore", methods=["GET", "POST"])
+def restore():
+    """Undo the deletion of your account from the mailed link, before it is removed for good."""
+    if request.method == "GET":
+        return _link_page(_("Restore your account"), _("Open the link from the mail to restore your account."))
+    token = _link_token()
+    row = lifecycle.restore_link(token)
+    if row is None:
+        return _link_error()
+    form = ConfirmForm()
+    if "confirm" not in request.form or not form.validate_on_submit():
+        return render_template("account/confirm.html", form=form, title=_("Restore your account"), token=token,
+                               text=_("Restore the account %(email)s.", email=row.email), button=_("Restore"))
+    if not lifecycle.restore(row):  # another request used it in the meantime (SECURITY.md 32)
+        return _link_error()
+    flash(_("Your account is restored. Sign in."))
+    return redirect(url_for("login.begin"))
+
+
+@bp.get("/account/export")
+@login_required
+@recent_auth_required(purpose="export_data")
+def export_data():
+    """Download everything idp holds about you, as JSON (no secrets)."""
+    response = jsonify(lifecycle.export(signed_in().user))
+    response.headers["Content-Disposition"] = 'attachment; filename="my-account.json"'
+    return response
 
 
 @bp.route("/account/password", methods=["GET", "POST"])

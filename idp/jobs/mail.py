@@ -25,6 +25,7 @@ SUBJECTS = {
     "account_exists": _l("You already have an account"),
     "password_reset": _l("Reset your password"),
     "password_changed": _l("Your password was changed"),
+    "account_deleted": _l("Your account was deleted"),
     "account_locked": _l("Your account was locked"),
     "login_code": _l("Your sign-in code"),
     "security_notice": _l("Security change on your account"),

@@ -126,7 +126,7 @@ def _parameters() -> Mapping[str, str] | Response:
     return data
 
 
-def _signed_in(auth_session: str, client: Client) -> LoginSession | None:
+def _signed_in(auth_session: str, client: Client) -> tuple[LoginSession, list[str]] | None:
     """The live session an earlier challenge of this client ended in, named by the auth_session its code came with
     (draft 6.1: kept "to restore the context of a previous session and prompt only for the needed step-up
     factors")."""
@@ -135,19 +135,26 @@ def _signed_in(auth_session: str, client: Client) -> LoginSession | None:
     if txn is None or txn.completed_at is None or not same(txn.binding_hash, token_hash(_binding(client, secret))):
         return None
     sid = (txn.state.code_request or {}).get("sid")
-    cfg = current_app.config
+    # Used once: a step-up on it gets its own auth_session when it completes, so a copied one cannot mint codes.
+    txn.binding_hash = token_hash(new_token(32))
     live = db.session.execute(db.select(LoginSession).where(LoginSession.sid == sid)).scalar_one_or_none() \
         if sid else None
-    if live is None or live.ended_at is not None:
+    if live is None or not _live(live):
         return None
-    if live.timed_out(utcnow(), idle_timeout=cfg["IDP_SESSION_IDLE_TIMEOUT"], max_age=cfg["IDP_SESSION_MAX_AGE"]):
-        return None
-    if live.user.disabled:
-        return None
-    return live
+    return live, list(txn.state.scopes)
 
 
-def _start(client: Client, data: Mapping[str, str], live: LoginSession | None = None) -> LoginTransaction | Response:
+def _live(session: LoginSession | None) -> bool:
+    """Whether a session is still one to build on: not ended, not timed out, its user enabled."""
+    if session is None or session.ended_at is not None or session.user.disabled or session.user.deleted_at:
+        return False
+    cfg = current_app.config
+    return session.timed_out(utcnow(), idle_timeout=cfg["IDP_SESSION_IDLE_TIMEOUT"],
+                             max_age=cfg["IDP_SESSION_MAX_AGE"]) is None
+
+
+def _start(client: Client, data: Mapping[str, str], live: LoginSession | None = None,
+           granted: list[str] | None = None) -> LoginTransaction | Response:
     """A new transaction for the authorization request the first request carries (draft 5.1); with ``live``, a
     step-up of that session (RFC 9470: acr_values and max_age ask for more than it has)."""
     if data.get("response_type") != "code":
@@ -158,8 +165,8 @@ def _start(client: Client, data: Mapping[str, str], live: LoginSession | None = 
     if not set(scopes) <= allowed or not set(scopes) <= known:
         return _error(400, "invalid_scope", "A requested scope is not allowed for this client.")
     challenge, method = data.get("code_challenge"), data.get("code_challenge_method")
-    if challenge is None and client.token_endpoint_auth_method == "none":
-        return _error(400, "invalid_request", "A public client must send a PKCE code_challenge (S256).")
+    if challenge is None:  # every client here, public or not (the code travels in a JSON answer)
+        return _error(400, "invalid_request", "Send a PKCE code_challenge (S256).")
     if challenge is not None and (method != "S256" or not 43 <= len(challenge) <= 128):
         return _error(400, "invalid_request", "The code_challenge must be S256, 43 to 128 characters.")
     acr_values = (data.get("acr_values") or "").split()
@@ -171,6 +178,11 @@ def _start(client: Client, data: Mapping[str, str], live: LoginSession | None = 
     now = utcnow()
     reasons = ["no_session"]
     if live is not None:  # a step-up: only what the request asks beyond the session is asked for
+        if not acr_values and max_age is None:
+            return _error(400, "invalid_request", "A request on a signed-in auth_session is a step-up: send "
+                                                  "acr_values or max_age (RFC 9470).")
+        if not set(scopes) <= set(granted or []):
+            return _error(400, "invalid_scope", "A step-up cannot ask for more scope than the sign-in it builds on.")
         reasons = ["acr"] if acr_values else []
         if max_age is not None and (now - live.auth_time).total_seconds() > int(max_age):
             reasons.append("max_age")
@@ -273,6 +285,11 @@ def _complete(ctx: StepContext, client: Client) -> Response:
     previous_sid = request_data.get("previous_sid")
     previous = db.session.execute(db.select(LoginSession).where(LoginSession.sid == previous_sid)
                                   ).scalar_one_or_none() if previous_sid else None
+    if previous_sid and not _live(previous):
+        # The session a step-up builds on ended meanwhile (signed out everywhere, a password reset): the second
+        # factor alone must not open a new one.
+        db.session.rollback()
+        return _error(400, "invalid_session", "The session this step-up builds on has ended: sign in again.")
     if txn.state.amr or previous is None:
         amr = mfa.effective_amr(txn.state.amr, mfa.remembered(ctx))
         live, _cookie = sessions.start(user, amr=amr, now=ctx.now, ip=ctx.ip, user_agent=ctx.user_agent,
@@ -321,8 +338,8 @@ def authorize_challenge() -> Response:
     auth_session = data.get("auth_session")
     if auth_session:
         found = _load(auth_session, client)
-        if found is None and (live := _signed_in(auth_session, client)) is not None:
-            stepping = _start(client, data, live)  # a new authorization request on the app's session (step-up)
+        if found is None and (signed := _signed_in(auth_session, client)) is not None:
+            stepping = _start(client, data, *signed)  # a new authorization request on the app's session (step-up)
             if isinstance(stepping, Response):
                 return stepping
             found = stepping

@@ -36,6 +36,8 @@ REAUTH_PURPOSES = {
     "forget_device": _l("Confirm it's you to forget a remembered device."),
     "change_phone": _l("Confirm it's you to change your phone number."),
     "admin_action": _l("Confirm it's you to make this change as an administrator."),
+    "delete_account": _l("Confirm it's you to delete your account."),
+    "export_data": _l("Confirm it's you to download your data."),
 }
 
 
@@ -88,6 +90,8 @@ class PasswordStep(Step):
         reason = None
         if user is None:
             reason = "unknown_user"
+        elif ctx.user is not None and ctx.user.id != user.id and ctx.reasons & {"reauth", "max_age"}:
+            reason = "another_user"  # signing in again (max_age, reauth) proves the same person
         elif not matches:
             reason = "bad_password"
         elif user.disabled:
