@@ -233,3 +233,34 @@ def test_the_account_page_downloads_my_data_and_deletes_my_account(app, client):
     with app.app_context():
         from idp.models import User
         assert db.session.execute(db.select(User).where(User.email == ALICE)).scalar_one().deleted_at is not None
+
+
+# --- alerts -----------------------------------------------------------------------------------------------------
+
+def test_a_new_sign_in_mail_carries_a_link_that_ends_that_session(app, client, mobile, mailbox):
+    from tests.support import link_in, open_link, submit_link
+
+    make_user_in(app)
+    sign_in(client, mobile[0])  # the first device is no news
+    intruder = app.test_client()
+    tokens, _answer = sign_in(intruder, mobile[0], scope="openid idp:account")
+    mail = mailbox.last(ALICE, "New sign-in")
+    link = link_in(mail, "/account/end-session#")
+    assert intruder.get(f"{API}/me", headers=bearer(tokens)).status_code == 200
+    page = open_link(client, link)
+    assert page.status_code == 200 and "End the session" in page.get_data(as_text=True)
+    assert submit_link(client, link, page, confirm="1").status_code == 302
+    assert intruder.get(f"{API}/me", headers=bearer(tokens)).status_code == 401  # its online token ended with it
+    tampered = link[:-3] + ("AAA" if not link.endswith("AAA") else "BBB")
+    assert open_link(client, tampered).status_code == 400
+
+
+def test_a_refresh_token_used_twice_mails_the_user_once(app, client, mobile, mailbox):
+    make_user_in(app)
+    tokens, _answer = sign_in(client, mobile[0])
+    refresh = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], "client_id": mobile[0]}
+    assert client.post("/token", data=refresh).status_code == 200
+    for _ in range(2):  # the stolen copy, twice
+        assert client.post("/token", data=refresh).status_code == 400
+    stolen = [m for m in mailbox.messages(ALICE) if "stolen" in m["subject"]]
+    assert len(stolen) == 1 and "Mobile" in stolen[0]["text"]

@@ -14,7 +14,7 @@ from idp.account.security import recent_auth_required
 from idp.extensions import db, limiter
 from idp.http import clear_session_cookie
 from idp.jobs import enqueue
-from idp.login import onetime, sessions, transaction
+from idp.login import devices, onetime, sessions, transaction
 from idp.login.browser import (
     begin_transaction,
     binding,
@@ -388,6 +388,32 @@ def revoke_app(client_id: str):
         db.session.commit()
         flash(_("Access removed. The application will have to ask again."))
     return redirect(url_for("account.apps"))
+
+
+@bp.route("/account/end-session", methods=["GET", "POST"])
+def end_session_link():
+    """End the session a "new sign-in" mail named, from its link (no sign-in needed: the link is signed)."""
+    if request.method == "GET":
+        return _link_page(_("End that session"), _("Open the link from the mail to end that session."))
+    token = _link_token()
+    cfg = current_app.config
+    sid = devices.signed_session(token, cfg["IDP_SECRET_KEY"], cfg["IDP_SESSION_MAX_AGE"])
+    target = db.session.execute(db.select(LoginSession).where(LoginSession.sid == sid)).scalar_one_or_none() \
+        if sid else None
+    if target is None:
+        return _link_error()
+    form = ConfirmForm()
+    if target.ended_at is None and ("confirm" not in request.form or not form.validate_on_submit()):
+        return render_template("account/confirm.html", form=form, title=_("End that session"), token=token,
+                               text=_("End the session on %(browser)s, from %(ip)s?",
+                                      browser=target.user_agent or _("an unknown browser"), ip=target.ip),
+                               button=_("End the session"))
+    if target.ended_at is None:
+        sessions.end(target, "ended_from_alert", utcnow())
+        audit.record("session.ended", subject=target.user, sid=target.sid, method="alert_link")
+        db.session.commit()
+    flash(_("That session is ended. If it was not you, reset your password now."))
+    return redirect(url_for("account.forgot"))
 
 
 @bp.post("/account/delete")

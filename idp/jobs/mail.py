@@ -30,6 +30,7 @@ SUBJECTS = {
     "login_code": _l("Your sign-in code"),
     "security_notice": _l("Security change on your account"),
     "new_signin": _l("New sign-in to your account"),
+    "token_stolen": _l("A sign-in token of yours may have been stolen"),
     "invitation": _l("Your new account"),
 }
 

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from flask_babel import format_datetime
 from flask_babel import gettext as _
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from idp import audit
 from idp.extensions import db
@@ -26,7 +27,7 @@ def describe(user_agent: str) -> str:
     return _("%(browser)s on %(system)s", browser=browser, system=system)
 
 
-def seen(user: User, ctx: StepContext, *, remember: bool) -> str | None:
+def seen(user: User, ctx: StepContext, *, remember: bool, sid: str | None = None) -> str | None:
     """Record a completed sign-in from this browser; returns a new cookie token when one must be set.
 
     A browser the user never signed in from gets a token and the user a "new sign-in" mail; with
@@ -42,9 +43,12 @@ def seen(user: User, ctx: StepContext, *, remember: bool) -> str | None:
         db.session.add(device)
         audit.record("device.new", subject=user, device=device.name, ip=ctx.ip, user_agent=ctx.user_agent)
         if user.email_verified and not first_ever:  # a brand-new account's first browser is not news
+            # With a link that ends the new session (``sid``): signed, so nobody can end sessions by guessing.
+            end_link = ctx.url("account.end_session_link", _anchor=sign_session(sid, ctx.config["IDP_SECRET_KEY"])) \
+                if sid else None
             enqueue("send_mail", to=user.email, template="new_signin",
                     context={"name": user.name, "device": device.name, "ip": ctx.ip,
-                             "when": format_datetime(ctx.now, "long")})
+                             "when": format_datetime(ctx.now, "long"), "end_link": end_link})
     device.last_used_at = ctx.now
     device.ip = ctx.ip
     days = int(ctx.config["IDP_REMEMBER_DEVICE_DAYS"])
@@ -53,6 +57,23 @@ def seen(user: User, ctx: StepContext, *, remember: bool) -> str | None:
         audit.record("device.remembered", subject=user, device=device.name, days=days, ip=ctx.ip,
                      user_agent=ctx.user_agent)
     return token
+
+
+END_SESSION = "end_session"  # the salt of a new-sign-in mail's "end that session" link
+
+
+def sign_session(sid: str, secret_key: str) -> str:
+    """The token of an "end that session" link: the session's id, signed (it ends one session, nothing else)."""
+    return URLSafeTimedSerializer(secret_key, salt=f"idp.{END_SESSION}").dumps(sid)
+
+
+def signed_session(token: str, secret_key: str, max_age: int) -> str | None:
+    """The session id an "end that session" link names, or None when tampered or older than ``max_age``."""
+    try:
+        sid = URLSafeTimedSerializer(secret_key, salt=f"idp.{END_SESSION}").loads(token, max_age=max_age)
+    except BadSignature:
+        return None
+    return sid if isinstance(sid, str) else None
 
 
 def remembered_devices(user: User) -> list[Device]:

@@ -175,7 +175,7 @@ def _complete(ctx: StepContext) -> Response:
     db.session.flush()
     audit.record("login.success", subject=user, amr=live.amr, acr=live.acr, sid=live.sid,
                  client_id=txn.state.client_id)
-    device_token = devices.seen(user, ctx, remember=txn.state.remember_device)
+    device_token = devices.seen(user, ctx, remember=txn.state.remember_device, sid=live.sid)
     db.session.commit()  # the session, the transaction, the device and their audit rows: all or nothing
     g.login_session = live
     response = redirect(txn.state.return_to)

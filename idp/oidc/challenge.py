@@ -300,7 +300,7 @@ def _complete(ctx: StepContext, client: Client) -> Response:
     db.session.flush()
     audit.record("login.success", subject=user, amr=live.amr, acr=live.acr, sid=live.sid, client_id=client.client_id,
                  via="challenge")
-    device_token = devices.seen(user, ctx, remember=txn.state.remember_device)
+    device_token = devices.seen(user, ctx, remember=txn.state.remember_device, sid=live.sid)
     # The auth_session stays with the app (draft 5.3.1, 6.1): a later step-up names this session by it.
     transaction.update(txn, code_request={**request_data, "sid": live.sid})
     auth_session = _new_session(txn, client)

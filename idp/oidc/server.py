@@ -45,6 +45,7 @@ from wtforms import ValidationError
 
 from idp import audit
 from idp.extensions import db, limiter
+from idp.jobs import enqueue
 from idp.login.assurance import meets
 from idp.models import AuthorizationCode, Client, LoginSession, Token, User, table_of, utcnow
 from idp.oidc import claims as oidc_claims
@@ -277,6 +278,11 @@ def _reuse_detected(event: str, reason: str, user, client_id: str, family_id: st
     count = revoke_family(family_id, reason) if family_id is not None else 0
     audit.record(event, subject=user, client_id=client_id, tokens_revoked=count)
     db.session.commit()
+    if count and user is not None and user.email_verified:  # the first detection (later ones revoke nothing)
+        client = db.session.execute(db.select(Client.name).where(Client.client_id == client_id)).scalar()
+        enqueue("send_mail", to=user.email, template="token_stolen", context={"name": user.name,
+                                                                            "client": client or client_id},
+                **({"language": user.locale} if user.locale else {}))
 
 
 def revoke_for_user(user, reason: str) -> int:
