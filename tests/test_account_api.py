@@ -264,3 +264,23 @@ def test_a_refresh_token_used_twice_mails_the_user_once(app, client, mobile, mai
         assert client.post("/token", data=refresh).status_code == 400
     stolen = [m for m in mailbox.messages(ALICE) if "stolen" in m["subject"]]
     assert len(stolen) == 1 and "Mobile" in stolen[0]["text"]
+
+
+def test_cors_answers_first_party_origins_only(app, client, mobile):
+    make_user_in(app)
+    spa = make_client_in(app, name="SPA", redirect_uris=["https://spa.example/callback"], public=True,
+                         first_party=True)
+    assert spa
+    own = client.options(f"{API}/me", headers={"Origin": "https://spa.example",
+                                               "Access-Control-Request-Method": "GET"})
+    assert own.headers["Access-Control-Allow-Origin"] == "https://spa.example"
+    assert "Authorization" in own.headers["Access-Control-Allow-Headers"]
+    assert "Access-Control-Allow-Credentials" not in own.headers
+    foreign = client.options(f"{API}/me", headers={"Origin": "https://evil.example",
+                                                   "Access-Control-Request-Method": "GET"})
+    assert "Access-Control-Allow-Origin" not in foreign.headers
+    third = make_client_in(app, name="Third", redirect_uris=["https://third.example/cb"], public=True)
+    assert third and "Access-Control-Allow-Origin" not in client.post(
+        "/authorize-challenge", headers={"Origin": "https://third.example"}).headers
+    assert client.post("/authorize-challenge", headers={"Origin": "https://spa.example"}
+                       ).headers["Access-Control-Allow-Origin"] == "https://spa.example"

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from functools import wraps
 from typing import Any
+from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749.errors import MissingAuthorizationError, OAuth2Error
 from email_validator import EmailNotValidError, validate_email
@@ -44,6 +45,36 @@ from idp.oidc.server import current_server, revoke_family, revoke_for_client
 
 bp = Blueprint("account_api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)  # bearer tokens, never cookies
+
+
+def first_party_origins() -> frozenset[str]:
+    """The web origins of the first-party clients' redirect URIs: where their single-page apps run."""
+    uris = db.session.execute(db.select(Client.redirect_uris).where(Client.first_party.is_(True))).scalars()
+    origins = set()
+    for listed in uris:
+        for uri in listed or []:
+            parts = urlsplit(uri)
+            if parts.scheme in ("https", "http") and parts.netloc:
+                origins.add(f"{parts.scheme}://{parts.netloc}")
+    return frozenset(origins)
+
+
+@bp.after_app_request
+def cors(response: Response) -> Response:
+    """CORS for the account API and the challenge endpoint, for first-party origins only: a single-page app of
+    your own may call them from the browser, nobody else's page may read the answers. Bearer tokens, no cookies,
+    so no credentials are allowed."""
+    origin = request.headers.get("Origin")
+    if not origin or not (request.path.startswith("/api/v1/") or request.path == "/authorize-challenge"):
+        return response
+    response.vary.add("Origin")
+    if origin in first_party_origins():
+        response.headers["Access-Control-Allow-Origin"] = origin
+        if request.method == "OPTIONS":
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, DPoP"
+            response.headers["Access-Control-Max-Age"] = "600"
+    return response
 
 
 def _challenge(error: str | None = None, description: str = "", **params: Any) -> dict[str, str]:
