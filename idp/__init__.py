@@ -180,7 +180,10 @@ def _error_handlers(app: Flask) -> None:
 
     @app.errorhandler(429)
     def too_many(exc):
-        return render(429, _("Too many requests"), _("Please wait a minute and try again."))
+        # Retry-After (RFC 9110 10.2.3): at most the length of the window that was exceeded.
+        limit = getattr(getattr(exc, "limit", None), "limit", None)
+        wait = [("Retry-After", str(int(limit.get_expiry())))] if limit is not None else []
+        return render(429, _("Too many requests"), _("Please wait a minute and try again."), wait)
 
     @app.errorhandler(HTTPException)
     def http_error(exc):

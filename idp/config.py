@@ -156,6 +156,8 @@ SETTINGS: list[Setting] = [
     Setting("IDP_THROTTLE_ACCOUNT", "5/minute;15/hour;40/day",
             "Failed attempts allowed per account (growing delays as each tier fills)."),
     Setting("IDP_THROTTLE_IP", "20/minute;100/hour;500/day", "Failed attempts allowed per client IP."),
+    Setting("IDP_RATELIMIT_API", "300/minute;5000/hour", "Account API (/api/v1) requests allowed per access token, "
+            "that is per user and app; beyond it a 429 problem document with Retry-After."),
     Setting("IDP_RATELIMIT_FORMS", "10/minute;100/hour", "Sign-up, reset and resend requests allowed per client IP."),
     Setting("IDP_JOB_RETRY_INTERVALS", [10, 60, 300, 1800],
             "Seconds between retries of a failed mail or SMS job (RQ).", lambda v: [int(x) for x in _list(v)]),

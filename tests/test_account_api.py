@@ -284,3 +284,15 @@ def test_cors_answers_first_party_origins_only(app, client, mobile):
         "/authorize-challenge", headers={"Origin": "https://third.example"}).headers
     assert client.post("/authorize-challenge", headers={"Origin": "https://spa.example"}
                        ).headers["Access-Control-Allow-Origin"] == "https://spa.example"
+
+
+def test_the_api_is_rate_limited_per_token_with_a_problem_document(make_app):
+    app = make_app(IDP_RATELIMIT_API="3/minute")
+    http = app.test_client()
+    mobile_id, _none = make_client_in(app, name="Mobile", redirect_uris=["https://app.example/cb"], public=True,
+                                      first_party=True, scopes=["openid", "idp:account"])
+    make_user_in(app)
+    tokens, _answer = sign_in(http, mobile_id, scope="openid idp:account")
+    answers = [http.get(f"{API}/me", headers=bearer(tokens)) for _ in range(4)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert answers[-1].content_type == "application/problem+json" and int(answers[-1].headers["Retry-After"]) > 0

@@ -28,7 +28,7 @@ from idp.account import lifecycle, passwords
 from idp.account import signup as accounts
 from idp.account.openapi import document
 from idp.extensions import csrf, db, limiter
-from idp.http import problem
+from idp.http import client_address, problem
 from idp.jobs import enqueue
 from idp.login import sessions
 from idp.login.assurance import ACR_MFA, ACR_PASSWORD, meets
@@ -42,9 +42,19 @@ from idp.models.user import normalize_email
 from idp.oidc.challenge import start_signup
 from idp.oidc.claims import ACCOUNT_SCOPE, SCOPE_DESCRIPTIONS
 from idp.oidc.server import current_server, revoke_family, revoke_for_client
+from idp.security.tokens import token_hash
 
 bp = Blueprint("account_api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)  # bearer tokens, never cookies
+
+
+def _per_token() -> str:
+    """The rate limit's key: the access token (so, per user and app), or the client address without one."""
+    authorization = request.headers.get("Authorization", "")
+    return "api:" + (token_hash(authorization)[:32] if authorization else client_address())
+
+
+limiter.limit(lambda: current_app.config["IDP_RATELIMIT_API"], key_func=_per_token)(bp)
 
 
 def first_party_origins() -> frozenset[str]:
