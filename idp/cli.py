@@ -208,7 +208,9 @@ def users_export(fmt, q):
 @click.argument("source", type=click.File("rb"))
 @click.option("--invite", is_flag=True, help="Mail each new user an invitation to choose a password.")
 def users_import(source, invite):
-    """Create users from a JSON lines file (`-` for standard input); prints each line's outcome."""
+    """Create users from a JSON lines file (`-` for standard input): the export's fields, plus a migration's
+    password_hash (Django's argon2, pbkdf2_sha256, bcrypt_sha256), phone_verified and totp_secret; prints each
+    line's outcome."""
     results = _acting(bulk.import_users, iter(source), invite=invite)
     for number, email, outcome in results:
         click.echo(f"{number}\t{email or '-'}\t{outcome}")

@@ -7,6 +7,8 @@ action is audited, mailed and refused exactly as the same action on one user wou
 
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
 import io
 import json
@@ -24,8 +26,10 @@ from idp.admin.service import Actor, AdminError, Conflict, Invalid, Power, requi
 from idp.extensions import db
 from idp.jobs import enqueue
 from idp.login.codes import normalize_phone
+from idp.login.factors.totp import TotpCredential
 from idp.models import AdminJob, User, utcnow
 from idp.models.user import normalize_email
+from idp.security import crypto, imported_hashes
 
 MAX_SELECTION = 10_000  # a bulk action names its users one by one; a larger selection is narrowed first
 MAX_IMPORT_LINES = 5_000
@@ -223,6 +227,9 @@ def export_users(actor: Actor, q: str, filters: Mapping[str, bool], fmt: str) ->
 
 
 IMPORT_FIELDS = frozenset({"email", "name", "email_verified", "phone", "locale"})
+# What a migration from the service idp replaces also carries: its password hashes (Django's formats, kept until the
+# next sign-in re-hashes them: idp.security.imported_hashes), whether the phone was verified, and TOTP seeds.
+MIGRATION_FIELDS = frozenset({"password_hash", "phone_verified", "totp_secret"})
 # Fields of the export that an import reads past (they describe the exported account, not the new one).
 EXPORT_ONLY = frozenset(EXPORT_FIELDS) - IMPORT_FIELDS
 
@@ -232,7 +239,7 @@ def _import_problem(record: Any) -> str | None:
         return "not a JSON object"
     if any(isinstance(value, str) and "\x00" in value for value in (*record, *record.values())):
         return "a NUL character"  # refused everywhere in idp (PostgreSQL cannot store one)
-    unknown = set(record) - IMPORT_FIELDS - EXPORT_ONLY
+    unknown = set(record) - IMPORT_FIELDS - MIGRATION_FIELDS - EXPORT_ONLY
     if unknown:
         return f"unknown fields: {', '.join(sorted(unknown))[:200]}"
     if not isinstance(record.get("email"), str) or service._email_problem(record["email"]):
@@ -246,13 +253,34 @@ def _import_problem(record: Any) -> str | None:
         return "not a phone number"
     if record.get("locale") is not None and record["locale"] not in i18n.LANGUAGES:
         return "not a language idp speaks"
+    password_hash = record.get("password_hash")
+    if password_hash is not None and (not isinstance(password_hash, str) or len(password_hash) > 255 or not (
+            imported_hashes.well_formed(password_hash) or password_hash.startswith("$argon2id$"))):
+        return "password_hash is not one of argon2, pbkdf2_sha256, bcrypt_sha256 (Django) or $argon2id$"
+    if not isinstance(record.get("phone_verified", False), bool) or (record.get("phone_verified")
+                                                                     and not record.get("phone")):
+        return "phone_verified is true or false, and true only with a phone"
+    seed = record.get("totp_secret")
+    if seed is not None and not _base32_seed(seed):
+        return "totp_secret is a base32 key of at least 16 characters"
     return None
+
+
+def _base32_seed(seed: Any) -> bool:
+    if not isinstance(seed, str) or not 16 <= len(seed) <= 128:
+        return False
+    try:
+        base64.b32decode(seed.upper() + "=" * (-len(seed) % 8))
+    except (ValueError, binascii.Error):
+        return False
+    return True
 
 
 def import_users(actor: Actor, lines: Iterator[bytes | str], *, invite: bool) -> list[tuple[int, str, str]]:
     """Create users from JSON lines (the export's format; its account fields are read past): one transaction
-    per line, an existing address skipped. Imported users have no password: ``invite`` mails each a link to
-    choose one; otherwise they use "forgot password". Returns (line number, email, outcome) per line."""
+    per line, an existing address skipped. A line may carry a migration's ``password_hash`` (Django's formats),
+    ``phone_verified`` and ``totp_secret``; without a hash the user has no password: ``invite`` mails each a link
+    to choose one, otherwise they use "forgot password". Returns (line number, email, outcome) per line."""
     require(actor, Power.CHANGE_USERS)
     results: list[tuple[int, str, str]] = []
     for number, raw in enumerate(lines, start=1):
@@ -278,9 +306,15 @@ def import_users(actor: Actor, lines: Iterator[bytes | str], *, invite: bool) ->
             continue
         now = utcnow()
         user = User(email=email, name=(record.get("name") or "").strip(), locale=record.get("locale"),
-                    email_verified_at=now if record.get("email_verified") else None)
+                    email_verified_at=now if record.get("email_verified") else None,
+                    password_hash=record.get("password_hash"),
+                    password_changed_at=now if record.get("password_hash") else None)
         if record.get("phone"):
-            user.phone = normalize_phone(record["phone"], current_app.config["IDP_DEFAULT_PHONE_REGION"])
+            phone = normalize_phone(record["phone"], current_app.config["IDP_DEFAULT_PHONE_REGION"])
+            if record.get("phone_verified") and phone:
+                user.set_verified_phone(phone, now)
+            else:
+                user.phone = phone
         db.session.add(user)
         try:
             db.session.flush()
@@ -288,7 +322,14 @@ def import_users(actor: Actor, lines: Iterator[bytes | str], *, invite: bool) ->
             db.session.rollback()
             results.append((number, email, "exists already"))
             continue
-        audit.record("user.created", subject=user, imported=True, invited=invite, **actor.audit())
+        if record.get("totp_secret"):  # the authenticator app the user already has keeps working
+            key = current_app.config["IDP_SECRET_KEY"]
+            db.session.add(TotpCredential(user_id=user.id, name=gettext("Authenticator app"), created_at=now,
+                                          confirmed_at=now, secret_encrypted=crypto.encrypt(
+                                              record["totp_secret"].upper().encode(), key, "totp")))
+        audit.record("user.created", subject=user, imported=True, invited=invite,
+                     with_password=bool(record.get("password_hash")), with_totp=bool(record.get("totp_secret")),
+                     **actor.audit())
         db.session.commit()
         if invite:
             service.invite_user(user)

@@ -14,6 +14,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from flask_babel import gettext as _
 
+from idp.security import imported_hashes
 from idp.security.argon2_lanes import verify_argon2id
 
 MIN_LENGTH = 8
@@ -75,6 +76,8 @@ def hash_password(password: str) -> str:
 
 def verify_password(password_hash: str | None, password: str) -> bool:
     """Whether ``password`` matches; a missing or malformed hash never matches and costs the same work."""
+    if password_hash and imported_hashes.is_imported(password_hash):  # until the next sign-in re-hashes it
+        return imported_hashes.verify(password_hash, password)
     # bool(), not `is not None`: an empty stored hash must not match the dummy hash's own password.
     return _verify(password_hash or _dummy_hash(current_cost()), _normalize(password)) and bool(password_hash)
 
@@ -92,8 +95,8 @@ def _verify(encoded: str, password: str) -> bool:
 
 
 def needs_rehash(password_hash: str) -> bool:
-    """Whether a stored hash uses weaker parameters than today's."""
-    return _hasher.check_needs_rehash(password_hash)
+    """Whether a stored hash uses weaker parameters than today's (an imported one always does)."""
+    return imported_hashes.is_imported(password_hash) or _hasher.check_needs_rehash(password_hash)
 
 
 @lru_cache(maxsize=4)
