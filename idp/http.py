@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from authlib.oauth2.rfc6749.errors import InvalidRequestError
+from authlib.oauth2.rfc6749.errors import InvalidRequestError, MissingAuthorizationError, OAuth2Error
 from flask import Flask, abort, current_app, g, has_request_context, jsonify, request, url_for
 from flask import Request as FlaskRequest
 from flask_babel import gettext as _
@@ -187,3 +187,30 @@ def problem(status: int, title: str, detail: str = "", headers: dict[str, str] |
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
+
+
+def bearer_challenge(realm: str, error: str | None = None, description: str = "", **params: Any) -> dict[str, str]:
+    """RFC 6750 3 (and RFC 9470 3's acr_values and max_age): the WWW-Authenticate challenge of a refused bearer
+    token; text parameters are quoted, numbers are not."""
+    parts = [f'Bearer realm="{realm}"']
+    if error:
+        parts.append(f'error="{error}"')
+    if description:
+        parts.append(f'error_description="{description}"')
+    parts.extend(f'{name}="{value}"' if isinstance(value, str) else f"{name}={value}"
+                 for name, value in params.items())
+    return {"WWW-Authenticate": ", ".join(parts)}
+
+
+def bearer_token(realm: str) -> Any:
+    """The access token row this request presents (the admin and account APIs), or the 401 problem document that
+    refuses it: none sent, or unknown, expired, revoked or not a bearer token at all."""
+    protector = current_app.extensions["idp.resource_protector"]
+    try:
+        return protector.acquire_token()
+    except MissingAuthorizationError:
+        return problem(401, "Authentication required", "Send an access token: Authorization: Bearer ...",
+                       bearer_challenge(realm))
+    except OAuth2Error:
+        return problem(401, "Invalid token", "The access token is unknown, expired or revoked.",
+                       bearer_challenge(realm, "invalid_token", "The access token is not valid"))

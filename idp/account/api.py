@@ -16,7 +16,7 @@ from functools import wraps
 from typing import Any
 from urllib.parse import urlsplit
 
-from authlib.oauth2.rfc6749.errors import MissingAuthorizationError, OAuth2Error
+from authlib.oauth2.rfc6749.errors import OAuth2Error
 from email_validator import EmailNotValidError, validate_email
 from flask import Blueprint, current_app, g, jsonify, request
 from flask_babel import force_locale
@@ -28,7 +28,7 @@ from idp.account import lifecycle, passwords
 from idp.account import signup as accounts
 from idp.account.openapi import document
 from idp.extensions import csrf, db, limiter
-from idp.http import client_address, problem
+from idp.http import bearer_challenge, bearer_token, client_address, problem
 from idp.jobs import enqueue
 from idp.login import sessions
 from idp.login.assurance import ACR_MFA, ACR_PASSWORD, meets
@@ -88,30 +88,16 @@ def cors(response: Response) -> Response:
 
 
 def _challenge(error: str | None = None, description: str = "", **params: Any) -> dict[str, str]:
-    """RFC 6750 3 (and RFC 9470 3 for a sign-in that is not enough): the WWW-Authenticate challenge."""
-    parts = ['Bearer realm="idp-account"']
-    if error:
-        parts.append(f'error="{error}"')
-    if description:
-        parts.append(f'error_description="{description}"')
-    parts.extend(f'{name}="{value}"' if isinstance(value, str) else f"{name}={value}"
-                 for name, value in params.items())
-    return {"WWW-Authenticate": ", ".join(parts)}
+    return bearer_challenge("idp-account", error, description, **params)
 
 
 def signed_in(view: Callable[..., Any]) -> Callable[..., Any]:
     """A view for a user's token of a first-party client with the idp:account scope."""
     @wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        protector = current_app.extensions["idp.resource_protector"]
-        try:
-            token = protector.acquire_token()
-        except MissingAuthorizationError:
-            return problem(401, "Authentication required", "Send an access token: Authorization: Bearer ...",
-                           _challenge())
-        except OAuth2Error:
-            return problem(401, "Invalid token", "The access token is unknown, expired or revoked.",
-                           _challenge("invalid_token", "The access token is not valid"))
+        token = bearer_token("idp-account")
+        if isinstance(token, Response):
+            return token
         client = db.session.execute(db.select(Client).where(Client.client_id == token.client_id)).scalar_one_or_none()
         user = db.session.get(User, token.user_id) if token.user_id is not None else None
         if (user is None or client is None or not client.first_party

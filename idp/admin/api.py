@@ -15,7 +15,6 @@ from datetime import datetime
 from functools import wraps
 from typing import Any
 
-from authlib.oauth2.rfc6749.errors import MissingAuthorizationError, OAuth2Error
 from flask import Blueprint, current_app, g, jsonify, request, stream_with_context
 from flask_babel import force_locale
 from flask_babel import gettext as _
@@ -26,7 +25,7 @@ from idp.admin.bulk import csv_cell
 from idp.admin.openapi import document
 from idp.admin.service import Actor, AdminError, Invalid, Role
 from idp.extensions import csrf, db, limiter
-from idp.http import problem
+from idp.http import bearer_challenge, bearer_token, problem
 from idp.login.assurance import meets
 from idp.models import AuditEvent, LoginSession, SigningKey, User, utcnow
 from idp.oidc.registration import describe
@@ -38,31 +37,17 @@ limiter.exempt(bp)
 SCOPE_ROLES = {"idp:admin": Role.ADMIN, "idp:helpdesk": Role.HELPDESK, "idp:audit": Role.AUDITOR}
 
 
-def _challenge(error: str | None = None, description: str = "", scope: str = "") -> dict[str, str]:
-    """RFC 6750 3: the WWW-Authenticate challenge of a refused bearer token."""
-    parts = ['Bearer realm="idp-admin"']
-    if error:
-        parts.append(f'error="{error}"')
-    if description:
-        parts.append(f'error_description="{description}"')
-    if scope:
-        parts.append(f'scope="{scope}"')
-    return {"WWW-Authenticate": ", ".join(parts)}
+def _challenge(error: str | None = None, description: str = "", **params: Any) -> dict[str, str]:
+    return bearer_challenge("idp-admin", error, description, **params)
 
 
 def authenticated(view: Callable[..., Any]) -> Callable[..., Any]:
     """A view for callers with a live access token carrying at least one admin scope (its roles)."""
     @wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        protector = current_app.extensions["idp.resource_protector"]
-        try:
-            token = protector.acquire_token()
-        except MissingAuthorizationError:
-            return problem(401, "Authentication required", "Send an access token: Authorization: Bearer ...",
-                           _challenge())
-        except OAuth2Error:  # unknown, expired, revoked, or not a bearer token at all
-            return problem(401, "Invalid token", "The access token is unknown, expired or revoked.",
-                           _challenge("invalid_token", "The access token is not valid"))
+        token = bearer_token("idp-admin")
+        if isinstance(token, Response):
+            return token
         roles = frozenset(SCOPE_ROLES[s] for s in (token.scope or "").split() if s in SCOPE_ROLES)
         person = None
         if token.user_id is not None:
@@ -74,7 +59,7 @@ def authenticated(view: Callable[..., Any]) -> Callable[..., Any]:
         if not roles:
             return problem(403, "Insufficient scope", "This token carries no admin scope that its holder may use.",
                            _challenge("insufficient_scope", "An admin scope is required",
-                                      " ".join(SCOPE_ROLES)))
+                                      scope=" ".join(SCOPE_ROLES)))
         g.admin_actor = Actor(roles=roles, via="api", user=person, client_id=token.client_id)
         return view(*args, **kwargs)
     return wrapped
