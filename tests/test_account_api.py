@@ -296,3 +296,22 @@ def test_the_api_is_rate_limited_per_token_with_a_problem_document(make_app):
     answers = [http.get(f"{API}/me", headers=bearer(tokens)) for _ in range(4)]
     assert [a.status_code for a in answers] == [200, 200, 200, 429]
     assert answers[-1].content_type == "application/problem+json" and int(answers[-1].headers["Retry-After"]) > 0
+
+
+def test_a_profile_phone_is_saved_once_the_texted_code_comes_back(app, client, mobile):
+    from tests.support import last_sms_code
+
+    make_user_in(app)
+    tokens, _answer = sign_in(client, mobile[0])
+    sent = client.post(f"{API}/me/phone", headers=bearer(tokens), json={"phone": "+44 7700 900123"})
+    assert sent.status_code == 202 and sent.get_json()["phone"] == "+447700900123"
+    wrong = client.post(f"{API}/me/phone/verify", headers=bearer(tokens), json={"phone": "+447700900123",
+                                                                                "code": "000000"})
+    assert wrong.status_code == 400 and "code" in wrong.get_json()["errors"]
+    saved = client.post(f"{API}/me/phone/verify", headers=bearer(tokens),
+                        json={"phone": "+447700900123", "code": last_sms_code(app)})
+    assert saved.status_code == 200 and saved.get_json()["phone_number_verified"] is True
+    assert client.delete(f"{API}/me/phone", headers=bearer(tokens)).status_code == 204
+    assert client.get(f"{API}/me", headers=bearer(tokens)).get_json()["phone_number"] is None
+    bad = client.post(f"{API}/me/phone", headers=bearer(tokens), json={"phone": "12"})
+    assert bad.status_code == 400

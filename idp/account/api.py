@@ -25,6 +25,7 @@ from werkzeug.wrappers import Response
 
 from idp import audit, i18n
 from idp.account import lifecycle, passwords
+from idp.account import phone as profile_phone
 from idp.account import signup as accounts
 from idp.account.openapi import document
 from idp.extensions import csrf, db, limiter
@@ -345,6 +346,76 @@ def reset_password() -> Response:
         if "token" in errors:
             return problem(400, "Invalid token", "The link has expired, was already used, or was replaced.")
         return _password_errors(errors, {})
+    return Response(status=204)
+
+
+# --- the profile phone number (OIDC Core 5.1 phone_number): verified by a texted code, as on /account/phone ---
+
+def _session_channel() -> str | Response:
+    """The sign-in session a texted code is bound to (this token's): another app or browser cannot use it."""
+    sid = g.api_token.sid
+    if not sid:
+        return problem(400, "Invalid request", "This token has no sign-in session to bind the code to.")
+    return sid
+
+
+@bp.post("/me/phone")
+@signed_in
+@recent_sign_in
+@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+def add_phone() -> Response:
+    """Text a code to a number for the profile ({"phone": "+44 7700 900123"}); it is saved once the code comes
+    back (POST /me/phone/verify). The SMS caps apply."""
+    data = _body()
+    if isinstance(data, Response):
+        return data
+    sid = _session_channel()
+    if isinstance(sid, Response):
+        return sid
+    if set(data) - {"phone"} or not isinstance(data.get("phone"), str):
+        return _invalid({"phone": "a phone number"})
+    try:
+        phone = profile_phone.send_code(user(), data["phone"], sid=sid, ip=g.client_ip, config=current_app.config)
+    except profile_phone.PhoneRefused as refused:
+        db.session.commit()  # the caps count refusals too
+        return _invalid({"phone": str(refused)})
+    db.session.commit()
+    response = jsonify({"phone": phone})
+    response.status_code = 202
+    return response
+
+
+@bp.post("/me/phone/verify")
+@signed_in
+@recent_sign_in
+@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+def verify_phone() -> Response:
+    """Save the number as the verified profile phone with the code texted to it ({"phone", "code"})."""
+    data = _body()
+    if isinstance(data, Response):
+        return data
+    sid = _session_channel()
+    if isinstance(sid, Response):
+        return sid
+    if set(data) - {"phone", "code"} or not all(isinstance(data.get(k), str) for k in ("phone", "code")):
+        return _invalid({"body": "phone and code"})
+    try:
+        profile_phone.confirm(user(), data["phone"], data["code"], sid=sid, now=utcnow(), config=current_app.config)
+    except profile_phone.PhoneRefused as refused:
+        db.session.commit()  # the wrong code counts
+        return _invalid({"code": str(refused)})
+    db.session.commit()
+    return jsonify(profile_json(user()))
+
+
+@bp.delete("/me/phone")
+@signed_in
+@recent_sign_in
+def remove_phone() -> Response:
+    """Take the number out of the profile (mailed)."""
+    if not profile_phone.remove(user()):
+        return problem(404, "Not found", "There is no phone number in the profile.")
+    db.session.commit()
     return Response(status=204)
 
 

@@ -92,6 +92,22 @@ def document(issuer: str) -> dict[str, Any]:
                     "properties": {"token": {**TEXT, "maxLength": 4096},
                                    "password": {**TEXT, "maxLength": 4096}}}}}},
                 "responses": {"204": {"description": "Changed"}, "400": PROBLEM, "429": PROBLEM}}},
+            "/me/phone": {
+                "post": {"summary": f"Text a code to a number for the profile; {STEP_UP}",
+                         "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                             "type": "object", "required": ["phone"], "additionalProperties": False,
+                             "properties": {"phone": {**TEXT, "maxLength": 64}}}}}},
+                         "responses": {"202": _json({"type": "object", "required": ["phone"], "properties": {
+                             "phone": {"type": "string"}}}, "The number, in E.164, a code was texted to"),
+                             **_errors(400, 429)}},
+                "delete": {"summary": f"Remove the profile phone number; {STEP_UP}",
+                           "responses": {"204": {"description": "Removed"}, **_errors(404)}}},
+            "/me/phone/verify": {"post": {
+                "summary": f"Save the number with the code texted to it; {STEP_UP}",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["phone", "code"], "additionalProperties": False,
+                    "properties": {"phone": {**TEXT, "maxLength": 64}, "code": {**TEXT, "maxLength": 12}}}}}},
+                "responses": {"200": _json(ref, "The profile with the verified number"), **_errors(400, 429)}}},
             "/me/factors": {"get": {"summary": "Second factors (no secrets)",
                                     "responses": {"200": _items("Factor"), **_errors()}}},
             "/me/factors/{factor_id}": {"delete": {
