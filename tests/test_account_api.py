@@ -315,3 +315,40 @@ def test_a_profile_phone_is_saved_once_the_texted_code_comes_back(app, client, m
     assert client.get(f"{API}/me", headers=bearer(tokens)).get_json()["phone_number"] is None
     bad = client.post(f"{API}/me/phone", headers=bearer(tokens), json={"phone": "12"})
     assert bad.status_code == 400
+
+
+def test_an_email_change_keeps_the_old_address_until_the_new_one_is_proved(app, client, mobile, mailbox):
+    from tests.support import code_in
+
+    make_user_in(app)
+    make_user_in(app, email="taken@example.com")
+    tokens, _answer = sign_in(client, mobile[0])
+    taken = client.post(f"{API}/me/email", headers=bearer(tokens), json={"email": "taken@example.com"})
+    fresh = client.post(f"{API}/me/email", headers=bearer(tokens), json={"email": "New@Example.com"})
+    assert taken.status_code == fresh.status_code == 202  # no telling which address has an account
+    assert client.get(f"{API}/me", headers=bearer(tokens)).get_json()["email"] == ALICE  # nothing changed yet
+    code = code_in(mailbox.last("new@example.com", "Confirm your new email address"))
+    wrong = client.post(f"{API}/me/email/verify", headers=bearer(tokens), json={"code": "000000"})
+    assert wrong.status_code == 400
+    done = client.post(f"{API}/me/email/verify", headers=bearer(tokens), json={"code": code})
+    assert done.status_code == 200 and done.get_json()["email"] == "new@example.com"
+    assert done.get_json()["email_verified"] is True
+    assert "new@example.com" in mailbox.last(ALICE, "Your email address was changed")["text"]
+    assert client.post(f"{API}/me/email/verify", headers=bearer(tokens), json={"code": code}).status_code == 400
+
+
+def test_the_account_page_changes_the_email_by_the_mailed_link(app, client, mailbox):
+    from tests.support import csrf_token, link_in, open_link, submit_link, walk
+
+    make_user_in(app)
+    walk(client, "/login")
+    page = client.get("/account/email")
+    sent = client.post("/account/email", data={"csrf_token": csrf_token(page), "email": "moved@example.com"})
+    assert sent.status_code == 302
+    link = link_in(mailbox.last("moved@example.com"), "/account/email/confirm#")
+    confirmed = submit_link(client, link, open_link(client, link), confirm="1")
+    assert confirmed.status_code == 302
+    with app.app_context():
+        from idp.models import User
+        assert db.session.execute(db.select(User).where(User.email == "moved@example.com")).scalar_one()
+    assert open_link(client, link).status_code == 400  # used once

@@ -24,14 +24,14 @@ from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
 from idp import audit, i18n
-from idp.account import lifecycle, passwords
+from idp.account import email_change, lifecycle, passwords
 from idp.account import phone as profile_phone
 from idp.account import signup as accounts
 from idp.account.openapi import document
 from idp.extensions import csrf, db, limiter
 from idp.http import bearer_challenge, bearer_token, client_address, problem
 from idp.jobs import enqueue
-from idp.login import sessions
+from idp.login import onetime, sessions
 from idp.login.assurance import ACR_MFA, ACR_PASSWORD, meets
 from idp.login.context import confirmed_factors
 from idp.login.enrolment import notify_change
@@ -347,6 +347,56 @@ def reset_password() -> Response:
             return problem(400, "Invalid token", "The link has expired, was already used, or was replaced.")
         return _password_errors(errors, {})
     return Response(status=204)
+
+
+# --- the email address: the old one stays until the new one is proved by the code mailed to it ---
+
+@bp.post("/me/email")
+@signed_in
+@recent_sign_in
+@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+def change_email() -> Response:
+    """Mail a code (and a link) to a new address ({"email": ...}); it replaces the old one once proved by
+    POST /me/email/verify. The same answer whether or not another account has it."""
+    data = _body()
+    if isinstance(data, Response):
+        return data
+    sid = _session_channel()
+    if isinstance(sid, Response):
+        return sid
+    if set(data) - {"email"} or not isinstance(data.get("email"), str):
+        return _invalid({"email": "an email address"})
+    try:
+        new = email_change.request_change(user(), data["email"], sid=sid, via="api")
+    except email_change.EmailRefused as refused:
+        return _invalid({"email": str(refused)})
+    db.session.commit()
+    response = jsonify({"email": new})
+    response.status_code = 202
+    return response
+
+
+@bp.post("/me/email/verify")
+@signed_in
+@recent_sign_in
+@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+def verify_email_change() -> Response:
+    """Make the new address the account's with the code mailed to it ({"code": ...}); the old address is told."""
+    data = _body()
+    if isinstance(data, Response):
+        return data
+    sid = _session_channel()
+    if isinstance(sid, Response):
+        return sid
+    if set(data) - {"code"} or not isinstance(data.get("code"), str):
+        return _invalid({"code": "the code from the mail"})
+    try:
+        row = email_change.by_code(user(), data["code"], sid=sid)
+        email_change.complete(row, used=True, via="api")
+    except (onetime.CodeRejected, email_change.EmailRefused) as refused:
+        db.session.commit()  # the wrong code counts
+        return _invalid({"code": str(refused)})
+    return jsonify(profile_json(user()))
 
 
 # --- the profile phone number (OIDC Core 5.1 phone_number): verified by a texted code, as on /account/phone ---

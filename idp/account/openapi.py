@@ -92,6 +92,19 @@ def document(issuer: str) -> dict[str, Any]:
                     "properties": {"token": {**TEXT, "maxLength": 4096},
                                    "password": {**TEXT, "maxLength": 4096}}}}}},
                 "responses": {"204": {"description": "Changed"}, "400": PROBLEM, "429": PROBLEM}}},
+            "/me/email": {"post": {
+                "summary": f"Mail a code to a new address (the old one stays until it is proved); {STEP_UP}",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["email"], "additionalProperties": False,
+                    "properties": {"email": {**TEXT, "maxLength": 320}}}}}},
+                "responses": {"202": _json({"type": "object", "required": ["email"], "properties": {
+                    "email": {"type": "string"}}}, "The address the code went to"), **_errors(400, 429)}}},
+            "/me/email/verify": {"post": {
+                "summary": f"Make the new address the account's with the mailed code; {STEP_UP}",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["code"], "additionalProperties": False,
+                    "properties": {"code": {**TEXT, "maxLength": 12}}}}}},
+                "responses": {"200": _json(ref, "The profile with the new address"), **_errors(400, 429)}}},
             "/me/phone": {
                 "post": {"summary": f"Text a code to a number for the profile; {STEP_UP}",
                          "requestBody": {"required": True, "content": {"application/json": {"schema": {

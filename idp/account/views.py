@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, flash, g, jsonify, redirect, render_te
 from flask_babel import gettext as _
 
 from idp import audit, i18n
-from idp.account import confirm, lifecycle, passwords
+from idp.account import confirm, email_change, lifecycle, passwords
 from idp.account import jobs as account_jobs  # noqa: F401  (registers the account jobs)
 from idp.account import phone as profile_phone
 from idp.account import signup as accounts
@@ -28,6 +28,7 @@ from idp.login.forms import (
     ChangePasswordForm,
     CodeForm,
     ConfirmForm,
+    EmailChangeForm,
     ForgotForm,
     NewPasswordForm,
     PhoneForm,
@@ -414,6 +415,48 @@ def end_session_link():
         db.session.commit()
     flash(_("That session is ended. If it was not you, reset your password now."))
     return redirect(url_for("account.forgot"))
+
+
+@bp.route("/account/email", methods=["GET", "POST"])
+@login_required
+@recent_auth_required(after_post="account.change_email", purpose="change_email")
+@limiter.limit(_forms_limit, methods=["POST"])
+def change_email():
+    """Change the email address: a link (and code) goes to the new address, which replaces the old one once proved."""
+    live = signed_in()
+    form = EmailChangeForm()
+    if form.validate_on_submit():
+        try:
+            new = email_change.request_change(live.user, form.email.data, sid=live.sid)
+        except email_change.EmailRefused as refused:
+            form.add_error(form.email, str(refused))
+        else:
+            db.session.commit()
+            flash(_("We mailed a link to %(email)s. Open it to make it your address.", email=new))
+            return redirect(url_for("account.home"))
+    return render_template("account/email.html", form=form, user=live.user)
+
+
+@bp.route("/account/email/confirm", methods=["GET", "POST"])
+def confirm_email():
+    """Make the new address the account's, from the link mailed to it."""
+    if request.method == "GET":
+        return _link_page(_("Confirm your new email address"), _("Open the link from the mail to confirm it."))
+    token = _link_token()
+    row = email_change.by_link(token)
+    if row is None:
+        return _link_error()
+    form = ConfirmForm()
+    if "confirm" not in request.form or not form.validate_on_submit():
+        return render_template("account/confirm.html", form=form, title=_("Confirm your new email address"),
+                               token=token, text=_("Make %(email)s your account's email address.", email=row.email),
+                               button=_("Confirm"))
+    try:
+        email_change.complete(row)
+    except email_change.EmailRefused as refused:
+        return render_template("error.html", title=_("This link is not valid"), message=str(refused)), 400
+    flash(_("Your email address is now %(email)s.", email=row.email))
+    return redirect(url_for("account.home") if current_session() else url_for("login.begin"))
 
 
 @bp.post("/account/delete")

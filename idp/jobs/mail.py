@@ -26,6 +26,8 @@ SUBJECTS = {
     "password_reset": _l("Reset your password"),
     "password_changed": _l("Your password was changed"),
     "account_deleted": _l("Your account was deleted"),
+    "change_email": _l("Confirm your new email address"),
+    "email_changed": _l("Your email address was changed"),
     "account_locked": _l("Your account was locked"),
     "login_code": _l("Your sign-in code"),
     "security_notice": _l("Security change on your account"),

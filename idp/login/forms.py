@@ -124,6 +124,12 @@ class ProfileForm(Form):
                                     for code, name in LANGUAGE_NAMES.items())])
 
 
+class EmailChangeForm(Form):
+    """A new email address for the account."""
+
+    email = EmailField(_l("New email address"), validators=EMAIL, render_kw={"autocomplete": "email"})
+
+
 class ConfirmForm(Form):
     """A button that only carries the CSRF token (sign out, end session, confirm a link)."""
 

@@ -65,8 +65,11 @@ def use(row: OneTimeToken, now: datetime) -> bool:
     return consume.token(row, now)
 
 
-def find_by_link(purpose: str, signed: str, *, now: datetime, secret_key: str, ttl: int) -> OneTimeToken | None:
-    """The live token behind a signed link, or None if tampered, expired, used or superseded."""
+def find_by_link(purpose: str, signed: str, *, now: datetime, secret_key: str, ttl: int,
+                 proves_new_address: bool = False) -> OneTimeToken | None:
+    """The live token behind a signed link, or None if tampered, expired, used or superseded. A token is for the
+    address it was mailed to, so one for an address the user no longer has is dead, unless it ``proves_new_address``
+    (an email change: the address it was mailed to is the one it proves)."""
     try:
         token = URLSafeTimedSerializer(secret_key, salt=f"idp.{purpose}").loads(signed, max_age=ttl)
     except BadSignature:
@@ -76,7 +79,9 @@ def find_by_link(purpose: str, signed: str, *, now: datetime, secret_key: str, t
     row = db.session.execute(
         db.select(OneTimeToken).where(OneTimeToken.token_hash == token_hash(token), OneTimeToken.purpose == purpose)
     ).scalar_one_or_none()
-    if row is None or row.used_at is not None or row.expires_at <= now or row.email != row.user.email:
+    if row is None or row.used_at is not None or row.expires_at <= now:
+        return None
+    if row.email != row.user.email and not proves_new_address:
         return None
     return row
 

@@ -37,6 +37,7 @@ REAUTH_PURPOSES = {
     "change_phone": _l("Confirm it's you to change your phone number."),
     "admin_action": _l("Confirm it's you to make this change as an administrator."),
     "delete_account": _l("Confirm it's you to delete your account."),
+    "change_email": _l("Confirm it's you to change your email address."),
     "export_data": _l("Confirm it's you to download your data."),
 }
 
