@@ -107,7 +107,9 @@ GETTEXT = {"_", "_l", "gettext", "lazy_gettext", "ngettext", "lazy_ngettext"}
 # Calls whose string arguments are for developers, logs or the audit trail, or are protocol text.
 DEVELOPER_CALLS = {"debug", "info", "warning", "error", "exception", "critical", "record", "RuntimeError",
                    "ValueError", "KeyError", "TypeError", "AssertionError", "SystemExit", "InvalidRequestError",
-                   "InvalidClientError", "InvalidGrantError", "OAuth2Error", "echo", "secho"}
+                   "InvalidClientError", "InvalidGrantError", "OAuth2Error", "echo", "secho",
+                   # RFC 9457 problem documents and RFC 6750 challenges of the APIs, read by developers
+                   "problem", "bearer_challenge"}
 SENTENCE = re.compile(r"^[A-Z][a-z]+[ ,][^\n]*[a-z]")
 # Text that is not language: a header's scheme, names of things.
 NOT_WORDS = {"Bearer ", "Mac OS", "Authorization, Content-Type, DPoP"}
