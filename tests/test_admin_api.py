@@ -598,3 +598,16 @@ def test_csv_exports_do_not_hand_spreadsheets_a_formula(app, client, admin, make
         from idp.admin import bulk, service
         lines = "".join(bulk.export_users(service.OPERATOR, "evil", {}, "csv"))
     assert "'=HYPERLINK" in lines and ",=HYPERLINK" not in lines
+
+
+def test_an_admins_token_stops_counting_when_the_console_level_is_raised(app, make_user):
+    """IDP_ADMIN_ACR raised to phishing-resistant: an admin token from an MFA (TOTP) sign-in is refused at once."""
+    make_user(email="root@example.com", is_admin=True)
+    client_id, secret = make_client_in(app, redirect_uris=["https://rp.example/cb"], first_party=True,
+                                       scopes=["openid", "idp:admin"])
+    root = _user_token(app.test_client(), client_id, secret, "openid idp:admin", "root@example.com",
+                       enrol_totp_in(app, "root@example.com")[0])
+    api = app.test_client()
+    assert api.get(f"{API}/users", headers=bearer(root["access_token"])).status_code == 200
+    app.config["IDP_ADMIN_ACR"] = "urn:idp:acr:phr"
+    assert_problem(api.get(f"{API}/users", headers=bearer(root["access_token"])), 403)
