@@ -352,3 +352,23 @@ def test_the_account_page_changes_the_email_by_the_mailed_link(app, client, mail
         from idp.models import User
         assert db.session.execute(db.select(User).where(User.email == "moved@example.com")).scalar_one()
     assert open_link(client, link).status_code == 400  # used once
+
+
+def test_an_address_is_verified_by_the_link_token_and_a_new_link_can_be_asked(app, client, mobile, mailbox):
+    from tests.support import link_in
+
+    make_user_in(app, verified=False)
+    verifier, challenge = pkce_pair()
+    step = client.post(CHALLENGE, data={"client_id": mobile[0], "response_type": "code",
+                                        "scope": "openid idp:account", "code_challenge": challenge,
+                                        "code_challenge_method": "S256", "username": ALICE,
+                                        "password": PASSWORD}).get_json()
+    assert step["step"] == "email_verification"
+    token = link_in(mailbox.last(ALICE), "/verify-email#").rpartition("#")[2]
+    assert client.post(f"{API}/email/verify", json={"token": "forged"}).status_code == 400
+    assert client.post(f"{API}/email/verify", json={"token": token}).status_code == 204
+    assert client.post(f"{API}/email/verify", json={"token": token}).status_code == 400  # used once
+    done = client.post(CHALLENGE, data={"auth_session": step["auth_session"]}).get_json()  # verified meanwhile
+    tokens = client.post("/token", data={"grant_type": "authorization_code", "client_id": mobile[0],
+                                         "code": done["authorization_code"], "code_verifier": verifier}).get_json()
+    assert client.post(f"{API}/email/verification", headers=bearer(tokens)).status_code == 409

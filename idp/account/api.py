@@ -29,9 +29,9 @@ from idp.account import phone as profile_phone
 from idp.account import signup as accounts
 from idp.account.openapi import document
 from idp.extensions import csrf, db, limiter
-from idp.http import bearer_challenge, bearer_token, client_address, problem
+from idp.http import bearer_challenge, bearer_token, client_address, external_url, problem
 from idp.jobs import enqueue
-from idp.login import onetime, sessions
+from idp.login import onetime, sessions, verification
 from idp.login.assurance import ACR_MFA, ACR_PASSWORD, meets
 from idp.login.context import confirmed_factors
 from idp.login.enrolment import notify_change
@@ -275,6 +275,37 @@ def register() -> Response:
         db.session.rollback()
         return _invalid({"password": " ".join(registration.problems)})
     return start_signup(client, data, registration.user, registration.existing)
+
+
+@bp.post("/email/verify")
+@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+def verify_email_link() -> Response:
+    """Verify an address with the token of the verification mail's link (the part after '#'); no sign-in needed
+    (the mail's code is answered at the challenge endpoint instead)."""
+    data = _unsigned_body()
+    if isinstance(data, Response):
+        return data
+    if set(data) - {"token"} or not data.get("token"):
+        return _invalid({"token": "the token of the mailed link"})
+    now = utcnow()
+    row = verification.link_row(data["token"].strip().rpartition("#")[2], now, current_app.config)
+    if row is None or not verification.verify_by_link(row, now, ip=g.client_ip, user_agent=g.user_agent):
+        return problem(400, "Invalid token", "The link has expired, was already used, or was replaced.")
+    db.session.commit()
+    return Response(status=204)
+
+
+@bp.post("/email/verification")
+@signed_in
+@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+def resend_verification() -> Response:
+    """Mail the signed-in user a new verification link (202), unless the address is verified already (409)."""
+    if user().email_verified:
+        return problem(409, "Conflict", "The address is verified already.")
+    verification.send_verification(user(), now=utcnow(), config=current_app.config, url=external_url)
+    audit.record("email.verification_sent", subject=user(), via="api")
+    db.session.commit()
+    return Response(status=202)
 
 
 # --- passwords --------------------------------------------------------------------------------------------------

@@ -79,6 +79,15 @@ def document(issuer: str) -> dict[str, Any]:
                 "responses": {"202": _json({"type": "object", "required": ["auth_session", "step"], "properties": {
                     "auth_session": {"type": "string"}, "step": {"type": "string"}}}, "The sign-up's next step"),
                               "400": PROBLEM, "401": PROBLEM, "403": PROBLEM, "429": PROBLEM}}},
+            "/email/verify": {"post": {
+                "summary": "Verify an address with the token of the verification mail's link",
+                "security": [], "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["token"], "additionalProperties": False,
+                    "properties": {"token": {**TEXT, "maxLength": 4096}}}}}},
+                "responses": {"204": {"description": "Verified"}, "400": PROBLEM, "429": PROBLEM}}},
+            "/email/verification": {"post": {
+                "summary": "Mail the signed-in user a new verification link",
+                "responses": {"202": {"description": "Sent"}, **_errors(409, 429)}}},
             "/password/forgot": {"post": {
                 "summary": "Mail a password reset link (202 whether or not the address has an account)",
                 "security": [], "requestBody": {"required": True, "content": {"application/json": {"schema": {

@@ -14,7 +14,7 @@ from idp.account.security import recent_auth_required
 from idp.extensions import db, limiter
 from idp.http import clear_session_cookie
 from idp.jobs import enqueue
-from idp.login import devices, onetime, sessions, transaction
+from idp.login import devices, onetime, sessions, transaction, verification
 from idp.login.browser import (
     begin_transaction,
     binding,
@@ -35,8 +35,6 @@ from idp.login.forms import (
     ProfileForm,
     SignUpForm,
 )
-from idp.login.verification import PURPOSE as VERIFY_PURPOSE
-from idp.login.verification import mark_verified
 from idp.models import Client, Consent, LoginSession, LoginTransaction, User, utcnow
 from idp.models.user import normalize_email
 from idp.oidc.claims import SCOPE_DESCRIPTIONS
@@ -108,7 +106,7 @@ def verify_email():
     if request.method == "GET":
         return _link_page(_("Verify your email"), _("Open the link from the mail to verify your address."))
     token = _link_token()
-    row = _link_row(VERIFY_PURPOSE, token, "IDP_VERIFY_LINK_TTL")
+    row = verification.link_row(token, utcnow(), current_app.config)
     if row is None:
         return _link_error()
     form = ConfirmForm()
@@ -116,10 +114,8 @@ def verify_email():
         return render_template("account/confirm.html", form=form, title=_("Verify your email"), token=token,
                                text=_("Confirm that %(email)s is your address.", email=row.email),
                                button=_("Verify email"))
-    now = utcnow()
-    if not onetime.use(row, now):  # another request used it in the meantime (SECURITY.md 32)
-        return _link_error()
-    mark_verified(row, now, ip=g.client_ip, user_agent=g.user_agent, method="link")
+    if not verification.verify_by_link(row, utcnow(), ip=g.client_ip, user_agent=g.user_agent):
+        return _link_error()  # another request used it in the meantime (SECURITY.md 32)
     db.session.commit()
     pending = db.session.execute(
         db.select(LoginTransaction).where(

@@ -36,3 +36,18 @@ def mark_verified(row: OneTimeToken, now: datetime, *, ip: str, user_agent: str,
     user = row.user
     if consume.email_verified(user, row.email, now):
         audit.record("email.verified", subject=user, method=method, ip=ip, user_agent=user_agent)
+
+
+def link_row(token: str, now: datetime, config: Mapping[str, Any]) -> OneTimeToken | None:
+    """The live verification token behind a mailed link's token, or None."""
+    return onetime.find_by_link(PURPOSE, token, now=now, secret_key=config["IDP_SECRET_KEY"],
+                                ttl=config["IDP_VERIFY_LINK_TTL"])
+
+
+def verify_by_link(row: OneTimeToken, now: datetime, *, ip: str, user_agent: str) -> bool:
+    """Verify the address with a link's token, used once (SECURITY.md 32): the page's and the account API's way;
+    False when another request used it first. The caller commits."""
+    if not onetime.use(row, now):
+        return False
+    mark_verified(row, now, ip=ip, user_agent=user_agent, method="link")
+    return True
