@@ -372,3 +372,26 @@ def test_an_address_is_verified_by_the_link_token_and_a_new_link_can_be_asked(ap
     tokens = client.post("/token", data={"grant_type": "authorization_code", "client_id": mobile[0],
                                          "code": done["authorization_code"], "code_verifier": verifier}).get_json()
     assert client.post(f"{API}/email/verification", headers=bearer(tokens)).status_code == 409
+
+
+def test_a_phone_for_sign_in_codes_is_added_through_the_api_and_signs_in(app, client, mobile):
+    from tests.support import last_sms_code
+
+    make_user_in(app)
+    tokens, _answer = sign_in(client, mobile[0])
+    sent = client.post(f"{API}/me/phones", headers=bearer(tokens), json={"phone": "+1 415 555 0123"})
+    assert sent.status_code == 202 and sent.get_json()["phone"] == "+14155550123"
+    wrong = client.post(f"{API}/me/phones/verify", headers=bearer(tokens), json={"phone": "+14155550123",
+                                                                                 "code": "000000"})
+    assert wrong.status_code == 400
+    added = client.post(f"{API}/me/phones/verify", headers=bearer(tokens),
+                        json={"phone": "+14155550123", "code": last_sms_code(app)})
+    assert added.status_code == 201 and added.get_json()["kind"] == "sms"
+    verifier, challenge = pkce_pair()
+    step = client.post(CHALLENGE, data={"client_id": mobile[0], "response_type": "code", "scope": "openid",
+                                        "code_challenge": challenge, "code_challenge_method": "S256",
+                                        "username": ALICE, "password": PASSWORD}).get_json()
+    assert step["step"] == "sms"
+    done = client.post(CHALLENGE, data={"auth_session": step["auth_session"], "code": last_sms_code(app)}).get_json()
+    from tests.test_challenge import redeem as redeem_code
+    assert "sms" in redeem_code(client, mobile[0], done["authorization_code"], verifier)["amr"]

@@ -33,9 +33,11 @@ from idp.http import bearer_challenge, bearer_token, client_address, external_ur
 from idp.jobs import enqueue
 from idp.login import onetime, sessions, verification
 from idp.login.assurance import ACR_MFA, ACR_PASSWORD, meets
+from idp.login.codes import normalize_phone
 from idp.login.context import confirmed_factors
 from idp.login.enrolment import notify_change
 from idp.login.factors import REGISTRY
+from idp.login.factors.base import EnrolContext
 from idp.login.factors.recovery_code import new_recovery_codes_for
 from idp.login.factors.totp import TotpCredential, confirm_totp, start_totp, totp_display
 from idp.models import Client, Consent, Device, Factor, LoginSession, Token, User, utcnow
@@ -579,6 +581,71 @@ def confirm_otp(factor_id: int) -> Response:
                   via="api")
     db.session.commit()
     return jsonify(factor_json(factor))
+
+
+def _enrol_sms(stage: str, fields: dict[str, Any], pending: dict[str, Any]) -> Any:
+    """One stage of the SMS factor's own enrolment (idp.login.factors.sms), as the security page runs it."""
+    factor = REGISTRY.by_slug("phone")
+    if factor is None or not factor.available():
+        return problem(404, "Not found", "Text messages are not offered as a second factor here.")
+    ec = EnrolContext(user=user(), now=utcnow(), ip=g.client_ip, user_agent=g.user_agent, config=current_app.config,
+                      pending=pending)
+    return factor.enrol_verify(stage, ec, fields)
+
+
+@bp.post("/me/phones")
+@signed_in
+@recent_sign_in
+@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+def add_sms_factor() -> Response:
+    """Add a phone for sign-in codes: a code is texted to it ({"phone": ...}); POST /me/phones/verify with it."""
+    data = _body()
+    if isinstance(data, Response):
+        return data
+    sid = _session_channel()
+    if isinstance(sid, Response):
+        return sid
+    if set(data) - {"phone"} or not isinstance(data.get("phone"), str):
+        return _invalid({"phone": "a phone number"})
+    result = _enrol_sms("new", {"phone": data["phone"]}, {"sid": sid})
+    if isinstance(result, Response):
+        return result
+    db.session.commit()  # the caps count refusals too
+    if not result.ok:
+        return _invalid({"phone": result.error or "refused"})
+    response = jsonify({"phone": (result.pending or {}).get("phone")})
+    response.status_code = 202
+    return response
+
+
+@bp.post("/me/phones/verify")
+@signed_in
+@recent_sign_in
+@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+def verify_sms_factor() -> Response:
+    """Add the phone as a second factor with the code texted to it ({"phone", "code"}); the user is mailed."""
+    data = _body()
+    if isinstance(data, Response):
+        return data
+    sid = _session_channel()
+    if isinstance(sid, Response):
+        return sid
+    if set(data) - {"phone", "code"} or not all(isinstance(data.get(k), str) for k in ("phone", "code")):
+        return _invalid({"body": "phone and code"})
+    phone = normalize_phone(data["phone"], current_app.config["IDP_DEFAULT_PHONE_REGION"])
+    result = _enrol_sms("verify", {"code": data["code"]}, {"sid": sid, "phone": phone})
+    if isinstance(result, Response):
+        return result
+    if not result.ok:
+        db.session.commit()  # the wrong code counts
+        return _invalid({"code": result.error or "refused"})
+    notify_change(user(), result.notice, event=result.event, kind="sms", via="api")
+    db.session.commit()
+    added = db.session.execute(db.select(Factor).where(Factor.user_id == user().id, Factor.kind == "sms")
+                               .order_by(Factor.id.desc()).limit(1)).scalar_one()
+    response = jsonify(factor_json(added))
+    response.status_code = 201
+    return response
 
 
 @bp.post("/me/recovery-codes")

@@ -149,6 +149,21 @@ def document(issuer: str) -> dict[str, Any]:
                     "type": "object", "required": ["code"], "properties": {"code": {**TEXT, "maxLength": 12}}}}}},
                 "responses": {"200": _json({"$ref": "#/components/schemas/Factor"}, "The confirmed factor"),
                               **_errors(400, 404, 429)}}},
+            "/me/phones": {"post": {
+                "summary": f"Add a phone for sign-in codes: a code is texted to it; {STEP_UP}",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["phone"], "additionalProperties": False,
+                    "properties": {"phone": {**TEXT, "maxLength": 64}}}}}},
+                "responses": {"202": _json({"type": "object", "required": ["phone"], "properties": {
+                    "phone": {"type": ["string", "null"]}}}, "The number a code was texted to"),
+                    **_errors(400, 404, 429)}}},
+            "/me/phones/verify": {"post": {
+                "summary": f"Add the phone as a second factor with the texted code; {STEP_UP}",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["phone", "code"], "additionalProperties": False,
+                    "properties": {"phone": {**TEXT, "maxLength": 64}, "code": {**TEXT, "maxLength": 12}}}}}},
+                "responses": {"201": _json({"$ref": "#/components/schemas/Factor"}, "The new factor"),
+                              **_errors(400, 404, 429)}}},
             "/me/recovery-codes": {"post": {
                 "summary": f"Ten new recovery codes, shown once; {STEP_UP}",
                 "responses": {"200": _json({"type": "object", "required": ["codes"], "properties": {
