@@ -3,6 +3,8 @@ the account, meet the RFC 9470 step-up challenge, step up, refresh, log out."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from idp.extensions import db
@@ -395,3 +397,57 @@ def test_a_phone_for_sign_in_codes_is_added_through_the_api_and_signs_in(app, cl
     done = client.post(CHALLENGE, data={"auth_session": step["auth_session"], "code": last_sms_code(app)}).get_json()
     from tests.test_challenge import redeem as redeem_code
     assert "sms" in redeem_code(client, mobile[0], done["authorization_code"], verifier)["amr"]
+
+
+def _none_attestation(options: dict, origin: str) -> tuple[str, str]:
+    """A registration response from a software authenticator (an ES256 key), with "none" attestation (WebAuthn L3
+    6.5, 8.7): returns (the credential JSON, the credential id)."""
+    import base64
+    import hashlib
+    import secrets
+
+    import cbor2
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    def b64url(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    numbers = key.public_key().public_numbers()
+    cose = cbor2.dumps({1: 2, 3: -7, -1: 1, -2: numbers.x.to_bytes(32, "big"), -3: numbers.y.to_bytes(32, "big")})
+    credential_id = secrets.token_bytes(16)
+    flags = 0x01 | 0x04 | 0x40  # user present, user verified, attested credential data
+    auth_data = (hashlib.sha256(options["rp"]["id"].encode()).digest() + bytes([flags]) + (0).to_bytes(4, "big")
+                 + bytes(16) + len(credential_id).to_bytes(2, "big") + credential_id + cose)
+    client_data = json.dumps({"type": "webauthn.create", "challenge": options["challenge"], "origin": origin,
+                              "crossOrigin": False}).encode()
+    attestation = cbor2.dumps({"fmt": "none", "attStmt": {}, "authData": auth_data})
+    return json.dumps({"id": b64url(credential_id), "rawId": b64url(credential_id), "type": "public-key",
+                       "response": {"clientDataJSON": b64url(client_data), "attestationObject": b64url(attestation)},
+                       "clientExtensionResults": {}}), b64url(credential_id)
+
+
+def test_a_passkey_is_registered_through_the_api_with_a_single_use_challenge(app, client, mobile):
+    make_user_in(app)
+    tokens, _answer = sign_in(client, mobile[0])
+    started = client.post(f"{API}/me/factors/webauthn", headers=bearer(tokens))
+    assert started.status_code == 200
+    body = started.get_json()
+    credential, _credential_id = _none_attestation(body["options"], app.config["IDP_ISSUER"])
+    forged = client.post(f"{API}/me/factors/webauthn/verify", headers=bearer(tokens),
+                         json={"challenge": "not-ours", "credential": credential})
+    assert forged.status_code == 400
+    broken = client.post(f"{API}/me/factors/webauthn/verify", headers=bearer(tokens),
+                         json={"challenge": body["challenge"], "credential": "{}"})
+    assert broken.status_code == 400
+    spent = client.post(f"{API}/me/factors/webauthn/verify", headers=bearer(tokens),
+                        json={"challenge": body["challenge"], "credential": credential})
+    assert spent.status_code == 400 and "challenge" in spent.get_json()["errors"]  # used once, whatever came of it
+    body = client.post(f"{API}/me/factors/webauthn", headers=bearer(tokens)).get_json()
+    credential, _credential_id = _none_attestation(body["options"], app.config["IDP_ISSUER"])
+    added = client.post(f"{API}/me/factors/webauthn/verify", headers=bearer(tokens),
+                        json={"challenge": body["challenge"], "credential": credential, "name": "Phone"})
+    assert added.status_code == 201, added.get_json()
+    assert added.get_json()["kind"] == "webauthn" and added.get_json()["name"] == "Phone"
+    # The user has a second factor now: a password-only token no longer makes changes (RFC 9470).
+    assert client.post(f"{API}/me/factors/webauthn", headers=bearer(tokens)).status_code == 401

@@ -53,6 +53,7 @@ def test_the_account_api_answers_as_its_document_says(case, app, user_headers):
                                                ("POST", "/me/phone"), ("POST", "/me/phone/verify"),  # a real number
                                                ("POST", "/me/email"), ("POST", "/me/email/verify"),  # an address
                                                ("POST", "/email/verify"),  # a token that a mail carried
-                                               ("POST", "/me/phones"), ("POST", "/me/phones/verify")}
+                                               ("POST", "/me/phones"), ("POST", "/me/phones/verify"),
+                                               ("POST", "/me/factors/webauthn/verify")}  # a real credential
     case.call_and_validate(base_url="http://localhost/api/v1", headers=headers, app=app,
                            excluded_checks=[schemathesis.checks.positive_data_acceptance] if cross_field else None)

@@ -10,6 +10,7 @@ the app steps up at the challenge endpoint with those values. Errors are RFC 945
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import timedelta
 from functools import wraps
@@ -40,12 +41,14 @@ from idp.login.factors import REGISTRY
 from idp.login.factors.base import EnrolContext
 from idp.login.factors.recovery_code import new_recovery_codes_for
 from idp.login.factors.totp import TotpCredential, confirm_totp, start_totp, totp_display
-from idp.models import Client, Consent, Device, Factor, LoginSession, Token, User, utcnow
+from idp.login.factors.webauthn import add_webauthn, registration_options
+from idp.models import Client, Consent, Device, Factor, LoginSession, OneTimeToken, Token, User, utcnow
 from idp.models.user import normalize_email
 from idp.oidc.challenge import start_signup
 from idp.oidc.claims import ACCOUNT_SCOPE, SCOPE_DESCRIPTIONS
 from idp.oidc.server import current_server, revoke_family, revoke_for_client
 from idp.security.tokens import token_hash
+from idp.security.webauthn import WebAuthnFailed, new_challenge
 
 bp = Blueprint("account_api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)  # bearer tokens, never cookies
@@ -644,6 +647,78 @@ def verify_sms_factor() -> Response:
     added = db.session.execute(db.select(Factor).where(Factor.user_id == user().id, Factor.kind == "sms")
                                .order_by(Factor.id.desc()).limit(1)).scalar_one()
     response = jsonify(factor_json(added))
+    response.status_code = 201
+    return response
+
+
+WEBAUTHN_PURPOSE = "webauthn_register"  # a registration challenge handed to an app, kept hashed until used
+WEBAUTHN_TTL = 300
+
+
+@bp.post("/me/factors/webauthn")
+@signed_in
+@recent_sign_in
+@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+def start_webauthn() -> Response:
+    """Options for navigator.credentials.create() (or the platform's passkey API) to add a passkey
+    ({"passkey": true}, the default) or a security key; the challenge is bound to this token's session and used
+    once, within five minutes."""
+    data = _body() if request.get_data() else {}
+    if isinstance(data, Response):
+        return data
+    sid = _session_channel()
+    if isinstance(sid, Response):
+        return sid
+    if set(data) - {"passkey"} or not isinstance(data.get("passkey", True), bool):
+        return _invalid({"passkey": "true or false"})
+    factor = REGISTRY.get("webauthn")
+    if factor is None or not factor.available():
+        return problem(404, "Not found", "Passkeys need the issuer to be a host name; not offered here.")
+    now = utcnow()
+    challenge = new_challenge()
+    db.session.add(OneTimeToken(purpose=WEBAUTHN_PURPOSE, user=user(), email=user().email, created_at=now,
+                                expires_at=now + timedelta(seconds=WEBAUTHN_TTL), token_hash=token_hash(challenge),
+                                transaction_id=f"webauthn:{sid}"))
+    options = registration_options(user(), challenge, passkey=data.get("passkey", True))
+    db.session.commit()
+    response = jsonify({"challenge": challenge, "options": json.loads(options)})
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/me/factors/webauthn/verify")
+@signed_in
+@recent_sign_in
+@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+def verify_webauthn() -> Response:
+    """Register the new credential ({"challenge", "credential": the registration response JSON, "name"?}); the
+    challenge is used once, whatever the outcome; the user is mailed."""
+    data = _body()
+    if isinstance(data, Response):
+        return data
+    sid = _session_channel()
+    if isinstance(sid, Response):
+        return sid
+    challenge, credential, name = data.get("challenge"), data.get("credential"), data.get("name", "")
+    if (set(data) - {"challenge", "credential", "name"} or not isinstance(challenge, str)
+            or not isinstance(credential, str | dict) or not isinstance(name, str) or len(name) > 100):
+        return _invalid({"body": "challenge, credential (the registration response) and an optional name"})
+    now = utcnow()
+    row = db.session.execute(db.select(OneTimeToken).where(
+        OneTimeToken.purpose == WEBAUTHN_PURPOSE, OneTimeToken.token_hash == token_hash(challenge),
+        OneTimeToken.transaction_id == f"webauthn:{sid}", OneTimeToken.user_id == user().id)).scalar_one_or_none()
+    if row is None or row.expires_at <= now or not onetime.use(row, now):
+        return _invalid({"challenge": "unknown, used or expired: ask for new options"})
+    payload = credential if isinstance(credential, str) else json.dumps(credential)
+    try:
+        factor, _verified = add_webauthn(user(), payload[:20000], challenge, now, name=name.strip())
+    except WebAuthnFailed:
+        db.session.commit()  # the challenge stays used
+        return _invalid({"credential": "the registration could not be verified"})
+    notify_change(user(), _("The security key or passkey “%(name)s” was added to your account.", name=factor.name),
+                  event="factor.added", kind="webauthn", via="api")
+    db.session.commit()
+    response = jsonify(factor_json(factor))
     response.status_code = 201
     return response
 

@@ -164,6 +164,22 @@ def document(issuer: str) -> dict[str, Any]:
                     "properties": {"phone": {**TEXT, "maxLength": 64}, "code": {**TEXT, "maxLength": 12}}}}}},
                 "responses": {"201": _json({"$ref": "#/components/schemas/Factor"}, "The new factor"),
                               **_errors(400, 404, 429)}}},
+            "/me/factors/webauthn": {"post": {
+                "summary": f"Options to register a passkey or security key (a challenge for five minutes); {STEP_UP}",
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                    "type": "object", "additionalProperties": False, "properties": {"passkey": {"type": "boolean"}}}}}},
+                "responses": {"200": _json({"type": "object", "required": ["challenge", "options"], "properties": {
+                    "challenge": {"type": "string"}, "options": {"type": "object"}}}, "The creation options"),
+                    **_errors(400, 404, 429)}}},
+            "/me/factors/webauthn/verify": {"post": {
+                "summary": f"Register the new credential from its registration response; {STEP_UP}",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["challenge", "credential"], "additionalProperties": False,
+                    "properties": {"challenge": {**TEXT, "maxLength": 200},
+                                   "credential": {"type": ["string", "object"]},
+                                   "name": {**TEXT, "maxLength": 100}}}}}},
+                "responses": {"201": _json({"$ref": "#/components/schemas/Factor"}, "The new factor"),
+                              **_errors(400, 429)}}},
             "/me/recovery-codes": {"post": {
                 "summary": f"Ten new recovery codes, shown once; {STEP_UP}",
                 "responses": {"200": _json({"type": "object", "required": ["codes"], "properties": {
