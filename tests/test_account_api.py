@@ -451,3 +451,41 @@ def test_a_passkey_is_registered_through_the_api_with_a_single_use_challenge(app
     assert added.get_json()["kind"] == "webauthn" and added.get_json()["name"] == "Phone"
     # The user has a second factor now: a password-only token no longer makes changes (RFC 9470).
     assert client.post(f"{API}/me/factors/webauthn", headers=bearer(tokens)).status_code == 401
+
+
+def test_the_native_journey_with_a_text_message_and_a_recovery_code(app, client, mobile):
+    """As the TOTP journey, with the SMS factor (added through the API) and then a recovery code."""
+    from tests.support import last_sms_code
+
+    make_user_in(app)
+    tokens, first = sign_in(client, mobile[0])
+    client.post(f"{API}/me/phones", headers=bearer(tokens), json={"phone": "+14155550123"})
+    added = client.post(f"{API}/me/phones/verify", headers=bearer(tokens),
+                        json={"phone": "+14155550123", "code": last_sms_code(app)})
+    assert added.status_code == 201
+    refused = client.post(f"{API}/me/recovery-codes", headers=bearer(tokens))
+    assert refused.status_code == 401 and 'acr_values="urn:idp:acr:mfa"' in refused.headers["WWW-Authenticate"]
+
+    verifier, challenge = pkce_pair()
+    step = client.post(CHALLENGE, data={"auth_session": first["auth_session"], "client_id": mobile[0],
+                                        "response_type": "code", "scope": "openid offline_access idp:account",
+                                        "code_challenge": challenge, "code_challenge_method": "S256",
+                                        "acr_values": "urn:idp:acr:mfa"}).get_json()
+    assert step["step"] == "sms"
+    done = client.post(CHALLENGE, data={"auth_session": step["auth_session"], "code": last_sms_code(app)}).get_json()
+    stronger = client.post("/token", data={"grant_type": "authorization_code", "code": done["authorization_code"],
+                                           "client_id": mobile[0], "code_verifier": verifier}).get_json()
+    codes = client.post(f"{API}/me/recovery-codes", headers=bearer(stronger)).get_json()["codes"]
+    assert len(codes) == 10
+
+    other = app.test_client()
+    verifier, challenge = pkce_pair()
+    answer = other.post(CHALLENGE, data={"client_id": mobile[0], "response_type": "code", "scope": "openid",
+                                         "code_challenge": challenge, "code_challenge_method": "S256",
+                                         "username": ALICE, "password": PASSWORD}).get_json()
+    picked = other.post(CHALLENGE, data={"auth_session": answer["auth_session"], "factor": "recovery_code"}).get_json()
+    final = other.post(CHALLENGE, data={"auth_session": picked["auth_session"], "code": codes[0]}).get_json()
+    from tests.test_challenge import redeem as redeem_code
+    assert redeem_code(other, mobile[0], final["authorization_code"], verifier)["acr"] == "urn:idp:acr:mfa"
+    assert client.post(f"{API}/logout", headers=bearer(stronger), json={"everywhere": True}).status_code == 204
+    assert client.get(f"{API}/me", headers=bearer(stronger)).status_code == 401
