@@ -387,6 +387,20 @@ def reset_password() -> Response:
 
 # --- the email address: the old one stays until the new one is proved by the code mailed to it ---
 
+def _session_fields(*names: str) -> tuple[dict[str, Any], str] | Response:
+    """A change bound to this token's sign-in session (a texted or mailed code): its JSON body, which must hold
+    exactly ``names`` as strings, and the session's id; or the problem document that refuses the request."""
+    data = _body()
+    if isinstance(data, Response):
+        return data
+    sid = _session_channel()
+    if isinstance(sid, Response):
+        return sid
+    if set(data) - set(names) or not all(isinstance(data.get(name), str) for name in names):
+        return _invalid({"body": " and ".join(names) + ", as text"})
+    return data, sid
+
+
 @bp.post("/me/email")
 @signed_in
 @recent_sign_in
@@ -394,14 +408,10 @@ def reset_password() -> Response:
 def change_email() -> Response:
     """Mail a code (and a link) to a new address ({"email": ...}); it replaces the old one once proved by
     POST /me/email/verify. The same answer whether or not another account has it."""
-    data = _body()
-    if isinstance(data, Response):
-        return data
-    sid = _session_channel()
-    if isinstance(sid, Response):
-        return sid
-    if set(data) - {"email"} or not isinstance(data.get("email"), str):
-        return _invalid({"email": "an email address"})
+    found = _session_fields("email")
+    if isinstance(found, Response):
+        return found
+    data, sid = found
     try:
         new = email_change.request_change(user(), data["email"], sid=sid, via="api")
     except email_change.EmailRefused as refused:
@@ -418,14 +428,10 @@ def change_email() -> Response:
 @limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
 def verify_email_change() -> Response:
     """Make the new address the account's with the code mailed to it ({"code": ...}); the old address is told."""
-    data = _body()
-    if isinstance(data, Response):
-        return data
-    sid = _session_channel()
-    if isinstance(sid, Response):
-        return sid
-    if set(data) - {"code"} or not isinstance(data.get("code"), str):
-        return _invalid({"code": "the code from the mail"})
+    found = _session_fields("code")
+    if isinstance(found, Response):
+        return found
+    data, sid = found
     try:
         row = email_change.by_code(user(), data["code"], sid=sid)
         email_change.complete(row, used=True, via="api")
@@ -452,14 +458,10 @@ def _session_channel() -> str | Response:
 def add_phone() -> Response:
     """Text a code to a number for the profile ({"phone": "+44 7700 900123"}); it is saved once the code comes
     back (POST /me/phone/verify). The SMS caps apply."""
-    data = _body()
-    if isinstance(data, Response):
-        return data
-    sid = _session_channel()
-    if isinstance(sid, Response):
-        return sid
-    if set(data) - {"phone"} or not isinstance(data.get("phone"), str):
-        return _invalid({"phone": "a phone number"})
+    found = _session_fields("phone")
+    if isinstance(found, Response):
+        return found
+    data, sid = found
     try:
         phone = profile_phone.send_code(user(), data["phone"], sid=sid, ip=g.client_ip, config=current_app.config)
     except profile_phone.PhoneRefused as refused:
@@ -477,14 +479,10 @@ def add_phone() -> Response:
 @limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
 def verify_phone() -> Response:
     """Save the number as the verified profile phone with the code texted to it ({"phone", "code"})."""
-    data = _body()
-    if isinstance(data, Response):
-        return data
-    sid = _session_channel()
-    if isinstance(sid, Response):
-        return sid
-    if set(data) - {"phone", "code"} or not all(isinstance(data.get(k), str) for k in ("phone", "code")):
-        return _invalid({"body": "phone and code"})
+    found = _session_fields("phone", "code")
+    if isinstance(found, Response):
+        return found
+    data, sid = found
     try:
         profile_phone.confirm(user(), data["phone"], data["code"], sid=sid, now=utcnow(), config=current_app.config)
     except profile_phone.PhoneRefused as refused:
@@ -602,14 +600,10 @@ def _enrol_sms(stage: str, fields: dict[str, Any], pending: dict[str, Any]) -> A
 @limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
 def add_sms_factor() -> Response:
     """Add a phone for sign-in codes: a code is texted to it ({"phone": ...}); POST /me/phones/verify with it."""
-    data = _body()
-    if isinstance(data, Response):
-        return data
-    sid = _session_channel()
-    if isinstance(sid, Response):
-        return sid
-    if set(data) - {"phone"} or not isinstance(data.get("phone"), str):
-        return _invalid({"phone": "a phone number"})
+    found = _session_fields("phone")
+    if isinstance(found, Response):
+        return found
+    data, sid = found
     result = _enrol_sms("new", {"phone": data["phone"]}, {"sid": sid})
     if isinstance(result, Response):
         return result
@@ -627,14 +621,10 @@ def add_sms_factor() -> Response:
 @limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
 def verify_sms_factor() -> Response:
     """Add the phone as a second factor with the code texted to it ({"phone", "code"}); the user is mailed."""
-    data = _body()
-    if isinstance(data, Response):
-        return data
-    sid = _session_channel()
-    if isinstance(sid, Response):
-        return sid
-    if set(data) - {"phone", "code"} or not all(isinstance(data.get(k), str) for k in ("phone", "code")):
-        return _invalid({"body": "phone and code"})
+    found = _session_fields("phone", "code")
+    if isinstance(found, Response):
+        return found
+    data, sid = found
     phone = normalize_phone(data["phone"], current_app.config["IDP_DEFAULT_PHONE_REGION"])
     result = _enrol_sms("verify", {"code": data["code"]}, {"sid": sid, "phone": phone})
     if isinstance(result, Response):
