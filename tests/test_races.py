@@ -330,3 +330,30 @@ def test_two_admins_disabling_each_other_at_once_leave_one_administrator(make_ap
     assert sorted(outcomes) == ["done", "refused"]
     with app.app_context():
         assert [db.session.get(User, user_id).disabled for user_id in ids].count(False) == 1
+
+
+def test_an_auth_session_presented_six_times_at_once_is_taken_once(make_app):
+    """The challenge endpoint's auth_session is a one-time secret: of six requests that present the one returned
+    with a code (each asking a step-up its session already meets, which mints a code at once), one gets a code."""
+    from tests.support import pkce_pair
+
+    app = make_app(**LOOSE)
+    make_user_in(app)
+    client_id, _none = make_client_in(app, name="Mobile", redirect_uris=["https://app.example/cb"], public=True,
+                                      first_party=True)
+    http = app.test_client()
+    _verifier, challenge = pkce_pair()
+    first = http.post("/authorize-challenge", data={
+        "client_id": client_id, "response_type": "code", "scope": "openid", "code_challenge": challenge,
+        "code_challenge_method": "S256", "username": ALICE, "password": PASSWORD}).get_json()
+
+    def send(browser):
+        return browser.post("/authorize-challenge", data={
+            "auth_session": first["auth_session"], "client_id": client_id, "response_type": "code",
+            "scope": "openid", "code_challenge": challenge, "code_challenge_method": "S256",
+            "acr_values": "urn:idp:acr:pwd"})
+
+    responses = at_once(6, lambda i: app.test_client(), send)
+    codes = [r for r in responses if "authorization_code" in r.get_json()]
+    assert len(codes) == 1, [r.get_json() for r in responses]
+    assert {r.get_json()["error"] for r in responses if r not in codes} == {"invalid_session"}

@@ -15,12 +15,13 @@ from sqlalchemy import bindparam, case, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from idp.extensions import db
-from idp.models import Factor, OneTimeToken, RecoveryCode, User, table_of
+from idp.models import Factor, LoginTransaction, OneTimeToken, RecoveryCode, User, table_of
 
 _factors = table_of(Factor)
 _recovery_codes = table_of(RecoveryCode)
 _tokens = table_of(OneTimeToken)
 _users = table_of(User)
+_transactions = table_of(LoginTransaction)
 
 
 def totp_step(factor: Factor, step: int, now: datetime) -> bool:
@@ -109,4 +110,16 @@ def email_verified(user: User, email: str, now: datetime) -> bool:
     ).first() is not None
     if won:
         set_committed_value(user, "email_verified_at", now)
+    return won
+
+
+def binding(txn: LoginTransaction, expected: str, new: str) -> bool:
+    """Move a transaction from the binding hash ``expected`` to ``new``, unless another request moved it first: an
+    auth_session (idp.oidc.challenge) presented twice at once is taken by one of the two requests only."""
+    won = db.session.execute(
+        update(_transactions).where(_transactions.c.id == txn.id, _transactions.c.binding_hash == expected)
+        .values(binding_hash=new).returning(_transactions.c.id)
+    ).first() is not None
+    if won:
+        set_committed_value(txn, "binding_hash", new)
     return won

@@ -34,7 +34,7 @@ from werkzeug.wrappers import Response
 from idp import audit
 from idp.extensions import csrf, db, limiter
 from idp.http import external_url
-from idp.login import devices, mfa, planner, sessions, transaction
+from idp.login import consume, devices, mfa, planner, sessions, transaction
 from idp.login.assurance import LEVELS, meets
 from idp.login.browser import throttle
 from idp.login.context import Step, StepContext
@@ -77,11 +77,19 @@ def _new_session(txn: LoginTransaction, client: Client) -> str:
     return f"{txn.id}.{secret}"
 
 
+def _claim(txn: LoginTransaction, client: Client, secret: str) -> bool:
+    """Take the auth_session: its binding moves to a new secret by one conditional UPDATE, so of two requests that
+    present it at the same moment only one goes on (the other gets invalid_session); the answer hands out the next
+    one (_new_session)."""
+    return consume.binding(txn, token_hash(_binding(client, secret)), token_hash(new_token(32)))
+
+
 def _load(auth_session: str, client: Client) -> LoginTransaction | None:
     tid, _dot, secret = auth_session.partition(".")
     if not secret:
         return None
-    return transaction.load(tid, binding=_binding(client, secret), now=utcnow())
+    txn = transaction.load(tid, binding=_binding(client, secret), now=utcnow())
+    return txn if txn is not None and _claim(txn, client, secret) else None
 
 
 def _session_client(auth_session: str) -> Client | None:
@@ -136,7 +144,8 @@ def _signed_in(auth_session: str, client: Client) -> tuple[LoginSession, list[st
         return None
     sid = (txn.state.code_request or {}).get("sid")
     # Used once: a step-up on it gets its own auth_session when it completes, so a copied one cannot mint codes.
-    txn.binding_hash = token_hash(new_token(32))
+    if not _claim(txn, client, secret):
+        return None
     live = db.session.execute(db.select(LoginSession).where(LoginSession.sid == sid)).scalar_one_or_none() \
         if sid else None
     if live is None or not _live(live):
