@@ -9,10 +9,9 @@ from pathlib import Path
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
-from flask_babel import gettext as _
 from rq import Worker
 
-from idp import audit, i18n
+from idp import audit
 from idp.admin import bulk, service
 from idp.config import env_example, markdown_table
 from idp.demo import DEMO_ADMIN_EMAIL, DEMO_EMAIL, DEMO_REDIRECT_URI, demo_client_credentials
@@ -126,10 +125,7 @@ def users_require_mfa(email, off):
 def users_reset_mfa(email):
     """Remove every factor, recovery code and remembered device of a user; ends sessions and revokes tokens."""
     user = _user(email)
-    with i18n.force_locale(i18n.first_supported(user.locale) or i18n.LANGUAGES[0]):  # the mail, in their language
-        factors, ended, _revoked = _acting(service.reset_mfa, user,
-                                           what=_("An administrator removed your second factors."),
-                                           next_step=_("Set up a new one at your next sign-in."))
+    factors, ended, _revoked = _acting(service.reset_mfa, user)
     click.echo(f"reset MFA for {user.email}: {factors} factors removed, {ended} sessions ended")
 
 

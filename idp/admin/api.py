@@ -16,8 +16,6 @@ from functools import wraps
 from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request, stream_with_context
-from flask_babel import force_locale
-from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
 from idp.admin import service
@@ -262,11 +260,7 @@ def require_mfa(user_id: int) -> Response:
 @authenticated
 def reset_mfa(user_id: int) -> Response:
     """Remove every second factor, recovery code and remembered device; the user is mailed."""
-    def run(user: User) -> None:
-        with force_locale(user.locale or "en"):  # the notice mail, in the user's language
-            service.reset_mfa(actor(), user, what=_("An administrator removed your second factors."),
-                              next_step=_("Set up a new one at your next sign-in."))
-    return _action(user_id, run)
+    return _action(user_id, lambda user: service.reset_mfa(actor(), user))
 
 
 @bp.post("/v1/users/<int:user_id>/revoke-tokens")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
-from flask_babel import force_locale, gettext
+from flask_babel import gettext
 from sqlalchemy.exc import IntegrityError
 
 from idp import audit, i18n
@@ -35,17 +35,11 @@ MAX_SELECTION = 10_000  # a bulk action names its users one by one; a larger sel
 MAX_IMPORT_LINES = 5_000
 
 
-def _reset_mfa(actor: Actor, user: User) -> Any:
-    with force_locale(user.locale or "en"):  # the notice mail, in the user's language
-        return service.reset_mfa(actor, user, what=gettext("An administrator removed your second factors."),
-                                 next_step=gettext("Set up a new one at your next sign-in."))
-
-
 # action -> (the one-user action, the power it needs, whether it is destructive)
 ACTIONS: dict[str, tuple[Callable[[Actor, User], Any], Power, bool]] = {
     "disable": (service.disable, Power.CHANGE_USERS, True),
     "enable": (service.enable, Power.CHANGE_USERS, False),
-    "reset-mfa": (_reset_mfa, Power.SUPPORT_USERS, True),
+    "reset-mfa": (service.reset_mfa, Power.SUPPORT_USERS, True),
     "end-sessions": (service.end_sessions, Power.END_SESSIONS, False),
     "delete": (service.delete_user, Power.CHANGE_USERS, True),
 }

@@ -27,7 +27,6 @@ from flask import (
     stream_with_context,
     url_for,
 )
-from flask_babel import force_locale
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
@@ -311,12 +310,6 @@ def set_password(user_id: int) -> Any:
     return redirect(url_for("admin.user", user_id=user_id))
 
 
-def _reset_mfa(target: User) -> Any:
-    with force_locale(target.locale or "en"):  # the notice mail, in the user's language
-        return service.reset_mfa(actor(), target, what=_("An administrator removed your second factors."),
-                                 next_step=_("Set up a new one at your next sign-in."))
-
-
 # action -> (what it runs, whether it is destructive: a recent sign-in and a confirmation page)
 USER_ACTIONS: dict[str, tuple[Callable[[Actor, User], Any], bool]] = {
     "disable": (service.disable, True),
@@ -324,7 +317,7 @@ USER_ACTIONS: dict[str, tuple[Callable[[Actor, User], Any], bool]] = {
     "unlock": (service.unlock, False),
     "require-mfa": (lambda who, target: service.require_mfa(who, target, True), False),
     "stop-requiring-mfa": (lambda who, target: service.require_mfa(who, target, False), True),
-    "reset-mfa": (lambda who, target: _reset_mfa(target), True),
+    "reset-mfa": (service.reset_mfa, True),
     "revoke-tokens": (service.revoke_tokens, True),
     "end-sessions": (service.end_sessions, False),
     "send-password-reset": (service.send_password_reset, False),

@@ -19,7 +19,7 @@ from flask import current_app
 from flask_babel import force_locale, gettext
 from sqlalchemy import exists, false, or_
 
-from idp import audit
+from idp import audit, i18n
 from idp.extensions import db
 from idp.http import external_url
 from idp.jobs import enqueue
@@ -140,6 +140,11 @@ class Invalid(AdminError):
 
     def __str__(self) -> str:
         return "; ".join(f"{name}: {message}" for name, message in self.errors.items())
+
+
+def their_language(user: User) -> Any:
+    """The user's language for what they are told (a notice mail), whatever the administrator's page speaks."""
+    return force_locale(i18n.first_supported(user.locale) or i18n.LANGUAGES[0])
 
 
 def require(actor: Actor, power: Power) -> None:
@@ -445,9 +450,9 @@ def require_mfa(actor: Actor, user: User, required: bool) -> None:
     db.session.commit()
 
 
-def reset_mfa(actor: Actor, user: User, *, what: str, next_step: str) -> tuple[int, int, int]:
-    """Remove every factor, recovery code and remembered device; end the sessions and revoke the tokens; mailed
-    (``what`` and ``next_step``, in the user's language, from the caller). Returns (factors, sessions, tokens)."""
+def reset_mfa(actor: Actor, user: User) -> tuple[int, int, int]:
+    """Remove every factor, recovery code and remembered device; end the sessions and revoke the tokens; the user
+    is mailed, in their language. Returns (factors, sessions, tokens)."""
     require(actor, Power.SUPPORT_USERS)
     _guard_admin(actor, user)
     now = utcnow()
@@ -455,8 +460,10 @@ def reset_mfa(actor: Actor, user: User, *, what: str, next_step: str) -> tuple[i
     db.session.execute(db.delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
     db.session.execute(db.update(Device).where(Device.user_id == user.id).values(remembered_until=None, revoked_at=now))
     ended, revoked = sessions.sign_out_everywhere(user, "mfa_reset", now)
-    enrolment.notify_change(user, what, event="mfa.reset", next_step=next_step, factors_removed=factors,
-                            sessions_ended=ended, tokens_revoked=revoked, **actor.audit())
+    with their_language(user):
+        enrolment.notify_change(user, gettext("An administrator removed your second factors."), event="mfa.reset",
+                                next_step=gettext("Set up a new one at your next sign-in."), factors_removed=factors,
+                                sessions_ended=ended, tokens_revoked=revoked, **actor.audit())
     db.session.commit()
     return factors, ended, revoked
 
@@ -484,7 +491,7 @@ def set_password(actor: Actor, user: User, password: Any) -> tuple[int, int]:
     user.password_changed_at = now
     user.failed_logins = 0
     ended, revoked = sessions.sign_out_everywhere(user, "password_reset", now)
-    with force_locale(user.locale or "en"):  # the notice and its mail, in the user's language
+    with their_language(user):  # the notice and its mail, in the user's language
         enrolment.notify_change(user, gettext("An administrator set a new password for your account."),
                                 event="password.reset", sessions_ended=ended, tokens_revoked=revoked,
                                 **actor.audit())
@@ -508,7 +515,7 @@ def send_verification(actor: Actor, user: User) -> None:
     if user.email_verified:
         raise Conflict("this address is verified already")
     audit.record("user.verification_sent", subject=user, **actor.audit())
-    with force_locale(user.locale or "en"):
+    with their_language(user):
         verification.send_verification(user, now=utcnow(), config=current_app.config, url=external_url)
     db.session.commit()
 
@@ -613,7 +620,7 @@ def forget_device(actor: Actor, user: User, device_id: int) -> Device:
         raise NotFound("no such device")
     device.remembered_until = None
     device.revoked_at = utcnow()
-    with force_locale(user.locale or "en"):  # the notice and its mail, in the user's language
+    with their_language(user):  # the notice and its mail, in the user's language
         enrolment.notify_change(user, gettext("An administrator made idp forget the device “%(name)s”.",
                                               name=device.name),
                                 event="device.forgotten", device_id=device.id, **actor.audit())
@@ -633,7 +640,7 @@ def remove_factor(actor: Actor, user: User, factor_id: int) -> Factor:
         factor_type.remove(factor)
     else:  # a credential of a factor this server no longer offers
         db.session.delete(factor)
-    with force_locale(user.locale or "en"):  # the notice and its mail, in the user's language
+    with their_language(user):  # the notice and its mail, in the user's language
         enrolment.notify_change(user, gettext("An administrator removed the sign-in method “%(name)s” from your "
                                               "account.", name=factor.name),
                                 event="factor.removed", kind=factor.kind, **actor.audit())
