@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-PROBLEM = {"$ref": "#/components/responses/Problem"}
-TEXT = {"type": "string", "pattern": "^[^\\u0000]*$"}
+from idp.openapi import PROBLEM, TEXT
+from idp.openapi import document as frame
+from idp.openapi import errors as _errors
+
 ID = {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}
 DATE = {"type": ["string", "null"], "format": "date-time"}
 
-
-def _errors(*codes: int) -> dict[str, Any]:
-    return {str(code): PROBLEM for code in (401, 403, *codes)}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -37,14 +36,12 @@ STEP_UP = "401 with an RFC 9470 challenge when the token's sign-in is too old or
 def document(issuer: str) -> dict[str, Any]:
     """The document, with the server's own address."""
     ref = {"$ref": "#/components/schemas/Profile"}
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "idp account API", "version": "1",
-                 "description": "A first-party app manages its signed-in user's account. Authenticate with a user's "
-                                "access token of a first-party client carrying the idp:account scope."},
-        "servers": [{"url": f"{issuer}/api/v1"}],
-        "security": [{"bearer": []}],
-        "paths": {
+    return frame(
+        title="idp account API",
+        description=("A first-party app manages its signed-in user's account. Authenticate with a user's "
+                     "access token of a first-party client carrying the idp:account scope."),
+        server=f"{issuer}/api/v1",
+        paths={
             "/me": {
                 "get": {"summary": "The signed-in user's profile", "responses": {"200": _json(ref, "Profile"),
                                                                                  **_errors()}},
@@ -206,36 +203,28 @@ def document(issuer: str) -> dict[str, Any]:
                     "properties": {"everywhere": {"type": "boolean"}}}}}},
                 "responses": {"204": {"description": "Signed out"}, **_errors(400)}}},
         },
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
-            "responses": {"Problem": {"description": "An RFC 9457 problem document", "content": {
-                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}},
-            "schemas": {
-                "Problem": {"type": "object", "required": ["type", "title", "status"], "properties": {
-                    "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
-                    "detail": {"type": "string"}, "acr_values": {"type": "string"}, "max_age": {"type": "integer"},
-                    "errors": {"type": "object", "additionalProperties": {"type": "string"}}}},
-                "Profile": {"type": "object", "required": ["sub", "email", "email_verified", "name", "mfa"],
-                            "properties": {"sub": {"type": "string"}, "email": {"type": "string"},
-                                           "email_verified": {"type": "boolean"}, "name": {"type": "string"},
-                                           "phone_number": {"type": ["string", "null"]},
-                                           "phone_number_verified": {"type": "boolean"},
-                                           "locale": {"type": ["string", "null"]}, "mfa": {"type": "boolean"},
-                                           "created_at": DATE}},
-                "Factor": {"type": "object", "required": ["id", "kind", "name"], "properties": {
-                    "id": {"type": "integer"}, "kind": {"type": "string"}, "name": {"type": "string"},
-                    "created_at": DATE, "last_used_at": DATE, "confirmed": {"type": "boolean"}}},
-                "Session": {"type": "object", "required": ["sid", "current"], "properties": {
-                    "sid": {"type": "string"}, "ip": {"type": "string"}, "user_agent": {"type": "string"},
-                    "created_at": DATE, "last_seen_at": DATE, "acr": {"type": "string"},
-                    "amr": {"type": "array", "items": {"type": "string"}}, "current": {"type": "boolean"}}},
-                "Device": {"type": "object", "required": ["id", "name"], "properties": {
-                    "id": {"type": "integer"}, "name": {"type": "string"}, "ip": {"type": "string"},
-                    "created_at": DATE, "last_used_at": DATE, "remembered_until": DATE}},
-                "App": {"type": "object", "required": ["client_id", "name", "scopes"], "properties": {
-                    "client_id": {"type": "string"}, "name": {"type": "string"},
-                    "scopes": {"type": "array", "items": {"type": "string"}},
-                    "descriptions": {"type": "array", "items": {"type": "string"}}, "granted_at": DATE}},
-            },
+        schemas={
+            "Profile": {"type": "object", "required": ["sub", "email", "email_verified", "name", "mfa"],
+                        "properties": {"sub": {"type": "string"}, "email": {"type": "string"},
+                                       "email_verified": {"type": "boolean"}, "name": {"type": "string"},
+                                       "phone_number": {"type": ["string", "null"]},
+                                       "phone_number_verified": {"type": "boolean"},
+                                       "locale": {"type": ["string", "null"]}, "mfa": {"type": "boolean"},
+                                       "created_at": DATE}},
+            "Factor": {"type": "object", "required": ["id", "kind", "name"], "properties": {
+                "id": {"type": "integer"}, "kind": {"type": "string"}, "name": {"type": "string"},
+                "created_at": DATE, "last_used_at": DATE, "confirmed": {"type": "boolean"}}},
+            "Session": {"type": "object", "required": ["sid", "current"], "properties": {
+                "sid": {"type": "string"}, "ip": {"type": "string"}, "user_agent": {"type": "string"},
+                "created_at": DATE, "last_seen_at": DATE, "acr": {"type": "string"},
+                "amr": {"type": "array", "items": {"type": "string"}}, "current": {"type": "boolean"}}},
+            "Device": {"type": "object", "required": ["id", "name"], "properties": {
+                "id": {"type": "integer"}, "name": {"type": "string"}, "ip": {"type": "string"},
+                "created_at": DATE, "last_used_at": DATE, "remembered_until": DATE}},
+            "App": {"type": "object", "required": ["client_id", "name", "scopes"], "properties": {
+                "client_id": {"type": "string"}, "name": {"type": "string"},
+                "scopes": {"type": "array", "items": {"type": "string"}},
+                "descriptions": {"type": "array", "items": {"type": "string"}}, "granted_at": DATE}},
         },
-    }
+        problem_members={"acr_values": {"type": "string"}, "max_age": {"type": "integer"}},
+    )

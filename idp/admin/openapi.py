@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-PROBLEM = {"$ref": "#/components/responses/Problem"}
+from idp.openapi import TEXT
+from idp.openapi import document as frame
+from idp.openapi import errors as _errors
+
 USER_ID = {"name": "user_id", "in": "path", "required": True,
            "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}}
-# Text anywhere in a request: no NUL character (idp refuses one everywhere, idp.http.refuse_nul).
-TEXT = {"type": "string", "pattern": "^[^\\u0000]*$"}
 
-
-def _errors(*codes: int) -> dict[str, Any]:
-    return {str(code): PROBLEM for code in (401, 403, *codes)}
 
 
 def _action(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -74,14 +72,12 @@ def _list(schema: str, paged: bool = False) -> dict[str, Any]:
 
 def document(issuer: str) -> dict[str, Any]:
     """The document, with the server's own address."""
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "idp admin API", "version": "1",
-                 "description": "Administration of idp's users. Authenticate with an access token from the "
-                                "client_credentials grant of a client registered with an idp:* scope."},
-        "servers": [{"url": f"{issuer}/admin/api"}],
-        "security": [{"bearer": []}],
-        "paths": {
+    return frame(
+        title="idp admin API",
+        description=("Administration of idp's users. Authenticate with an access token from the "
+                     "client_credentials grant of a client registered with an idp:* scope."),
+        server=f"{issuer}/admin/api",
+        paths={
             "/v1/users": {"post": {
                 "summary": "Create a user, with a password or an invitation mail",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -217,68 +213,59 @@ def document(issuer: str) -> dict[str, Any]:
                 *AUDIT_FILTERS, *PAGE],
                 "responses": {"200": _list("AuditEvent", paged=True), **_errors(400)}}},
         },
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
-            "responses": {"Problem": {"description": "An RFC 9457 problem document", "content": {
-                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}},
-            "schemas": {
-                "Problem": {"type": "object", "required": ["type", "title", "status"], "properties": {
-                    "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
-                    "detail": {"type": "string"},
-                    "errors": {"type": "object", "additionalProperties": {"type": "string"}}}},
-                "Session": {"type": "object", "required": ["sid", "user_id", "amr", "acr"], "properties": {
-                    "sid": {"type": "string"}, "user_id": {"type": "integer"}, "ip": {"type": "string"},
-                    "user_agent": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"},
-                    "last_seen_at": {"type": "string", "format": "date-time"},
-                    "auth_time": {"type": "string", "format": "date-time"},
-                    "amr": {"type": "array", "items": {"type": "string"}}, "acr": {"type": "string"}}},
-                "Factor": {"type": "object", "required": ["id", "kind", "name"], "properties": {
-                    "id": {"type": "integer"}, "kind": {"type": "string"}, "name": {"type": "string"},
-                    "created_at": {"type": "string", "format": "date-time"},
-                    "last_used_at": {"type": ["string", "null"], "format": "date-time"}}},
-                "Client": {"type": "object", "required": ["client_id", "name"], "properties": {
-                    "client_id": {"type": "string"}, "name": {"type": "string"},
-                    "logo_uri": {"type": ["string", "null"]}, "client_secret": {"type": ["string", "null"]},
-                    "redirect_uris": {"type": "array", "items": {"type": "string"}},
-                    "post_logout_redirect_uris": {"type": "array", "items": {"type": "string"}},
-                    "grant_types": {"type": "array", "items": {"type": "string"}}, "scope": {"type": "string"},
-                    "token_endpoint_auth_method": {"type": "string"}, "first_party": {"type": "boolean"},
-                    "id_token_signed_response_alg": {"type": "string"}, "mfa": {"type": "string"},
-                    "min_acr": {"type": "string"}, "allow_remembered_device": {"type": "boolean"},
-                    "access_token_ttl": {"type": ["integer", "null"]},
-                    "refresh_token_ttl": {"type": ["integer", "null"]},
-                    "refresh_tokens_for_sessions": {"type": "boolean"}, "created_at": {"type": "string"}}},
-                "NewClient": {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
-                    **CLIENT_SETTINGS}},
-                "ClientChanges": {"type": "object", "additionalProperties": False, "properties": {
-                    key: value for key, value in CLIENT_SETTINGS.items() if key != "public"}},
-                "Key": {"type": "object", "required": ["kid", "alg", "state"], "properties": {
-                    "kid": {"type": "string"}, "alg": {"type": "string"},
-                    "state": {"type": "string", "enum": ["signing", "retired", "expired"]},
-                    "created_at": {"type": "string"}, "retired_at": {"type": ["string", "null"]},
-                    "publish_until": {"type": ["string", "null"]}}},
-                "AuditEvent": {"type": "object", "required": ["id", "at", "event"], "properties": {
-                    "id": {"type": "integer"}, "at": {"type": "string", "format": "date-time"},
-                    "event": {"type": "string"}, "actor_id": {"type": ["integer", "null"]},
-                    "subject_id": {"type": ["integer", "null"]}, "subject_email": {"type": ["string", "null"]},
-                    "client_id": {"type": ["string", "null"]}, "ip": {"type": ["string", "null"]},
-                    "user_agent": {"type": ["string", "null"]}, "details": {"type": "object"}}},
-                "User": {"type": "object", "required": ["id", "subject", "email", "name", "email_verified",
-                                                        "disabled", "locked", "admin", "mfa_required", "has_mfa"],
-                         "properties": {
-                             "id": {"type": "integer"}, "subject": {"type": "string"},
-                             "email": {"type": "string"}, "name": {"type": "string"},
-                             "email_verified": {"type": "boolean"}, "phone": {"type": ["string", "null"]},
-                             "phone_verified": {"type": "boolean"}, "locale": {"type": ["string", "null"]},
-                             "disabled": {"type": "boolean"}, "locked": {"type": "boolean"},
-                             "admin": {"type": "boolean"}, "mfa_required": {"type": "boolean"},
-                             "roles": {"type": "array", "items": {"type": "object", "required": ["role"],
-                                       "properties": {"role": {"type": "string"},
-                                                      "until": {"type": ["string", "null"]}}}},
-                             "has_mfa": {"type": "boolean"},
-                             "created_at": {"type": "string", "format": "date-time"},
-                             "updated_at": {"type": "string", "format": "date-time"},
-                             "deleted_at": {"type": ["string", "null"], "format": "date-time"}}},
-            },
+        schemas={
+            "Session": {"type": "object", "required": ["sid", "user_id", "amr", "acr"], "properties": {
+                "sid": {"type": "string"}, "user_id": {"type": "integer"}, "ip": {"type": "string"},
+                "user_agent": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"},
+                "last_seen_at": {"type": "string", "format": "date-time"},
+                "auth_time": {"type": "string", "format": "date-time"},
+                "amr": {"type": "array", "items": {"type": "string"}}, "acr": {"type": "string"}}},
+            "Factor": {"type": "object", "required": ["id", "kind", "name"], "properties": {
+                "id": {"type": "integer"}, "kind": {"type": "string"}, "name": {"type": "string"},
+                "created_at": {"type": "string", "format": "date-time"},
+                "last_used_at": {"type": ["string", "null"], "format": "date-time"}}},
+            "Client": {"type": "object", "required": ["client_id", "name"], "properties": {
+                "client_id": {"type": "string"}, "name": {"type": "string"},
+                "logo_uri": {"type": ["string", "null"]}, "client_secret": {"type": ["string", "null"]},
+                "redirect_uris": {"type": "array", "items": {"type": "string"}},
+                "post_logout_redirect_uris": {"type": "array", "items": {"type": "string"}},
+                "grant_types": {"type": "array", "items": {"type": "string"}}, "scope": {"type": "string"},
+                "token_endpoint_auth_method": {"type": "string"}, "first_party": {"type": "boolean"},
+                "id_token_signed_response_alg": {"type": "string"}, "mfa": {"type": "string"},
+                "min_acr": {"type": "string"}, "allow_remembered_device": {"type": "boolean"},
+                "access_token_ttl": {"type": ["integer", "null"]},
+                "refresh_token_ttl": {"type": ["integer", "null"]},
+                "refresh_tokens_for_sessions": {"type": "boolean"}, "created_at": {"type": "string"}}},
+            "NewClient": {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
+                **CLIENT_SETTINGS}},
+            "ClientChanges": {"type": "object", "additionalProperties": False, "properties": {
+                key: value for key, value in CLIENT_SETTINGS.items() if key != "public"}},
+            "Key": {"type": "object", "required": ["kid", "alg", "state"], "properties": {
+                "kid": {"type": "string"}, "alg": {"type": "string"},
+                "state": {"type": "string", "enum": ["signing", "retired", "expired"]},
+                "created_at": {"type": "string"}, "retired_at": {"type": ["string", "null"]},
+                "publish_until": {"type": ["string", "null"]}}},
+            "AuditEvent": {"type": "object", "required": ["id", "at", "event"], "properties": {
+                "id": {"type": "integer"}, "at": {"type": "string", "format": "date-time"},
+                "event": {"type": "string"}, "actor_id": {"type": ["integer", "null"]},
+                "subject_id": {"type": ["integer", "null"]}, "subject_email": {"type": ["string", "null"]},
+                "client_id": {"type": ["string", "null"]}, "ip": {"type": ["string", "null"]},
+                "user_agent": {"type": ["string", "null"]}, "details": {"type": "object"}}},
+            "User": {"type": "object", "required": ["id", "subject", "email", "name", "email_verified",
+                                                    "disabled", "locked", "admin", "mfa_required", "has_mfa"],
+                     "properties": {
+                         "id": {"type": "integer"}, "subject": {"type": "string"},
+                         "email": {"type": "string"}, "name": {"type": "string"},
+                         "email_verified": {"type": "boolean"}, "phone": {"type": ["string", "null"]},
+                         "phone_verified": {"type": "boolean"}, "locale": {"type": ["string", "null"]},
+                         "disabled": {"type": "boolean"}, "locked": {"type": "boolean"},
+                         "admin": {"type": "boolean"}, "mfa_required": {"type": "boolean"},
+                         "roles": {"type": "array", "items": {"type": "object", "required": ["role"],
+                                   "properties": {"role": {"type": "string"},
+                                                  "until": {"type": ["string", "null"]}}}},
+                         "has_mfa": {"type": "boolean"},
+                         "created_at": {"type": "string", "format": "date-time"},
+                         "updated_at": {"type": "string", "format": "date-time"},
+                         "deleted_at": {"type": ["string", "null"], "format": "date-time"}}},
         },
-    }
+    )
