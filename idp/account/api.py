@@ -163,6 +163,19 @@ def _body() -> dict[str, Any] | Response:
     return data
 
 
+def _forms_limit() -> str:
+    return current_app.config["IDP_RATELIMIT_FORMS"]
+
+
+def _json(body: Any, status: int, no_store: bool = False) -> Response:
+    """A JSON answer with its status (202 for a code sent, 201 for a factor added); ``no_store`` for a secret."""
+    response = jsonify(body)
+    response.status_code = status
+    if no_store:
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def _invalid(errors: dict[str, str]) -> Response:
     return problem(400, "Invalid request", "; ".join(f"{k}: {v}" for k, v in errors.items()), errors=errors)
 
@@ -251,7 +264,7 @@ def _app_client(data: dict[str, Any]) -> Client | Response:
 
 
 @bp.post("/register")
-@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+@limiter.limit(_forms_limit)
 def register() -> Response:
     """Create an account (unverified) and mail the code that verifies it; the same 202 answer whether or not the
     address has an account (that address gets an "account exists" mail instead). The app then sends the code to
@@ -283,7 +296,7 @@ def register() -> Response:
 
 
 @bp.post("/email/verify")
-@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+@limiter.limit(_forms_limit)
 def verify_email_link() -> Response:
     """Verify an address with the token of the verification mail's link (the part after '#'); no sign-in needed
     (the mail's code is answered at the challenge endpoint instead)."""
@@ -302,7 +315,7 @@ def verify_email_link() -> Response:
 
 @bp.post("/email/verification")
 @signed_in
-@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+@limiter.limit(_forms_limit)
 def resend_verification() -> Response:
     """Mail the signed-in user a new verification link (202), unless the address is verified already (409)."""
     if user().email_verified:
@@ -351,7 +364,7 @@ def _unsigned_body() -> dict[str, Any] | Response:
 
 
 @bp.post("/password/forgot")
-@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+@limiter.limit(_forms_limit)
 def forgot_password() -> Response:
     """Mail a reset link, as /forgot does: 202 whether or not the address has an account (no enumeration)."""
     data = _unsigned_body()
@@ -365,7 +378,7 @@ def forgot_password() -> Response:
 
 
 @bp.post("/password/reset")
-@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+@limiter.limit(_forms_limit)
 def reset_password() -> Response:
     """Set a new password with the token of a mailed reset link (the part after '#'): used once; every session ends
     and every token is revoked; the app then signs the user in again."""
@@ -404,7 +417,7 @@ def _session_fields(*names: str) -> tuple[dict[str, Any], str] | Response:
 @bp.post("/me/email")
 @signed_in
 @recent_sign_in
-@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+@limiter.limit(_forms_limit)
 def change_email() -> Response:
     """Mail a code (and a link) to a new address ({"email": ...}); it replaces the old one once proved by
     POST /me/email/verify. The same answer whether or not another account has it."""
@@ -417,15 +430,13 @@ def change_email() -> Response:
     except email_change.EmailRefused as refused:
         return _invalid({"email": str(refused)})
     db.session.commit()
-    response = jsonify({"email": new})
-    response.status_code = 202
-    return response
+    return _json({"email": new}, 202)
 
 
 @bp.post("/me/email/verify")
 @signed_in
 @recent_sign_in
-@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+@limiter.limit(_forms_limit)
 def verify_email_change() -> Response:
     """Make the new address the account's with the code mailed to it ({"code": ...}); the old address is told."""
     found = _session_fields("code")
@@ -454,7 +465,7 @@ def _session_channel() -> str | Response:
 @bp.post("/me/phone")
 @signed_in
 @recent_sign_in
-@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+@limiter.limit(_forms_limit)
 def add_phone() -> Response:
     """Text a code to a number for the profile ({"phone": "+44 7700 900123"}); it is saved once the code comes
     back (POST /me/phone/verify). The SMS caps apply."""
@@ -468,15 +479,13 @@ def add_phone() -> Response:
         db.session.commit()  # the caps count refusals too
         return _invalid({"phone": str(refused)})
     db.session.commit()
-    response = jsonify({"phone": phone})
-    response.status_code = 202
-    return response
+    return _json({"phone": phone}, 202)
 
 
 @bp.post("/me/phone/verify")
 @signed_in
 @recent_sign_in
-@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+@limiter.limit(_forms_limit)
 def verify_phone() -> Response:
     """Save the number as the verified profile phone with the code texted to it ({"phone", "code"})."""
     found = _session_fields("phone", "code")
@@ -546,24 +555,21 @@ def remove_factor(factor_id: int) -> Response:
 @bp.post("/me/factors/totp")
 @signed_in
 @recent_sign_in
-@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+@limiter.limit(_forms_limit)
 def start_otp() -> Response:
     """Begin adding an authenticator app: the key, its otpauth:// URI and a QR code (SVG); confirm with a code."""
     key = current_app.config["IDP_SECRET_KEY"]
     factor = start_totp(user(), utcnow(), key)
     shown = totp_display(factor, user(), key)
     db.session.commit()
-    response = jsonify({"id": factor.id, "secret": shown["secret"].replace(" ", ""), "otpauth_uri":
-                        shown["otpauth_uri"], "qr_svg": shown["qr_svg"]})
-    response.status_code = 201
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return _json({"id": factor.id, "secret": shown["secret"].replace(" ", ""), "otpauth_uri": shown["otpauth_uri"],
+                  "qr_svg": shown["qr_svg"]}, 201, no_store=True)
 
 
 @bp.post("/me/factors/totp/<int:factor_id>/confirm")
 @signed_in
 @recent_sign_in
-@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+@limiter.limit(_forms_limit)
 def confirm_otp(factor_id: int) -> Response:
     """Confirm a new authenticator app with its first code; the user is mailed."""
     data = _body()
@@ -597,7 +603,7 @@ def _enrol_sms(stage: str, fields: dict[str, Any], pending: dict[str, Any]) -> A
 @bp.post("/me/phones")
 @signed_in
 @recent_sign_in
-@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+@limiter.limit(_forms_limit)
 def add_sms_factor() -> Response:
     """Add a phone for sign-in codes: a code is texted to it ({"phone": ...}); POST /me/phones/verify with it."""
     found = _session_fields("phone")
@@ -610,15 +616,13 @@ def add_sms_factor() -> Response:
     db.session.commit()  # the caps count refusals too
     if not result.ok:
         return _invalid({"phone": result.error or "refused"})
-    response = jsonify({"phone": (result.pending or {}).get("phone")})
-    response.status_code = 202
-    return response
+    return _json({"phone": (result.pending or {}).get("phone")}, 202)
 
 
 @bp.post("/me/phones/verify")
 @signed_in
 @recent_sign_in
-@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+@limiter.limit(_forms_limit)
 def verify_sms_factor() -> Response:
     """Add the phone as a second factor with the code texted to it ({"phone", "code"}); the user is mailed."""
     found = _session_fields("phone", "code")
@@ -636,9 +640,7 @@ def verify_sms_factor() -> Response:
     db.session.commit()
     added = db.session.execute(db.select(Factor).where(Factor.user_id == user().id, Factor.kind == "sms")
                                .order_by(Factor.id.desc()).limit(1)).scalar_one()
-    response = jsonify(factor_json(added))
-    response.status_code = 201
-    return response
+    return _json(factor_json(added), 201)
 
 
 WEBAUTHN_PURPOSE = "webauthn_register"  # a registration challenge handed to an app, kept hashed until used
@@ -648,7 +650,7 @@ WEBAUTHN_TTL = 300
 @bp.post("/me/factors/webauthn")
 @signed_in
 @recent_sign_in
-@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+@limiter.limit(_forms_limit)
 def start_webauthn() -> Response:
     """Options for navigator.credentials.create() (or the platform's passkey API) to add a passkey
     ({"passkey": true}, the default) or a security key; the challenge is bound to this token's session and used
@@ -671,15 +673,13 @@ def start_webauthn() -> Response:
                                 transaction_id=f"webauthn:{sid}"))
     options = registration_options(user(), challenge, passkey=data.get("passkey", True))
     db.session.commit()
-    response = jsonify({"challenge": challenge, "options": json.loads(options)})
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return _json({"challenge": challenge, "options": json.loads(options)}, 200, no_store=True)
 
 
 @bp.post("/me/factors/webauthn/verify")
 @signed_in
 @recent_sign_in
-@limiter.limit(lambda: current_app.config["IDP_RATELIMIT_FORMS"])
+@limiter.limit(_forms_limit)
 def verify_webauthn() -> Response:
     """Register the new credential ({"challenge", "credential": the registration response JSON, "name"?}); the
     challenge is used once, whatever the outcome; the user is mailed."""
@@ -708,9 +708,7 @@ def verify_webauthn() -> Response:
     notify_change(user(), _("The security key or passkey “%(name)s” was added to your account.", name=factor.name),
                   event="factor.added", kind="webauthn", via="api")
     db.session.commit()
-    response = jsonify(factor_json(factor))
-    response.status_code = 201
-    return response
+    return _json(factor_json(factor), 201)
 
 
 @bp.post("/me/recovery-codes")
@@ -722,9 +720,7 @@ def recovery_codes() -> Response:
     notify_change(user(), _("New recovery codes were generated; the old ones no longer work."),
                   event="recovery_codes.generated", via="api")
     db.session.commit()
-    response = jsonify({"codes": codes})
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return _json({"codes": codes}, 200, no_store=True)
 
 
 # --- sessions, devices, applications, logout --------------------------------------------------------------------
