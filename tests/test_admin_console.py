@@ -18,6 +18,7 @@ from tests.support import (
     drain_jobs,
     enrol_totp_in,
     follow,
+    make_client_in,
     make_user_in,
     step_name,
 )
@@ -495,3 +496,27 @@ def test_a_bulk_enable_leaves_deleted_users_deleted(app, console, admin):
         service.delete_user(service.OPERATOR, db.session.get(User, bob.id))
     dry = post(console, "/admin/users/bulk", "/admin/users", action="enable", q="bob", deleted="yes")
     assert "deleted (restore them first)" in dry.get_data(as_text=True)
+
+
+def test_a_client_logo_is_shown_at_consent_under_a_csp_that_allows_its_origin_only(app, client):
+    """SECURITY.md 16: the consent page of a client with a logo lets images come from that origin and nowhere else;
+    the logo's address cannot carry anything into the policy."""
+    from idp.oidc.registration import create_client
+    from tests.support import authorize_url, walk
+
+    make_user_in(app)
+    with app.app_context():
+        for bad in ("https://cdn.example;script-src *", "http://cdn.example/logo.png", "https://cdn.example 'x'/a.png",
+                    "javascript:alert(1)"):
+            with pytest.raises(ValueError, match="logo"):
+                create_client(name="x", redirect_uris=["https://rp.example/cb"], post_logout_redirect_uris=[],
+                              public=False, grant_types=[], scopes=[], auth_method=None, first_party=False,
+                              logo_uri=bad)
+        db.session.rollback()
+    client_id, _secret = make_client_in(app, name="Shop", redirect_uris=["https://rp.example/cb"],
+                                        logo_uri="https://cdn.example/logo.png")
+    consent = walk(client, authorize_url(client_id), stop_at="consent").last
+    policy = consent.headers["Content-Security-Policy"]
+    assert "img-src 'self' https://cdn.example data:" in policy or "img-src 'self' https://cdn.example " in policy
+    assert 'src="https://cdn.example/logo.png"' in consent.get_data(as_text=True)
+    assert "https://cdn.example" not in client.get("/login").headers["Content-Security-Policy"]
