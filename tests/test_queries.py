@@ -231,3 +231,24 @@ def test_authorization_request_with_a_nonce_checks_it_once(app, client, rp):
     # the session, its user, the client, the nonce (once each); the code
     assert statements.count("SELECT") <= 4, statements
     assert statements.count("INSERT") == 1, statements
+
+
+def test_a_page_of_users_costs_the_same_for_five_users_as_for_forty(app, client):
+    """The admin API's (and the console's) user list reads the page's admin roles and second factors in one query
+    each, not one per user."""
+    from tests.support import make_user_in
+    from tests.test_admin_api import bearer, machine_token
+
+    headers = bearer(machine_token(app, client, "idp:admin"))
+
+    def selects() -> int:
+        with counted(app) as statements:
+            assert client.get("/admin/api/v1/users?limit=200", headers=headers).status_code == 200
+        return statements.count("SELECT")
+
+    for n in range(5):
+        make_user_in(app, email=f"few{n}@example.com", is_admin=n == 0)
+    few = selects()
+    for n in range(35):
+        make_user_in(app, email=f"many{n}@example.com", is_admin=n % 3 == 0)
+    assert selects() == few
