@@ -489,3 +489,25 @@ def test_the_native_journey_with_a_text_message_and_a_recovery_code(app, client,
     assert redeem_code(other, mobile[0], final["authorization_code"], verifier)["acr"] == "urn:idp:acr:mfa"
     assert client.post(f"{API}/logout", headers=bearer(stronger), json={"everywhere": True}).status_code == 204
     assert client.get(f"{API}/me", headers=bearer(stronger)).status_code == 401
+
+
+def test_an_email_change_to_an_address_taken_meanwhile_is_refused(app, client, mobile, mailbox):
+    from tests.support import code_in
+
+    make_user_in(app)
+    tokens, _answer = sign_in(client, mobile[0])
+    client.post(f"{API}/me/email", headers=bearer(tokens), json={"email": "late@example.com"})
+    code = code_in(mailbox.last("late@example.com"))
+    make_user_in(app, email="late@example.com")  # someone signs up with it before the code comes back
+    refused = client.post(f"{API}/me/email/verify", headers=bearer(tokens), json={"code": code})
+    assert refused.status_code == 400
+    assert client.get(f"{API}/me", headers=bearer(tokens)).get_json()["email"] == ALICE
+
+
+def test_a_factor_removed_through_the_api_is_mailed(app, client, mobile, mailbox):
+    make_user_in(app)
+    tokens, _answer = sign_in(client, mobile[0])
+    started = client.post(f"{API}/me/factors/totp", headers=bearer(tokens)).get_json()
+    client.post(f"{API}/me/factors/totp/{started['id']}/confirm", headers=bearer(tokens),
+                json={"code": totp_code_at(started["secret"], utcnow())})
+    assert "authenticator app was added" in mailbox.last(ALICE, "Security change")["text"]

@@ -13,6 +13,7 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from flask_babel import gettext as _
+from sqlalchemy.exc import IntegrityError
 
 from idp import audit
 from idp.extensions import db
@@ -92,5 +93,9 @@ def complete(row: OneTimeToken, *, used: bool = False, **details: Any) -> None:
     user.email = new
     user.email_verified_at = now
     audit.record("email.changed", subject=user, old=old, new=new, **details)
-    db.session.commit()
+    try:
+        db.session.commit()
+    except IntegrityError:  # the address was registered between the check above and this commit
+        db.session.rollback()
+        raise EmailRefused(_("This address belongs to another account now.")) from None
     enqueue("send_mail", to=old, template="email_changed", context={"name": user.name, "new": new})
