@@ -101,6 +101,7 @@ NOT_FOR_PEOPLE = {
     "idp/admin/openapi.py": "the admin API's OpenAPI document, for developers",
     "idp/account/api.py": "the account API's problem documents, for the developers of first-party apps",
     "idp/account/openapi.py": "the account API's OpenAPI document, for developers",
+    "idp/openapi.py": "what the two OpenAPI documents share, for developers",
     "idp/oidc/challenge.py": "OAuth error descriptions of the challenge endpoint (RFC 6749 5.2, as above)",
 }
 GETTEXT = {"_", "_l", "gettext", "lazy_gettext", "ngettext", "lazy_ngettext"}
