@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
-from idp import branding, cli, http, i18n, jobs, logs
+from idp import branding, cli, http, i18n, jobs, logs, metrics
 from idp import config as settings
 from idp.account import jobs as account_jobs
 from idp.account.api import bp as account_api_bp
@@ -36,6 +36,7 @@ from idp.login.views import bp as login_bp
 from idp.oidc.challenge import bp as challenge_bp
 from idp.oidc.server import create_server
 from idp.oidc.views import bp as oidc_bp
+from idp.ops import bp as ops_bp
 from idp.pg_connections import watch_connections
 from idp.security import passwords
 
@@ -85,6 +86,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     jobs.init_app(app, JOBS)
     branding.init_app(app)
 
+    logs.init_app(app)  # first: the request id and the clock start before any other hook runs
+    metrics.init_app(app)
     app.before_request(http.refuse_nul)
     app.before_request(lambda: http.resolve_client(app))
     app.after_request(http.security_headers)
@@ -98,6 +101,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(admin_console_bp)
     app.register_blueprint(challenge_bp)
     app.register_blueprint(account_api_bp)
+    app.register_blueprint(ops_bp)
     if app.config["IDP_ENV"] == "development":
         app.register_blueprint(dev_bp)
         app.register_blueprint(demo_bp)
@@ -106,7 +110,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.add_template_filter(json_block, "json_block")
     cli.register(app)
     logging.getLogger("idp").setLevel(logging.INFO)
-    logs.install()
+    logs.install(app.config["IDP_LOG_FORMAT"])
     return app
 
 

@@ -19,6 +19,7 @@ from sqlalchemy.event import listens_for
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, SessionTransaction
 
+from idp import metrics
 from idp.extensions import db
 from idp.models import AuditCheckpoint, AuditEvent, SigningKey, User, table_of, utcnow
 
@@ -151,6 +152,8 @@ def _canonical(value: Any) -> bytes:
 _UNCOMMITTED = "idp.audit.uncommitted"
 # Every row the session's transaction recorded, appended to the chain when it commits (see the hash chain above).
 _PENDING = "idp.audit.pending"
+# The rows appended by the commit in progress, counted by idp.metrics once it has committed.
+_APPENDED = "idp.audit.appended"
 
 
 def record(event: str, *, subject: User | None = None, actor: User | None = None, client_id: str | None = None,
@@ -209,11 +212,13 @@ def _append_pending(session: Session) -> None:
     link: dict[str, Any] = {}
     for row in rows:
         _append(connection, row, link)
+    session.info[_APPENDED] = rows
 
 
 @listens_for(Session, "after_commit")
 def _committed(session: Session) -> None:
     session.info.pop(_UNCOMMITTED, None)  # the durable rows are in, with the rest of the caller's work
+    metrics.count_events(session.info.pop(_APPENDED, ()))  # counted only once they are committed
 
 
 @listens_for(Session, "after_transaction_end")
@@ -222,6 +227,7 @@ def _unlinked(session: Session, transaction: SessionTransaction) -> None:
     again by _ended)."""
     if transaction.parent is None and not transaction.nested:
         session.info.pop(_PENDING, None)
+        session.info.pop(_APPENDED, None)
 
 
 @listens_for(Session, "after_transaction_end")
@@ -237,6 +243,7 @@ def _ended(session: Session, transaction: SessionTransaction) -> None:
         for engine, row in pending:
             with engine.begin() as connection:  # a transaction of its own: its own lock and link
                 _append(connection, row, {})
+            metrics.count_events((row,))
     except SQLAlchemyError:  # the database is gone: say so loudly, but the answer to the user stands
         log.exception("could not write %d refused-request audit rows", len(pending))
 

@@ -361,7 +361,12 @@ def config_doc(markdown):
     click.echo(markdown_table() if markdown else env_example(), nl=False)
 
 
+# idp's own commands, also attached to the `idp` group itself (idp.console) so that `idp --help` lists them
+# without building the app.
+COMMANDS = (users, demo, audit_group, worker, config_doc, clients, keys_group, housekeeping)
+
+
 def register(app: Flask) -> None:
     """Attach the commands to the app's CLI."""
-    for command in (users, demo, audit_group, worker, config_doc, clients, keys_group, housekeeping):
+    for command in COMMANDS:
         app.cli.add_command(command)

@@ -47,6 +47,13 @@ def _hex_colour(value: str) -> str:
     return value.lower()
 
 
+def _log_format(value: str) -> str:
+    value = value.strip().lower()
+    if value not in ("json", "text"):
+        raise ValueError(f"must be json or text, not {value!r}")
+    return value
+
+
 def _admin_acr(value: str) -> str:
     # Below MFA the console would be one stolen password away; only the two multi-factor levels are accepted.
     value = value.strip()
@@ -133,6 +140,11 @@ SETTINGS: list[Setting] = [
     Setting("IDP_MAIL_FROM", "idp <no-reply@localhost>", "From address of every mail."),
     Setting("IDP_OUTBOX_DIR", "", "Folder of the dev outbox, one JSON file per message (default: instance/outbox)."),
     Setting("IDP_TRUSTED_PROXIES", [], "Comma-separated IPs/CIDRs whose X-Forwarded-For is believed.", _networks),
+    Setting("IDP_METRICS_ALLOW", ["127.0.0.1", "::1"], "Comma-separated IPs/CIDRs that may read /metrics (the "
+            "client address, resolved through IDP_TRUSTED_PROXIES); keep it private: everyone else gets a 404.",
+            _networks),
+    Setting("IDP_LOG_FORMAT", _by_env("text", "text", "json"), "json | text: one JSON object per log line (and per "
+            "request) for a log shipper, or plain text for a terminal.", _log_format),
     Setting("IDP_SESSION_IDLE_TIMEOUT", 1800, "Seconds of inactivity after which a sign-in session ends.", int),
     Setting("IDP_SESSION_MAX_AGE", 43200, "Seconds after sign-in at which a session ends regardless of use.", int),
     Setting("IDP_LOGIN_TRANSACTION_TTL", 1800, "Seconds a started sign-in may take before it must start over.", int),

@@ -10,11 +10,21 @@ statement with psycopg2's interpolated parameters, and a unique violation the du
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import secrets
+import sys
+import time
 import traceback
+from datetime import UTC, datetime
+from typing import Any
 
+from flask import Flask, current_app, g, has_request_context, request
+from sqlalchemy import inspect
 from sqlalchemy.exc import DBAPIError
+
+from idp.security import network
 
 # Query parameters whose values are secrets (RFC 6749, 7009, 7636, 7662, OIDC Core and RP-Initiated Logout).
 SECRET_PARAMETERS = ("id_token_hint", "logout_hint", "code", "code_verifier", "token", "refresh_token",
@@ -56,12 +66,133 @@ class SecretsFilter(logging.Filter):
         return True
 
 
-def install() -> None:
-    """Put the filter on the loggers that write request lines (once per process, however many apps are made)."""
+def install(log_format: str = "text") -> None:
+    """Put the filter on the loggers that write request lines, and give idp's logger one handler on standard error
+    in ``log_format`` (json | text); once per process, however many apps are made (the last app's format wins)."""
     for name in LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(existing, SecretsFilter) for existing in logger.filters):
             logger.addFilter(SecretsFilter())
+    logger = logging.getLogger("idp")
+    handler = next((h for h in logger.handlers if isinstance(h, _IdpHandler)), None)
+    if handler is None:
+        handler = _IdpHandler()
+        handler.addFilter(RequestIdFilter())
+        logger.addHandler(handler)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+
+
+# --- One line per request, with a request id (issue 20) -----------------------------------------------------------
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# What an X-Request-ID from the proxy may look like (nginx's $request_id is 32 hex digits; a UUID has dashes): any
+# other value is replaced, so a header cannot smuggle a forged line break or a megabyte into every log line.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+request_log = logging.getLogger("idp.request")
+
+
+class _IdpHandler(logging.StreamHandler):
+    """The handler ``install`` puts on idp's logger (told apart from any handler a host application adds). It
+    writes to whatever ``sys.stderr`` is when a line is written, like logging's own last-resort handler, not to the
+    stream of the moment it was made (a test runner or a daemon may swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+class RequestIdFilter(logging.Filter):
+    """Give every record the id of the request it was written in ('-' outside a request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = g.get("request_id", "-") if has_request_context() else "-"
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request id, the record's ``fields`` (the request
+    line's method, route, status...) and a formatted exception if any. json.dumps escapes what a value could
+    carry (a quote, a line break), so a line is always one parsable object."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", "-"),
+        }
+        entry.update(getattr(record, "fields", None) or {})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def init_app(app: Flask) -> None:
+    """Give each request an id (the proxy's when it comes from a trusted proxy, else a new one), return it in
+    X-Request-ID, and write one line per request on the ``idp.request`` logger."""
+    app.before_request(_begin)
+    app.after_request(_finish)
+
+
+def _begin() -> None:
+    g.request_started = time.perf_counter()
+    offered = request.headers.get(REQUEST_ID_HEADER, "")
+    peer = request.environ.get("REMOTE_ADDR") or ""  # the connection's peer: the proxy, behind one
+    trusted = network.networks(current_app.config["IDP_TRUSTED_PROXIES"])
+    if offered and trusted and network.is_trusted(peer, trusted) and _REQUEST_ID.fullmatch(offered):
+        g.request_id = offered
+    else:
+        g.request_id = secrets.token_hex(16)
+
+
+def _finish(response: Any) -> Any:
+    response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
+    started = g.get("request_started")
+    rule = request.url_rule
+    fields = {
+        "method": request.method,
+        "route": rule.rule if rule is not None else None,
+        "path": redact(request.path),
+        "status": response.status_code,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 2) if started is not None else None,
+        "ip": g.get("client_ip"),
+        "client_id": _client_id(),
+        "user": _subject(),
+    }
+    request_log.info("%s %s %s %sms client=%s user=%s", fields["method"], fields["path"], fields["status"],
+                     fields["duration_ms"], fields["client_id"] or "-", fields["user"] or "-",
+                     extra={"fields": fields})
+    return response
+
+
+def _client_id() -> str | None:
+    """The client a request names: a client_id parameter, or the user name of Basic client authentication (RFC 6749
+    2.3.1). A form is read only if the view already parsed it: reading it here could parse a body nobody wanted
+    (or fail on one too large)."""
+    value = request.args.get("client_id")
+    form = request.__dict__.get("form")
+    if not value and form is not None:
+        value = form.get("client_id")
+    if not value and request.authorization is not None and request.authorization.type == "basic":
+        value = request.authorization.username
+    return value[:128] if value else None
+
+
+def _subject() -> str | None:
+    """The subject of the user the request acted for, when the request already loaded that user (no extra query)."""
+    for holder, attribute in ((g.get("login_session"), "user"), (g.get("authlib_server_oauth2_token"), "user")):
+        if holder is not None and attribute not in inspect(holder).unloaded:
+            user = getattr(holder, attribute)
+            if user is not None:
+                return user.subject
+    user = g.get("api_user")
+    return user.subject if user is not None else None
 
 
 def database_error(exc: DBAPIError) -> str:

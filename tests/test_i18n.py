@@ -92,6 +92,9 @@ NOT_FOR_PEOPLE = {
     "idp/oidc/cli.py": "the command line speaks English",
     "idp/config.py": "settings and their documentation, for operators",
     "idp/console.py": "the command line",
+    "idp/metrics.py": "Prometheus metric descriptions, for operators",
+    "idp/ops.py": "health, readiness and metrics for operators' tools",
+    "idp/logs.py": "log lines, for operators",
     "idp/dev.py": "development-only pages (English only)",
     "idp/demo.py": "development-only demo client",
     # OAuth error_description is "human-readable ASCII ... to assist the client developer" (RFC 6749 5.2): a

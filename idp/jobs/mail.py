@@ -16,7 +16,7 @@ from typing import Any
 from flask import current_app, render_template
 from flask_babel import lazy_gettext as _l
 
-from idp import branding, i18n
+from idp import branding, i18n, metrics
 
 log = logging.getLogger("idp.mail")
 
@@ -53,6 +53,7 @@ def send_mail(to: str, template: str, context: dict[str, Any], language: str | N
     deliver(message)
 
 
+@metrics.counts_messages("mail")
 def deliver(message: dict[str, str]) -> None:
     """Hand one rendered message to the backend named by IDP_MAIL_BACKEND."""
     backend = current_app.config["IDP_MAIL_BACKEND"]

@@ -6,6 +6,7 @@ import logging
 
 from flask import current_app
 
+from idp import metrics
 from idp.jobs.mail import write_outbox
 
 log = logging.getLogger("idp.sms")
@@ -20,6 +21,7 @@ def twilio_client():
                   http_client=current_app.extensions.get("idp.twilio_http_client"))
 
 
+@metrics.counts_messages("sms")
 def send_sms(to: str, body: str) -> None:
     """Deliver one text message to ``to`` (E.164) through IDP_SMS_BACKEND."""
     cfg = current_app.config

@@ -17,7 +17,7 @@ def _parsed(trusted: tuple[str, ...]) -> tuple[ipaddress._BaseNetwork, ...]:
     return tuple(ipaddress.ip_network(entry, strict=False) for entry in trusted)
 
 
-def _is_trusted(address: str, networks: tuple[ipaddress._BaseNetwork, ...]) -> bool:
+def is_trusted(address: str, networks: tuple[ipaddress._BaseNetwork, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -30,11 +30,11 @@ def client_ip(remote_addr: str, forwarded_for: str | None, trusted_proxies: Iter
     if not forwarded_for:
         return remote_addr
     proxies = networks(trusted_proxies)
-    if not proxies or not _is_trusted(remote_addr, proxies):
+    if not proxies or not is_trusted(remote_addr, proxies):
         return remote_addr
     hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
     for hop in reversed(hops):
-        if not _is_trusted(hop, proxies):
+        if not is_trusted(hop, proxies):
             try:
                 return str(ipaddress.ip_address(hop))
             except ValueError:
