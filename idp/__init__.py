@@ -14,10 +14,11 @@ from flask_wtf.csrf import CSRFError
 from markupsafe import Markup
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
-from idp import branding, cli, http, i18n, jobs, logs, metrics
+from idp import branding, cli, http, i18n, jobs, limits_storage, logs, metrics
 from idp import config as settings
 from idp.account import jobs as account_jobs
 from idp.account.api import bp as account_api_bp
@@ -129,7 +130,8 @@ def _flask_settings(app: Flask) -> None:
         SESSION_COOKIE_SAMESITE="Lax",
         PREFERRED_URL_SCHEME="https" if production else "http",
         MAX_CONTENT_LENGTH=1024 * 1024,
-        RATELIMIT_STORAGE_URI=cfg["IDP_REDIS_URL"] or "memory://",
+        # Redis, counted in this process's memory while Redis is down (idp.limits_storage).
+        RATELIMIT_STORAGE_URI=limits_storage.SCHEME + cfg["IDP_REDIS_URL"] if cfg["IDP_REDIS_URL"] else "memory://",
         RATELIMIT_KEY_PREFIX=cfg.get("RATELIMIT_KEY_PREFIX", "idp"),
         RATELIMIT_HEADERS_ENABLED=False,
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the flow cookie; forms left open do not expire
@@ -156,6 +158,19 @@ def json_block(text: str):
 def _wants_json() -> bool:
     best = request.accept_mimetypes.best_match(["application/json", "text/html"])
     return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not be reached or used right now (refused or dropped connections, a
+    server shutting down, a pool with no free connection, SQLite's lock timeout), not that a statement was wrong."""
+    if isinstance(exc, PoolTimeout):
+        return True
+    if isinstance(exc, OperationalError):
+        orig = exc.orig
+        if type(orig).__module__.startswith("sqlite3"):  # SQLite also calls a missing table an OperationalError
+            return "locked" in str(orig) or "unable to open" in str(orig)
+        return True  # psycopg2: connection refused or dropped, shutdown, statement timeout, deadlock
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def _error_handlers(app: Flask) -> None:
@@ -200,6 +215,13 @@ def _error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc):
+        if database_unavailable(exc):
+            # PostgreSQL restarting, failing over or out of connections: the caller may retry, and this is not a
+            # bug of ours (no traceback). The pool has discarded the broken connections; the next request opens
+            # new ones (issue 20).
+            app.logger.warning("database unavailable on %s %s: %s", request.method, request.path,
+                               type(getattr(exc, "orig", None) or exc).__name__)
+            return render(503, _("Service unavailable"), _("Please try again in a minute."), [("Retry-After", "5")])
         if isinstance(exc, DBAPIError):  # its message may quote values (SECURITY.md 30)
             app.logger.error("unhandled database error on %s %s: %s", request.method, request.path,
                              logs.database_error(exc))
