@@ -107,10 +107,15 @@ class _IdpHandler(logging.StreamHandler):
 
 
 class RequestIdFilter(logging.Filter):
-    """Give every record the id of the request it was written in ('-' outside a request)."""
+    """Give every record the id of the request it was written in ('-' outside a request). Outside a request (a
+    command, a job) only warnings and errors pass: `idp clients create --json` prints its JSON, not the audit
+    line of the client it created."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = g.get("request_id", "-") if has_request_context() else "-"
+        if not has_request_context():
+            record.request_id = "-"
+            return record.levelno >= logging.WARNING
+        record.request_id = g.get("request_id", "-")
         return True
 
 
