@@ -152,6 +152,7 @@ SETTINGS: list[Setting] = [
             "IDP_AUDIT_ARCHIVE_DIR, then deletes them (0 = keep them forever).", int),
     Setting("IDP_AUDIT_ARCHIVE_DIR", "", "Folder of the audit archives, one JSON lines file per prune (default: "
             "instance/audit-archive)."),
+    Setting("IDP_HOUSEKEEPING_BATCH", 1000, "Rows `idp housekeeping` deletes per transaction.", int),
     Setting("IDP_INVITE_LINK_TTL", 7 * 86400, "Seconds the set-password link of an invitation (a user created by an "
             "administrator) stays valid.", int),
     Setting("IDP_RESEND_COOLDOWN", 60, "Seconds between two sends of a code or link to the same user.", int),
