@@ -161,24 +161,27 @@ def test_the_tables_stop_growing_while_what_is_live_survives_and_works(make_app,
     current = rotated.get_json()["refresh_token"]
     sign_out(keeper)
 
-    browser_a, browser_b, survivor = app.test_client(), app.test_client(), app.test_client()
+    # The browsers of the day's traffic (the same ones every day, as people's browsers are), and the survivor's.
+    pairs = [(app.test_client(), app.test_client()) for _ in range(3)]
+    survivor = app.test_client()
     before: list[dict[str, int]] = []
     after: list[dict[str, int]] = []
     for day in range(4):
-        # The day's traffic: two sign-ins with offline grants, one refreshed and left to idle out, the other
-        # refreshed and revoked; a code nobody redeems; a sign-in abandoned at the password screen; a reset link
-        # nobody uses; both browsers sign out.
-        tokens_a = offline_tokens(browser_a, daily_id, daily_secret)
-        assert refresh(browser_a, daily_id, daily_secret, tokens_a["refresh_token"]).status_code == 200
-        authorize(browser_a, daily_id)  # never redeemed
-        tokens_b = offline_tokens(browser_b, daily_id, daily_secret)
-        again = refresh(browser_b, daily_id, daily_secret, tokens_b["refresh_token"]).get_json()
-        assert browser_b.post("/revoke", data={"token": again["refresh_token"]},
-                              auth=(daily_id, daily_secret)).status_code == 200
-        assert walk(app.test_client(), authorize_url(daily_id), stop_at="password").screens == ["password"]
+        # The day's traffic, three times over: two sign-ins with offline grants, one refreshed and left to idle
+        # out, the other refreshed and revoked; a code nobody redeems; a sign-in abandoned at the password
+        # screen; a reset link nobody uses; both browsers sign out.
+        for browser_a, browser_b in pairs:
+            tokens_a = offline_tokens(browser_a, daily_id, daily_secret)
+            assert refresh(browser_a, daily_id, daily_secret, tokens_a["refresh_token"]).status_code == 200
+            authorize(browser_a, daily_id)  # never redeemed
+            tokens_b = offline_tokens(browser_b, daily_id, daily_secret)
+            again = refresh(browser_b, daily_id, daily_secret, tokens_b["refresh_token"]).get_json()
+            assert browser_b.post("/revoke", data={"token": again["refresh_token"]},
+                                  auth=(daily_id, daily_secret)).status_code == 200
+            assert walk(app.test_client(), authorize_url(daily_id), stop_at="password").screens == ["password"]
+            sign_out(browser_a)
+            sign_out(browser_b)
         request_reset(app, app.test_client(), mailbox, "alice@example.com")
-        sign_out(browser_a)
-        sign_out(browser_b)
 
         a_day_passes(app)
 
