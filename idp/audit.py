@@ -19,7 +19,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import JWKRegistry
 from sqlalchemy import Connection, CursorResult, bindparam, delete, func, insert, select, text
 from sqlalchemy.event import listens_for
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, SessionTransaction
 
 from idp.extensions import db
@@ -496,8 +496,13 @@ def prune(*, before: datetime, archive_dir: str | os.PathLike[str], batch: int =
                   "archive": path.name}
         connection = session.connection()
         anchor["kid"], anchor["signature"] = _sign(connection, _anchor_claims(SimpleNamespace(**anchor)))
-        anchor_id = connection.execute(insert(_ANCHORS).returning(_ANCHORS.c.id), anchor).scalar_one()
-        session.commit()
+        try:
+            anchor_id = connection.execute(insert(_ANCHORS).returning(_ANCHORS.c.id), anchor).scalar_one()
+            session.commit()
+        except IntegrityError:  # another prune, run at the same moment, anchored these rows first: its archive
+            session.rollback()  # is the one its anchor names
+            path.unlink(missing_ok=True)
+            raise PruneRefused(f"another prune archived events up to {through} at the same time") from None
         log.info("audit events %d to %d archived to %s (anchor %d)", first, through, path, anchor_id)
         result.archived, result.archive = count, path
         anchored = through

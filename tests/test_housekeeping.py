@@ -679,6 +679,25 @@ def test_only_the_prune_may_delete_audit_rows_and_only_those_it_anchored(retaine
     assert events(app)[0] == kept
 
 
+def test_of_two_prunes_at_once_the_second_to_anchor_leaves_no_archive_behind(retained, monkeypatch):
+    app, folder, rows = retained
+    write = audit._write_archive
+
+    def while_another_prune_anchors_the_same_rows(path, chosen, prev):
+        count, last = write(path, chosen, prev)
+        with db.engine.begin() as other:
+            other.execute(insert(table_of(AuditAnchor)), {
+                "at": utcnow(), "last_event_id": last["id"], "row_hash": last["row_hash"], "events": count,
+                "archive": "the-other-one.jsonl", "kid": "k", "signature": "s"})
+        return count, last
+
+    monkeypatch.setattr(audit, "_write_archive", while_another_prune_anchors_the_same_rows)
+    result = app.test_cli_runner().invoke(args=["housekeeping"])
+    assert result.exit_code == 1
+    assert f"another prune archived events up to {rows[8]['id']} at the same time" in result.stderr
+    assert list(folder.iterdir()) == []
+
+
 def test_without_a_retention_nothing_is_archived_nor_deleted(make_app, tmp_path, monkeypatch):
     app = make_app(IDP_AUDIT_ARCHIVE_DIR=str(tmp_path / "archive"))
     record_at(app, monkeypatch, utcnow() - timedelta(days=4000), 3)
