@@ -5,23 +5,27 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 from flask import current_app, g, has_app_context, has_request_context
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import JWKRegistry
-from sqlalchemy import Connection, func, insert, select, text
+from sqlalchemy import Connection, CursorResult, bindparam, delete, func, insert, select, text
 from sqlalchemy.event import listens_for
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, SessionTransaction
 
 from idp import metrics
 from idp.extensions import db
-from idp.models import AuditCheckpoint, AuditEvent, SigningKey, User, table_of, utcnow
+from idp.models import AuditAnchor, AuditCheckpoint, AuditEvent, SigningKey, User, table_of, utcnow
+from idp.models.audit import PRUNE_OPTION
 
 log = logging.getLogger("idp.audit")
 
@@ -40,6 +44,7 @@ _SECRET_KEYS = {
 _EVENTS = table_of(AuditEvent)
 _APPEND = insert(_EVENTS)
 _CHECKPOINTS = table_of(AuditCheckpoint)
+_ANCHORS = table_of(AuditAnchor)
 
 
 # --- The hash chain (SECURITY.md 35) --------------------------------------------------------------------------------
@@ -271,52 +276,82 @@ class Report:
     events: int = 0
     checkpoints: int = 0
     problem: str | None = None
+    anchors: int = 0  # prunes (IDP_AUDIT_RETENTION_DAYS): the rows up to pruned_through were archived
+    pruned_through: int = 0
 
     @property
     def intact(self) -> bool:
         return self.problem is None
 
     def __str__(self) -> str:
-        return self.problem or f"audit log intact: {self.events} events, {self.checkpoints} checkpoints"
+        if self.problem:
+            return self.problem
+        pruned = f"; archived and pruned up to event {self.pruned_through}" if self.anchors else ""
+        return f"audit log intact: {self.events} events, {self.checkpoints} checkpoints{pruned}"
 
 
-def _checkpoint_problem(cp: Any, public_keys: dict[str, Any]) -> str | None:
-    """Why a checkpoint row cannot be believed, or None: its JWS must verify with the key it names (any key in
-    signing_keys, retired ones too: a checkpoint outlives its key's tokens) and say what its columns say."""
-    jwk = public_keys.get(cp.kid)
+def _signed_problem(what: str, row: Any, claims: dict[str, Any], public_keys: dict[str, Any]) -> str | None:
+    """Why a signed row (a checkpoint, an anchor) cannot be believed, or None: its JWS must verify with the key it
+    names (any key in signing_keys, retired ones too: a signature outlives its key's tokens) and say exactly
+    ``claims``, what its columns say."""
+    jwk = public_keys.get(row.kid)
     if jwk is None:
-        return f"checkpoint {cp.id}: signed by unknown key {cp.kid}"
+        return f"{what} {row.id}: signed by unknown key {row.kid}"
     try:
         key = JWKRegistry.import_key(jwk)
-        signed = jws.deserialize_compact(cp.signature, key, algorithms=[jwk.get("alg", "ES256")])
-        claims = json.loads(signed.payload)
+        signed = jws.deserialize_compact(row.signature, key, algorithms=[jwk.get("alg", "ES256")])
+        payload = json.loads(signed.payload)
     except (JoseError, ValueError, TypeError):
-        return f"checkpoint {cp.id}: bad signature"
-    if signed.headers().get("kid") != cp.kid or claims != {"last_event_id": cp.last_event_id,
-                                                           "row_hash": cp.row_hash, "at": rfc3339(cp.at)}:
-        return f"checkpoint {cp.id}: signed content does not match the row"
+        return f"{what} {row.id}: bad signature"
+    if signed.headers().get("kid") != row.kid or payload != claims:
+        return f"{what} {row.id}: signed content does not match the row"
     return None
+
+
+def _checkpoint_claims(cp: Any) -> dict[str, Any]:
+    return {"last_event_id": cp.last_event_id, "row_hash": cp.row_hash, "at": rfc3339(cp.at)}
+
+
+def _anchor_claims(anchor: Any) -> dict[str, Any]:
+    # "anchor" sets its payload apart from a checkpoint's: a checkpoint's signature, copied into audit_anchors,
+    # must not pass for an anchor (it would let whoever has the database cut the log's start off).
+    return {"anchor": True, "last_event_id": anchor.last_event_id, "row_hash": anchor.row_hash,
+            "at": rfc3339(anchor.at), "events": anchor.events, "archive": anchor.archive}
 
 
 def verify_chain(batch: int = 1000) -> Report:
     """Walk the whole log in id order, recomputing every hash, and check every checkpoint: its signature, and
-    that the event it names is there with the hash it signed. Stops at the first problem."""
+    that the event it names is there with the hash it signed. Stops at the first problem.
+
+    After a prune (idp.audit.prune) the log starts later: a row may link over the archived rows to a signed anchor
+    (the hash of the last archived row) instead of to the row before it, and a checkpoint may name an archived
+    event. Both only up to the newest anchor: a row missing after it is still a broken link."""
     report = Report()
     public_keys = {kid: dict(jwk) for kid, jwk in db.session.execute(select(SigningKey.kid, SigningKey.public_jwk))}
+    anchors = list(db.session.execute(select(_ANCHORS).order_by(_ANCHORS.c.last_event_id)))
+    for signed in anchors:
+        report.problem = _signed_problem("anchor", signed, _anchor_claims(signed), public_keys)
+        if report.problem:
+            return report
+    by_hash = {signed.row_hash: signed for signed in anchors}
+    by_anchored_event = {signed.last_event_id: signed for signed in anchors}
+    pruned_through = anchors[-1].last_event_id if anchors else 0
     checkpoints = list(db.session.execute(select(_CHECKPOINTS).order_by(_CHECKPOINTS.c.id)))
     by_event: dict[int, list[Any]] = {}
     for cp in checkpoints:
-        report.problem = _checkpoint_problem(cp, public_keys)
+        report.problem = _signed_problem("checkpoint", cp, _checkpoint_claims(cp), public_keys)
         if report.problem:
             return report
         by_event.setdefault(cp.last_event_id, []).append(cp)
     prev_id, prev = None, GENESIS
     rows = db.session.execute(select(_EVENTS).order_by(_EVENTS.c.id).execution_options(yield_per=batch)).mappings()
     for row in rows:
-        if row["prev_hash"] != prev:
+        anchor = by_hash.get(row["prev_hash"])
+        over_archived = anchor is not None and (prev_id or 0) < anchor.last_event_id < row["id"]
+        if row["prev_hash"] != prev and not over_archived:
             report.problem = (f"event {row['id']}: prev_hash does not link to event {prev_id}" if prev_id is not None
                               else f"event {row['id']}: prev_hash does not start the chain")
-        elif row["row_hash"] != row_hash(prev, row):
+        elif row["row_hash"] != row_hash(row["prev_hash"], row):
             report.problem = f"event {row['id']}: row_hash does not match its content"
         else:
             for cp in by_event.pop(row["id"], []):
@@ -328,8 +363,161 @@ def verify_chain(batch: int = 1000) -> Report:
             return report
         report.events += 1
         prev_id, prev = row["id"], row["row_hash"]
-    for cps in by_event.values():  # a checkpoint names an event the walk did not meet: removed
-        report.problem = f"checkpoint {cps[0].id}: event {cps[0].last_event_id} is missing"
-        return report
+    for event_id, cps in by_event.items():  # a checkpoint names an event the walk did not meet
+        if event_id > pruned_through:  # removed
+            report.problem = f"checkpoint {cps[0].id}: event {event_id} is missing"
+            return report
+        anchor = by_anchored_event.get(event_id)  # archived: only an anchor of the same event can say more
+        for cp in cps:
+            if anchor is not None and cp.row_hash != anchor.row_hash:
+                report.problem = f"checkpoint {cp.id}: row_hash differs from anchor {anchor.id}'s"
+                return report
     report.checkpoints = len(checkpoints)
+    report.anchors, report.pruned_through = len(anchors), pruned_through
     return report
+
+
+# --- Retention: archive, anchor, prune (IDP_AUDIT_RETENTION_DAYS) -----------------------------------------------------
+#
+# The oldest rows leave the database in three steps, each durable before the next begins:
+# 1. the whole log is verified (a prune never runs on a broken chain: it would archive the tampering and anchor what
+#    follows it, which is what an attacker would want), then the rows to go are written to a JSON lines file, one
+#    full row per line with both hashes, checked link by link as they are written, and fsynced;
+# 2. a signed anchor names the last of them and its hash, and commits: from then on verify_chain accepts the first
+#    kept row linking to it, and the database accepts a DELETE of the rows it covers (migration 0012), no other;
+# 3. they are deleted in short batches, newest first, each its own transaction. Newest first, so that a run
+#    stopped half way leaves a log that verifies (the oldest rows still link to one another, the first kept row
+#    links to the anchor); the next run deletes what is left of it.
+# The newest row always stays, even past the retention: the next append links to it.
+
+
+class PruneRefused(RuntimeError):
+    """The audit log does not verify: nothing is archived nor deleted until someone has looked."""
+
+
+@dataclass
+class Pruned:
+    """What one prune did: rows archived (into ``archive``) and rows deleted."""
+
+    archived: int = 0
+    deleted: int = 0
+    archive: Path | None = None
+    through: int = 0  # the newest anchor's last event: the rows up to it are archived (and now deleted)
+
+
+def archive_line(row: Mapping[str, Any]) -> str:
+    """One audit row as a line of the archive: every column, ``at`` as the chain hashes it (RFC 3339, UTC,
+    microseconds), ``details`` as the JSON object it is. A line's row_hash is sha256(prev_hash + the canonical JSON
+    of the other columns), so each file can be checked on its own, and the files one after the other."""
+    line = {name: row[name] for name in (*_FIELDS, "prev_hash", "row_hash")}
+    line["at"] = rfc3339(line["at"])
+    return json.dumps(line, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _sign(connection: Connection, claims: dict[str, Any]) -> tuple[str, str]:
+    """(kid, compact JWS of ``claims``) by the active ES256 key, created first if there is none yet."""
+    signer = _signing_key(connection)
+    if signer is None:
+        raise PruneRefused("no signing key to sign the anchor with")
+    kid, key = signer
+    return kid, jws.serialize_compact({"alg": key.alg, "kid": kid}, _canonical(claims), key, algorithms=[key.alg])
+
+
+def _write_archive(path: Path, rows: Any, prev: str) -> tuple[int, Any]:
+    """Write ``rows`` (id order) to ``path``, checking each link from ``prev``; fsync the file and its folder.
+    Returns (count, last row). The file is made under a temporary name and renamed when complete, and never
+    replaces another."""
+    partial = path.with_name(path.name + ".partial")
+    count, last = 0, None
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # the rows hold addresses: the owner only
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            for row in rows:
+                if row["prev_hash"] != prev or row["row_hash"] != row_hash(prev, row):
+                    raise PruneRefused(f"event {row['id']} changed while it was being archived")
+                out.write(archive_line(row) + "\n")
+                count, last, prev = count + 1, row, row["row_hash"]
+            out.flush()
+            os.fsync(out.fileno())
+        if os.path.exists(path):
+            raise PruneRefused(f"{path} exists already")
+        os.rename(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself is durable
+    finally:
+        os.close(folder)
+    return count, last
+
+
+# Newest first, covered by an anchor (the database refuses any other); marked as the one bulk change the
+# session's guard lets through (idp.models.audit). No SKIP LOCKED: nothing ever locks an audit row.
+_PRUNE_BATCH = (delete(_EVENTS)
+                .where(_EVENTS.c.id.in_(select(_EVENTS.c.id).where(_EVENTS.c.id <= bindparam("through"))
+                                        .order_by(_EVENTS.c.id.desc()).limit(bindparam("batch"))
+                                        .correlate(None).scalar_subquery()))
+                .execution_options(**{PRUNE_OPTION: True}))
+
+
+def prune(*, before: datetime, archive_dir: str | os.PathLike[str], batch: int = 1000,
+          now: datetime | None = None) -> Pruned:
+    """Archive the rows recorded before ``before`` to a new file in ``archive_dir``, anchor the chain to the last
+    of them, and delete them in batches of ``batch`` (each committed). Raises PruneRefused, having changed
+    nothing, when the log does not verify. Rows an earlier, interrupted prune archived and anchored are deleted
+    too."""
+    from idp.oidc.keys import active
+
+    now = now or utcnow()
+    result = Pruned()
+    session = db.session
+    newest = session.execute(select(func.max(_EVENTS.c.id))).scalar()
+    if newest is None:
+        return result
+    anchored = session.execute(select(func.max(_ANCHORS.c.last_event_id))).scalar() or 0
+    first_kept = session.execute(select(func.min(_EVENTS.c.id)).where(_EVENTS.c.at >= before)).scalar()
+    # A prefix of the chain, by id (the order of the chain; ``at`` may run a little out of it), without the newest.
+    bound = min(first_kept, newest) if first_kept is not None else newest
+    through = session.execute(select(func.max(_EVENTS.c.id)).where(_EVENTS.c.id < bound)).scalar()
+    if through is not None and through > anchored:
+        report = verify_chain()
+        if not report.intact:
+            session.rollback()
+            raise PruneRefused(f"the audit log does not verify ({report.problem}): nothing pruned")
+        active()  # the signing keys exist (created and committed on first use)
+        start = session.execute(select(_ANCHORS.c.row_hash).where(_ANCHORS.c.last_event_id == anchored)).scalar()
+        folder = Path(archive_dir)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        first = session.execute(select(func.min(_EVENTS.c.id)).where(_EVENTS.c.id > anchored)).scalar_one()
+        path = folder / f"audit-{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{first}-{through}.jsonl"
+        rows = session.execute(select(_EVENTS).where(_EVENTS.c.id > anchored, _EVENTS.c.id <= through)
+                               .order_by(_EVENTS.c.id).execution_options(yield_per=batch)).mappings()
+        try:
+            count, last = _write_archive(path, rows, start or GENESIS)
+        finally:
+            rows.close()
+        at = utcnow()
+        anchor = {"at": at, "last_event_id": last["id"], "row_hash": last["row_hash"], "events": count,
+                  "archive": path.name}
+        connection = session.connection()
+        anchor["kid"], anchor["signature"] = _sign(connection, _anchor_claims(SimpleNamespace(**anchor)))
+        try:
+            anchor_id = connection.execute(insert(_ANCHORS).returning(_ANCHORS.c.id), anchor).scalar_one()
+            session.commit()
+        except IntegrityError:  # another prune, run at the same moment, anchored these rows first: its archive
+            session.rollback()  # is the one its anchor names
+            path.unlink(missing_ok=True)
+            raise PruneRefused(f"another prune archived events up to {through} at the same time") from None
+        log.info("audit events %d to %d archived to %s (anchor %d)", first, through, path, anchor_id)
+        result.archived, result.archive = count, path
+        anchored = through
+    result.through = anchored
+    while anchored:
+        deleted = cast(CursorResult, session.execute(_PRUNE_BATCH, {"through": anchored, "batch": batch})).rowcount
+        session.commit()
+        result.deleted += deleted
+        if deleted < batch:
+            break
+    return result

@@ -12,6 +12,7 @@ from flask.cli import AppGroup, with_appcontext
 from rq import Worker
 
 from idp import audit
+from idp import housekeeping as chores
 from idp.admin import bulk, service
 from idp.config import env_example, markdown_table
 from idp.demo import DEMO_ADMIN_EMAIL, DEMO_EMAIL, DEMO_REDIRECT_URI, demo_client_credentials
@@ -217,11 +218,19 @@ def users_import(source, invite):
 @click.command("housekeeping")
 @with_appcontext
 def housekeeping():
-    """Daily chores: record admin roles whose end time passed, and purge users deleted longer ago than
-    IDP_DELETE_GRACE_DAYS (run it from a timer or cron)."""
-    lapsed = service.lapse_roles()
-    purged = service.purge_deleted(service.OPERATOR)
-    click.echo(f"{lapsed} admin roles lapsed, {purged} deleted users purged")
+    """Daily chores (run it from a timer or cron): record admin roles whose end time passed, purge users deleted
+    longer ago than IDP_DELETE_GRACE_DAYS, delete expired codes, tokens, sessions, sign-ins and one-time tokens,
+    and archive then delete audit events older than IDP_AUDIT_RETENTION_DAYS (when set). Prints what went, one
+    line each; exits 1 when a chore refused (an audit log that does not verify is not pruned)."""
+    done = chores.run()
+    for name, count in done.counts.items():
+        click.echo(f"{count}\t{name}")
+    if done.archive is not None:
+        click.echo(f"audit archive: {done.archive}")
+    for problem in done.problems:
+        click.echo(f"Error: {problem}", err=True)
+    if done.problems:
+        sys.exit(1)
 
 
 @users.command("set-password")

@@ -160,6 +160,11 @@ SETTINGS: list[Setting] = [
             "purge` removes them for good.", int),
     Setting("IDP_AUDIT_CHECKPOINT_EVERY", 1000, "Sign a checkpoint of the audit hash chain at every event whose id is "
             "a multiple of this (0 = only `idp audit checkpoint`).", int),
+    Setting("IDP_AUDIT_RETENTION_DAYS", 0, "Days audit events are kept; `idp housekeeping` archives older ones to "
+            "IDP_AUDIT_ARCHIVE_DIR, then deletes them (0 = keep them forever).", int),
+    Setting("IDP_AUDIT_ARCHIVE_DIR", "", "Folder of the audit archives, one JSON lines file per prune (default: "
+            "instance/audit-archive)."),
+    Setting("IDP_HOUSEKEEPING_BATCH", 1000, "Rows `idp housekeeping` deletes per transaction.", int),
     Setting("IDP_INVITE_LINK_TTL", 7 * 86400, "Seconds the set-password link of an invitation (a user created by an "
             "administrator) stays valid.", int),
     Setting("IDP_RESEND_COOLDOWN", 60, "Seconds between two sends of a code or link to the same user.", int),
