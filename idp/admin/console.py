@@ -50,7 +50,7 @@ CHART_SERIES = (("login.success", "signins"), ("login.failure", "failures"), ("a
 SECURITY_EVENTS = ("login.failure", "account.locked", "mfa.reset", "user.disabled", "user.deleted",
                    "admin.role_granted", "admin.role_revoked", "admin.role_lapsed", "key.rotated",
                    "client.secret_rotated", "client.deleted", "password.reset", "factor.removed",
-                   "user.tokens_revoked", "audit.exported")
+                   "user.tokens_revoked", "audit.exported", "audit.pruned")
 
 
 def actor() -> Actor:
