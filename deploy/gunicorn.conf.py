@@ -22,6 +22,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -159,7 +161,9 @@ logger_class = JSONLogger
 
 
 def on_starting(server):
-    """The metrics of a previous run are stale: gunicorn's workers start over with new pids."""
+    """Refuse settings before any worker starts; and the metrics of a previous run are stale: gunicorn's workers
+    start over with new pids."""
+    _check_settings()
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not folder:
         return
@@ -168,6 +172,17 @@ def on_starting(server):
     # Only prometheus-client's own files (*.db): a mistyped variable must not empty some other folder.
     for stale in path.glob("*.db"):
         stale.unlink()
+
+
+def _check_settings() -> None:
+    """Build the app once in a child process, so that settings production refuses stop gunicorn itself with the
+    app's one line and exit status 2 (wsgi.py), instead of each worker failing the same way while the master
+    starts new ones forever. A child, because the master must not import idp (module docstring)."""
+    check = subprocess.run([sys.executable, "-c", "import wsgi"], cwd=chdir, env=os.environ.copy(), check=False)
+    if check.returncode == 2:  # the child printed the line
+        sys.exit(2)
+    if check.returncode != 0:
+        sys.exit(f"idp: the app could not be built (exit status {check.returncode}); see the lines above")
 
 
 def child_exit(server, worker):

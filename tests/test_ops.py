@@ -279,10 +279,11 @@ def test_help_needs_no_settings(tmp_path):
 
 
 def test_gunicorn_refuses_bad_settings_in_one_line(tmp_path):
+    """With the deploy configuration, gunicorn stops at once, rather than restarting workers that fail forever."""
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
-    result = subprocess.run([gunicorn, "--preload", "--chdir", str(ROOT), "-b", f"127.0.0.1:{free_port()}",
-                             "wsgi:app"], cwd=tmp_path, env=_environment(IDP_ENV="production"), capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run([gunicorn, "-c", str(ROOT / "deploy" / "gunicorn.conf.py"), "-b",
+                             f"127.0.0.1:{free_port()}", "wsgi:app"], cwd=tmp_path,
+                            env=_environment(IDP_ENV="production"), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert "idp: configuration error: IDP_SECRET_KEY must be set to at least 32 bytes in production" in result.stderr
