@@ -8,18 +8,23 @@ to a file that ``Instance.log_since`` returns for a failing test; ``stop`` ends 
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import requests
+
+from tests.support import PASSWORD, pkce_pair, query_params
 
 ROOT = Path(__file__).resolve().parent.parent
 # Bounds of every wait: a start-up that takes longer is a failure, not something to wait out.
@@ -144,13 +149,14 @@ def running(*instances: Instance) -> Iterator[tuple[Instance, ...]]:
             instance.stop()
 
 
-def run_cli(args: list[str], env: dict[str, str], folder: Path, *, code: Path = ROOT,
+def run_cli(args: list[str], env: dict[str, str], folder: Path, *, code: Path = ROOT, input: str | None = None,
             timeout: float = 120.0) -> subprocess.CompletedProcess:
     """``idp ARGS`` as an operator runs it, in a process of its own (``code``'s idp, settings from ``env``)."""
     folder.mkdir(parents=True, exist_ok=True)
     return subprocess.run([sys.executable, "-c", "from idp.console import main; main()", *args], cwd=folder,
-                          env={**subprocess_env(code), **env}, stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, timeout=timeout)
+                          env={**subprocess_env(code), **env}, input=input,
+                          stdin=subprocess.DEVNULL if input is None else None, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 class Browser:
@@ -237,3 +243,49 @@ def answer(browser: Browser, via: Instance, screen: Screen, **fields) -> request
     """Post the screen's form to instance ``via`` (which may not be the one that showed it)."""
     data = {"csrf_token": csrf_token(screen.html), "step": screen.step, **fields}
     return browser.post(via, screen.path, data=data)
+
+
+# --- the code flow over HTTP -------------------------------------------------------------------------------------
+
+RP = "https://rp.example/cb"
+
+
+def authorize_path(client_id: str, challenge: str, **extra) -> str:
+    """An authorization request (code flow, PKCE S256, a fresh nonce unless given) for the redirect URI RP."""
+    query = {"response_type": "code", "client_id": client_id, "redirect_uri": RP, "scope": "openid",
+             "state": "st-1", "nonce": uuid.uuid4().hex, "code_challenge": challenge, "code_challenge_method": "S256",
+             **extra}
+    return "/authorize?" + urlencode(query)
+
+
+def redeem(browser: Browser, via: Instance, client: tuple[str, str], code: str, verifier: str) -> dict:
+    response = browser.post(via, "/token", auth=client, data={"grant_type": "authorization_code", "code": code,
+                                                               "redirect_uri": RP, "code_verifier": verifier})
+    assert response.status_code == 200, (via.name, response.text)
+    return response.json()
+
+
+def refresh(browser: Browser, via: Instance, client: tuple[str, str], token: str) -> dict:
+    response = browser.post(via, "/token", auth=client, data={"grant_type": "refresh_token", "refresh_token": token})
+    assert response.status_code == 200, (via.name, response.text)
+    return response.json()
+
+
+def userinfo(browser: Browser, via: Instance, access_token: str) -> requests.Response:
+    return browser.get(via, "/userinfo", headers={"Authorization": f"Bearer {access_token}"})
+
+
+def kid_of(token: str) -> str:
+    """The `kid` in a JWT's header: which key signed it."""
+    head = token.split(".", 1)[0]
+    return json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))["kid"]
+
+
+def sign_in_for_tokens(browser: Browser, via: Instance, client: tuple[str, str], email: str, **params) -> dict:
+    """A password sign-in and code flow at one instance (a first-party client: no consent); the token response."""
+    verifier, challenge = pkce_pair()
+    screen = follow(browser, via, browser.get(via, authorize_path(client[0], challenge, **params)))
+    assert isinstance(screen, Screen) and screen.step == "password", screen
+    left = follow(browser, via, answer(browser, via, screen, email=email, password=PASSWORD))
+    assert isinstance(left, str) and left.startswith(RP + "?"), left
+    return redeem(browser, via, client, query_params(left)["code"], verifier)

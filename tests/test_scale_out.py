@@ -12,10 +12,7 @@ request sent to the instance the test names; a redirect that named a backend's o
 
 from __future__ import annotations
 
-import base64
-import json
 import uuid
-from urllib.parse import urlencode
 
 import pytest
 from joserfc import jwt
@@ -24,7 +21,23 @@ from joserfc.jwk import KeySet
 from idp.models import utcnow
 from idp.security.otp import totp_code_at
 from tests.conftest import SECRET, TEST_DATABASE_URL, TEST_REDIS_URL
-from tests.instances import Browser, Instance, Screen, answer, csrf_token, follow, run_cli, running
+from tests.instances import (
+    RP,
+    Browser,
+    Instance,
+    Screen,
+    answer,
+    authorize_path,
+    csrf_token,
+    follow,
+    kid_of,
+    redeem,
+    refresh,
+    run_cli,
+    running,
+    sign_in_for_tokens,
+    userinfo,
+)
 from tests.support import PASSWORD, audit_events, enrol_totp_in, make_client_in, make_user_in, pkce_pair, query_params
 
 pytestmark = pytest.mark.skipif(
@@ -32,7 +45,6 @@ pytestmark = pytest.mark.skipif(
     reason="several instances share PostgreSQL and Redis: set IDP_TEST_DATABASE_URL and IDP_TEST_REDIS_URL")
 
 ISSUER = "https://idp.scale.test"  # behind TLS, as in production; the Browser says so as nginx does
-RP = "https://rp.example/cb"
 MFA = "urn:idp:acr:mfa"
 THROTTLE = 3  # failed passwords per account and minute
 LOCKOUT = 2  # consecutive failed passwords that lock an account (below THROTTLE, so that both can be reached)
@@ -96,55 +108,16 @@ def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:10]}@example.com"
 
 
-def authorize_path(client_id: str, challenge: str, **extra) -> str:
-    query = {"response_type": "code", "client_id": client_id, "redirect_uri": RP, "scope": "openid",
-             "state": "st-1", "nonce": "n-1", "code_challenge": challenge, "code_challenge_method": "S256", **extra}
-    return "/authorize?" + urlencode(query)
-
-
-def redeem(browser: Browser, via: Instance, client: tuple[str, str], code: str, verifier: str) -> dict:
-    response = browser.post(via, "/token", auth=client, data={"grant_type": "authorization_code", "code": code,
-                                                               "redirect_uri": RP, "code_verifier": verifier})
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def refresh(browser: Browser, via: Instance, client: tuple[str, str], token: str) -> dict:
-    response = browser.post(via, "/token", auth=client, data={"grant_type": "refresh_token", "refresh_token": token})
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
 def id_claims(browser: Browser, via: Instance, id_token: str) -> dict:
     """The ID token's claims, verified with the JWKS of instance ``via``."""
     keys = KeySet.import_key_set(browser.get(via, "/jwks.json").json())
     return jwt.decode(id_token, keys, algorithms=["RS256", "ES256"]).claims
 
 
-def kid_of(token: str) -> str:
-    """The `kid` in a JWT's header: which key signed it."""
-    head = token.split(".", 1)[0]
-    return json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))["kid"]
-
-
-def userinfo(browser: Browser, via: Instance, access_token: str):
-    return browser.get(via, "/userinfo", headers={"Authorization": f"Bearer {access_token}"})
-
-
 def password_screen(browser: Browser, via: Instance) -> Screen:
     screen = follow(browser, via, browser.get(via, "/login"))
     assert isinstance(screen, Screen) and screen.step == "password"
     return screen
-
-
-def sign_in_for_tokens(browser: Browser, via: Instance, client: tuple[str, str], email: str) -> dict:
-    """A password sign-in and code flow at one instance (a first-party client: no consent); the token response."""
-    verifier, challenge = pkce_pair()
-    screen = follow(browser, via, browser.get(via, authorize_path(client[0], challenge)))
-    assert isinstance(screen, Screen) and screen.step == "password", screen
-    left = follow(browser, via, answer(browser, via, screen, email=email, password=PASSWORD))
-    assert isinstance(left, str) and left.startswith(RP + "?"), left
-    return redeem(browser, via, client, query_params(left)["code"], verifier)
 
 
 def test_a_sign_in_whose_steps_alternate_between_instances_reaches_mfa(instances, app, browser):
@@ -158,7 +131,7 @@ def test_a_sign_in_whose_steps_alternate_between_instances_reaches_mfa(instances
     verifier, challenge = pkce_pair()
     user = browser()
 
-    screen = follow(user, a, user.get(a, authorize_path(client[0], challenge)))
+    screen = follow(user, a, user.get(a, authorize_path(client[0], challenge, nonce="n-1")))
     assert isinstance(screen, Screen) and screen.step == "password"
     screen = follow(user, b, answer(user, a, screen, email=email, password=PASSWORD))
     assert isinstance(screen, Screen) and screen.step == "totp", "B did not carry on the sign-in A started"
