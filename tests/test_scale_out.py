@@ -13,6 +13,7 @@ request sent to the instance the test names; a redirect that named a backend's o
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 import pytest
 from joserfc import jwt
@@ -52,14 +53,17 @@ GENERIC_FAILURE = "Incorrect email or password."
 THROTTLED = "Too many attempts."
 
 
+@dataclass
 class Pair:
-    def __init__(self, a: Instance, b: Instance, env: dict[str, str], folder):
-        self.a, self.b, self.env, self.folder = a, b, env, folder
+    a: Instance
+    b: Instance
+    env: dict[str, str]  # their settings, for `idp` commands run beside them
 
 
 @pytest.fixture(scope="module")
 def pair(database, tmp_path_factory):
-    """Instances A and B, started once for the module (each test's users and clients are its own)."""
+    """Instances A and B, started once for the module. Each test makes its own users and clients, and the `app`
+    fixture empties the tables after it while the instances run on, as a database restore would."""
     folder = tmp_path_factory.mktemp("scale-out")
     queue = f"idp-scale-{uuid.uuid4().hex[:12]}"
     env = {
@@ -73,7 +77,7 @@ def pair(database, tmp_path_factory):
     a, b = Instance("A", env, folder / "A"), Instance("B", env, folder / "B")
     try:
         with running(a, b):
-            yield Pair(a, b, env, folder)
+            yield Pair(a, b, env)
     finally:
         from redis import Redis
         from rq import Queue
@@ -269,12 +273,12 @@ def test_a_session_ended_on_one_instance_is_refused_by_the_other_at_once(instanc
     assert phone.get(a, "/account").status_code == 200
 
     # The phone signs out on A. Its cookie, kept by a stale tab (or a thief), opens nothing on B either.
-    cookie = phone.session.cookies["idp_session"]
+    stale = browser()
+    stale.session.cookies.set("idp_session", phone.session.cookies["idp_session"])
+    assert stale.get(b, "/account").status_code == 200  # the copy works while the session lives
     confirm = phone.get(a, "/logout")
     assert confirm.status_code == 200
     assert phone.post(a, "/logout", data={"csrf_token": csrf_token(confirm.text)}).status_code == 200
-    stale = browser()
-    stale.session.cookies.set("idp_session", cookie)
     for via in (b, a):
         gone = stale.get(via, "/account")
         assert gone.status_code == 302 and "/login" in gone.headers["Location"], via.name
