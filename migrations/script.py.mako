@@ -9,6 +9,9 @@ from alembic import op
 import sqlalchemy as sa
 ${imports if imports else ""}
 
+# Expand, then contract (migrations/README): the previous release's code still runs on this schema. A revision that
+# drops, renames or tightens something declares it: CONTRACT = "what it removes, and since when nothing uses it"
+
 # revision identifiers, used by Alembic.
 revision = ${repr(up_revision)}
 down_revision = ${repr(down_revision)}

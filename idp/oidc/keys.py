@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from flask import current_app
+from flask import current_app, has_request_context, request
 from joserfc.jwk import KeySet
 from sqlalchemy import Connection, func, select
 
@@ -52,18 +51,24 @@ def active(now: datetime | None = None) -> list[SigningKey]:
     return [by_alg[alg] for alg in jose_keys.SUPPORTED_ALGS]
 
 
-# Each worker keeps the parsed keys (decrypting and importing a private key costs far more than signing) for
-# CACHE_SECONDS. A rotation in this process is seen at once; in other workers within CACHE_SECONDS, and a token
-# whose `kid` a worker does not know yet makes it reload at once, so no valid token is ever refused.
-CACHE_SECONDS = 30.0
+# Each worker keeps the parsed keys: decrypting and importing a private key costs far more than signing. What it
+# kept is checked against the keys table, so that a key created or rotated by any process (another worker, another
+# instance, `idp keys rotate`) is used at once everywhere (SECURITY.md 14; README "Scaling out"):
+# - signing and the JWK Set read a summary of the table (_TABLE_STATE: one aggregate over a handful of rows) once
+#   per request, and reload when it changed;
+# - verification reads it only for a token whose `kid` the worker does not know: a known key is never withdrawn
+#   before its tokens have expired, so it needs no look, and a `kid` that is in no row (a forged header) costs that
+#   one aggregate, never a reload;
+# - everything kept is reloaded when a retired key in it reaches its ``publish_until``.
 
 
 class _KeyCache:
     """The parsed key sets of one app (tests build many apps; production has one per worker)."""
 
     def __init__(self):
-        self.loaded_at = -1e9
-        self.signing = KeySet([])  # both loaded by fresh() before first use (loaded_at is long past)
+        self.state: tuple | None = None  # the table's summary the key sets were loaded at (None: not loaded yet)
+        self.until: datetime | None = None  # when the first retired key in them stops being published
+        self.signing = KeySet([])  # both loaded by fresh() before first use (state is None)
         self.verifying = KeySet([])
         self.kids: set[str] = set()
         # The JWK Set document, the state of the keys table it was built from, and when its first retired key
@@ -72,19 +77,23 @@ class _KeyCache:
         self.jwks_state: tuple | None = None
         self.jwks_until: datetime | None = None
 
-    def load(self, now: datetime | None) -> None:
+    def load(self, now: datetime) -> None:
         secret = current_app.config["IDP_SECRET_KEY"]
-        signing_rows = active(now)
+        signing_rows = active(now)  # creates (and commits) the first keys: before the state, which they change
+        state = table_state(again=True)  # before the rows: a change in between reloads at the next look
         self.signing = KeySet([jose_keys.import_private(jose_keys.decrypt_private(row.private_jwk_encrypted,
                                                                                   secret))
                                for row in signing_rows])
         rows = published(now)
         self.verifying = KeySet.import_key_set({"keys": [dict(row.public_jwk) for row in rows]})
         self.kids = {row.kid for row in rows}
-        self.loaded_at = time.monotonic()
+        self.until = min((row.publish_until for row in rows if row.publish_until is not None), default=None)
+        self.state = state
 
     def fresh(self, now: datetime | None) -> _KeyCache:
-        if time.monotonic() - self.loaded_at > CACHE_SECONDS:
+        """These key sets, reloaded first if the keys table changed since or a retired key's time is up."""
+        now = now or utcnow()
+        if self.state is None or table_state() != self.state or (self.until is not None and now >= self.until):
             self.load(now)
         return self
 
@@ -96,33 +105,52 @@ def _cache() -> _KeyCache:
     return cache
 
 
+# A summary of the keys table that changes whenever a key is created, retired or re-dated, also when the table is
+# emptied and refilled (its ids may start again; its creation times do not repeat). Built once: it is asked on
+# every request that signs or serves the JWK Set.
+_TABLE_STATE = select(
+    func.count(SigningKey.id), func.max(SigningKey.id), func.max(SigningKey.created_at),
+    func.count(SigningKey.retired_at), func.max(SigningKey.retired_at), func.min(SigningKey.publish_until),
+    func.max(SigningKey.publish_until))
+_STATE_OF_REQUEST = "idp.keys_state"
+
+
+def table_state(again: bool = False) -> tuple:
+    """The keys table's summary, read once per request (the token endpoint signs two tokens; ``again`` reads it
+    anew, after this process changed the table); outside a request, read at every call."""
+    if not has_request_context():
+        return tuple(db.session.execute(_TABLE_STATE).one())
+    if again or _STATE_OF_REQUEST not in request.environ:
+        request.environ[_STATE_OF_REQUEST] = tuple(db.session.execute(_TABLE_STATE).one())
+    return request.environ[_STATE_OF_REQUEST]
+
+
 def signing_keyset(now: datetime | None = None) -> KeySet:
-    """The private keys that sign now (one per algorithm, the newest)."""
+    """The private keys that sign now (one per algorithm, the newest in the database)."""
     return _cache().fresh(now).signing
 
 
 def verification_keyset(now: datetime | None = None, kid: str | None = None) -> KeySet:
-    """The public keys that verify our own tokens; an unknown ``kid`` reloads them (at most once a second)."""
-    cache = _cache().fresh(now)
-    if kid is not None and kid not in cache.kids and time.monotonic() - cache.loaded_at > 1.0:
-        cache.load(now)
+    """The public keys that verify our own tokens; a ``kid`` not among them makes the keys table be looked at."""
+    cache = _cache()
+    if cache.state is None or kid is not None and kid not in cache.kids or (
+            cache.until is not None and (now or utcnow()) >= cache.until):
+        cache.fresh(now)
     return cache.verifying
 
 
 def current_private_key(connection: Connection, alg: str) -> tuple[str, Any] | None:
     """The active key of ``alg`` as (kid, private key), read on ``connection`` (for signing inside a transaction
     that is not the session's, or that must not commit); None while no such key exists. It creates none."""
-    cache = _cache()
-    if time.monotonic() - cache.loaded_at <= CACHE_SECONDS:
-        for key in cache.signing.keys:
-            if key.alg == alg and key.kid:
-                return key.kid, key
     row = connection.execute(
         select(SigningKey.kid, SigningKey.private_jwk_encrypted)
         .where(SigningKey.alg == alg, SigningKey.retired_at.is_(None))
         .order_by(SigningKey.created_at.desc(), SigningKey.id.desc()).limit(1)).one_or_none()
     if row is None:
         return None
+    for key in _cache().signing.keys:  # parsed already (the key is the row's: its kid is unique)
+        if key.kid == row.kid:
+            return row.kid, key
     return row.kid, jose_keys.import_private(jose_keys.decrypt_private(row.private_jwk_encrypted,
                                                                        current_app.config["IDP_SECRET_KEY"]))
 
@@ -137,13 +165,6 @@ def published(now: datetime | None = None) -> list[SigningKey]:
     ).scalars())
 
 
-# A summary of the keys table that changes whenever a key is created, retired or re-dated (built once: it is
-# asked on every JWKS request).
-_TABLE_STATE = select(
-    func.count(SigningKey.id), func.max(SigningKey.id), func.count(SigningKey.retired_at),
-    func.max(SigningKey.retired_at), func.min(SigningKey.publish_until), func.max(SigningKey.publish_until))
-
-
 def jwks(now: datetime | None = None) -> dict:
     """The public JWK Set served at jwks_uri.
 
@@ -153,7 +174,7 @@ def jwks(now: datetime | None = None) -> dict:
     """
     now = now or utcnow()
     cache = _cache()
-    state = tuple(db.session.execute(_TABLE_STATE).one())  # before the rows: a change in between rebuilds next time
+    state = table_state()  # before the rows: a change in between rebuilds next time
     if cache.jwks is None or state != cache.jwks_state or (cache.jwks_until is not None and now >= cache.jwks_until):
         rows = published(now)
         cache.jwks = {"keys": [dict(row.public_jwk) for row in rows]}
@@ -190,5 +211,6 @@ def rotate(now: datetime | None = None, *, max_token_lifetime: int) -> list[Sign
         row.publish_until = now + timedelta(seconds=max_token_lifetime)
     fresh = [_create(alg, now) for alg in jose_keys.SUPPORTED_ALGS]
     db.session.commit()
-    _cache().loaded_at = -1e9  # this process signs with the new keys at once
+    if has_request_context():  # the summary this request read is out of date (the next use reads it again)
+        request.environ.pop(_STATE_OF_REQUEST, None)
     return fresh
