@@ -115,6 +115,21 @@ def test_a_job_asked_for_inside_a_savepoint_that_rolls_back_goes_with_it(jobs_ap
         ["outer@example.com", "released@example.com"]
 
 
+def test_a_replayed_refresh_token_mails_its_owner_once(app, client, make_user, make_client, mailbox):
+    """The stolen-token mail goes out with the revocation that found the replay (one commit); a later replay,
+    which revokes nothing more, sends no other."""
+    from tests.test_oidc_protocol import refresh, tokens
+
+    make_user()
+    conf = make_client(name="Conf App", first_party=True)
+    old = tokens(client, *conf)["refresh_token"]
+    assert refresh(client, *conf, old).status_code == 200
+    for _replay in range(2):
+        assert refresh(client, *conf, old).status_code == 400
+    [mail] = [m for m in mailbox.messages("alice@example.com") if "stolen" in m["subject"]]
+    assert "Conf App" in mail["text"]
+
+
 # --- Redis down -------------------------------------------------------------------------------------------------
 
 def _queue_down(app) -> None:
