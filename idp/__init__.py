@@ -193,10 +193,6 @@ def _error_handlers(app: Flask) -> None:
     def csrf_error(exc):
         return render(400, _("This form has expired"), _("Go back, reload the page and try again."))
 
-    @app.errorhandler(jobs.QueueUnavailable)
-    def queue_down(exc):
-        return render(503, _("Service unavailable"), _("Please try again in a minute."), [("Retry-After", "30")])
-
     @app.errorhandler(429)
     def too_many(exc):
         # Retry-After (RFC 9110 10.2.3): at most the length of the window that was exceeded.

@@ -9,7 +9,6 @@ from pathlib import Path
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
-from rq import Worker
 
 from idp import audit
 from idp import housekeeping as chores
@@ -18,6 +17,7 @@ from idp.config import env_example, markdown_table
 from idp.demo import DEMO_ADMIN_EMAIL, DEMO_EMAIL, DEMO_REDIRECT_URI, demo_client_credentials
 from idp.extensions import db
 from idp.jobs import queue
+from idp.jobs.rq_worker import JobWorker
 from idp.login.factors.totp import confirm_totp, start_totp, totp_secret
 from idp.models import AdminRole, AuditEvent, Factor, User, utcnow
 from idp.models.user import normalize_email
@@ -356,11 +356,12 @@ def audit_verify():
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
 @with_appcontext
 def worker(burst):
-    """Run an RQ worker for mail and SMS jobs, inside the app context."""
+    """Run an RQ worker for mail and SMS jobs, inside the app context (idp.jobs.rq_worker: a job whose worker died
+    is retried)."""
     q = queue()
     if q is None:
         raise click.ClickException("IDP_REDIS_URL is not set: jobs run inline, no worker is needed")
-    Worker([q], connection=q.connection).work(burst=burst, with_scheduler=True)
+    JobWorker([q], connection=q.connection, config=current_app.config).work(burst=burst, with_scheduler=True)
 
 
 @click.command("config-doc")

@@ -178,6 +178,12 @@ SETTINGS: list[Setting] = [
     Setting("IDP_RATELIMIT_FORMS", "10/minute;100/hour", "Sign-up, reset and resend requests allowed per client IP."),
     Setting("IDP_JOB_RETRY_INTERVALS", [10, 60, 300, 1800],
             "Seconds between retries of a failed mail or SMS job (RQ).", lambda v: [int(x) for x in _list(v)]),
+    Setting("IDP_JOB_TIMEOUT", 180, "Seconds a job may run on a worker before it is stopped; that counts as a failed "
+            "attempt, retried like one.", int),
+    Setting("IDP_WORKER_HEARTBEAT", 10, "Seconds between a worker's signs of life while it runs a job; a job whose "
+            "worker missed three (the worker died) is retried by another worker's maintenance.", int),
+    Setting("IDP_WORKER_MAINTENANCE_INTERVAL", 60, "Seconds between a worker's maintenance passes, which retry the "
+            "jobs of workers that died.", int),
     Setting("IDP_AUTH_CODE_TTL", 60, "Seconds an authorization code may wait to be redeemed (at most 60).", int,
             maximum=60),
     Setting("IDP_ACCESS_TOKEN_TTL", 900, "Seconds a JWT access token lives (clients may set their own).", int),

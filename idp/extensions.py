@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 from flask_limiter import Limiter
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
+from flask_sqlalchemy.session import Session as FlaskSession
 from flask_wtf import CSRFProtect
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
@@ -28,7 +29,25 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-db = SQLAlchemy(model_class=Base)
+# Where a session keeps what must run once its commit has returned (a list of callables).
+AFTER_COMMIT = "idp.after_commit"
+
+
+class Session(FlaskSession):
+    """The class of ``db.session``: once a commit has returned, it runs what was waiting for it.
+
+    A commit's own events run while the commit is still in progress, when the session may not be used; what needs
+    the database after the work is saved (idp.jobs: a job run inline) is put in ``info[AFTER_COMMIT]`` by such an
+    event and runs here, with the session usable again and no transaction of the caller's left open.
+    """
+
+    def commit(self) -> None:
+        super().commit()
+        for run in self.info.pop(AFTER_COMMIT, ()):
+            run()
+
+
+db = SQLAlchemy(model_class=Base, session_options={"class_": Session})
 # The base class of every model. Flask-SQLAlchemy builds db.Model at run time, which a type checker cannot follow;
 # it sees the declarative base that db.Model extends.
 if TYPE_CHECKING:

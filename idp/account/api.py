@@ -374,6 +374,7 @@ def forgot_password() -> Response:
     if set(data) - {"email"} or not email or len(email) > 320:
         return _invalid({"email": "an email address"})
     enqueue("start_password_reset", email=normalize_email(email), ip=g.client_ip, user_agent=g.user_agent)
+    db.session.commit()  # sends the job (idp.jobs); the request itself wrote nothing
     return Response(status=202)
 
 

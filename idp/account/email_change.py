@@ -93,9 +93,9 @@ def complete(row: OneTimeToken, *, used: bool = False, **details: Any) -> None:
     user.email = new
     user.email_verified_at = now
     audit.record("email.changed", subject=user, old=old, new=new, **details)
+    enqueue("send_mail", to=old, template="email_changed", context={"name": user.name, "new": new})
     try:
-        db.session.commit()
-    except IntegrityError:  # the address was registered between the check above and this commit
+        db.session.commit()  # the change, and the mail to the old address (sent once this has committed)
+    except IntegrityError:  # the address was registered between the check above and this commit: no change, no mail
         db.session.rollback()
         raise EmailRefused(_("This address belongs to another account now.")) from None
-    enqueue("send_mail", to=old, template="email_changed", context={"name": user.name, "new": new})

@@ -29,9 +29,9 @@ def start_password_reset(email: str, ip: str | None = None, user_agent: str | No
     issued = onetime.issue("password_reset", user, now=now, ttl=cfg["IDP_RESET_LINK_TTL"],
                            secret_key=cfg["IDP_SECRET_KEY"])
     audit.record("password.reset_requested", subject=user, ip=ip, user_agent=user_agent)
-    db.session.commit()
     assert issued.token is not None
     link = external_url("account.reset_password",  # the token in the fragment: see account.views._link_page
                         _anchor=onetime.sign(issued.token, "password_reset", cfg["IDP_SECRET_KEY"]))
     enqueue("send_mail", to=user.email, template="password_reset", language=language,
             context={"name": user.name, "link": link, "minutes": cfg["IDP_RESET_LINK_TTL"] // 60})
+    db.session.commit()  # the link's token, and the mail that carries it (sent once this has committed)

@@ -43,8 +43,8 @@ def change(user: User, current: str, new: str, *, ip: str, keep: LoginSession | 
     user.password_changed_at = now
     ended = sessions.end_all(user, "password_changed", now, keep=keep)
     audit.record("password.changed", subject=user, sessions_ended=ended, **details)
-    db.session.commit()
     enqueue("send_mail", to=user.email, template="password_changed", context={"name": user.name})
+    db.session.commit()
     return None
 
 
@@ -78,6 +78,6 @@ def reset(row: OneTimeToken, new: str, **details: Any) -> dict[str, list[str]] |
         user.email_verified_at = now  # the link proved the address
     ended, revoked = sessions.sign_out_everywhere(user, "password_reset", now)
     audit.record("password.reset", subject=user, sessions_ended=ended, tokens_revoked=revoked, **details)
-    db.session.commit()
     enqueue("send_mail", to=user.email, template="password_changed", context={"name": user.name})
+    db.session.commit()
     return None

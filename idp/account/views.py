@@ -137,6 +137,7 @@ def forgot():
     if not form.validate_on_submit():
         return render_template("account/forgot.html", form=form)
     enqueue("start_password_reset", email=normalize_email(form.email.data), ip=g.client_ip, user_agent=g.user_agent)
+    db.session.commit()  # sends the job (idp.jobs); the request itself wrote nothing
     return render_template("account/forgot_sent.html", email=form.email.data)
 
 

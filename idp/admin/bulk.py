@@ -115,8 +115,8 @@ def start(actor: Actor, action: str, q: str, filters: Mapping[str, bool], expect
     db.session.add(job)
     db.session.flush()
     audit.record("admin.bulk_started", action=action, job_id=job.id, users=len(users), **actor.audit())
-    db.session.commit()
     enqueue("admin_bulk", job_id=job.id)
+    db.session.commit()  # the job's row, and the job (sent once this has committed; inline, it has run by now)
     return job
 
 

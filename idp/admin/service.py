@@ -314,9 +314,9 @@ def invite_user(user: User) -> None:
     assert issued.token is not None
     link = external_url("account.reset_password",  # the token in the fragment, as every mailed link
                         _anchor=onetime.sign(issued.token, "invite", cfg["IDP_SECRET_KEY"]))
-    db.session.commit()
     enqueue("send_mail", to=user.email, template="invitation", **({"language": user.locale} if user.locale else {}),
             context={"name": user.name, "link": link, "days": max(1, cfg["IDP_INVITE_LINK_TTL"] // 86400)})
+    db.session.commit()  # the link's token, and the mail that carries it (sent once this has committed)
 
 
 def delete_user(actor: Actor, user: User) -> None:
@@ -505,8 +505,7 @@ def send_password_reset(actor: Actor, user: User) -> None:
     """Mail the user a password reset link, as /forgot does (the same cooldown applies)."""
     require(actor, Power.SUPPORT_USERS)
     audit.record("user.password_reset_sent", subject=user, **actor.audit())
-    # Queued before the commit: a queue (Redis) that is down fails the request (503) with no row saying it was
-    # sent. (Without Redis the job runs inline, after enqueue commits the row itself.)
+    # The job goes out when the row saying it was sent commits (idp.jobs); with Redis down it runs in this request.
     enqueue("start_password_reset", email=user.email, language=user.locale or None)
     db.session.commit()
 

@@ -277,12 +277,12 @@ def _reuse_detected(event: str, reason: str, user, client_id: str, family_id: st
     """A code or refresh token was presented again: revoke what its first use issued, audit, commit (RFC 9700)."""
     count = revoke_family(family_id, reason) if family_id is not None else 0
     audit.record(event, subject=user, client_id=client_id, tokens_revoked=count)
-    db.session.commit()
     if count and user is not None and user.email_verified:  # the first detection (later ones revoke nothing)
         client = db.session.execute(db.select(Client.name).where(Client.client_id == client_id)).scalar()
         enqueue("send_mail", to=user.email, template="token_stolen", context={"name": user.name,
                                                                             "client": client or client_id},
                 **({"language": user.locale} if user.locale else {}))
+    db.session.commit()  # the revocation, its audit row and the mail (sent once this has committed)
 
 
 def revoke_for_user(user, reason: str) -> int:
