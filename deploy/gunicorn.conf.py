@@ -169,9 +169,11 @@ def on_starting(server):
         return
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
-    # Only prometheus-client's own files (*.db): a mistyped variable must not empty some other folder.
+    # Only the files of gunicorn's previous workers (prometheus-client's TYPE_PID.db): a mistyped variable must not
+    # empty some other folder, and the RQ workers sharing the folder (TYPE_rqworker-PID.db, idp.metrics) are alive.
     for stale in path.glob("*.db"):
-        stale.unlink()
+        if stale.stem.rpartition("_")[2].isdigit():
+            stale.unlink()
 
 
 def _check_settings() -> None:

@@ -10,7 +10,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
-from idp import audit
+from idp import audit, metrics
 from idp import housekeeping as chores
 from idp.admin import bulk, service
 from idp.config import env_example, markdown_table
@@ -361,6 +361,7 @@ def worker(burst):
     q = queue()
     if q is None:
         raise click.ClickException("IDP_REDIS_URL is not set: jobs run inline, no worker is needed")
+    metrics.share_files_across_work_horses()  # the mail and text counts of its jobs reach /metrics
     JobWorker([q], connection=q.connection, config=current_app.config).work(burst=burst, with_scheduler=True)
 
 

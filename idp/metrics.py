@@ -55,6 +55,9 @@ TOKENS = Counter("idp_tokens_issued", "Token responses issued, by grant type.", 
 MESSAGES = Counter("idp_messages", "Mails and texts handed to their server, or failed, by channel and outcome.",
                    ["channel", "outcome"])
 
+# The identifier in the sample files of an RQ worker's jobs (share_files_across_work_horses): deploy/gunicorn.conf.py
+# removes the files of gunicorn's previous workers at its start, named by their bare pid, and leaves these alone.
+WORKER_FILE_PREFIX = "rqworker-"
 # A route for requests that matched no URL rule (a 404, a probe): one series for all of them.
 UNMATCHED = "(unmatched)"
 # The factor each failure event names (idp.login.context records mfa.failure with the method it checked).
@@ -64,6 +67,24 @@ _FAILED_FACTOR = {"login.failure": "pwd", "webauthn.failure": "webauthn"}
 def multiprocess_dir() -> str | None:
     """The folder of gunicorn's multiprocess samples, or None in a single process."""
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def share_files_across_work_horses() -> None:
+    """In an RQ worker (``idp worker``), write the samples of every job under the worker's own identity.
+
+    RQ forks a work horse per job, so the mail and text counts happen in a new process each time; in multiprocess
+    mode each process writes files named after its pid, which would leave one set of files per job, never removed
+    (counts must outlive the process that made them) and read at every scrape. A worker runs one job at a time, so
+    its horses can share one set of files, named after the worker: prometheus-client's ``MultiProcessValue``
+    takes the identifier to name them by (its documented ``process_identifier`` rule: one identifier per process
+    writing at a time, which one worker's successive horses keep). Samples made before this call keep their files.
+    """
+    if not multiprocess_dir():
+        return
+    from prometheus_client import values
+
+    identity = f"{WORKER_FILE_PREFIX}{os.getpid()}"
+    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: identity)
 
 
 def init_app(app: Flask) -> None:

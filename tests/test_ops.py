@@ -331,3 +331,38 @@ def test_metrics_add_up_across_gunicorn_workers(tmp_path):
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
         log.close()
+
+
+def test_the_mail_a_worker_sends_is_counted_in_one_file_per_worker_not_per_job(make_app, smtp_server, tmp_path):
+    """RQ forks a process per job: its counts reach the shared metrics folder under the worker's identity."""
+    app = make_app()
+    if not app.config["IDP_REDIS_URL"]:
+        pytest.skip("jobs run inline without IDP_TEST_REDIS_URL: there is no worker")
+    from idp.jobs import enqueue
+
+    with app.app_context():
+        for n in range(3):
+            enqueue("send_mail", to=f"user{n}@example.com", template="account_locked",
+                    context={"name": "U", "link": "https://idp.example/unlock"})
+        db.session.commit()
+    folder = tmp_path / "prom"
+    folder.mkdir()
+    cfg = app.config
+    env = _environment(IDP_ENV="testing", IDP_SECRET_KEY=SECRET, IDP_ISSUER=cfg["IDP_ISSUER"],
+                       IDP_DATABASE_URL=cfg["IDP_DATABASE_URL"], IDP_REDIS_URL=cfg["IDP_REDIS_URL"],
+                       IDP_QUEUE_NAME=cfg["IDP_QUEUE_NAME"], IDP_MAIL_BACKEND="smtp", IDP_SMTP_HOST="127.0.0.1",
+                       IDP_SMTP_PORT=str(smtp_server.port), PROMETHEUS_MULTIPROC_DIR=str(folder))
+    worker = subprocess.run([IDP, "worker", "--burst"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert worker.returncode == 0, worker.stderr[-3000:]
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(folder))
+    found = samples(generate_latest(registry).decode())
+    assert value(found, "idp_messages_total", channel="mail", outcome="sent") == 3
+    # Three jobs, three work horses, but the files are the worker's alone (its start-up's and its jobs').
+    files = sorted(path.stem for path in folder.glob("*.db"))
+    assert "counter_rqworker-" + files[0].rpartition("_")[2].removeprefix("rqworker-") in files, files
+    assert len({name.rpartition("_")[2].removeprefix("rqworker-") for name in files}) == 1, files
