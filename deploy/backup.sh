@@ -18,27 +18,8 @@ set -euo pipefail
 umask 077
 
 die() { echo "backup.sh: $*" >&2; exit 1; }
-# LIBPQ_URL: the URL as libpq reads it (SQLAlchemy's postgresql+psycopg2:// scheme dropped), its password
-# moved to PGPASSWORD. Not called in $(...): the exported PGPASSWORD must reach pg_dump.
-libpq_url() {
-  local url="${1/#postgresql+psycopg2:/postgresql:}" rest authority userinfo password
-  case "$url" in
-    postgresql://*|postgres://*) ;;
-    *) die "not a PostgreSQL URL: ${url%%:*}://..." ;;
-  esac
-  rest="${url#*://}"
-  authority="${rest%%/*}"
-  if [[ "$authority" == *@* ]]; then
-    userinfo="${authority%@*}"
-    if [[ "$userinfo" == *:* ]]; then
-      password="${userinfo#*:}"
-      PGPASSWORD="$(printf '%b' "${password//%/\\x}")"  # percent-decoded, as libpq would read it in the URL
-      export PGPASSWORD
-      url="${url%%://*}://${userinfo%%:*}@${authority##*@}${rest:${#authority}}"
-    fi
-  fi
-  LIBPQ_URL="$url"
-}
+# shellcheck source=deploy/libpq_url.sh
+. "$(dirname "$(readlink -f "$0")")/libpq_url.sh"
 
 dir="${1:-${IDP_BACKUP_DIR:-/var/backups/idp}}"
 url="${2:-${IDP_DATABASE_URL:-}}"
