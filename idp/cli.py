@@ -20,6 +20,7 @@ from idp.jobs import queue
 from idp.login.factors.totp import confirm_totp, start_totp, totp_secret
 from idp.models import AdminRole, AuditEvent, Factor, User, utcnow
 from idp.models.user import normalize_email
+from idp.oidc import par
 from idp.oidc.cli import clients, keys_group
 from idp.security.otp import provisioning_uri, totp_code_at
 from idp.security.passwords import hash_password, verify_password
@@ -217,11 +218,14 @@ def users_import(source, invite):
 @click.command("housekeeping")
 @with_appcontext
 def housekeeping():
-    """Daily chores: record admin roles whose end time passed, and purge users deleted longer ago than
-    IDP_DELETE_GRACE_DAYS (run it from a timer or cron)."""
+    """Daily chores: record admin roles whose end time passed, purge users deleted longer ago than
+    IDP_DELETE_GRACE_DAYS, and remove pushed authorization requests a day after they expired (run it from a timer
+    or cron)."""
     lapsed = service.lapse_roles()
     purged = service.purge_deleted(service.OPERATOR)
-    click.echo(f"{lapsed} admin roles lapsed, {purged} deleted users purged")
+    pushed = par.purge(utcnow())
+    db.session.commit()
+    click.echo(f"{lapsed} admin roles lapsed, {purged} deleted users purged, {pushed} pushed requests removed")
 
 
 @users.command("set-password")
