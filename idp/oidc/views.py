@@ -1,4 +1,5 @@
-"""The protocol endpoints: discovery, JWKS, authorization, token, userinfo, revocation, introspection, end session."""
+"""The protocol endpoints: discovery, JWKS, authorization, pushed authorization requests, token, userinfo, revocation,
+introspection, end session."""
 
 from __future__ import annotations
 
@@ -231,10 +232,6 @@ def authorize():
                                                 grant_user=Approval(user, live, checked.claims_request))
 
 
-# Parameters a pushed authorization request may not carry (RFC 9126 2.1).
-_NOT_PUSHED = ("request_uri",)
-
-
 @bp.route("/par", methods=["POST", "OPTIONS"])
 @csrf.exempt
 def pushed_authorization_request():
@@ -252,7 +249,7 @@ def pushed_authorization_request():
         error.status_code = 401  # RFC 6749 5.2: invalid_client (with the Basic challenge it names)
         return server.handle_error_response(oauth_request, error)
     form = request.form
-    if any(name in form for name in _NOT_PUSHED):  # RFC 9126 2.1 step 2
+    if "request_uri" in form:  # RFC 9126 2.1 step 2
         return par.error(400, "invalid_request", "A pushed request may not carry a request_uri (RFC 9126 2.1).")
     if form.getlist("client_id") != [client.client_id]:  # RFC 9126 2.1: required, and the authenticated client's
         return par.error(400, "invalid_request", "client_id must be sent once, naming the authenticated client.")
