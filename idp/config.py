@@ -186,6 +186,10 @@ SETTINGS: list[Setting] = [
             "jobs of workers that died.", int),
     Setting("IDP_AUTH_CODE_TTL", 60, "Seconds an authorization code may wait to be redeemed (at most 60).", int,
             maximum=60),
+    Setting("IDP_PAR_TTL", 60, "Seconds a pushed authorization request's request_uri may wait to be used at "
+            "/authorize (RFC 9126; at most 600).", int, maximum=600),
+    Setting("IDP_REQUIRE_PAR", False, "Accept authorization requests only as pushed ones (RFC 9126 4): a plain "
+            "/authorize request is refused with invalid_request.", _bool),
     Setting("IDP_ACCESS_TOKEN_TTL", 900, "Seconds a JWT access token lives (clients may set their own).", int),
     Setting("IDP_ID_TOKEN_TTL", 3600, "Seconds an ID token is valid.", int),
     Setting("IDP_REFRESH_TOKEN_TTL", 1209600, "Idle expiry of a refresh token: seconds it may go unused.", int),

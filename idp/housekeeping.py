@@ -38,10 +38,12 @@ from idp.models import (
     LoginSession,
     LoginTransaction,
     OneTimeToken,
+    PushedRequest,
     Token,
     table_of,
     utcnow,
 )
+from idp.oidc import par
 
 GRACE = timedelta(minutes=5)
 # load_completed's window (idp.login.transaction): the page a sign-in returns to reads its transaction back.
@@ -135,6 +137,13 @@ def _admin_jobs(cutoff: datetime, cfg: Mapping[str, Any]) -> ColumnElement[bool]
     return jobs.c.finished_at <= cutoff - FINISHED_JOBS_KEPT
 
 
+def _pushed_requests(cutoff: datetime, cfg: Mapping[str, Any]) -> ColumnElement[bool]:
+    """Pushed authorization requests (RFC 9126) that expired more than a day ago: a sign-in begun before its
+    request_uri expired may still finish with it meanwhile (idp.oidc.par)."""
+    pushed = table_of(PushedRequest)
+    return pushed.c.expires_at <= cutoff - par.KEPT_AFTER_EXPIRY
+
+
 @dataclass(frozen=True)
 class Rule:
     """A table, and the condition that dooms a row of it at a cutoff (given the settings)."""
@@ -147,7 +156,7 @@ class Rule:
 RULES = [Rule(table_of(Token), _tokens), Rule(table_of(AuthorizationCode), _codes),
          Rule(table_of(LoginTransaction), _transactions), Rule(table_of(LoginSession), _sessions),
          Rule(table_of(OneTimeToken), _one_time_tokens), Rule(table_of(Device), _devices),
-         Rule(table_of(AdminJob), _admin_jobs)]
+         Rule(table_of(AdminJob), _admin_jobs), Rule(table_of(PushedRequest), _pushed_requests)]
 
 
 def delete_expired(rule: Rule, cutoff: datetime, cfg: Mapping[str, Any], batch: int) -> int:

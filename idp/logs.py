@@ -184,8 +184,13 @@ def _client_id() -> str | None:
     form = request.__dict__.get("form")
     if not value and form is not None:
         value = form.get("client_id")
-    if not value and request.authorization is not None and request.authorization.type == "basic":
-        value = request.authorization.username
+    if not value:
+        try:
+            authorization = request.authorization
+        except ValueError:  # a Basic header that is not base64 of ASCII names nobody (and must not fail the request)
+            authorization = None
+        if authorization is not None and authorization.type == "basic":
+            value = authorization.username
     return value[:128] if value else None
 
 

@@ -381,7 +381,7 @@ CLIENT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "scopes": list, "token_endpoint_auth_method": (str, type(None)), "first_party": bool, "id_token_alg": str,
     "jwks": (dict, type(None)), "jwks_uri": (str, type(None)), "mfa": str, "min_acr": str,
     "allow_remembered_device": bool, "access_token_ttl": (int, type(None)), "refresh_token_ttl": (int, type(None)),
-    "refresh_tokens_for_sessions": bool,
+    "refresh_tokens_for_sessions": bool, "require_pushed_authorization_requests": bool,
 }
 CLIENT_DEFAULTS = {"redirect_uris": [], "post_logout_redirect_uris": [], "public": False, "grant_types": [],
                    "scopes": [], "token_endpoint_auth_method": None, "first_party": False}

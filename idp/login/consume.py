@@ -15,13 +15,14 @@ from sqlalchemy import bindparam, case, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from idp.extensions import db
-from idp.models import Factor, LoginTransaction, OneTimeToken, RecoveryCode, User, table_of
+from idp.models import Factor, LoginTransaction, OneTimeToken, PushedRequest, RecoveryCode, User, table_of
 
 _factors = table_of(Factor)
 _recovery_codes = table_of(RecoveryCode)
 _tokens = table_of(OneTimeToken)
 _users = table_of(User)
 _transactions = table_of(LoginTransaction)
+_pushed = table_of(PushedRequest)
 
 
 def totp_step(factor: Factor, step: int, now: datetime) -> bool:
@@ -122,4 +123,18 @@ def binding(txn: LoginTransaction, expected: str, new: str) -> bool:
     ).first() is not None
     if won:
         set_committed_value(txn, "binding_hash", new)
+    return won
+
+
+def pushed_request(row: PushedRequest, now: datetime) -> bool:
+    """Use a pushed authorization request (RFC 9126 4: "one-time use") as its authorization response is issued: True
+    for exactly one caller. The caller has judged its expiry (a sign-in that began in time may finish later:
+    idp.oidc.par.resolve); this statement decides only who uses it, in the transaction that stores the code, so a
+    second request that presents it meanwhile waits for that commit and then finds it used."""
+    won = db.session.execute(
+        update(_pushed).where(_pushed.c.id == row.id, _pushed.c.used_at.is_(None))
+        .values(used_at=now).returning(_pushed.c.id)
+    ).first() is not None
+    if won:
+        set_committed_value(row, "used_at", now)
     return won

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from idp.extensions import Model
@@ -58,6 +58,8 @@ class Client(Model):
     # OIDC Core 11: a code flow without offline_access gets a refresh token only if the client is registered for
     # online sessions, and that token ends with the sign-in session it came from.
     refresh_tokens_for_sessions: Mapped[bool] = mapped_column(Boolean, default=False)
+    # RFC 9126 6: the client may start an authorization request only by pushing it (idp.oidc.par).
+    require_pushed_authorization_requests: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     access_token_ttl: Mapped[int | None] = mapped_column(Integer)
     refresh_token_ttl: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -155,6 +157,24 @@ class AuthorizationCode(Model):
 
     def get_amr(self) -> list[str] | None:
         return list(self.amr) or None
+
+
+class PushedRequest(Model):
+    """An authorization request pushed to /par (RFC 9126): its parameters, as validated, behind a request_uri that
+    is a bearer reference (whoever has it can start the request), so only its hash is stored; bound to the client
+    that pushed it, single use (``used_at``, set by one atomic statement when the authorization response is
+    issued: idp.login.consume), and short-lived."""
+
+    __tablename__ = "pushed_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_uri_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    # [name, value] pairs, in the order sent (a parameter may repeat where the protocol allows it).
+    parameters: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Token(Model):

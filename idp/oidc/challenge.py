@@ -11,9 +11,12 @@ of a page:
   step and which factors the user has (``otp``, ``sms``, ``email_otp``, ``recovery_code``, ``webauthn`` with its
   request options); the app posts ``code`` (or ``credential``, or ``factor`` to pick another) with it;
 - when every step has passed, 200 with ``authorization_code`` (draft 5.2.1);
-- what the API cannot do (verify an address, enrol a factor) is 403 ``redirect_to_web`` (draft 5.2.2.1.1): the app
-  starts the usual code flow in a browser. No ``request_uri`` is given: idp has no PAR endpoint yet, and the draft
-  allows the error without one.
+- what the API cannot do (enrol a factor) is 403 ``redirect_to_web`` (draft 5.2.2.1.1) with a ``request_uri`` and
+  ``expires_in`` (RFC 9126 2.2): the first request's authorization request, pushed (idp.oidc.par.for_challenge),
+  which the app opens in a browser as /authorize?client_id=...&request_uri=...; the user finishes there and the
+  app gets its code at its redirect URI. The first request may name that redirect URI (``redirect_uri``, one the
+  client registered); otherwise it is the client's only registered one, and with none to use the answer goes
+  without a ``request_uri`` (the app then starts a code flow of its own).
 
 The ``auth_session`` (draft 5.3.1, 9.6) is the login transaction's id and a 256-bit secret whose hash, with the
 client's id, is the transaction's binding: it is bound to the client, changes at every response, and expires
@@ -40,6 +43,7 @@ from idp.login.browser import throttle
 from idp.login.context import Step, StepContext
 from idp.models import AuthorizationCode, Client, LoginSession, LoginTransaction, TransactionState, User, utcnow
 from idp.oidc import claims as oidc_claims
+from idp.oidc import par
 from idp.oidc.server import current_server
 from idp.security.tokens import new_token, same, token_hash
 
@@ -184,6 +188,9 @@ def _start(client: Client, data: Mapping[str, str], live: LoginSession | None = 
     max_age = data.get("max_age")
     if max_age is not None and not (max_age.isascii() and max_age.isdigit() and len(max_age) <= 9):
         return _error(400, "invalid_request", "max_age must be a number of seconds.")
+    redirect_uri = data.get("redirect_uri")  # only where a redirect_to_web answer sends the browser's code
+    if redirect_uri is not None and not client.check_redirect_uri(redirect_uri):  # SECURITY.md 1
+        return _error(400, "invalid_request", "redirect_uri is not one this client registered.")
     now = utcnow()
     reasons = ["no_session"]
     if live is not None:  # a step-up: only what the request asks beyond the session is asked for
@@ -200,7 +207,8 @@ def _start(client: Client, data: Mapping[str, str], live: LoginSession | None = 
         acr_values=acr_values, login_hint=(data.get("username") or data.get("login_hint") or "")[:320],
         session_amr=list(live.amr) if live is not None else None,
         code_request={"code_challenge": challenge, "code_challenge_method": method if challenge else None,
-                      "nonce": data.get("nonce"), "previous_sid": live.sid if live is not None else None})
+                      "nonce": data.get("nonce"), "previous_sid": live.sid if live is not None else None,
+                      "redirect_uri": redirect_uri})
     txn = transaction.start(binding=new_token(32), state=state, now=now,
                             ttl=current_app.config["IDP_LOGIN_TRANSACTION_TTL"],
                             user=live.user if live is not None else None)
@@ -282,8 +290,11 @@ def _describe(ctx: StepContext, step: Step, auth_session: str, error: str = "", 
     return _error(403, "insufficient_authorization", description, **body)
 
 
-def _redirect_to_web(description: str) -> Response:
-    return _error(403, "redirect_to_web", description)
+def _redirect_to_web(ctx: StepContext, client: Client, description: str) -> Response:
+    """403 redirect_to_web (draft 5.2.2.1.1), with the pushed request the app opens in a browser when there can be
+    one (idp.oidc.par.for_challenge)."""
+    pushed = par.for_challenge(client, ctx.txn.state, ctx.now)
+    return _error(403, "redirect_to_web", description, **(pushed or {}))
 
 
 def _complete(ctx: StepContext, client: Client) -> Response:
@@ -395,11 +406,13 @@ def _step(ctx: StepContext, client: Client, data: Mapping[str, str]) -> Response
     if current is None:
         return _complete(ctx, client)
     if current is planner.ENROL:
+        response = _redirect_to_web(ctx, client, "The user must add a second factor first, in a browser.")
         db.session.commit()
-        return _redirect_to_web("The user must add a second factor first, in a browser.")
+        return response
     if current is planner.CONSENT:  # first-party clients are never asked; kept for a plan that changes
+        response = _redirect_to_web(ctx, client, "The user must consent in a browser.")
         db.session.commit()
-        return _redirect_to_web("The user must consent in a browser.")
+        return response
     auth_session = _new_session(txn, client)
     response = _describe(ctx, current, auth_session, error, notice)
     db.session.commit()  # attempt counters, audit rows, the new auth_session: also when the answer failed

@@ -101,7 +101,8 @@ def new_client_secret() -> str:
 # Every setting of a client, by the name create_client takes it under (what the CLI, the API and the console set).
 SETTINGS = ("name", "logo_uri", "redirect_uris", "post_logout_redirect_uris", "public", "grant_types", "scopes",
             "auth_method", "first_party", "id_token_alg", "jwks", "jwks_uri", "mfa", "min_acr",
-            "allow_remembered_device", "access_token_ttl", "refresh_token_ttl", "refresh_tokens_for_sessions")
+            "allow_remembered_device", "access_token_ttl", "refresh_token_ttl", "refresh_tokens_for_sessions",
+            "require_pushed_authorization_requests")
 
 
 def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: list[str], public: bool,
@@ -109,7 +110,8 @@ def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: 
              id_token_alg: str = "RS256", jwks: dict | None = None, jwks_uri: str | None = None,
              mfa: str = "optional", min_acr: str = "", allow_remembered_device: bool = True,
              access_token_ttl: int | None = None, refresh_token_ttl: int | None = None,
-             refresh_tokens_for_sessions: bool = False, logo_uri: str | None = None) -> dict:
+             refresh_tokens_for_sessions: bool = False, logo_uri: str | None = None,
+             require_pushed_authorization_requests: bool = False) -> dict:
     """The settings as stored (column names), after checking them; raises ValueError in one line."""
     grant_types = grant_types or ["authorization_code", "refresh_token"]
     method = "none" if public else (auth_method or "client_secret_basic")
@@ -163,7 +165,8 @@ def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: 
             "id_token_signed_response_alg": id_token_alg, "jwks": jwks, "jwks_uri": jwks_uri, "mfa": mfa,
             "min_acr": min_acr, "allow_remembered_device": allow_remembered_device,
             "access_token_ttl": access_token_ttl, "refresh_token_ttl": refresh_token_ttl,
-            "refresh_tokens_for_sessions": refresh_tokens_for_sessions}
+            "refresh_tokens_for_sessions": refresh_tokens_for_sessions,
+            "require_pushed_authorization_requests": require_pushed_authorization_requests}
 
 
 def create_client(*, client_id: str | None = None, audit_details: dict | None = None,
@@ -192,7 +195,8 @@ def settings_of(client: Client) -> dict:
             "id_token_alg": client.id_token_signed_response_alg, "jwks": client.jwks, "jwks_uri": client.jwks_uri,
             "mfa": client.mfa, "min_acr": client.min_acr, "allow_remembered_device": client.allow_remembered_device,
             "access_token_ttl": client.access_token_ttl, "refresh_token_ttl": client.refresh_token_ttl,
-            "refresh_tokens_for_sessions": client.refresh_tokens_for_sessions}
+            "refresh_tokens_for_sessions": client.refresh_tokens_for_sessions,
+            "require_pushed_authorization_requests": client.require_pushed_authorization_requests}
 
 
 def update_client(client: Client, changes: dict, audit_details: dict | None = None) -> dict:
@@ -229,4 +233,5 @@ def describe(client: Client) -> dict:
             "mfa": client.mfa, "min_acr": client.min_acr, "allow_remembered_device": client.allow_remembered_device,
             "access_token_ttl": client.access_token_ttl, "refresh_token_ttl": client.refresh_token_ttl,
             "refresh_tokens_for_sessions": client.refresh_tokens_for_sessions,
+            "require_pushed_authorization_requests": client.require_pushed_authorization_requests,
             "created_at": client.created_at.isoformat(timespec="seconds")}

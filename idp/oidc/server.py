@@ -13,11 +13,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector, current_token
+from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Request
 from authlib.oauth2 import OAuth2Error
-from authlib.oauth2.rfc6749 import grants
+from authlib.oauth2.rfc6749 import OAuth2Payload, grants
 from authlib.oauth2.rfc6749.authenticate_client import (
     authenticate_client_secret_basic,
     authenticate_client_secret_post,
@@ -41,6 +43,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import joinedload
+from werkzeug.datastructures import MultiDict
 from wtforms import ValidationError
 
 from idp import audit
@@ -538,7 +541,8 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
     CLIENT_AUTH_METHOD = "private_key_jwt"
 
     def get_audiences(self):
-        return [issuer(), issuer() + "/token"]
+        # RFC 9126 2: the issuer, the token endpoint and the PAR endpoint all name this server as an audience.
+        return [issuer(), issuer() + "/token", issuer() + "/par"]
 
     def validate_jti(self, claims, jti) -> bool:
         """One use per assertion (RFC 7523 3): its jti is remembered in the rate-limit store until it expires."""
@@ -744,11 +748,43 @@ class Issuer(IssuerParameter):
         return issuer()
 
 
+class _Parameters(OAuth2Payload):
+    """An authorization request's parameters given as a MultiDict rather than read from the HTTP request."""
+
+    def __init__(self, parameters: MultiDict):
+        self._parameters = parameters
+
+    @property
+    def data(self) -> MultiDict:
+        return self._parameters
+
+    @cached_property
+    def datalist(self) -> dict[str, list[str]]:
+        return {name: self._parameters.getlist(name) for name in self._parameters}
+
+
+class ParametersRequest(FlaskOAuth2Request):
+    """This HTTP request, carrying the authorization request ``parameters``: those of its query or form, or those a
+    client pushed earlier (RFC 9126 4: only the pushed ones count), or those pushed now (RFC 9126 2.1)."""
+
+    def __init__(self, parameters: MultiDict):
+        super().__init__(request)
+        self.payload = _Parameters(parameters)
+
+
 class Server(AuthorizationServer):
     """Authlib's authorization server for Flask. A client that identified itself by a method it is not registered
     for is told the method it is registered for (RFC 6749 5.2 invalid_client), not every method the endpoint
     accepts, which reads as if any of them would do. Only a method that identified the client counts (a right
-    secret, a valid assertion, or a bare client_id for `none`): a wrong secret proves nothing and names no method."""
+    secret, a valid assertion, or a bare client_id for `none`): a wrong secret proves nothing and names no method.
+
+    An authorization request may be validated from given parameters (``get_consent_grant(request=MultiDict)``):
+    the same validation whether they came in the URL or were pushed (idp.oidc.authorization)."""
+
+    def create_oauth2_request(self, request):
+        if isinstance(request, MultiDict):
+            return ParametersRequest(request)
+        return super().create_oauth2_request(request)
 
     def authenticate_client(self, request, methods, endpoint="token"):
         try:

@@ -1,4 +1,5 @@
-"""The protocol endpoints: discovery, JWKS, authorization, token, userinfo, revocation, introspection, end session."""
+"""The protocol endpoints: discovery, JWKS, authorization, pushed authorization requests, token, userinfo, revocation,
+introspection, end session."""
 
 from __future__ import annotations
 
@@ -6,18 +7,9 @@ from urllib.parse import urlencode
 
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import OAuth2Error
-from authlib.oauth2.rfc6749.errors import InvalidRequestError
-from authlib.oidc.core.errors import (
-    ConsentRequiredError,
-    InteractionRequiredError,
-    LoginRequiredError,
-    RequestNotSupportedError,
-    RequestURINotSupportedError,
-)
+from authlib.oidc.core.errors import ConsentRequiredError, InteractionRequiredError, LoginRequiredError
 from flask import Blueprint, current_app, jsonify, render_template, request, url_for
 from flask_babel import gettext as _
-from joserfc import jwt
-from joserfc.errors import JoseError
 from werkzeug.wrappers import Response
 
 from idp import audit, i18n
@@ -28,8 +20,8 @@ from idp.login.assurance import LEVELS
 from idp.login.browser import begin_transaction, binding, current_session
 from idp.login.forms import ConfirmForm
 from idp.models import Consent, utcnow
+from idp.oidc import authorization, keys, par, policy
 from idp.oidc import claims as oidc_claims
-from idp.oidc import keys, policy
 from idp.oidc.server import ALL_AUTH_METHODS, CONFIDENTIAL_AUTH_METHODS, GRANT_TYPES, Approval, current_server, issuer
 from idp.pg_connections import reads_only
 
@@ -37,7 +29,7 @@ bp = Blueprint("oidc", __name__)
 
 # CORS for the endpoints a browser-based relying party calls directly; never the authorization endpoint.
 CORS_ENDPOINTS = {"oidc.discovery", "oidc.oauth_metadata", "oidc.jwks", "oidc.token", "oidc.userinfo",
-                  "oidc.revoke", "oidc.introspect"}
+                  "oidc.revoke", "oidc.introspect", "oidc.pushed_authorization_request"}
 TXN_PARAM = "_txn"
 PROMPT_NONE_ERRORS = {"login_required": LoginRequiredError, "consent_required": ConsentRequiredError,
                       "interaction_required": InteractionRequiredError}
@@ -61,6 +53,10 @@ def metadata() -> dict:
         "issuer": issuer(),
         "authorization_endpoint": external_url("oidc.authorize"),
         "token_endpoint": external_url("oidc.token"),
+        # RFC 9126 5: idp.oidc.par. A request_uri from there is usable whatever request_uri_parameter_supported says
+        # (which is about request objects by reference, not supported).
+        "pushed_authorization_request_endpoint": external_url("oidc.pushed_authorization_request"),
+        "require_pushed_authorization_requests": bool(current_app.config["IDP_REQUIRE_PAR"]),
         # OAuth 2.0 for First-Party Applications (draft-ietf-oauth-first-party-apps-04, 8): idp.oidc.challenge.
         "authorization_challenge_endpoint": external_url("challenge.authorize_challenge"),
         "userinfo_endpoint": external_url("oidc.userinfo"),
@@ -127,22 +123,17 @@ def jwks():
     return response
 
 
-# Parameters of an authorization request that may appear once (RFC 6749 3.1, OIDC Core 3.1.2.1, RFC 7636 4.3).
-SINGLE_VALUED = ("nonce", "code_challenge", "code_challenge_method", "prompt", "max_age", "acr_values", "login_hint",
-                 "id_token_hint", "claims", "ui_locales", "claims_locales", "display", "response_mode", "request",
-                 "request_uri")
-
-# Authlib quotes response_type and redirect_uri in its error descriptions, and refuses to build an error whose
-# description would hold a character RFC 6749 4.1.2.1 forbids there (a ValueError with this text). Such a request
-# is still just an invalid one.
-AUTHLIB_UNSAYABLE = "Error description contains forbidden characters"
-
-
-def _authorize_error(error: OAuth2Error):
-    """Errors before the redirect URI is trusted show a page (SECURITY.md 2); later ones redirect with `iss`."""
+def _authorize_error(error: OAuth2Error, pushed: par.Pushed | None = None):
+    """Errors before the redirect URI is trusted show a page (SECURITY.md 2); later ones redirect with `iss`. An
+    error sent to the redirect URI is the authorization response: a pushed request is used up by it."""
     db.session.rollback()
     if error.state is not None and len(error.state) > policy.PARAMETER_LIMITS["state"]:
         error.state = None  # refused for its length: not sent back either
+    if error.redirect_uri and pushed is not None:
+        if not par.use(pushed, utcnow()):
+            db.session.rollback()
+            return _authorize_error(_used())
+        db.session.commit()
     if not error.redirect_uri:
         # The protocol's own words (RFC 6749 4.1.2.1) stay as they are, for the developer who reads them.
         return render_template("error.html", title=_("This sign-in request is not valid"),
@@ -152,20 +143,17 @@ def _authorize_error(error: OAuth2Error):
     return response
 
 
-def _hint_subject(raw: str | None) -> str | None:
-    """The `sub` of an id_token_hint we signed (expired ones count: OIDC Core 3.1.2.1)."""
-    if not raw:
-        return None
-    try:
-        decoded = jwt.decode(raw, keys.keyset_for_token(raw), algorithms=["RS256", "ES256"])
-    except (JoseError, ValueError):
-        raise InvalidRequestError("id_token_hint is not a valid ID token of this issuer.") from None
-    if decoded.claims.get("iss") != issuer() or not isinstance(decoded.claims.get("sub"), str):
-        raise InvalidRequestError("id_token_hint is not a valid ID token of this issuer.")
-    return decoded.claims["sub"]
+def _used() -> OAuth2Error:
+    """A pushed request that another request (a second tab, a replay) used while this one was being answered."""
+    return par.InvalidRequestURIError("The request_uri was used already: push the request again.")
 
 
-def _return_url() -> str:
+def _return_url(pushed: par.Pushed | None) -> str:
+    """Where the sign-in returns to: this request again. A pushed one returns as client_id and request_uri only, so
+    its parameters never reach the browser's address bar and only the pushed ones count to the end (RFC 9126 1)."""
+    if pushed is not None:
+        return url_for("oidc.authorize") + "?" + urlencode({"client_id": pushed.client_id,
+                                                            "request_uri": pushed.request_uri})
     params = [(k, v) for k, v in request.values.items(multi=True) if k != TXN_PARAM]
     return url_for("oidc.authorize") + "?" + urlencode(params)
 
@@ -174,49 +162,37 @@ def _return_url() -> str:
 @csrf.exempt
 @keep_loaded
 def authorize():
-    """The authorization endpoint: Authlib validates the request, then the ordered checks of idp.oidc.policy decide."""
+    """The authorization endpoint: the request (from the query or form, or pushed earlier and named by its
+    request_uri) is validated by idp.oidc.authorization, then the ordered checks of idp.oidc.policy decide."""
     server = current_server()
     live = current_session()
     user = live.user if live is not None else None
-    try:
-        grant = server.get_consent_grant(end_user=user)
-    except OAuth2Error as error:
-        return _authorize_error(error)
-    except ValueError as exc:
-        if not str(exc).startswith(AUTHLIB_UNSAYABLE):
-            raise
-        return _authorize_error(InvalidRequestError("A parameter holds characters that it may not contain."))
-    params = request.values
-    state = params.get("state")
-    redirect_uri = grant.redirect_uri
-    try:
-        repeated = next((name for name in SINGLE_VALUED if len(params.getlist(name)) > 1), None)
-        if repeated:  # RFC 6749 3.1; Authlib checks client_id, response_type, redirect_uri, scope and state
-            raise InvalidRequestError(f"Multiple '{repeated}' in request.")
-        if params.get("request"):  # OIDC Core 6.1, 3.1.2.6: discovery says request objects are not supported
-            raise RequestNotSupportedError()
-        if params.get("request_uri"):  # OIDC Core 6.2, 3.1.2.6
-            raise RequestURINotSupportedError()
-        max_age = params.get("max_age")
-        if max_age is not None and (not (max_age.isascii() and max_age.isdigit()) or len(max_age) > 10):
-            raise InvalidRequestError("max_age must be a non-negative integer.")
-        try:
-            claims_request = oidc_claims.parse_claims_parameter(params.get("claims"))
-        except ValueError:
-            raise InvalidRequestError("claims must be a JSON object.") from None
-        hint_subject = _hint_subject(params.get("id_token_hint"))
-    except OAuth2Error as error:
-        error.redirect_uri, error.state = redirect_uri, state
-        return _authorize_error(error)
-
     now = utcnow()
-    answered = transaction.load_completed(params.get(TXN_PARAM), binding=binding(), now=now)
+    answered = transaction.load_completed(request.values.get(TXN_PARAM), binding=binding(), now=now)
+    pushed = None
+    if par.is_reference(request.values.get("request_uri")):
+        try:
+            pushed = par.resolve(request.values, answered, now)
+        except OAuth2Error as error:
+            return _authorize_error(error)
+    params = pushed.parameters if pushed is not None else request.values  # RFC 9126 4: only the pushed ones
+    try:  # a plain request of a client that must push is refused there (RFC 9126 4)
+        checked = authorization.validate(params, user, pushed=pushed is not None)
+    except OAuth2Error as error:
+        return _authorize_error(error, pushed)
+    grant = checked.grant
+    redirect_uri = grant.redirect_uri
+    state = params.get("state")
+
     satisfied: set[str] = set()
     if answered is not None:
         satisfied = set(answered.state.reasons) | set(answered.state.satisfied)
-        db.session.commit()
         if answered.state.denied:
-            return server.create_authorization_response(grant=grant, grant_user=None)
+            if pushed is not None and not par.use(pushed, now):
+                return _authorize_error(_used())
+            db.session.commit()
+            return server.create_authorization_response(request=grant.request, grant=grant, grant_user=None)
+        db.session.commit()
 
     client = grant.client
     scopes = (grant.request.scope or "").split()
@@ -227,28 +203,71 @@ def authorize():
                                      Consent.revoked_at.is_(None))).scalar_one_or_none()
     req = policy.Request(
         first_party=client.first_party, scopes=scopes,
-        prompt=set((params.get("prompt") or "").split()), max_age=int(max_age) if max_age is not None else None,
+        prompt=set((params.get("prompt") or "").split()), max_age=checked.max_age,
         acr_values=(params.get("acr_values") or "").split(), session=live,
-        consented_scopes=set(consent.scopes) if consent else set(), hint_subject=hint_subject, satisfied=satisfied,
-        client_min_acr=mfa.client_level(client))
+        consented_scopes=set(consent.scopes) if consent else set(), hint_subject=checked.hint_subject,
+        satisfied=satisfied, client_min_acr=mfa.client_level(client))
     failures = policy.evaluate(req, now)
     if failures:
         if "none" in req.prompt:  # never a screen (OIDC Core 3.1.2.6)
             error_cls = PROMPT_NONE_ERRORS[failures[0].prompt_none_error]
-            return _authorize_error(error_cls(redirect_uri=redirect_uri, state=state))
+            return _authorize_error(error_cls(redirect_uri=redirect_uri, state=state), pushed)
         reasons = [f.reason for f in failures]
         keep_user = user is not None and "no_session" not in reasons
         login_hint = (params.get("login_hint") or "")[:320]
         ui_locale = i18n.first_supported(params.get("ui_locales"))
         i18n.remember_ui_locales(ui_locale)
         return begin_transaction(
-            reasons=reasons, return_to=_return_url(), user=user if keep_user else None, tid_param=TXN_PARAM,
+            reasons=reasons, return_to=_return_url(pushed), user=user if keep_user else None, tid_param=TXN_PARAM,
             client_id=client.client_id, client_name=client.name, scopes=scopes,
             login_hint=login_hint or (user.email if user is not None else ""), acr_values=req.acr_values,
             ui_locale=ui_locale,
             satisfied=sorted(satisfied), session_amr=list(live.amr) if keep_user and live is not None else None)
     assert user is not None and live is not None  # check_session passed
-    return server.create_authorization_response(grant=grant, grant_user=Approval(user, live, claims_request))
+    # The code and the use of a pushed request commit together (save_authorization_code): of two requests that
+    # present the same request_uri at once, the second waits for that commit and then finds it used.
+    if pushed is not None and not par.use(pushed, now):
+        return _authorize_error(_used())
+    return server.create_authorization_response(request=grant.request, grant=grant,
+                                                grant_user=Approval(user, live, checked.claims_request))
+
+
+@bp.route("/par", methods=["POST", "OPTIONS"])
+@csrf.exempt
+def pushed_authorization_request():
+    """The pushed authorization request endpoint (RFC 9126 2): the client authenticates as at the token endpoint,
+    the authorization request in the body is validated as /authorize validates one, and only then stored."""
+    if request.method == "OPTIONS":
+        return current_app.make_default_options_response()
+    server = current_server()
+    if request.mimetype != "application/x-www-form-urlencoded":  # RFC 9126 2
+        return par.error(400, "invalid_request", "Send the parameters form-encoded (RFC 9126 2).")
+    oauth_request = server.create_oauth2_request(None)
+    try:  # RFC 9126 2.1 step 1: as at the token endpoint, every method idp has there
+        client = server.authenticate_client(oauth_request, ALL_AUTH_METHODS, endpoint="par")
+    except OAuth2Error as error:
+        error.status_code = 401  # RFC 6749 5.2: invalid_client (with the Basic challenge it names)
+        return server.handle_error_response(oauth_request, error)
+    form = request.form
+    if "request_uri" in form:  # RFC 9126 2.1 step 2
+        return par.error(400, "invalid_request", "A pushed request may not carry a request_uri (RFC 9126 2.1).")
+    if form.getlist("client_id") != [client.client_id]:  # RFC 9126 2.1: required, and the authenticated client's
+        return par.error(400, "invalid_request", "client_id must be sent once, naming the authenticated client.")
+    parameters = par.authorization_parameters(form)
+    if par.too_large(parameters):
+        return par.error(413, "invalid_request", "The pushed request is larger than this server accepts.")
+    try:  # RFC 9126 2.1 step 3, by /authorize's own validation; a prompt=none answer is /authorize's to give
+        authorization.validate(parameters, authorization.NOT_YET_KNOWN, pushed=True)
+    except OAuth2Error as error:
+        db.session.rollback()
+        # RFC 9126 2.3: RFC 6749 4.1.2.1's codes, invalid_request where that section only forbids redirecting.
+        return par.error(400, error.error, error.get_error_description() or error.error)
+    request_uri, expires_in = par.push(client, parameters, utcnow())
+    db.session.commit()
+    response = jsonify({"request_uri": request_uri, "expires_in": expires_in})
+    response.status_code = 201  # RFC 9126 2.2
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @bp.route("/token", methods=["POST", "OPTIONS"])
