@@ -47,6 +47,21 @@ def _hex_colour(value: str) -> str:
     return value.lower()
 
 
+def _android_apps(value: str) -> list[tuple[str, str]]:
+    # Checked at start-up: a mistyped fingerprint would otherwise publish a Digital Asset Links file that no app
+    # matches, and every passkey ceremony of the app would fail on the origin.
+    apps = []
+    for entry in _list(value):
+        package, _sep, fingerprint = entry.partition("=")
+        package, fingerprint = package.strip(), fingerprint.strip().upper()
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+", package):
+            raise ValueError(f"not an Android package name: {package!r}")
+        if not re.fullmatch(r"[0-9A-F]{2}(:[0-9A-F]{2}){31}", fingerprint):
+            raise ValueError(f"{package}: the SHA-256 fingerprint must be 32 colon-separated hex bytes")
+        apps.append((package, fingerprint))
+    return apps
+
+
 def _log_format(value: str) -> str:
     value = value.strip().lower()
     if value not in ("json", "text"):
@@ -210,6 +225,9 @@ SETTINGS: list[Setting] = [
     Setting("IDP_STEP_UP_MAX_AGE", 600, "Seconds after a sign-in during which factor and security changes "
             "need no new authentication.", int),
     Setting("IDP_WEBAUTHN_RP_ID", "", "WebAuthn relying party ID (default: the issuer's host name)."),
+    Setting("IDP_ANDROID_APPS", [], "First-party Android apps allowed to use this server's passkeys, comma-separated "
+            "`package.name=SHA256_FINGERPRINT` (the signing certificate's, colon-separated hex): published in "
+            "/.well-known/assetlinks.json, and their `android:apk-key-hash:` origins accepted.", _android_apps),
     Setting("IDP_PASSWORD_HASH_COST", PRODUCTION_COST, "argon2id cost of new password hashes: passes, memory "
             "in KiB, lanes; production refuses less than RFC 9106's second recommendation (the default).", Cost.parse),
     Setting("IDP_BRAND_NAME", "idp", "Name of the service in page titles, the page header, mail, texts, "

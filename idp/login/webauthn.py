@@ -15,10 +15,12 @@ from idp.security import webauthn as wa
 
 
 def relying_party() -> wa.RelyingParty:
-    """Our RP ID and origin, from IDP_ISSUER (or IDP_WEBAUTHN_RP_ID), and the name a passkey manager lists us by."""
+    """Our RP ID and origin, from IDP_ISSUER (or IDP_WEBAUTHN_RP_ID), the name a passkey manager lists us by, and the
+    origins of the first-party Android apps (IDP_ANDROID_APPS) whose passkey ceremonies count as ours."""
     cfg = current_app.config
     rp = wa.relying_party(cfg["IDP_ISSUER"], cfg["IDP_WEBAUTHN_RP_ID"])
-    return dataclasses.replace(rp, name=product_name())
+    apps = tuple(wa.android_origin(fingerprint) for _package, fingerprint in cfg["IDP_ANDROID_APPS"])
+    return dataclasses.replace(rp, name=product_name(), app_origins=apps)
 
 
 def webauthn_available() -> bool:

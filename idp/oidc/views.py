@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import OAuth2Error
 from authlib.oidc.core.errors import ConsentRequiredError, InteractionRequiredError, LoginRequiredError
-from flask import Blueprint, current_app, jsonify, render_template, request, url_for
+from flask import Blueprint, abort, current_app, jsonify, render_template, request, url_for
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
@@ -112,6 +112,26 @@ def _metadata_response() -> Response:
     if document is None:
         document = current_app.extensions["idp.metadata"] = jsonify(metadata()).get_data()
     return current_app.response_class(document, mimetype="application/json")
+
+
+@bp.get("/.well-known/assetlinks.json")
+def assetlinks():
+    """Digital Asset Links: the first-party Android apps (IDP_ANDROID_APPS) that may use this site's passkeys.
+    Android's Credential Manager reads it before an app may ask for a passkey of this RP ID
+    (`delegate_permission/common.get_login_creds`); the apps' `android:apk-key-hash:` origins are accepted by
+    idp.login.webauthn. No apps configured: no file (404), as for any site without one."""
+    apps: dict[str, list[str]] = {}
+    for package, fingerprint in current_app.config["IDP_ANDROID_APPS"]:
+        apps.setdefault(package, []).append(fingerprint)
+    if not apps:
+        abort(404)
+    statements = [{"relation": ["delegate_permission/common.get_login_creds"],
+                   "target": {"namespace": "android_app", "package_name": package,
+                              "sha256_cert_fingerprints": fingerprints}}
+                  for package, fingerprints in apps.items()]
+    response = jsonify(statements)
+    response.headers["Cache-Control"] = "public, max-age=3600"
+    return response
 
 
 @bp.get("/jwks.json")

@@ -42,12 +42,31 @@ class RelyingParty:
     rp_id: str
     origin: str
     name: str = "idp"
+    # Android apps whose passkey ceremonies are accepted besides the web origin (android_origin below).
+    app_origins: tuple[str, ...] = ()
+
+    @property
+    def origins(self) -> list[str]:
+        """Every origin a ceremony's clientDataJSON may name: the issuer's, then the Android apps'."""
+        return [self.origin, *self.app_origins]
 
 
 def relying_party(issuer: str, rp_id: str = "") -> RelyingParty:
     """The RP ID is the issuer's host (or the configured one); the origin is the issuer's scheme and host."""
     parts = urlsplit(issuer)
     return RelyingParty(rp_id=rp_id or (parts.hostname or ""), origin=f"{parts.scheme}://{parts.netloc}")
+
+
+def android_origin(sha256_fingerprint: str) -> str:
+    """The origin Android's Credential Manager puts in clientDataJSON for a native app: ``android:apk-key-hash:``
+    followed by the base64url (unpadded) SHA-256 of the app's signing certificate, the same 32 bytes that Digital
+    Asset Links lists as colon-separated hex (``14:6D:E9:...``). Android's documentation of passkeys in apps ("Verify
+    the origin" of a credential request) defines the form; WebAuthn L3 5.8.1 leaves non-web origins to the
+    platform."""
+    raw = bytes.fromhex(sha256_fingerprint.replace(":", ""))
+    if len(raw) != 32:
+        raise ValueError("a SHA-256 fingerprint is 32 bytes")
+    return "android:apk-key-hash:" + bytes_to_base64url(raw)
 
 
 def usable_rp_id(rp: RelyingParty) -> bool:
@@ -94,7 +113,7 @@ def verify_registration(rp: RelyingParty, credential_json: str, challenge: str) 
     """Check a registration response against the challenge, origin and RP ID."""
     try:
         result = verify_registration_response(credential=credential_json, expected_challenge=base64url_to_bytes(
-            challenge), expected_rp_id=rp.rp_id, expected_origin=rp.origin)
+            challenge), expected_rp_id=rp.rp_id, expected_origin=rp.origins)
     except (WebAuthnException, ValueError, KeyError, TypeError) as exc:  # malformed JSON, CBOR, keys...
         raise WebAuthnFailed(str(exc)) from None
     return Registered(credential_id=bytes_to_base64url(result.credential_id),
@@ -142,7 +161,7 @@ def verify_authentication(rp: RelyingParty, credential_json: str, challenge: str
     try:
         result = verify_authentication_response(
             credential=credential_json, expected_challenge=base64url_to_bytes(challenge), expected_rp_id=rp.rp_id,
-            expected_origin=rp.origin, credential_public_key=base64url_to_bytes(public_key),
+            expected_origin=rp.origins, credential_public_key=base64url_to_bytes(public_key),
             credential_current_sign_count=sign_count, require_user_verification=require_uv)
     except (WebAuthnException, ValueError, KeyError, TypeError) as exc:
         raise WebAuthnFailed(str(exc)) from None
