@@ -19,6 +19,7 @@ import time
 import traceback
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote_plus
 
 from flask import Flask, current_app, g, has_request_context, request
 from sqlalchemy import inspect
@@ -31,7 +32,10 @@ SECRET_PARAMETERS = ("id_token_hint", "logout_hint", "code", "code_verifier", "t
                      "access_token", "id_token", "client_secret", "client_assertion", "password", "auth_session")
 REDACTED = "[redacted]"
 
-_QUERY_SECRET = re.compile(r"((?:^|[?&;])(?:" + "|".join(SECRET_PARAMETERS) + r")=)[^&;#\s\"]*", re.IGNORECASE)
+# A name=value pair after the start, ?, & or ;. The name is compared once percent-decoded and lower-cased, as the
+# server reads it: `co%64e=` is the `code` parameter too.
+_QUERY_PAIR = re.compile(r"((?:^|[?&;])([^=&;#\s\"?]{1,64})=)([^&;#\s\"]*)")
+_SECRET_NAMES = frozenset(SECRET_PARAMETERS)
 # One-time link tokens once travelled in these paths; any such line (a stale link, a probe) is redacted too.
 _PATH_TOKEN = re.compile(r"(/(?:reset|verify-email|unlock)/)[^/?#\s\"]+")
 # A mailed link's token after '#' never reaches a server, but a pasted URL may show it in a log line.
@@ -41,10 +45,15 @@ _FRAGMENT_TOKEN = re.compile(r"(/(?:reset|verify-email|unlock)#)[^\s\"]+")
 LOGGERS = ("werkzeug", "gunicorn.access", "gunicorn.error", "idp")
 
 
+def _redact_pair(match: re.Match[str]) -> str:
+    name = unquote_plus(match.group(2)).lower()
+    return match.group(1) + REDACTED if name in _SECRET_NAMES else match.group(0)
+
+
 def redact(text: str) -> str:
     """``text`` with every secret query value and link token replaced by [redacted]."""
     if "=" in text:
-        text = _QUERY_SECRET.sub(r"\1" + REDACTED, text)
+        text = _QUERY_PAIR.sub(_redact_pair, text)
     if "/reset" in text or "/verify-email" in text or "/unlock" in text:
         text = _PATH_TOKEN.sub(r"\1" + REDACTED, text)
         text = _FRAGMENT_TOKEN.sub(r"\1" + REDACTED, text)

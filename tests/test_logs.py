@@ -62,3 +62,11 @@ def test_sql_parameters_are_hidden_from_database_exceptions(app):
         db.session.rollback()
     assert "[SQL parameters hidden due to hide_parameters=True]" in str(failure.value)
     assert "parameters: " not in str(failure.value)
+
+
+def test_a_percent_encoded_parameter_name_is_redacted_as_the_server_reads_it():
+    from idp.logs import redact
+
+    line = "GET /cb?state=1&co%64e=SeCrEt1&%72efresh_token=SeCrEt2&Token=SeCrEt3&tokenish=kept HTTP/1.1"
+    redacted = redact(line)
+    assert "SeCrEt" not in redacted and "tokenish=kept" in redacted and "state=1" in redacted
