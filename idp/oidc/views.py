@@ -21,7 +21,7 @@ from idp.login.assurance import LEVELS
 from idp.login.browser import begin_transaction, binding, current_session
 from idp.login.forms import ConfirmForm
 from idp.models import Consent, utcnow
-from idp.oidc import authorization, keys, par, policy, response_modes
+from idp.oidc import authorization, keys, logout, par, policy, response_modes
 from idp.oidc import claims as oidc_claims
 from idp.oidc.server import ALL_AUTH_METHODS, CONFIDENTIAL_AUTH_METHODS, GRANT_TYPES, Approval, current_server, issuer
 from idp.pg_connections import reads_only
@@ -89,8 +89,11 @@ def metadata() -> dict:
         "display_values_supported": ["page"],
         "claim_types_supported": ["normal"],
         "ui_locales_supported": list(i18n.LANGUAGES),
-        "frontchannel_logout_supported": False,
-        "backchannel_logout_supported": False,
+        # Back-Channel Logout 1.0 2.1 and Front-Channel Logout 1.0 3 (idp.oidc.logout): sid is always sent.
+        "frontchannel_logout_supported": True,
+        "frontchannel_logout_session_supported": True,
+        "backchannel_logout_supported": True,
+        "backchannel_logout_session_supported": True,
     }
 
 
@@ -361,5 +364,10 @@ def end_session():
         db.session.commit()
     if response is None:
         response = current_app.make_response(render_template("account/signed_out.html"))
+    elif logout.pending_frames():
+        # Front-Channel Logout 1.0 3: the clients' logout URIs are framed first; the page then continues to the
+        # post-logout redirect URI (a script of ours, or the user's click).
+        response = current_app.make_response(render_template("account/signed_out.html",
+                                                             continue_to=response.headers["Location"]))
     clear_session_cookie(response)
     return response
