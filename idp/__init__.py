@@ -34,6 +34,7 @@ from idp.http import Request
 from idp.jobs import mail, sms
 from idp.login import browser as login_browser
 from idp.login.views import bp as login_bp
+from idp.oidc import logout as oidc_logout
 from idp.oidc.challenge import bp as challenge_bp
 from idp.oidc.server import create_server
 from idp.oidc.views import bp as oidc_bp
@@ -47,6 +48,7 @@ JOBS: dict[str, Callable[..., Any]] = {
     "send_sms": sms.send_sms,
     "start_password_reset": account_jobs.start_password_reset,
     "admin_bulk": admin_bulk.run_job,
+    "backchannel_logout": oidc_logout.deliver_backchannel,
 }
 
 # The HTTP errors a person may meet on a hosted page, in their words (title, what to do).
@@ -92,6 +94,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.before_request(http.refuse_nul)
     app.before_request(lambda: http.resolve_client(app))
     app.after_request(http.security_headers)
+    oidc_logout.init_app(app)  # after security_headers: its CSP hook runs first
 
     create_server(app)
     app.register_blueprint(login_bp)

@@ -382,6 +382,8 @@ CLIENT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "jwks": (dict, type(None)), "jwks_uri": (str, type(None)), "mfa": str, "min_acr": str,
     "allow_remembered_device": bool, "access_token_ttl": (int, type(None)), "refresh_token_ttl": (int, type(None)),
     "refresh_tokens_for_sessions": bool, "require_pushed_authorization_requests": bool,
+    "backchannel_logout_uri": (str, type(None)), "backchannel_logout_session_required": bool,
+    "frontchannel_logout_uri": (str, type(None)), "frontchannel_logout_session_required": bool,
 }
 CLIENT_DEFAULTS = {"redirect_uris": [], "post_logout_redirect_uris": [], "public": False, "grant_types": [],
                    "scopes": [], "token_endpoint_auth_method": None, "first_party": False}

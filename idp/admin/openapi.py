@@ -46,6 +46,9 @@ PAGE = [{"name": "cursor", "in": "query", "schema": CURSOR},
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}}]
 
 
+LOGOUT_SETTINGS = ("backchannel_logout_uri", "backchannel_logout_session_required", "frontchannel_logout_uri",
+                   "frontchannel_logout_session_required")
+
 # A client's settings, as registration takes them (idp.oidc.registration.SETTINGS).
 CLIENT_SETTINGS: dict[str, Any] = {
     "name": {"type": "string"}, "logo_uri": {"type": ["string", "null"]},
@@ -60,6 +63,8 @@ CLIENT_SETTINGS: dict[str, Any] = {
     "allow_remembered_device": {"type": "boolean"}, "access_token_ttl": {"type": ["integer", "null"]},
     "refresh_token_ttl": {"type": ["integer", "null"]}, "refresh_tokens_for_sessions": {"type": "boolean"},
     "require_pushed_authorization_requests": {"type": "boolean"},
+    **{f"{channel}_logout_uri": {"type": ["string", "null"]} for channel in ("backchannel", "frontchannel")},
+    **{f"{channel}_logout_session_required": {"type": "boolean"} for channel in ("backchannel", "frontchannel")},
 }
 
 
@@ -237,7 +242,8 @@ def document(issuer: str) -> dict[str, Any]:
                 "access_token_ttl": {"type": ["integer", "null"]},
                 "refresh_token_ttl": {"type": ["integer", "null"]},
                 "refresh_tokens_for_sessions": {"type": "boolean"},
-                "require_pushed_authorization_requests": {"type": "boolean"}, "created_at": {"type": "string"}}},
+                "require_pushed_authorization_requests": {"type": "boolean"},
+                **{name: CLIENT_SETTINGS[name] for name in LOGOUT_SETTINGS}, "created_at": {"type": "string"}}},
             "NewClient": {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
                 **CLIENT_SETTINGS}},
             "ClientChanges": {"type": "object", "additionalProperties": False, "properties": {

@@ -9,6 +9,7 @@ from idp import audit
 from idp.extensions import db
 from idp.login.assurance import acr_for, complete_amr
 from idp.models import LoginSession, User
+from idp.oidc import logout
 from idp.oidc.server import revoke_for_user, revoke_online
 from idp.security.tokens import new_token, token_hash
 
@@ -71,6 +72,7 @@ def end(session: LoginSession, reason: str, now: datetime) -> None:
         session.ended_at = now
         session.end_reason = reason
         revoke_online(session.sid, f"session_{reason}"[:32])  # OIDC Core 11: without offline_access, ends with it
+        logout.session_ended(session, reason)  # the clients it signed into are told (back- and front-channel)
 
 
 def sign_out_everywhere(user: User, reason: str, now: datetime) -> tuple[int, int]:

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, false
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from idp.extensions import Model
@@ -62,6 +62,13 @@ class Client(Model):
     require_pushed_authorization_requests: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     access_token_ttl: Mapped[int | None] = mapped_column(Integer)
     refresh_token_ttl: Mapped[int | None] = mapped_column(Integer)
+    # OpenID Connect Back-Channel Logout 1.0 2.2 and Front-Channel Logout 1.0 2 (idp.oidc.logout).
+    backchannel_logout_uri: Mapped[str | None] = mapped_column(String(2000))
+    backchannel_logout_session_required: Mapped[bool] = mapped_column(Boolean, default=False,
+                                                                      server_default=false())
+    frontchannel_logout_uri: Mapped[str | None] = mapped_column(String(2000))
+    frontchannel_logout_session_required: Mapped[bool] = mapped_column(Boolean, default=False,
+                                                                       server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     # --- authlib ClientMixin -------------------------------------------------------------------------------
@@ -157,6 +164,20 @@ class AuthorizationCode(Model):
 
     def get_amr(self) -> list[str] | None:
         return list(self.amr) or None
+
+
+class SessionClient(Model):
+    """A client that a sign-in session signed into (an authorization code was issued to it from the session): the
+    clients told when the session ends (idp.oidc.logout). Kept apart from codes and tokens, which housekeeping
+    removes while the session, and the client's own session built on it, may still live. Goes with its session."""
+
+    __tablename__ = "session_clients"
+    __table_args__ = (UniqueConstraint("sid", "client_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sid: Mapped[str] = mapped_column(ForeignKey("login_sessions.sid", ondelete="CASCADE"))
+    client_id: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class PushedRequest(Model):

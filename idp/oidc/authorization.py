@@ -23,7 +23,7 @@ from joserfc.errors import JoseError
 from werkzeug.datastructures import MultiDict
 
 from idp.oidc import claims as oidc_claims
-from idp.oidc import keys
+from idp.oidc import keys, response_modes
 from idp.oidc.server import current_server, issuer
 
 # Parameters of an authorization request that may appear once (RFC 6749 3.1, OIDC Core 3.1.2.1, RFC 7636 4.3).
@@ -93,6 +93,7 @@ def validate(parameters: MultiDict, end_user: Any, *, pushed: bool) -> Validated
         repeated = next((name for name in SINGLE_VALUED if len(parameters.getlist(name)) > 1), None)
         if repeated:  # RFC 6749 3.1; Authlib checks client_id, response_type, redirect_uri, scope and state
             raise InvalidRequestError(f"Multiple '{repeated}' in request.")
+        response_modes.check(parameters, grant.redirect_uri)  # before anything else is sent by that mode
         if parameters.get("request"):  # OIDC Core 6.1, 3.1.2.6: discovery says request objects are not supported
             raise RequestNotSupportedError()
         if parameters.get("request_uri"):  # OIDC Core 6.2, 3.1.2.6 (a pushed request's is read by idp.oidc.par)

@@ -47,6 +47,26 @@ def validate_jwks_uri(uri: str) -> str | None:
     return None
 
 
+def validate_logout_uri(uri: str, kind: str) -> str | None:
+    """Why ``uri`` cannot be a client's back- or front-channel logout URI, or None: an absolute https URL (or http
+    to a loopback host, for development), no fragment (Back-Channel Logout 1.0 2.2, Front-Channel Logout 1.0 2), a
+    plain host name and port (the front-channel one goes into a page's Content-Security-Policy), at most 2000
+    characters."""
+    parts = urlsplit(uri)
+    loopback = parts.scheme == "http" and (parts.hostname or "") in LOOPBACK_HOSTS
+    if (len(uri) > 2000 or not (parts.scheme == "https" or loopback) or parts.fragment or "#" in uri
+            or not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?", parts.netloc)):
+        return (f"a {kind} logout URI is an https URL (http only to a loopback host) without a fragment, of at "
+                f"most 2000 characters: {uri}")
+    return None
+
+
+def origin_of(uri: str) -> str:
+    """The scheme, host and port of a URL (as a browser compares them)."""
+    parts = urlsplit(uri)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
 # What this server supports, named as in OpenID Provider Metadata (what its discovery document publishes, and the
 # admin scopes, which it does not advertise).
 SUPPORTED = {
@@ -102,7 +122,12 @@ def new_client_secret() -> str:
 SETTINGS = ("name", "logo_uri", "redirect_uris", "post_logout_redirect_uris", "public", "grant_types", "scopes",
             "auth_method", "first_party", "id_token_alg", "jwks", "jwks_uri", "mfa", "min_acr",
             "allow_remembered_device", "access_token_ttl", "refresh_token_ttl", "refresh_tokens_for_sessions",
-            "require_pushed_authorization_requests")
+            "require_pushed_authorization_requests", "backchannel_logout_uri", "backchannel_logout_session_required",
+            "frontchannel_logout_uri", "frontchannel_logout_session_required")
+
+# The logout settings (OpenID Connect Back-Channel and Front-Channel Logout 1.0), stored under their own names.
+LOGOUT_SETTINGS = ("backchannel_logout_uri", "backchannel_logout_session_required", "frontchannel_logout_uri",
+                   "frontchannel_logout_session_required")
 
 
 def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: list[str], public: bool,
@@ -111,7 +136,9 @@ def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: 
              mfa: str = "optional", min_acr: str = "", allow_remembered_device: bool = True,
              access_token_ttl: int | None = None, refresh_token_ttl: int | None = None,
              refresh_tokens_for_sessions: bool = False, logo_uri: str | None = None,
-             require_pushed_authorization_requests: bool = False) -> dict:
+             require_pushed_authorization_requests: bool = False, backchannel_logout_uri: str | None = None,
+             backchannel_logout_session_required: bool = False, frontchannel_logout_uri: str | None = None,
+             frontchannel_logout_session_required: bool = False) -> dict:
     """The settings as stored (column names), after checking them; raises ValueError in one line."""
     grant_types = grant_types or ["authorization_code", "refresh_token"]
     method = "none" if public else (auth_method or "client_secret_basic")
@@ -152,6 +179,14 @@ def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: 
     if logo_uri and (len(logo_uri) > 2000 or urlsplit(logo_uri).scheme != "https"
                      or not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?", urlsplit(logo_uri).netloc)):
         raise ValueError("a logo URI is an https URL of at most 2000 characters")
+    for kind, logout_uri in (("back-channel", backchannel_logout_uri), ("front-channel", frontchannel_logout_uri)):
+        problem = validate_logout_uri(logout_uri, kind) if logout_uri is not None else None
+        if problem:
+            raise ValueError(problem)
+    # Front-Channel Logout 1.0 2: the URI's scheme, host and port are those of a registered redirect URI, so the
+    # page frames the client's own site only.
+    if frontchannel_logout_uri and origin_of(frontchannel_logout_uri) not in {origin_of(u) for u in redirect_uris}:
+        raise ValueError("a front-channel logout URI has the scheme, host and port of a registered redirect URI")
     if not name.strip() or len(name) > 200:
         raise ValueError("a client name has 1 to 200 characters")
     for ttl in (access_token_ttl, refresh_token_ttl):
@@ -166,7 +201,11 @@ def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: 
             "min_acr": min_acr, "allow_remembered_device": allow_remembered_device,
             "access_token_ttl": access_token_ttl, "refresh_token_ttl": refresh_token_ttl,
             "refresh_tokens_for_sessions": refresh_tokens_for_sessions,
-            "require_pushed_authorization_requests": require_pushed_authorization_requests}
+            "require_pushed_authorization_requests": require_pushed_authorization_requests,
+            "backchannel_logout_uri": backchannel_logout_uri or None,
+            "backchannel_logout_session_required": bool(backchannel_logout_session_required),
+            "frontchannel_logout_uri": frontchannel_logout_uri or None,
+            "frontchannel_logout_session_required": bool(frontchannel_logout_session_required)}
 
 
 def create_client(*, client_id: str | None = None, audit_details: dict | None = None,
@@ -196,7 +235,8 @@ def settings_of(client: Client) -> dict:
             "mfa": client.mfa, "min_acr": client.min_acr, "allow_remembered_device": client.allow_remembered_device,
             "access_token_ttl": client.access_token_ttl, "refresh_token_ttl": client.refresh_token_ttl,
             "refresh_tokens_for_sessions": client.refresh_tokens_for_sessions,
-            "require_pushed_authorization_requests": client.require_pushed_authorization_requests}
+            "require_pushed_authorization_requests": client.require_pushed_authorization_requests,
+            **{name: getattr(client, name) for name in LOGOUT_SETTINGS}}
 
 
 def update_client(client: Client, changes: dict, audit_details: dict | None = None) -> dict:
@@ -234,4 +274,5 @@ def describe(client: Client) -> dict:
             "access_token_ttl": client.access_token_ttl, "refresh_token_ttl": client.refresh_token_ttl,
             "refresh_tokens_for_sessions": client.refresh_tokens_for_sessions,
             "require_pushed_authorization_requests": client.require_pushed_authorization_requests,
+            **{name: getattr(client, name) for name in LOGOUT_SETTINGS},
             "created_at": client.created_at.isoformat(timespec="seconds")}

@@ -34,7 +34,7 @@ from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
 from authlib.oauth2.rfc9207 import IssuerParameter
 from authlib.oidc.core import OpenIDCode as _OpenIDCode
-from authlib.oidc.core import UserInfoEndpoint
+from authlib.oidc.core import OpenIDToken, UserInfoEndpoint
 from authlib.oidc.rpinitiated import EndSessionEndpoint
 from flask import Flask, current_app, has_request_context, request
 from flask_wtf.csrf import validate_csrf
@@ -438,12 +438,10 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         return SignIn.from_code(authorization_code)
 
 
-class OpenIDCode(_OpenIDCode):
-    """ID tokens (OIDC Core 3.1.3.6): signed by our newest key for the client's algorithm, `kid` in the header."""
-
-    def exists_nonce(self, nonce: str, request) -> bool:
-        return _once_per_request("idp.nonces", (request.payload.client_id, nonce), lambda: db.session.execute(
-            _NONCE_USED, {"client_id": request.payload.client_id, "nonce": nonce}).first() is not None)
+class _IDTokens:
+    """How idp signs an ID token, whichever grant issues it: our newest key for the client's algorithm (`kid` in
+    the header), `iss`, `aud` and a fresh `iat`/`exp`, the scope's claims, and the sign-in's `auth_time`, `acr`,
+    `amr` and `sid` (Authlib's OpenIDToken does the encoding and `at_hash`)."""
 
     def resolve_client_private_key(self, client: Client) -> KeySet:
         return keys.signing_keyset()
@@ -460,12 +458,67 @@ class OpenIDCode(_OpenIDCode):
         requested = user.claims or {}
         return oidc_claims.user_info(user.user, scope, requested.get("id_token"))
 
-    def get_authorization_code_claims(self, authorization_code: AuthorizationCode) -> dict[str, Any]:
-        result = super().get_authorization_code_claims(authorization_code)
+    def get_authorization_code_claims(self, authorization_code) -> dict[str, Any]:
+        result = super().get_authorization_code_claims(authorization_code)  # type: ignore[misc]
         result["auth_time"] = authorization_code.get_auth_time()  # always present (SECURITY.md 12)
         if authorization_code.sid:
             result["sid"] = authorization_code.sid
         return result
+
+
+class OpenIDCode(_IDTokens, _OpenIDCode):
+    """ID tokens (OIDC Core 3.1.3.6) of the code grant."""
+
+    def exists_nonce(self, nonce: str, request) -> bool:
+        return _once_per_request("idp.nonces", (request.payload.client_id, nonce), lambda: db.session.execute(
+            _NONCE_USED, {"client_id": request.payload.client_id, "nonce": nonce}).first() is not None)
+
+
+@dataclass
+class _OriginalSignIn:
+    """A refresh token family's sign-in, read as Authlib reads an authorization code's claims: the original
+    `auth_time`, `acr`, `amr` and `sid`, and no `nonce` (a refresh is not an authentication request; OIDC Core
+    12.2 as amended by errata set 2 after issue 1025: the nonce SHOULD NOT be in a refreshed ID token)."""
+
+    sign_in: SignIn
+
+    @property
+    def sid(self) -> str | None:
+        return self.sign_in.sid
+
+    def get_nonce(self) -> None:
+        return None
+
+    def get_auth_time(self) -> int | None:
+        auth_time = self.sign_in.auth_time
+        return int(auth_time.timestamp()) if auth_time is not None else None
+
+    def get_acr(self) -> str | None:
+        return self.sign_in.acr or None
+
+    def get_amr(self) -> list[str] | None:
+        return list(self.sign_in.amr) or None
+
+
+class RefreshIDToken(_IDTokens, OpenIDToken):
+    """OIDC Core 12.2: a refresh of a grant that had `openid` answers with a new ID token: the same `iss`, `sub`
+    and `aud`, a new `iat` and `exp`, `at_hash` of the new access token, and `auth_time`, `acr`, `amr` and `sid` of
+    the family's sign-in (not of now: the user did not authenticate again)."""
+
+    def encode_id_token(self, token, request):
+        request.authorization_code = _OriginalSignIn(request.user)
+        return super().encode_id_token(token, request)
+
+    def get_authorization_code_claims(self, authorization_code) -> dict[str, Any]:
+        result = super().get_authorization_code_claims(authorization_code)
+        if result.get("auth_time") is None:  # no sign-in time known: none said, rather than "now"
+            result.pop("auth_time", None)
+        return result
+
+    def get_compatible_claims(self, request) -> dict[str, Any]:
+        claims = super().get_compatible_claims(request)
+        claims.pop("auth_time", None)  # Authlib's default is "now": only the original one may be said
+        return claims
 
 
 def _session_live(sid: str | None, now: datetime) -> bool:
@@ -821,7 +874,7 @@ def create_server(app: Flask) -> AuthorizationServer:
         server.register_client_auth_method(method, CLIENT_AUTH_METHODS[method])
     server.register_grant(AuthorizationCodeGrant, [OpenIDCode(require_nonce=False), S256CodeChallenge(required=True),
                                                     ParameterLimits()])
-    server.register_grant(RefreshTokenGrant)
+    server.register_grant(RefreshTokenGrant, [RefreshIDToken()])
     server.register_grant(ClientCredentialsGrant)
     protector = ResourceProtector()
     protector.register_token_validator(AccessTokenValidator())

@@ -10,6 +10,7 @@ from authlib.oauth2 import OAuth2Error
 from authlib.oidc.core.errors import ConsentRequiredError, InteractionRequiredError, LoginRequiredError
 from flask import Blueprint, abort, current_app, jsonify, render_template, request, url_for
 from flask_babel import gettext as _
+from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response
 
 from idp import audit, i18n
@@ -20,7 +21,7 @@ from idp.login.assurance import LEVELS
 from idp.login.browser import begin_transaction, binding, current_session
 from idp.login.forms import ConfirmForm
 from idp.models import Consent, utcnow
-from idp.oidc import authorization, keys, par, policy
+from idp.oidc import authorization, keys, logout, par, policy, response_modes
 from idp.oidc import claims as oidc_claims
 from idp.oidc.server import ALL_AUTH_METHODS, CONFIDENTIAL_AUTH_METHODS, GRANT_TYPES, Approval, current_server, issuer
 from idp.pg_connections import reads_only
@@ -67,7 +68,7 @@ def metadata() -> dict:
         "scopes_supported": list(oidc_claims.SCOPES),
         "claims_supported": oidc_claims.CLAIMS_SUPPORTED,
         "response_types_supported": ["code"],
-        "response_modes_supported": ["query"],
+        "response_modes_supported": list(response_modes.SUPPORTED),
         "grant_types_supported": GRANT_TYPES,
         "subject_types_supported": ["public"],
         "token_endpoint_auth_methods_supported": ALL_AUTH_METHODS,
@@ -88,8 +89,11 @@ def metadata() -> dict:
         "display_values_supported": ["page"],
         "claim_types_supported": ["normal"],
         "ui_locales_supported": list(i18n.LANGUAGES),
-        "frontchannel_logout_supported": False,
-        "backchannel_logout_supported": False,
+        # Back-Channel Logout 1.0 2.1 and Front-Channel Logout 1.0 3 (idp.oidc.logout): sid is always sent.
+        "frontchannel_logout_supported": True,
+        "frontchannel_logout_session_supported": True,
+        "backchannel_logout_supported": True,
+        "backchannel_logout_session_supported": True,
     }
 
 
@@ -143,9 +147,10 @@ def jwks():
     return response
 
 
-def _authorize_error(error: OAuth2Error, pushed: par.Pushed | None = None):
-    """Errors before the redirect URI is trusted show a page (SECURITY.md 2); later ones redirect with `iss`. An
-    error sent to the redirect URI is the authorization response: a pushed request is used up by it."""
+def _authorize_error(error: OAuth2Error, pushed: par.Pushed | None = None, params: MultiDict | None = None):
+    """Errors before the redirect URI is trusted show a page (SECURITY.md 2); later ones go back with `iss`, by
+    the response mode the request asked for (``params``). An error sent to the redirect URI is the authorization
+    response: a pushed request is used up by it."""
     db.session.rollback()
     if error.state is not None and len(error.state) > policy.PARAMETER_LIMITS["state"]:
         error.state = None  # refused for its length: not sent back either
@@ -160,7 +165,7 @@ def _authorize_error(error: OAuth2Error, pushed: par.Pushed | None = None):
                                message=f"{error.error}: {error.description or ''}".strip(": ")), 400
     response = current_server().handle_error_response(None, error)
     response.headers["Location"] = add_params_to_uri(response.headers["Location"], {"iss": issuer()})
-    return response
+    return response_modes.deliver(response, error.redirect_uri, response_modes.requested(params))
 
 
 def _used() -> OAuth2Error:
@@ -199,7 +204,7 @@ def authorize():
     try:  # a plain request of a client that must push is refused there (RFC 9126 4)
         checked = authorization.validate(params, user, pushed=pushed is not None)
     except OAuth2Error as error:
-        return _authorize_error(error, pushed)
+        return _authorize_error(error, pushed, params)
     grant = checked.grant
     redirect_uri = grant.redirect_uri
     state = params.get("state")
@@ -211,7 +216,9 @@ def authorize():
             if pushed is not None and not par.use(pushed, now):
                 return _authorize_error(_used())
             db.session.commit()
-            return server.create_authorization_response(request=grant.request, grant=grant, grant_user=None)
+            return response_modes.deliver(
+                server.create_authorization_response(request=grant.request, grant=grant, grant_user=None),
+                redirect_uri, response_modes.requested(params))
         db.session.commit()
 
     client = grant.client
@@ -231,7 +238,7 @@ def authorize():
     if failures:
         if "none" in req.prompt:  # never a screen (OIDC Core 3.1.2.6)
             error_cls = PROMPT_NONE_ERRORS[failures[0].prompt_none_error]
-            return _authorize_error(error_cls(redirect_uri=redirect_uri, state=state), pushed)
+            return _authorize_error(error_cls(redirect_uri=redirect_uri, state=state), pushed, params)
         reasons = [f.reason for f in failures]
         keep_user = user is not None and "no_session" not in reasons
         login_hint = (params.get("login_hint") or "")[:320]
@@ -248,8 +255,10 @@ def authorize():
     # present the same request_uri at once, the second waits for that commit and then finds it used.
     if pushed is not None and not par.use(pushed, now):
         return _authorize_error(_used())
-    return server.create_authorization_response(request=grant.request, grant=grant,
-                                                grant_user=Approval(user, live, checked.claims_request))
+    return response_modes.deliver(
+        server.create_authorization_response(request=grant.request, grant=grant,
+                                             grant_user=Approval(user, live, checked.claims_request)),
+        redirect_uri, response_modes.requested(params))
 
 
 @bp.route("/par", methods=["POST", "OPTIONS"])
@@ -375,5 +384,10 @@ def end_session():
         db.session.commit()
     if response is None:
         response = current_app.make_response(render_template("account/signed_out.html"))
+    elif logout.pending_frames():
+        # Front-Channel Logout 1.0 3: the clients' logout URIs are framed first; the page then continues to the
+        # post-logout redirect URI (a script of ours, or the user's click).
+        response = current_app.make_response(render_template("account/signed_out.html",
+                                                             continue_to=response.headers["Location"]))
     clear_session_cookie(response)
     return response
