@@ -421,13 +421,16 @@ def _git(*args: str) -> subprocess.CompletedProcess:
 
 
 def previous_release(newest: Path) -> str:
-    """The commit of the previous release: the parent of the commit that added the newest revision, or HEAD while
+    """The commit of the previous release: the first parent of the commit that added the newest revision, or HEAD while
     that revision is not committed yet. Skips when the checkout has no git history to take it from."""
     if shutil.which("git") is None:
         pytest.skip("git is not installed: the previous release is taken from the repository's history")
     if _git("rev-parse", "--is-inside-work-tree").returncode != 0:
         pytest.skip("not a git checkout (an exported tree?): the previous release is taken from its history")
-    added = _git("log", "--diff-filter=A", "--format=%H", "--", str(newest.relative_to(ROOT))).stdout.split()
+    # Along the first parents, merges compared with theirs: a revision that came in with a merge (or was renamed
+    # there) is added by that merge, and the previous release is the branch it was merged into.
+    added = _git("log", "--first-parent", "-m", "--diff-filter=A", "--format=%H", "--",
+                 str(newest.relative_to(ROOT))).stdout.split()
     base = f"{added[0]}^" if added else "HEAD"
     found = _git("rev-parse", "--verify", "--quiet", f"{base}^{{commit}}")
     if found.returncode != 0:
