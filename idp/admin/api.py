@@ -382,6 +382,7 @@ CLIENT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "jwks": (dict, type(None)), "jwks_uri": (str, type(None)), "mfa": str, "min_acr": str,
     "allow_remembered_device": bool, "access_token_ttl": (int, type(None)), "refresh_token_ttl": (int, type(None)),
     "refresh_tokens_for_sessions": bool, "require_pushed_authorization_requests": bool,
+    "dpop_bound_access_tokens": bool,
 }
 CLIENT_DEFAULTS = {"redirect_uris": [], "post_logout_redirect_uris": [], "public": False, "grant_types": [],
                    "scopes": [], "token_endpoint_auth_method": None, "first_party": False}

@@ -59,7 +59,7 @@ CLIENT_SETTINGS: dict[str, Any] = {
     "mfa": {"type": "string", "enum": ["optional", "required"]}, "min_acr": {"type": "string"},
     "allow_remembered_device": {"type": "boolean"}, "access_token_ttl": {"type": ["integer", "null"]},
     "refresh_token_ttl": {"type": ["integer", "null"]}, "refresh_tokens_for_sessions": {"type": "boolean"},
-    "require_pushed_authorization_requests": {"type": "boolean"},
+    "require_pushed_authorization_requests": {"type": "boolean"}, "dpop_bound_access_tokens": {"type": "boolean"},
 }
 
 
@@ -237,7 +237,8 @@ def document(issuer: str) -> dict[str, Any]:
                 "access_token_ttl": {"type": ["integer", "null"]},
                 "refresh_token_ttl": {"type": ["integer", "null"]},
                 "refresh_tokens_for_sessions": {"type": "boolean"},
-                "require_pushed_authorization_requests": {"type": "boolean"}, "created_at": {"type": "string"}}},
+                "require_pushed_authorization_requests": {"type": "boolean"},
+                "dpop_bound_access_tokens": {"type": "boolean"}, "created_at": {"type": "string"}}},
             "NewClient": {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
                 **CLIENT_SETTINGS}},
             "ClientChanges": {"type": "object", "additionalProperties": False, "properties": {

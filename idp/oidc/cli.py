@@ -50,10 +50,12 @@ clients = AppGroup("clients", help="Manage OAuth / OpenID Connect clients.")
 @click.option("--logo-uri", help="An https URL of the client's logo, shown on the consent page.")
 @click.option("--require-par", is_flag=True,
               help="Authorization requests only as pushed ones (RFC 9126): a plain /authorize is refused.")
+@click.option("--dpop", is_flag=True,
+              help="Every token request must carry a DPoP proof (RFC 9449 5.2 dpop_bound_access_tokens).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with client_id and client_secret.")
 def clients_create(name, redirect_uris, logout_uris, public, grant_types, scopes, auth_method, first_party,
                    id_token_alg, jwks_json, jwks_uri, mfa, min_acr, no_remembered_devices, access_token_ttl,
-                   refresh_token_ttl, refresh_for_sessions, logo_uri, require_par, as_json):
+                   refresh_token_ttl, refresh_for_sessions, logo_uri, require_par, dpop, as_json):
     """Register a client; its secret is printed once."""
     try:
         jwks = json.loads(jwks_json) if jwks_json else None
@@ -68,7 +70,7 @@ def clients_create(name, redirect_uris, logout_uris, public, grant_types, scopes
             min_acr=min_acr or "", allow_remembered_device=not no_remembered_devices,
             access_token_ttl=access_token_ttl, refresh_token_ttl=refresh_token_ttl,
             refresh_tokens_for_sessions=refresh_for_sessions, logo_uri=logo_uri,
-            require_pushed_authorization_requests=require_par)
+            require_pushed_authorization_requests=require_par, dpop_bound_access_tokens=dpop)
     except admin_service.Invalid as refused:
         raise click.ClickException(refused.errors.get("client", str(refused))) from None
     if as_json:

@@ -102,7 +102,7 @@ def new_client_secret() -> str:
 SETTINGS = ("name", "logo_uri", "redirect_uris", "post_logout_redirect_uris", "public", "grant_types", "scopes",
             "auth_method", "first_party", "id_token_alg", "jwks", "jwks_uri", "mfa", "min_acr",
             "allow_remembered_device", "access_token_ttl", "refresh_token_ttl", "refresh_tokens_for_sessions",
-            "require_pushed_authorization_requests")
+            "require_pushed_authorization_requests", "dpop_bound_access_tokens")
 
 
 def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: list[str], public: bool,
@@ -111,7 +111,7 @@ def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: 
              mfa: str = "optional", min_acr: str = "", allow_remembered_device: bool = True,
              access_token_ttl: int | None = None, refresh_token_ttl: int | None = None,
              refresh_tokens_for_sessions: bool = False, logo_uri: str | None = None,
-             require_pushed_authorization_requests: bool = False) -> dict:
+             require_pushed_authorization_requests: bool = False, dpop_bound_access_tokens: bool = False) -> dict:
     """The settings as stored (column names), after checking them; raises ValueError in one line."""
     grant_types = grant_types or ["authorization_code", "refresh_token"]
     method = "none" if public else (auth_method or "client_secret_basic")
@@ -166,7 +166,8 @@ def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: 
             "min_acr": min_acr, "allow_remembered_device": allow_remembered_device,
             "access_token_ttl": access_token_ttl, "refresh_token_ttl": refresh_token_ttl,
             "refresh_tokens_for_sessions": refresh_tokens_for_sessions,
-            "require_pushed_authorization_requests": require_pushed_authorization_requests}
+            "require_pushed_authorization_requests": require_pushed_authorization_requests,
+            "dpop_bound_access_tokens": dpop_bound_access_tokens}
 
 
 def create_client(*, client_id: str | None = None, audit_details: dict | None = None,
@@ -196,7 +197,8 @@ def settings_of(client: Client) -> dict:
             "mfa": client.mfa, "min_acr": client.min_acr, "allow_remembered_device": client.allow_remembered_device,
             "access_token_ttl": client.access_token_ttl, "refresh_token_ttl": client.refresh_token_ttl,
             "refresh_tokens_for_sessions": client.refresh_tokens_for_sessions,
-            "require_pushed_authorization_requests": client.require_pushed_authorization_requests}
+            "require_pushed_authorization_requests": client.require_pushed_authorization_requests,
+            "dpop_bound_access_tokens": client.dpop_bound_access_tokens}
 
 
 def update_client(client: Client, changes: dict, audit_details: dict | None = None) -> dict:
@@ -234,4 +236,5 @@ def describe(client: Client) -> dict:
             "access_token_ttl": client.access_token_ttl, "refresh_token_ttl": client.refresh_token_ttl,
             "refresh_tokens_for_sessions": client.refresh_tokens_for_sessions,
             "require_pushed_authorization_requests": client.require_pushed_authorization_requests,
+            "dpop_bound_access_tokens": client.dpop_bound_access_tokens,
             "created_at": client.created_at.isoformat(timespec="seconds")}
