@@ -44,8 +44,8 @@ from authlib.oauth2 import OAuth2Error
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from flask import current_app, request
 from joserfc import jws
-from joserfc.jws import JWSRegistry
 from joserfc.jwk import JWKRegistry
+from joserfc.jws import JWSRegistry
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import insert
