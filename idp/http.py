@@ -216,7 +216,7 @@ def bearer_token(realm: str) -> Any:
         headers = dict(error.get_headers())
         if headers.get("WWW-Authenticate", "").startswith("DPoP "):  # RFC 9449 7.1 (idp.oidc.dpop): its challenge
             kept = {name: value for name, value in headers.items() if name in ("WWW-Authenticate", "DPoP-Nonce")}
-            title = "Invalid token" if error.error == "invalid_token" else "Invalid DPoP proof"
-            return problem(401, title, error.description or title, kept, error=error.error)
+            return problem(401, "Invalid token" if error.error == "invalid_token" else "Invalid DPoP proof",
+                           error.description or error.error, kept, error=error.error)
         return problem(401, "Invalid token", "The access token is unknown, expired or revoked.",
                        bearer_challenge(realm, "invalid_token", "The access token is not valid"))
