@@ -205,6 +205,10 @@ SETTINGS: list[Setting] = [
             "/authorize (RFC 9126; at most 600).", int, maximum=600),
     Setting("IDP_REQUIRE_PAR", False, "Accept authorization requests only as pushed ones (RFC 9126 4): a plain "
             "/authorize request is refused with invalid_request.", _bool),
+    Setting("IDP_DPOP_LEEWAY", 60, "Seconds a DPoP proof's iat may lie before or after the server's clock (RFC 9449 "
+            "11.1; at most 300).", int, maximum=300),
+    Setting("IDP_DPOP_NONCE", False, "Demand a server nonce in DPoP proofs (RFC 9449 8, 9): a proof without the "
+            "current one gets use_dpop_nonce and a DPoP-Nonce header.", _bool),
     Setting("IDP_ACCESS_TOKEN_TTL", 900, "Seconds a JWT access token lives (clients may set their own).", int),
     Setting("IDP_ID_TOKEN_TTL", 3600, "Seconds an ID token is valid.", int),
     Setting("IDP_REFRESH_TOKEN_TTL", 1209600, "Idle expiry of a refresh token: seconds it may go unused.", int),

@@ -35,6 +35,7 @@ from idp.models import (
     AdminJob,
     AuthorizationCode,
     Device,
+    DPoPProof,
     LoginSession,
     LoginTransaction,
     OneTimeToken,
@@ -144,6 +145,13 @@ def _pushed_requests(cutoff: datetime, cfg: Mapping[str, Any]) -> ColumnElement[
     return pushed.c.expires_at <= cutoff - par.KEPT_AFTER_EXPIRY
 
 
+def _dpop_proofs(cutoff: datetime, cfg: Mapping[str, Any]) -> ColumnElement[bool]:
+    """The jti values of DPoP proofs (RFC 9449 11.1; idp.oidc.dpop) once expired: a proof is refused for its iat
+    long before then, so its jti guards nothing any more."""
+    proofs = table_of(DPoPProof)
+    return proofs.c.expires_at <= cutoff
+
+
 @dataclass(frozen=True)
 class Rule:
     """A table, and the condition that dooms a row of it at a cutoff (given the settings)."""
@@ -156,7 +164,8 @@ class Rule:
 RULES = [Rule(table_of(Token), _tokens), Rule(table_of(AuthorizationCode), _codes),
          Rule(table_of(LoginTransaction), _transactions), Rule(table_of(LoginSession), _sessions),
          Rule(table_of(OneTimeToken), _one_time_tokens), Rule(table_of(Device), _devices),
-         Rule(table_of(AdminJob), _admin_jobs), Rule(table_of(PushedRequest), _pushed_requests)]
+         Rule(table_of(AdminJob), _admin_jobs), Rule(table_of(PushedRequest), _pushed_requests),
+         Rule(table_of(DPoPProof), _dpop_proofs)]
 
 
 def delete_expired(rule: Rule, cutoff: datetime, cfg: Mapping[str, Any], batch: int) -> int:

@@ -204,13 +204,19 @@ def bearer_challenge(realm: str, error: str | None = None, description: str = ""
 
 def bearer_token(realm: str) -> Any:
     """The access token row this request presents (the admin and account APIs), or the 401 problem document that
-    refuses it: none sent, or unknown, expired, revoked or not a bearer token at all."""
+    refuses it: none sent, or unknown, expired, revoked or not a bearer token at all; a DPoP-bound token without
+    a valid proof by its key, or sent as a bearer token, with the DPoP challenge (RFC 9449 7)."""
     protector = current_app.extensions["idp.resource_protector"]
     try:
         return protector.acquire_token()
     except MissingAuthorizationError:
         return problem(401, "Authentication required", "Send an access token: Authorization: Bearer ...",
                        bearer_challenge(realm))
-    except OAuth2Error:
+    except OAuth2Error as error:
+        headers = dict(error.get_headers())
+        if headers.get("WWW-Authenticate", "").startswith("DPoP "):  # RFC 9449 7.1 (idp.oidc.dpop): its challenge
+            kept = {name: value for name, value in headers.items() if name in ("WWW-Authenticate", "DPoP-Nonce")}
+            return problem(401, "Invalid token" if error.error == "invalid_token" else "Invalid DPoP proof",
+                           error.description or error.error, kept, error=error.error)
         return problem(401, "Invalid token", "The access token is unknown, expired or revoked.",
                        bearer_challenge(realm, "invalid_token", "The access token is not valid"))

@@ -90,6 +90,8 @@ def cors(response: Response) -> Response:
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, DPoP"
             response.headers["Access-Control-Max-Age"] = "600"
+        else:  # the nonce a DPoP proof must carry next, and the challenges (RFC 9449 8, 9)
+            response.headers["Access-Control-Expose-Headers"] = "DPoP-Nonce, WWW-Authenticate"
     return response
 
 

@@ -65,6 +65,7 @@ CLIENT_SETTINGS: dict[str, Any] = {
     "require_pushed_authorization_requests": {"type": "boolean"},
     **{f"{channel}_logout_uri": {"type": ["string", "null"]} for channel in ("backchannel", "frontchannel")},
     **{f"{channel}_logout_session_required": {"type": "boolean"} for channel in ("backchannel", "frontchannel")},
+    "dpop_bound_access_tokens": {"type": "boolean"},
 }
 
 
@@ -243,7 +244,8 @@ def document(issuer: str) -> dict[str, Any]:
                 "refresh_token_ttl": {"type": ["integer", "null"]},
                 "refresh_tokens_for_sessions": {"type": "boolean"},
                 "require_pushed_authorization_requests": {"type": "boolean"},
-                **{name: CLIENT_SETTINGS[name] for name in LOGOUT_SETTINGS}, "created_at": {"type": "string"}}},
+                **{name: CLIENT_SETTINGS[name] for name in LOGOUT_SETTINGS},
+                "dpop_bound_access_tokens": {"type": "boolean"}, "created_at": {"type": "string"}}},
             "NewClient": {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
                 **CLIENT_SETTINGS}},
             "ClientChanges": {"type": "object", "additionalProperties": False, "properties": {

@@ -3,11 +3,21 @@
 from idp.models.audit import AuditAnchor, AuditCheckpoint, AuditEvent
 from idp.models.factors import Device, Factor, RecoveryCode
 from idp.models.login import LoginSession, LoginTransaction, OneTimeToken, TransactionState
-from idp.models.oauth import AuthorizationCode, Client, Consent, PushedRequest, SessionClient, SigningKey, Token
+from idp.models.oauth import (
+    AuthorizationCode,
+    Client,
+    Consent,
+    DPoPProof,
+    PushedRequest,
+    SessionClient,
+    SigningKey,
+    Token,
+)
 from idp.models.types import UTCDateTime, table_of, utcnow
 from idp.models.user import AdminJob, AdminRole, User
 
 __all__ = ["AdminJob", "AdminRole", "AuditAnchor", "AuditCheckpoint", "AuditEvent", "AuthorizationCode", "Client",
-           "Consent", "Device", "Factor", "LoginSession", "LoginTransaction", "OneTimeToken", "PushedRequest",
-           "RecoveryCode", "SessionClient", "SigningKey", "Token", "TransactionState", "User", "UTCDateTime",
+           "Consent", "Device", "DPoPProof", "Factor", "LoginSession", "LoginTransaction", "OneTimeToken",
+           "PushedRequest", "RecoveryCode", "SessionClient", "SigningKey", "Token", "TransactionState", "User",
+           "UTCDateTime",
            "table_of", "utcnow"]

@@ -60,6 +60,8 @@ class Client(Model):
     refresh_tokens_for_sessions: Mapped[bool] = mapped_column(Boolean, default=False)
     # RFC 9126 6: the client may start an authorization request only by pushing it (idp.oidc.par).
     require_pushed_authorization_requests: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # RFC 9449 5.2 dpop_bound_access_tokens: every token request of this client must carry a DPoP proof.
+    dpop_bound_access_tokens: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     access_token_ttl: Mapped[int | None] = mapped_column(Integer)
     refresh_token_ttl: Mapped[int | None] = mapped_column(Integer)
     # OpenID Connect Back-Channel Logout 1.0 2.2 and Front-Channel Logout 1.0 2 (idp.oidc.logout).
@@ -143,6 +145,9 @@ class AuthorizationCode(Model):
     issued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # RFC 9449 10: the JWK thumbprint of the key the code may only be redeemed with (dpop_jkt, or the challenge
+    # endpoint's auth_session key).
+    dpop_jkt: Mapped[str | None] = mapped_column(String(64))
 
     user: Mapped[User] = relationship()
 
@@ -224,6 +229,9 @@ class Token(Model):
     rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
     revoked_reason: Mapped[str | None] = mapped_column(String(32))
+    # RFC 9449 6: the JWK thumbprint of the DPoP key its access token is bound to (its cnf.jkt); a public client's
+    # refresh token is bound to it too (RFC 9449 5), a confidential client's is not.
+    dpop_jkt: Mapped[str | None] = mapped_column(String(64))
 
     user: Mapped[User | None] = relationship()
     # By client_id (no foreign key: a deleted client's token rows stay for the audit trail, revoked).
@@ -251,6 +259,17 @@ class Token(Model):
 
     def get_client(self) -> Client | None:
         return self.client
+
+
+class DPoPProof(Model):
+    """The jti of a DPoP proof already accepted (RFC 9449 11.1), kept until the proof is too old to be accepted
+    again; the replay cache without Redis (idp.oidc.dpop). Only a hash is kept: the jti is the client's."""
+
+    __tablename__ = "dpop_proofs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    jti_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 class Consent(Model):

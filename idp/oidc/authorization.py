@@ -23,13 +23,13 @@ from joserfc.errors import JoseError
 from werkzeug.datastructures import MultiDict
 
 from idp.oidc import claims as oidc_claims
-from idp.oidc import keys, response_modes
+from idp.oidc import dpop, keys, response_modes
 from idp.oidc.server import current_server, issuer
 
 # Parameters of an authorization request that may appear once (RFC 6749 3.1, OIDC Core 3.1.2.1, RFC 7636 4.3).
 SINGLE_VALUED = ("nonce", "code_challenge", "code_challenge_method", "prompt", "max_age", "acr_values", "login_hint",
                  "id_token_hint", "claims", "ui_locales", "claims_locales", "display", "response_mode", "request",
-                 "request_uri")
+                 "request_uri", "dpop_jkt")
 
 # Authlib quotes response_type and redirect_uri in its error descriptions, and refuses to build an error whose
 # description would hold a character RFC 6749 4.1.2.1 forbids there (a ValueError with this text). Such a request
@@ -106,6 +106,8 @@ def validate(parameters: MultiDict, end_user: Any, *, pushed: bool) -> Validated
         except ValueError:
             raise InvalidRequestError("claims must be a JSON object.") from None
         hint_subject = hint_subject_of(parameters.get("id_token_hint"))
+        if "dpop_jkt" in parameters and not dpop.is_thumbprint(parameters.get("dpop_jkt")):  # RFC 9449 10
+            raise InvalidRequestError("dpop_jkt must be a JWK SHA-256 thumbprint, base64url (RFC 9449 10).")
     except OAuth2Error as error:
         error.redirect_uri, error.state = grant.redirect_uri, parameters.get("state")
         raise

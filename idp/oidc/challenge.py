@@ -21,6 +21,12 @@ of a page:
 The ``auth_session`` (draft 5.3.1, 9.6) is the login transaction's id and a 256-bit secret whose hash, with the
 client's id, is the transaction's binding: it is bound to the client, changes at every response, and expires
 with the transaction; a replayed, foreign or expired one is ``invalid_session``.
+
+DPoP (RFC 9449; the draft's DPoP section under proof of possession): when the first request carries a DPoP proof,
+the ``auth_session`` is bound to that proof's key. Every later request with it, a step-up on the session it ended
+in included, must carry a valid proof by the same key, or it is ``invalid_dpop_proof`` and the ``auth_session``
+stays unused (whoever copied it without the key cannot use it up); the authorization code it yields is bound to the
+key as a ``dpop_jkt`` binds one (RFC 9449 10), and so is the pushed request of a ``redirect_to_web`` answer.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from idp.login.browser import throttle
 from idp.login.context import Step, StepContext
 from idp.models import AuthorizationCode, Client, LoginSession, LoginTransaction, TransactionState, User, utcnow
 from idp.oidc import claims as oidc_claims
-from idp.oidc import par
+from idp.oidc import dpop, par
 from idp.oidc.server import current_server
 from idp.security.tokens import new_token, same, token_hash
 
@@ -88,12 +94,27 @@ def _claim(txn: LoginTransaction, client: Client, secret: str) -> bool:
     return consume.binding(txn, token_hash(_binding(client, secret)), token_hash(new_token(32)))
 
 
-def _load(auth_session: str, client: Client) -> LoginTransaction | None:
+def _load(auth_session: str, client: Client, proof: dpop.Proof | None) -> LoginTransaction | Response | None:
     tid, _dot, secret = auth_session.partition(".")
     if not secret:
         return None
     txn = transaction.load(tid, binding=_binding(client, secret), now=utcnow())
+    if txn is not None and not _same_key(txn, proof):  # checked before the claim: a refusal leaves it unused
+        return _wrong_key()
     return txn if txn is not None and _claim(txn, client, secret) else None
+
+
+def _same_key(txn: LoginTransaction, proof: dpop.Proof | None) -> bool:
+    """Whether this request may go on with the transaction: it is bound to no DPoP key, or the request's proof is by
+    the key it is bound to (the key of its first request)."""
+    bound = (txn.state.code_request or {}).get("dpop_jkt")
+    return not bound or (proof is not None and proof.jkt == bound)
+
+
+def _wrong_key() -> Response:
+    db.session.rollback()
+    return _error(400, "invalid_dpop_proof", "This auth_session is bound to a DPoP key: send a DPoP proof by that "
+                                             "key.")
 
 
 def _session_client(auth_session: str) -> Client | None:
@@ -138,7 +159,8 @@ def _parameters() -> Mapping[str, str] | Response:
     return data
 
 
-def _signed_in(auth_session: str, client: Client) -> tuple[LoginSession, list[str]] | None:
+def _signed_in(auth_session: str, client: Client,
+               proof: dpop.Proof | None) -> tuple[LoginSession, list[str]] | Response | None:
     """The live session an earlier challenge of this client ended in, named by the auth_session its code came with
     (draft 6.1: kept "to restore the context of a previous session and prompt only for the needed step-up
     factors")."""
@@ -147,6 +169,8 @@ def _signed_in(auth_session: str, client: Client) -> tuple[LoginSession, list[st
     if txn is None or txn.completed_at is None or not same(txn.binding_hash, token_hash(_binding(client, secret))):
         return None
     sid = (txn.state.code_request or {}).get("sid")
+    if not _same_key(txn, proof):
+        return _wrong_key()
     # Used once: a step-up on it gets its own auth_session when it completes, so a copied one cannot mint codes.
     if not _claim(txn, client, secret):
         return None
@@ -167,7 +191,7 @@ def _live(session: LoginSession | None) -> bool:
 
 
 def _start(client: Client, data: Mapping[str, str], live: LoginSession | None = None,
-           granted: list[str] | None = None) -> LoginTransaction | Response:
+           granted: list[str] | None = None, proof: dpop.Proof | None = None) -> LoginTransaction | Response:
     """A new transaction for the authorization request the first request carries (draft 5.1); with ``live``, a
     step-up of that session (RFC 9470: acr_values and max_age ask for more than it has)."""
     if data.get("response_type") != "code":
@@ -208,7 +232,7 @@ def _start(client: Client, data: Mapping[str, str], live: LoginSession | None = 
         session_amr=list(live.amr) if live is not None else None,
         code_request={"code_challenge": challenge, "code_challenge_method": method if challenge else None,
                       "nonce": data.get("nonce"), "previous_sid": live.sid if live is not None else None,
-                      "redirect_uri": redirect_uri})
+                      "redirect_uri": redirect_uri, "dpop_jkt": proof.jkt if proof is not None else None})
     txn = transaction.start(binding=new_token(32), state=state, now=now,
                             ttl=current_app.config["IDP_LOGIN_TRANSACTION_TTL"],
                             user=live.user if live is not None else None)
@@ -334,6 +358,7 @@ def _complete(ctx: StepContext, client: Client) -> Response:
         nonce=request_data.get("nonce"), code_challenge=request_data.get("code_challenge"),
         code_challenge_method=request_data.get("code_challenge_method"), claims=None, sid=live.sid,
         auth_time=live.auth_time, acr=live.acr, amr=list(live.amr), issued_at=ctx.now,
+        dpop_jkt=request_data.get("dpop_jkt"),  # bound as a dpop_jkt binds a code (RFC 9449 10)
         expires_at=ctx.now + timedelta(seconds=current_app.config["IDP_AUTH_CODE_TTL"])))
     db.session.commit()
     body = {"authorization_code": code, "auth_session": auth_session,
@@ -355,20 +380,29 @@ def authorize_challenge() -> Response:
         return client
     if data.get("client_id") and data["client_id"] != client.client_id:  # draft 5.1
         return _error(400, "invalid_request", "client_id names another client than the one authenticated.")
+    try:  # RFC 9449 4.3, before anything is used up
+        proof = dpop.check()
+    except dpop.DPoPError as error:
+        return dpop.error_response(error)
     auth_session = data.get("auth_session")
     if auth_session:
-        found = _load(auth_session, client)
-        if found is None and (signed := _signed_in(auth_session, client)) is not None:
-            stepping = _start(client, data, *signed)  # a new authorization request on the app's session (step-up)
+        found = _load(auth_session, client, proof)
+        if found is None and (signed := _signed_in(auth_session, client, proof)) is not None:
+            if isinstance(signed, Response):
+                return signed
+            # A new authorization request on the app's session (step-up).
+            stepping = _start(client, data, *signed, proof=proof)
             if isinstance(stepping, Response):
                 return stepping
             found = stepping
+        if isinstance(found, Response):
+            return found
         if found is None:
             db.session.rollback()
             return _error(400, "invalid_session", "The auth_session is unknown, used, expired or another client's.")
         txn = found
     else:
-        started = _start(client, data)
+        started = _start(client, data, proof=proof)
         if isinstance(started, Response):
             return started
         txn = started

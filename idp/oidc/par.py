@@ -169,7 +169,7 @@ def for_challenge(client: Client, state: TransactionState, now: datetime) -> dic
     if redirect_uri:  # sent, so the token request must repeat it (RFC 6749 4.1.3), as after a plain /authorize
         parameters.add("redirect_uri", redirect_uri)
     for name, value in (("acr_values", " ".join(state.acr_values)), ("nonce", request_data.get("nonce")),
-                        ("login_hint", state.login_hint)):
+                        ("login_hint", state.login_hint), ("dpop_jkt", request_data.get("dpop_jkt"))):
         if value:
             parameters.add(name, value)
     try:

@@ -123,7 +123,7 @@ SETTINGS = ("name", "logo_uri", "redirect_uris", "post_logout_redirect_uris", "p
             "auth_method", "first_party", "id_token_alg", "jwks", "jwks_uri", "mfa", "min_acr",
             "allow_remembered_device", "access_token_ttl", "refresh_token_ttl", "refresh_tokens_for_sessions",
             "require_pushed_authorization_requests", "backchannel_logout_uri", "backchannel_logout_session_required",
-            "frontchannel_logout_uri", "frontchannel_logout_session_required")
+            "frontchannel_logout_uri", "frontchannel_logout_session_required", "dpop_bound_access_tokens")
 
 # The logout settings (OpenID Connect Back-Channel and Front-Channel Logout 1.0), stored under their own names.
 LOGOUT_SETTINGS = ("backchannel_logout_uri", "backchannel_logout_session_required", "frontchannel_logout_uri",
@@ -138,7 +138,8 @@ def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: 
              refresh_tokens_for_sessions: bool = False, logo_uri: str | None = None,
              require_pushed_authorization_requests: bool = False, backchannel_logout_uri: str | None = None,
              backchannel_logout_session_required: bool = False, frontchannel_logout_uri: str | None = None,
-             frontchannel_logout_session_required: bool = False) -> dict:
+             frontchannel_logout_session_required: bool = False,
+             dpop_bound_access_tokens: bool = False) -> dict:
     """The settings as stored (column names), after checking them; raises ValueError in one line."""
     grant_types = grant_types or ["authorization_code", "refresh_token"]
     method = "none" if public else (auth_method or "client_secret_basic")
@@ -205,7 +206,8 @@ def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: 
             "backchannel_logout_uri": backchannel_logout_uri or None,
             "backchannel_logout_session_required": bool(backchannel_logout_session_required),
             "frontchannel_logout_uri": frontchannel_logout_uri or None,
-            "frontchannel_logout_session_required": bool(frontchannel_logout_session_required)}
+            "frontchannel_logout_session_required": bool(frontchannel_logout_session_required),
+            "dpop_bound_access_tokens": dpop_bound_access_tokens}
 
 
 def create_client(*, client_id: str | None = None, audit_details: dict | None = None,
@@ -236,7 +238,8 @@ def settings_of(client: Client) -> dict:
             "access_token_ttl": client.access_token_ttl, "refresh_token_ttl": client.refresh_token_ttl,
             "refresh_tokens_for_sessions": client.refresh_tokens_for_sessions,
             "require_pushed_authorization_requests": client.require_pushed_authorization_requests,
-            **{name: getattr(client, name) for name in LOGOUT_SETTINGS}}
+            **{name: getattr(client, name) for name in LOGOUT_SETTINGS},
+            "dpop_bound_access_tokens": client.dpop_bound_access_tokens}
 
 
 def update_client(client: Client, changes: dict, audit_details: dict | None = None) -> dict:
@@ -275,4 +278,5 @@ def describe(client: Client) -> dict:
             "refresh_tokens_for_sessions": client.refresh_tokens_for_sessions,
             "require_pushed_authorization_requests": client.require_pushed_authorization_requests,
             **{name: getattr(client, name) for name in LOGOUT_SETTINGS},
+            "dpop_bound_access_tokens": client.dpop_bound_access_tokens,
             "created_at": client.created_at.isoformat(timespec="seconds")}

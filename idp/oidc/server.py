@@ -8,6 +8,7 @@ OIDC RP-Initiated Logout 1.0.
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,14 +20,14 @@ from typing import Any
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector, current_token
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Request
 from authlib.oauth2 import OAuth2Error
-from authlib.oauth2.rfc6749 import OAuth2Payload, grants
+from authlib.oauth2.rfc6749 import OAuth2Payload, TokenValidator, grants
 from authlib.oauth2.rfc6749.authenticate_client import (
     authenticate_client_secret_basic,
     authenticate_client_secret_post,
     authenticate_none,
 )
 from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidGrantError, InvalidRequestError
-from authlib.oauth2.rfc6750 import BearerTokenValidator
+from authlib.oauth2.rfc6750 import BearerTokenValidator, InsufficientScopeError
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7636 import CodeChallenge
@@ -52,7 +53,7 @@ from idp.jobs import enqueue
 from idp.login.assurance import meets
 from idp.models import AuthorizationCode, Client, LoginSession, Token, User, table_of, utcnow
 from idp.oidc import claims as oidc_claims
-from idp.oidc import keys
+from idp.oidc import dpop, keys
 from idp.oidc.policy import oversized_parameter
 from idp.security.tokens import new_token, token_hash
 
@@ -176,7 +177,11 @@ class AccessTokens(JWTBearerTokenGenerator):
         return list(user.amr) or None if user is not None else None
 
     def get_extra_claims(self, client: Client, grant_type: str, user: SignIn | None, scope: str) -> dict[str, Any]:
-        return {"sid": user.sid} if user is not None and user.sid else {}
+        extra: dict[str, Any] = {"sid": user.sid} if user is not None and user.sid else {}
+        proof = dpop.presented()
+        if proof is not None:  # RFC 9449 6.1: bound to the key of the token request's proof
+            extra["cnf"] = {"jkt": proof.jkt}
+        return extra
 
     @staticmethod
     def _expires_in(client: Client, grant_type: str) -> int:
@@ -196,6 +201,8 @@ class AccessTokens(JWTBearerTokenGenerator):
         token = super().generate(grant_type, client, user, scope, expires_in, include_refresh_token)
         if token.get("refresh_token") is None:
             token.pop("refresh_token", None)
+        if dpop.presented() is not None:
+            token["token_type"] = "DPoP"  # RFC 9449 5: a DPoP-bound access token
         token.setdefault("scope", "")  # always said, even when empty
         return token
 
@@ -230,6 +237,7 @@ def save_token(token: dict[str, Any], request) -> None:
     idle = client.refresh_token_ttl or cfg["IDP_REFRESH_TOKEN_TTL"]
     scope = token.get("scope", "")
     user = sign_in.user if sign_in is not None else None
+    proof = dpop.presented()  # RFC 9449 6: the key its access token (and a public client's refresh token) is bound to
     # One prepared INSERT rather than an ORM object: nothing reads the row back in this request.
     db.session.connection().execute(_APPEND_TOKEN, {
         "jti": claims["jti"], "client_id": client.client_id, "user_id": user.id if user is not None else None,
@@ -244,10 +252,11 @@ def save_token(token: dict[str, Any], request) -> None:
         "refresh_token_hash": token_hash(refresh) if refresh else None,
         "refresh_expires_at": min(now + timedelta(seconds=idle), family_expires) if refresh else None,
         "family_expires_at": family_expires if refresh else None,
+        "dpop_jkt": proof.jkt if proof is not None else None,
     })
     event = "token.refreshed" if request.payload.grant_type == "refresh_token" else "token.issued"
     audit.record(event, subject=user, client_id=client.client_id, grant_type=request.payload.grant_type,
-                 jti=claims["jti"], scope=scope, with_refresh_token=bool(refresh))
+                 jti=claims["jti"], scope=scope, with_refresh_token=bool(refresh), dpop=proof is not None)
     db.session.commit()
 
 
@@ -358,7 +367,18 @@ class ParameterLimits:
             raise InvalidRequestError(f"'{name}' is too long.", redirect_uri=redirect_uri)
 
 
-class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
+class DPoPClients:
+    """A grant's client authentication, then RFC 9449 5.2: a client registered with dpop_bound_access_tokens must
+    send a proof with every token request."""
+
+    def authenticate_token_endpoint_client(self):
+        client = super().authenticate_token_endpoint_client()  # type: ignore[misc]
+        if client.dpop_bound_access_tokens and dpop.presented() is None:
+            raise dpop.DPoPError("This client must send a DPoP proof with every token request (RFC 9449 5.2).")
+        return client
+
+
+class AuthorizationCodeGrant(DPoPClients, grants.AuthorizationCodeGrant):
     """The code grant: codes stored hashed, single use, short-lived; reuse revokes what the first use issued."""
 
     TOKEN_ENDPOINT_AUTH_METHODS = ALL_AUTH_METHODS
@@ -379,7 +399,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             redirect_uri=request.payload.redirect_uri or "", scope=scope, nonce=data.get("nonce"),
             code_challenge=data.get("code_challenge"), code_challenge_method=data.get("code_challenge_method"),
             claims=approval.claims_request, sid=live.sid, auth_time=live.auth_time, acr=live.acr,
-            amr=list(live.amr), issued_at=now,
+            amr=list(live.amr), issued_at=now, dpop_jkt=data.get("dpop_jkt"),  # RFC 9449 10
             expires_at=now + timedelta(seconds=current_app.config["IDP_AUTH_CODE_TTL"]),
         ))
         db.session.commit()
@@ -389,6 +409,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
                                  ).scalar_one_or_none()
         if row is None:
             return None
+        _bound_key_proved(row.dpop_jkt, "The code is bound to a DPoP key (dpop_jkt): send a proof by that key.")
         now = utcnow()
         # Claim the code atomically: of concurrent redemptions only one wins (RFC 6749 4.1.2). The claim commits
         # with the tokens it issues (save_token), so the row stays locked until they exist: a redemption racing
@@ -533,7 +554,17 @@ def _session_live(sid: str | None, now: datetime) -> bool:
                              max_age=cfg["IDP_SESSION_MAX_AGE"]) is None
 
 
-class RefreshTokenGrant(grants.RefreshTokenGrant):
+def _bound_key_proved(jkt: str | None, description: str) -> None:
+    """Before a code or refresh token is claimed: when it is bound to a DPoP key, this request's proof must be by
+    that key (RFC 9449 5 and 10), or it is refused and stays unused (a thief without the key cannot use it up)."""
+    if jkt is None:
+        return
+    proof = dpop.presented()
+    if proof is None or not hmac.compare_digest(proof.jkt, jkt):
+        raise dpop.DPoPError(description)
+
+
+class RefreshTokenGrant(DPoPClients, grants.RefreshTokenGrant):
     """Rotation on every use; presenting a rotated token revokes the whole family (RFC 9700 4.14.2)."""
 
     TOKEN_ENDPOINT_AUTH_METHODS = ALL_AUTH_METHODS
@@ -556,6 +587,8 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             return None
         if not offline(row.scope) and not _session_live(row.sid, now):  # an online token ends with its session
             return None
+        if client.public:  # RFC 9449 5: a public client's refresh token is bound to its key, not a confidential's
+            _bound_key_proved(row.dpop_jkt, "The refresh token is bound to a DPoP key: send a proof by that key.")
         # Claim the token for this rotation atomically, in the transaction that save_token commits: of two
         # concurrent uses one wins and the other is reuse (PostgreSQL holds the row lock until the commit).
         claimed = _rowcount(db.session.execute(_CLAIM_REFRESH, {"row_id": row.id, "now": now}))
@@ -572,7 +605,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         """Nothing left to do: the token was marked rotated when it was claimed, and save_token committed it."""
 
 
-class ClientCredentialsGrant(grants.ClientCredentialsGrant):
+class ClientCredentialsGrant(DPoPClients, grants.ClientCredentialsGrant):
     """Machine-to-machine tokens for confidential clients."""
 
     TOKEN_ENDPOINT_AUTH_METHODS = CONFIDENTIAL_AUTH_METHODS
@@ -728,6 +761,11 @@ class Introspection(_HintIsAHint, IntrospectionEndpoint):
                   "token_type": "Bearer" if token.kind == "access_token" else "refresh_token"}
         if token.kind == "access_token":
             result["jti"] = row.jti
+            if row.dpop_jkt:  # RFC 9449 6.2
+                result["token_type"] = "DPoP"
+                result["cnf"] = {"jkt": row.dpop_jkt}
+        elif row.dpop_jkt and row.client is not None and row.client.public:  # a bound refresh token (RFC 9449 5)
+            result["cnf"] = {"jkt": row.dpop_jkt}
         if row.user is not None:
             result["sub"] = row.user.subject
             result["username"] = row.user.email
@@ -735,10 +773,43 @@ class Introspection(_HintIsAHint, IntrospectionEndpoint):
 
 
 class AccessTokenValidator(BearerTokenValidator):
-    """Bearer JWT access tokens of ours, live in the database (revocation and introspection agree)."""
+    """Bearer JWT access tokens of ours, live in the database (revocation and introspection agree). A DPoP-bound
+    one is refused as a bearer token (RFC 9449 7.2): its holder must prove the key."""
 
     def authenticate_token(self, token_string: str) -> Token | None:
         return access_token_row(token_string)
+
+    def validate_token(self, token, scopes, request) -> None:
+        if token is not None and token.dpop_jkt:
+            raise dpop.DPoPError("This access token is bound to a DPoP key: send it as Authorization: DPoP with a "
+                                 "proof (RFC 9449 7.2).", resource=True, error="invalid_token")
+        super().validate_token(token, scopes, request)
+
+
+class DPoPAccessTokenValidator(TokenValidator):
+    """``Authorization: DPoP <token>`` (RFC 9449 7.1): a bound access token of ours, live in the database, with a
+    proof by its key for this request and this token (``ath``). Every refusal carries the DPoP challenge."""
+
+    TOKEN_TYPE = "dpop"
+
+    def authenticate_token(self, token_string: str) -> Token:
+        row = access_token_row(token_string)
+        if row is None or row.is_expired() or row.is_revoked():
+            raise dpop.DPoPError("The access token is unknown, expired or revoked.", resource=True,
+                                 error="invalid_token")
+        if not row.dpop_jkt:
+            raise dpop.DPoPError("This access token is not bound to a DPoP key: send it as a Bearer token.",
+                                 resource=True, error="invalid_token")
+        proof = dpop.check(access_token=token_string, resource=True)
+        if proof is None:
+            raise dpop.DPoPError("A DPoP-bound access token needs a DPoP proof.", resource=True)
+        if not hmac.compare_digest(proof.jkt, row.dpop_jkt):  # RFC 9449 7.1, 4.3 step 12
+            raise dpop.DPoPError("The DPoP proof is not by the key the access token is bound to.", resource=True)
+        return row
+
+    def validate_token(self, token, scopes, request) -> None:
+        if self.scope_insufficient(token.get_scope(), scopes):
+            raise InsufficientScopeError()
 
 
 class UserInfo(UserInfoEndpoint):
@@ -878,6 +949,7 @@ def create_server(app: Flask) -> AuthorizationServer:
     server.register_grant(ClientCredentialsGrant)
     protector = ResourceProtector()
     protector.register_token_validator(AccessTokenValidator())
+    protector.register_token_validator(DPoPAccessTokenValidator())
     server.register_endpoint(Revocation)
     server.register_endpoint(Introspection)
     server.register_endpoint(UserInfo(resource_protector=protector))

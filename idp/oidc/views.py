@@ -21,7 +21,7 @@ from idp.login.assurance import LEVELS
 from idp.login.browser import begin_transaction, binding, current_session
 from idp.login.forms import ConfirmForm
 from idp.models import Consent, utcnow
-from idp.oidc import authorization, keys, logout, par, policy, response_modes
+from idp.oidc import authorization, dpop, keys, logout, par, policy, response_modes
 from idp.oidc import claims as oidc_claims
 from idp.oidc.server import ALL_AUTH_METHODS, CONFIDENTIAL_AUTH_METHODS, GRANT_TYPES, Approval, current_server, issuer
 from idp.pg_connections import reads_only
@@ -45,6 +45,8 @@ def cors(response: Response) -> Response:
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, DPoP"
             response.headers["Access-Control-Max-Age"] = "600"
+        else:  # a browser's script may read the nonce it must put in its next proof (RFC 9449 8)
+            response.headers["Access-Control-Expose-Headers"] = "DPoP-Nonce, WWW-Authenticate"
     return response
 
 
@@ -89,6 +91,7 @@ def metadata() -> dict:
         "display_values_supported": ["page"],
         "claim_types_supported": ["normal"],
         "ui_locales_supported": list(i18n.LANGUAGES),
+        "dpop_signing_alg_values_supported": list(dpop.ALGS),  # RFC 9449 5.1
         # Back-Channel Logout 1.0 2.1 and Front-Channel Logout 1.0 3 (idp.oidc.logout): sid is always sent.
         "frontchannel_logout_supported": True,
         "frontchannel_logout_session_supported": True,
@@ -277,12 +280,21 @@ def pushed_authorization_request():
     except OAuth2Error as error:
         error.status_code = 401  # RFC 6749 5.2: invalid_client (with the Basic challenge it names)
         return server.handle_error_response(oauth_request, error)
+    try:  # RFC 9449 10.1: a proof at the PAR endpoint binds the code to its key, as dpop_jkt does
+        proof = dpop.check()
+    except dpop.DPoPError as error:
+        return dpop.error_response(error)
     form = request.form
+    if proof is not None and form.get("dpop_jkt", proof.jkt) != proof.jkt:
+        return par.error(400, "invalid_dpop_proof", "dpop_jkt names another key than the DPoP proof's (RFC 9449 "
+                                                    "10.1).")
     if "request_uri" in form:  # RFC 9126 2.1 step 2
         return par.error(400, "invalid_request", "A pushed request may not carry a request_uri (RFC 9126 2.1).")
     if form.getlist("client_id") != [client.client_id]:  # RFC 9126 2.1: required, and the authenticated client's
         return par.error(400, "invalid_request", "client_id must be sent once, naming the authenticated client.")
     parameters = par.authorization_parameters(form)
+    if proof is not None and "dpop_jkt" not in parameters:
+        parameters.add("dpop_jkt", proof.jkt)
     if par.too_large(parameters):
         return par.error(413, "invalid_request", "The pushed request is larger than this server accepts.")
     try:  # RFC 9126 2.1 step 3, by /authorize's own validation; a prompt=none answer is /authorize's to give
@@ -310,7 +322,12 @@ def token():
     # not come between a grant's claim of a code or refresh token and its tokens, whose row lock makes a racing
     # reuse wait and then revoke what this exchange issued (RFC 9700 4.5; tests/test_oidc_protocol.py races).
     keys.signing_keyset()
-    return current_server().create_token_response()
+    try:  # RFC 9449 5: a proof, when sent, is checked before anything else; the grants read it (idp.oidc.server)
+        dpop.keep(dpop.check())
+    except dpop.DPoPError as error:
+        return dpop.error_response(error)
+    response = current_server().create_token_response()
+    return dpop.add_nonce(response) if dpop.presented() is not None else response
 
 
 def _token_from_body() -> None:
