@@ -3,10 +3,11 @@
 from idp.models.audit import AuditAnchor, AuditCheckpoint, AuditEvent
 from idp.models.factors import Device, Factor, RecoveryCode
 from idp.models.login import LoginSession, LoginTransaction, OneTimeToken, TransactionState
-from idp.models.oauth import AuthorizationCode, Client, Consent, PushedRequest, SigningKey, Token
+from idp.models.oauth import AuthorizationCode, Client, Consent, DeviceCode, PushedRequest, SigningKey, Token
 from idp.models.types import UTCDateTime, table_of, utcnow
 from idp.models.user import AdminJob, AdminRole, User
 
 __all__ = ["AdminJob", "AdminRole", "AuditAnchor", "AuditCheckpoint", "AuditEvent", "AuthorizationCode", "Client",
-           "Consent", "Device", "Factor", "LoginSession", "LoginTransaction", "OneTimeToken", "PushedRequest",
-           "RecoveryCode", "SigningKey", "Token", "TransactionState", "User", "UTCDateTime", "table_of", "utcnow"]
+           "Consent", "Device", "DeviceCode", "Factor", "LoginSession", "LoginTransaction", "OneTimeToken",
+           "PushedRequest", "RecoveryCode", "SigningKey", "Token", "TransactionState", "User", "UTCDateTime",
+           "table_of", "utcnow"]
