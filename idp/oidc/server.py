@@ -31,10 +31,11 @@ from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+from authlib.oauth2.rfc8628 import DEVICE_CODE_GRANT_TYPE
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
 from authlib.oauth2.rfc9207 import IssuerParameter
 from authlib.oidc.core import OpenIDCode as _OpenIDCode
-from authlib.oidc.core import UserInfoEndpoint
+from authlib.oidc.core import OpenIDToken, UserInfoEndpoint
 from authlib.oidc.rpinitiated import EndSessionEndpoint
 from flask import Flask, current_app, has_request_context, request
 from flask_wtf.csrf import validate_csrf
@@ -50,7 +51,7 @@ from idp import audit
 from idp.extensions import db, limiter
 from idp.jobs import enqueue
 from idp.login.assurance import meets
-from idp.models import AuthorizationCode, Client, LoginSession, Token, User, table_of, utcnow
+from idp.models import AuthorizationCode, Client, DeviceCode, LoginSession, Token, User, table_of, utcnow
 from idp.oidc import claims as oidc_claims
 from idp.oidc import keys
 from idp.oidc.policy import oversized_parameter
@@ -58,7 +59,10 @@ from idp.security.tokens import new_token, token_hash
 
 ALL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
 CONFIDENTIAL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
-GRANT_TYPES = ["authorization_code", "refresh_token", "client_credentials"]
+GRANT_TYPES = ["authorization_code", "refresh_token", "client_credentials", DEVICE_CODE_GRANT_TYPE]
+# The grants whose tokens come from a user's sign-in at one of our pages (a code, or a device code the user approved):
+# they get a refresh token on the same terms (OIDC Core 11, AccessTokens._refresh_token).
+SIGN_IN_GRANTS = ("authorization_code", DEVICE_CODE_GRANT_TYPE)
 
 
 @dataclass
@@ -188,7 +192,7 @@ class AccessTokens(JWTBearerTokenGenerator):
         session only to a client registered for that; and a new one at every rotation (RFC 9700 4.14.2)."""
         if user is None or not client.check_grant_type("refresh_token"):
             return None
-        if grant_type == "authorization_code" and not (offline(scope) or client.refresh_tokens_for_sessions):
+        if grant_type in SIGN_IN_GRANTS and not (offline(scope) or client.refresh_tokens_for_sessions):
             return None
         return new_token(32)
 
@@ -438,12 +442,10 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         return SignIn.from_code(authorization_code)
 
 
-class OpenIDCode(_OpenIDCode):
-    """ID tokens (OIDC Core 3.1.3.6): signed by our newest key for the client's algorithm, `kid` in the header."""
-
-    def exists_nonce(self, nonce: str, request) -> bool:
-        return _once_per_request("idp.nonces", (request.payload.client_id, nonce), lambda: db.session.execute(
-            _NONCE_USED, {"client_id": request.payload.client_id, "nonce": nonce}).first() is not None)
+class _IDTokens(OpenIDToken):
+    """ID tokens (OIDC Core 3.1.3.6): signed by our newest key for the client's algorithm, `kid` in the header; the
+    sign-in's auth_time, acr, amr and sid from what the grant redeems (an authorization code, or a device code the
+    user approved: idp.oidc.device), which Authlib reads as ``request.authorization_code``."""
 
     def resolve_client_private_key(self, client: Client) -> KeySet:
         return keys.signing_keyset()
@@ -460,12 +462,24 @@ class OpenIDCode(_OpenIDCode):
         requested = user.claims or {}
         return oidc_claims.user_info(user.user, scope, requested.get("id_token"))
 
-    def get_authorization_code_claims(self, authorization_code: AuthorizationCode) -> dict[str, Any]:
+    def get_authorization_code_claims(self, authorization_code: AuthorizationCode | DeviceCode) -> dict[str, Any]:
         result = super().get_authorization_code_claims(authorization_code)
         result["auth_time"] = authorization_code.get_auth_time()  # always present (SECURITY.md 12)
         if authorization_code.sid:
             result["sid"] = authorization_code.sid
         return result
+
+
+class OpenIDCode(_IDTokens, _OpenIDCode):
+    """ID tokens of the code grant, and its nonce replay check."""
+
+    def exists_nonce(self, nonce: str, request) -> bool:
+        return _once_per_request("idp.nonces", (request.payload.client_id, nonce), lambda: db.session.execute(
+            _NONCE_USED, {"client_id": request.payload.client_id, "nonce": nonce}).first() is not None)
+
+
+class DeviceIDToken(_IDTokens):
+    """ID tokens of the device grant (idp.oidc.device), when the approved scope holds openid."""
 
 
 def _session_live(sid: str | None, now: datetime) -> bool:
@@ -823,6 +837,10 @@ def create_server(app: Flask) -> AuthorizationServer:
                                                     ParameterLimits()])
     server.register_grant(RefreshTokenGrant)
     server.register_grant(ClientCredentialsGrant)
+    from idp.oidc import device  # (it builds on this module)
+
+    server.register_grant(device.DeviceCodeGrant, [DeviceIDToken()])
+    server.register_endpoint(device.DeviceAuthorization)
     protector = ResourceProtector()
     protector.register_token_validator(AccessTokenValidator())
     server.register_endpoint(Revocation)
