@@ -54,7 +54,7 @@ from idp.login.forms import Form
 from idp.models import Client, DeviceCode, LoginSession, table_of, utcnow
 from idp.oidc import claims as oidc_claims
 from idp.oidc import policy
-from idp.oidc.server import ALL_AUTH_METHODS, SignIn, current_server, query_client
+from idp.oidc.server import ALL_AUTH_METHODS, DeviceIDToken, SignIn, current_server, query_client
 from idp.security.tokens import code_hash, new_token, token_hash
 
 # RFC 8628 6.1: "BCDFGHJKLMNPQRSTVWXZ" (no vowels, so no words; no digits, so no 0/O or 1/I), 8 characters.
@@ -244,6 +244,15 @@ class DeviceCodeGrant(_DeviceCodeGrant):
 # --- the hosted pages ---------------------------------------------------------------------------------------------
 
 bp = Blueprint("device", __name__)
+
+
+@bp.record_once
+def register(state) -> None:
+    """The grant and the endpoint join the app's authorization server (idp.oidc.server.create_server, which runs
+    before the blueprints are registered) with the blueprint that serves them."""
+    server = state.app.extensions["idp.oauth"]
+    server.register_grant(DeviceCodeGrant, [DeviceIDToken()])
+    server.register_endpoint(DeviceAuthorization)
 
 
 class UserCodeForm(Form):

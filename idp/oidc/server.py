@@ -836,11 +836,7 @@ def create_server(app: Flask) -> AuthorizationServer:
     server.register_grant(AuthorizationCodeGrant, [OpenIDCode(require_nonce=False), S256CodeChallenge(required=True),
                                                     ParameterLimits()])
     server.register_grant(RefreshTokenGrant)
-    server.register_grant(ClientCredentialsGrant)
-    from idp.oidc import device  # (it builds on this module)
-
-    server.register_grant(device.DeviceCodeGrant, [DeviceIDToken()])
-    server.register_endpoint(device.DeviceAuthorization)
+    server.register_grant(ClientCredentialsGrant)  # (the device grant: idp.oidc.device, which builds on this module)
     protector = ResourceProtector()
     protector.register_token_validator(AccessTokenValidator())
     server.register_endpoint(Revocation)
