@@ -212,6 +212,9 @@ def test_the_whole_flow_with_a_second_factor_gives_tokens_once(app, client, alic
     assert claims["sid"] == row.sid and claims["auth_time"] == int(row.auth_time.timestamp())
     assert client.get("/userinfo", headers=bearer(tokens["access_token"])).get_json()["email"] == ALICE
 
+    apps = browser.get("/account/apps")  # a third-party client: listed, so that the user can withdraw it
+    assert "Living Room TV" in apps.get_data(as_text=True)
+
     again = poll(client, *tv, body["device_code"])  # tokens once
     assert again.status_code == 400 and again.get_json()["error"] == "invalid_grant"
     # A user code is used once.

@@ -14,7 +14,9 @@ client asks for which scopes, and approves or denies.
   entropy is defended by rate limiting), and shows the user code again next to the client and scopes so that the
   user can check it is the one on their own device (RFC 8628 5.4, remote phishing).
 - Approving binds the device code to the user and the sign-in session it was approved from (sid, auth_time, acr,
-  amr: the ID token's), once (``decided_at``, one conditional UPDATE: a user code is used once).
+  amr: the ID token's), once (``decided_at``, one conditional UPDATE: a user code is used once). A third-party
+  client's approval is remembered as /authorize's consent screen remembers one, so /account/apps lists the client
+  and withdrawing it there revokes the device's tokens.
 - Token endpoint (RFC 8628 3.4, 3.5): Authlib's DeviceCodeGrant; ``authorization_pending`` until decided,
   ``slow_down`` for a poll sooner than the interval (which then grows by 5 seconds for that code), ``access_denied``
   after a deny, ``expired_token`` after the expiry, tokens once (``redeemed_at``, claimed by one conditional UPDATE
@@ -51,7 +53,7 @@ from idp.login import mfa, transaction
 from idp.login.browser import begin_transaction, binding, current_session, throttle
 from idp.login.context import too_many_attempts
 from idp.login.forms import Form
-from idp.models import Client, DeviceCode, LoginSession, table_of, utcnow
+from idp.models import Client, Consent, DeviceCode, LoginSession, table_of, utcnow
 from idp.oidc import claims as oidc_claims
 from idp.oidc import policy
 from idp.oidc.server import ALL_AUTH_METHODS, DeviceIDToken, SignIn, current_server, query_client
@@ -330,6 +332,18 @@ def _policy_request(row: DeviceCode, client: Client, live: LoginSession | None, 
                           session=live, satisfied=satisfied, client_min_acr=mfa.client_level(client))
 
 
+def _remember_consent(user_id: int, client_id: str, scopes: list[str]) -> None:
+    """What the consent screen of /authorize records (idp.login.steps.consent): so that the client is listed at
+    /account/apps, where withdrawing the consent revokes the tokens the device got."""
+    consent = db.session.execute(db.select(Consent).where(Consent.user_id == user_id,
+                                                          Consent.client_id == client_id)).scalar_one_or_none()
+    if consent is None:
+        consent = Consent(user_id=user_id, client_id=client_id, scopes=[])
+        db.session.add(consent)
+    consent.scopes = scopes if consent.revoked_at is not None else list(dict.fromkeys([*consent.scopes, *scopes]))
+    consent.revoked_at = None
+
+
 def _invalid():
     session.pop(FLOW, None)
     return render_template("oidc/device_enter.html", form=UserCodeForm(),
@@ -377,6 +391,8 @@ def approve():
     if decided is None:  # decided meanwhile in another tab, or expired: a user code is used once
         db.session.rollback()
         return _invalid()
+    if allowed and not client.first_party:
+        _remember_consent(live.user.id, client.client_id, row.scope.split())
     audit.record("device.approved" if allowed else "device.denied", subject=live.user, client_id=client.client_id,
                  sid=live.sid, scope=row.scope)
     db.session.commit()
