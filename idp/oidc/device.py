@@ -81,9 +81,10 @@ def ttl() -> int:
 
 
 def normalise_user_code(raw: Any) -> str | None:
-    """The 8 letters of a user code as typed, or None when it cannot be one: case, hyphens and spaces do not matter
-    (RFC 8628 6.1: "the server should ignore any characters like punctuation that are not in the character set",
-    and should compare case-insensitively)."""
+    """The 8 letters of a user code as typed, or None when it cannot be one. RFC 8628 6.1: the dashes added for
+    readability are stripped (typing them is optional) and the input is uppercased (lower case is the same code);
+    spaces, the errant character it names, go too. Any other character makes it no code of ours: it is refused,
+    and counts as a wrong code, rather than stripped."""
     if not isinstance(raw, str) or len(raw) > 64:
         return None
     letters = "".join(raw.split()).replace("-", "").upper()
