@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import base64
 import re
+import time
+import uuid
 from datetime import timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from joserfc import jwt
-from joserfc.jwk import KeySet
+from joserfc.jwk import KeySet, RSAKey
 from werkzeug.datastructures import MultiDict
 
 from idp import housekeeping
@@ -169,6 +171,28 @@ def test_client_authentication_is_as_at_the_token_endpoint(client, tv, cli_tool)
     assert bare.status_code == 401 and bare.get_json()["error"] == "invalid_client"
     assert ask(client, "nobody", None).status_code == 401
     assert started(client, *cli_tool)["user_code"]  # a public client by its client_id
+
+
+def test_a_private_key_jwt_client_asks_and_polls_with_assertions(app, client, alice, make_client):
+    key = RSAKey.generate_key(2048, parameters={"kid": "tv-key", "alg": "RS256"}, private=True)
+    signer, _none = make_client(name="Signed TV", redirect_uris=[], grant_types=[DEVICE],
+                                auth_method="private_key_jwt", jwks={"keys": [key.as_dict(private=False)]})
+
+    def assertion(aud: str) -> dict:
+        now = int(time.time())
+        signed = jwt.encode({"alg": "RS256", "kid": key.kid}, {
+            "iss": signer, "sub": signer, "aud": aud, "iat": now, "exp": now + 60, "jti": uuid.uuid4().hex},
+            key, algorithms=["RS256"])
+        return {"client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                "client_assertion": signed}
+
+    asked = client.post("/device_authorization", data={"scope": "openid", **assertion("http://localhost")})
+    assert asked.status_code == 200, asked.get_json()
+    body = asked.get_json()
+    approve_as_alice(app, app.test_client(), body["user_code"])
+    granted = client.post("/token", data={"grant_type": DEVICE, "device_code": body["device_code"],
+                                          **assertion("http://localhost/token")})
+    assert granted.status_code == 200 and id_claims(client, granted.get_json())["aud"] == [signer]
 
 
 @pytest.mark.parametrize("scope", ["openid idp:admin", "openid unknown", "address"])
