@@ -203,6 +203,8 @@ SETTINGS: list[Setting] = [
             maximum=60),
     Setting("IDP_PAR_TTL", 60, "Seconds a pushed authorization request's request_uri may wait to be used at "
             "/authorize (RFC 9126; at most 600).", int, maximum=600),
+    Setting("IDP_DEVICE_CODE_TTL", 600, "Seconds a device authorization request's device and user codes live "
+            "(RFC 8628 3.2 expires_in; at most 1800).", int, maximum=1800),
     Setting("IDP_REQUIRE_PAR", False, "Accept authorization requests only as pushed ones (RFC 9126 4): a plain "
             "/authorize request is refused with invalid_request.", _bool),
     Setting("IDP_DPOP_LEEWAY", 60, "Seconds a DPoP proof's iat may lie before or after the server's clock (RFC 9449 "

@@ -35,6 +35,7 @@ from idp.models import (
     AdminJob,
     AuthorizationCode,
     Device,
+    DeviceCode,
     DPoPProof,
     LoginSession,
     LoginTransaction,
@@ -152,6 +153,14 @@ def _dpop_proofs(cutoff: datetime, cfg: Mapping[str, Any]) -> ColumnElement[bool
     return proofs.c.expires_at <= cutoff
 
 
+def _device_codes(cutoff: datetime, cfg: Mapping[str, Any]) -> ColumnElement[bool]:
+    """Device codes (RFC 8628) once expired, decided and redeemed or not: a poll with an expired one is answered
+    expired_token and with an unknown one invalid_grant, both telling the device to start again; /device finds only
+    unexpired ones; no token refers to the row (the sign-in it carried is copied into the tokens)."""
+    codes = table_of(DeviceCode)
+    return codes.c.expires_at <= cutoff
+
+
 @dataclass(frozen=True)
 class Rule:
     """A table, and the condition that dooms a row of it at a cutoff (given the settings)."""
@@ -165,7 +174,7 @@ RULES = [Rule(table_of(Token), _tokens), Rule(table_of(AuthorizationCode), _code
          Rule(table_of(LoginTransaction), _transactions), Rule(table_of(LoginSession), _sessions),
          Rule(table_of(OneTimeToken), _one_time_tokens), Rule(table_of(Device), _devices),
          Rule(table_of(AdminJob), _admin_jobs), Rule(table_of(PushedRequest), _pushed_requests),
-         Rule(table_of(DPoPProof), _dpop_proofs)]
+         Rule(table_of(DPoPProof), _dpop_proofs), Rule(table_of(DeviceCode), _device_codes)]
 
 
 def delete_expired(rule: Rule, cutoff: datetime, cfg: Mapping[str, Any], batch: int) -> int:

@@ -712,7 +712,8 @@ def test_housekeeping_says_what_went_one_line_each(app):
     assert result.stdout.splitlines() == ["0\tadmin roles lapsed", "0\tusers purged", "0\ttokens",
                                           "0\tauthorization_codes", "0\tlogin_transactions", "0\tlogin_sessions",
                                           "0\tone_time_tokens", "0\tdevices", "0\tadmin_jobs",
-                                          "0\tpushed_requests", "0\tdpop_proofs"]
+                                          "0\tpushed_requests", "0\tdpop_proofs",
+                                          "0\tdevice_codes"]
 
 
 def test_users_are_still_purged_and_roles_still_lapse(app):

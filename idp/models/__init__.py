@@ -7,6 +7,7 @@ from idp.models.oauth import (
     AuthorizationCode,
     Client,
     Consent,
+    DeviceCode,
     DPoPProof,
     PushedRequest,
     SessionClient,
@@ -17,7 +18,6 @@ from idp.models.types import UTCDateTime, table_of, utcnow
 from idp.models.user import AdminJob, AdminRole, User
 
 __all__ = ["AdminJob", "AdminRole", "AuditAnchor", "AuditCheckpoint", "AuditEvent", "AuthorizationCode", "Client",
-           "Consent", "Device", "DPoPProof", "Factor", "LoginSession", "LoginTransaction", "OneTimeToken",
-           "PushedRequest", "RecoveryCode", "SessionClient", "SigningKey", "Token", "TransactionState", "User",
-           "UTCDateTime",
-           "table_of", "utcnow"]
+           "Consent", "Device", "DeviceCode", "DPoPProof", "Factor", "LoginSession", "LoginTransaction",
+           "OneTimeToken", "PushedRequest", "RecoveryCode", "SessionClient", "SigningKey", "Token", "TransactionState",
+           "User", "UTCDateTime", "table_of", "utcnow"]

@@ -203,6 +203,62 @@ class PushedRequest(Model):
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
+class DeviceCode(Model):
+    """A device authorization request (RFC 8628): the client's device polls with the device code while its user
+    enters the user code at /device, signs in and approves or denies (idp.oidc.device).
+
+    Both codes are bearer secrets, so neither is stored: the device code (256 bits) as a SHA-256, the short user
+    code (RFC 8628 6.1: 8 letters, about 34.6 bits) as a keyed hash, so that a leaked table cannot be searched
+    offline for the live ones. Approving records the sign-in the tokens are made from (the ID token's sid,
+    auth_time, acr, amr); ``decided_at`` is set once (a user code is used once), ``redeemed_at`` once (tokens are
+    issued once), each by one conditional UPDATE (SECURITY.md 32)."""
+
+    __tablename__ = "device_codes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    # RFC 8628 3.5: the polling interval, 5 seconds more after each slow_down.
+    interval: Mapped[int] = mapped_column(Integer, default=5)
+    last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    approved: Mapped[bool | None] = mapped_column(Boolean)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    sid: Mapped[str | None] = mapped_column(String(64))
+    auth_time: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    acr: Mapped[str] = mapped_column(String(64), default="")
+    amr: Mapped[list[str]] = mapped_column(JSON, default=list)
+    redeemed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    user: Mapped[User | None] = relationship()
+
+    # --- authlib DeviceCredentialMixin, and what the ID token reads from an "authorization code" -----------------
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def is_expired(self) -> bool:
+        return self.expires_at <= utcnow()
+
+    def get_nonce(self) -> None:
+        return None  # the device flow has no nonce (RFC 8628 3.1 has no such parameter)
+
+    def get_auth_time(self) -> int | None:
+        return int(self.auth_time.timestamp()) if self.auth_time is not None else None
+
+    def get_acr(self) -> str | None:
+        return self.acr or None
+
+    def get_amr(self) -> list[str] | None:
+        return list(self.amr or []) or None
+
+
 class Token(Model):
     """One issued access token (a JWT, known by its jti) and its opaque refresh token (stored hashed)."""
 

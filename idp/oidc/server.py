@@ -32,6 +32,7 @@ from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+from authlib.oauth2.rfc8628 import DEVICE_CODE_GRANT_TYPE
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
 from authlib.oauth2.rfc9207 import IssuerParameter
 from authlib.oidc.core import OpenIDCode as _OpenIDCode
@@ -59,7 +60,10 @@ from idp.security.tokens import new_token, token_hash
 
 ALL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
 CONFIDENTIAL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
-GRANT_TYPES = ["authorization_code", "refresh_token", "client_credentials"]
+GRANT_TYPES = ["authorization_code", "refresh_token", "client_credentials", DEVICE_CODE_GRANT_TYPE]
+# The grants whose tokens come from a user's sign-in at one of our pages (a code, or a device code the user approved):
+# they get a refresh token on the same terms (OIDC Core 11, AccessTokens._refresh_token).
+SIGN_IN_GRANTS = ("authorization_code", DEVICE_CODE_GRANT_TYPE)
 
 
 @dataclass
@@ -193,7 +197,7 @@ class AccessTokens(JWTBearerTokenGenerator):
         session only to a client registered for that; and a new one at every rotation (RFC 9700 4.14.2)."""
         if user is None or not client.check_grant_type("refresh_token"):
             return None
-        if grant_type == "authorization_code" and not (offline(scope) or client.refresh_tokens_for_sessions):
+        if grant_type in SIGN_IN_GRANTS and not (offline(scope) or client.refresh_tokens_for_sessions):
             return None
         return new_token(32)
 
@@ -462,7 +466,9 @@ class AuthorizationCodeGrant(DPoPClients, grants.AuthorizationCodeGrant):
 class _IDTokens:
     """How idp signs an ID token, whichever grant issues it: our newest key for the client's algorithm (`kid` in
     the header), `iss`, `aud` and a fresh `iat`/`exp`, the scope's claims, and the sign-in's `auth_time`, `acr`,
-    `amr` and `sid` (Authlib's OpenIDToken does the encoding and `at_hash`)."""
+    `amr` and `sid` of what the grant redeems (an authorization code, a device code the user approved:
+    idp.oidc.device, or a refresh family's sign-in), read as ``request.authorization_code`` (Authlib's OpenIDToken
+    does the encoding and `at_hash`)."""
 
     def resolve_client_private_key(self, client: Client) -> KeySet:
         return keys.signing_keyset()
@@ -488,7 +494,7 @@ class _IDTokens:
 
 
 class OpenIDCode(_IDTokens, _OpenIDCode):
-    """ID tokens (OIDC Core 3.1.3.6) of the code grant."""
+    """ID tokens (OIDC Core 3.1.3.6) of the code grant, and its nonce replay check."""
 
     def exists_nonce(self, nonce: str, request) -> bool:
         return _once_per_request("idp.nonces", (request.payload.client_id, nonce), lambda: db.session.execute(
@@ -540,6 +546,10 @@ class RefreshIDToken(_IDTokens, OpenIDToken):
         claims = super().get_compatible_claims(request)
         claims.pop("auth_time", None)  # Authlib's default is "now": only the original one may be said
         return claims
+
+
+class DeviceIDToken(_IDTokens, OpenIDToken):
+    """ID tokens of the device grant (idp.oidc.device), when the approved scope holds openid."""
 
 
 def _session_live(sid: str | None, now: datetime) -> bool:
@@ -946,7 +956,7 @@ def create_server(app: Flask) -> AuthorizationServer:
     server.register_grant(AuthorizationCodeGrant, [OpenIDCode(require_nonce=False), S256CodeChallenge(required=True),
                                                     ParameterLimits()])
     server.register_grant(RefreshTokenGrant, [RefreshIDToken()])
-    server.register_grant(ClientCredentialsGrant)
+    server.register_grant(ClientCredentialsGrant)  # (the device grant: idp.oidc.device, which builds on this module)
     protector = ResourceProtector()
     protector.register_token_validator(AccessTokenValidator())
     protector.register_token_validator(DPoPAccessTokenValidator())

@@ -59,6 +59,8 @@ def metadata() -> dict:
         # RFC 9126 5: idp.oidc.par. A request_uri from there is usable whatever request_uri_parameter_supported says
         # (which is about request objects by reference, not supported).
         "pushed_authorization_request_endpoint": external_url("oidc.pushed_authorization_request"),
+        # RFC 8628 4: idp.oidc.device (grant_types_supported names its grant type).
+        "device_authorization_endpoint": external_url("device.device_authorization"),
         "require_pushed_authorization_requests": bool(current_app.config["IDP_REQUIRE_PAR"]),
         # OAuth 2.0 for First-Party Applications (draft-ietf-oauth-first-party-apps-04, 8): idp.oidc.challenge.
         "authorization_challenge_endpoint": external_url("challenge.authorize_challenge"),
