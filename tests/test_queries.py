@@ -224,9 +224,11 @@ def test_authorization_request_of_a_signed_in_user(app, client, rp):
     with counted(app) as statements:
         response = client.get(_authorize_url(rp))
     assert response.status_code == 302 and "code=" in response.headers["Location"], response.headers
-    # the session, its user, the client (once; no consent lookup for a first-party client), the code
+    # the session, its user, the client (once; no consent lookup for a first-party client); the code, and the
+    # client's part in the session (session_clients, one INSERT ... ON CONFLICT DO NOTHING: idp.oidc.logout tells
+    # exactly these clients when the session ends)
     assert statements.count("SELECT") <= 3, statements
-    assert statements.count("INSERT") == 1, statements
+    assert statements.count("INSERT") == 2, statements
 
 
 def test_authorization_request_with_a_nonce_checks_it_once(app, client, rp):
@@ -235,9 +237,9 @@ def test_authorization_request_with_a_nonce_checks_it_once(app, client, rp):
     with counted(app) as statements:
         response = client.get(_authorize_url(rp, nonce="n-1"))
     assert response.status_code == 302 and "code=" in response.headers["Location"], response.headers
-    # the session, its user, the client, the nonce (once each); the code
+    # the session, its user, the client, the nonce (once each); the code and the client's part in the session
     assert statements.count("SELECT") <= 4, statements
-    assert statements.count("INSERT") == 1, statements
+    assert statements.count("INSERT") == 2, statements
 
 
 def test_a_page_of_users_costs_the_same_for_five_users_as_for_forty(app, client):
