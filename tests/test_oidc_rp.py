@@ -1,5 +1,6 @@
 """Sign-in end to end with relying-party libraries we did not write, knowing only the issuer URL: Authlib's
-OAuth2Session and node's openid-client (tests/rp), against the app on a live loopback server.
+OAuth2Session and node's openid-client (tests/rp), against the app on a live loopback server; openid-client also
+with a pushed authorization request (RFC 9126) and DPoP-bound tokens (RFC 9449, tests/rp/rp-dpop.mjs).
 
 The openid-client half needs node >= 20 and npm; without them it is skipped, unless IDP_TEST_REQUIRE_RP=1 (CI),
 which turns the skip into a failure. Its packages are installed from tests/rp/package-lock.json when missing.
@@ -7,6 +8,8 @@ which turns the skip into a failure. Its packages are installed from tests/rp/pa
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 import os
@@ -26,6 +29,7 @@ from joserfc import jwt
 from joserfc.errors import InvalidClaimError
 from joserfc.jwk import KeySet
 
+from tests.conftest import LiveServer
 from tests.support import NODE_PACKAGES, PASSWORD, make_client_in, make_user_in, node_package
 
 # Nothing listens there: a flow ends when the browser is sent to one of these.
@@ -204,3 +208,66 @@ def test_openid_client_signs_in_refreshes_revokes_and_logs_out(live_server, rp_s
     assert logout.headers["Location"] == LOGOUT_URI + "?state=rp-signed-out"
     assert not signed_in(browser, live_server.url)
     browser.close()
+
+
+def _rfc7638(jwk: dict) -> str:
+    """The RFC 7638 thumbprint of an EC public key, by hand: the required members in lexical order."""
+    canonical = json.dumps({name: jwk[name] for name in ("crv", "kty", "x", "y")}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("server_nonces", [False, True], ids=["no-nonce", "dpop-nonce"])
+def test_openid_client_pushes_its_request_and_binds_its_tokens_with_dpop(make_app, openid_client_rp, server_nonces):
+    """openid-client 6's buildAuthorizationUrlWithPAR and DPoP handle (randomDPoPKeyPair, getDPoPHandle) against a
+    public client that must push its requests: the code, the access tokens and the refresh token are bound to the
+    RP's key, userinfo and a refresh work with its proofs; with IDP_DPOP_NONCE the library retries on
+    use_dpop_nonce (RFC 9449 8, 9) by itself."""
+    server = LiveServer(make_app, IDP_DPOP_NONCE=server_nonces)
+    server.start()
+    try:
+        user = make_user_in(server.app)
+        meta = requests.get(server.url + "/.well-known/openid-configuration", timeout=TIMEOUT).json()
+        client_id, _ = make_client_in(server.app, name="Node DPoP RP", redirect_uris=[REDIRECT_URI], public=True,
+                                      require_pushed_authorization_requests=True)
+        script = str(NODE_PACKAGES / "rp-dpop.mjs")
+        rp = subprocess.Popen([openid_client_rp[0], script, server.url, client_id, REDIRECT_URI],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        watchdog = threading.Timer(90, rp.kill)
+        watchdog.start()
+        try:
+            first = rp.stdout.readline()
+            assert first, rp.communicate(timeout=30)
+            started = json.loads(first)
+            authorization_url = started["authorizationUrl"]
+            # RFC 9126 4: only client_id and the request_uri travel through the browser.
+            query = parse_qs(urlsplit(authorization_url).query)
+            assert authorization_url.startswith(meta["authorization_endpoint"] + "?")
+            assert set(query) == {"client_id", "request_uri"} and query["client_id"] == [client_id]
+            assert query["request_uri"][0].startswith("urn:ietf:params:oauth:request_uri:")
+            browser, callback, steps = walk_hosted_pages(authorization_url, REDIRECT_URI)
+            assert steps == ["password", "consent"]
+            out, err = rp.communicate(callback + "\n", timeout=60)
+        finally:
+            watchdog.cancel()
+            if rp.poll() is None:
+                rp.kill()
+                rp.communicate()
+        assert rp.returncode == 0, err
+        result = json.loads(out)
+        jkt = _rfc7638(started["publicJwk"])
+        jwks = KeySet.import_key_set(requests.get(meta["jwks_uri"], timeout=TIMEOUT).json())
+        assert result["tokenType"].lower() == "dpop" and result["refreshedTokenType"].lower() == "dpop"
+        for access_token in (result["accessToken"], result["refreshedAccessToken"]):
+            claims = jwt.decode(access_token, jwks, algorithms=["RS256", "ES256"]).claims
+            assert claims["cnf"] == {"jkt": jkt} and claims["sub"] == user.subject  # RFC 9449 6.1
+            # RFC 9449 7.2: the bound token is refused as a bearer token.
+            bearer = requests.get(meta["userinfo_endpoint"], headers={"Authorization": "Bearer " + access_token},
+                                  timeout=TIMEOUT)
+            assert bearer.status_code == 401 and bearer.headers["WWW-Authenticate"].startswith("DPoP ")
+        assert result["claims"]["sub"] == user.subject and result["claims"]["aud"] in (client_id, [client_id])
+        assert result["userinfo"]["email"] == "alice@example.com"
+        assert result["refreshTokenChanged"] and result["refreshedUserinfoSub"] == user.subject
+        assert result["refreshWithoutProof"] == "invalid_dpop_proof"  # the refresh token is bound (RFC 9449 5)
+        browser.close()
+    finally:
+        server.stop()

@@ -66,6 +66,7 @@ CLIENT_SETTINGS: dict[str, Any] = {
     **{f"{channel}_logout_uri": {"type": ["string", "null"]} for channel in ("backchannel", "frontchannel")},
     **{f"{channel}_logout_session_required": {"type": "boolean"} for channel in ("backchannel", "frontchannel")},
     "dpop_bound_access_tokens": {"type": "boolean"},
+    "token_exchange_actors": {"type": "array", "items": {"type": "string"}},
 }
 
 
@@ -245,7 +246,9 @@ def document(issuer: str) -> dict[str, Any]:
                 "refresh_tokens_for_sessions": {"type": "boolean"},
                 "require_pushed_authorization_requests": {"type": "boolean"},
                 **{name: CLIENT_SETTINGS[name] for name in LOGOUT_SETTINGS},
-                "dpop_bound_access_tokens": {"type": "boolean"}, "created_at": {"type": "string"}}},
+                "dpop_bound_access_tokens": {"type": "boolean"},
+                "token_exchange_actors": {"type": "array", "items": {"type": "string"}},
+                "created_at": {"type": "string"}}},
             "NewClient": {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
                 **CLIENT_SETTINGS}},
             "ClientChanges": {"type": "object", "additionalProperties": False, "properties": {

@@ -62,6 +62,9 @@ class Client(Model):
     require_pushed_authorization_requests: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # RFC 9449 5.2 dpop_bound_access_tokens: every token request of this client must carry a DPoP proof.
     dpop_bound_access_tokens: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # RFC 8693 (idp.oidc.exchange): the clients that may exchange a token for one addressed to this client (its
+    # `audience`); NULL or empty, none may.
+    token_exchange_actors: Mapped[list[str] | None] = mapped_column(JSON)
     access_token_ttl: Mapped[int | None] = mapped_column(Integer)
     refresh_token_ttl: Mapped[int | None] = mapped_column(Integer)
     # OpenID Connect Back-Channel Logout 1.0 2.2 and Front-Channel Logout 1.0 2 (idp.oidc.logout).
@@ -288,6 +291,10 @@ class Token(Model):
     # RFC 9449 6: the JWK thumbprint of the DPoP key its access token is bound to (its cnf.jkt); a public client's
     # refresh token is bound to it too (RFC 9449 5), a confidential client's is not.
     dpop_jkt: Mapped[str | None] = mapped_column(String(64))
+    # RFC 8693 (idp.oidc.exchange): the client an exchanged access token is addressed to (its `aud`; NULL: the
+    # client it was issued to), and its `act` claim naming the acting client and, nested, those before it (4.1).
+    audience: Mapped[str | None] = mapped_column(String(64))
+    act: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     user: Mapped[User | None] = relationship()
     # By client_id (no foreign key: a deleted client's token rows stay for the audit trail, revoked).

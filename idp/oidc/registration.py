@@ -15,7 +15,7 @@ from idp.extensions import db
 from idp.login.assurance import LEVELS
 from idp.models import Client
 from idp.oidc.claims import ACCOUNT_SCOPE, ADMIN_SCOPES, SCOPES
-from idp.oidc.server import ALL_AUTH_METHODS, GRANT_TYPES, client_public_keys
+from idp.oidc.server import ALL_AUTH_METHODS, GRANT_TYPES, TOKEN_EXCHANGE_GRANT_TYPE, client_public_keys
 from idp.security.keys import SUPPORTED_ALGS
 from idp.security.tokens import new_token, token_hash
 
@@ -123,7 +123,8 @@ SETTINGS = ("name", "logo_uri", "redirect_uris", "post_logout_redirect_uris", "p
             "auth_method", "first_party", "id_token_alg", "jwks", "jwks_uri", "mfa", "min_acr",
             "allow_remembered_device", "access_token_ttl", "refresh_token_ttl", "refresh_tokens_for_sessions",
             "require_pushed_authorization_requests", "backchannel_logout_uri", "backchannel_logout_session_required",
-            "frontchannel_logout_uri", "frontchannel_logout_session_required", "dpop_bound_access_tokens")
+            "frontchannel_logout_uri", "frontchannel_logout_session_required", "dpop_bound_access_tokens",
+            "token_exchange_actors")
 
 # The logout settings (OpenID Connect Back-Channel and Front-Channel Logout 1.0), stored under their own names.
 LOGOUT_SETTINGS = ("backchannel_logout_uri", "backchannel_logout_session_required", "frontchannel_logout_uri",
@@ -139,7 +140,7 @@ def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: 
              require_pushed_authorization_requests: bool = False, backchannel_logout_uri: str | None = None,
              backchannel_logout_session_required: bool = False, frontchannel_logout_uri: str | None = None,
              frontchannel_logout_session_required: bool = False,
-             dpop_bound_access_tokens: bool = False) -> dict:
+             dpop_bound_access_tokens: bool = False, token_exchange_actors: list[str] | None = None) -> dict:
     """The settings as stored (column names), after checking them; raises ValueError in one line."""
     grant_types = grant_types or ["authorization_code", "refresh_token"]
     method = "none" if public else (auth_method or "client_secret_basic")
@@ -159,6 +160,12 @@ def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: 
         raise ValueError("a public client authenticates with 'none'")
     if method == "none" and "client_credentials" in grant_types:
         raise ValueError("client_credentials needs a confidential client")
+    if method == "none" and TOKEN_EXCHANGE_GRANT_TYPE in grant_types:  # a service acting for users (RFC 8693 5)
+        raise ValueError("token exchange needs a confidential client")
+    actors = list(token_exchange_actors or [])
+    if len(actors) > 50 or len(set(actors)) != len(actors) or not all(
+            isinstance(a, str) and 0 < len(a) <= 64 and a.isprintable() for a in actors):
+        raise ValueError("token exchange actors are at most 50 distinct client ids")
     machine = grant_types == ["client_credentials"] and method != "none"
     # A first-party app's users may carry admin scopes for their own roles, but a client_credentials token has no
     # user: with admin scopes that grant must be the client's only one (a machine), never beside a user flow.
@@ -207,7 +214,16 @@ def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: 
             "backchannel_logout_session_required": bool(backchannel_logout_session_required),
             "frontchannel_logout_uri": frontchannel_logout_uri or None,
             "frontchannel_logout_session_required": bool(frontchannel_logout_session_required),
-            "dpop_bound_access_tokens": dpop_bound_access_tokens}
+            "dpop_bound_access_tokens": dpop_bound_access_tokens, "token_exchange_actors": actors}
+
+
+def _unknown_actors(actors: list[str], own_id: str) -> None:
+    """Every client named in token_exchange_actors is registered (or the client itself): a typo would silently
+    allow nobody, and an id not yet taken would allow whoever got it later."""
+    known = set(db.session.execute(db.select(Client.client_id).where(Client.client_id.in_(actors))).scalars())
+    missing = [a for a in actors if a not in known and a != own_id]
+    if missing:
+        raise ValueError(f"no client with id {missing[0]} (token exchange actor)")
 
 
 def create_client(*, client_id: str | None = None, audit_details: dict | None = None,
@@ -215,9 +231,11 @@ def create_client(*, client_id: str | None = None, audit_details: dict | None = 
     """Register a client after checking its settings (SETTINGS); returns it and its secret (None for public
     clients and private_key_jwt)."""
     columns = _checked(**settings)
+    client_id = client_id or new_client_id()
+    _unknown_actors(columns["token_exchange_actors"], client_id)
     method = columns["token_endpoint_auth_method"]
     secret = None if method in ("none", "private_key_jwt") else new_client_secret()
-    client = Client(client_id=client_id or new_client_id(), client_secret_hash=token_hash(secret) if secret else None,
+    client = Client(client_id=client_id, client_secret_hash=token_hash(secret) if secret else None,
                     **columns)
     db.session.add(client)
     db.session.flush()
@@ -239,7 +257,8 @@ def settings_of(client: Client) -> dict:
             "refresh_tokens_for_sessions": client.refresh_tokens_for_sessions,
             "require_pushed_authorization_requests": client.require_pushed_authorization_requests,
             **{name: getattr(client, name) for name in LOGOUT_SETTINGS},
-            "dpop_bound_access_tokens": client.dpop_bound_access_tokens}
+            "dpop_bound_access_tokens": client.dpop_bound_access_tokens,
+            "token_exchange_actors": list(client.token_exchange_actors or [])}
 
 
 def update_client(client: Client, changes: dict, audit_details: dict | None = None) -> dict:
@@ -251,6 +270,8 @@ def update_client(client: Client, changes: dict, audit_details: dict | None = No
         raise ValueError(f"not client settings: {', '.join(sorted(unknown))}")
     merged = {**settings_of(client), **changes}
     columns = _checked(**merged)
+    if "token_exchange_actors" in changes:
+        _unknown_actors(columns["token_exchange_actors"], client.client_id)
     had_secret = client.client_secret_hash is not None
     if had_secret != (columns["token_endpoint_auth_method"] not in ("none", "private_key_jwt")):
         raise ValueError("a client cannot gain or lose its secret: register a new client for that")
@@ -279,4 +300,5 @@ def describe(client: Client) -> dict:
             "require_pushed_authorization_requests": client.require_pushed_authorization_requests,
             **{name: getattr(client, name) for name in LOGOUT_SETTINGS},
             "dpop_bound_access_tokens": client.dpop_bound_access_tokens,
+            "token_exchange_actors": list(client.token_exchange_actors or []),
             "created_at": client.created_at.isoformat(timespec="seconds")}

@@ -60,7 +60,10 @@ from idp.security.tokens import new_token, token_hash
 
 ALL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
 CONFIDENTIAL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
-GRANT_TYPES = ["authorization_code", "refresh_token", "client_credentials", DEVICE_CODE_GRANT_TYPE]
+# RFC 8693 2.1: token exchange (idp.oidc.exchange).
+TOKEN_EXCHANGE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
+GRANT_TYPES = ["authorization_code", "refresh_token", "client_credentials", DEVICE_CODE_GRANT_TYPE,
+               TOKEN_EXCHANGE_GRANT_TYPE]
 # The grants whose tokens come from a user's sign-in at one of our pages (a code, or a device code the user approved):
 # they get a refresh token on the same terms (OIDC Core 11, AccessTokens._refresh_token).
 SIGN_IN_GRANTS = ("authorization_code", DEVICE_CODE_GRANT_TYPE)
@@ -142,6 +145,9 @@ class SignIn:
     code_id: int | None = None
     family_id: str = field(default_factory=lambda: new_token(16))
     family_expires_at: datetime | None = None
+    # An exchanged token's (idp.oidc.exchange): the client it is addressed to and its act claim (RFC 8693 4.1).
+    audience: str | None = None
+    act: dict[str, Any] | None = None
 
     def get_user_id(self) -> str:
         """The `sub` of the access token (Authlib's UserMixin)."""
@@ -182,6 +188,9 @@ class AccessTokens(JWTBearerTokenGenerator):
 
     def get_extra_claims(self, client: Client, grant_type: str, user: SignIn | None, scope: str) -> dict[str, Any]:
         extra: dict[str, Any] = {"sid": user.sid} if user is not None and user.sid else {}
+        if user is not None and user.audience is not None:  # RFC 8693 2.1, 4.1: an exchanged token
+            extra["aud"] = user.audience
+            extra["act"] = user.act
         proof = dpop.presented()
         if proof is not None:  # RFC 9449 6.1: bound to the key of the token request's proof
             extra["cnf"] = {"jkt": proof.jkt}
@@ -195,8 +204,8 @@ class AccessTokens(JWTBearerTokenGenerator):
     def _refresh_token(client: Client, grant_type: str, user: SignIn | None, scope: str) -> str | None:
         """A refresh token for offline use only when offline_access was granted (OIDC Core 11); for the online
         session only to a client registered for that; and a new one at every rotation (RFC 9700 4.14.2)."""
-        if user is None or not client.check_grant_type("refresh_token"):
-            return None
+        if user is None or not client.check_grant_type("refresh_token") or user.audience is not None:
+            return None  # (RFC 8693 2.2.1: an exchanged token comes without one)
         if grant_type in SIGN_IN_GRANTS and not (offline(scope) or client.refresh_tokens_for_sessions):
             return None
         return new_token(32)
@@ -257,10 +266,19 @@ def save_token(token: dict[str, Any], request) -> None:
         "refresh_expires_at": min(now + timedelta(seconds=idle), family_expires) if refresh else None,
         "family_expires_at": family_expires if refresh else None,
         "dpop_jkt": proof.jkt if proof is not None else None,
+        "audience": sign_in.audience if sign_in is not None else None,
+        "act": sign_in.act if sign_in is not None else None,
     })
-    event = "token.refreshed" if request.payload.grant_type == "refresh_token" else "token.issued"
-    audit.record(event, subject=user, client_id=client.client_id, grant_type=request.payload.grant_type,
-                 jti=claims["jti"], scope=scope, with_refresh_token=bool(refresh), dpop=proof is not None)
+    grant_type = request.payload.grant_type
+    if grant_type == TOKEN_EXCHANGE_GRANT_TYPE:
+        assert sign_in is not None  # an exchange is always on a user's behalf (idp.oidc.exchange)
+        audit.record("token.exchanged", subject=user, client_id=client.client_id, audience=sign_in.audience,
+                     act=sign_in.act, jti=claims["jti"], scope=scope, dpop=proof is not None,
+                     **getattr(request, "exchange_details", {}))
+    else:
+        event = "token.refreshed" if grant_type == "refresh_token" else "token.issued"
+        audit.record(event, subject=user, client_id=client.client_id, grant_type=grant_type,
+                     jti=claims["jti"], scope=scope, with_refresh_token=bool(refresh), dpop=proof is not None)
     db.session.commit()
 
 
@@ -760,17 +778,21 @@ class Introspection(_HintIsAHint, IntrospectionEndpoint):
         return _find_presented(token_string, token_type_hint)
 
     def check_permission(self, token: _Presented, client, request) -> bool:
-        return token.row.client_id == client.client_id
+        # Also the client an exchanged token is addressed to: the resource server it was made for (RFC 8693 1.1).
+        return client.client_id in (token.row.client_id, token.row.audience)
 
     def introspect_token(self, token: _Presented) -> dict[str, Any]:
         row = token.row
         expires_at = token.expires_at
         assert expires_at is not None  # an active token (Authlib checked is_expired, which refuses None)
         result = {"active": True, "client_id": row.client_id, "scope": row.scope, "iss": issuer(),
-                  "aud": row.client_id, "iat": int(row.issued_at.timestamp()), "exp": int(expires_at.timestamp()),
+                  "aud": row.audience or row.client_id, "iat": int(row.issued_at.timestamp()),
+                  "exp": int(expires_at.timestamp()),
                   "token_type": "Bearer" if token.kind == "access_token" else "refresh_token"}
         if token.kind == "access_token":
             result["jti"] = row.jti
+            if row.act:  # RFC 8693 4.1, 2.2: who acts on the subject's behalf
+                result["act"] = row.act
             if row.dpop_jkt:  # RFC 9449 6.2
                 result["token_type"] = "DPoP"
                 result["cnf"] = {"jkt": row.dpop_jkt}

@@ -21,7 +21,7 @@ from idp.login.assurance import LEVELS
 from idp.login.browser import begin_transaction, binding, current_session
 from idp.login.forms import ConfirmForm
 from idp.models import Consent, utcnow
-from idp.oidc import authorization, dpop, keys, logout, par, policy, response_modes
+from idp.oidc import authorization, dpop, exchange, keys, logout, par, policy, response_modes
 from idp.oidc import claims as oidc_claims
 from idp.oidc.server import ALL_AUTH_METHODS, CONFIDENTIAL_AUTH_METHODS, GRANT_TYPES, Approval, current_server, issuer
 from idp.pg_connections import reads_only
@@ -34,6 +34,12 @@ CORS_ENDPOINTS = {"oidc.discovery", "oidc.oauth_metadata", "oidc.jwks", "oidc.to
 TXN_PARAM = "_txn"
 PROMPT_NONE_ERRORS = {"login_required": LoginRequiredError, "consent_required": ConsentRequiredError,
                       "interaction_required": InteractionRequiredError}
+
+
+@bp.record_once
+def register(state) -> None:
+    """Token exchange (RFC 8693, idp.oidc.exchange) joins the app's authorization server's grants."""
+    state.app.extensions["idp.oauth"].register_grant(exchange.TokenExchangeGrant)
 
 
 @bp.after_app_request
@@ -317,7 +323,8 @@ def pushed_authorization_request():
 @csrf.exempt
 @keep_loaded
 def token():
-    """The token endpoint (RFC 6749 3.2): code, refresh_token and client_credentials grants."""
+    """The token endpoint (RFC 6749 3.2): code, refresh_token, client_credentials, device code and token exchange
+    grants."""
     if request.method == "OPTIONS":
         return current_app.make_default_options_response()
     # The signing keys first: the very first ones are created and committed on first use, and that commit must
