@@ -66,6 +66,8 @@ CLIENT_SETTINGS: dict[str, Any] = {
     **{f"{channel}_logout_uri": {"type": ["string", "null"]} for channel in ("backchannel", "frontchannel")},
     **{f"{channel}_logout_session_required": {"type": "boolean"} for channel in ("backchannel", "frontchannel")},
     "dpop_bound_access_tokens": {"type": "boolean"},
+    "request_uris": {"type": ["array", "null"], "items": {"type": "string"}},
+    "request_object_signing_alg": {"type": ["string", "null"], "enum": ["RS256", "ES256", "PS256", "none", None]},
 }
 
 
@@ -245,7 +247,10 @@ def document(issuer: str) -> dict[str, Any]:
                 "refresh_tokens_for_sessions": {"type": "boolean"},
                 "require_pushed_authorization_requests": {"type": "boolean"},
                 **{name: CLIENT_SETTINGS[name] for name in LOGOUT_SETTINGS},
-                "dpop_bound_access_tokens": {"type": "boolean"}, "created_at": {"type": "string"}}},
+                "dpop_bound_access_tokens": {"type": "boolean"},
+                "request_uris": {"type": "array", "items": {"type": "string"}},
+                "request_object_signing_alg": CLIENT_SETTINGS["request_object_signing_alg"],
+                "created_at": {"type": "string"}}},
             "NewClient": {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
                 **CLIENT_SETTINGS}},
             "ClientChanges": {"type": "object", "additionalProperties": False, "properties": {

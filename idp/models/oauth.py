@@ -62,6 +62,12 @@ class Client(Model):
     require_pushed_authorization_requests: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # RFC 9449 5.2 dpop_bound_access_tokens: every token request of this client must carry a DPoP proof.
     dpop_bound_access_tokens: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # RFC 9101 (idp.oidc.request_objects): where the client's request objects may be fetched from (OIDC
+    # Registration 2 request_uris, exact match; NULL from before 0018 reads as none), and the one algorithm they
+    # must be signed with (OIDC Registration 2 request_object_signing_alg; NULL: RS256, ES256 or PS256; "none"
+    # is the explicit opt-in to unsigned ones).
+    request_uris: Mapped[list[str] | None] = mapped_column(JSON)
+    request_object_signing_alg: Mapped[str | None] = mapped_column(String(16))
     access_token_ttl: Mapped[int | None] = mapped_column(Integer)
     refresh_token_ttl: Mapped[int | None] = mapped_column(Integer)
     # OpenID Connect Back-Channel Logout 1.0 2.2 and Front-Channel Logout 1.0 2 (idp.oidc.logout).
