@@ -1199,29 +1199,26 @@ def test_a_refresh_token_sent_six_times_at_once_rotates_once(app, client, alice,
     assert refresh(client, *conf, winner["refresh_token"]).status_code == 400
 
 
-# OIDC Core 6.1, 6.2: request objects are not supported (discovery says so), so a request that carries one is
-# refused with the errors Core 3.1.2.6 names for that, not served as if the object were not there.
+# A request object that is not one (tests/test_request_objects.py has the real ones): a client with no registered
+# keys or request_uris gets the error page, never a redirect (SECURITY.md 2): the object's redirect URI is unverified.
 @pytest.mark.parametrize(("name", "value", "error"), [
-    ("request", "eyJhbGciOiJub25lIn0.eyJzY29wZSI6Im9wZW5pZCJ9.", "request_not_supported"),
-    ("request_uri", "https://rp.example/request.jwt", "request_uri_not_supported"),
+    ("request", "eyJhbGciOiJub25lIn0.eyJzY29wZSI6Im9wZW5pZCJ9.", "invalid_request_object"),
+    ("request_uri", "https://rp.example/request.jwt", "invalid_request_uri"),
 ])
 @pytest.mark.parametrize("signed_in", [False, True])
-def test_a_request_object_is_refused_by_redirect(client, alice, conf, name, value, error, signed_in):
+def test_a_request_object_the_client_cannot_send_gets_the_error_page(client, alice, conf, name, value, error,
+                                                                     signed_in):
     if signed_in:
         authorize(client, conf[0])
-    assert_error_redirect(client.get(authorize_url(conf[0], **{name: value})), error)
+    response = client.get(authorize_url(conf[0], **{name: value}))
+    assert_error_page(response)
+    assert error in response.get_data(as_text=True)
 
 
 def test_a_request_object_from_an_unknown_client_or_redirect_uri_gets_the_error_page(client, conf):
     assert_error_page(client.get(authorize_url("no-such-client", request="a.b.")))
     assert_error_page(client.get(authorize_url(conf[0], redirect_uri="https://evil.example/cb",
                                                request_uri="https://rp.example/r")))
-
-
-def test_discovery_says_request_objects_are_not_supported(client):
-    meta = client.get("/.well-known/openid-configuration").get_json()
-    assert meta["request_parameter_supported"] is False
-    assert meta["request_uri_parameter_supported"] is False
 
 
 def test_discovery_does_not_advertise_address(client):

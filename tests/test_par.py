@@ -165,8 +165,9 @@ def test_discovery_advertises_the_endpoint_and_whether_par_is_required(make_app)
     meta = make_app().test_client().get("/.well-known/openid-configuration").get_json()
     assert meta["pushed_authorization_request_endpoint"] == ISSUER + "/par"
     assert meta["require_pushed_authorization_requests"] is False
-    # RFC 9126 5: the endpoint is enough; request_uri_parameter_supported is about request objects (unsupported).
-    assert meta["request_uri_parameter_supported"] is False
+    # RFC 9126 5: the endpoint is enough; request_uri_parameter_supported is about request objects by reference
+    # (tests/test_request_objects.py), from registered URIs only.
+    assert meta["require_request_uri_registration"] is True
     strict = make_app(IDP_REQUIRE_PAR="true").test_client()
     assert strict.get("/.well-known/oauth-authorization-server").get_json()[
         "require_pushed_authorization_requests"] is True
@@ -370,7 +371,7 @@ def test_client_authentication_failures_are_401_invalid_client(app, client, conf
     ({"claims": "[1]"}, "invalid_request"),
     ({"id_token_hint": "not.a.token"}, "invalid_request"),
     ({"prompt": "none login"}, "invalid_request"),
-    ({"request": "eyJhbGciOiJub25lIn0.eyJzY29wZSI6Im9wZW5pZCJ9."}, "request_not_supported"),
+    ({"request": "eyJhbGciOiJub25lIn0.eyJzY29wZSI6Im9wZW5pZCJ9."}, "invalid_request_object"),  # RFC 9126 3
     ({"request_uri": PREFIX + "abc"}, "invalid_request"),  # RFC 9126 2.1
     ({"request_uri": "https://rp.example/request.jwt"}, "invalid_request"),
     ({"client_id": None}, "invalid_request"),  # required in the body too (RFC 9126 2.1)
@@ -442,9 +443,10 @@ def test_par_required_globally_refuses_a_plain_request(make_app):
     assert refused.status_code == 302
     found = query_params(refused.headers["Location"])
     assert found["error"] == "invalid_request" and found["state"] == "s-1" and found["iss"] == ISSUER
-    # A request_uri that /par did not issue is no pushed request either (RFC 9126 4).
+    # A request_uri that /par did not issue is no pushed request either (RFC 9126 4): a request object by reference,
+    # from a URI this client did not register.
     other = http.get(plain(client_id) + "&request_uri=https%3A%2F%2Frp.example%2Fr.jwt")
-    assert query_params(other.headers["Location"])["error"] == "invalid_request"
+    assert_error_page(other, "invalid_request_uri")
     code_from(follow(http, http.get(by_reference(client_id, pushed_uri(http, client_id, secret)))))
 
 

@@ -385,6 +385,8 @@ CLIENT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "backchannel_logout_uri": (str, type(None)), "backchannel_logout_session_required": bool,
     "frontchannel_logout_uri": (str, type(None)), "frontchannel_logout_session_required": bool,
     "dpop_bound_access_tokens": bool, "token_exchange_actors": list,
+    "request_uris": (list, type(None)),
+    "request_object_signing_alg": (str, type(None)),
 }
 CLIENT_DEFAULTS = {"redirect_uris": [], "post_logout_redirect_uris": [], "public": False, "grant_types": [],
                    "scopes": [], "token_endpoint_auth_method": None, "first_party": False}

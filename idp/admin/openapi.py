@@ -67,6 +67,8 @@ CLIENT_SETTINGS: dict[str, Any] = {
     **{f"{channel}_logout_session_required": {"type": "boolean"} for channel in ("backchannel", "frontchannel")},
     "dpop_bound_access_tokens": {"type": "boolean"},
     "token_exchange_actors": {"type": "array", "items": {"type": "string"}},
+    "request_uris": {"type": ["array", "null"], "items": {"type": "string"}},
+    "request_object_signing_alg": {"type": ["string", "null"], "enum": ["RS256", "ES256", "PS256", "none", None]},
 }
 
 
@@ -248,6 +250,8 @@ def document(issuer: str) -> dict[str, Any]:
                 **{name: CLIENT_SETTINGS[name] for name in LOGOUT_SETTINGS},
                 "dpop_bound_access_tokens": {"type": "boolean"},
                 "token_exchange_actors": {"type": "array", "items": {"type": "string"}},
+                "request_uris": {"type": "array", "items": {"type": "string"}},
+                "request_object_signing_alg": CLIENT_SETTINGS["request_object_signing_alg"],
                 "created_at": {"type": "string"}}},
             "NewClient": {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
                 **CLIENT_SETTINGS}},

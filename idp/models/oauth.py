@@ -65,6 +65,12 @@ class Client(Model):
     # RFC 8693 (idp.oidc.exchange): the clients that may exchange a token for one addressed to this client (its
     # `audience`); NULL or empty, none may.
     token_exchange_actors: Mapped[list[str] | None] = mapped_column(JSON)
+    # RFC 9101 (idp.oidc.request_objects): where the client's request objects may be fetched from (OIDC
+    # Registration 2 request_uris, exact match; NULL from before 0018 reads as none), and the one algorithm they
+    # must be signed with (OIDC Registration 2 request_object_signing_alg; NULL: RS256, ES256 or PS256; "none"
+    # is the explicit opt-in to unsigned ones).
+    request_uris: Mapped[list[str] | None] = mapped_column(JSON)
+    request_object_signing_alg: Mapped[str | None] = mapped_column(String(16))
     access_token_ttl: Mapped[int | None] = mapped_column(Integer)
     refresh_token_ttl: Mapped[int | None] = mapped_column(Integer)
     # OpenID Connect Back-Channel Logout 1.0 2.2 and Front-Channel Logout 1.0 2 (idp.oidc.logout).

@@ -6,7 +6,8 @@ its redirect_to_web answer (idp.oidc.par). One code path, so that the places can
 
 Authlib validates the protocol (client, redirect URI, response type, scope, PKCE, nonce, parameter lengths through
 the grant's extensions in idp.oidc.server); the checks here add what it does not: single-valued parameters,
-request objects (not supported), ``max_age``, ``claims`` and ``id_token_hint``.
+``max_age``, ``claims`` and ``id_token_hint``. A request object (RFC 9101) has been resolved into its parameters
+before they get here (idp.oidc.request_objects).
 """
 
 from __future__ import annotations
@@ -94,9 +95,11 @@ def validate(parameters: MultiDict, end_user: Any, *, pushed: bool) -> Validated
         if repeated:  # RFC 6749 3.1; Authlib checks client_id, response_type, redirect_uri, scope and state
             raise InvalidRequestError(f"Multiple '{repeated}' in request.")
         response_modes.check(parameters, grant.redirect_uri)  # before anything else is sent by that mode
-        if parameters.get("request"):  # OIDC Core 6.1, 3.1.2.6: discovery says request objects are not supported
+        # Request objects are resolved before (idp.oidc.request_objects, idp.oidc.par), and RFC 9101 4 forbids them
+        # inside one: one still here came by a path that does not read them (OIDC Core 3.1.2.6).
+        if parameters.get("request"):
             raise RequestNotSupportedError()
-        if parameters.get("request_uri"):  # OIDC Core 6.2, 3.1.2.6 (a pushed request's is read by idp.oidc.par)
+        if parameters.get("request_uri"):
             raise RequestURINotSupportedError()
         max_age = parameters.get("max_age")
         if max_age is not None and (not (max_age.isascii() and max_age.isdigit()) or len(max_age) > 10):

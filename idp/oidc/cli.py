@@ -63,12 +63,18 @@ clients = AppGroup("clients", help="Manage OAuth / OpenID Connect clients.")
               help="Every token request must carry a DPoP proof (RFC 9449 5.2 dpop_bound_access_tokens).")
 @click.option("--token-exchange-actor", "token_exchange_actors", multiple=True,
               help="A client id that may exchange tokens for one addressed to this client (RFC 8693; repeatable).")
+@click.option("--request-uri", "request_uris", multiple=True,
+              help="An https URL the client may pass request objects by reference from (RFC 9101 5.2; repeatable).")
+@click.option("--request-object-alg", type=click.Choice(["RS256", "ES256", "PS256", "none"]),
+              help="The one algorithm its request objects must be signed with (default: RS256, ES256 or PS256 with "
+                   "its --jwks or --jwks-uri keys); 'none' allows unsigned ones.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with client_id and client_secret.")
 def clients_create(name, redirect_uris, logout_uris, public, grant_types, scopes, auth_method, first_party,
                    id_token_alg, jwks_json, jwks_uri, mfa, min_acr, no_remembered_devices, access_token_ttl,
                    refresh_token_ttl, refresh_for_sessions, logo_uri, require_par, backchannel_logout_uri,
                    backchannel_logout_session_required, frontchannel_logout_uri,
-                   frontchannel_logout_session_required, dpop, token_exchange_actors, as_json):
+                   frontchannel_logout_session_required, dpop, token_exchange_actors, request_uris,
+                   request_object_alg, as_json):
     """Register a client; its secret is printed once."""
     try:
         jwks = json.loads(jwks_json) if jwks_json else None
@@ -87,7 +93,8 @@ def clients_create(name, redirect_uris, logout_uris, public, grant_types, scopes
             backchannel_logout_session_required=backchannel_logout_session_required,
             frontchannel_logout_uri=frontchannel_logout_uri,
             frontchannel_logout_session_required=frontchannel_logout_session_required,
-            dpop_bound_access_tokens=dpop, token_exchange_actors=list(token_exchange_actors))
+            dpop_bound_access_tokens=dpop, token_exchange_actors=list(token_exchange_actors),
+            request_uris=list(request_uris), request_object_signing_alg=request_object_alg)
     except admin_service.Invalid as refused:
         raise click.ClickException(refused.errors.get("client", str(refused))) from None
     if as_json:

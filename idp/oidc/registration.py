@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc7591 import ClientMetadataClaims as RFC7591Claims
 from authlib.oidc.registration import ClientMetadataClaims as OIDCRegistrationClaims
+from flask import current_app, has_app_context
 from joserfc.errors import InvalidClaimError
 
 from idp import audit
@@ -19,6 +20,10 @@ from idp.oidc.server import ALL_AUTH_METHODS, GRANT_TYPES, TOKEN_EXCHANGE_GRANT_
 from idp.security.keys import SUPPORTED_ALGS
 from idp.security.tokens import new_token, token_hash
 
+# RFC 9101 10.1: the algorithms a request object may be signed with (idp.oidc.request_objects); "none" only for a
+# client registered with request_object_signing_alg "none".
+SIGNED_REQUEST_OBJECT_ALGS = ("RS256", "ES256", "PS256")
+REQUEST_OBJECT_ALGS = (*SIGNED_REQUEST_OBJECT_ALGS, "none")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})  # where plain http is allowed (RFC 8252 7.3)
 
 
@@ -45,6 +50,24 @@ def validate_jwks_uri(uri: str) -> str | None:
     if not parts.netloc or not (parts.scheme == "https" or loopback) or parts.fragment:
         return f"a JWKS URI is an https URL without a fragment: {uri}"
     return None
+
+
+def validate_request_uri(uri: str) -> str | None:
+    """Why ``uri`` cannot be registered as a place the client's request objects are fetched from (OIDC
+    Registration 2 request_uris, RFC 9101 5.2), or None: an https URL without a fragment (matched exactly, OIDC
+    Core 6.2) of at most 512 characters (RFC 9101 5.2). Plain http only to a loopback host, and only while
+    IDP_ENV is development or testing: a request object fetched over plain http could be swapped on the way."""
+    parts = urlsplit(uri)
+    loopback = parts.scheme == "http" and (parts.hostname or "") in LOOPBACK_HOSTS and not production()
+    if (len(uri) > 512 or not parts.netloc or not (parts.scheme == "https" or loopback) or parts.fragment
+            or "#" in uri):
+        return f"a request URI is an https URL without a fragment, of at most 512 characters: {uri}"
+    return None
+
+
+def production() -> bool:
+    """Whether the app runs as IDP_ENV=production (or outside any app: the strict rules then)."""
+    return not has_app_context() or current_app.config["IDP_ENV"] not in ("development", "testing")
 
 
 def validate_logout_uri(uri: str, kind: str) -> str | None:
@@ -74,6 +97,7 @@ SUPPORTED = {
     "response_types_supported": ["code"],
     "token_endpoint_auth_methods_supported": ALL_AUTH_METHODS, "acr_values_supported": list(LEVELS),
     "id_token_signing_alg_values_supported": list(SUPPORTED_ALGS),
+    "request_object_signing_alg_values_supported": list(REQUEST_OBJECT_ALGS),
 }
 
 
@@ -90,6 +114,10 @@ def _refusal(claim: str, metadata: dict) -> str:
         return f"unsupported token endpoint auth method {metadata[claim]}"
     if claim == "id_token_signed_response_alg":
         return f"the ID token algorithm must be {' or '.join(SUPPORTED_ALGS)}"
+    if claim == "request_object_signing_alg":
+        return f"the request object algorithm must be one of {', '.join(REQUEST_OBJECT_ALGS)}"
+    if claim == "request_uris":
+        return "invalid request_uris"
     if claim == "default_acr_values":
         return f"unknown level {metadata[claim][0]} (choose from {', '.join(LEVELS)})"
     return f"invalid {claim}"
@@ -124,7 +152,7 @@ SETTINGS = ("name", "logo_uri", "redirect_uris", "post_logout_redirect_uris", "p
             "allow_remembered_device", "access_token_ttl", "refresh_token_ttl", "refresh_tokens_for_sessions",
             "require_pushed_authorization_requests", "backchannel_logout_uri", "backchannel_logout_session_required",
             "frontchannel_logout_uri", "frontchannel_logout_session_required", "dpop_bound_access_tokens",
-            "token_exchange_actors")
+            "token_exchange_actors", "request_uris", "request_object_signing_alg")
 
 # The logout settings (OpenID Connect Back-Channel and Front-Channel Logout 1.0), stored under their own names.
 LOGOUT_SETTINGS = ("backchannel_logout_uri", "backchannel_logout_session_required", "frontchannel_logout_uri",
@@ -140,7 +168,8 @@ def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: 
              require_pushed_authorization_requests: bool = False, backchannel_logout_uri: str | None = None,
              backchannel_logout_session_required: bool = False, frontchannel_logout_uri: str | None = None,
              frontchannel_logout_session_required: bool = False,
-             dpop_bound_access_tokens: bool = False, token_exchange_actors: list[str] | None = None) -> dict:
+             dpop_bound_access_tokens: bool = False, token_exchange_actors: list[str] | None = None,
+             request_uris: list[str] | None = None, request_object_signing_alg: str | None = None) -> dict:
     """The settings as stored (column names), after checking them; raises ValueError in one line."""
     grant_types = grant_types or ["authorization_code", "refresh_token"]
     method = "none" if public else (auth_method or "client_secret_basic")
@@ -152,7 +181,10 @@ def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: 
                     "grant_types": list(grant_types), "response_types": ["code"] if redirect_uris else [],
                     "client_name": name, "scope": " ".join(scopes), "id_token_signed_response_alg": id_token_alg,
                     **({"default_acr_values": [min_acr]} if min_acr else {}),
-                    **({"jwks_uri": jwks_uri} if jwks_uri else {}), **({"logo_uri": logo_uri} if logo_uri else {})})
+                    **({"jwks_uri": jwks_uri} if jwks_uri else {}), **({"logo_uri": logo_uri} if logo_uri else {}),
+                    **({"request_uris": list(request_uris)} if request_uris else {}),
+                    **({"request_object_signing_alg": request_object_signing_alg}
+                       if request_object_signing_alg else {})})
     # idp's own rules on top of the registration metadata's.
     if "authorization_code" in grant_types and not redirect_uris:
         raise ValueError("a client with the authorization_code grant needs at least one --redirect-uri")
@@ -183,6 +215,18 @@ def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: 
     problem = validate_jwks_uri(jwks_uri) if jwks_uri else None
     if problem:
         raise ValueError(problem)
+    # RFC 9101 6.2: a signed request object is verified with the client's registered keys; without keys only the
+    # explicit opt-in to unsigned ones leaves anything to fetch from a request_uri.
+    for uri in request_uris or []:
+        problem = validate_request_uri(uri)
+        if problem:
+            raise ValueError(problem)
+    if len(request_uris or []) > 20:
+        raise ValueError("a client may register at most 20 request URIs")
+    if (request_uris or request_object_signing_alg in SIGNED_REQUEST_OBJECT_ALGS) and not (jwks or jwks_uri) \
+            and request_object_signing_alg != "none":
+        raise ValueError("request objects are verified with the client's keys: register --jwks or --jwks-uri "
+                         "(or allow unsigned ones with --request-object-alg none)")
     # The logo's origin goes into the consent page's Content-Security-Policy: a plain host name (and port) only.
     if logo_uri and (len(logo_uri) > 2000 or urlsplit(logo_uri).scheme != "https"
                      or not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?", urlsplit(logo_uri).netloc)):
@@ -214,7 +258,9 @@ def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: 
             "backchannel_logout_session_required": bool(backchannel_logout_session_required),
             "frontchannel_logout_uri": frontchannel_logout_uri or None,
             "frontchannel_logout_session_required": bool(frontchannel_logout_session_required),
-            "dpop_bound_access_tokens": dpop_bound_access_tokens, "token_exchange_actors": actors}
+            "dpop_bound_access_tokens": dpop_bound_access_tokens, "token_exchange_actors": actors,
+            "request_uris": list(dict.fromkeys(request_uris or [])) or None,
+            "request_object_signing_alg": request_object_signing_alg or None}
 
 
 def _unknown_actors(actors: list[str], own_id: str) -> None:
@@ -258,7 +304,9 @@ def settings_of(client: Client) -> dict:
             "require_pushed_authorization_requests": client.require_pushed_authorization_requests,
             **{name: getattr(client, name) for name in LOGOUT_SETTINGS},
             "dpop_bound_access_tokens": client.dpop_bound_access_tokens,
-            "token_exchange_actors": list(client.token_exchange_actors or [])}
+            "token_exchange_actors": list(client.token_exchange_actors or []),
+            "request_uris": list(client.request_uris or []),
+            "request_object_signing_alg": client.request_object_signing_alg}
 
 
 def update_client(client: Client, changes: dict, audit_details: dict | None = None) -> dict:
@@ -301,4 +349,6 @@ def describe(client: Client) -> dict:
             **{name: getattr(client, name) for name in LOGOUT_SETTINGS},
             "dpop_bound_access_tokens": client.dpop_bound_access_tokens,
             "token_exchange_actors": list(client.token_exchange_actors or []),
+            "request_uris": list(client.request_uris or []),
+            "request_object_signing_alg": client.request_object_signing_alg,
             "created_at": client.created_at.isoformat(timespec="seconds")}

@@ -667,14 +667,20 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
 
     def resolve_client_public_key(self, client: Client):
         """The client's keys; none (so invalid_client) when the registered set or the one fetched is not usable."""
-        try:
-            if client.jwks:
-                return client_public_keys(client.jwks)
-            if client.jwks_uri:
-                return _fetch_jwks(client.jwks_uri)
-        except ValueError:
-            pass
-        return None
+        return client_keys(client)
+
+
+def client_keys(client: Client) -> KeySet | None:
+    """The client's registered keys (its ``jwks``, or the set at its ``jwks_uri``), as private_key_jwt and request
+    objects (idp.oidc.request_objects) verify with them; None when it has none, or they are not usable."""
+    try:
+        if client.jwks:
+            return client_public_keys(client.jwks)
+        if client.jwks_uri:
+            return _fetch_jwks(client.jwks_uri)
+    except ValueError:
+        pass
+    return None
 
 
 def client_public_keys(value: Any) -> KeySet:

@@ -21,8 +21,9 @@ from idp.login.assurance import LEVELS
 from idp.login.browser import begin_transaction, binding, current_session
 from idp.login.forms import ConfirmForm
 from idp.models import Consent, utcnow
-from idp.oidc import authorization, dpop, exchange, keys, logout, par, policy, response_modes
+from idp.oidc import authorization, dpop, exchange, keys, logout, par, policy, request_objects, response_modes
 from idp.oidc import claims as oidc_claims
+from idp.oidc.registration import REQUEST_OBJECT_ALGS
 from idp.oidc.server import ALL_AUTH_METHODS, CONFIDENTIAL_AUTH_METHODS, GRANT_TYPES, Approval, current_server, issuer
 from idp.pg_connections import reads_only
 
@@ -63,7 +64,7 @@ def metadata() -> dict:
         "authorization_endpoint": external_url("oidc.authorize"),
         "token_endpoint": external_url("oidc.token"),
         # RFC 9126 5: idp.oidc.par. A request_uri from there is usable whatever request_uri_parameter_supported says
-        # (which is about request objects by reference, not supported).
+        # (which is about request objects by reference: idp.oidc.request_objects).
         "pushed_authorization_request_endpoint": external_url("oidc.pushed_authorization_request"),
         # RFC 8628 4: idp.oidc.device (grant_types_supported names its grant type).
         "device_authorization_endpoint": external_url("device.device_authorization"),
@@ -92,8 +93,12 @@ def metadata() -> dict:
         "id_token_signing_alg_values_supported": ["RS256", "ES256"],
         "acr_values_supported": list(LEVELS),
         "claims_parameter_supported": True,
-        "request_parameter_supported": False,
-        "request_uri_parameter_supported": False,
+        # RFC 9101 9.1, OIDC Discovery 3: request objects by value and by reference (idp.oidc.request_objects),
+        # from registered request_uris only.
+        "request_parameter_supported": True,
+        "request_uri_parameter_supported": True,
+        "require_request_uri_registration": True,
+        "request_object_signing_alg_values_supported": list(REQUEST_OBJECT_ALGS),
         "authorization_response_iss_parameter_supported": True,
         "prompt_values_supported": ["none", "login", "consent"],
         "display_values_supported": ["page"],
@@ -206,12 +211,21 @@ def authorize():
     now = utcnow()
     answered = transaction.load_completed(request.values.get(TXN_PARAM), binding=binding(), now=now)
     pushed = None
+    params: MultiDict = request.values
     if par.is_reference(request.values.get("request_uri")):
         try:
             pushed = par.resolve(request.values, answered, now)
         except OAuth2Error as error:
             return _authorize_error(error)
-    params = pushed.parameters if pushed is not None else request.values  # RFC 9126 4: only the pushed ones
+        params = pushed.parameters  # RFC 9126 4: only the pushed ones
+    elif request_objects.present(request.values):
+        # RFC 9101 6.3: only the request object's parameters (and the query's client_id) count. An object that
+        # expired while its sign-in went on is still good for the browser that began that sign-in with it.
+        grace = answered is not None and request_objects.carried(answered.state.return_to, request.values)
+        try:
+            params = request_objects.resolve(request.values, now, grace=grace)
+        except OAuth2Error as error:
+            return _authorize_error(error)
     try:  # a plain request of a client that must push is refused there (RFC 9126 4)
         checked = authorization.validate(params, user, pushed=pushed is not None)
     except OAuth2Error as error:
@@ -293,14 +307,21 @@ def pushed_authorization_request():
     except dpop.DPoPError as error:
         return dpop.error_response(error)
     form = request.form
-    if proof is not None and form.get("dpop_jkt", proof.jkt) != proof.jkt:
-        return par.error(400, "invalid_dpop_proof", "dpop_jkt names another key than the DPoP proof's (RFC 9449 "
-                                                    "10.1).")
     if "request_uri" in form:  # RFC 9126 2.1 step 2
         return par.error(400, "invalid_request", "A pushed request may not carry a request_uri (RFC 9126 2.1).")
     if form.getlist("client_id") != [client.client_id]:  # RFC 9126 2.1: required, and the authenticated client's
         return par.error(400, "invalid_request", "client_id must be sent once, naming the authenticated client.")
     parameters = par.authorization_parameters(form)
+    if "request" in form:
+        # RFC 9126 3: a request object may be pushed; as at /authorize only its parameters count (RFC 9101 6.3),
+        # and what is stored is the request it holds, verified now and validated below.
+        try:
+            parameters = request_objects.resolve(parameters, utcnow())
+        except OAuth2Error as error:
+            return par.error(400, error.error, error.get_error_description() or error.error)
+    if proof is not None and parameters.get("dpop_jkt", proof.jkt) != proof.jkt:
+        return par.error(400, "invalid_dpop_proof", "dpop_jkt names another key than the DPoP proof's (RFC 9449 "
+                                                    "10.1).")
     if proof is not None and "dpop_jkt" not in parameters:
         parameters.add("dpop_jkt", proof.jkt)
     if par.too_large(parameters):
