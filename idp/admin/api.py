@@ -384,7 +384,8 @@ CLIENT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "refresh_tokens_for_sessions": bool, "require_pushed_authorization_requests": bool,
     "backchannel_logout_uri": (str, type(None)), "backchannel_logout_session_required": bool,
     "frontchannel_logout_uri": (str, type(None)), "frontchannel_logout_session_required": bool,
-    "dpop_bound_access_tokens": bool,
+    "dpop_bound_access_tokens": bool, "policy_uri": (str, type(None)), "tos_uri": (str, type(None)),
+    "application_type": (str, type(None)),
 }
 CLIENT_DEFAULTS = {"redirect_uris": [], "post_logout_redirect_uris": [], "public": False, "grant_types": [],
                    "scopes": [], "token_endpoint_auth_method": None, "first_party": False}
@@ -458,6 +459,22 @@ def rotate_secret(client_id: str) -> Response:
     """A new secret, in this answer only; the old one stops working at once."""
     secret = service.rotate_client_secret(actor(), service.get_client(actor(), client_id))
     return jsonify({"client_id": client_id, "client_secret": secret})
+
+
+@bp.post("/v1/initial-access-tokens")
+@authenticated
+def issue_initial_access_token() -> Response:
+    """An initial access token for /register (RFC 7591 3), in this answer only."""
+    body = _body()
+    unknown = set(body) - {"expires_in", "uses"}
+    if unknown:
+        raise Invalid({name: "not a field of an initial access token" for name in sorted(unknown)})
+    uses = body.get("uses")
+    token, expires_at = service.issue_initial_access_token(actor(), body.get("expires_in", 86400), uses)
+    response = jsonify({"initial_access_token": token, "expires_at": expires_at.isoformat(), "uses": uses})
+    response.status_code = 201
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def key_json(row: SigningKey) -> dict[str, Any]:
