@@ -111,15 +111,24 @@ def _no_store(response: Response) -> Response:
 
 
 def _ascii(text: str) -> str:
-    """RFC 6749 5.2: an error_description holds printable ASCII without a quote or a backslash."""
-    return "".join(ch if 0x20 <= ord(ch) <= 0x7E and ch not in '"\\' else "?" for ch in text)
+    """RFC 6749 5.2: an error_description holds printable ASCII without a double quote or a backslash (a refused
+    value may be quoted in it)."""
+    text = text.replace('"', "'").replace("\\", "/")
+    return "".join(ch if 0x20 <= ord(ch) <= 0x7E else "?" for ch in text)
+
+
+def _refusal(refused: ValueError) -> OAuth2Error:
+    """RFC 7591 3.2.2: invalid_redirect_uri for a redirect URI, invalid_client_metadata for anything else."""
+    error_class = (InvalidRedirectURIError if isinstance(refused, registration.RedirectURIError)
+                   else InvalidClientMetadataError)
+    return error_class(description=_ascii(str(refused)))
 
 
 def _error(error: OAuth2Error) -> Response:
     db.session.rollback()
     body = {"error": error.error}
     if error.description:
-        body["error_description"] = _ascii(error.description)
+        body["error_description"] = error.description
     response = jsonify(body)
     response.status_code = error.status_code or 400
     return _no_store(response)
@@ -184,10 +193,8 @@ def _metadata() -> dict:
 def _settings(body: dict) -> dict:
     try:
         return registration.settings_from_metadata(body)
-    except registration.RedirectURIError as refused:
-        raise InvalidRedirectURIError(description=str(refused)) from None
     except ValueError as refused:
-        raise InvalidClientMetadataError(description=str(refused)) from None
+        raise _refusal(refused) from None
 
 
 def _answer(client: Client, status: int, **secrets: str | None) -> Response:
@@ -227,9 +234,7 @@ def register() -> Response:
     except (InvalidClientMetadataError, InvalidRedirectURIError) as refused:
         return _error(refused)
     except ValueError as refused:  # _checked's own rules (registration.py), by the RFC's names
-        error_class = (InvalidRedirectURIError if isinstance(refused, registration.RedirectURIError)
-                       else InvalidClientMetadataError)
-        return _error(error_class(description=str(refused)))
+        return _error(_refusal(refused))
     if initial is not None:
         taken = db.session.execute(_TAKE, {"hash": initial.token_hash, "now": utcnow()}).first()
         if taken is None:  # a concurrent registration took its last use first
@@ -289,10 +294,8 @@ def _replace(client: Client, body: dict) -> Response:
     try:
         diff = registration.update_client(client, settings, audit_details={"via": "registration"},
                                           event="client.registration_updated")
-    except registration.RedirectURIError as refused:
-        raise InvalidRedirectURIError(description=str(refused)) from None
     except ValueError as refused:
-        raise InvalidClientMetadataError(description=str(refused)) from None
+        raise _refusal(refused) from None
     if not diff:
         audit.record("client.registration_updated", client_id=client.client_id, changes={}, jwks_changed=False,
                      via="registration")

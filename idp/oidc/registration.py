@@ -392,10 +392,10 @@ def settings_from_metadata(metadata: Any) -> dict:
     if response_types is None:
         response_types = ["code"] if "authorization_code" in grant_types else []
     if not isinstance(response_types, list) or any(item != "code" for item in response_types):
-        raise ValueError("response_types may only be [\"code\"]: this server has no implicit or hybrid flow")
+        raise ValueError("response_types may only be ['code']: this server has no implicit or hybrid flow")
     # RFC 7591 2.1: the code response type goes with the authorization_code grant, and the grant with it.
     if bool(response_types) != ("authorization_code" in grant_types):
-        raise ValueError("response_types [\"code\"] and the authorization_code grant go together (RFC 7591 2.1)")
+        raise ValueError("response_types ['code'] and the authorization_code grant go together (RFC 7591 2.1)")
     scopes = (settings.pop("scopes", None) or "").split()
     forbidden = [scope for scope in scopes if scope.startswith("idp:")]
     if forbidden:
