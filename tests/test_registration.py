@@ -5,7 +5,6 @@ registered client signing a user in."""
 from __future__ import annotations
 
 import json
-import threading
 from datetime import timedelta
 
 import pytest
@@ -14,7 +13,7 @@ from hypothesis import strategies as st
 
 from idp.extensions import db
 from idp.models import Client, InitialAccessToken, Token, utcnow
-from tests.support import RP_CALLBACK, audit_events, authorize_url, pkce_pair, query_params, walk
+from tests.support import RP_CALLBACK, audit_events, authorize_url, pkce_pair, walk
 
 GOOD = {"redirect_uris": [RP_CALLBACK], "client_name": "Shop", "policy_uri": "https://rp.example/privacy",
         "tos_uri": "https://rp.example/terms", "logo_uri": "https://rp.example/logo.png",

@@ -357,6 +357,11 @@ MAX_LIST = 50  # redirect URIs and the like a client may register: far beyond an
 MAX_TEXT = 2000
 
 
+def _of_type(value: Any, kind: type) -> bool:
+    """isinstance, without narrowing ``value`` for mypy (``kind`` is a variable there)."""
+    return isinstance(value, kind)
+
+
 def settings_from_metadata(metadata: Any) -> dict:
     """create_client's settings from client metadata under its RFC names (RFC 7591 2, OpenID Connect Dynamic Client
     Registration 1.0 2), with RFC 7591's defaults for what is left out (a PUT of RFC 7592 2.2 replaces the whole
@@ -368,10 +373,10 @@ def settings_from_metadata(metadata: Any) -> dict:
         raise ValueError("the client metadata is a JSON object")
     settings: dict[str, Any] = {}
     for field, (kind, setting) in REGISTRATION_FIELDS.items():
-        value = metadata.get(field)
+        value: Any = metadata.get(field)
         if value is None:
             continue
-        if not isinstance(value, kind) or (kind is str and len(value) > MAX_TEXT):
+        if not _of_type(value, kind) or (kind is str and len(value) > MAX_TEXT):
             raise ValueError(f"{field} must be {JSON_TYPES[kind]}" + (f" of at most {MAX_TEXT} characters"
                                                                       if kind is str else ""))
         if kind is list and (len(value) > MAX_LIST or not all(isinstance(item, str) and 0 < len(item) <= MAX_TEXT
