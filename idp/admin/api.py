@@ -469,8 +469,10 @@ def issue_initial_access_token() -> Response:
     unknown = set(body) - {"expires_in", "uses"}
     if unknown:
         raise Invalid({name: "not a field of an initial access token" for name in sorted(unknown)})
-    uses = body.get("uses")
-    token, expires_at = service.issue_initial_access_token(actor(), body.get("expires_in", 86400), uses)
+    # JSON Schema's integers include 600.0 (the OpenAPI document says integer).
+    expires_in, uses = (int(value) if isinstance(value, float) and value.is_integer() else value
+                        for value in (body.get("expires_in", 86400), body.get("uses")))
+    token, expires_at = service.issue_initial_access_token(actor(), expires_in, uses)
     response = jsonify({"initial_access_token": token, "expires_at": expires_at.isoformat(), "uses": uses})
     response.status_code = 201
     response.headers["Cache-Control"] = "no-store"

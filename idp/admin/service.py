@@ -779,9 +779,9 @@ def rotate_client_secret(actor: Actor, client: Client) -> str:
     return secret
 
 
-def issue_initial_access_token(actor: Actor, expires_in: int, uses: int | None) -> tuple[str, datetime]:
+def issue_initial_access_token(actor: Actor, expires_in: Any, uses: Any) -> tuple[str, datetime]:
     """An initial access token for dynamic client registration (RFC 7591 3): returned once, stored hashed; with
-    its expiry."""
+    its expiry. ``expires_in`` and ``uses`` as the caller sent them (checked by issue_initial_token)."""
     require(actor, Power.MANAGE_CLIENTS)
     try:
         token, row = issue_initial_token(expires_in, uses, actor.audit())

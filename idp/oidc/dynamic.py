@@ -75,7 +75,7 @@ def mode() -> str:
 
 # --- initial access tokens (RFC 7591 3) -------------------------------------------------------------------------
 
-def issue_initial_token(expires_in: int, uses: int | None, audit_details: dict) -> tuple[str, InitialAccessToken]:
+def issue_initial_token(expires_in: Any, uses: Any, audit_details: dict) -> tuple[str, InitialAccessToken]:
     """A new initial access token (returned once; stored as its SHA-256) valid ``expires_in`` seconds for ``uses``
     registrations (None: any number); audited. Raises ValueError in one line. The caller commits."""
     if isinstance(expires_in, bool) or not isinstance(expires_in, int) or not 60 <= expires_in <= MAX_TOKEN_TTL:
@@ -192,7 +192,7 @@ def _metadata() -> dict:
 
 def _settings(body: dict) -> dict:
     try:
-        return registration.settings_from_metadata(body)
+        return registration.settings_from_metadata(body, unnamed="Unnamed client")
     except ValueError as refused:
         raise _refusal(refused) from None
 

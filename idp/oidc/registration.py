@@ -362,13 +362,14 @@ def _of_type(value: Any, kind: type) -> bool:
     return isinstance(value, kind)
 
 
-def settings_from_metadata(metadata: Any) -> dict:
+def settings_from_metadata(metadata: Any, unnamed: str) -> dict:
     """create_client's settings from client metadata under its RFC names (RFC 7591 2, OpenID Connect Dynamic Client
     Registration 1.0 2), with RFC 7591's defaults for what is left out (a PUT of RFC 7592 2.2 replaces the whole
     registration, so an omitted field is reset, never kept). Metadata idp does not know is ignored (RFC 7591 2);
-    what it knows and cannot honour is refused. A dynamically registered client is never first-party and gets no
-    idp:* scope (SECURITY.md 34). Raises ValueError (RedirectURIError for a redirect URI) in one line; the values
-    are then checked by _checked, as for every client."""
+    what it knows and cannot honour is refused. Without a client_name (RFC 7591 2: optional) the client is named
+    after its first redirect URI's host, else ``unnamed``. A dynamically registered client is never first-party
+    and gets no idp:* scope (SECURITY.md 34). Raises ValueError (RedirectURIError for a redirect URI) in one line;
+    the values are then checked by _checked, as for every client."""
     if not isinstance(metadata, dict):
         raise ValueError("the client metadata is a JSON object")
     settings: dict[str, Any] = {}
@@ -410,7 +411,7 @@ def settings_from_metadata(metadata: Any) -> dict:
     name = (settings.pop("name", None) or "").strip()
     if not name:  # RFC 7591 2: optional; the consent page names the site the user would go back to
         hosts = [urlsplit(uri).hostname for uri in settings.get("redirect_uris", [])]
-        name = next((host for host in hosts if host), None) or "Unnamed client"
+        name = next((host for host in hosts if host), None) or unnamed
     return {**REGISTRATION_DEFAULTS, **settings, "name": name, "grant_types": grant_types, "scopes": scopes,
             "public": method == "none", "auth_method": None if method == "none" else method,
             "application_type": settings.get("application_type") or "web",  # OIDC DCR 2's default
