@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from idp.extensions import db
 from idp.models import Client, InitialAccessToken, Token, utcnow
 from tests.support import RP_CALLBACK, audit_events, authorize_url, pkce_pair, walk
+from tests.test_oidc_protocol import AT_ONCE, ON_POSTGRES, at_once
 
 GOOD = {"redirect_uris": [RP_CALLBACK], "client_name": "Shop", "policy_uri": "https://rp.example/privacy",
         "tos_uri": "https://rp.example/terms", "logo_uri": "https://rp.example/logo.png",
@@ -386,11 +387,8 @@ def test_authlib_clients_use_a_registered_client(make_app):
 
 # --- races and random input ----------------------------------------------------------------------------------------
 
+@ON_POSTGRES
 def test_a_one_use_token_presented_at_once_registers_one_client(token_app, cli):
-    from tests.test_oidc_protocol import AT_ONCE, ON_POSTGRES, at_once
-
-    if ON_POSTGRES.args[0]:
-        pytest.skip(ON_POSTGRES.kwargs["reason"])
     token = initial_token(cli, "--uses", "1")
     responses = at_once(token_app, lambda http: register(http, token=token))
     assert sorted(r.status_code for r in responses) == [201] + [401] * (AT_ONCE - 1)
