@@ -37,6 +37,7 @@ from idp.login.views import bp as login_bp
 from idp.oidc import logout as oidc_logout
 from idp.oidc.challenge import bp as challenge_bp
 from idp.oidc.device import bp as device_bp
+from idp.oidc.dynamic import bp as registration_bp
 from idp.oidc.server import create_server
 from idp.oidc.views import bp as oidc_bp
 from idp.ops import bp as ops_bp
@@ -106,6 +107,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(admin_console_bp)
     app.register_blueprint(challenge_bp)
     app.register_blueprint(device_bp)
+    app.register_blueprint(registration_bp)
     app.register_blueprint(account_api_bp)
     app.register_blueprint(ops_bp)
     if app.config["IDP_ENV"] == "development":

@@ -109,6 +109,14 @@ def _folder(value: str) -> str:
     return os.path.abspath(value) if value else ""
 
 
+def _registration(value: str) -> str:
+    # Checked at start-up: a typo must not open, nor silently close, dynamic client registration.
+    value = value.strip().lower()
+    if value not in ("closed", "initial-token", "open"):
+        raise ValueError(f"must be closed, initial-token or open, not {value!r}")
+    return value
+
+
 def _networks(value: str) -> list[str]:
     # Checked at start-up: a bad entry would otherwise fail every request when X-Forwarded-For is read.
     entries = _list(value)
@@ -207,6 +215,11 @@ SETTINGS: list[Setting] = [
             "(RFC 8628 3.2 expires_in; at most 1800).", int, maximum=1800),
     Setting("IDP_REQUIRE_PAR", False, "Accept authorization requests only as pushed ones (RFC 9126 4): a plain "
             "/authorize request is refused with invalid_request.", _bool),
+    Setting("IDP_REGISTRATION", "closed", "closed | initial-token | open: dynamic client registration at /register "
+            "(RFC 7591); initial-token asks for an initial access token from `idp clients initial-token`.",
+            _registration),
+    Setting("IDP_RATELIMIT_REGISTRATION", "10/hour;50/day", "Dynamic client registrations (POST /register) allowed "
+            "per client IP."),
     Setting("IDP_DPOP_LEEWAY", 60, "Seconds a DPoP proof's iat may lie before or after the server's clock (RFC 9449 "
             "11.1; at most 300).", int, maximum=300),
     Setting("IDP_DPOP_NONCE", False, "Demand a server nonce in DPoP proofs (RFC 9449 8, 9): a proof without the "

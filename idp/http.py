@@ -82,7 +82,8 @@ def resolve_client(app: Flask) -> None:
 # The endpoints whose callers expect an OAuth error object (RFC 6749 5.2, RFC 7009 2.2.1, RFC 7662 2.3, RFC 6750 3.1).
 OAUTH_ENDPOINTS = frozenset({"oidc.token", "oidc.revoke", "oidc.introspect", "oidc.userinfo",
                              "oidc.pushed_authorization_request", "challenge.authorize_challenge",
-                             "device.device_authorization"})
+                             "device.device_authorization", "registration.register",
+                             "registration.configure"})
 NUL_MESSAGE = _l("The request contains a NUL character, which no field accepts.")
 
 

@@ -107,6 +107,7 @@ NOT_FOR_PEOPLE = {
     "idp/openapi.py": "what the two OpenAPI documents share, for developers",
     "idp/oidc/challenge.py": "OAuth error descriptions of the challenge endpoint (RFC 6749 5.2, as above)",
     "idp/oidc/dpop.py": "DPoP error descriptions (RFC 9449 5 and 7.1: RFC 6749 5.2's ASCII, for the developer)",
+    "idp/oidc/dynamic.py": "dynamic registration's error descriptions (RFC 7591 3.2.2: RFC 6749 5.2's, as above)",
 }
 GETTEXT = {"_", "_l", "gettext", "lazy_gettext", "ngettext", "lazy_ngettext"}
 # Calls whose string arguments are for developers, logs or the audit trail, or are protocol text.

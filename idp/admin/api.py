@@ -387,6 +387,8 @@ CLIENT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "dpop_bound_access_tokens": bool, "token_exchange_actors": list,
     "request_uris": (list, type(None)),
     "request_object_signing_alg": (str, type(None)),
+    "policy_uri": (str, type(None)), "tos_uri": (str, type(None)),
+    "application_type": (str, type(None)),
 }
 CLIENT_DEFAULTS = {"redirect_uris": [], "post_logout_redirect_uris": [], "public": False, "grant_types": [],
                    "scopes": [], "token_endpoint_auth_method": None, "first_party": False}
@@ -460,6 +462,24 @@ def rotate_secret(client_id: str) -> Response:
     """A new secret, in this answer only; the old one stops working at once."""
     secret = service.rotate_client_secret(actor(), service.get_client(actor(), client_id))
     return jsonify({"client_id": client_id, "client_secret": secret})
+
+
+@bp.post("/v1/initial-access-tokens")
+@authenticated
+def issue_initial_access_token() -> Response:
+    """An initial access token for /register (RFC 7591 3), in this answer only."""
+    body = _body()
+    unknown = set(body) - {"expires_in", "uses"}
+    if unknown:
+        raise Invalid({name: "not a field of an initial access token" for name in sorted(unknown)})
+    # JSON Schema's integers include 600.0 (the OpenAPI document says integer).
+    expires_in, uses = (int(value) if isinstance(value, float) and value.is_integer() else value
+                        for value in (body.get("expires_in", 86400), body.get("uses")))
+    token, expires_at = service.issue_initial_access_token(actor(), expires_in, uses)
+    response = jsonify({"initial_access_token": token, "expires_at": expires_at.isoformat(), "uses": uses})
+    response.status_code = 201
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def key_json(row: SigningKey) -> dict[str, Any]:

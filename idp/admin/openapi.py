@@ -69,6 +69,9 @@ CLIENT_SETTINGS: dict[str, Any] = {
     "token_exchange_actors": {"type": "array", "items": {"type": "string"}},
     "request_uris": {"type": ["array", "null"], "items": {"type": "string"}},
     "request_object_signing_alg": {"type": ["string", "null"], "enum": ["RS256", "ES256", "PS256", "none", None]},
+    "policy_uri": {"type": ["string", "null"]},
+    "tos_uri": {"type": ["string", "null"]},
+    "application_type": {"type": ["string", "null"], "enum": ["web", "native", None]},
 }
 
 
@@ -200,6 +203,21 @@ def document(issuer: str) -> dict[str, Any]:
                     "type": "object", "required": ["client_id", "client_secret"],
                     "properties": {"client_id": {"type": "string"}, "client_secret": {"type": "string"}}}}}},
                     **_errors(404, 409)}}},
+            "/v1/initial-access-tokens": {"post": {
+                "summary": "An initial access token for dynamic client registration (RFC 7591 3; in this answer "
+                           "only)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "additionalProperties": False, "properties": {
+                        "expires_in": {"type": "integer", "minimum": 60, "maximum": 365 * 86400,
+                                       "description": "Seconds it stays valid (default 86400)"},
+                        "uses": {"type": ["integer", "null"], "minimum": 1, "maximum": 1_000_000,
+                                 "description": "Registrations it allows (null or left out: any number)"}}}}}},
+                "responses": {"201": {"description": "The token", "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["initial_access_token", "expires_at", "uses"], "properties": {
+                        "initial_access_token": {"type": "string"},
+                        "expires_at": {"type": "string", "format": "date-time"},
+                        "uses": {"type": ["integer", "null"]}}}}}},
+                    **_errors(400)}}},
             "/v1/keys": {"get": {"summary": "The signing keys, newest first",
                                  "responses": {"200": _list("Key"), **_errors()}}},
             "/v1/keys/rotate": {"post": {"summary": "New signing keys (the old ones stay published a while)",
@@ -252,6 +270,7 @@ def document(issuer: str) -> dict[str, Any]:
                 "token_exchange_actors": {"type": "array", "items": {"type": "string"}},
                 "request_uris": {"type": "array", "items": {"type": "string"}},
                 "request_object_signing_alg": CLIENT_SETTINGS["request_object_signing_alg"],
+                **{name: CLIENT_SETTINGS[name] for name in ("policy_uri", "tos_uri", "application_type")},
                 "created_at": {"type": "string"}}},
             "NewClient": {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
                 **CLIENT_SETTINGS}},

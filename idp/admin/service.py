@@ -43,6 +43,7 @@ from idp.models import (
 )
 from idp.models.user import normalize_email
 from idp.oidc import keys
+from idp.oidc.dynamic import issue_initial_token
 from idp.oidc.registration import create_client as register
 from idp.oidc.registration import new_client_secret
 from idp.oidc.registration import update_client as update
@@ -776,6 +777,19 @@ def rotate_client_secret(actor: Actor, client: Client) -> str:
     audit.record("client.secret_rotated", client_id=client.client_id, **actor.audit())
     db.session.commit()
     return secret
+
+
+def issue_initial_access_token(actor: Actor, expires_in: Any, uses: Any) -> tuple[str, datetime]:
+    """An initial access token for dynamic client registration (RFC 7591 3): returned once, stored hashed; with
+    its expiry. ``expires_in`` and ``uses`` as the caller sent them (checked by issue_initial_token)."""
+    require(actor, Power.MANAGE_CLIENTS)
+    try:
+        token, row = issue_initial_token(expires_in, uses, actor.audit())
+    except ValueError as refused:
+        db.session.rollback()
+        raise Invalid({"initial_access_token": str(refused)}) from None
+    db.session.commit()
+    return token, row.expires_at
 
 
 def list_keys(actor: Actor) -> list[SigningKey]:

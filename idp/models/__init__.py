@@ -9,6 +9,7 @@ from idp.models.oauth import (
     Consent,
     DeviceCode,
     DPoPProof,
+    InitialAccessToken,
     PushedRequest,
     SessionClient,
     SigningKey,
@@ -18,6 +19,6 @@ from idp.models.types import UTCDateTime, table_of, utcnow
 from idp.models.user import AdminJob, AdminRole, User
 
 __all__ = ["AdminJob", "AdminRole", "AuditAnchor", "AuditCheckpoint", "AuditEvent", "AuthorizationCode", "Client",
-           "Consent", "Device", "DeviceCode", "DPoPProof", "Factor", "LoginSession", "LoginTransaction",
-           "OneTimeToken", "PushedRequest", "RecoveryCode", "SessionClient", "SigningKey", "Token", "TransactionState",
-           "User", "UTCDateTime", "table_of", "utcnow"]
+           "Consent", "Device", "DeviceCode", "DPoPProof", "Factor", "InitialAccessToken", "LoginSession",
+           "LoginTransaction", "OneTimeToken", "PushedRequest", "RecoveryCode", "SessionClient", "SigningKey", "Token",
+           "TransactionState", "User", "UTCDateTime", "table_of", "utcnow"]

@@ -43,6 +43,14 @@ class Client(Model):
     client_secret_hash: Mapped[str | None] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(200))
     logo_uri: Mapped[str | None] = mapped_column(String(2000))  # shown on the consent page (RFC 7591 2)
+    # RFC 7591 2: links to the client's privacy policy and terms of service, shown on the consent page.
+    policy_uri: Mapped[str | None] = mapped_column(String(2000))
+    tos_uri: Mapped[str | None] = mapped_column(String(2000))
+    # OpenID Connect Dynamic Client Registration 1.0 2: web | native (None: registered before it was asked).
+    application_type: Mapped[str | None] = mapped_column(String(16))
+    # RFC 7592 3: the SHA-256 of the registration access token of a dynamically registered client (None: a client
+    # registered by an operator, which no registration access token manages).
+    registration_access_token_hash: Mapped[str | None] = mapped_column(String(64))
     redirect_uris: Mapped[list[str]] = mapped_column(JSON, default=list)
     post_logout_redirect_uris: Mapped[list[str]] = mapped_column(JSON, default=list)
     grant_types: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -339,6 +347,22 @@ class DPoPProof(Model):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     jti_hash: Mapped[str] = mapped_column(String(64), unique=True)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class InitialAccessToken(Model):
+    """An initial access token (RFC 7591 3): what an operator hands a developer so that /register accepts their
+    client when IDP_REGISTRATION is initial-token. A bearer secret, so only its SHA-256 is stored; it expires, and
+    may be limited to a number of registrations (``uses_left``, counted down by one conditional UPDATE, so two
+    registrations at once cannot both take the last use: idp.oidc.dynamic)."""
+
+    __tablename__ = "initial_access_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    uses_left: Mapped[int | None] = mapped_column(Integer)  # None: any number until it expires
+    used: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Consent(Model):

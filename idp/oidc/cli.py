@@ -68,13 +68,17 @@ clients = AppGroup("clients", help="Manage OAuth / OpenID Connect clients.")
 @click.option("--request-object-alg", type=click.Choice(["RS256", "ES256", "PS256", "none"]),
               help="The one algorithm its request objects must be signed with (default: RS256, ES256 or PS256 with "
                    "its --jwks or --jwks-uri keys); 'none' allows unsigned ones.")
+@click.option("--policy-uri", help="An https URL of the client's privacy policy, linked from the consent page.")
+@click.option("--tos-uri", help="An https URL of the client's terms of service, linked from the consent page.")
+@click.option("--application-type", type=click.Choice(["web", "native"]),
+              help="web: https redirect URIs; native: an app's own scheme too (OIDC Dynamic Registration 2).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with client_id and client_secret.")
 def clients_create(name, redirect_uris, logout_uris, public, grant_types, scopes, auth_method, first_party,
                    id_token_alg, jwks_json, jwks_uri, mfa, min_acr, no_remembered_devices, access_token_ttl,
                    refresh_token_ttl, refresh_for_sessions, logo_uri, require_par, backchannel_logout_uri,
                    backchannel_logout_session_required, frontchannel_logout_uri,
                    frontchannel_logout_session_required, dpop, token_exchange_actors, request_uris,
-                   request_object_alg, as_json):
+                   request_object_alg, policy_uri, tos_uri, application_type, as_json):
     """Register a client; its secret is printed once."""
     try:
         jwks = json.loads(jwks_json) if jwks_json else None
@@ -94,7 +98,8 @@ def clients_create(name, redirect_uris, logout_uris, public, grant_types, scopes
             frontchannel_logout_uri=frontchannel_logout_uri,
             frontchannel_logout_session_required=frontchannel_logout_session_required,
             dpop_bound_access_tokens=dpop, token_exchange_actors=list(token_exchange_actors),
-            request_uris=list(request_uris), request_object_signing_alg=request_object_alg)
+            request_uris=list(request_uris), request_object_signing_alg=request_object_alg,
+            policy_uri=policy_uri, tos_uri=tos_uri, application_type=application_type)
     except admin_service.Invalid as refused:
         raise click.ClickException(refused.errors.get("client", str(refused))) from None
     if as_json:
@@ -162,6 +167,26 @@ def clients_rotate_secret(client_id):
     except admin_service.AdminError as refused:
         raise click.ClickException(str(refused)) from None
     click.echo(f"client_secret: {secret}")
+
+
+@clients.command("initial-token")
+@click.option("--expires-in", type=int, default=86400, show_default=True, help="Seconds the token stays valid.")
+@click.option("--uses", type=int, default=None, help="Registrations it allows (default: any number until it expires).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def clients_initial_token(expires_in, uses, as_json):
+    """Issue an initial access token for dynamic client registration (RFC 7591 3; IDP_REGISTRATION=initial-token);
+    printed once, stored hashed."""
+    try:
+        token, expires_at = admin_service.issue_initial_access_token(admin_service.OPERATOR, expires_in, uses)
+    except admin_service.Invalid as refused:
+        raise click.ClickException(refused.errors.get("initial_access_token", str(refused))) from None
+    if as_json:
+        click.echo(json.dumps({"initial_access_token": token, "expires_at": expires_at.isoformat(), "uses": uses}))
+        return
+    click.echo(f"initial_access_token: {token}")
+    click.echo(f"expires_at:           {expires_at:%Y-%m-%d %H:%M:%S} UTC"
+               + (f" ({uses} registration{'s' if uses != 1 else ''})" if uses is not None else ""))
+    click.echo("Send it as 'Authorization: Bearer ...' to /register. It is shown only now; it is stored hashed.")
 
 
 keys_group = AppGroup("keys", help="Manage the signing keys.")

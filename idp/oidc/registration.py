@@ -4,6 +4,7 @@ metadata, checked with Authlib's claims classes, plus idp's own), shared by the 
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc7591 import ClientMetadataClaims as RFC7591Claims
@@ -25,6 +26,12 @@ from idp.security.tokens import new_token, token_hash
 SIGNED_REQUEST_OBJECT_ALGS = ("RS256", "ES256", "PS256")
 REQUEST_OBJECT_ALGS = (*SIGNED_REQUEST_OBJECT_ALGS, "none")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})  # where plain http is allowed (RFC 8252 7.3)
+APPLICATION_TYPES = ("web", "native")  # OpenID Connect Dynamic Client Registration 1.0 2
+
+
+class RedirectURIError(ValueError):
+    """A redirect URI that cannot be registered: RFC 7591 3.2.2's invalid_redirect_uri, where any other refusal is
+    invalid_client_metadata (both are ValueError to the command line and the admin API)."""
 
 
 def validate_redirect_uri(uri: str) -> str | None:
@@ -152,7 +159,8 @@ SETTINGS = ("name", "logo_uri", "redirect_uris", "post_logout_redirect_uris", "p
             "allow_remembered_device", "access_token_ttl", "refresh_token_ttl", "refresh_tokens_for_sessions",
             "require_pushed_authorization_requests", "backchannel_logout_uri", "backchannel_logout_session_required",
             "frontchannel_logout_uri", "frontchannel_logout_session_required", "dpop_bound_access_tokens",
-            "token_exchange_actors", "request_uris", "request_object_signing_alg")
+            "token_exchange_actors", "request_uris", "request_object_signing_alg",
+            "policy_uri", "tos_uri", "application_type")
 
 # The logout settings (OpenID Connect Back-Channel and Front-Channel Logout 1.0), stored under their own names.
 LOGOUT_SETTINGS = ("backchannel_logout_uri", "backchannel_logout_session_required", "frontchannel_logout_uri",
@@ -169,14 +177,30 @@ def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: 
              backchannel_logout_session_required: bool = False, frontchannel_logout_uri: str | None = None,
              frontchannel_logout_session_required: bool = False,
              dpop_bound_access_tokens: bool = False, token_exchange_actors: list[str] | None = None,
-             request_uris: list[str] | None = None, request_object_signing_alg: str | None = None) -> dict:
-    """The settings as stored (column names), after checking them; raises ValueError in one line."""
+             request_uris: list[str] | None = None, request_object_signing_alg: str | None = None,
+             policy_uri: str | None = None, tos_uri: str | None = None, application_type: str | None = None) -> dict:
+    """The settings as stored (column names), after checking them; raises ValueError in one line (RedirectURIError
+    for a redirect URI)."""
     grant_types = grant_types or ["authorization_code", "refresh_token"]
     method = "none" if public else (auth_method or "client_secret_basic")
-    for uri in [*redirect_uris, *post_logout_redirect_uris]:  # stricter than registration's own URI check
+    for uri in redirect_uris:  # stricter than registration's own URI check
+        problem = validate_redirect_uri(uri)
+        if problem:
+            raise RedirectURIError(problem)
+    for uri in post_logout_redirect_uris:
         problem = validate_redirect_uri(uri)
         if problem:
             raise ValueError(problem)
+    if application_type is not None and application_type not in APPLICATION_TYPES:
+        raise ValueError(f"application_type is {' or '.join(APPLICATION_TYPES)}")
+    if application_type == "web":
+        # OpenID Connect Dynamic Client Registration 1.0 2: a web client's redirect URIs are its site's (https);
+        # http to a loopback host stays allowed for development, as for every client (SECURITY.md 1). A custom
+        # scheme is a native app's.
+        for uri in redirect_uris:
+            if urlsplit(uri).scheme not in ("https", "http"):
+                raise RedirectURIError(f"a web application's redirect URIs are https URLs (register "
+                                       f"application_type native for an app's own scheme): {uri}")
     check_metadata({"redirect_uris": list(redirect_uris), "token_endpoint_auth_method": method,
                     "grant_types": list(grant_types), "response_types": ["code"] if redirect_uris else [],
                     "client_name": name, "scope": " ".join(scopes), "id_token_signed_response_alg": id_token_alg,
@@ -184,10 +208,11 @@ def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: 
                     **({"jwks_uri": jwks_uri} if jwks_uri else {}), **({"logo_uri": logo_uri} if logo_uri else {}),
                     **({"request_uris": list(request_uris)} if request_uris else {}),
                     **({"request_object_signing_alg": request_object_signing_alg}
-                       if request_object_signing_alg else {})})
+                       if request_object_signing_alg else {}),
+                    **({"policy_uri": policy_uri} if policy_uri else {}), **({"tos_uri": tos_uri} if tos_uri else {})})
     # idp's own rules on top of the registration metadata's.
     if "authorization_code" in grant_types and not redirect_uris:
-        raise ValueError("a client with the authorization_code grant needs at least one --redirect-uri")
+        raise RedirectURIError("a client with the authorization_code grant needs at least one --redirect-uri")
     if public and auth_method not in (None, "none"):
         raise ValueError("a public client authenticates with 'none'")
     if method == "none" and "client_credentials" in grant_types:
@@ -210,6 +235,8 @@ def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: 
         raise ValueError("the idp:account scope is for first-party clients (their users manage their own account)")
     if method == "private_key_jwt" and not (jwks or jwks_uri):
         raise ValueError("private_key_jwt needs the client's --jwks or --jwks-uri")
+    if jwks is not None and jwks_uri:  # RFC 7591 2: "MUST NOT both be present"
+        raise ValueError("jwks and jwks_uri cannot both be registered: the keys by value or by reference")
     if jwks is not None:
         client_public_keys(jwks)  # raises ValueError with what is wrong
     problem = validate_jwks_uri(jwks_uri) if jwks_uri else None
@@ -231,6 +258,12 @@ def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: 
     if logo_uri and (len(logo_uri) > 2000 or urlsplit(logo_uri).scheme != "https"
                      or not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?", urlsplit(logo_uri).netloc)):
         raise ValueError("a logo URI is an https URL of at most 2000 characters")
+    # RFC 7591 2: links the consent page shows the user; https only, so that what the user reads there is the
+    # client's own (and not a javascript: or data: URL).
+    for what, link in (("policy_uri", policy_uri), ("tos_uri", tos_uri)):
+        if link and (len(link) > 2000 or urlsplit(link).scheme != "https" or not urlsplit(link).hostname
+                     or "#" in link or any(ch.isspace() for ch in link)):
+            raise ValueError(f"a {what} is an https URL without a fragment, of at most 2000 characters")
     for kind, logout_uri in (("back-channel", backchannel_logout_uri), ("front-channel", frontchannel_logout_uri)):
         problem = validate_logout_uri(logout_uri, kind) if logout_uri is not None else None
         if problem:
@@ -260,7 +293,8 @@ def _checked(*, name: str, redirect_uris: list[str], post_logout_redirect_uris: 
             "frontchannel_logout_session_required": bool(frontchannel_logout_session_required),
             "dpop_bound_access_tokens": dpop_bound_access_tokens, "token_exchange_actors": actors,
             "request_uris": list(dict.fromkeys(request_uris or [])) or None,
-            "request_object_signing_alg": request_object_signing_alg or None}
+            "request_object_signing_alg": request_object_signing_alg or None, "policy_uri": policy_uri or None,
+            "tos_uri": tos_uri or None, "application_type": application_type}
 
 
 def _unknown_actors(actors: list[str], own_id: str) -> None:
@@ -273,9 +307,9 @@ def _unknown_actors(actors: list[str], own_id: str) -> None:
 
 
 def create_client(*, client_id: str | None = None, audit_details: dict | None = None,
-                  **settings) -> tuple[Client, str | None]:
+                  event: str = "client.created", **settings) -> tuple[Client, str | None]:
     """Register a client after checking its settings (SETTINGS); returns it and its secret (None for public
-    clients and private_key_jwt)."""
+    clients and private_key_jwt). ``event`` names the audit event (client.registered at /register)."""
     columns = _checked(**settings)
     client_id = client_id or new_client_id()
     _unknown_actors(columns["token_exchange_actors"], client_id)
@@ -285,7 +319,7 @@ def create_client(*, client_id: str | None = None, audit_details: dict | None = 
                     **columns)
     db.session.add(client)
     db.session.flush()
-    audit.record("client.created", client_id=client.client_id, name=client.name, auth_method=method,
+    audit.record(event, client_id=client.client_id, name=client.name, auth_method=method,
                  grant_types=client.grant_types, **(audit_details or {"via": "cli"}))
     return client, secret
 
@@ -306,10 +340,12 @@ def settings_of(client: Client) -> dict:
             "dpop_bound_access_tokens": client.dpop_bound_access_tokens,
             "token_exchange_actors": list(client.token_exchange_actors or []),
             "request_uris": list(client.request_uris or []),
-            "request_object_signing_alg": client.request_object_signing_alg}
+            "request_object_signing_alg": client.request_object_signing_alg,
+            "policy_uri": client.policy_uri, "tos_uri": client.tos_uri, "application_type": client.application_type}
 
 
-def update_client(client: Client, changes: dict, audit_details: dict | None = None) -> dict:
+def update_client(client: Client, changes: dict, audit_details: dict | None = None,
+                  event: str = "client.updated") -> dict:
     """Change some settings of a client, checked as a whole as at creation; returns the diff (column: [before,
     after]). Whether it has a secret cannot change (public, or private_key_jwt, against a secret): that is a new
     client, since its secret would have to appear or vanish under running software."""
@@ -330,7 +366,7 @@ def update_client(client: Client, changes: dict, audit_details: dict | None = No
             setattr(client, column, value)
     if diff:
         shown = {column: pair for column, pair in diff.items() if column != "jwks"}  # keys are long; named only
-        audit.record("client.updated", client_id=client.client_id, changes=shown, jwks_changed="jwks" in diff,
+        audit.record(event, client_id=client.client_id, changes=shown, jwks_changed="jwks" in diff,
                      **(audit_details or {"via": "cli"}))
     return diff
 
@@ -351,4 +387,132 @@ def describe(client: Client) -> dict:
             "token_exchange_actors": list(client.token_exchange_actors or []),
             "request_uris": list(client.request_uris or []),
             "request_object_signing_alg": client.request_object_signing_alg,
+            "policy_uri": client.policy_uri, "tos_uri": client.tos_uri, "application_type": client.application_type,
             "created_at": client.created_at.isoformat(timespec="seconds")}
+
+
+# --- client metadata by its RFC 7591 / OpenID Connect names (dynamic registration, idp.oidc.dynamic) -------------
+
+# What a client may send to /register (RFC 7591 2; OpenID Connect Dynamic Client Registration 1.0 2; RFC 9126 6;
+# RFC 9449 5.2; Back- and Front-Channel Logout 1.0), by its JSON type, and the setting each becomes.
+REGISTRATION_FIELDS: dict[str, tuple[type, str]] = {
+    "redirect_uris": (list, "redirect_uris"), "post_logout_redirect_uris": (list, "post_logout_redirect_uris"),
+    "grant_types": (list, "grant_types"), "token_endpoint_auth_method": (str, "auth_method"),
+    "client_name": (str, "name"), "logo_uri": (str, "logo_uri"), "policy_uri": (str, "policy_uri"),
+    "tos_uri": (str, "tos_uri"), "jwks": (dict, "jwks"), "jwks_uri": (str, "jwks_uri"),
+    "backchannel_logout_uri": (str, "backchannel_logout_uri"),
+    "backchannel_logout_session_required": (bool, "backchannel_logout_session_required"),
+    "frontchannel_logout_uri": (str, "frontchannel_logout_uri"),
+    "frontchannel_logout_session_required": (bool, "frontchannel_logout_session_required"),
+    "id_token_signed_response_alg": (str, "id_token_alg"), "scope": (str, "scopes"),
+    "dpop_bound_access_tokens": (bool, "dpop_bound_access_tokens"),
+    "require_pushed_authorization_requests": (bool, "require_pushed_authorization_requests"),
+    "application_type": (str, "application_type"),
+}
+# Metadata idp understands but cannot honour: refused rather than ignored, since ignoring it would leave the client
+# believing it gets what it asked for (an encrypted ID token, signed userinfo, pairwise subjects).
+UNSUPPORTED_FIELDS = ("id_token_encrypted_response_alg", "id_token_encrypted_response_enc",
+                      "userinfo_signed_response_alg", "userinfo_encrypted_response_alg",
+                      "userinfo_encrypted_response_enc", "request_object_encryption_alg",
+                      "request_object_encryption_enc", "authorization_signed_response_alg",
+                      "authorization_encrypted_response_alg", "authorization_encrypted_response_enc",
+                      "tls_client_certificate_bound_access_tokens")
+# What an omitted field means (RFC 7591 2's defaults; RFC 7592 2.2: a PUT that leaves a field out removes it).
+REGISTRATION_DEFAULTS: dict[str, Any] = {
+    "logo_uri": None, "policy_uri": None, "tos_uri": None, "jwks": None, "jwks_uri": None,
+    "backchannel_logout_uri": None, "backchannel_logout_session_required": False, "frontchannel_logout_uri": None,
+    "frontchannel_logout_session_required": False, "id_token_alg": "RS256", "dpop_bound_access_tokens": False,
+    "require_pushed_authorization_requests": False,
+}
+JSON_TYPES = {list: "an array", str: "a string", dict: "an object", bool: "true or false"}
+MAX_LIST = 50  # redirect URIs and the like a client may register: far beyond any real client's
+MAX_TEXT = 2000
+
+
+def _of_type(value: Any, kind: type) -> bool:
+    """isinstance, without narrowing ``value`` for mypy (``kind`` is a variable there)."""
+    return isinstance(value, kind)
+
+
+def settings_from_metadata(metadata: Any, unnamed: str) -> dict:
+    """create_client's settings from client metadata under its RFC names (RFC 7591 2, OpenID Connect Dynamic Client
+    Registration 1.0 2), with RFC 7591's defaults for what is left out (a PUT of RFC 7592 2.2 replaces the whole
+    registration, so an omitted field is reset, never kept). Metadata idp does not know is ignored (RFC 7591 2);
+    what it knows and cannot honour is refused. Without a client_name (RFC 7591 2: optional) the client is named
+    after its first redirect URI's host, else ``unnamed``. A dynamically registered client is never first-party
+    and gets no idp:* scope (SECURITY.md 34). Raises ValueError (RedirectURIError for a redirect URI) in one line;
+    the values are then checked by _checked, as for every client."""
+    if not isinstance(metadata, dict):
+        raise ValueError("the client metadata is a JSON object")
+    settings: dict[str, Any] = {}
+    for field, (kind, setting) in REGISTRATION_FIELDS.items():
+        value: Any = metadata.get(field)
+        if value is None:
+            continue
+        if not _of_type(value, kind) or (kind is str and len(value) > MAX_TEXT):
+            raise ValueError(f"{field} must be {JSON_TYPES[kind]}" + (f" of at most {MAX_TEXT} characters"
+                                                                      if kind is str else ""))
+        if kind is list and (len(value) > MAX_LIST or not all(isinstance(item, str) and 0 < len(item) <= MAX_TEXT
+                                                               for item in value)):
+            error = RedirectURIError if field == "redirect_uris" else ValueError
+            raise error(f"{field} must be a list of at most {MAX_LIST} non-empty strings of at most {MAX_TEXT} "
+                        "characters")
+        settings[setting] = value
+    for field in UNSUPPORTED_FIELDS:
+        if metadata.get(field) is not None:
+            raise ValueError(f"{field} is not supported by this server")
+    if metadata.get("subject_type") not in (None, "public"):
+        raise ValueError("subject_type must be public (the only subject type this server supports)")
+    if metadata.get("token_endpoint_auth_signing_alg") not in (None, "RS256", "ES256"):
+        raise ValueError("token_endpoint_auth_signing_alg must be RS256 or ES256")
+    grant_types = settings.get("grant_types") or ["authorization_code"]  # RFC 7591 2's default
+    response_types = metadata.get("response_types")
+    if response_types is None:
+        response_types = ["code"] if "authorization_code" in grant_types else []
+    if not isinstance(response_types, list) or any(item != "code" for item in response_types):
+        raise ValueError("response_types may only be ['code']: this server has no implicit or hybrid flow")
+    # RFC 7591 2.1: the code response type goes with the authorization_code grant, and the grant with it.
+    if bool(response_types) != ("authorization_code" in grant_types):
+        raise ValueError("response_types ['code'] and the authorization_code grant go together (RFC 7591 2.1)")
+    scopes = (settings.pop("scopes", None) or "").split()
+    forbidden = [scope for scope in scopes if scope.startswith("idp:")]
+    if forbidden:
+        raise ValueError(f"the {' '.join(forbidden)} scope cannot be registered dynamically: the idp:* scopes are "
+                         "for clients an operator registers")
+    method = settings.pop("auth_method", None) or "client_secret_basic"  # RFC 7591 2's default
+    name = (settings.pop("name", None) or "").strip()
+    if not name:  # RFC 7591 2: optional; the consent page names the site the user would go back to
+        hosts = [urlsplit(uri).hostname for uri in settings.get("redirect_uris", [])]
+        name = next((host for host in hosts if host), None) or unnamed
+    return {**REGISTRATION_DEFAULTS, **settings, "name": name, "grant_types": grant_types, "scopes": scopes,
+            "public": method == "none", "auth_method": None if method == "none" else method,
+            "application_type": settings.get("application_type") or "web",  # OIDC DCR 2's default
+            "first_party": False, "redirect_uris": settings.get("redirect_uris", []),
+            "post_logout_redirect_uris": settings.get("post_logout_redirect_uris", [])}
+
+
+def metadata_of(client: Client) -> dict:
+    """A client's registered metadata under the RFC 7591 / OpenID Connect names (RFC 7591 3.2.1, RFC 7592 3):
+    what /register answers and the client configuration endpoint reads back (never a secret)."""
+    metadata = {
+        "client_id": client.client_id,
+        "client_id_issued_at": int(client.created_at.timestamp()),
+        "client_name": client.name, "redirect_uris": list(client.redirect_uris),
+        "grant_types": list(client.grant_types),
+        "response_types": ["code"] if "authorization_code" in client.grant_types else [],
+        "token_endpoint_auth_method": client.token_endpoint_auth_method, "scope": client.scope,
+        "id_token_signed_response_alg": client.id_token_signed_response_alg,
+        "application_type": client.application_type or "web",
+        "post_logout_redirect_uris": list(client.post_logout_redirect_uris),
+        "dpop_bound_access_tokens": client.dpop_bound_access_tokens,
+        "require_pushed_authorization_requests": client.require_pushed_authorization_requests,
+        "backchannel_logout_session_required": client.backchannel_logout_session_required,
+        "frontchannel_logout_session_required": client.frontchannel_logout_session_required,
+    }
+    for name in ("logo_uri", "policy_uri", "tos_uri", "jwks", "jwks_uri", "backchannel_logout_uri",
+                 "frontchannel_logout_uri"):
+        if getattr(client, name) is not None:
+            metadata[name] = getattr(client, name)
+    if client.client_secret_hash is not None:
+        metadata["client_secret_expires_at"] = 0  # RFC 7591 3.2.1: it does not expire
+    return metadata

@@ -76,6 +76,9 @@ def metadata() -> dict:
         "revocation_endpoint": external_url("oidc.revoke"),
         "introspection_endpoint": external_url("oidc.introspect"),
         "end_session_endpoint": external_url("oidc.end_session"),
+        # RFC 7591 3, RFC 8414 2: idp.oidc.dynamic, only when registration is not closed (IDP_REGISTRATION).
+        **({"registration_endpoint": external_url("registration.register")}
+           if current_app.config["IDP_REGISTRATION"] != "closed" else {}),
         "scopes_supported": list(oidc_claims.SCOPES),
         "claims_supported": oidc_claims.CLAIMS_SUPPORTED,
         "response_types_supported": ["code"],

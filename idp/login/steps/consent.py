@@ -41,7 +41,11 @@ class ConsentStep(Step):
         if logo:  # registered as an https URL (idp.oidc.registration); the page's CSP allows its origin only
             parts = urlsplit(logo)
             g.csp_image_origin = f"https://{parts.netloc}"
+        # RFC 7591 2: the client's privacy policy and terms of service, for the user to read before allowing
+        # (https URLs, checked at registration).
         return {"client_name": ctx.state.client_name or _("An application"), "client_logo": logo,
+                "policy_uri": client.policy_uri if client is not None else None,
+                "tos_uri": client.tos_uri if client is not None else None,
                 "scopes": [(s, SCOPE_DESCRIPTIONS.get(s, s)) for s in ctx.state.scopes]}
 
     def verify(self, ctx: StepContext, data: Mapping[str, Any]) -> Outcome:
