@@ -179,6 +179,18 @@ def make_user(app):
 
 
 @pytest.fixture
+def alice(make_user):
+    """The default user (alice@example.com, tests.support.PASSWORD, verified); a module may define its own."""
+    return make_user()
+
+
+@pytest.fixture
+def conf(make_client):
+    """A confidential first-party client (no consent screen): (client_id, secret); a module may define its own."""
+    return make_client(name="Conf App", first_party=True)
+
+
+@pytest.fixture
 def make_client(app):
     """Register a client: make_client(redirect_uris=[...], public=False, first_party=False, ...) -> (id, secret)."""
     from tests.support import make_client_in

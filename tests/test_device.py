@@ -30,10 +30,6 @@ DEVICE = "urn:ietf:params:oauth:grant-type:device_code"
 ALICE = "alice@example.com"
 
 
-@pytest.fixture
-def alice(make_user):
-    return make_user()
-
 
 @pytest.fixture
 def tv(make_client):

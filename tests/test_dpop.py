@@ -93,10 +93,6 @@ def resource(http, method: str, path: str, access_token: str, key=None, scheme: 
 
 # --- fixtures ---------------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def alice(make_user):
-    return make_user()
-
 
 @pytest.fixture
 def conf(make_client):

@@ -127,10 +127,6 @@ def flow_binding(client) -> str | None:
         return flow.get("bind")
 
 
-@pytest.fixture
-def alice(make_user):
-    return make_user()
-
 
 @pytest.fixture
 def plain_client(make_client):

@@ -168,10 +168,6 @@ def new_mail(mailbox: Mailbox) -> list[dict]:
     return list(mailbox.server.messages)
 
 
-@pytest.fixture
-def alice(make_user):
-    return make_user()
-
 
 @pytest.fixture
 def plain_client(make_client):

@@ -104,10 +104,6 @@ def user_row(app, email: str = ALICE) -> User:
         return user
 
 
-@pytest.fixture
-def alice(make_user):
-    return make_user()
-
 
 @pytest.fixture
 def first_party(make_client):

@@ -159,15 +159,6 @@ def cli(app, *args):
 
 # --- fixtures ---------------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def alice(make_user):
-    return make_user()
-
-
-@pytest.fixture
-def conf(make_client):
-    """A confidential first-party client (no consent screen): (client_id, secret)."""
-    return make_client(name="Conf App", first_party=True)
 
 
 @pytest.fixture

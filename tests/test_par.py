@@ -137,10 +137,6 @@ def code_from(walked) -> str:
 
 # --- fixtures -----------------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def alice(make_user):
-    return make_user()
-
 
 @pytest.fixture
 def conf(make_client):

@@ -15,17 +15,6 @@ from idp.models import LoginSession, Token, utcnow
 from tests.test_oidc_protocol import jwks_of, refresh, tokens
 
 
-@pytest.fixture
-def alice(make_user):
-    return make_user()
-
-
-@pytest.fixture
-def conf(make_client):
-    """A confidential first-party client (no consent screen)."""
-    return make_client(name="Conf App", first_party=True)
-
-
 def _claims(client, id_token: str) -> dict:
     decoded = jwt.decode(id_token, jwks_of(client), algorithms=["RS256", "ES256"])
     assert decoded.header.get("kid")

@@ -131,10 +131,6 @@ def host():
     thread.join(timeout=10)
 
 
-@pytest.fixture
-def alice(make_user):
-    return make_user()
-
 
 @pytest.fixture
 def rp(make_client, host):

@@ -12,16 +12,6 @@ from tests.support import RP_CALLBACK, authorize_url, csrf_token, pkce_pair, que
 from tests.test_oidc_protocol import ISSUER, assert_error_page, assert_error_redirect, redeem
 
 
-@pytest.fixture
-def alice(make_user):
-    return make_user()
-
-
-@pytest.fixture
-def conf(make_client):
-    return make_client(name="Conf App", first_party=True)
-
-
 def form_of(response) -> tuple[str, dict[str, str]]:
     """The action and the hidden fields of a form_post page."""
     page = response.get_data(as_text=True)

@@ -324,6 +324,19 @@ def create_client(*, client_id: str | None = None, audit_details: dict | None = 
     return client, secret
 
 
+# The settings stored in a column of the same name, which settings_of and describe both show as they are (lists
+# copied, NULL lists as empty ones).
+SAME_NAMED = ("mfa", "min_acr", "allow_remembered_device", "access_token_ttl", "refresh_token_ttl",
+              "refresh_tokens_for_sessions", "require_pushed_authorization_requests", *LOGOUT_SETTINGS,
+              "dpop_bound_access_tokens", "request_object_signing_alg", "policy_uri", "tos_uri", "application_type")
+LIST_SETTINGS = ("token_exchange_actors", "request_uris")
+
+
+def _same_named(client: Client) -> dict:
+    return {**{name: getattr(client, name) for name in SAME_NAMED},
+            **{name: list(getattr(client, name) or []) for name in LIST_SETTINGS}}
+
+
 def settings_of(client: Client) -> dict:
     """A client's settings under create_client's names."""
     public = client.token_endpoint_auth_method == "none"
@@ -332,16 +345,7 @@ def settings_of(client: Client) -> dict:
             "grant_types": list(client.grant_types), "scopes": client.scope.split(),
             "auth_method": None if public else client.token_endpoint_auth_method, "first_party": client.first_party,
             "id_token_alg": client.id_token_signed_response_alg, "jwks": client.jwks, "jwks_uri": client.jwks_uri,
-            "mfa": client.mfa, "min_acr": client.min_acr, "allow_remembered_device": client.allow_remembered_device,
-            "access_token_ttl": client.access_token_ttl, "refresh_token_ttl": client.refresh_token_ttl,
-            "refresh_tokens_for_sessions": client.refresh_tokens_for_sessions,
-            "require_pushed_authorization_requests": client.require_pushed_authorization_requests,
-            **{name: getattr(client, name) for name in LOGOUT_SETTINGS},
-            "dpop_bound_access_tokens": client.dpop_bound_access_tokens,
-            "token_exchange_actors": list(client.token_exchange_actors or []),
-            "request_uris": list(client.request_uris or []),
-            "request_object_signing_alg": client.request_object_signing_alg,
-            "policy_uri": client.policy_uri, "tos_uri": client.tos_uri, "application_type": client.application_type}
+            **_same_named(client)}
 
 
 def update_client(client: Client, changes: dict, audit_details: dict | None = None,
@@ -378,16 +382,7 @@ def describe(client: Client) -> dict:
             "post_logout_redirect_uris": client.post_logout_redirect_uris, "grant_types": client.grant_types,
             "scope": client.scope, "token_endpoint_auth_method": client.token_endpoint_auth_method,
             "first_party": client.first_party, "id_token_signed_response_alg": client.id_token_signed_response_alg,
-            "mfa": client.mfa, "min_acr": client.min_acr, "allow_remembered_device": client.allow_remembered_device,
-            "access_token_ttl": client.access_token_ttl, "refresh_token_ttl": client.refresh_token_ttl,
-            "refresh_tokens_for_sessions": client.refresh_tokens_for_sessions,
-            "require_pushed_authorization_requests": client.require_pushed_authorization_requests,
-            **{name: getattr(client, name) for name in LOGOUT_SETTINGS},
-            "dpop_bound_access_tokens": client.dpop_bound_access_tokens,
-            "token_exchange_actors": list(client.token_exchange_actors or []),
-            "request_uris": list(client.request_uris or []),
-            "request_object_signing_alg": client.request_object_signing_alg,
-            "policy_uri": client.policy_uri, "tos_uri": client.tos_uri, "application_type": client.application_type,
+            **_same_named(client),
             "created_at": client.created_at.isoformat(timespec="seconds")}
 
 
