@@ -81,6 +81,34 @@ def walk_hosted_pages(authorization_url: str, redirect_uri: str) -> tuple[reques
     raise AssertionError(f"no redirect to {redirect_uri} after steps {steps}")
 
 
+def run_rp(command: list[str], meta: dict, *, first_input: str | None = None):
+    """Run one of the node RP scripts (tests/rp): hand it ``first_input`` (a secret) if any, read the authorization
+    URL it prints first, play the user's browser through the hosted pages, hand it the callback URL, and read its
+    result. Returns (its first line, its result, the browser, the authorization URL's query)."""
+    rp = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(90, rp.kill)  # a hung RP must not hang the suite on readline()
+    watchdog.start()
+    try:
+        if first_input is not None:
+            rp.stdin.write(first_input + "\n")
+            rp.stdin.flush()
+        first = rp.stdout.readline()
+        assert first, rp.communicate(timeout=30)
+        started = json.loads(first)
+        authorization_url = started["authorizationUrl"]
+        assert authorization_url.startswith(meta["authorization_endpoint"] + "?")
+        browser, callback, steps = walk_hosted_pages(authorization_url, REDIRECT_URI)
+        assert steps == ["password", "consent"]
+        out, err = rp.communicate(callback + "\n", timeout=60)
+    finally:
+        watchdog.cancel()
+        if rp.poll() is None:
+            rp.kill()
+            rp.communicate()
+    assert rp.returncode == 0, err
+    return started, json.loads(out), browser, parse_qs(urlsplit(authorization_url).query)
+
+
 def signed_in(browser: requests.Session, origin: str) -> bool:
     return browser.get(origin + "/account", allow_redirects=False, timeout=TIMEOUT).status_code == 200
 
@@ -168,29 +196,9 @@ def test_openid_client_signs_in_refreshes_revokes_and_logs_out(live_server, rp_s
     user, meta = rp_setup
     client_id, secret = make_client_in(live_server.app, name="Node RP", redirect_uris=[REDIRECT_URI],
                                        post_logout_redirect_uris=[LOGOUT_URI], auth_method="client_secret_post")
-    rp = subprocess.Popen([*openid_client_rp, live_server.url, client_id, REDIRECT_URI, LOGOUT_URI],
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    watchdog = threading.Timer(90, rp.kill)  # a hung RP must not hang the suite on readline()
-    watchdog.start()
-    try:
-        rp.stdin.write(secret + "\n")
-        rp.stdin.flush()
-        first = rp.stdout.readline()
-        assert first, rp.communicate(timeout=30)
-        authorization_url = json.loads(first)["authorizationUrl"]
-        query = parse_qs(urlsplit(authorization_url).query)
-        assert authorization_url.startswith(meta["authorization_endpoint"] + "?")
-        assert query["code_challenge_method"] == ["S256"] and query["nonce"] and query["state"]
-        browser, callback, steps = walk_hosted_pages(authorization_url, REDIRECT_URI)
-        assert steps == ["password", "consent"]
-        out, err = rp.communicate(callback + "\n", timeout=60)
-    finally:
-        watchdog.cancel()
-        if rp.poll() is None:
-            rp.kill()
-            rp.communicate()
-    assert rp.returncode == 0, err
-    result = json.loads(out)
+    _started, result, browser, query = run_rp([*openid_client_rp, live_server.url, client_id, REDIRECT_URI,
+                                               LOGOUT_URI], meta, first_input=secret)
+    assert query["code_challenge_method"] == ["S256"] and query["nonce"] and query["state"]
     assert result["claims"]["sub"] == user.subject
     assert result["claims"]["iss"] == live_server.url and result["claims"]["aud"] in (client_id, [client_id])
     assert result["claims"]["nonce"] == query["nonce"][0]
@@ -230,30 +238,11 @@ def test_openid_client_pushes_its_request_and_binds_its_tokens_with_dpop(make_ap
         client_id, _ = make_client_in(server.app, name="Node DPoP RP", redirect_uris=[REDIRECT_URI], public=True,
                                       require_pushed_authorization_requests=True)
         script = str(NODE_PACKAGES / "rp-dpop.mjs")
-        rp = subprocess.Popen([openid_client_rp[0], script, server.url, client_id, REDIRECT_URI],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        watchdog = threading.Timer(90, rp.kill)
-        watchdog.start()
-        try:
-            first = rp.stdout.readline()
-            assert first, rp.communicate(timeout=30)
-            started = json.loads(first)
-            authorization_url = started["authorizationUrl"]
-            # RFC 9126 4: only client_id and the request_uri travel through the browser.
-            query = parse_qs(urlsplit(authorization_url).query)
-            assert authorization_url.startswith(meta["authorization_endpoint"] + "?")
-            assert set(query) == {"client_id", "request_uri"} and query["client_id"] == [client_id]
-            assert query["request_uri"][0].startswith("urn:ietf:params:oauth:request_uri:")
-            browser, callback, steps = walk_hosted_pages(authorization_url, REDIRECT_URI)
-            assert steps == ["password", "consent"]
-            out, err = rp.communicate(callback + "\n", timeout=60)
-        finally:
-            watchdog.cancel()
-            if rp.poll() is None:
-                rp.kill()
-                rp.communicate()
-        assert rp.returncode == 0, err
-        result = json.loads(out)
+        started, result, browser, query = run_rp([openid_client_rp[0], script, server.url, client_id,
+                                                  REDIRECT_URI], meta)
+        # RFC 9126 4: only client_id and the request_uri travel through the browser.
+        assert set(query) == {"client_id", "request_uri"} and query["client_id"] == [client_id]
+        assert query["request_uri"][0].startswith("urn:ietf:params:oauth:request_uri:")
         jkt = _rfc7638(started["publicJwk"])
         jwks = KeySet.import_key_set(requests.get(meta["jwks_uri"], timeout=TIMEOUT).json())
         assert result["tokenType"].lower() == "dpop" and result["refreshedTokenType"].lower() == "dpop"
