@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -53,6 +52,7 @@ from idp.models import Client
 from idp.oidc import par
 from idp.oidc.registration import SIGNED_REQUEST_OBJECT_ALGS, validate_request_uri
 from idp.oidc.server import client_keys, issuer, query_client
+from idp.security.fetch import FetchFailed, bounded_get
 
 # RFC 9101 5.2.3 names application/oauth-authz-req+jwt; application/jwt is what many clients' servers send.
 MEDIA_TYPES = ("application/oauth-authz-req+jwt", "application/jwt")
@@ -121,28 +121,10 @@ def fetch_registered(client: Client, request_uri: str) -> str:
 def fetch(uri: str) -> str:
     """GET ``uri`` within the bounds above: no redirect (RFC 9101 10.4.2), 200, the request object media type,
     at most MAX_BYTES within FETCH_SECONDS; any failure is invalid_request_uri (OIDC Core 3.1.2.6)."""
-    import requests
-
-    deadline = time.monotonic() + FETCH_SECONDS
-    body = bytearray()
     try:
-        with requests.get(uri, timeout=(FETCH_SECONDS, FETCH_SECONDS), allow_redirects=False, stream=True,
-                          headers={"Accept": ", ".join(MEDIA_TYPES), "Accept-Encoding": "identity"}) as response:
-            if response.status_code != 200:
-                raise InvalidRequestUriError(f"Fetching the request_uri was answered {response.status_code} (no "
-                                             "redirect is followed).")
-            media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-            if media_type not in MEDIA_TYPES:
-                raise InvalidRequestUriError("The request_uri did not answer with application/oauth-authz-req+jwt "
-                                             "(RFC 9101 5.2.3).")
-            while chunk := response.raw.read1(8192):  # one socket read at a time, so the deadline is seen
-                body += chunk
-                if len(body) > MAX_BYTES:
-                    raise InvalidRequestUriError("The request object at the request_uri is too large.")
-                if time.monotonic() > deadline:
-                    raise InvalidRequestUriError("The request_uri took too long to answer.")
-    except (requests.RequestException, OSError, ValueError):  # refused, reset, timed out, not HTTP
-        raise InvalidRequestUriError("The request_uri could not be fetched.") from None
+        body = bounded_get(uri, media_types=MEDIA_TYPES, max_bytes=MAX_BYTES, seconds=FETCH_SECONDS)
+    except FetchFailed as failed:
+        raise InvalidRequestUriError(f"The request_uri {failed} (RFC 9101 5.2.3).") from None
     try:
         return body.decode("ascii").strip()
     except UnicodeDecodeError:

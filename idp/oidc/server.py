@@ -56,6 +56,7 @@ from idp.models import AuthorizationCode, Client, LoginSession, Token, User, tab
 from idp.oidc import claims as oidc_claims
 from idp.oidc import dpop, keys
 from idp.oidc.policy import oversized_parameter
+from idp.security.fetch import FetchFailed, bounded_get
 from idp.security.tokens import new_token, token_hash
 
 ALL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
@@ -698,14 +699,17 @@ def client_public_keys(value: Any) -> KeySet:
     return keyset
 
 
-def _fetch_jwks(uri: str) -> KeySet:
-    import requests
+# A client's JWK Set: a few keys are a few kilobytes (idp.security.fetch bounds the fetch; no redirect followed).
+JWKS_MAX_BYTES = 65536
+JWKS_FETCH_SECONDS = 5.0
 
+
+def _fetch_jwks(uri: str) -> KeySet:
     try:
-        response = requests.get(uri, timeout=5)
-        response.raise_for_status()
-        return client_public_keys(response.json())
-    except requests.RequestException as exc:
+        body = bounded_get(uri, media_types=("application/json", "application/jwk-set+json"),
+                           max_bytes=JWKS_MAX_BYTES, seconds=JWKS_FETCH_SECONDS)
+        return client_public_keys(json.loads(body))
+    except (FetchFailed, ValueError) as exc:
         raise ValueError(f"could not fetch {uri}") from exc
 
 
