@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from html.parser import HTMLParser
 
 import pytest
 
@@ -285,6 +286,133 @@ def test_a_client_is_registered_edited_and_deleted_after_typing_its_name(app, co
     post(console, f"{edit}/delete", edit, confirm="yes", typed="Shop 2")
     with app.app_context():
         assert db.session.execute(db.select(Client).where(Client.client_id == client_id)).scalar_one_or_none() is None
+
+
+class _FormFields(HTMLParser):
+    """What a browser would submit from a page's main form: its inputs, checked boxes, selected options and
+    textareas, by name (the first form with a submit button and more than one field)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forms: list[dict[str, str]] = []
+        self._textarea: str | None = None
+        self._select: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        a = dict(attrs)
+        if tag == "form":
+            self.forms.append({})
+        elif tag == "input" and a.get("name") and self.forms:
+            if a.get("type") not in ("checkbox", "radio") or "checked" in a:
+                self.forms[-1][a["name"]] = a.get("value") or ""
+        elif tag == "textarea" and self.forms:
+            self._textarea = a["name"]
+            self.forms[-1][a["name"]] = ""
+        elif tag == "select" and self.forms:
+            self._select = a["name"]
+        elif tag == "option" and self._select and ("selected" in a or self._select not in self.forms[-1]):
+            self.forms[-1][self._select] = a.get("value") or ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "textarea":
+            self._textarea = None
+        elif tag == "select":
+            self._select = None
+
+    def handle_data(self, data: str) -> None:
+        if self._textarea:
+            self.forms[-1][self._textarea] += data
+
+
+def form_fields(page) -> dict[str, str]:
+    parser = _FormFields()
+    parser.feed(page.get_data(as_text=True))
+    fields = max(parser.forms, key=len)
+    # HTML drops a textarea's first line break (WTForms writes one after the tag).
+    return {name: value.removeprefix("\r\n").removeprefix("\n") for name, value in fields.items()}
+
+
+def test_a_clients_logout_links_and_protocol_options_are_registered_shown_and_kept_through_the_console(app,
+                                                                                                       console):
+    """The settings the CLI and the admin API know, through the console form: registered, shown on the client's
+    page, changed, refused by the same rules (the reason shown on the form), and kept when the name changes."""
+    from idp.models import Client
+    actor_id, _secret = make_client_in(app, name="Reporting", grant_types=["client_credentials"],
+                                       redirect_uris=[])
+    page = "/admin/clients/new"
+    new_form = console.get(page).get_data(as_text=True)
+    for legend in ("Logout", "Protocol options", "Token exchange"):
+        assert f"<legend>{legend}</legend>" in new_form
+    created = post(console, page, page, name="Shop", redirect_uris="https://shop.example/cb",
+                   grant_types="authorization_code\nrefresh_token\nurn:ietf:params:oauth:grant-type:token-exchange",
+                   id_token_alg="RS256", mfa="optional", auth_method="", min_acr="", allow_remembered_device="y",
+                   backchannel_logout_uri="https://shop.example/logout", backchannel_logout_session_required="y",
+                   frontchannel_logout_uri="https://shop.example/fc", policy_uri="https://shop.example/privacy",
+                   tos_uri="https://shop.example/terms", application_type="web",
+                   require_pushed_authorization_requests="y", dpop_bound_access_tokens="y",
+                   request_object_signing_alg="none", request_uris="https://shop.example/r/1\n\nhttps://shop.example/r/2",
+                   token_exchange_actors=actor_id)
+    body = created.get_data(as_text=True)
+    assert created.status_code == 200, body[:1500]
+    client_id = re.search(r'id="client-id">([^<]+)<', body).group(1)
+    with app.app_context():
+        row = db.session.execute(db.select(Client).where(Client.client_id == client_id)).scalar_one()
+        assert (row.backchannel_logout_uri, row.backchannel_logout_session_required, row.frontchannel_logout_uri,
+                row.frontchannel_logout_session_required) == ("https://shop.example/logout", True,
+                                                              "https://shop.example/fc", False)
+        assert (row.policy_uri, row.tos_uri, row.application_type) == ("https://shop.example/privacy",
+                                                                       "https://shop.example/terms", "web")
+        assert row.require_pushed_authorization_requests and row.dpop_bound_access_tokens
+        assert row.request_uris == ["https://shop.example/r/1", "https://shop.example/r/2"]
+        assert (row.request_object_signing_alg, row.token_exchange_actors) == ("none", [actor_id])
+
+    edit = f"/admin/clients/{client_id}"
+    shown = form_fields(console.get(edit))  # the client's page shows each as its form field holds it
+    assert {name: shown.get(name) for name in (
+        "backchannel_logout_uri", "backchannel_logout_session_required", "frontchannel_logout_uri", "policy_uri",
+        "tos_uri", "application_type", "require_pushed_authorization_requests", "dpop_bound_access_tokens",
+        "request_uris", "request_object_signing_alg", "token_exchange_actors")} == {
+        "backchannel_logout_uri": "https://shop.example/logout", "backchannel_logout_session_required": "y",
+        "frontchannel_logout_uri": "https://shop.example/fc", "policy_uri": "https://shop.example/privacy",
+        "tos_uri": "https://shop.example/terms", "application_type": "web",
+        "require_pushed_authorization_requests": "y", "dpop_bound_access_tokens": "y",
+        "request_uris": "https://shop.example/r/1\nhttps://shop.example/r/2", "request_object_signing_alg": "none",
+        "token_exchange_actors": actor_id}
+    assert "frontchannel_logout_session_required" not in shown  # an unchecked box
+
+    # Changed as a browser submits the page: one box unticked, one ticked, a link removed, the type unset.
+    changed = {**shown, "dpop_bound_access_tokens": None, "frontchannel_logout_session_required": "y",
+               "tos_uri": "", "application_type": "", "request_uris": "https://shop.example/r/3"}
+    saved = console.post(edit, data={k: v for k, v in changed.items() if v is not None})
+    assert saved.status_code == 302, saved.get_data(as_text=True)[:1500]
+    with app.app_context():
+        row = db.session.execute(db.select(Client).where(Client.client_id == client_id)).scalar_one()
+        assert (row.dpop_bound_access_tokens, row.frontchannel_logout_session_required, row.tos_uri,
+                row.application_type, row.request_uris) == (False, True, None, None, ["https://shop.example/r/3"])
+
+    # Refused by registration's rules, with the reason on the form, and nothing changed.
+    bad = console.post(edit, data={**form_fields(console.get(edit)),
+                                   "backchannel_logout_uri": "http://shop.example/logout"})
+    text = bad.get_data(as_text=True)
+    assert bad.status_code == 400 and "back-channel logout URI is an https URL" in text
+    assert 'role="alert"' in text and 'value="http://shop.example/logout"' in text  # what was typed, kept
+    unknown = console.post(edit, data={**form_fields(console.get(edit)), "token_exchange_actors": "nobody"})
+    assert unknown.status_code == 400 and "no client with id nobody" in unknown.get_data(as_text=True)
+    wrong_alg = console.post(edit, data={**form_fields(console.get(edit)), "request_object_signing_alg": "HS256"})
+    assert wrong_alg.status_code == 400 and "Not a valid choice" in wrong_alg.get_data(as_text=True)
+
+    # A change of name alone keeps every other setting.
+    before = form_fields(console.get(edit))
+    assert console.post(edit, data={**before, "name": "Shop 2"}).status_code == 302
+    after = form_fields(console.get(edit))
+    assert after.pop("name") == "Shop 2" and before.pop("name") == "Shop"
+    after.pop("csrf_token"), before.pop("csrf_token")
+    assert after == before
+    with app.app_context():
+        row = db.session.execute(db.select(Client).where(Client.client_id == client_id)).scalar_one()
+        assert (row.backchannel_logout_uri, row.require_pushed_authorization_requests, row.token_exchange_actors,
+                row.request_object_signing_alg, row.policy_uri) == ("https://shop.example/logout", True, [actor_id],
+                                                                    "none", "https://shop.example/privacy")
 
 
 def test_rotating_keys_needs_the_typed_word(app, console):

@@ -706,7 +706,10 @@ def client(client_id: str) -> Any:
                  "grant_types": "\n".join(current["grant_types"]), "scopes": " ".join(current["scopes"]),
                  "auth_method": current["auth_method"] or "", "logo_uri": current["logo_uri"] or "",
                  "jwks": json.dumps(current["jwks"], indent=2) if current["jwks"] else "",
-                 "jwks_uri": current["jwks_uri"] or ""}
+                 "jwks_uri": current["jwks_uri"] or "", "request_uris": "\n".join(current["request_uris"]),
+                 "token_exchange_actors": "\n".join(current["token_exchange_actors"]),
+                 "request_object_signing_alg": current["request_object_signing_alg"] or "",
+                 "application_type": current["application_type"] or ""}
         return _client_form_page(ClientForm(formdata=None, **shown), row)
     form = ClientForm()
     if not _ok(form):

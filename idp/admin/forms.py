@@ -9,6 +9,7 @@ from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 from idp.login.assurance import LEVELS
 from idp.login.forms import EmailAddress, Form
+from idp.oidc.registration import APPLICATION_TYPES, REQUEST_OBJECT_ALGS
 from idp.oidc.server import ALL_AUTH_METHODS, GRANT_TYPES
 from idp.security.keys import SUPPORTED_ALGS
 
@@ -100,6 +101,37 @@ class ClientForm(Form):
                                      validators=[Optional(), NumberRange(min=60, max=365 * 86400)])
     refresh_tokens_for_sessions = BooleanField(_l("Refresh tokens without offline_access, ending with the "
                                                   "sign-in session"))
+    # Logout (OpenID Connect Back-Channel and Front-Channel Logout 1.0).
+    backchannel_logout_uri = StringField(_l("Back-channel logout URL (https; the server posts a logout token "
+                                            "there)"), validators=[Optional(), Length(max=2000)])
+    backchannel_logout_session_required = BooleanField(_l("The logout token must name the session (sid)"))
+    frontchannel_logout_uri = StringField(_l("Front-channel logout URL (https, on the site of a redirect URI; "
+                                             "loaded in a frame at logout)"), validators=[Optional(),
+                                                                                          Length(max=2000)])
+    frontchannel_logout_session_required = BooleanField(_l("The front-channel logout URL gets the issuer and "
+                                                           "session (iss, sid)"))
+    # Links the consent page shows, and the kind of application (OpenID Connect Dynamic Client Registration 1.0 2).
+    policy_uri = StringField(_l("Privacy policy URL (https; shown on the consent page)"),
+                             validators=[Optional(), Length(max=2000)])
+    tos_uri = StringField(_l("Terms of service URL (https; shown on the consent page)"),
+                          validators=[Optional(), Length(max=2000)])
+    application_type = SelectField(_l("Application type"),
+                                   choices=[SelectChoice("", _l("Not set")),
+                                            *(SelectChoice(t, {"web": _l("Web (https redirect URIs)"),
+                                                               "native": _l("Native app (may use its own URI "
+                                                                            "scheme)")}[t])
+                                              for t in APPLICATION_TYPES)], default="")
+    # Protocol options: pushed authorization requests (RFC 9126), DPoP (RFC 9449), request objects (RFC 9101).
+    require_pushed_authorization_requests = BooleanField(_l("Require pushed authorization requests (PAR)"))
+    dpop_bound_access_tokens = BooleanField(_l("Access tokens are always bound to a DPoP key"))
+    request_uris = TextAreaField(_l("Request object URLs (https; one per line)"), validators=[Length(max=20000)])
+    request_object_signing_alg = SelectField(_l("Request object algorithm"),
+                                             choices=[SelectChoice("", _l("Default (RS256, ES256 or PS256)")),
+                                                      *(SelectChoice(a, a if a != "none" else _l("none (unsigned)"))
+                                                        for a in REQUEST_OBJECT_ALGS)], default="")
+    # Token exchange (RFC 8693): the clients that may act for this one's users.
+    token_exchange_actors = TextAreaField(_l("Token exchange actors (one client ID per line)"),
+                                          validators=[Length(max=5000)])
 
     def settings(self) -> dict:
         """The settings under idp.oidc.registration's names (JSON is parsed by the caller)."""
@@ -114,4 +146,16 @@ class ClientForm(Form):
             "min_acr": self.min_acr.data, "allow_remembered_device": bool(self.allow_remembered_device.data),
             "access_token_ttl": self.access_token_ttl.data, "refresh_token_ttl": self.refresh_token_ttl.data,
             "refresh_tokens_for_sessions": bool(self.refresh_tokens_for_sessions.data),
+            "backchannel_logout_uri": (self.backchannel_logout_uri.data or "").strip() or None,
+            "backchannel_logout_session_required": bool(self.backchannel_logout_session_required.data),
+            "frontchannel_logout_uri": (self.frontchannel_logout_uri.data or "").strip() or None,
+            "frontchannel_logout_session_required": bool(self.frontchannel_logout_session_required.data),
+            "policy_uri": (self.policy_uri.data or "").strip() or None,
+            "tos_uri": (self.tos_uri.data or "").strip() or None,
+            "application_type": self.application_type.data or None,
+            "require_pushed_authorization_requests": bool(self.require_pushed_authorization_requests.data),
+            "dpop_bound_access_tokens": bool(self.dpop_bound_access_tokens.data),
+            "request_uris": _lines(self.request_uris.data),
+            "request_object_signing_alg": self.request_object_signing_alg.data or None,
+            "token_exchange_actors": _lines(self.token_exchange_actors.data),
         }
