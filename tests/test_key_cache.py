@@ -74,3 +74,18 @@ def test_a_kid_that_no_key_has_costs_one_look_and_no_reload(app, make_client):
         event.remove(engine, "before_cursor_execute", record)
     assert statements == ["SELECT"] * 3, statements
     assert kept.signing is signing and kept.verifying is verifying
+
+
+def test_jwks_and_discovery_revalidate_with_their_etags_and_a_rotation_changes_the_jwks_one(app, client):
+    """Issue 22: the documents are prepared once; a relying party that revalidates gets a 304, until the keys
+    change (RFC 9110 13.1.2, 15.4.5)."""
+    for path in ("/jwks.json", "/.well-known/openid-configuration"):
+        first = client.get(path)
+        assert first.status_code == 200 and first.headers["ETag"] and "public" in first.headers["Cache-Control"]
+        again = client.get(path, headers={"If-None-Match": first.headers["ETag"]})
+        assert again.status_code == 304 and not again.data
+    before = client.get("/jwks.json")
+    new_kids = set(rotated_elsewhere(app).values())
+    after = client.get("/jwks.json", headers={"If-None-Match": before.headers["ETag"]})
+    assert after.status_code == 200 and after.headers["ETag"] != before.headers["ETag"]
+    assert new_kids <= {key["kid"] for key in after.get_json()["keys"]}

@@ -7,6 +7,7 @@ expired (``publish_until``), like MultiFernet: the first key signs, every listed
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from datetime import datetime, timedelta
 from typing import Any
@@ -74,6 +75,8 @@ class _KeyCache:
         # The JWK Set document, the state of the keys table it was built from, and when its first retired key
         # stops being published (None: no retired key in it).
         self.jwks: dict | None = None
+        self.jwks_bytes = b""  # the document as served, and its entity tag (issue 22: prepared once per change)
+        self.jwks_etag = ""
         self.jwks_state: tuple | None = None
         self.jwks_until: datetime | None = None
 
@@ -178,9 +181,18 @@ def jwks(now: datetime | None = None) -> dict:
     if cache.jwks is None or state != cache.jwks_state or (cache.jwks_until is not None and now >= cache.jwks_until):
         rows = published(now)
         cache.jwks = {"keys": [dict(row.public_jwk) for row in rows]}
+        cache.jwks_bytes = json.dumps(cache.jwks, separators=(",", ":")).encode()
+        cache.jwks_etag = hashlib.sha256(cache.jwks_bytes).hexdigest()[:32]
         cache.jwks_state = state
         cache.jwks_until = min((row.publish_until for row in rows if row.publish_until is not None), default=None)
     return cache.jwks
+
+
+def jwks_document(now: datetime | None = None) -> tuple[bytes, str]:
+    """The JWK Set as served (bytes prepared once per change of the keys, like jwks()) and its entity tag."""
+    jwks(now)
+    cache = _cache()
+    return cache.jwks_bytes, cache.jwks_etag
 
 
 def keyset_for_token(token: str, now: datetime | None = None) -> KeySet:

@@ -3,6 +3,7 @@ introspection, end session."""
 
 from __future__ import annotations
 
+import hashlib
 from urllib.parse import urlencode
 
 from authlib.common.urls import add_params_to_uri
@@ -131,10 +132,15 @@ def oauth_metadata():
 def _metadata_response() -> Response:
     """The metadata document, serialised once per app: it depends on the settings alone, which do not change while
     the app runs, and building its URLs was most of a discovery request (bench/README.md, seventh pass)."""
-    document = current_app.extensions.get("idp.metadata")
-    if document is None:
-        document = current_app.extensions["idp.metadata"] = jsonify(metadata()).get_data()
-    return current_app.response_class(document, mimetype="application/json")
+    prepared = current_app.extensions.get("idp.metadata")
+    if prepared is None:
+        document = jsonify(metadata()).get_data()
+        prepared = current_app.extensions["idp.metadata"] = (document, hashlib.sha256(document).hexdigest()[:32])
+    document, etag = prepared
+    response = current_app.response_class(document, mimetype="application/json")
+    response.set_etag(etag)  # a relying party that revalidates gets a 304 (RFC 9110 13.1.2)
+    response.headers["Cache-Control"] = "public, max-age=3600"
+    return response.make_conditional(request)
 
 
 @bp.get("/.well-known/assetlinks.json")
@@ -160,10 +166,13 @@ def assetlinks():
 @bp.get("/jwks.json")
 @reads_only
 def jwks():
-    """The public signing keys, including retired ones whose tokens may still be valid."""
-    response = jsonify(keys.jwks())
+    """The public signing keys, including retired ones whose tokens may still be valid: bytes prepared once per
+    change of the keys, with an ETag, so a relying party that revalidates gets a 304 (RFC 9110 13.1.2)."""
+    body, etag = keys.jwks_document()
+    response = current_app.response_class(body, mimetype="application/json")
+    response.set_etag(etag)
     response.headers["Cache-Control"] = "public, max-age=300"
-    return response
+    return response.make_conditional(request)
 
 
 def _authorize_error(error: OAuth2Error, pushed: par.Pushed | None = None, params: MultiDict | None = None):
