@@ -170,9 +170,9 @@ def _finish(response: Any) -> Any:
     started = g.get("request_started")
     rule = request.url_rule
     fields = {
-        "method": request.method,
+        "method": printable(request.method[:16]),
         "route": rule.rule if rule is not None else None,
-        "path": redact(request.path),
+        "path": printable(redact(request.path)[:2000]),
         "status": response.status_code,
         "duration_ms": round((time.perf_counter() - started) * 1000, 2) if started is not None else None,
         "ip": g.get("client_ip"),
@@ -200,7 +200,15 @@ def _client_id() -> str | None:
             authorization = None
         if authorization is not None and authorization.type == "basic":
             value = authorization.username
-    return value[:128] if value else None
+    return printable(value[:128]) if value else None
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character escaped (\\n, \\x1b...): what a request sent (its path, a client_id)
+    cannot start a line of its own or move a terminal's cursor in a text log; JSON lines escape them anyway."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def _subject() -> str | None:

@@ -58,6 +58,8 @@ MESSAGES = Counter("idp_messages", "Mails and texts handed to their server, or f
 # The identifier in the sample files of an RQ worker's jobs (share_files_across_work_horses): deploy/gunicorn.conf.py
 # removes the files of gunicorn's previous workers at its start, named by their bare pid, and leaves these alone.
 WORKER_FILE_PREFIX = "rqworker-"
+# The methods counted under their own name (RFC 9110 9.3); any other is counted as OTHER.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # A route for requests that matched no URL rule (a 404, a probe): one series for all of them.
 UNMATCHED = "(unmatched)"
 # The factor each failure event names (idp.login.context records mfa.failure with the method it checked).
@@ -101,9 +103,11 @@ def _answered(response: Any) -> Any:
     started = g.get("metrics_started")
     rule = request.url_rule
     route = rule.rule if rule is not None else UNMATCHED
-    REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+    # Any token is a method to HTTP: other methods share one label, or each would be a series of its own.
+    method = request.method if request.method in METHODS else "OTHER"
+    REQUESTS.labels(method, route, str(response.status_code)).inc()
     if started is not None:
-        LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
+        LATENCY.labels(method, route).observe(time.perf_counter() - started)
     return response
 
 

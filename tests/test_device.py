@@ -437,3 +437,12 @@ def test_random_bodies_at_the_device_endpoints_never_give_a_500(app, alice, cli_
 
     one()
     assert http.get("/device?user_code=%00").status_code == 400  # idp.http.refuse_nul, a page
+
+
+def test_a_client_registered_for_dpop_must_poll_with_a_proof(app, client, make_client):
+    """Review finding: the device grant skipped RFC 9449 5.2's rule that every other grant applies."""
+    client_id, _secret = make_client(name="DPoP TV", redirect_uris=[], grant_types=[DEVICE], public=True,
+                                     dpop_bound_access_tokens=True)
+    body = started(client, client_id, None)
+    answer = poll(client, client_id, None, body["device_code"])
+    assert answer.status_code == 400 and answer.get_json()["error"] == "invalid_dpop_proof", answer.get_json()

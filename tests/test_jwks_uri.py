@@ -100,3 +100,42 @@ def test_keys_are_not_taken_from_an_answer_out_of_bounds(client, uri_client, key
         response = _token(client, *uri_client)
     # RFC 6749 5.2: invalid_client, 401 only where the client authenticated with the Authorization header
     assert response.status_code == 400 and response.get_json()["error"] == "invalid_client", response.get_json()
+
+
+def test_in_production_a_registered_url_never_leads_idp_to_its_own_network(app, client, uri_client, keys_served):
+    """SSRF (review finding): in production a client's URL is fetched only at public addresses, and http to
+    loopback cannot even be registered; the key server on loopback is never contacted."""
+    from idp.oidc.registration import validate_jwks_uri, validate_logout_uri
+    from idp.security.fetch import FetchFailed, check_destination
+
+    app.config["IDP_ENV"] = "production"  # the client was registered under testing rules, then the rules tighten
+    response = _token(client, *uri_client)
+    assert response.get_json()["error"] == "invalid_client" and keys_served.requests == 0
+    for internal in ("http://127.0.0.1:6379/", "https://10.0.0.5/keys", "https://169.254.169.254/latest",
+                     "https://[::1]/x", "https://192.168.1.1/"):
+        with pytest.raises(FetchFailed):
+            check_destination(internal, public_only=True)
+    check_destination("http://127.0.0.1/", public_only=False)  # development and testing: loopback allowed
+    with app.app_context():
+        assert validate_jwks_uri("http://127.0.0.1:9000/jwks.json")
+        assert validate_logout_uri("http://localhost:9000/logout", "back-channel")
+    app.config["IDP_ENV"] = "testing"
+
+
+def test_a_back_channel_logout_to_an_internal_address_is_not_sent_in_production(app, make_client, keys_served):
+    from idp.oidc.logout import deliver_backchannel
+    from idp.security.fetch import FetchFailed
+
+    client_id, _secret = make_client(name="Logout RP", backchannel_logout_uri=keys_served.url)
+    app.config["IDP_ENV"] = "production"
+    try:
+        with app.app_context(), pytest.raises(FetchFailed):
+            deliver_backchannel(client_id, "sid-1", "subject-1")
+    finally:
+        app.config["IDP_ENV"] = "testing"
+    assert keys_served.requests == 0
+
+
+def test_a_jwk_set_is_fetched_once_per_request(client, uri_client, keys_served):
+    _token(client, *uri_client)
+    assert keys_served.requests == 1

@@ -366,3 +366,17 @@ def test_the_mail_a_worker_sends_is_counted_in_one_file_per_worker_not_per_job(m
     files = sorted(path.stem for path in folder.glob("*.db"))
     assert "counter_rqworker-" + files[0].rpartition("_")[2].removeprefix("rqworker-") in files, files
     assert len({name.rpartition("_")[2].removeprefix("rqworker-") for name in files}) == 1, files
+
+
+def test_unknown_methods_share_one_series_and_log_lines_cannot_be_forged(client, caplog):
+    caplog.set_level(logging.INFO, logger="idp.request")
+    for n in range(5):
+        client.open("/", method=f"X{n:04d}")
+    found = scrape(client)
+    assert not [key for key in found if any(f"X{n:04d}" in str(key) for n in range(5))]
+    assert value(found, "idp_http_requests_total", method="OTHER", route="(unmatched)", status="405") + \
+        value(found, "idp_http_requests_total", method="OTHER", route="/", status="405") >= 5
+    client.get("/nothing%0a2026-01-01 INFO idp.audit login.success?client_id=x%0d%0aforged")
+    line = [r for r in caplog.records if r.name == "idp.request"][-1]
+    assert "\n" not in line.getMessage() and "\r" not in line.getMessage()
+    assert "\\n2026-01-01" in line.fields["path"]

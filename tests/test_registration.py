@@ -213,6 +213,11 @@ JWKS = {"keys": [{"kty": "EC", "crv": "P-256", "x": "DuzTQV5duE0JQNcPdznlsALFgBY
     ({"backchannel_logout_uri": "https://rp.example/logout#x"}, "invalid_client_metadata", "logout URI"),
     ({"frontchannel_logout_uri": "https://elsewhere.example/logout"}, "invalid_client_metadata", "front-channel"),
     ({"post_logout_redirect_uris": ["http://rp.example/bye"]}, "invalid_client_metadata", "loopback"),
+    # Operator-only grants (review finding: device-code phishing by a stranger's client, RFC 8628 5.4)
+    ({"grant_types": ["urn:ietf:params:oauth:grant-type:device_code"], "response_types": []},
+     "invalid_client_metadata", "not open to dynamic registration"),
+    ({"grant_types": ["urn:ietf:params:oauth:grant-type:token-exchange"], "response_types": []},
+     "invalid_client_metadata", "not open to dynamic registration"),
 ])
 def test_invalid_metadata_is_refused_with_a_description(open_app, change, error, words):
     response = register(open_app.test_client(), {**GOOD, **change})

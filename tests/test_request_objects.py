@@ -379,3 +379,13 @@ def test_parameters_of_keeps_the_claims_object_and_numbers(app):
                                                 "max_age": 300, "scope": "openid"}, "c")
     assert parameters == MultiDict([("client_id", "c"), ("claims", '{"userinfo": {"email": null}}'),
                                     ("max_age", "300"), ("scope", "openid")])
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+def test_a_huge_integer_date_is_an_invalid_object_not_a_500(client, rp, pkce, claim):
+    """Review finding: float(10**400) raised OverflowError (a 500) at /authorize and /par."""
+    client_id, secret = rp
+    obj = sign(request_claims(client_id, pkce[1], **{claim: 10 ** 400}))
+    assert_error_page(client.get(authorize_path(client_id, request=obj)), "invalid_request_object")
+    pushed = client.post("/par", data={"client_id": client_id, "request": obj}, auth=(client_id, secret))
+    assert pushed.status_code == 400 and pushed.get_json()["error"] == "invalid_request_object"

@@ -56,7 +56,7 @@ from idp.login.forms import Form
 from idp.models import Client, Consent, DeviceCode, LoginSession, table_of, utcnow
 from idp.oidc import claims as oidc_claims
 from idp.oidc import policy
-from idp.oidc.server import ALL_AUTH_METHODS, DeviceIDToken, SignIn, current_server, query_client
+from idp.oidc.server import ALL_AUTH_METHODS, DeviceIDToken, DPoPClients, SignIn, current_server, query_client
 from idp.security.tokens import code_hash, new_token, token_hash
 
 # RFC 8628 6.1: "BCDFGHJKLMNPQRSTVWXZ" (no vowels, so no words; no digits, so no 0/O or 1/I), 8 characters.
@@ -178,7 +178,7 @@ class DeviceAuthorization(_DeviceAuthorizationEndpoint):
 
 # --- the token endpoint's grant (RFC 8628 3.4, 3.5) -------------------------------------------------------------
 
-class DeviceCodeGrant(_DeviceCodeGrant):
+class DeviceCodeGrant(DPoPClients, _DeviceCodeGrant):
     """Authlib's grant; idp finds the device code by its hash, and decides what a poll gets from the row."""
 
     TOKEN_ENDPOINT_AUTH_METHODS = ALL_AUTH_METHODS

@@ -12,11 +12,11 @@ token row keeps it (idp.oidc.server), and a bound token is accepted only with a 
   case, the default port, percent-encoding case); a ``htu`` carrying a query or fragment is refused (RFC 9449
   4.2: "without query and fragment parts").
 - ``iat`` may lie IDP_DPOP_LEEWAY seconds either side of the server's clock (RFC 9449 11.1).
-- ``jti`` is remembered until the proof is too old to be accepted again (RFC 9449 11.1): in Redis (``SET NX``
-  with an expiry) when IDP_REDIS_URL is set, else in the ``dpop_proofs`` table, which `idp housekeeping` purges.
-  Either store is shared by every instance, so a proof accepted by one is refused by all. While Redis is down
-  the table stands in (SECURITY.md 39: losing Redis stops nothing). The jti is kept per key (a hash of the jkt and
-  the jti): nobody can use up another client's jti values.
+- ``jti`` is remembered until the proof is too old to be accepted again (RFC 9449 11.1), in the ``dpop_proofs``
+  table (a unique row; `idp housekeeping` purges expired ones), shared by every instance, so a proof accepted by
+  one is refused by all. One store only: Redis in front with the table while Redis is down would be two memories,
+  each accepting a proof the other had seen, around any Redis outage. The jti is kept per key (a hash of the jkt
+  and the jti): nobody can use up another client's jti values.
 - Server nonces (IDP_DPOP_NONCE) are stateless: an HMAC, under a key derived from IDP_SECRET_KEY, of the current
   NONCE_WINDOW; the current and the previous window's are accepted.
 
@@ -46,8 +46,6 @@ from flask import current_app, request
 from joserfc import jws
 from joserfc.jwk import JWKRegistry
 from joserfc.jws import JWSRegistry
-from redis import Redis
-from redis.exceptions import RedisError
 from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 from werkzeug.wrappers import Response
@@ -69,7 +67,6 @@ MIN_RSA_BITS = 2048
 PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 MAX_PROOF = 8192  # a proof with an RSA 4096 key is about 1.5 KB
 NONCE_WINDOW = 300  # seconds a server nonce is current; the previous one is accepted too
-REDIS_TIMEOUT = 0.5
 
 
 class _ProofRegistry(JWSRegistry):
@@ -227,32 +224,16 @@ def nonce_ok(value: Any, now: float | None = None) -> bool:
 
 # --- the jti replay cache --------------------------------------------------------------------------------------
 
-def _redis() -> Redis | None:
-    url = current_app.config["IDP_REDIS_URL"]
-    if not url:
-        return None
-    client = current_app.extensions.get("idp.dpop_redis")
-    if client is None:
-        client = current_app.extensions["idp.dpop_redis"] = Redis.from_url(
-            url, socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT)
-    return client
-
-
 _PROOFS = table_of(DPoPProof)
 
 
 def first_use(jkt: str, jti: str, seconds: int) -> bool:
     """Remember the jti of the key ``jkt`` for ``seconds``; True for exactly one caller (RFC 9449 11.1), on any
-    instance: Redis SET NX, or a unique row committed at once in a transaction of its own (so that the request's
-    own rollback, or a view that never commits, cannot forget it)."""
+    instance: a unique row committed at once in a transaction of its own (so that the request's own rollback, or a
+    view that never commits, cannot forget it), removed by housekeeping once expired."""
     key = token_hash(f"{jkt}:{jti}")
-    redis = _redis()
-    if redis is not None:
-        prefix = current_app.config.get("RATELIMIT_KEY_PREFIX", "idp")
-        try:
-            return bool(redis.set(f"{prefix}:dpop-jti:{key}", b"1", nx=True, ex=max(1, seconds)))
-        except RedisError as exc:
-            log.warning("Redis unavailable for the DPoP replay cache, using the database: %s", type(exc).__name__)
+    # The table is the one authority: Redis and the table as two caches, one used while the other is down, would
+    # each accept a jti the other had seen, so a proof could be replayed around a Redis outage (review finding).
     try:
         with db.engine.begin() as connection:
             connection.execute(insert(_PROOFS), {"jti_hash": key,
@@ -346,8 +327,11 @@ def check(*, access_token: str | None = None, resource: bool = False) -> Proof |
         raise refuse("The DPoP proof's htu is not this endpoint's URL.")
     now = time.time()
     leeway = int(current_app.config["IDP_DPOP_LEEWAY"])
-    if (isinstance(iat, bool) or not isinstance(iat, int | float) or not math.isfinite(iat)  # step 11
-            or abs(now - iat) > leeway):
+    try:  # an int beyond any float (10**400) is no time either, and must not raise OverflowError here
+        moment = float(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else math.nan
+    except OverflowError:
+        moment = math.nan
+    if not math.isfinite(moment) or abs(now - moment) > leeway:  # step 11
         raise refuse("The DPoP proof's iat is missing or outside the accepted time window.")
     if access_token is not None:  # step 12: ath at a resource
         ath = claims.get("ath")
@@ -361,7 +345,7 @@ def check(*, access_token: str | None = None, resource: bool = False) -> Proof |
     except Exception:  # noqa: BLE001 - a key joserfc imported but cannot serialise
         raise refuse("The jwk header is not a usable public key.") from None
     # Step 11 (11.1): the jti once, for as long as the proof could be accepted.
-    if not first_use(jkt, jti, int(iat + leeway - now) + 1):
+    if not first_use(jkt, jti, int(moment + leeway - now) + 1):
         raise refuse("The DPoP proof's jti was used already.")
     return Proof(jkt=jkt, jti=jti)
 

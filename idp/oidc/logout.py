@@ -29,6 +29,8 @@ from idp.jobs import enqueue
 from idp.models import AuthorizationCode, Client, LoginSession, SessionClient, User, table_of, utcnow
 from idp.oidc import keys
 from idp.oidc.registration import origin_of
+from idp.oidc.server import outbound_public_only
+from idp.security.fetch import check_destination
 from idp.security.tokens import new_token
 
 # Back-Channel Logout 1.0 2.4: the event that makes a JWT a logout token.
@@ -106,6 +108,8 @@ def deliver_backchannel(client_id: str, sid: str | None, sub: str) -> None:
     if client is None or not client.backchannel_logout_uri:
         return
     token = logout_token(client, sub=sub, sid=sid, now=utcnow())
+    # A public address only, in production (idp.security.fetch): the URI is the client's, perhaps a stranger's.
+    check_destination(client.backchannel_logout_uri, public_only=outbound_public_only())
     response = requests.post(client.backchannel_logout_uri, data={"logout_token": token}, timeout=TIMEOUT,
                              allow_redirects=False, headers={"Cache-Control": "no-store"})
     response.close()

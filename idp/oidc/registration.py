@@ -51,9 +51,10 @@ def validate_redirect_uri(uri: str) -> str | None:
 
 
 def validate_jwks_uri(uri: str) -> str | None:
-    """Why ``uri`` cannot be where a client's keys are fetched, or None: https, or http to a loopback host."""
+    """Why ``uri`` cannot be where a client's keys are fetched, or None: https, or http to a loopback host while
+    IDP_ENV is development or testing (in production a loopback URL would point idp at its own host's services)."""
     parts = urlsplit(uri)
-    loopback = parts.scheme == "http" and (parts.hostname or "") in LOOPBACK_HOSTS
+    loopback = parts.scheme == "http" and (parts.hostname or "") in LOOPBACK_HOSTS and not production()
     if not parts.netloc or not (parts.scheme == "https" or loopback) or parts.fragment:
         return f"a JWKS URI is an https URL without a fragment: {uri}"
     return None
@@ -81,9 +82,9 @@ def validate_logout_uri(uri: str, kind: str) -> str | None:
     """Why ``uri`` cannot be a client's back- or front-channel logout URI, or None: an absolute https URL (or http
     to a loopback host, for development), no fragment (Back-Channel Logout 1.0 2.2, Front-Channel Logout 1.0 2), a
     plain host name and port (the front-channel one goes into a page's Content-Security-Policy), at most 2000
-    characters."""
+    characters. http to a loopback host only while IDP_ENV is development or testing, as for jwks_uri."""
     parts = urlsplit(uri)
-    loopback = parts.scheme == "http" and (parts.hostname or "") in LOOPBACK_HOSTS
+    loopback = parts.scheme == "http" and (parts.hostname or "") in LOOPBACK_HOSTS and not production()
     if (len(uri) > 2000 or not (parts.scheme == "https" or loopback) or parts.fragment or "#" in uri
             or not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?", parts.netloc)):
         return (f"a {kind} logout URI is an https URL (http only to a loopback host) without a fragment, of at "
@@ -429,6 +430,12 @@ def _of_type(value: Any, kind: type) -> bool:
     return isinstance(value, kind)
 
 
+# Grants a stranger may not give their client (RFC 7591 5): the device grant sends the user a link with the code
+# filled in, from a client that names itself (device-code phishing, RFC 8628 5.4); token exchange needs the target
+# client to name the actor, which only an operator can do anyway.
+OPERATOR_GRANTS = frozenset({"urn:ietf:params:oauth:grant-type:device_code", TOKEN_EXCHANGE_GRANT_TYPE})
+
+
 def settings_from_metadata(metadata: Any, unnamed: str) -> dict:
     """create_client's settings from client metadata under its RFC names (RFC 7591 2, OpenID Connect Dynamic Client
     Registration 1.0 2), with RFC 7591's defaults for what is left out (a PUT of RFC 7592 2.2 replaces the whole
@@ -461,6 +468,10 @@ def settings_from_metadata(metadata: Any, unnamed: str) -> dict:
     if metadata.get("token_endpoint_auth_signing_alg") not in (None, "RS256", "ES256"):
         raise ValueError("token_endpoint_auth_signing_alg must be RS256 or ES256")
     grant_types = settings.get("grant_types") or ["authorization_code"]  # RFC 7591 2's default
+    operator_only = sorted(set(grant_types) & OPERATOR_GRANTS)
+    if operator_only:
+        raise ValueError(f"the {operator_only[0]} grant is not open to dynamic registration: an operator registers "
+                         "such clients (idp clients create)")
     response_types = metadata.get("response_types")
     if response_types is None:
         response_types = ["code"] if "authorization_code" in grant_types else []

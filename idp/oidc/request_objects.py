@@ -51,7 +51,7 @@ from werkzeug.datastructures import MultiDict
 from idp.models import Client
 from idp.oidc import par
 from idp.oidc.registration import SIGNED_REQUEST_OBJECT_ALGS, validate_request_uri
-from idp.oidc.server import client_keys, issuer, query_client
+from idp.oidc.server import client_keys, issuer, outbound_public_only, query_client
 from idp.security.fetch import FetchFailed, bounded_get
 
 # RFC 9101 5.2.3 names application/oauth-authz-req+jwt; application/jwt is what many clients' servers send.
@@ -122,7 +122,8 @@ def fetch(uri: str) -> str:
     """GET ``uri`` within the bounds above: no redirect (RFC 9101 10.4.2), 200, the request object media type,
     at most MAX_BYTES within FETCH_SECONDS; any failure is invalid_request_uri (OIDC Core 3.1.2.6)."""
     try:
-        body = bounded_get(uri, media_types=MEDIA_TYPES, max_bytes=MAX_BYTES, seconds=FETCH_SECONDS)
+        body = bounded_get(uri, media_types=MEDIA_TYPES, max_bytes=MAX_BYTES, seconds=FETCH_SECONDS,
+                           public_only=outbound_public_only())
     except FetchFailed as failed:
         raise InvalidRequestUriError(f"The request_uri {failed} (RFC 9101 5.2.3).") from None
     try:
@@ -195,7 +196,10 @@ def _numeric(claims: dict[str, Any], name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:  # NaN
         raise InvalidRequestObjectError(f"The request object's {name} is not a NumericDate.")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond any float (10**400) is no date either
+        raise InvalidRequestObjectError(f"The request object's {name} is not a NumericDate.") from None
 
 
 def _check_claims(client: Client, claims: dict[str, Any], now: datetime, *, grace: bool) -> None:

@@ -38,7 +38,7 @@ from authlib.oauth2.rfc9207 import IssuerParameter
 from authlib.oidc.core import OpenIDCode as _OpenIDCode
 from authlib.oidc.core import OpenIDToken, UserInfoEndpoint
 from authlib.oidc.rpinitiated import EndSessionEndpoint
-from flask import Flask, current_app, has_request_context, request
+from flask import Flask, current_app, g, has_request_context, request
 from flask_wtf.csrf import validate_csrf
 from joserfc import jwt
 from joserfc.errors import JoseError
@@ -704,13 +704,27 @@ JWKS_MAX_BYTES = 65536
 JWKS_FETCH_SECONDS = 5.0
 
 
+def outbound_public_only() -> bool:
+    """Whether a client's URL may be fetched only at public addresses (production; idp.security.fetch)."""
+    return current_app.config["IDP_ENV"] == "production"
+
+
 def _fetch_jwks(uri: str) -> KeySet:
-    try:
-        body = bounded_get(uri, media_types=("application/json", "application/jwk-set+json"),
-                           max_bytes=JWKS_MAX_BYTES, seconds=JWKS_FETCH_SECONDS)
-        return client_public_keys(json.loads(body))
-    except (FetchFailed, ValueError) as exc:
-        raise ValueError(f"could not fetch {uri}") from exc
+    """The JWK Set at ``uri``, fetched at most once per request (Authlib may ask twice while it authenticates the
+    client: a fetch per ask would double what a registered URL can make idp send)."""
+    fetched = g.setdefault("idp.jwks_fetched", {}) if has_request_context() else {}
+    if uri not in fetched:
+        try:
+            body = bounded_get(uri, media_types=("application/json", "application/jwk-set+json"),
+                               max_bytes=JWKS_MAX_BYTES, seconds=JWKS_FETCH_SECONDS,
+                               public_only=outbound_public_only())
+            fetched[uri] = client_public_keys(json.loads(body))
+        except (FetchFailed, ValueError) as exc:
+            fetched[uri] = ValueError(f"could not fetch {uri}: {exc}")
+    result = fetched[uri]
+    if isinstance(result, ValueError):
+        raise result
+    return result
 
 
 # --- endpoints ---------------------------------------------------------------------------------------------------
