@@ -30,7 +30,7 @@ def _app():
 def seed(out: str, users: int, totp_users: int) -> None:
     from idp.extensions import db
     from idp.oidc import keys
-    from idp.oidc.cli import create_client
+    from idp.oidc.registration import create_client
     from idp.security import crypto
     from idp.security.passwords import hash_password
 
