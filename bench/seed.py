@@ -60,7 +60,9 @@ def seed(out: str, users: int, totp_users: int) -> None:
         client, client_secret = create_client(
             name="Bench", redirect_uris=[REDIRECT_URI], post_logout_redirect_uris=[], public=False,
             grant_types=["client_credentials", "authorization_code", "refresh_token"], scopes=[], auth_method=None,
-            first_party=True)
+            # Refresh tokens for the refresh scenario without offline_access (OIDC Core 11): the bench's sign-ins
+            # ask for openid only, as the peer's do.
+            first_party=True, refresh_tokens_for_sessions=True)
         db.session.commit()
         keys.active()  # the signing keys exist before the first request (not created under load)
         db.session.commit()

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from flask import Flask, current_app, g, has_request_context, request
+from flask.logging import default_handler
 from sqlalchemy import inspect
 from sqlalchemy.exc import DBAPIError
 
@@ -83,6 +84,9 @@ def install(log_format: str = "text") -> None:
         if not any(isinstance(existing, SecretsFilter) for existing in logger.filters):
             logger.addFilter(SecretsFilter())
     logger = logging.getLogger("idp")
+    # Flask gives its app logger (named after the app: "idp") a default handler of its own when it has none yet;
+    # beside this one every line would be written twice.
+    logger.removeHandler(default_handler)
     handler = next((h for h in logger.handlers if isinstance(h, _IdpHandler)), None)
     if handler is None:
         handler = _IdpHandler()
@@ -189,11 +193,11 @@ def _client_id() -> str | None:
     """The client a request names: a client_id parameter, or the user name of Basic client authentication (RFC 6749
     2.3.1). A form is read only if the view already parsed it: reading it here could parse a body nobody wanted
     (or fail on one too large)."""
-    value = request.args.get("client_id")
+    value = request.args.get("client_id") if request.query_string else None
     form = request.__dict__.get("form")
     if not value and form is not None:
         value = form.get("client_id")
-    if not value:
+    if not value and "Authorization" in request.headers:
         try:
             authorization = request.authorization
         except ValueError:  # a Basic header that is not base64 of ASCII names nobody (and must not fail the request)

@@ -380,3 +380,13 @@ def test_unknown_methods_share_one_series_and_log_lines_cannot_be_forged(client,
     line = [r for r in caplog.records if r.name == "idp.request"][-1]
     assert "\n" not in line.getMessage() and "\r" not in line.getMessage()
     assert "\\n2026-01-01" in line.fields["path"]
+
+
+def test_each_line_is_written_once(app):
+    """Flask gives the app's logger ("idp") a default handler of its own; beside idp's, every line was written
+    twice (found measuring the per-request cost, issue 22)."""
+    from flask.logging import default_handler
+
+    handlers = logging.getLogger("idp").handlers
+    assert default_handler not in handlers
+    assert len([h for h in handlers if type(h).__name__ == "_IdpHandler"]) == 1

@@ -140,7 +140,7 @@ def _metadata_response() -> Response:
     response = current_app.response_class(document, mimetype="application/json")
     response.set_etag(etag)  # a relying party that revalidates gets a 304 (RFC 9110 13.1.2)
     response.headers["Cache-Control"] = "public, max-age=3600"
-    return response.make_conditional(request)
+    return response.make_conditional(request) if "If-None-Match" in request.headers else response
 
 
 @bp.get("/.well-known/assetlinks.json")
@@ -172,7 +172,7 @@ def jwks():
     response = current_app.response_class(body, mimetype="application/json")
     response.set_etag(etag)
     response.headers["Cache-Control"] = "public, max-age=300"
-    return response.make_conditional(request)
+    return response.make_conditional(request) if "If-None-Match" in request.headers else response
 
 
 def _authorize_error(error: OAuth2Error, pushed: par.Pushed | None = None, params: MultiDict | None = None):
