@@ -10,8 +10,9 @@ what was written, without marking them changed.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import bindparam, case, update
+from sqlalchemy import ColumnElement, Table, bindparam, case, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from idp.extensions import db
@@ -25,18 +26,23 @@ _transactions = table_of(LoginTransaction)
 _pushed = table_of(PushedRequest)
 
 
+def _claim(obj: Any, table: Table, *still_usable: ColumnElement[bool], **values: Any) -> bool:
+    """The one conditional UPDATE of ``obj``'s row (by id) while ``still_usable`` holds: True for the one caller it
+    matched, whose loaded ``obj`` then holds ``values`` as committed."""
+    won = db.session.execute(
+        update(table).where(table.c.id == obj.id, *still_usable).values(**values).returning(table.c.id)
+    ).first() is not None
+    if won:
+        for name, value in values.items():
+            set_committed_value(obj, name, value)
+    return won
+
+
 def totp_step(factor: Factor, step: int, now: datetime) -> bool:
     """Record ``step`` as the factor's last accepted TOTP step, unless it (or a later one) already is: a code is
     accepted once, even by sign-ins that submit it at the same instant (RFC 6238 5.2)."""
-    won = db.session.execute(
-        update(_factors).where(_factors.c.id == factor.id,
-                               (_factors.c.last_step.is_(None)) | (_factors.c.last_step < step))
-        .values(last_step=step, last_used_at=now).returning(_factors.c.id)
-    ).first() is not None
-    if won:
-        set_committed_value(factor, "last_step", step)
-        set_committed_value(factor, "last_used_at", now)
-    return won
+    return _claim(factor, _factors, (_factors.c.last_step.is_(None)) | (_factors.c.last_step < step),
+                  last_step=step, last_used_at=now)
 
 
 def recovery_code(user_id: int, code_hash: str, now: datetime) -> bool:
@@ -50,13 +56,7 @@ def recovery_code(user_id: int, code_hash: str, now: datetime) -> bool:
 
 def token(row: OneTimeToken, now: datetime) -> bool:
     """Use a one-time link or code: True for exactly one caller while it is unused and unexpired."""
-    won = db.session.execute(
-        update(_tokens).where(_tokens.c.id == row.id, _tokens.c.used_at.is_(None), _tokens.c.expires_at > now)
-        .values(used_at=now).returning(_tokens.c.id)
-    ).first() is not None
-    if won:
-        set_committed_value(row, "used_at", now)
-    return won
+    return _claim(row, _tokens, _tokens.c.used_at.is_(None), _tokens.c.expires_at > now, used_at=now)
 
 
 def code_attempt(row: OneTimeToken, *, right: bool, max_attempts: int, now: datetime) -> int | None:
@@ -93,37 +93,20 @@ def failed_login(user: User) -> int:
 
 def lock(user: User, now: datetime) -> bool:
     """Lock the account unless it already is; True for the one caller that locked it (it audits and mails)."""
-    won = db.session.execute(
-        update(_users).where(_users.c.id == user.id, _users.c.locked_at.is_(None))
-        .values(locked_at=now).returning(_users.c.id)
-    ).first() is not None
-    if won:
-        set_committed_value(user, "locked_at", now)
-    return won
+    return _claim(user, _users, _users.c.locked_at.is_(None), locked_at=now)
 
 
 def email_verified(user: User, email: str, now: datetime) -> bool:
     """Mark ``email`` verified if it is still the user's address and not verified yet; True for the one caller that
     did (the link and the code of the same mail may arrive together: the change is audited once)."""
-    won = db.session.execute(
-        update(_users).where(_users.c.id == user.id, _users.c.email == email, _users.c.email_verified_at.is_(None))
-        .values(email_verified_at=now).returning(_users.c.id)
-    ).first() is not None
-    if won:
-        set_committed_value(user, "email_verified_at", now)
-    return won
+    return _claim(user, _users, _users.c.email == email, _users.c.email_verified_at.is_(None),
+                  email_verified_at=now)
 
 
 def binding(txn: LoginTransaction, expected: str, new: str) -> bool:
     """Move a transaction from the binding hash ``expected`` to ``new``, unless another request moved it first: an
     auth_session (idp.oidc.challenge) presented twice at once is taken by one of the two requests only."""
-    won = db.session.execute(
-        update(_transactions).where(_transactions.c.id == txn.id, _transactions.c.binding_hash == expected)
-        .values(binding_hash=new).returning(_transactions.c.id)
-    ).first() is not None
-    if won:
-        set_committed_value(txn, "binding_hash", new)
-    return won
+    return _claim(txn, _transactions, _transactions.c.binding_hash == expected, binding_hash=new)
 
 
 def pushed_request(row: PushedRequest, now: datetime) -> bool:
@@ -131,10 +114,4 @@ def pushed_request(row: PushedRequest, now: datetime) -> bool:
     for exactly one caller. The caller has judged its expiry (a sign-in that began in time may finish later:
     idp.oidc.par.resolve); this statement decides only who uses it, in the transaction that stores the code, so a
     second request that presents it meanwhile waits for that commit and then finds it used."""
-    won = db.session.execute(
-        update(_pushed).where(_pushed.c.id == row.id, _pushed.c.used_at.is_(None))
-        .values(used_at=now).returning(_pushed.c.id)
-    ).first() is not None
-    if won:
-        set_committed_value(row, "used_at", now)
-    return won
+    return _claim(row, _pushed, _pushed.c.used_at.is_(None), used_at=now)

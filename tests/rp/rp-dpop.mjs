@@ -6,21 +6,16 @@
 // stdout line 1: {"authorizationUrl": ..., "publicJwk": ...} (the URL from /par; the DPoP key's public half).
 // stdin line 1: the callback URL the browser was sent to. stdout line 2: one JSON object with the results.
 // Any failure: the error on stderr and exit status 1.
-import * as readline from "node:readline";
 
 import * as client from "openid-client";
+
+import { nextLine, run } from "./script.mjs";
 
 const [issuer, clientId, redirectUri] = process.argv.slice(2);
 if (!redirectUri) {
   console.error("usage: node rp-dpop.mjs ISSUER CLIENT_ID REDIRECT_URI");
   process.exit(2);
 }
-const lines = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-const nextLine = async (what) => {
-  const { value, done } = await lines.next();
-  if (done) throw new Error(`stdin closed before the ${what}`);
-  return value.trim();
-};
 
 async function main() {
   // A public client (token_endpoint_auth_method none); http is refused by default, the issuer is on loopback.
@@ -78,11 +73,4 @@ async function main() {
   }));
 }
 
-main().then(
-  () => process.exit(0),
-  (error) => {
-    console.error(error?.stack ?? String(error));
-    if (error?.cause) console.error("cause:", JSON.stringify(error.cause));
-    process.exit(1);
-  },
-);
+run(main);

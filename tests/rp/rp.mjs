@@ -5,21 +5,16 @@
 // stdin line 1: the client secret (kept out of argv). stdout line 1: {"authorizationUrl": ...}.
 // stdin line 2: the callback URL the browser was sent to. stdout line 2: one JSON object with the results.
 // Any failure: the error on stderr and exit status 1.
-import * as readline from "node:readline";
 
 import * as client from "openid-client";
+
+import { nextLine, run } from "./script.mjs";
 
 const [issuer, clientId, redirectUri, postLogoutRedirectUri] = process.argv.slice(2);
 if (!postLogoutRedirectUri) {
   console.error("usage: node rp.mjs ISSUER CLIENT_ID REDIRECT_URI POST_LOGOUT_REDIRECT_URI");
   process.exit(2);
 }
-const lines = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-const nextLine = async (what) => {
-  const { value, done } = await lines.next();
-  if (done) throw new Error(`stdin closed before the ${what}`);
-  return value.trim();
-};
 
 async function main() {
   const clientSecret = await nextLine("client secret");
@@ -79,11 +74,4 @@ async function main() {
   }));
 }
 
-main().then(
-  () => process.exit(0),
-  (error) => {
-    console.error(error?.stack ?? String(error));
-    if (error?.cause) console.error("cause:", JSON.stringify(error.cause));
-    process.exit(1);
-  },
-);
+run(main);
