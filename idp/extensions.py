@@ -12,6 +12,7 @@ from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 
 from idp.http import client_address
+from idp.security.network import rate_key
 
 # Stable constraint names so that Alembic migrations are the same on SQLite and PostgreSQL.
 NAMING_CONVENTION = {
@@ -56,9 +57,14 @@ else:
     Model = db.Model
 migrate = Migrate()
 csrf = CSRFProtect()
+def _rate_key() -> str:
+    """Per-IP limits count the client's address, an IPv6 one by its /64 (idp.security.network.rate_key)."""
+    return rate_key(client_address())
+
+
 # Keyed on the client's address resolved through IDP_TRUSTED_PROXIES by the key function itself (not on
 # REMOTE_ADDR, which still holds the proxy's address when flask-limiter's own before-request check runs first).
-limiter = Limiter(key_func=client_address)
+limiter = Limiter(key_func=_rate_key)
 
 
 def keep_loaded(view):

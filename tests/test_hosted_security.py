@@ -513,6 +513,24 @@ def test_ip_throttle_counts_each_client_behind_a_trusted_proxy(make_app):
     assert signed_in_email(neighbour) == "alice@example.com"
 
 
+def test_ip_throttle_counts_an_ipv6_client_by_its_64(make_app):
+    """Review finding: per-address limits give an attacker with an IPv6 /64 2**64 allowances. Guesses spread over
+    one /64 are counted together; another /64 still gets in."""
+    app = make_app(IDP_THROTTLE_ACCOUNT="100/minute", IDP_THROTTLE_IP="4/minute", IDP_TRUSTED_PROXIES=["127.0.0.1"])
+    make_user_in(app)
+    for n in range(4):
+        guesser = app.test_client()
+        guesser.environ_base["HTTP_X_FORWARDED_FOR"] = f"2001:db8:1:2::{n + 1:x}"
+        assert _error(sign_in(guesser, f"user{n}@example.com", "wrong guess number x")) == GENERIC_FAILURE
+    same_64 = app.test_client()
+    same_64.environ_base["HTTP_X_FORWARDED_FOR"] = "2001:db8:1:2:ffff::9"
+    assert "Try again in" in _error(sign_in(same_64, "alice@example.com", PASSWORD))
+    other_64 = app.test_client()
+    other_64.environ_base["HTTP_X_FORWARDED_FOR"] = "2001:db8:1:3::1"
+    _complete_sign_in(other_64, "alice@example.com")
+    assert signed_in_email(other_64) == "alice@example.com"
+
+
 def test_lockout_after_consecutive_failures_and_unlock_by_mailed_link(make_app, smtp_server):
     app = make_app(IDP_LOCKOUT_THRESHOLD=4, IDP_THROTTLE_ACCOUNT="100/minute")
     mailbox = _mailbox(app, smtp_server)

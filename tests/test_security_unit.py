@@ -470,3 +470,13 @@ def test_idp_argon2id_verification_agrees_with_argon2_cffi_both_ways(password, o
         except VerificationError:
             library = False
         assert verify_argon2id(stored, candidate.encode()) is library
+
+
+def test_per_ip_limits_count_an_ipv6_client_by_its_64():
+    """An attacker holding an IPv6 /64 has 2**64 addresses: per-address limits would be none (review finding)."""
+    from idp.security.network import rate_key
+
+    assert rate_key("2001:db8:1:2:aaaa::1") == rate_key("2001:db8:1:2:ffff:1:2:3") == "2001:db8:1:2::/64"
+    assert rate_key("2001:db8:1:3::1") != rate_key("2001:db8:1:2::1")
+    assert rate_key("203.0.113.7") == "203.0.113.7" and rate_key("::ffff:203.0.113.7") == "203.0.113.7"
+    assert rate_key("not an address") == "not an address"

@@ -13,6 +13,8 @@ import time
 from limits import parse_many
 from limits.strategies import RateLimiter
 
+from idp.security.network import rate_key
+
 
 def account_key(identifier: str) -> str:
     """The counter key of an account name, whether or not such an account exists (no enumeration)."""
@@ -31,12 +33,17 @@ class Throttle:
     def _items(self, kind: str, scope: str):
         return self.tiers.get(f"{kind}:{scope}", self.tiers.get(scope, ()))
 
+    @staticmethod
+    def _keyed(keys: dict[str, str]) -> dict[str, str]:
+        """The counters' keys: an "ip" key counts its address's /64 when it is IPv6 (idp.security.network)."""
+        return {scope: rate_key(ident) if scope == "ip" else ident for scope, ident in keys.items()}
+
     def retry_after(self, kind: str, keys: dict[str, str], now: float | None = None) -> int:
         """Seconds to wait before another attempt is allowed (0 = allowed now)."""
         now = time.time() if now is None else now
         wait = 0.0
         blocked = False
-        for scope, ident in keys.items():
+        for scope, ident in self._keyed(keys).items():
             for item in self._items(kind, scope):
                 if not self.strategy.test(item, self.prefix, kind, scope, ident):
                     blocked = True
@@ -47,7 +54,7 @@ class Throttle:
 
     def failed(self, kind: str, keys: dict[str, str]) -> None:
         """Count one failed attempt against every key."""
-        for scope, ident in keys.items():
+        for scope, ident in self._keyed(keys).items():
             for item in self._items(kind, scope):
                 self.strategy.hit(item, self.prefix, kind, scope, ident)
 

@@ -40,3 +40,22 @@ def client_ip(remote_addr: str, forwarded_for: str | None, trusted_proxies: Iter
             except ValueError:
                 return remote_addr
     return hops[0] if hops else remote_addr
+
+
+# The IPv6 prefix one subscriber is typically given (RFC 6177: a /56 or a /48 to a site, and at least a /64 to a
+# link): an attacker holding a /64 has 2**64 addresses, so a per-address limit would be no limit.
+IPV6_PREFIX = 64
+
+
+def rate_key(address: str) -> str:
+    """The key per-IP limits and throttles count ``address`` under: an IPv4 address itself, an IPv6 address its /64
+    (an IPv4-mapped IPv6 address as the IPv4 address it is). Anything unparsable stays as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/{IPV6_PREFIX}", strict=False))
+    return address
