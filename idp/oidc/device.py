@@ -8,8 +8,8 @@ client asks for which scopes, and approves or denies.
   this grant (else ``unauthorized_client``), and only the OpenID scopes (the idp:* ones need a sign-in as strong as
   the console's, which a device cannot show: ``invalid_scope``).
 - Codes: the device code is 256 random bits (RFC 8628 5.2: it must not be guessable), the user code 8 letters of
-  RFC 8628 6.1's 20 consonants (about 34.6 bits), shown and accepted as ``XXXX-XXXX``, case, hyphen and spaces not
-  mattering (6.1). Neither is stored: models.DeviceCode holds their hashes.
+  RFC 8628 6.1's 20 consonants (about 34.6 bits), shown and accepted as four and four letters (``WDJB-MJHT``),
+  case, hyphen and spaces not mattering (6.1). Neither is stored: models.DeviceCode holds their hashes.
 - /device throttles wrong user codes per IP with the failed-attempt throttle (RFC 8628 5.1: the user code's low
   entropy is defended by rate limiting), and shows the user code again next to the client and scopes so that the
   user can check it is the one on their own device (RFC 8628 5.4, remote phishing).
@@ -94,7 +94,7 @@ def normalise_user_code(raw: Any) -> str | None:
 
 
 def shown(letters: str) -> str:
-    """A user code as shown: XXXX-XXXX (RFC 8628 6.1)."""
+    """A user code as shown: four letters, a hyphen, four letters (RFC 8628 6.1)."""
     return f"{letters[:4]}-{letters[4:]}"
 
 
@@ -121,7 +121,7 @@ class DeviceAuthorization(_DeviceAuthorizationEndpoint):
 
     CLIENT_AUTH_METHODS = ALL_AUTH_METHODS  # RFC 8628 3.1: as at the token endpoint
     INTERVAL = INTERVAL
-    USER_CODE_TYPE = "string"  # RFC 8628 6.1's alphabet, XXXX-XXXX (authlib.oauth2.rfc8628.endpoint)
+    USER_CODE_TYPE = "string"  # RFC 8628 6.1's alphabet, shown as WDJB-MJHT (authlib.oauth2.rfc8628.endpoint)
 
     @property
     def EXPIRES_IN(self) -> int:  # noqa: N802  (Authlib's name, read per request)
