@@ -25,6 +25,7 @@ from idp.extensions import db
 from idp.models import AuthorizationCode, Client, DPoPProof, Token, utcnow
 from idp.security.otp import totp_code_at
 from tests.support import PASSWORD, authorize, enrol_totp_in, make_client_in, pkce_pair
+from tests.test_oidc_protocol import AT_ONCE, ON_POSTGRES, at_once
 
 ISSUER = "http://localhost"  # tests/conftest.py base_config
 TOKEN_URL = ISSUER + "/token"
@@ -582,3 +583,14 @@ def test_a_huge_integer_iat_is_an_invalid_proof_not_a_500(client, machine, key, 
     response = client.post("/token", data={"grant_type": "client_credentials"},
                            headers={**auth(machine), "DPoP": proof(key, "POST", TOKEN_URL, iat=iat)})
     assert response.status_code == 400 and response.get_json()["error"] == "invalid_dpop_proof"
+
+
+@ON_POSTGRES
+def test_one_proof_presented_six_times_at_once_is_accepted_once(app, machine, key):
+    """SECURITY.md 32: the jti is taken by one unique INSERT, also by requests that arrive together."""
+    once = proof(key, "POST", TOKEN_URL)
+    responses = at_once(app, lambda http: http.post("/token", data={"grant_type": "client_credentials"},
+                                                      headers={**auth(machine), "DPoP": once}))
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses == [200] + [400] * (AT_ONCE - 1), statuses
+    assert all(r.get_json()["error"] == "invalid_dpop_proof" for r in responses if r.status_code == 400)
