@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import base64
 import re
-import time
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -24,7 +22,8 @@ from idp.oidc.device import USER_CODE_ALPHABET
 from idp.security.otp import totp_code_at
 from idp.security.tokens import token_hash
 from tests.support import csrf_token, enrol_totp_in, follow, make_client_in, make_user_in, path_of
-from tests.test_oidc_protocol import AT_ONCE, ON_POSTGRES, at_once, bearer
+from tests.test_oidc_protocol import AT_ONCE, ON_POSTGRES, at_once, bearer, jwt_auth
+from tests.test_oidc_protocol import assertion as signed_assertion
 
 DEVICE = "urn:ietf:params:oauth:grant-type:device_code"
 ALICE = "alice@example.com"
@@ -175,12 +174,7 @@ def test_a_private_key_jwt_client_asks_and_polls_with_assertions(app, client, al
                                 auth_method="private_key_jwt", jwks={"keys": [key.as_dict(private=False)]})
 
     def assertion(aud: str) -> dict:
-        now = int(time.time())
-        signed = jwt.encode({"alg": "RS256", "kid": key.kid}, {
-            "iss": signer, "sub": signer, "aud": aud, "iat": now, "exp": now + 60, "jti": uuid.uuid4().hex},
-            key, algorithms=["RS256"])
-        return {"client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                "client_assertion": signed}
+        return jwt_auth(signed_assertion(signer, key, aud=aud))
 
     asked = client.post("/device_authorization", data={"scope": "openid", **assertion("http://localhost")})
     assert asked.status_code == 200, asked.get_json()

@@ -11,8 +11,6 @@ import base64
 import json
 import re
 import threading
-import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -37,6 +35,8 @@ from tests.support import (
     pkce_pair,
     query_params,
 )
+from tests.test_oidc_protocol import assertion as signed_assertion
+from tests.test_oidc_protocol import jwt_auth
 
 ISSUER = "http://localhost"
 ALICE = "alice@example.com"
@@ -218,12 +218,7 @@ def test_client_secret_post_and_private_key_jwt_push_as_at_the_token_endpoint(ap
                                 jwks={"keys": [key.as_dict(private=False)]})
 
     def assertion(aud: str) -> dict:
-        now = int(time.time())
-        signed = jwt.encode({"alg": "RS256", "kid": key.kid}, {
-            "iss": signer, "sub": signer, "aud": aud, "iat": now, "exp": now + 60, "jti": uuid.uuid4().hex},
-            key, algorithms=["RS256"])
-        return {"client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                "client_assertion": signed}
+        return jwt_auth(signed_assertion(signer, key, aud=aud))
 
     # RFC 9126 2: the PAR endpoint's URL is an audience this server accepts.
     verifier, challenge = pkce_pair()
