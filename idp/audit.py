@@ -69,16 +69,21 @@ _ANCHORS = table_of(AuditAnchor)
 #   the first write, so a no-op UPDATE goes first to take it before the read. The id is the one SQLite would
 #   give (the largest plus one), taken explicitly because the hash covers it.
 # Cost: a committing transaction with rows pays two small statements more (the lock, then one indexed read of the
-# last row with the next id); its later rows reuse the link (on PostgreSQL one SELECT nextval each). Commits
-# that append wait for one another only for their appends and the COMMIT itself.
+# last row with the next id); its later rows reuse the link (on PostgreSQL one SELECT nextval each). On
+# PostgreSQL the two go in one round trip: psycopg2 sends a string of several statements as one simple-protocol
+# Query, and the server still runs them as separate statements, each with a snapshot of its own taken when it
+# starts (READ COMMITTED), so the read still follows the wait (issue 22: one round trip fewer per audited
+# commit; tests/test_audit_chain.py's concurrent appends on PostgreSQL would break if it did not). Commits that
+# append wait for one another only for their appends and the COMMIT itself.
 GENESIS = "0" * 64
 _FIELDS = ("id", "at", "event", "actor_id", "subject_id", "subject_email", "client_id", "ip", "user_agent", "details")
 _LOCK_KEY = 0x1D9_A0D1  # any constant that no other advisory lock of this database uses
-_LOCK = {"postgresql": text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=_LOCK_KEY),
-         "sqlite": text("UPDATE audit_events SET id = id WHERE 0")}
 _SEQUENCE = func.pg_get_serial_sequence("audit_events", "id")
-_LAST_HASH = select(_EVENTS.c.row_hash).order_by(_EVENTS.c.id.desc()).limit(1).scalar_subquery()
-_NEXT_PG = select(func.nextval(_SEQUENCE), _LAST_HASH)
+_LOCK_THEN_NEXT_PG = text(
+    "SELECT pg_advisory_xact_lock(:key); "
+    "SELECT nextval(pg_get_serial_sequence('audit_events', 'id')), "
+    "(SELECT row_hash FROM audit_events ORDER BY id DESC LIMIT 1)").bindparams(key=_LOCK_KEY)
+_LOCK_SQLITE = text("UPDATE audit_events SET id = id WHERE 0")
 _NEXTVAL_PG = select(func.nextval(_SEQUENCE))
 _LAST_SQLITE = select(_EVENTS.c.id, _EVENTS.c.row_hash).order_by(_EVENTS.c.id.desc()).limit(1)
 
@@ -107,10 +112,10 @@ def _append(connection: Connection, content: dict[str, Any], link: dict[str, Any
                 # A reads_only view (idp.pg_connections) that audits after all: without a transaction the lock
                 # would end with its own statement. Nothing is in progress on it, so this starts one here.
                 dbapi.autocommit = False
-        connection.execute(_LOCK[connection.dialect.name])
         if postgres:
-            next_id, prev = connection.execute(_NEXT_PG).one()
+            next_id, prev = connection.execute(_LOCK_THEN_NEXT_PG).one()  # the lock, then the read (above)
         else:
+            connection.execute(_LOCK_SQLITE)
             last = connection.execute(_LAST_SQLITE).one_or_none()
             next_id, prev = (last[0] + 1, last[1]) if last else (1, None)
         prev = prev or GENESIS
