@@ -3,6 +3,7 @@
 from functools import wraps
 from typing import TYPE_CHECKING
 
+from flask import request
 from flask_limiter import Limiter
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
@@ -65,6 +66,19 @@ def _rate_key() -> str:
 # Keyed on the client's address resolved through IDP_TRUSTED_PROXIES by the key function itself (not on
 # REMOTE_ADDR, which still holds the proxy's address when flask-limiter's own before-request check runs first).
 limiter = Limiter(key_func=_rate_key)
+
+# The protocol and operations endpoints that carry no rate limit, the hot paths of a relying party and a load
+# balancer. Flask-Limiter looks up the limits of every request in a before-request hook, which found none here
+# and cost ~50 us each, a tenth of a discovery answer (issue 22, bench/README.md); a request filter (its public
+# API) skips that for these endpoints. A limit added to one of them later would be skipped too:
+# tests/test_rate_limits.py checks that none of them has one.
+UNLIMITED_ENDPOINTS = frozenset({"oidc.discovery", "oidc.oauth_metadata", "oidc.jwks", "oidc.token", "oidc.userinfo",
+                                 "oidc.introspect", "oidc.revoke", "ops.healthz", "ops.readyz", "ops.metrics_endpoint"})
+
+
+@limiter.request_filter
+def _unlimited() -> bool:
+    return request.endpoint in UNLIMITED_ENDPOINTS
 
 
 def keep_loaded(view):
