@@ -25,7 +25,7 @@ from joserfc.jwk import KeySet, RSAKey
 from sqlalchemy import text
 
 from idp.extensions import db
-from idp.models import AuthorizationCode, Client, Token, utcnow
+from idp.models import AuthorizationCode, Client, LoginSession, Token, utcnow
 from idp.oidc.registration import create_client
 from idp.security.tokens import token_hash
 from tests.conftest import TEST_DATABASE_URL
@@ -477,6 +477,28 @@ def test_absolutely_expired_refresh_family_is_invalid_grant(app, client, alice, 
     set_refresh_times(app, body["refresh_token"], family_expires_at=utcnow() - timedelta(seconds=1))
     response = refresh(client, *conf, body["refresh_token"])
     assert response.status_code == 400 and response.get_json()["error"] == "invalid_grant"
+
+
+@pytest.mark.parametrize("end", ["idle", "max_age", "ended"])
+def test_an_online_refresh_token_ends_with_its_sign_in_session(app, client, alice, conf, end):
+    """Without offline_access a refresh token lives only as long as the sign-in session it was issued in: a session
+    that timed out (idle or absolute) or ended refuses it, even if nothing revoked the token itself."""
+    with app.app_context():  # refresh tokens for the online session (without offline_access) for this client
+        db.session.execute(db.update(Client).where(Client.client_id == conf[0])
+                           .values(refresh_tokens_for_sessions=True))
+        db.session.commit()
+    online = tokens(client, *conf, scope="openid")
+    offline = tokens(client, *conf)  # the same session, with offline_access
+    sid = token_row(app, refresh_token=online["refresh_token"]).sid
+    assert sid is not None
+    past = utcnow() - timedelta(seconds=app.config["IDP_SESSION_MAX_AGE"] + 60)
+    values = {"idle": {"last_seen_at": past}, "max_age": {"created_at": past}, "ended": {"ended_at": utcnow()}}[end]
+    with app.app_context():
+        db.session.execute(db.update(LoginSession).where(LoginSession.sid == sid).values(**values))
+        db.session.commit()
+    response = refresh(client, *conf, online["refresh_token"])
+    assert response.status_code == 400 and response.get_json()["error"] == "invalid_grant"
+    assert refresh(client, *conf, offline["refresh_token"]).status_code == 200
 
 
 def test_rotation_never_extends_the_absolute_expiry(app, client, alice, conf):

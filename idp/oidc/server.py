@@ -118,6 +118,9 @@ _APPEND_TOKEN = insert(table_of(Token))
 _TOKEN_BY_JTI = select(Token).where(Token.jti == bindparam("jti")).options(joinedload(Token.user),
                                                                           joinedload(Token.client))
 _TOKEN_BY_REFRESH = select(Token).where(Token.refresh_token_hash == bindparam("hash")).options(joinedload(Token.user))
+# The refresh grant also needs the sign-in session an online token lives with: read with the token, one round trip.
+_REFRESH_WITH_SESSION = (select(Token, LoginSession).outerjoin(LoginSession, LoginSession.sid == Token.sid)
+                         .where(Token.refresh_token_hash == bindparam("hash")).options(joinedload(Token.user)))
 _CLAIM_REFRESH = (update(Token).where(Token.id == bindparam("row_id"), Token.rotated_at.is_(None))
                   .values(rotated_at=bindparam("now")).execution_options(synchronize_session=False))
 _CODE = (select(AuthorizationCode).where(AuthorizationCode.code_hash == bindparam("hash"),
@@ -350,6 +353,15 @@ def refresh_token_row(token_string: str) -> Token | None:
     return db.session.execute(_TOKEN_BY_REFRESH, {"hash": token_hash(token_string)}).scalar_one_or_none()
 
 
+def _refresh_token_and_session(token_string: str) -> tuple[Token | None, LoginSession | None]:
+    """The stored token whose refresh token this is, and the sign-in session it was issued in (None: none, or
+    ended and deleted)."""
+    if not token_string or len(token_string) > 512:
+        return None, None
+    found = db.session.execute(_REFRESH_WITH_SESSION, {"hash": token_hash(token_string)}).one_or_none()
+    return (found[0], found[1]) if found is not None else (None, None)
+
+
 # --- grants ------------------------------------------------------------------------------------------------------
 
 class S256CodeChallenge(CodeChallenge):
@@ -571,11 +583,8 @@ class DeviceIDToken(_IDTokens, OpenIDToken):
     """ID tokens of the device grant (idp.oidc.device), when the approved scope holds openid."""
 
 
-def _session_live(sid: str | None, now: datetime) -> bool:
-    """Whether the sign-in session ``sid`` is still live (not ended, within its idle and absolute timeouts)."""
-    if sid is None:
-        return False
-    session = db.session.execute(db.select(LoginSession).where(LoginSession.sid == sid)).scalar_one_or_none()
+def _session_live(session: LoginSession | None, now: datetime) -> bool:
+    """Whether a sign-in session is still live (not ended, within its idle and absolute timeouts)."""
     if session is None or session.ended_at is not None:
         return False
     cfg = current_app.config
@@ -600,7 +609,7 @@ class RefreshTokenGrant(DPoPClients, grants.RefreshTokenGrant):
     INCLUDE_NEW_REFRESH_TOKEN = True
 
     def authenticate_refresh_token(self, refresh_token: str) -> Token | None:
-        row = refresh_token_row(refresh_token)
+        row, session = _refresh_token_and_session(refresh_token)
         client = self.request.client
         if row is None or row.client_id != client.client_id:
             return None
@@ -614,7 +623,7 @@ class RefreshTokenGrant(DPoPClients, grants.RefreshTokenGrant):
             return None
         if row.user is None or row.user.disabled:
             return None
-        if not offline(row.scope) and not _session_live(row.sid, now):  # an online token ends with its session
+        if not offline(row.scope) and not _session_live(session, now):  # an online token ends with its session
             return None
         if client.public:  # RFC 9449 5: a public client's refresh token is bound to its key, not a confidential's
             _bound_key_proved(row.dpop_jkt, "The refresh token is bound to a DPoP key: send a proof by that key.")
