@@ -41,25 +41,52 @@ PEER_HOST = "localhost:8444"
 LOOSE = "1000000/minute"
 
 
-def cpu_seconds(pgid: int, commands: tuple[str, ...] = ()) -> dict[str, float]:
-    """CPU time (user + system) used so far by the processes of one process group ("server") and by any process
-    whose name is in ``commands`` (idp's share of the box includes the PostgreSQL backends and Redis it keeps
-    busy), per kind of process."""
-    ticks = dict.fromkeys(("server", *commands), 0)
+# A PostgreSQL process's title (/proc/PID/cmdline) names the database a client backend or an autovacuum worker works
+# for: "postgres: 15/main: USER DATABASE HOST(PORT) STATE" and "postgres: 15/main: autovacuum worker DATABASE".
+PG_DATABASE = re.compile(r"^postgres: [^:]+: (?:autovacuum worker (\S+)|\S+ (\S+) [^ ]*\(\d+\))")
+
+
+def cpu_seconds(pgid: int, commands: tuple[str, ...] = (), databases: tuple[str, ...] = ()
+                ) -> dict[tuple[str, int], float]:
+    """CPU time (user + system) used so far by each process of one process group (kind "server") and by each
+    process whose name is in ``commands`` (idp's share of the box includes the PostgreSQL backends and Redis it
+    keeps busy), keyed by (kind, pid); with a (kind, 0) entry of 0 for every kind, so that each is there.
+
+    With ``databases``, a PostgreSQL process that works for one database (a client backend, an autovacuum worker)
+    counts only when it is one of them: the box's PostgreSQL also serves others (a test suite, another bench run),
+    whose statements are no request's cost here. Those that work for the whole cluster (WAL writer, checkpointer,
+    background writer) count whatever the database."""
+    ticks = {(kind, 0): 0 for kind in ("server", *commands)}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/stat") as handle:
                 stat = handle.read()
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ..., utime (12th), stime (13th)
+            kind = "server" if int(fields[2]) == pgid else name if name in commands else None
+            if kind == "postgres" and databases:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
+                    title = handle.read().replace(b"\0", b" ").decode(errors="replace")
+                match = PG_DATABASE.match(title)
+                if match and (match.group(1) or match.group(2)) not in databases:
+                    continue
         except OSError:
             continue
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ..., utime (12th), stime (13th)
-        kind = "server" if int(fields[2]) == pgid else name if name in commands else None
         if kind is not None:
-            ticks[kind] += int(fields[11]) + int(fields[12])
-    return {kind: n / os.sysconf("SC_CLK_TCK") for kind, n in ticks.items()}
+            ticks[kind, int(entry.name)] = int(fields[11]) + int(fields[12])
+    return {key: n / os.sysconf("SC_CLK_TCK") for key, n in ticks.items()}
+
+
+def cpu_used(before: dict[tuple[str, int], float], after: dict[tuple[str, int], float]) -> dict[str, float]:
+    """Per kind, the CPU time used between two readings of cpu_seconds. A process that exited in between counts for
+    nothing: its time left /proc with it, and taking its earlier time off the sum would make the round's figure
+    smaller than what the processes that stayed used (below zero, at times)."""
+    used = dict.fromkeys((kind for kind, _ in after), 0.0)
+    for key, seconds in after.items():
+        used[key[0]] += seconds - before.get(key, 0.0)
+    return used
 
 
 def _storage_ms(entry: dict) -> float:
@@ -189,7 +216,9 @@ class Bench:
         self.peer_meta: dict[str, dict] = {}  # the peers started (peer, peer_pg): their endpoint paths
         self.peer_secret = secrets.token_urlsafe(32)  # both peers' client secret and users
         self.peer_users = [f"peer-{i}@bench.example" for i in range(1, 1001)]
-        self.cpu_of: dict[str, tuple[int, tuple[str, ...]]] = {}
+        # Whose CPU a request at each target costs: a process group, the names of the storage processes it keeps busy,
+        # and the PostgreSQL databases whose backends count (cpu_seconds).
+        self.cpu_of: dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]] = {}
         self.floors: dict[str, subprocess.Popen] = {}  # the stack-floor servers running (bench/floor.py)
 
     # --- setup -------------------------------------------------------------------------------------------------
@@ -258,6 +287,7 @@ class Bench:
                "PEER_USERS": ",".join(self.peer_users), "PEER_RESOURCE": "https://localhost/api",
                "NODE_ENV": "production"}
         storage: tuple[str, ...] = ()
+        db = ""
         if name == "peer_pg":
             db = f"{self.db}_peer"
             pg("postgres", f"DROP DATABASE IF EXISTS {db}", f"CREATE DATABASE {db}")
@@ -269,7 +299,7 @@ class Bench:
         proc = subprocess.Popen(["node", str(peer / "server.js"), str(port), f"https://{host}"],
                                 env=env, cwd=peer, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
-        self.cpu_of[name] = (proc.pid, storage)
+        self.cpu_of[name] = (proc.pid, storage, (db,))
         self._wait_ready(port, host, proc)
         self.peer_meta[name] = self._discover(port, host)
         log(f"{name} up: oidc-provider (node {subprocess.check_output(['node', '--version']).decode().strip()}"
@@ -412,13 +442,12 @@ class Bench:
         """One round, with the CPU it cost the server per request: idp's gunicorn workers plus the PostgreSQL and
         Redis processes (idp's storage), or the peer's node process (with its state in memory) and, for peer_pg,
         the PostgreSQL processes that keep its state."""
-        pgid, commands = self.cpu_of[target]
-        before = cpu_seconds(pgid, commands)
+        before = cpu_seconds(*self.cpu_of[target])
         result = runner(self.round_s, index)
-        after = cpu_seconds(pgid, commands)
+        used = cpu_used(before, cpu_seconds(*self.cpu_of[target]))
         per_request = 1000 / max(result["requests"], 1)
         # Split by process (for idp: its workers, PostgreSQL, Redis), to say where a request's CPU goes.
-        result["cpu_ms_by_process"] = {kind: (after[kind] - before[kind]) * per_request for kind in after}
+        result["cpu_ms_by_process"] = {kind: seconds * per_request for kind, seconds in used.items()}
         result["cpu_ms"] = sum(result["cpu_ms_by_process"].values())
         return result
 
@@ -433,13 +462,15 @@ class Bench:
         """
         rounds: dict[str, list] = {t: [] for t in runners}
         limits: list[float] = []
-        for runner in runners.values():
+        for t, runner in runners.items():
             runner(self.warmup_s, warm)
+            self._quiesce(t)
         for i in range(self.rounds):
             if limit_beside:
                 limits.append(boxlimits.argon2id_rate(self.argon2id_processes, 2 if self.args.quick else 3))
             for t, runner in runners.items():
                 rounds[t].append(self.measured(t, runner, i))
+                self._quiesce(t)
         entry = {t: {**{key: statistics.median(r[key] for r in rs) for key in ("rps", "p50_ms", "p99_ms", "cpu_ms")},
                      "errors": sum(r["errors"] for r in rs), "rounds": rs} for t, rs in rounds.items()}
         for t, e in entry.items():
@@ -449,6 +480,22 @@ class Bench:
             for e in entry.values():
                 e.update(argon2id_per_s=statistics.median(limits), argon2id_rounds=limits)
         return entry
+
+    def _quiesce(self, target: str, limit_s: float = 15.0) -> None:
+        """Wait (at most ``limit_s``) until ``target``'s server has worked through what a round left it. wrk stops
+        counting when its time is up, but the server still answers the requests its connections had sent, and
+        with slow requests (an argon2id check of a hashed client secret, 8 in the queue) that is a second of CPU
+        that would otherwise be counted in, and taken from, the next round: the next server's, or the same
+        server's (django-oauth-toolkit's two targets share one)."""
+        pgid = self.cpu_of[target][0]
+        deadline = time.monotonic() + limit_s
+        last = cpu_seconds(pgid)
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            now = cpu_seconds(pgid)
+            if cpu_used(last, now)["server"] <= 0.01:  # at most one clock tick in 200 ms: idle
+                return
+            last = now
 
     def wanted(self, name: str) -> bool:
         """Whether --only (comma-separated) leaves scenario ``name`` in."""
@@ -506,7 +553,7 @@ class Bench:
                               f"gunicorn-{name}.log")
         self.floors[name] = proc
         self.endpoints[name] = (port, IDP_HOST)
-        self.cpu_of[name] = (proc.pid, ())
+        self.cpu_of[name] = (proc.pid, (), ())
 
     def half_peak(self) -> None:
         """The token endpoint's p99 at half its peak rate: an open-loop Python driver at a fixed rate."""
@@ -719,7 +766,7 @@ def main(argv: list[str]) -> None:
         log(f"limits: {lim['argon2id_per_s']:.1f} argon2id verifications/s, {lim['rs256_sign_per_s']:.0f} RS256 "
             "signatures/s")
         bench.idp_pid, bench.idp_meta = bench.start_idp(bench.env, args.idp_port)
-        bench.cpu_of["idp"] = (bench.idp_pid, ("postgres", "redis-server"))
+        bench.cpu_of["idp"] = (bench.idp_pid, ("postgres", "redis-server"), (bench.db,))
         if args.peer:
             bench.start_peer("peer")
             if args.durable_peer:
