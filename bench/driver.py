@@ -9,6 +9,8 @@ request), which is plainer as threads of keep-alive http.client connections, eac
 from __future__ import annotations
 
 import base64
+import hashlib
+import html
 import http.client
 import json
 import os
@@ -81,23 +83,24 @@ def _path(location: str) -> str:
     return parts.path + ("?" + parts.query if parts.query else "")
 
 
-def _form(html: str) -> tuple[str, dict[str, str], set[str]]:
-    """The first POST form's action, its hidden fields and the names of its visible inputs."""
-    match = FORM_ACTION.search(html)
+def _form(page: str) -> tuple[str, dict[str, str], set[str]]:
+    """The first POST form's action, its hidden fields and the names of its visible inputs (attribute values
+    unescaped, as a browser reads them: a hidden ``next`` URL has its ``&`` written ``&amp;``)."""
+    match = FORM_ACTION.search(page)
     if not match:
         raise FlowError("no form on the page")
     start = match.start()
-    end = html.find("</form>", start)
+    end = page.find("</form>", start)
     hidden, visible = {}, set()
-    for tag in INPUT.findall(html[start:end]):
-        attrs = dict(ATTR.findall(tag))
+    for tag in INPUT.findall(page[start:end]):
+        attrs = {name: html.unescape(value) for name, value in ATTR.findall(tag)}
         if "name" not in attrs:
             continue
         if attrs.get("type") == "hidden":
             hidden[attrs["name"]] = attrs.get("value", "")
         else:
             visible.add(attrs["name"])
-    return match.group(1).replace("&amp;", "&"), hidden, visible
+    return html.unescape(match.group(1)), hidden, visible
 
 
 @dataclass
@@ -113,6 +116,7 @@ class Provider:
     client_secret: str
     redirect_uri: str
     extra: dict[str, str] = field(default_factory=dict)
+    pkce: bool = False  # send an S256 code_challenge and its code_verifier (RFC 7636)
 
 
 def sign_in(provider: Provider, email: str, password: str, totp_seed: str | None = None, browser=None) -> dict:
@@ -124,10 +128,20 @@ def sign_in(provider: Provider, email: str, password: str, totp_seed: str | None
         params = {"response_type": "code", "client_id": provider.client_id, "redirect_uri": provider.redirect_uri,
                   "scope": "openid profile email", "state": state, "nonce": secrets.token_urlsafe(8),
                   **provider.extra}
+        exchange = {"grant_type": "authorization_code", "redirect_uri": provider.redirect_uri}
+        if provider.pkce:
+            verifier = secrets.token_urlsafe(48)
+            digest = hashlib.sha256(verifier.encode()).digest()
+            params.update(code_challenge=base64.urlsafe_b64encode(digest).rstrip(b"=").decode(),
+                          code_challenge_method="S256")
+            exchange["code_verifier"] = verifier
+        # A browser sends its Origin with a form POST; Django's CSRF check refuses an https POST with neither
+        # Origin nor Referer.
+        origin = {"Origin": f"https://{provider.host}"}
         method, path, body = "GET", provider.authorize_path + "?" + urlencode(params), None
-        code = None
+        code, sent_password = None, False
         for _ in range(12):  # bounded: a sign-in is at most a dozen hops
-            status, headers, payload = browser.request(method, path, body)
+            status, headers, payload = browser.request(method, path, body, origin if method == "POST" else None)
             if status in (301, 302, 303, 307):
                 location = headers["Location"]
                 if location.startswith(provider.redirect_uri):
@@ -142,7 +156,12 @@ def sign_in(provider: Provider, email: str, password: str, totp_seed: str | None
                 raise FlowError(f"{status} on {path[:80]}: {payload[:200]!r}")
             action, hidden, visible = _form(payload.decode())
             if "password" in visible:
-                body = {**hidden, "email": email, "password": password}
+                if sent_password:  # the sign-in form again (Django shows it with its error): refused
+                    raise FlowError(f"password refused on {path[:80]}")
+                sent_password = True
+                # The account's name is the email address; the field is "email" (idp) or "username" (Django).
+                login = "email" if "email" in visible else "username"
+                body = {**hidden, login: email, "password": password}
             elif "code" in visible and totp_seed:
                 body = {**hidden, "code": pyotp.TOTP(totp_seed).now()}
             else:
@@ -151,8 +170,7 @@ def sign_in(provider: Provider, email: str, password: str, totp_seed: str | None
         if code is None:
             raise FlowError("no code after 12 hops")
         status, _, payload = browser.request(
-            "POST", provider.token_path,
-            {"grant_type": "authorization_code", "code": code, "redirect_uri": provider.redirect_uri},
+            "POST", provider.token_path, {**exchange, "code": code},
             {"Authorization": "Basic " + basic(provider.client_id, provider.client_secret)})
         if status != 200:
             raise FlowError(f"token {status}: {payload[:200]!r}")

@@ -1,11 +1,15 @@
-"""idp's benchmark, side by side with panva's oidc-provider and the box's limits. See README.md, "Performance".
+"""idp's benchmark, side by side with panva's oidc-provider, django-oauth-toolkit and the box's limits. See
+README.md, "Performance".
 
     .venv/bin/python bench/run.py [--quick] [--out bench/results.json] [--profile DIR] [--no-peer] [--no-durable-peer]
+                                  [--no-dot]
 
 Creates a fresh PostgreSQL database (127.0.0.1:5432, user postgres) and uses an empty Redis database
-(127.0.0.1:6379), seeds users and a client, starts idp under gunicorn in production mode and the peer under
-node (twice: with its state in memory, and with it in PostgreSQL), drives them on loopback with wrk (Lua scripts
-in bench/lua/) and a Python driver for sign-ins, and prints and writes the table. Every loop is bounded in time
+(127.0.0.1:6379), seeds users and a client, starts idp under gunicorn in production mode, the peer under node
+(twice: with its state in memory, and with it in PostgreSQL) and django-oauth-toolkit under gunicorn (bench/peer/dot,
+in a virtualenv of its own that it creates on first use; one server, measured twice: with hashed and with plain
+client secrets), drives them on loopback with wrk (Lua scripts in bench/lua/) and a Python driver for sign-ins, and
+prints and writes the tables. Every loop is bounded in time
 and count; everything it started is stopped at the end, and the databases and the Redis database are dropped /
 flushed.
 """
@@ -38,28 +42,58 @@ PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 REDIS_DBS = (13, 14, 15, 12, 11)
 IDP_HOST = "localhost"
 PEER_HOST = "localhost:8444"
+DOT = BENCH / "peer" / "dot"
+DOT_HOST = "localhost:8446"
+DOT_TARGETS = ("dot", "dot_plain")  # one django-oauth-toolkit server: hashed client secrets, plain ones
 LOOSE = "1000000/minute"
 
 
-def cpu_seconds(pgid: int, commands: tuple[str, ...] = ()) -> dict[str, float]:
-    """CPU time (user + system) used so far by the processes of one process group ("server") and by any process
-    whose name is in ``commands`` (idp's share of the box includes the PostgreSQL backends and Redis it keeps
-    busy), per kind of process."""
-    ticks = dict.fromkeys(("server", *commands), 0)
+# A PostgreSQL process's title (/proc/PID/cmdline) names the database a client backend or an autovacuum worker works
+# for: "postgres: 15/main: USER DATABASE HOST(PORT) STATE" and "postgres: 15/main: autovacuum worker DATABASE".
+PG_DATABASE = re.compile(r"^postgres: [^:]+: (?:autovacuum worker (\S+)|\S+ (\S+) [^ ]*\(\d+\))")
+
+
+def cpu_seconds(pgid: int, commands: tuple[str, ...] = (), databases: tuple[str, ...] = ()
+                ) -> dict[tuple[str, int], float]:
+    """CPU time (user + system) used so far by each process of one process group (kind "server") and by each
+    process whose name is in ``commands`` (idp's share of the box includes the PostgreSQL backends and Redis it
+    keeps busy), keyed by (kind, pid); with a (kind, 0) entry of 0 for every kind, so that each is there.
+
+    With ``databases``, a PostgreSQL process that works for one database (a client backend, an autovacuum worker)
+    counts only when it is one of them: the box's PostgreSQL also serves others (a test suite, another bench run),
+    whose statements are no request's cost here. Those that work for the whole cluster (WAL writer, checkpointer,
+    background writer) count whatever the database."""
+    ticks = {(kind, 0): 0 for kind in ("server", *commands)}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/stat") as handle:
                 stat = handle.read()
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ..., utime (12th), stime (13th)
+            kind = "server" if int(fields[2]) == pgid else name if name in commands else None
+            if kind == "postgres" and databases:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
+                    title = handle.read().replace(b"\0", b" ").decode(errors="replace")
+                match = PG_DATABASE.match(title)
+                if match and (match.group(1) or match.group(2)) not in databases:
+                    continue
         except OSError:
             continue
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ..., utime (12th), stime (13th)
-        kind = "server" if int(fields[2]) == pgid else name if name in commands else None
         if kind is not None:
-            ticks[kind] += int(fields[11]) + int(fields[12])
-    return {kind: n / os.sysconf("SC_CLK_TCK") for kind, n in ticks.items()}
+            ticks[kind, int(entry.name)] = int(fields[11]) + int(fields[12])
+    return {key: n / os.sysconf("SC_CLK_TCK") for key, n in ticks.items()}
+
+
+def cpu_used(before: dict[tuple[str, int], float], after: dict[tuple[str, int], float]) -> dict[str, float]:
+    """Per kind, the CPU time used between two readings of cpu_seconds. A process that exited in between counts for
+    nothing: its time left /proc with it, and taking its earlier time off the sum would make the round's figure
+    smaller than what the processes that stayed used (below zero, at times)."""
+    used = dict.fromkeys((kind for kind, _ in after), 0.0)
+    for key, seconds in after.items():
+        used[key[0]] += seconds - before.get(key, 0.0)
+    return used
 
 
 def _storage_ms(entry: dict) -> float:
@@ -185,11 +219,15 @@ class Bench:
         # and the names of the storage processes it keeps busy).
         self.endpoints: dict[str, tuple[int, str]] = {"idp": (args.idp_port, IDP_HOST),
                                                       "peer": (args.peer_port, PEER_HOST),
-                                                      "peer_pg": (args.peer_port + 1, PEER_HOST)}
-        self.peer_meta: dict[str, dict] = {}  # the peers started (peer, peer_pg): their endpoint paths
-        self.peer_secret = secrets.token_urlsafe(32)  # both peers' client secret and users
+                                                      "peer_pg": (args.peer_port + 1, PEER_HOST),
+                                                      **dict.fromkeys(DOT_TARGETS, (args.dot_port, DOT_HOST))}
+        # The peers started (peer, peer_pg, dot, dot_plain): their endpoint paths.
+        self.peer_meta: dict[str, dict] = {}
+        self.peer_secret = secrets.token_urlsafe(32)  # every peer's client secret and users
         self.peer_users = [f"peer-{i}@bench.example" for i in range(1, 1001)]
-        self.cpu_of: dict[str, tuple[int, tuple[str, ...]]] = {}
+        # Whose CPU a request at each target costs: a process group, the names of the storage processes it keeps busy,
+        # and the PostgreSQL databases whose backends count (cpu_seconds).
+        self.cpu_of: dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]] = {}
         self.floors: dict[str, subprocess.Popen] = {}  # the stack-floor servers running (bench/floor.py)
 
     # --- setup -------------------------------------------------------------------------------------------------
@@ -229,15 +267,17 @@ class Bench:
                         "--totp-users", str(totp_users)], env=env, cwd=self.tmp, check=True, capture_output=True)
         return env, json.loads(seed_file.read_text())
 
-    def _gunicorn(self, app: str, chdir: Path, env: dict, port: int, log_name: str, *extra: str) -> subprocess.Popen:
-        """``app`` under gunicorn with the bench's worker settings, in its own process group, once it answers."""
+    def _gunicorn(self, app: str, chdir: Path, env: dict, port: int, log_name: str, *extra: str, bin_dir: Path = BIN,
+                  host: str = IDP_HOST) -> subprocess.Popen:
+        """``app`` under gunicorn with the bench's worker settings, in its own process group, once it answers (to
+        ``host``); ``bin_dir``: the virtualenv's whose gunicorn it is."""
         log_file = open(self.tmp / log_name, "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            [str(BIN / "gunicorn"), "-w", str(self.workers), "-b", f"127.0.0.1:{port}",
+            [str(bin_dir / "gunicorn"), "-w", str(self.workers), "-b", f"127.0.0.1:{port}",
              *self.args.gunicorn_args.split(), "--chdir", str(chdir), *extra, "--backlog", "256", app],
             env=env, cwd=self.tmp, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
-        self._wait_ready(port, IDP_HOST, proc)
+        self._wait_ready(port, host, proc)
         return proc
 
     def start_idp(self, env: dict, port: int, log_name: str = "gunicorn.log") -> tuple[int, dict]:
@@ -258,6 +298,7 @@ class Bench:
                "PEER_USERS": ",".join(self.peer_users), "PEER_RESOURCE": "https://localhost/api",
                "NODE_ENV": "production"}
         storage: tuple[str, ...] = ()
+        db = ""
         if name == "peer_pg":
             db = f"{self.db}_peer"
             pg("postgres", f"DROP DATABASE IF EXISTS {db}", f"CREATE DATABASE {db}")
@@ -269,11 +310,60 @@ class Bench:
         proc = subprocess.Popen(["node", str(peer / "server.js"), str(port), f"https://{host}"],
                                 env=env, cwd=peer, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
-        self.cpu_of[name] = (proc.pid, storage)
+        self.cpu_of[name] = (proc.pid, storage, (db,))
         self._wait_ready(port, host, proc)
         self.peer_meta[name] = self._discover(port, host)
         log(f"{name} up: oidc-provider (node {subprocess.check_output(['node', '--version']).decode().strip()}"
             f"{', state in PostgreSQL' if storage else ', state in memory'}) on 127.0.0.1:{port}")
+
+    def _dot_bin(self) -> Path:
+        """The bin folder of django-oauth-toolkit's virtualenv (bench/peer/dot/.venv), created and filled from
+        bench/peer/dot/requirements.txt when it is missing or the file has changed since."""
+        venv = DOT / ".venv"
+        stamp = venv / "bench-requirements.txt"  # the requirements it was filled from
+        wanted = (DOT / "requirements.txt").read_text()
+        if not stamp.exists() or stamp.read_text() != wanted:
+            log("creating bench/peer/dot/.venv from bench/peer/dot/requirements.txt")
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "-r",
+                            str(DOT / "requirements.txt")], check=True)
+            stamp.write_text(wanted)
+        return venv / "bin"
+
+    def start_dot(self) -> None:
+        """django-oauth-toolkit (bench/peer/dot) under gunicorn with idp's worker settings, on a PostgreSQL database
+        of its own (its CPU then includes PostgreSQL's, like peer_pg's). One server for both of its targets: "dot"
+        uses the applications whose client secret is stored hashed (DOT's default), "dot_plain" those with
+        hash_client_secret=False; their rounds run one after the other like every target's."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        bin_dir = self._dot_bin()
+        db = f"{self.db}_dot"
+        pg("postgres", f"DROP DATABASE IF EXISTS {db}", f"CREATE DATABASE {db}")
+        self.extra_dbs.append(db)
+        key_file = self.tmp / "dot-rs256.pem"  # one signing key for every worker
+        key_file.write_bytes(rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        port, host = self.endpoints["dot"]
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("IDP_", "DJANGO_"))},
+               "DJANGO_SETTINGS_MODULE": "benchdot.settings", "DOT_DATABASE": db, "DOT_ISSUER": f"https://{host}",
+               "DOT_KEY_FILE": str(key_file), "DOT_SECRET_KEY": secrets.token_urlsafe(48)}
+        manage = [str(bin_dir / "python"), str(DOT / "manage.py")]
+        subprocess.run([*manage, "migrate", "-v", "0"], env=env, cwd=DOT, check=True, capture_output=True)
+        subprocess.run([*manage, "seed_bench", self.seed["redirect_uri"]], cwd=DOT, check=True, capture_output=True,
+                       env={**env, "DOT_SEED_USERS": ",".join(self.peer_users), "DOT_SEED_SECRET": self.peer_secret,
+                            "DOT_SEED_PASSWORD": self.seed["password"]})
+        proc = self._gunicorn("benchdot.wsgi:application", DOT, env, port, "gunicorn-dot.log",
+                              "--forwarded-allow-ips", "127.0.0.1", bin_dir=bin_dir, host=host)
+        meta = self._discover(port, host)
+        for name in DOT_TARGETS:
+            self.cpu_of[name] = (proc.pid, ("postgres",), (db,))
+            self.peer_meta[name] = meta
+        version = subprocess.check_output([str(bin_dir / "python"), "-c", "import importlib.metadata as m; print("
+                                           "m.version('django-oauth-toolkit'), m.version('Django'))"], text=True)
+        log(f"dot up: django-oauth-toolkit {version.split()[0]} (Django {version.split()[1]}), gunicorn pid "
+            f"{proc.pid}, {self.workers} workers on 127.0.0.1:{port}, state in PostgreSQL")
 
     def _wait_ready(self, port: int, host: str, proc) -> None:
         deadline = time.monotonic() + 60
@@ -292,18 +382,36 @@ class Bench:
         raise SystemExit(f"server on {port} did not start in 60 s; see {self.tmp}")
 
     def _discover(self, port: int, host: str) -> dict:
+        """The endpoint paths of the server's discovery document; an endpoint it leaves out (django-oauth-toolkit's
+        OpenID document has no introspection_endpoint) from its RFC 8414 document, where it has one."""
         browser = driver.Browser(port, host)
-        _, _, payload = browser.request("GET", "/.well-known/openid-configuration")
+        meta = {}
+        for path in ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"):
+            status, _, payload = browser.request("GET", path)
+            if status == 200:
+                meta = {**json.loads(payload), **meta}
+            if "introspection_endpoint" in meta:
+                break
         browser.close()
-        meta = json.loads(payload)
         return {k: driver._path(v) for k, v in meta.items() if isinstance(v, str) and v.startswith("https://")}
+
+    def client(self, target: str, grant: str = "authorization_code") -> tuple[str, str]:
+        """The client id and secret the bench uses at ``target`` for ``grant``. django-oauth-toolkit's applications
+        have one grant type each: its client_credentials client is another application (bench/peer/dot's seed)."""
+        if target == "idp":
+            return self.seed["client_id"], self.seed["client_secret"]
+        if target in DOT_TARGETS:
+            name = "bench-dot" if target == "dot" else "bench-dot-plain"
+            return (f"{name}-cc" if grant == "client_credentials" else name), self.peer_secret
+        return "bench-peer", self.peer_secret
 
     def providers(self) -> dict[str, driver.Provider]:
         out = {"idp": idp_provider(self.args.idp_port, self.idp_meta, self.seed)}
         for name, meta in self.peer_meta.items():
+            dot = name in DOT_TARGETS  # DOT requires PKCE (PKCE_REQUIRED, its default); oidc-provider, a resource
             out[name] = driver.Provider(name, *self.endpoints[name], meta["authorization_endpoint"],
-                                        meta["token_endpoint"], "bench-peer", self.peer_secret,
-                                        self.seed["redirect_uri"], {"resource": "https://localhost/api"})
+                                        meta["token_endpoint"], *self.client(name), self.seed["redirect_uri"],
+                                        {} if dot else {"resource": "https://localhost/api"}, pkce=dot)
         return out
 
     # --- tokens issued through real sign-ins -----------------------------------------------------------------------
@@ -325,8 +433,10 @@ class Bench:
                 raise SystemExit(f"{name}: only {len(got)} of {need} sign-ins worked: {res.first_error}")
             access = [t["access_token"] for t in got]
             if name != "idp":
-                # oidc-provider serves userinfo and introspection only for opaque tokens (its JWT access tokens
-                # are for the resource server): sign in without a resource indicator for those.
+                # Access tokens from sign-ins of their own, whose refresh tokens the refresh rounds never use:
+                # oidc-provider serves userinfo and introspection only for opaque tokens (its JWT access tokens are
+                # for the resource server), so these sign in without a resource indicator; django-oauth-toolkit
+                # deletes the access token issued with a refresh token when that refresh token is rotated.
                 plain = driver.Provider(**{**prov.__dict__, "extra": {}})
                 opaque: list[dict] = []
                 driver.closed_loop(lambda n, plain=plain, users=users, opaque=opaque: opaque.append(
@@ -362,17 +472,16 @@ class Bench:
     def scenario_runner(self, scenario: str, target: str):
         """A function(seconds, round_index) -> result for one scenario on one server."""
         meta = self.idp_meta if target == "idp" else self.peer_meta[target]
-        creds = (self.seed["client_id"], self.seed["client_secret"]) if target == "idp" else \
-            ("bench-peer", self.peer_secret)
-        basic = driver.basic(*creds)
+        basic = driver.basic(*self.client(target))
         access_file = str(self.tmp / f"{target}-access.txt")
         if scenario == "discovery":
             return lambda s, i: self.wrk(scenario, target, "discovery.lua", "/.well-known/openid-configuration", s)
         if scenario == "jwks":
             return lambda s, i: self.wrk(scenario, target, "jwks.lua", meta["jwks_uri"], s)
         if scenario == "client_credentials":
+            cc_basic = driver.basic(*self.client(target, "client_credentials"))
             return lambda s, i: self.wrk(scenario, target, "client_credentials.lua", meta["token_endpoint"], s,
-                                         {"BENCH_BASIC": basic})
+                                         {"BENCH_BASIC": cc_basic})
         if scenario == "refresh":
             def run(s, i):
                 chunk = self.refresh_tokens[target][i * self.wrk_conns:(i + 1) * self.wrk_conns]
@@ -411,14 +520,13 @@ class Bench:
     def measured(self, target: str, runner, index: int) -> dict:
         """One round, with the CPU it cost the server per request: idp's gunicorn workers plus the PostgreSQL and
         Redis processes (idp's storage), or the peer's node process (with its state in memory) and, for peer_pg,
-        the PostgreSQL processes that keep its state."""
-        pgid, commands = self.cpu_of[target]
-        before = cpu_seconds(pgid, commands)
+        the PostgreSQL processes that keep its state, or django-oauth-toolkit's gunicorn workers and PostgreSQL."""
+        before = cpu_seconds(*self.cpu_of[target])
         result = runner(self.round_s, index)
-        after = cpu_seconds(pgid, commands)
+        used = cpu_used(before, cpu_seconds(*self.cpu_of[target]))
         per_request = 1000 / max(result["requests"], 1)
         # Split by process (for idp: its workers, PostgreSQL, Redis), to say where a request's CPU goes.
-        result["cpu_ms_by_process"] = {kind: (after[kind] - before[kind]) * per_request for kind in after}
+        result["cpu_ms_by_process"] = {kind: seconds * per_request for kind, seconds in used.items()}
         result["cpu_ms"] = sum(result["cpu_ms_by_process"].values())
         return result
 
@@ -433,13 +541,15 @@ class Bench:
         """
         rounds: dict[str, list] = {t: [] for t in runners}
         limits: list[float] = []
-        for runner in runners.values():
+        for t, runner in runners.items():
             runner(self.warmup_s, warm)
+            self._quiesce(t)
         for i in range(self.rounds):
             if limit_beside:
                 limits.append(boxlimits.argon2id_rate(self.argon2id_processes, 2 if self.args.quick else 3))
             for t, runner in runners.items():
                 rounds[t].append(self.measured(t, runner, i))
+                self._quiesce(t)
         entry = {t: {**{key: statistics.median(r[key] for r in rs) for key in ("rps", "p50_ms", "p99_ms", "cpu_ms")},
                      "errors": sum(r["errors"] for r in rs), "rounds": rs} for t, rs in rounds.items()}
         for t, e in entry.items():
@@ -449,6 +559,22 @@ class Bench:
             for e in entry.values():
                 e.update(argon2id_per_s=statistics.median(limits), argon2id_rounds=limits)
         return entry
+
+    def _quiesce(self, target: str, limit_s: float = 15.0) -> None:
+        """Wait (at most ``limit_s``) until ``target``'s server has worked through what a round left it. wrk stops
+        counting when its time is up, but the server still answers the requests its connections had sent, and
+        with slow requests (an argon2id check of a hashed client secret, 8 in the queue) that is a second of CPU
+        that would otherwise be counted in, and taken from, the next round: the next server's, or the same
+        server's (django-oauth-toolkit's two targets share one)."""
+        pgid = self.cpu_of[target][0]
+        deadline = time.monotonic() + limit_s
+        last = cpu_seconds(pgid)
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            now = cpu_seconds(pgid)
+            if cpu_used(last, now)["server"] <= 0.01:  # at most one clock tick in 200 ms: idle
+                return
+            last = now
 
     def wanted(self, name: str) -> bool:
         """Whether --only (comma-separated) leaves scenario ``name`` in."""
@@ -506,7 +632,7 @@ class Bench:
                               f"gunicorn-{name}.log")
         self.floors[name] = proc
         self.endpoints[name] = (port, IDP_HOST)
-        self.cpu_of[name] = (proc.pid, ())
+        self.cpu_of[name] = (proc.pid, (), ())
 
     def half_peak(self) -> None:
         """The token endpoint's p99 at half its peak rate: an open-loop Python driver at a fixed rate."""
@@ -664,6 +790,23 @@ class Bench:
                          f"{peer['cpu_ms']:.2f}", f"{_storage_ms(peer):.2f}"))
         return _markdown(rows) if len(rows) > 1 else ""
 
+    def dot_table(self) -> str:
+        """idp against django-oauth-toolkit with its client secrets hashed (dot) and plain (dot_plain), where it ran;
+        empty otherwise."""
+        rows = [("scenario", "idp req/s", "dot req/s", "dot_plain req/s", "idp/dot", "idp/dot_plain",
+                 "CPU ms/req idp", "CPU ms/req dot", "CPU ms/req dot_plain")]
+        for scenario, entry in self.results["scenarios"].items():
+            me = entry["idp"]
+            if not all(t in entry for t in DOT_TARGETS):
+                continue
+            ratios = []
+            for t in DOT_TARGETS:
+                me[f"ratio_to_{t}"] = me["rps"] / entry[t]["rps"] if entry[t]["rps"] else None
+                ratios.append(f"{me[f'ratio_to_{t}']:.2f}" if entry[t]["rps"] else "-")
+            rows.append((scenario, f"{me['rps']:.1f}", *(f"{entry[t]['rps']:.1f}" for t in DOT_TARGETS), *ratios,
+                         f"{me['cpu_ms']:.2f}", *(f"{entry[t]['cpu_ms']:.2f}" for t in DOT_TARGETS)))
+        return _markdown(rows) if len(rows) > 1 else ""
+
     def cleanup(self) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:
@@ -695,9 +838,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--gunicorn-args", default="", help="extra gunicorn arguments, e.g. '-k gthread --threads 4'")
     parser.add_argument("--idp-port", type=int, default=8601)
     parser.add_argument("--peer-port", type=int, default=8602)
-    parser.add_argument("--no-peer", dest="peer", action="store_false", help="skip the oidc-provider peer (both)")
+    parser.add_argument("--dot-port", type=int, default=8604)
+    parser.add_argument("--no-peer", dest="peer", action="store_false",
+                        help="skip every peer (oidc-provider, both runs, and django-oauth-toolkit, both runs)")
     parser.add_argument("--no-durable-peer", dest="durable_peer", action="store_false",
                         help="skip the peer's second run with its state in PostgreSQL (peer_pg)")
+    parser.add_argument("--no-dot", dest="dot", action="store_false",
+                        help="skip the django-oauth-toolkit peer (dot, dot_plain)")
     parser.add_argument("--no-scale", dest="scale", action="store_false", help="skip the 1k vs 1M comparison")
     parser.add_argument("--profile", metavar="DIR", help="also record py-spy profiles of idp's workers into DIR")
     parser.add_argument("--only", help="comma-separated scenarios to run, 'floor' for the stack floor (default: all)")
@@ -719,11 +866,13 @@ def main(argv: list[str]) -> None:
         log(f"limits: {lim['argon2id_per_s']:.1f} argon2id verifications/s, {lim['rs256_sign_per_s']:.0f} RS256 "
             "signatures/s")
         bench.idp_pid, bench.idp_meta = bench.start_idp(bench.env, args.idp_port)
-        bench.cpu_of["idp"] = (bench.idp_pid, ("postgres", "redis-server"))
+        bench.cpu_of["idp"] = (bench.idp_pid, ("postgres", "redis-server"), (bench.db,))
         if args.peer:
             bench.start_peer("peer")
             if args.durable_peer:
                 bench.start_peer("peer_pg")
+            if args.dot:
+                bench.start_dot()
         bench.issue_tokens()
         bench.run_scenarios()
         if bench.wanted("floor"):
@@ -734,7 +883,7 @@ def main(argv: list[str]) -> None:
             bench.scale()
         if args.profile:
             bench.profile(Path(args.profile))
-        table, durable = bench.table(), bench.durable_table()
+        table, durable, dot = bench.table(), bench.durable_table(), bench.dot_table()
         bench.results.update({
             "command": " ".join(["bench/run.py", *argv]), "quick": args.quick,
             "setup": {"gunicorn_workers": args.workers, "wrk": f"-t{bench.wrk_threads} -c{bench.wrk_conns}",
@@ -742,8 +891,12 @@ def main(argv: list[str]) -> None:
                       "warmup_s": bench.warmup_s, "cores": os.cpu_count(),
                       "peer": "oidc-provider 9.13.3 (one node process, in-memory adapter)" if args.peer else None,
                       "peer_pg": "the same, its state in PostgreSQL (bench/peer/server.js PostgresAdapter)"
-                      if args.peer and args.durable_peer else None},
-            "table": table, "durable_table": durable, "elapsed_s": round(time.monotonic() - started, 1)})
+                      if args.peer and args.durable_peer else None,
+                      "dot": "django-oauth-toolkit (bench/peer/dot/requirements.txt) under gunicorn with idp's worker "
+                      "settings, PostgreSQL; dot: client secrets hashed (argon2id, idp's cost), dot_plain: plain"
+                      if args.peer and args.dot else None},
+            "table": table, "durable_table": durable, "dot_table": dot,
+            "elapsed_s": round(time.monotonic() - started, 1)})
         Path(args.out).write_text(json.dumps(bench.results, indent=2, default=str) + "\n")
         print()
         print(table)
@@ -751,6 +904,10 @@ def main(argv: list[str]) -> None:
         if durable:
             print("Against the peer with its state in PostgreSQL, committed before each answer (peer_pg):")
             print(durable)
+            print()
+        if dot:
+            print("Against django-oauth-toolkit, client secrets hashed (dot, its default) and plain (dot_plain):")
+            print(dot)
             print()
         hp = bench.results.get("half_peak", {"target_rps": 0, "rps": 0, "p50_ms": 0, "p99_ms": 0})
         print(f"Token endpoint at half its peak ({hp['target_rps']:.0f}/s offered, {hp['rps']:.0f}/s served): "
@@ -760,7 +917,8 @@ def main(argv: list[str]) -> None:
                   f"p99 {hp['floor']['p99_ms']:.1f} ms (the tail of the box and the driver alone)")
         print("RSS per gunicorn worker: " + ", ".join(f"{w['rss_mb']} MB" for w in bench.results["rss_per_worker"]))
         print(f"One argon2id verification costs {lim['argon2id_cpu_ms']:.0f} ms of CPU (cores / limit); CPU ms/req is "
-              "the server's CPU per request or sign-in (idp: gunicorn workers + PostgreSQL + Redis; peer: node)")
+              "the server's CPU per request or sign-in (idp: gunicorn workers + PostgreSQL + Redis; peer: node; "
+              "peer_pg: node + PostgreSQL; dot: gunicorn workers + PostgreSQL)")
         if "scale" in bench.results:
             sc = bench.results["scale"]
             print(f"Latency p50, {sc['small']['counts']} -> {sc['large']['counts']}: " + ", ".join(
