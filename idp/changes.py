@@ -305,4 +305,12 @@ def _committed(session: Session) -> None:
 
 @event.listens_for(IdpSession, "after_rollback")
 def _rolled_back(session: Session) -> None:
-    session.info.pop(_CHANGED, None)
+    # Nothing changed for anyone else; but what this session read back of its own flushed writes is void too.
+    for table in session.info.pop(_CHANGED, ()):
+        changed_here(table)
+
+
+def uncommitted(session: Session, table: str) -> bool:
+    """Whether ``session`` has written to ``table`` in its open transaction: what it reads of that table now is
+    not to be kept (it may never be committed)."""
+    return table in session.info.get(_CHANGED, ())

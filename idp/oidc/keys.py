@@ -102,7 +102,7 @@ class _KeyCache:
         self.kids = {row.kid for row in rows}
         self.until = min((row.publish_until for row in rows if row.publish_until is not None), default=None)
         self.state = state
-        self.stamp = stamp
+        self.stamp = _committed(stamp)
 
     def fresh(self, now: datetime | None) -> _KeyCache:
         """These key sets, reloaded first if the keys table changed since or a retired key's time is up."""
@@ -114,7 +114,7 @@ class _KeyCache:
             if state != self.state:
                 self.load(now)
             else:  # the same keys: current as of the stamp taken before that summary was read
-                self.stamp = stamp
+                self.stamp = _committed(stamp)
         return self
 
 
@@ -146,6 +146,11 @@ def _state(again: bool = False) -> tuple[tuple, Stamp | None]:
         stamp = changes.stamp(SIGNING_KEYS)
         request.environ[_STATE_OF_REQUEST] = tuple(db.session.execute(_TABLE_STATE).one()), stamp
     return request.environ[_STATE_OF_REQUEST]
+
+
+def _committed(stamp: Stamp | None) -> Stamp | None:
+    """``stamp``, or None when this request has written to the keys table: only what is committed is kept."""
+    return None if changes.uncommitted(db.session(), SIGNING_KEYS) else stamp
 
 
 def table_state(again: bool = False) -> tuple:
@@ -214,7 +219,7 @@ def jwks(now: datetime | None = None) -> dict:
         cache.jwks_etag = hashlib.sha256(cache.jwks_bytes).hexdigest()[:32]
         cache.jwks_state = state
         cache.jwks_until = min((row.publish_until for row in rows if row.publish_until is not None), default=None)
-    cache.jwks_stamp = stamp
+    cache.jwks_stamp = _committed(stamp)
     return cache.jwks
 
 
