@@ -208,9 +208,10 @@ def jwks(now: datetime | None = None) -> dict:
     """
     now = now or utcnow()
     cache = _cache()
-    expired = cache.jwks_until is not None and now >= cache.jwks_until
-    if cache.jwks is not None and not expired and changes.unchanged(SIGNING_KEYS, cache.jwks_stamp):
+    if _jwks_current(cache, now):
+        assert cache.jwks is not None  # (current: built)
         return cache.jwks
+    expired = cache.jwks_until is not None and now >= cache.jwks_until
     state, stamp = _state()  # before the rows: a change in between rebuilds next time
     if cache.jwks is None or state != cache.jwks_state or expired:
         rows = published(now)
@@ -221,6 +222,19 @@ def jwks(now: datetime | None = None) -> dict:
         cache.jwks_until = min((row.publish_until for row in rows if row.publish_until is not None), default=None)
     cache.jwks_stamp = _committed(stamp)
     return cache.jwks
+
+
+def _jwks_current(cache: _KeyCache, now: datetime) -> bool:
+    """Whether the kept JWK Set is current without a query: built, no key's time up, no change notified since."""
+    return cache.jwks is not None and not (cache.jwks_until is not None and now >= cache.jwks_until) and \
+        changes.unchanged(SIGNING_KEYS, cache.jwks_stamp)
+
+
+def kept_jwks_document(now: datetime | None = None) -> tuple[bytes, str] | None:
+    """The JWK Set as served and its entity tag when what this worker kept is current without a query (the view
+    then needs no database connection at all), else None."""
+    cache = _cache()
+    return (cache.jwks_bytes, cache.jwks_etag) if _jwks_current(cache, now or utcnow()) else None
 
 
 def jwks_document(now: datetime | None = None) -> tuple[bytes, str]:
