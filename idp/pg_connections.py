@@ -67,9 +67,10 @@ PING_AFTER_IDLE_SECONDS = 30.0
 def watch_connections(engine: Engine) -> None:
     """Hand out only live PostgreSQL connections (SQLAlchemy's pessimistic disconnect handling, done cheaply).
 
-    A PostgreSQL connection at rest has nothing to read: the server speaks only when asked (idp uses no
-    LISTEN). When the server ends a connection (a restart, ``pg_terminate_backend``, ``idle_session_timeout``)
-    it sends a FATAL message and closes, so the socket turns readable. Checking that costs one ``select()``
+    A PostgreSQL connection at rest has nothing to read: the server speaks only when asked (the pool's
+    connections never LISTEN; idp.changes listens on a connection of its own). When the server ends a connection
+    (a restart, ``pg_terminate_backend``, ``idle_session_timeout``) it sends a FATAL message and closes, so the
+    socket turns readable. Checking that costs one ``select()``
     instead of the ``SELECT 1`` round trip that ``pool_pre_ping`` spends on every request; a dead connection
     raises DisconnectionError, and the pool replaces it and tries again before the request sees anything.
     Anything else unread on an idle connection (an unsolicited ParameterStatus after a configuration reload) also

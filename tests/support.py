@@ -9,6 +9,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from email import message_from_bytes, policy
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -328,6 +329,53 @@ def authorize(client, client_id: str, *, consent: str = "allow", email: str = "a
 
 
 # --- MFA helpers (tests/test_mfa.py, tests/test_sms.py) -------------------------------------------------------------
+
+# How long a test waits for the change listener (idp.changes) to connect, or for a notification to arrive: both
+# take milliseconds; the bound is for a loaded machine, and a wait that reaches it is a failure.
+NOTIFY_WAIT_SECONDS = 5.0
+
+
+def listening(app, timeout: float = NOTIFY_WAIT_SECONDS) -> bool:
+    """On PostgreSQL, start the app's change listener (idp.changes) and wait until it is trusted: True. On SQLite,
+    which has none, False (every request reads the tables)."""
+    from idp import changes
+
+    with app.test_request_context():
+        listener = changes.listener()
+    if listener is None:
+        return False
+    deadline = time.monotonic() + timeout
+    while not listener.trusted():
+        assert time.monotonic() < deadline, f"the change listener was not listening after {timeout} s"
+        time.sleep(0.01)
+    return True
+
+
+def settled(app, timeout: float = NOTIFY_WAIT_SECONDS) -> None:
+    """Wait until the app's change listener has taken every notification committed so far, its own commits' too
+    (each voids what the worker kept once more: the next request looks again). PostgreSQL delivers notifications in
+    commit order, so a marker sent now arrives after all of them. Nothing to wait for on SQLite."""
+    import psycopg2
+
+    from idp import changes
+
+    with app.test_request_context():
+        listener = changes.listener()
+    if listener is None:
+        return
+    marker = f"settled-{uuid.uuid4().hex}"
+    connection = psycopg2.connect(**listener.connect_args)
+    try:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, %s)", (changes.CHANNEL, marker))
+    finally:
+        connection.close()
+    deadline = time.monotonic() + timeout
+    while marker not in listener.marks:
+        assert time.monotonic() < deadline, f"no notification reached the change listener within {timeout} s"
+        time.sleep(0.005)
+
 
 def drain_jobs(app) -> None:
     """Run every queued RQ job now (a no-op when jobs run inline, without Redis)."""

@@ -16,6 +16,8 @@ from flask import current_app, has_request_context, request
 from joserfc.jwk import KeySet
 from sqlalchemy import Connection, func, select
 
+from idp import changes
+from idp.changes import Stamp
 from idp.extensions import db
 from idp.models import Client, SigningKey, utcnow
 from idp.security import keys as jose_keys
@@ -53,14 +55,20 @@ def active(now: datetime | None = None) -> list[SigningKey]:
 
 
 # Each worker keeps the parsed keys: decrypting and importing a private key costs far more than signing. What it
-# kept is checked against the keys table, so that a key created or rotated by any process (another worker, another
-# instance, `idp keys rotate`) is used at once everywhere (SECURITY.md 14; README "Scaling out"):
-# - signing and the JWK Set read a summary of the table (_TABLE_STATE: one aggregate over a handful of rows) once
-#   per request, and reload when it changed;
-# - verification reads it only for a token whose `kid` the worker does not know: a known key is never withdrawn
-#   before its tokens have expired, so it needs no look, and a `kid` that is in no row (a forged header) costs that
-#   one aggregate, never a reload;
-# - everything kept is reloaded when a retired key in it reaches its ``publish_until``.
+# kept follows the keys table, so that a key created or rotated by any process (another worker, another instance,
+# `idp keys rotate`) is used at once everywhere (SECURITY.md 14; README "Scaling out"):
+# - on PostgreSQL, a trigger notifies every worker of each change to the table (idp.changes, migration 0020): while
+#   the worker's listener is trusted and no change was notified since the keys were loaded, signing and the JWK Set
+#   use what was kept without a query;
+# - otherwise (SQLite; the listener not connected yet, or its connection lost), signing and the JWK Set read a
+#   summary of the table (_TABLE_STATE: one aggregate over a handful of rows) once per request, and reload when it
+#   changed; so does a notified change, whose summary may still be the same (the kept keys stay then);
+# - verification looks only for a token whose `kid` the worker does not know: a known key is never withdrawn
+#   before its tokens have expired, so it needs no look, and a `kid` that is in no row (a forged header) costs at
+#   most that one aggregate, never a reload;
+# - everything kept is reloaded when a retired key in it reaches its ``publish_until``, notified or not.
+# The change stamp (idp.changes.stamp) is taken before the summary is read, and both before the rows: a change
+# in between voids what was kept, at the next look.
 
 
 class _KeyCache:
@@ -68,6 +76,7 @@ class _KeyCache:
 
     def __init__(self):
         self.state: tuple | None = None  # the table's summary the key sets were loaded at (None: not loaded yet)
+        self.stamp: Stamp | None = None  # the change stamp they are known current at (None: look at the table)
         self.until: datetime | None = None  # when the first retired key in them stops being published
         self.signing = KeySet([])  # both loaded by fresh() before first use (state is None)
         self.verifying = KeySet([])
@@ -78,12 +87,13 @@ class _KeyCache:
         self.jwks_bytes = b""  # the document as served, and its entity tag (issue 22: prepared once per change)
         self.jwks_etag = ""
         self.jwks_state: tuple | None = None
+        self.jwks_stamp: Stamp | None = None
         self.jwks_until: datetime | None = None
 
     def load(self, now: datetime) -> None:
         secret = current_app.config["IDP_SECRET_KEY"]
         signing_rows = active(now)  # creates (and commits) the first keys: before the state, which they change
-        state = table_state(again=True)  # before the rows: a change in between reloads at the next look
+        state, stamp = _state(again=True)  # before the rows: a change in between reloads at the next look
         self.signing = KeySet([jose_keys.import_private(jose_keys.decrypt_private(row.private_jwk_encrypted,
                                                                                   secret))
                                for row in signing_rows])
@@ -92,12 +102,19 @@ class _KeyCache:
         self.kids = {row.kid for row in rows}
         self.until = min((row.publish_until for row in rows if row.publish_until is not None), default=None)
         self.state = state
+        self.stamp = _committed(stamp)
 
     def fresh(self, now: datetime | None) -> _KeyCache:
         """These key sets, reloaded first if the keys table changed since or a retired key's time is up."""
         now = now or utcnow()
-        if self.state is None or table_state() != self.state or (self.until is not None and now >= self.until):
+        if self.state is None or (self.until is not None and now >= self.until):
             self.load(now)
+        elif not changes.unchanged(SIGNING_KEYS, self.stamp):  # (unchanged: no query at all)
+            state, stamp = _state()
+            if state != self.state:
+                self.load(now)
+            else:  # the same keys: current as of the stamp taken before that summary was read
+                self.stamp = _committed(stamp)
         return self
 
 
@@ -116,16 +133,29 @@ _TABLE_STATE = select(
     func.count(SigningKey.retired_at), func.max(SigningKey.retired_at), func.min(SigningKey.publish_until),
     func.max(SigningKey.publish_until))
 _STATE_OF_REQUEST = "idp.keys_state"
+SIGNING_KEYS = "signing_keys"  # the table's name, as its change notifications carry it (idp.changes)
+
+
+def _state(again: bool = False) -> tuple[tuple, Stamp | None]:
+    """The keys table's summary, read once per request (the token endpoint signs two tokens; ``again`` reads it
+    anew, after this process changed the table), with the change stamp taken just before it was read; outside a
+    request, read at every call (and no stamp)."""
+    if not has_request_context():
+        return tuple(db.session.execute(_TABLE_STATE).one()), None
+    if again or _STATE_OF_REQUEST not in request.environ:
+        stamp = changes.stamp(SIGNING_KEYS)
+        request.environ[_STATE_OF_REQUEST] = tuple(db.session.execute(_TABLE_STATE).one()), stamp
+    return request.environ[_STATE_OF_REQUEST]
+
+
+def _committed(stamp: Stamp | None) -> Stamp | None:
+    """``stamp``, or None when this request has written to the keys table: only what is committed is kept."""
+    return None if changes.uncommitted(db.session(), SIGNING_KEYS) else stamp
 
 
 def table_state(again: bool = False) -> tuple:
-    """The keys table's summary, read once per request (the token endpoint signs two tokens; ``again`` reads it
-    anew, after this process changed the table); outside a request, read at every call."""
-    if not has_request_context():
-        return tuple(db.session.execute(_TABLE_STATE).one())
-    if again or _STATE_OF_REQUEST not in request.environ:
-        request.environ[_STATE_OF_REQUEST] = tuple(db.session.execute(_TABLE_STATE).one())
-    return request.environ[_STATE_OF_REQUEST]
+    """The keys table's summary (read once per request, like ``_state``)."""
+    return _state(again)[0]
 
 
 def signing_keyset(now: datetime | None = None) -> KeySet:
@@ -171,21 +201,40 @@ def published(now: datetime | None = None) -> list[SigningKey]:
 def jwks(now: datetime | None = None) -> dict:
     """The public JWK Set served at jwks_uri.
 
-    Each worker keeps the document and checks on every request, with one aggregate query, whether the keys table
-    changed since, so a key created or rotated by any process is published at once; otherwise it is rebuilt only
-    when a retired key reaches its ``publish_until``.
+    Each worker keeps the document, so a key created or rotated by any process is published at once: it is
+    current while no change to the keys table was notified since it was built (idp.changes; no query), or, when
+    that cannot be trusted, while one aggregate query finds the table's summary unchanged. It is also rebuilt when
+    a retired key reaches its ``publish_until``.
     """
     now = now or utcnow()
     cache = _cache()
-    state = table_state()  # before the rows: a change in between rebuilds next time
-    if cache.jwks is None or state != cache.jwks_state or (cache.jwks_until is not None and now >= cache.jwks_until):
+    if _jwks_current(cache, now):
+        assert cache.jwks is not None  # (current: built)
+        return cache.jwks
+    expired = cache.jwks_until is not None and now >= cache.jwks_until
+    state, stamp = _state()  # before the rows: a change in between rebuilds next time
+    if cache.jwks is None or state != cache.jwks_state or expired:
         rows = published(now)
         cache.jwks = {"keys": [dict(row.public_jwk) for row in rows]}
         cache.jwks_bytes = json.dumps(cache.jwks, separators=(",", ":")).encode()
         cache.jwks_etag = hashlib.sha256(cache.jwks_bytes).hexdigest()[:32]
         cache.jwks_state = state
         cache.jwks_until = min((row.publish_until for row in rows if row.publish_until is not None), default=None)
+    cache.jwks_stamp = _committed(stamp)
     return cache.jwks
+
+
+def _jwks_current(cache: _KeyCache, now: datetime) -> bool:
+    """Whether the kept JWK Set is current without a query: built, no key's time up, no change notified since."""
+    return cache.jwks is not None and not (cache.jwks_until is not None and now >= cache.jwks_until) and \
+        changes.unchanged(SIGNING_KEYS, cache.jwks_stamp)
+
+
+def kept_jwks_document(now: datetime | None = None) -> tuple[bytes, str] | None:
+    """The JWK Set as served and its entity tag when what this worker kept is current without a query (the view
+    then needs no database connection at all), else None."""
+    cache = _cache()
+    return (cache.jwks_bytes, cache.jwks_etag) if _jwks_current(cache, now or utcnow()) else None
 
 
 def jwks_document(now: datetime | None = None) -> tuple[bytes, str]:

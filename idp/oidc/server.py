@@ -43,12 +43,15 @@ from flask_wtf.csrf import validate_csrf
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
-from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.orm import joinedload
+from sqlalchemy import JSON, bindparam, insert, select, update
+from sqlalchemy.orm import joinedload, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 from werkzeug.datastructures import MultiDict
 from wtforms import ValidationError
 
-from idp import audit
+from idp import audit, changes
+from idp.changes import Stamp
 from idp.extensions import db, limiter
 from idp.jobs import enqueue
 from idp.login.assurance import meets
@@ -91,13 +94,82 @@ def issuer() -> str:
 
 
 def query_client(client_id: str) -> Client | None:
-    """The registered client with this id (read once per request). An id no client can have (not a string, too
-    long, or with a NUL, which PostgreSQL text cannot hold: a private_key_jwt assertion's ``sub`` or a decoded
-    Basic header can carry one past the request's own check) is no client."""
+    """The registered client with this id (read once per request, and kept by the worker while no change to the
+    clients is notified: _KeptClients). An id no client can have (not a string, too long, or with a NUL, which
+    PostgreSQL text cannot hold: a private_key_jwt assertion's ``sub`` or a decoded Basic header can carry one past
+    the request's own check) is no client."""
     if not isinstance(client_id, str) or not client_id or len(client_id) > 64 or "\x00" in client_id:
         return None
-    return _once_per_request("idp.clients", client_id, lambda: db.session.execute(
-        _CLIENT, {"client_id": client_id}).scalar_one_or_none())
+    return _once_per_request("idp.clients", client_id, lambda: _kept_clients().get(client_id))
+
+
+class _KeptClients:
+    """The clients one worker has read (per app: tests build many), each with the change stamp taken before it was
+    read (idp.changes): a deleted client, a rotated secret or any changed setting is read again from the first
+    request after its notification, and while the listener cannot be trusted (SQLite; not connected) every request
+    reads the row, as before. Each request gets its own copy, in its own session (``merge`` without a query), so
+    no request sees another's changes to it, and it lazy-loads nothing. A client_id that is no client is not kept
+    (a stranger could fill the memory with them); at most LIMIT clients are."""
+
+    LIMIT = 10000
+
+    def __init__(self) -> None:
+        self.rows: dict[str, tuple[Stamp, Client, Any]] = {}  # client_id -> (stamp, detached copy, identity key)
+
+    def get(self, client_id: str) -> Client | None:
+        stamp = changes.stamp(CLIENTS)
+        if stamp is not None:
+            kept = self.rows.get(client_id)
+            if kept is not None and kept[0] == stamp:
+                return _attached(*kept[1:])
+        session = db.session()
+        row = session.execute(_CLIENT, {"client_id": client_id}).scalar_one_or_none()
+        # Only what is committed is kept: not a row this request changed (flushed or not).
+        if stamp is None or row is None or changes.uncommitted(session, CLIENTS) or row in session.dirty:
+            self.rows.pop(client_id, None)
+            return row
+        if len(self.rows) >= self.LIMIT:
+            self.rows = {key: kept for key, kept in self.rows.items() if kept[0] == stamp}
+            if len(self.rows) >= self.LIMIT:
+                self.rows.clear()
+        copy = Client(**{name: _own(getattr(row, name)) for name in _CLIENT_COLUMNS})
+        make_transient_to_detached(copy)
+        self.rows[client_id] = (stamp, copy, identity_key(Client, row.id))
+        return row
+
+
+CLIENTS = "clients"  # the table's name, as its change notifications carry it (idp.changes)
+_CLIENT_COLUMNS = tuple(attr.key for attr in Client.__mapper__.column_attrs)
+_JSON_COLUMNS = tuple(attr.key for attr in Client.__mapper__.column_attrs
+                      if any(isinstance(column.type, JSON) for column in attr.columns))
+
+
+def _own(value: Any) -> Any:
+    """A copy of a JSON column's value that shares no list or dict with the original."""
+    if isinstance(value, list):
+        return [_own(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _own(item) for key, item in value.items()}
+    return value
+
+
+def _attached(copy: Client, key: Any) -> Client:
+    """A kept client as this request's: the one its session already holds, else a copy merged in (no query)."""
+    session = db.session()
+    held = session.identity_map.get(key)
+    if held is not None:
+        return held
+    client = session.merge(copy, load=False)
+    for name in _JSON_COLUMNS:  # the merged copy's lists are the kept one's: its own, in case it changes them
+        set_committed_value(client, name, _own(getattr(copy, name)))
+    return client
+
+
+def _kept_clients() -> _KeptClients:
+    kept = current_app.extensions.get("idp.kept_clients")
+    if kept is None:
+        kept = current_app.extensions["idp.kept_clients"] = _KeptClients()
+    return kept
 
 
 def _once_per_request(kind: str, key, compute):

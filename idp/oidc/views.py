@@ -164,15 +164,18 @@ def assetlinks():
 
 
 @bp.get("/jwks.json")
-@reads_only
 def jwks():
     """The public signing keys, including retired ones whose tokens may still be valid: bytes prepared once per
-    change of the keys, with an ETag, so a relying party that revalidates gets a 304 (RFC 9110 13.1.2)."""
-    body, etag = keys.jwks_document()
+    change of the keys, with an ETag, so a relying party that revalidates gets a 304 (RFC 9110 13.1.2). While no
+    change to the keys was notified (idp.changes) they are served without taking a database connection."""
+    body, etag = keys.kept_jwks_document() or _read_jwks_document()
     response = current_app.response_class(body, mimetype="application/json")
     response.set_etag(etag)
     response.headers["Cache-Control"] = "public, max-age=300"
     return response.make_conditional(request) if "If-None-Match" in request.headers else response
+
+
+_read_jwks_document = reads_only(keys.jwks_document)  # (an aggregate and, after a change, the rows)
 
 
 def _authorize_error(error: OAuth2Error, pushed: par.Pushed | None = None, params: MultiDict | None = None):
