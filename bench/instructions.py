@@ -32,7 +32,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 BENCH = Path(__file__).resolve().parent
-SCENARIOS = ("client_credentials", "refresh", "introspection", "userinfo", "discovery", "signin")
+SCENARIOS = ("client_credentials", "refresh", "introspection", "userinfo", "discovery", "jwks", "signin")
 HELPER = """#include <valgrind/callgrind.h>
 void count_on(void) { CALLGRIND_START_INSTRUMENTATION; CALLGRIND_ZERO_STATS; }
 void count_off(void) { CALLGRIND_DUMP_STATS; CALLGRIND_STOP_INSTRUMENTATION; }
@@ -97,6 +97,8 @@ def child(scenario: str, requests: int, helper: str) -> None:
         elif scenario == "userinfo":
             status, _, body = browser.request("GET", "/userinfo", None,
                                               {"Authorization": "Bearer " + tokens[n % 4]["access_token"]})
+        elif scenario == "jwks":
+            status, _, body = browser.request("GET", "/jwks.json")
         else:
             status, _, body = browser.request("GET", "/.well-known/openid-configuration")
         if status != 200:
@@ -145,7 +147,7 @@ def main(argv: list[str]) -> None:
 
     import run
 
-    bench = run.Bench(argparse.Namespace(quick=True, workers=1, idp_port=0, peer_port=0, keep_temp=False))
+    bench = run.Bench(argparse.Namespace(quick=True, workers=1, idp_port=0, peer_port=0, dot_port=0, keep_temp=False))
     work = Path(tempfile.mkdtemp(prefix="idp-instructions-"))
     figures: dict[str, dict] = {}
     try:
