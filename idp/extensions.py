@@ -1,9 +1,10 @@
 """Extensions, created unbound here and bound to the app in ``create_app``."""
 
+from collections.abc import Callable
 from functools import wraps
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
-from flask import request
+from flask import current_app, request
 from flask_limiter import Limiter
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
@@ -79,6 +80,18 @@ UNLIMITED_ENDPOINTS = frozenset({"oidc.discovery", "oidc.oauth_metadata", "oidc.
 @limiter.request_filter
 def _unlimited() -> bool:
     return request.endpoint in UNLIMITED_ENDPOINTS
+
+
+T = TypeVar("T")
+
+
+def per_app(name: str, make: Callable[[], T]) -> T:
+    """The current app's own ``name`` object (kept keys, kept clients), made by ``make`` on first use: the tests
+    build many apps in one process, production one per worker."""
+    found = current_app.extensions.get(name)
+    if found is None:
+        found = current_app.extensions[name] = make()
+    return found
 
 
 def keep_loaded(view):

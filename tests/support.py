@@ -10,12 +10,15 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from email import message_from_bytes, policy
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from aiosmtpd.controller import Controller
 from flask_babel import force_locale, gettext
+from sqlalchemy import event
 
 from idp.extensions import db
 from idp.models import AdminRole, User, utcnow
@@ -609,3 +612,21 @@ class Inspector:
         }""")
         return [f"{v['impact']} {v['id']} ({v['help']}) at {', '.join(v['nodes'])}"
                 for v in results if v["impact"] in BLOCKING]
+
+
+@contextmanager
+def recorded(app, describe: Callable = lambda conn, statement: " ".join(statement.split())) -> Iterator[list]:
+    """``describe(connection, statement)`` of each statement the app sends to the database inside the block, in
+    order (by default the statement itself, on one line)."""
+    seen: list = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        seen.append(describe(conn, statement))
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)

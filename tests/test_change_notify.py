@@ -27,7 +27,7 @@ from idp.oidc.server import query_client
 from idp.security.tokens import token_hash
 from tests.conftest import SECRET, TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.instances import kid_of, run_cli
-from tests.support import listening, settled
+from tests.support import listening, recorded, settled
 
 pytestmark = pytest.mark.skipif(not TEST_DATABASE_URL.startswith("postgresql"),
                                 reason="LISTEN/NOTIFY is PostgreSQL's: set IDP_TEST_DATABASE_URL")
@@ -62,23 +62,6 @@ def elsewhere(app, statement: str, params: tuple = ()) -> list[tuple]:
             return cursor.fetchall() if cursor.description else []
     finally:
         connection.close()
-
-
-@contextmanager
-def statements(app) -> Iterator[list[str]]:
-    """The SQL the app sends inside the block, one string per statement."""
-    seen: list[str] = []
-
-    def record(conn, cursor, statement, parameters, context, executemany):
-        seen.append(" ".join(statement.split()))
-
-    with app.app_context():
-        engine = db.engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 def reads_keys(seen: list[str]) -> bool:
@@ -165,11 +148,11 @@ def test_the_triggers_notify_every_write_to_the_clients_and_the_keys_on_commit(a
 def test_a_warm_worker_reads_neither_the_keys_nor_the_client(app, machine):
     """What the bench measures: with the listener trusted, the token endpoint runs no aggregate over the keys and no
     SELECT of the client, introspection no SELECT of the client, and the JWK Set takes no connection at all."""
-    with statements(app) as token_request:
+    with recorded(app) as token_request:
         response = machine.token()
     assert response.status_code == 200
     assert not reads_keys(token_request) and not reads_client(token_request), token_request
-    with statements(app) as introspection:
+    with recorded(app) as introspection:
         answer = machine.http.post("/introspect", data={"token": response.get_json()["access_token"]},
                                    auth=(machine.client_id, machine.secret))
     assert answer.get_json()["active"] is True
@@ -183,7 +166,7 @@ def test_a_warm_worker_reads_neither_the_keys_nor_the_client(app, machine):
         engine = db.engine
     event.listen(engine, "checkout", checked_out)
     try:
-        with statements(app) as jwks:
+        with recorded(app) as jwks:
             assert machine.http.get("/jwks.json").status_code == 200
     finally:
         event.remove(engine, "checkout", checked_out)
@@ -220,7 +203,7 @@ def test_a_key_rotated_by_this_process_signs_its_next_token_without_waiting_for_
 def test_a_client_whose_secret_is_rotated_or_that_is_deleted_elsewhere_is_refused_at_once(app, machine, tmp_path):
     """The operator's psql changes the secret's hash, and `idp clients delete` in another process deletes the
     client: the worker refuses the old secret, then the client, from the request after each notification."""
-    with statements(app) as seen:
+    with recorded(app) as seen:
         assert machine.token().status_code == 200
     assert not reads_client(seen), seen  # the worker keeps the client: only the notification can tell it
 
@@ -281,10 +264,10 @@ def test_without_the_listener_every_request_reads_and_after_it_reconnects_cachin
 
     # While it is down, every request reads: the keys' summary and the client, and sees a change at once.
     with listener_down(app):
-        with statements(app) as seen:
+        with recorded(app) as seen:
             assert machine.token(secrets[1]).status_code == 200
         assert reads_keys(seen) and reads_client(seen), seen
-        with statements(app) as seen:
+        with recorded(app) as seen:
             assert machine.http.get("/jwks.json").status_code == 200
         assert reads_keys(seen), seen
         elsewhere(app, "UPDATE clients SET client_secret_hash = %s WHERE client_id = %s",
@@ -294,7 +277,7 @@ def test_without_the_listener_every_request_reads_and_after_it_reconnects_cachin
 
     machine.secret = secrets[2]
     machine.warm()
-    with statements(app) as seen:
+    with recorded(app) as seen:
         assert machine.token().status_code == 200
         assert machine.http.get("/jwks.json").status_code == 200
     assert not reads_keys(seen) and not reads_client(seen), seen
@@ -308,7 +291,7 @@ def test_each_request_gets_its_own_copy_of_a_kept_client(app, machine):
         first.grant_types.append("authorization_code")
         first.name = "Changed in memory"
         db.session.rollback()
-    with statements(app) as seen, app.test_request_context():
+    with recorded(app) as seen, app.test_request_context():
         second = query_client(machine.client_id)
         assert second is not None and second is not first
         assert second.grant_types == ["client_credentials"] and second.name != "Changed in memory"

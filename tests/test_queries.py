@@ -5,11 +5,9 @@ The bounds are what the code needs today; a change that adds a query to one of t
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import event
 
 from idp.extensions import db
 from tests.support import (
@@ -21,25 +19,9 @@ from tests.support import (
     listening,
     path_of,
     pkce_pair,
+    recorded,
     settled,
 )
-
-
-@contextmanager
-def recorded(app, describe):
-    """``describe(connection, first word)`` of each statement sent to the database inside the block, in order."""
-    seen: list = []
-
-    def record(conn, cursor, statement, parameters, context, executemany):
-        seen.append(describe(conn, statement.split()[0].upper()))
-
-    with app.app_context():
-        engine = db.engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 @dataclass(frozen=True)
@@ -56,6 +38,10 @@ class Looks:
     client: int
 
 
+def _first_word(statement: str) -> str:
+    return statement.split()[0].upper()
+
+
 @pytest.fixture
 def looks(app) -> Looks:
     """The looks of this database: none with a trusted listener (PostgreSQL), one each without (SQLite)."""
@@ -64,7 +50,7 @@ def looks(app) -> Looks:
 
 def counted(app):
     """The first word of each statement sent inside the block (count them)."""
-    return recorded(app, lambda conn, word: word)
+    return recorded(app, lambda conn, statement: _first_word(statement))
 
 
 def chain(app, rows: int = 1) -> tuple[int, int]:
@@ -173,7 +159,8 @@ def test_userinfo(app, signed_in_tokens):
 def transactional(app):
     """For each statement sent inside the block: its first word, and whether psycopg2 sent it inside a transaction
     (a BEGIN before it and a COMMIT or ROLLBACK after: two more round trips) rather than in autocommit."""
-    return recorded(app, lambda conn, word: (word, not conn.connection.dbapi_connection.autocommit))
+    return recorded(app, lambda conn, statement: (_first_word(statement),
+                                          not conn.connection.dbapi_connection.autocommit))
 
 
 def test_read_only_endpoints_open_no_transaction(app, signed_in_tokens):

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, func, select
 
 from idp import changes
 from idp.changes import Stamp
-from idp.extensions import db
+from idp.extensions import db, per_app
 from idp.models import Client, SigningKey, utcnow
 from idp.security import keys as jose_keys
 from idp.security.tokens import new_token
@@ -119,10 +119,7 @@ class _KeyCache:
 
 
 def _cache() -> _KeyCache:
-    cache = current_app.extensions.get("idp.keys")
-    if cache is None:
-        cache = current_app.extensions["idp.keys"] = _KeyCache()
-    return cache
+    return per_app("idp.keys", _KeyCache)
 
 
 # A summary of the keys table that changes whenever a key is created, retired or re-dated, also when the table is

@@ -52,7 +52,7 @@ from wtforms import ValidationError
 
 from idp import audit, changes
 from idp.changes import Stamp
-from idp.extensions import db, limiter
+from idp.extensions import db, limiter, per_app
 from idp.jobs import enqueue
 from idp.login.assurance import meets
 from idp.models import AuthorizationCode, Client, LoginSession, Token, User, table_of, utcnow
@@ -166,10 +166,7 @@ def _attached(copy: Client, key: Any) -> Client:
 
 
 def _kept_clients() -> _KeptClients:
-    kept = current_app.extensions.get("idp.kept_clients")
-    if kept is None:
-        kept = current_app.extensions["idp.kept_clients"] = _KeptClients()
-    return kept
+    return per_app("idp.kept_clients", _KeptClients)
 
 
 def _once_per_request(kind: str, key, compute):
