@@ -62,7 +62,9 @@ BACKOFF_FIRST_SECONDS = 0.05
 BACKOFF_MAX_SECONDS = 5.0
 CONNECT_TIMEOUT_SECONDS = 5
 
-Stamp = tuple[int, int]  # (epoch: connections made and lost, generation of one table)
+# (the listener's own id, epoch: connections made and lost, generation of one table). The id keeps the stamps of
+# two listeners apart (a forked child's new one starts at the same epoch and generations as its parent's did).
+Stamp = tuple[str, int, int]
 
 _EXTENSION = "idp.changes"
 _NOT_POSTGRESQL = False  # app.extensions[_EXTENSION] of an app on SQLite
@@ -74,6 +76,7 @@ class Listener:
     def __init__(self, connect_args: dict[str, Any]):
         self.connect_args = connect_args
         self.pid = os.getpid()
+        self.id = uuid.uuid4().hex
         self.epoch = 0
         self.generations: dict[str, int] = {}
         self.marks: deque[str] = deque(maxlen=32)  # the last payloads on the channel that name no table
@@ -103,7 +106,7 @@ class Listener:
         """Where ``table`` stands now, or None while nothing may be trusted."""
         if not self.trusted():
             return None
-        return self.epoch, self.generations.get(table, 0)
+        return self.id, self.epoch, self.generations.get(table, 0)
 
     def bump(self, table: str) -> None:
         """``table`` changed: whatever was kept of it is void."""

@@ -19,9 +19,11 @@ from contextlib import contextmanager
 import psycopg2
 import pytest
 from sqlalchemy import event
+from sqlalchemy.orm.attributes import set_committed_value
 
 from idp import changes
 from idp.extensions import db
+from idp.models import Client
 from idp.oidc import keys
 from idp.oidc.server import query_client
 from idp.security.tokens import token_hash
@@ -192,6 +194,32 @@ def test_a_key_rotated_by_another_process_is_published_and_signs_at_once(app, ma
     assert inspected.get_json()["active"] is True
 
 
+def test_a_rotation_committed_while_a_worker_loads_its_keys_is_not_kept_as_current(app, machine, tmp_path,
+                                                                                   monkeypatch):
+    """The stamp and the summary are taken before the key rows are read: a rotation that commits, and is notified,
+    between the worker's read of the signing keys and the rest of its loading must not leave the retired key
+    signing under a current stamp (review finding; SECURITY.md 14)."""
+    new_kids: dict[str, str] = {}
+    read_keys = keys.active
+
+    def active_then_rotated_elsewhere(now=None):
+        rows = read_keys(now)
+        if not new_kids:  # the first load only: rotate in another process, and wait for its notification
+            rotated = run_cli(["keys", "rotate"], cli_env(app, tmp_path), tmp_path / "cli")
+            assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+            new_kids.update({line.split()[4].strip("()"): line.split()[3] for line in rotated.stdout.splitlines()
+                             if line.startswith("new signing key ")})
+            settled(app, ARRIVAL)
+        return rows
+
+    monkeypatch.setattr(keys, "active", active_then_rotated_elsewhere)
+    with app.app_context():
+        app.extensions.pop("idp.keys")  # this worker loads its keys again at its next token
+    assert machine.token().status_code == 200  # signed during the rotation: either key may sign this one
+    assert new_kids.keys() == {"RS256", "ES256"}
+    assert kid_of(machine.token().get_json()["access_token"]) == new_kids["RS256"]
+
+
 def test_a_key_rotated_by_this_process_signs_its_next_token_without_waiting_for_the_notification(app, machine):
     """A commit through the session voids what this process kept at once (idp.changes rule 3)."""
     with app.app_context():
@@ -296,6 +324,23 @@ def test_each_request_gets_its_own_copy_of_a_kept_client(app, machine):
         assert second is not None and second is not first
         assert second.grant_types == ["client_credentials"] and second.name != "Changed in memory"
     assert seen == []  # served from what the worker kept
+
+
+def test_a_client_the_session_loaded_before_a_change_is_not_kept_as_current(app, machine):
+    """A client this request's session loaded before a change was committed and notified is what query_client
+    returns for this request, but it is not kept: the next request reads the row (review finding)."""
+    new_secret = "another-secret-set-by-the-operator-" + "y" * 16
+    with app.test_request_context():
+        app.extensions.pop("idp.kept_clients", None)  # this worker keeps no copy yet
+        held = db.session.execute(db.select(Client).where(Client.client_id == machine.client_id)).scalar_one()
+        loaded = held.client_secret_hash
+        elsewhere(app, "UPDATE clients SET client_secret_hash = %s WHERE client_id = %s",
+                  (token_hash(new_secret), machine.client_id))
+        settled(app, ARRIVAL)
+        set_committed_value(held, "client_secret_hash", loaded)  # as loaded before the change (settled() expired it)
+        assert query_client(machine.client_id) is held
+    assert machine.token().status_code == 401  # the old secret: the row was read again
+    assert machine.token(new_secret).status_code == 200
 
 
 def test_a_forked_child_listens_on_its_own_and_leaves_its_parents_connection_alone(app, machine):

@@ -92,12 +92,20 @@ class _KeyCache:
 
     def load(self, now: datetime) -> None:
         secret = current_app.config["IDP_SECRET_KEY"]
-        signing_rows = active(now)  # creates (and commits) the first keys: before the state, which they change
-        state, stamp = _state(again=True)  # before the rows: a change in between reloads at the next look
+        # The rows are read between two reads of the summary, the change stamp taken before the first, and kept only
+        # if both reads agree: a change committed in between (a rotation elsewhere) is read again at once rather
+        # than kept under a summary or stamp that says it is current (review finding: the summary read once, after
+        # the signing rows, let a rotation landing between the two keep the retired key signing). The first keys,
+        # which active() creates and commits, change the summary too: the second pass reads them.
+        for _ in range(3):
+            state, stamp = _state(again=True)
+            signing_rows = active(now)
+            rows = published(now)
+            if _state(again=True)[0] == state:
+                break
         self.signing = KeySet([jose_keys.import_private(jose_keys.decrypt_private(row.private_jwk_encrypted,
                                                                                   secret))
                                for row in signing_rows])
-        rows = published(now)
         self.verifying = KeySet.import_key_set({"keys": [dict(row.public_jwk) for row in rows]})
         self.kids = {row.kid for row in rows}
         self.until = min((row.publish_until for row in rows if row.publish_until is not None), default=None)

@@ -123,9 +123,13 @@ class _KeptClients:
             if kept is not None and kept[0] == stamp:
                 return _attached(*kept[1:])
         session = db.session()
+        # A client the session already held is returned as the session holds it, which may predate the stamp: it is
+        # used for this request but not kept (review finding).
+        held = {key for key in session.identity_map.keys() if key[0] is Client}
         row = session.execute(_CLIENT, {"client_id": client_id}).scalar_one_or_none()
         # Only what is committed is kept: not a row this request changed (flushed or not).
-        if stamp is None or row is None or changes.uncommitted(session, CLIENTS) or row in session.dirty:
+        if stamp is None or row is None or changes.uncommitted(session, CLIENTS) or row in session.dirty or \
+                identity_key(Client, row.id) in held:
             self.rows.pop(client_id, None)
             return row
         if len(self.rows) >= self.LIMIT:
