@@ -79,17 +79,24 @@ def _challenge(http, client_id: str):
     return body["auth_session"], options, verifier
 
 
-@pytest.mark.parametrize("fingerprint, accepted", [(FINGERPRINT, True), (OTHER, False)])
-def test_the_app_signs_in_with_its_passkey_and_another_app_cannot(android_app, fingerprint, accepted):
-    authenticator = _passkey_user(android_app)
-    client_id, _secret = make_client_in(android_app, name="Wallet", redirect_uris=["https://app.example/cb"],
-                                        public=True, first_party=True)
-    http = android_app.test_client()
+def _passkey_answer(app, fingerprint: str):
+    """A first-party app's challenge request answered with the user's passkey, asserted from the Android app whose
+    signing certificate has ``fingerprint``: (http client, answer, client_id, PKCE verifier)."""
+    authenticator = _passkey_user(app)
+    client_id, _secret = make_client_in(app, name="Wallet", redirect_uris=["https://app.example/cb"], public=True,
+                                        first_party=True)
+    http = app.test_client()
     auth_session, options, verifier = _challenge(http, client_id)
     credential = authenticator.assertion(options["challenge"], counter=1, user_verified=True,
                                          origin=apk_origin(fingerprint), rp_id=options["rpId"])
     answer = http.post("/authorize-challenge", data={"client_id": client_id, "auth_session": auth_session,
                                                      "credential": credential})
+    return http, answer, client_id, verifier
+
+
+@pytest.mark.parametrize("fingerprint, accepted", [(FINGERPRINT, True), (OTHER, False)])
+def test_the_app_signs_in_with_its_passkey_and_another_app_cannot(android_app, fingerprint, accepted):
+    http, answer, client_id, verifier = _passkey_answer(android_app, fingerprint)
     if not accepted:
         assert answer.status_code in (400, 403) and "authorization_code" not in answer.get_json()
         return
@@ -100,15 +107,7 @@ def test_the_app_signs_in_with_its_passkey_and_another_app_cannot(android_app, f
 
 
 def test_without_the_app_configured_its_origin_is_refused(app):
-    authenticator = _passkey_user(app)
-    client_id, _secret = make_client_in(app, name="Wallet", redirect_uris=["https://app.example/cb"], public=True,
-                                        first_party=True)
-    http = app.test_client()
-    auth_session, options, _verifier = _challenge(http, client_id)
-    credential = authenticator.assertion(options["challenge"], counter=1, user_verified=True,
-                                         origin=apk_origin(FINGERPRINT), rp_id=options["rpId"])
-    answer = http.post("/authorize-challenge", data={"client_id": client_id, "auth_session": auth_session,
-                                                     "credential": credential})
+    _http, answer, _client_id, _verifier = _passkey_answer(app, FINGERPRINT)
     assert "authorization_code" not in answer.get_json()
 
 

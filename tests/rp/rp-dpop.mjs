@@ -9,7 +9,7 @@
 
 import * as client from "openid-client";
 
-import { nextLine, run } from "./script.mjs";
+import { codeFlow, nextLine, run } from "./script.mjs";
 
 const [issuer, clientId, redirectUri] = process.argv.slice(2);
 if (!redirectUri) {
@@ -24,29 +24,15 @@ async function main() {
   });
   const keyPair = await client.randomDPoPKeyPair(); // ES256
   const DPoP = client.getDPoPHandle(config, keyPair);
-  const codeVerifier = client.randomPKCECodeVerifier();
-  const nonce = client.randomNonce();
-  const state = client.randomState();
+  const { parameters, checks } = await codeFlow(redirectUri);
   // POSTs the request to pushed_authorization_request_endpoint with a DPoP proof (RFC 9449 10.1: the code is bound
   // to the key), and answers /authorize?client_id=...&request_uri=...
-  const authorizationUrl = await client.buildAuthorizationUrlWithPAR(config, {
-    redirect_uri: redirectUri,
-    scope: "openid profile email offline_access",
-    code_challenge: await client.calculatePKCECodeChallenge(codeVerifier),
-    code_challenge_method: "S256",
-    nonce,
-    state,
-  }, { DPoP });
+  const authorizationUrl = await client.buildAuthorizationUrlWithPAR(config, parameters, { DPoP });
   const publicJwk = await crypto.subtle.exportKey("jwk", keyPair.publicKey);
   console.log(JSON.stringify({ authorizationUrl: authorizationUrl.href, publicJwk }));
 
   const callback = new URL(await nextLine("callback URL"));
-  const tokens = await client.authorizationCodeGrant(config, callback, {
-    pkceCodeVerifier: codeVerifier,
-    expectedNonce: nonce,
-    expectedState: state,
-    idTokenExpected: true,
-  }, undefined, { DPoP });
+  const tokens = await client.authorizationCodeGrant(config, callback, checks, undefined, { DPoP });
   const claims = tokens.claims();
   const userinfo = await client.fetchUserInfo(config, tokens.access_token, claims.sub, { DPoP });
   // A public client's refresh token is bound to the key too: this refresh carries a proof by it.

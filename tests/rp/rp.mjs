@@ -8,7 +8,7 @@
 
 import * as client from "openid-client";
 
-import { nextLine, run } from "./script.mjs";
+import { codeFlow, nextLine, run } from "./script.mjs";
 
 const [issuer, clientId, redirectUri, postLogoutRedirectUri] = process.argv.slice(2);
 if (!postLogoutRedirectUri) {
@@ -22,27 +22,12 @@ async function main() {
   const config = await client.discovery(new URL(issuer), clientId, clientSecret, undefined, {
     execute: [client.allowInsecureRequests],
   });
-  const codeVerifier = client.randomPKCECodeVerifier();
-  const nonce = client.randomNonce();
-  const state = client.randomState();
-  const authorizationUrl = client.buildAuthorizationUrl(config, {
-    redirect_uri: redirectUri,
-    scope: "openid profile email offline_access",
-    code_challenge: await client.calculatePKCECodeChallenge(codeVerifier),
-    code_challenge_method: "S256",
-    nonce,
-    state,
-  });
+  const { parameters, checks } = await codeFlow(redirectUri);
+  const authorizationUrl = client.buildAuthorizationUrl(config, parameters);
   console.log(JSON.stringify({ authorizationUrl: authorizationUrl.href }));
 
   const callback = new URL(await nextLine("callback URL"));
-  // Checks state, iss (RFC 9207), then the ID token: signature against JWKS, iss, aud, exp, iat, nonce.
-  const tokens = await client.authorizationCodeGrant(config, callback, {
-    pkceCodeVerifier: codeVerifier,
-    expectedNonce: nonce,
-    expectedState: state,
-    idTokenExpected: true,
-  });
+  const tokens = await client.authorizationCodeGrant(config, callback, checks);
   const claims = tokens.claims();
   const userinfo = await client.fetchUserInfo(config, tokens.access_token, claims.sub);
   const refreshed = await client.refreshTokenGrant(config, tokens.refresh_token);
