@@ -125,7 +125,7 @@ class _KeptClients:
         session = db.session()
         # A client the session already held is returned as the session holds it, which may predate the stamp: it is
         # used for this request but not kept (review finding).
-        held = {key for key in session.identity_map.keys() if key[0] is Client}
+        held = {key for key in session.identity_map.keys() if key[0] is Client} if stamp is not None else set()
         row = session.execute(_CLIENT, {"client_id": client_id}).scalar_one_or_none()
         # Only what is committed is kept: not a row this request changed (flushed or not).
         if stamp is None or row is None or changes.uncommitted(session, CLIENTS) or row in session.dirty or \
@@ -419,19 +419,23 @@ def access_token_row(token_string: str) -> Token | None:
     return db.session.execute(_TOKEN_BY_JTI, {"jti": jti}).scalar_one_or_none()
 
 
-def refresh_token_row(token_string: str) -> Token | None:
-    """The stored token whose refresh token this is."""
+def _by_refresh_token(statement, token_string: str) -> Any:
+    """The row ``statement`` finds for this refresh token (by its hash), or None for one that cannot be ours."""
     if not token_string or len(token_string) > 512:
         return None
-    return db.session.execute(_TOKEN_BY_REFRESH, {"hash": token_hash(token_string)}).scalar_one_or_none()
+    return db.session.execute(statement, {"hash": token_hash(token_string)}).one_or_none()
+
+
+def refresh_token_row(token_string: str) -> Token | None:
+    """The stored token whose refresh token this is."""
+    found = _by_refresh_token(_TOKEN_BY_REFRESH, token_string)
+    return found[0] if found is not None else None
 
 
 def _refresh_token_and_session(token_string: str) -> tuple[Token | None, LoginSession | None]:
     """The stored token whose refresh token this is, and the sign-in session it was issued in (None: none, or
     ended and deleted)."""
-    if not token_string or len(token_string) > 512:
-        return None, None
-    found = db.session.execute(_REFRESH_WITH_SESSION, {"hash": token_hash(token_string)}).one_or_none()
+    found = _by_refresh_token(_REFRESH_WITH_SESSION, token_string)
     return (found[0], found[1]) if found is not None else (None, None)
 
 
