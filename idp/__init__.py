@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
-from idp import branding, cli, http, i18n, jobs, limits_storage, logs, metrics
+from idp import branding, cli, http, i18n, jobs, limits_storage, logs, metrics, prepared
 from idp import config as settings
 from idp.account import jobs as account_jobs
 from idp.account.api import bp as account_api_bp
@@ -115,6 +115,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.register_blueprint(demo_bp)
 
     _error_handlers(app)
+    # Flask's documented way to add WSGI middleware: the two documents' plain GETs are answered before Flask.
+    app.wsgi_app = prepared.PreparedDocuments(app, app.wsgi_app)  # type: ignore[method-assign]
     app.add_template_filter(json_block, "json_block")
     cli.register(app)
     logging.getLogger("idp").setLevel(logging.INFO)

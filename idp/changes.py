@@ -263,9 +263,17 @@ def stamp(table: str) -> Stamp | None:
     return found.stamp(table) if found is not None else None
 
 
-def unchanged(table: str, kept: Stamp | None) -> bool:
-    """Whether what was kept at ``kept`` is still current: the listener is trusted and ``table`` has not changed."""
-    return kept is not None and kept == stamp(table)
+def running_stamp(app: Flask, table: str) -> Stamp | None:
+    """``stamp(table)`` of ``app``'s listener outside a request (idp.prepared answers before Flask): None unless this
+    process already runs the listener (a request starts it)."""
+    found = app.extensions.get(_EXTENSION)
+    return found.stamp(table) if found and found.pid == _pid else None
+
+
+def unchanged(table: str, kept: Stamp | None, app: Flask | None = None) -> bool:
+    """Whether what was kept at ``kept`` is still current: the listener is trusted and ``table`` has not changed.
+    With ``app``, outside a request: only a listener already running is asked."""
+    return kept is not None and kept == (stamp(table) if app is None else running_stamp(app, table))
 
 
 def changed_here(table: str) -> None:

@@ -124,7 +124,12 @@ def _carries_nul() -> bool:
         return True
     if any("\x00" in key or "\x00" in value for key, value in request.values.items(multi=True)):
         return True
-    return any("\x00" in value for name, value in request.environ.items()
+    return headers_carry_nul(request.environ)
+
+
+def headers_carry_nul(environ: dict[str, Any]) -> bool:
+    """Whether a header's value in a WSGI ``environ`` carries a NUL character."""
+    return any("\x00" in value for name, value in environ.items()
                if name.startswith("HTTP_") and isinstance(value, str))
 
 

@@ -125,6 +125,8 @@ class RequestIdFilter(logging.Filter):
     line of the client it created."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if "request_id" in record.__dict__:  # a request line, written with its request's id (``request_line``)
+            return True
         if not has_request_context():
             record.request_id = "-"
             return record.levelno >= logging.WARNING
@@ -160,33 +162,45 @@ def init_app(app: Flask) -> None:
 
 def _begin() -> None:
     g.request_started = time.perf_counter()
-    offered = request.headers.get(REQUEST_ID_HEADER, "")
-    peer = request.environ.get("REMOTE_ADDR") or ""  # the connection's peer: the proxy, behind one
-    trusted = network.networks(current_app.config["IDP_TRUSTED_PROXIES"])
+    g.request_id = request_id(request.headers.get(REQUEST_ID_HEADER, ""), request.environ.get("REMOTE_ADDR") or "",
+                              current_app.config["IDP_TRUSTED_PROXIES"])
+
+
+def request_id(offered: str, peer: str, trusted_proxies: Any) -> str:
+    """A request's id: the X-Request-ID the connection's ``peer`` sent when that peer is a trusted proxy and the
+    value looks like an id, else a new random one."""
+    trusted = network.networks(trusted_proxies)
     if offered and trusted and network.is_trusted(peer, trusted) and _REQUEST_ID.fullmatch(offered):
-        g.request_id = offered
-    else:
-        g.request_id = secrets.token_hex(16)
+        return offered
+    return secrets.token_hex(16)
 
 
 def _finish(response: Any) -> Any:
-    response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
+    rid = g.get("request_id", "")
+    response.headers[REQUEST_ID_HEADER] = rid
     started = g.get("request_started")
     rule = request.url_rule
-    fields = {
-        "method": printable(request.method[:16]),
-        "route": rule.rule if rule is not None else None,
-        "path": printable(redact(request.path)[:2000]),
-        "status": response.status_code,
-        "duration_ms": round((time.perf_counter() - started) * 1000, 2) if started is not None else None,
-        "ip": g.get("client_ip"),
-        "client_id": _client_id(),
-        "user": _subject(),
-    }
-    request_log.info("%s %s %s %sms client=%s user=%s", fields["method"], fields["path"], fields["status"],
-                     fields["duration_ms"], fields["client_id"] or "-", fields["user"] or "-",
-                     extra={"fields": fields})
+    request_line(request.method, rule.rule if rule is not None else None, request.path, response.status_code,
+                 started, g.get("client_ip"), _client_id(), _subject(), rid)
     return response
+
+
+def request_line(method: str, route: str | None, path: str, status: int, started: float | None, ip: str | None,
+                 client_id: str | None, user: str | None, rid: str) -> None:
+    """Write the one line of a request answered with ``status`` (``started`` is its perf_counter at the start)."""
+    fields = {
+        "method": printable(method[:16]),
+        "route": route,
+        "path": printable(redact(path)[:2000]),
+        "status": status,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 2) if started is not None else None,
+        "ip": ip,
+        "client_id": client_id,
+        "user": user,
+    }
+    request_log.info("%s %s %s %sms client=%s user=%s", fields["method"], fields["path"], status,
+                     fields["duration_ms"], client_id or "-", user or "-",
+                     extra={"fields": fields, "request_id": rid})
 
 
 def _client_id() -> str | None:

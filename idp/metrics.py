@@ -100,15 +100,19 @@ def _started() -> None:
 
 
 def _answered(response: Any) -> Any:
-    started = g.get("metrics_started")
     rule = request.url_rule
-    route = rule.rule if rule is not None else UNMATCHED
+    count_request(request.method, rule.rule if rule is not None else UNMATCHED, response.status_code,
+                  g.get("metrics_started"))
+    return response
+
+
+def count_request(method: str, route: str, status: int, started: float | None) -> None:
+    """Count one request answered with ``status`` and time it (``started``: its perf_counter at the start)."""
     # Any token is a method to HTTP: other methods share one label, or each would be a series of its own.
-    method = request.method if request.method in METHODS else "OTHER"
-    REQUESTS.labels(method, route, str(response.status_code)).inc()
+    method = method if method in METHODS else "OTHER"
+    REQUESTS.labels(method, route, str(status)).inc()
     if started is not None:
         LATENCY.labels(method, route).observe(time.perf_counter() - started)
-    return response
 
 
 def count_events(rows: Iterable[Mapping[str, Any]]) -> None:

@@ -12,7 +12,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from flask import current_app, has_request_context, request
+from flask import Flask, current_app, has_request_context, request
 from joserfc.jwk import KeySet
 from sqlalchemy import Connection, func, select
 
@@ -229,17 +229,19 @@ def jwks(now: datetime | None = None) -> dict:
     return cache.jwks
 
 
-def _jwks_current(cache: _KeyCache, now: datetime) -> bool:
+def _jwks_current(cache: _KeyCache, now: datetime, app: Flask | None = None) -> bool:
     """Whether the kept JWK Set is current without a query: built, no key's time up, no change notified since."""
     return cache.jwks is not None and not (cache.jwks_until is not None and now >= cache.jwks_until) and \
-        changes.unchanged(SIGNING_KEYS, cache.jwks_stamp)
+        changes.unchanged(SIGNING_KEYS, cache.jwks_stamp, app)
 
 
-def kept_jwks_document(now: datetime | None = None) -> tuple[bytes, str] | None:
+def kept_jwks_document(now: datetime | None = None, app: Flask | None = None) -> tuple[bytes, str] | None:
     """The JWK Set as served and its entity tag when what this worker kept is current without a query (the view
-    then needs no database connection at all), else None."""
-    cache = _cache()
-    return (cache.jwks_bytes, cache.jwks_etag) if _jwks_current(cache, now or utcnow()) else None
+    then needs no database connection at all), else None. With ``app``: asked outside a request (idp.prepared)."""
+    cache = _cache() if app is None else app.extensions.get("idp.keys")
+    if cache is None or not _jwks_current(cache, now or utcnow(), app):
+        return None
+    return cache.jwks_bytes, cache.jwks_etag
 
 
 def jwks_document(now: datetime | None = None) -> tuple[bytes, str]:
