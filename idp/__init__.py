@@ -72,6 +72,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
                 static_folder=os.path.join(ROOT, "static"))
     os.makedirs(app.instance_path, exist_ok=True)
     app.request_class = Request
+    app.session_interface = http.FlowCookieSessions()
     # Tests pass their settings explicitly and are not influenced by the shell's IDP_* variables or a .env file.
     values = settings.load(environ={} if test_config is not None else None, overrides=test_config,
                            instance_path=app.instance_path)

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from authlib.oauth2.rfc6749.errors import InvalidRequestError, MissingAuthorizationError, OAuth2Error
 from flask import Flask, abort, current_app, g, has_request_context, jsonify, request, url_for
 from flask import Request as FlaskRequest
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from werkzeug.exceptions import BadRequest
@@ -134,20 +135,31 @@ def headers_carry_nul(environ: dict[str, Any]) -> bool:
 
 
 def security_headers(response: Response) -> Response:
-    """After each request: the headers every hosted page carries (SECURITY.md 16)."""
+    """After each request: the headers every hosted page carries (SECURITY.md 16), each unless the view set it."""
     headers = response.headers
-    headers.setdefault("X-Frame-Options", "DENY")
+    present = {name.lower() for name in headers.keys()}  # one pass over the headers, not one per header added
     policy = current_app.extensions.get("idp.csp", CSP)
     if origin := g.get("csp_image_origin"):  # a page showing a client's logo (its https origin, checked)
         policy = policy.replace("img-src 'self'", f"img-src 'self' {origin}", 1)
-    headers.setdefault("Content-Security-Policy", policy)
-    headers.setdefault("Referrer-Policy", "no-referrer")
-    headers.setdefault("X-Content-Type-Options", "nosniff")
+    wanted = [("X-Frame-Options", "DENY"), ("Content-Security-Policy", policy), ("Referrer-Policy", "no-referrer"),
+              ("X-Content-Type-Options", "nosniff")]
     if current_app.config["IDP_ENV"] == "production":
-        headers.setdefault("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
+        wanted.append(("Strict-Transport-Security", "max-age=63072000; includeSubDomains"))
     if response.mimetype == "text/html":
-        headers.setdefault("Cache-Control", "no-store")
+        wanted.append(("Cache-Control", "no-store"))
+    headers.extend([(name, value) for name, value in wanted if name.lower() not in present])
     return response
+
+
+class FlowCookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions (the flow cookie), without building the signing serializer for a request that
+    sends no such cookie (every protocol and API call): Flask builds it before it looks for the cookie, about a
+    tenth of Flask's own work per request (issue 22, bench/README.md)."""
+
+    def open_session(self, app: Flask, request: FlaskRequest) -> SecureCookieSession | None:
+        if app.secret_key and not request.cookies.get(self.get_cookie_name(app)):
+            return self.session_class()
+        return super().open_session(app, request)
 
 
 def set_session_cookie(response: Response, token: str, max_age: int) -> None:
