@@ -66,9 +66,28 @@ HTTP_ERRORS = {
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+class App(Flask):
+    """Flask, asking once per function whether it must be run as a coroutine. Flask asks ``ensure_sync`` (its
+    documented override point) for every hook and view on every request, and the answer, from
+    ``inspect.iscoroutinefunction``, never changes for a function: idp has 17 hooks per request (issue 22)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._synced: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        try:
+            found = self._synced.get(func)
+        except TypeError:  # an unhashable callable: asked each time, as Flask does
+            return super().ensure_sync(func)
+        if found is None:
+            found = self._synced[func] = super().ensure_sync(func)
+        return found
+
+
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app: settings, extensions, blueprints, error handlers and CLI."""
-    app = Flask(__name__, instance_relative_config=True, template_folder=os.path.join(ROOT, "templates"),
+    app = App(__name__, instance_relative_config=True, template_folder=os.path.join(ROOT, "templates"),
                 static_folder=os.path.join(ROOT, "static"))
     os.makedirs(app.instance_path, exist_ok=True)
     app.request_class = Request
