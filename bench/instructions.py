@@ -39,10 +39,11 @@ from urllib.parse import urlsplit
 
 BENCH = Path(__file__).resolve().parent
 SCENARIOS = ("client_credentials", "refresh", "introspection", "userinfo", "discovery", "jwks", "signin",
-             "floor_introspection", "floor_userinfo")
+             "floor_client_credentials", "floor_introspection", "floor_userinfo")
 # The stack's floor of a scenario (bench/floor_tokens.py): the same request, on the same tokens and database, to a
 # hand-written Flask app that does only what the protocol requires of it.
-FLOORS = {"floor_introspection": "introspection", "floor_userinfo": "userinfo"}
+FLOORS = {"floor_client_credentials": "client_credentials", "floor_introspection": "introspection",
+          "floor_userinfo": "userinfo"}
 HELPER = """#include <valgrind/callgrind.h>
 void count_on(void) { CALLGRIND_START_INSTRUMENTATION; CALLGRIND_ZERO_STATS; }
 void count_off(void) { CALLGRIND_DUMP_STATS; CALLGRIND_STOP_INSTRUMENTATION; }
@@ -95,7 +96,8 @@ def child(scenario: str, requests: int, helper: str) -> None:
     if scenario in FLOORS:  # the same tokens, to the floor app on the same database (after the sign-ins made the keys)
         import floor_tokens
 
-        target = floor_tokens.create_app(app.config["SQLALCHEMY_DATABASE_URI"], app.config["IDP_ISSUER"])
+        target = floor_tokens.create_app(app.config["SQLALCHEMY_DATABASE_URI"], app.config["IDP_ISSUER"],
+                                         app.config["IDP_SECRET_KEY"], app.config["IDP_ACCESS_TOKEN_TTL"])
     browser = WSGIBrowser(target, host)
     kind = FLOORS.get(scenario, scenario)
 
@@ -121,10 +123,14 @@ def child(scenario: str, requests: int, helper: str) -> None:
         return n, status, body
 
     def check(n: int, status: int, body: bytes) -> None:
-        """A wrong answer ends the run: 200, and for userinfo and introspection the token's own live subject."""
-        answer = json.loads(body) if kind in ("introspection", "userinfo") and status == 200 else {}
+        """A wrong answer ends the run: 200, for userinfo and introspection the token's own live subject, for
+        client_credentials an access token for the client."""
+        answer = json.loads(body) if kind in ("introspection", "userinfo", "client_credentials") and status == 200 \
+            else {}
         if status != 200 or (kind == "introspection" and answer.get("active") is not True) or \
-                (kind in ("introspection", "userinfo") and answer.get("sub") != subjects[n % 4]):
+                (kind in ("introspection", "userinfo") and answer.get("sub") != subjects[n % 4]) or \
+                (kind == "client_credentials" and _unverified_claims(answer.get("access_token", "..")).get("client_id")
+                 != seed["client_id"]):
             raise SystemExit(f"{scenario}: {status} {body[:200]!r}")
 
     for n in range(10 if scenario == "signin" else 50):
