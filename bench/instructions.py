@@ -16,8 +16,7 @@ of its figure: it is fixed by the password policy and would hide the rest of the
 The floor_* scenarios send the same requests, with the same tokens, to bench/floor_tokens.py: a hand-written Flask
 app on the same stack (SQLAlchemy Core on psycopg2, joserfc) and the same database that does only what the protocol
 requires of them. idp's figure over its floor's (the table's last column) is what idp's own code and its
-libraries' machinery add;
-the floor is what a minimal app on the same libraries spends.
+libraries' machinery add; the floor is what a minimal app on the same libraries spends.
 
 Needs valgrind and gcc (the helper that turns counting on and off around the measured requests is compiled on
 the fly from valgrind's callgrind.h). About a minute per scenario.
