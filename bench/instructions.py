@@ -13,6 +13,11 @@ far fewer, so an RS256 signature weighs about three times more here than in seco
 across commits, not scenarios with each other. The sign-in's argon2id verification is counted apart and left out
 of its figure: it is fixed by the password policy and would hide the rest of the sign-in by twenty to one.
 
+The floor_* scenarios send the same requests, with the same tokens, to bench/floor_tokens.py: a hand-written Flask
+app on the same stack (SQLAlchemy Core on psycopg2, joserfc) and the same database that does only what the protocol
+requires of them. idp's figure over its floor's (the table's last column) is what idp's own code and its
+libraries' machinery add; the floor is what a minimal app on the same libraries spends.
+
 Needs valgrind and gcc (the helper that turns counting on and off around the measured requests is compiled on
 the fly from valgrind's callgrind.h). About a minute per scenario.
 """
@@ -20,6 +25,7 @@ the fly from valgrind's callgrind.h). About a minute per scenario.
 from __future__ import annotations
 
 import argparse
+import base64
 import ctypes
 import json
 import os
@@ -32,7 +38,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 BENCH = Path(__file__).resolve().parent
-SCENARIOS = ("client_credentials", "refresh", "introspection", "userinfo", "discovery", "jwks", "signin")
+SCENARIOS = ("client_credentials", "refresh", "introspection", "userinfo", "discovery", "jwks", "signin",
+             "floor_client_credentials", "floor_introspection", "floor_userinfo")
+# The stack's floor of a scenario (bench/floor_tokens.py): the same request, on the same tokens and database, to a
+# hand-written Flask app that does only what the protocol requires of it.
+FLOORS = {"floor_client_credentials": "client_credentials", "floor_introspection": "introspection",
+          "floor_userinfo": "userinfo"}
 HELPER = """#include <valgrind/callgrind.h>
 void count_on(void) { CALLGRIND_START_INSTRUMENTATION; CALLGRIND_ZERO_STATS; }
 void count_off(void) { CALLGRIND_DUMP_STATS; CALLGRIND_STOP_INSTRUMENTATION; }
@@ -79,37 +90,58 @@ def child(scenario: str, requests: int, helper: str) -> None:
                               browser=WSGIBrowser(app, host))
 
     tokens = [sign_in() for _ in range(4)]
+    subjects = [_unverified_claims(token["access_token"])["sub"] for token in tokens]
     refresh = [tokens[0]["refresh_token"]]
-    browser = WSGIBrowser(app, host)
+    target = app
+    if scenario in FLOORS:  # the same tokens, to the floor app on the same database (after the sign-ins made the keys)
+        import floor_tokens
 
-    def one(n: int) -> None:
-        if scenario == "signin":
+        target = floor_tokens.create_app(app.config["SQLALCHEMY_DATABASE_URI"], app.config["IDP_ISSUER"],
+                                         app.config["IDP_SECRET_KEY"], app.config["IDP_ACCESS_TOKEN_TTL"])
+    browser = WSGIBrowser(target, host)
+    kind = FLOORS.get(scenario, scenario)
+
+    def one(n: int) -> tuple[int, int, bytes]:
+        if kind == "signin":
             sign_in()
-            return
-        if scenario == "client_credentials":
+            return n, 200, b""
+        if kind == "client_credentials":
             status, _, body = browser.request("POST", "/token", {"grant_type": "client_credentials"}, basic)
-        elif scenario == "refresh":
+        elif kind == "refresh":
             status, _, body = browser.request("POST", "/token", {"grant_type": "refresh_token",
                                                                  "refresh_token": refresh[0]}, basic)
             refresh[0] = json.loads(body).get("refresh_token", refresh[0])
-        elif scenario == "introspection":
+        elif kind == "introspection":
             status, _, body = browser.request("POST", "/introspect", {"token": tokens[n % 4]["access_token"]}, basic)
-        elif scenario == "userinfo":
+        elif kind == "userinfo":
             status, _, body = browser.request("GET", "/userinfo", None,
                                               {"Authorization": "Bearer " + tokens[n % 4]["access_token"]})
-        elif scenario == "jwks":
+        elif kind == "jwks":
             status, _, body = browser.request("GET", "/jwks.json")
         else:
             status, _, body = browser.request("GET", "/.well-known/openid-configuration")
-        if status != 200:
+        return n, status, body
+
+    def check(n: int, status: int, body: bytes) -> None:
+        """A wrong answer ends the run: 200, for userinfo and introspection the token's own live subject, for
+        client_credentials an access token for the client."""
+        answer = json.loads(body) if kind in ("introspection", "userinfo", "client_credentials") and status == 200 \
+            else {}
+        if status != 200 or (kind == "introspection" and answer.get("active") is not True) or \
+                (kind in ("introspection", "userinfo") and answer.get("sub") != subjects[n % 4]) or \
+                (kind == "client_credentials" and _unverified_claims(answer.get("access_token", "..")).get("client_id")
+                 != seed["client_id"]):
             raise SystemExit(f"{scenario}: {status} {body[:200]!r}")
 
     for n in range(10 if scenario == "signin" else 50):
-        one(n)
+        check(*one(n))
+    answers = []
     counter.count_on()
     for n in range(requests):
-        one(n)
+        answers.append(one(n))  # checked once counting is off: the check is not the request's cost
     counter.count_off()
+    for answer in answers:
+        check(*answer)
     if scenario == "signin":  # the argon2id verification of one sign-in, counted apart (second dump)
         from idp.extensions import db
         from idp.models import User
@@ -119,6 +151,12 @@ def child(scenario: str, requests: int, helper: str) -> None:
         counter.count_on()
         verify_password(stored, seed["password"])
         counter.count_off()
+
+
+def _unverified_claims(token: str) -> dict:
+    """A JWT's payload, read without verifying it: only to know what a correct answer about the token says."""
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 
 
 def _totals(out: Path) -> list[int]:
@@ -182,11 +220,16 @@ def main(argv: list[str]) -> None:
         bench.cleanup()
         shutil.rmtree(work, ignore_errors=True)
     print()
-    print("| scenario | M instructions per request |")
-    print("| --- | --- |")
+    for floor, scenario in FLOORS.items():  # idp's figure over its stack floor's, when both were counted
+        if floor in figures and scenario in figures:
+            figures[scenario]["times_floor"] = (figures[scenario]["m_instructions_per_request"]
+                                                / figures[floor]["m_instructions_per_request"])
+    print("| scenario | M instructions per request | times the stack floor |")
+    print("| --- | --- | --- |")
     for scenario, entry in figures.items():
         label = "signin (without the argon2id verification)" if scenario == "signin" else scenario
-        print(f"| {label} | {entry['m_instructions_per_request']:.2f} |")
+        times = f"{entry['times_floor']:.2f}" if "times_floor" in entry else ""
+        print(f"| {label} | {entry['m_instructions_per_request']:.2f} | {times} |")
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
 
