@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -69,20 +70,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class App(Flask):
     """Flask, asking once per function whether it must be run as a coroutine. Flask asks ``ensure_sync`` (its
     documented override point) for every hook and view on every request, and the answer, from
-    ``inspect.iscoroutinefunction``, never changes for a function: idp has 17 hooks per request (issue 22)."""
+    ``inspect.iscoroutinefunction``, never changes for a function: idp has 17 hooks per request (issue 22). Kept
+    weakly: a function made per request (``after_this_request``) leaves with its request."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._synced: dict[Callable[..., Any], Callable[..., Any]] = {}
+        # Whether each function is synchronous (a flag, not the function: a value must not hold its weak key).
+        self._synchronous: weakref.WeakKeyDictionary[Callable[..., Any], bool] = weakref.WeakKeyDictionary()
 
     def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
         try:
-            found = self._synced.get(func)
-        except TypeError:  # an unhashable callable: asked each time, as Flask does
+            synchronous = self._synchronous.get(func)
+            if synchronous is None:
+                synchronous = self._synchronous[func] = super().ensure_sync(func) is func
+        except TypeError:  # a callable that cannot be hashed or weakly referenced: asked each time, as Flask does
             return super().ensure_sync(func)
-        if found is None:
-            found = self._synced[func] = super().ensure_sync(func)
-        return found
+        return func if synchronous else super().ensure_sync(func)
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:

@@ -14,7 +14,7 @@ from flask_babel import lazy_gettext as _l
 from werkzeug.exceptions import BadRequest
 from werkzeug.wrappers import Response
 
-from idp.security.network import client_ip
+from idp.security.network import PEER_ADDR, client_ip
 
 # SECURITY.md 16; no inline script or style anywhere, so 'self' is all the page needs (the web app manifest too:
 # default-src 'none' would refuse it). idp.branding adds an https logo's origin to img-src.
@@ -57,8 +57,6 @@ class Request(FlaskRequest):
             raise BadRequest(_("Every part of a multipart form must name its field."))
 
 
-# Where the address of the connection's peer (the proxy, behind one) is kept once REMOTE_ADDR holds the client's.
-PEER_ADDR = "idp.peer_addr"
 
 
 def client_address() -> str:

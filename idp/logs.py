@@ -125,8 +125,8 @@ class RequestIdFilter(logging.Filter):
     line of the client it created."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "request_id" in record.__dict__:  # a request line, written with its request's id (``request_line``)
-            return True
+        if record.name == request_log.name and "request_id" in record.__dict__:
+            return True  # a request line, written with its request's id (``request_line``)
         if not has_request_context():
             record.request_id = "-"
             return record.levelno >= logging.WARNING
@@ -162,7 +162,11 @@ def init_app(app: Flask) -> None:
 
 def _begin() -> None:
     g.request_started = time.perf_counter()
-    g.request_id = request_id(request.headers.get(REQUEST_ID_HEADER, ""), request.environ.get("REMOTE_ADDR") or "",
+    environ = request.environ
+    # The connection's peer: where idp.http.client_address keeps it once REMOTE_ADDR holds the client's (a rate
+    # limit's key may have resolved it before this hook).
+    peer = environ.get(network.PEER_ADDR) or environ.get("REMOTE_ADDR") or ""
+    g.request_id = request_id(request.headers.get(REQUEST_ID_HEADER, ""), peer,
                               current_app.config["IDP_TRUSTED_PROXIES"])
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from flask import Flask
 
 from idp import logs, metrics
-from idp.http import headers_carry_nul
+from idp.http import PEER_ADDR, headers_carry_nul
 from idp.oidc import keys
 from idp.security.network import client_ip
 
@@ -59,7 +59,6 @@ class PreparedDocuments:
         self.app = app
         self.wsgi_app = wsgi_app
         self.answers: dict[str, _Answer] = {}
-        self.trusted_proxies = app.config["IDP_TRUSTED_PROXIES"]
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -110,11 +109,19 @@ class PreparedDocuments:
     def _give(self, answer: _Answer, path: str, environ: dict[str, Any],
               start_response: Callable[..., Any]) -> Iterable[bytes]:
         started = time.perf_counter()
+        trusted = self.app.config["IDP_TRUSTED_PROXIES"]
         peer = environ.get("REMOTE_ADDR") or ""
-        rid = logs.request_id(environ.get("HTTP_X_REQUEST_ID", ""), peer, self.trusted_proxies)
+        rid = logs.request_id(environ.get("HTTP_X_REQUEST_ID", ""), peer, trusted)
+        ip = client_ip(peer, environ.get("HTTP_X_FORWARDED_FOR"), trusted)
+        # What idp.http.client_address leaves for gunicorn's access log (deploy/gunicorn.conf.py): the client's
+        # address, and the proxy's apart.
+        environ.setdefault(PEER_ADDR, peer)
+        environ["REMOTE_ADDR"] = ip
+        try:
+            logs.request_line("GET", path, path, 200, started, ip, None, None, rid)
+            metrics.count_request("GET", path, 200, started)
+        except Exception:  # (the metrics' files unwritable, say): Flask's path answers, with its error handling
+            environ["REMOTE_ADDR"] = peer
+            return self.wsgi_app(environ, start_response)
         start_response(answer.status, [*answer.headers, (logs.REQUEST_ID_HEADER, rid)])
-        ip = client_ip(peer, environ.get("HTTP_X_FORWARDED_FOR"), self.trusted_proxies)
-        logs.request_line("GET", path, path, 200, started, ip, None, None, rid)
-        metrics.count_request("GET", path, 200, started)
         return [answer.body]
-

@@ -10,6 +10,7 @@ import requests
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from idp import logs
 from idp.extensions import db
 
 HINT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZS1zZWNyZXQifQ.c2lnbmF0dXJlLXNlY3JldA"
@@ -70,3 +71,13 @@ def test_a_percent_encoded_parameter_name_is_redacted_as_the_server_reads_it():
     line = "GET /cb?state=1&co%64e=SeCrEt1&%72efresh_token=SeCrEt2&Token=SeCrEt3&tokenish=kept HTTP/1.1"
     redacted = redact(line)
     assert "SeCrEt" not in redacted and "tokenish=kept" in redacted and "state=1" in redacted
+
+
+def test_outside_a_request_only_a_request_line_passes_below_warning(app, capfd):
+    """A request line written before Flask (idp.prepared) carries its request's id and is written; any other INFO
+    line outside a request stays out of standard error, whatever it carries (`idp clients create --json`)."""
+    logging.getLogger("idp.jobs").info("a job's detail", extra={"request_id": "smuggled"})
+    logs.request_line("GET", "/jwks.json", "/jwks.json", 200, None, "192.0.2.1", None, None, "rid-outside")
+    err = capfd.readouterr().err
+    assert "a job's detail" not in err
+    assert "rid-outside" in err and "GET /jwks.json 200" in err

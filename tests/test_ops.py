@@ -390,3 +390,13 @@ def test_each_line_is_written_once(app):
     handlers = logging.getLogger("idp").handlers
     assert default_handler not in handlers
     assert len([h for h in handlers if type(h).__name__ == "_IdpHandler"]) == 1
+
+
+def test_a_proxys_request_id_is_kept_on_a_rate_limited_endpoint_too(make_app):
+    # The account API's blueprint limit is checked by Flask-Limiter's hook, which runs first, and its key resolves
+    # the client's address without a token (REMOTE_ADDR then holds the client's); the request id is still judged
+    # by the connection's peer, the proxy.
+    app = make_app(IDP_TRUSTED_PROXIES=["10.0.0.1"])
+    answer = app.test_client().get("/api/v1/me", headers={"X-Request-ID": "abc-123", "X-Forwarded-For": "203.0.113.9"},
+                                   environ_base={"REMOTE_ADDR": "10.0.0.1"})
+    assert answer.status_code == 401 and answer.headers["X-Request-ID"] == "abc-123"

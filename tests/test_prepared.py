@@ -12,8 +12,10 @@ import pytest
 from flask import request
 from prometheus_client import REGISTRY
 
+from idp import metrics
 from idp.extensions import db
 from idp.oidc import keys
+from idp.security.network import PEER_ADDR
 from tests.conftest import TEST_DATABASE_URL
 from tests.support import settled
 
@@ -152,3 +154,36 @@ def test_the_jwks_given_here_is_never_older_than_the_keys(watched):
     settled(app)
     again = [client.get("/jwks.json") for _ in range(3)]
     assert all(_kids(answer) == _kids(after) for answer in again)
+
+
+def test_an_answer_given_here_leaves_the_client_address_for_the_access_log(watched):
+    app, seen = watched(IDP_TRUSTED_PROXIES=["127.0.0.1/32"])
+    environs: list[dict] = []
+    inner = app.wsgi_app
+
+    def server(environ, start_response):  # what gunicorn's access log sees: the environ the app was given
+        environs.append(environ)
+        return inner(environ, start_response)
+
+    app.wsgi_app = server
+    client = app.test_client()
+    for _ in range(3):
+        client.get(DISCOVERY, headers={"X-Forwarded-For": "203.0.113.9"})
+    assert len(seen) == 2
+    # deploy/gunicorn.conf.py's access line reads these, as it does after Flask's idp.http.client_address.
+    assert environs[2]["REMOTE_ADDR"] == "203.0.113.9" and environs[2][PEER_ADDR] == "127.0.0.1"
+
+
+def test_when_counting_fails_flask_answers_with_its_error_page(watched, monkeypatch):
+    app, seen = watched()
+    client = app.test_client()
+    for _ in range(2):
+        client.get(DISCOVERY)
+
+    def broken(*args, **kwargs):
+        raise OSError("the metrics' folder is gone")
+
+    monkeypatch.setattr(metrics, "count_request", broken)
+    answer = client.get(DISCOVERY)
+    assert len(seen) == 3  # not given here: Flask's path, whose error handler answers
+    assert answer.status_code == 500 and answer.headers["X-Frame-Options"] == "DENY"

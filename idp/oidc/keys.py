@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -81,14 +82,7 @@ class _KeyCache:
         self.signing = KeySet([])  # both loaded by fresh() before first use (state is None)
         self.verifying = KeySet([])
         self.kids: set[str] = set()
-        # The JWK Set document, the state of the keys table it was built from, and when its first retired key
-        # stops being published (None: no retired key in it).
-        self.jwks: dict | None = None
-        self.jwks_bytes = b""  # the document as served, and its entity tag (issue 22: prepared once per change)
-        self.jwks_etag = ""
-        self.jwks_state: tuple | None = None
-        self.jwks_stamp: Stamp | None = None
-        self.jwks_until: datetime | None = None
+        self.published: _Published | None = None  # the JWK Set as last built (None: not yet)
 
     def load(self, now: datetime) -> None:
         secret = current_app.config["IDP_SECRET_KEY"]
@@ -203,6 +197,21 @@ def published(now: datetime | None = None) -> list[SigningKey]:
     ).scalars())
 
 
+@dataclass(frozen=True)
+class _Published:
+    """The JWK Set as built once: the document, its bytes as served and their entity tag (issue 22: prepared once
+    per change), the state of the keys table it was built from, when its first retired key stops being published
+    (None: no retired key in it), and the change stamp it is known current at. One object, replaced whole: a
+    reader (a request, idp.prepared) never sees the bytes of one build with the stamp of another."""
+
+    document: dict
+    body: bytes
+    etag: str
+    state: tuple
+    until: datetime | None
+    stamp: Stamp | None
+
+
 def jwks(now: datetime | None = None) -> dict:
     """The public JWK Set served at jwks_uri.
 
@@ -211,44 +220,48 @@ def jwks(now: datetime | None = None) -> dict:
     that cannot be trusted, while one aggregate query finds the table's summary unchanged. It is also rebuilt when
     a retired key reaches its ``publish_until``.
     """
+    return _published(now).document
+
+
+def _published(now: datetime | None = None) -> _Published:
     now = now or utcnow()
     cache = _cache()
-    if _jwks_current(cache, now):
-        assert cache.jwks is not None  # (current: built)
-        return cache.jwks
-    expired = cache.jwks_until is not None and now >= cache.jwks_until
+    kept = cache.published
+    if kept is not None and _jwks_current(kept, now):
+        return kept
     state, stamp = _state()  # before the rows: a change in between rebuilds next time
-    if cache.jwks is None or state != cache.jwks_state or expired:
+    if kept is None or state != kept.state or (kept.until is not None and now >= kept.until):
         rows = published(now)
-        cache.jwks = {"keys": [dict(row.public_jwk) for row in rows]}
-        cache.jwks_bytes = json.dumps(cache.jwks, separators=(",", ":")).encode()
-        cache.jwks_etag = hashlib.sha256(cache.jwks_bytes).hexdigest()[:32]
-        cache.jwks_state = state
-        cache.jwks_until = min((row.publish_until for row in rows if row.publish_until is not None), default=None)
-    cache.jwks_stamp = _committed(stamp)
-    return cache.jwks
+        document = {"keys": [dict(row.public_jwk) for row in rows]}
+        body = json.dumps(document, separators=(",", ":")).encode()
+        kept = _Published(document, body, hashlib.sha256(body).hexdigest()[:32], state,
+                          min((row.publish_until for row in rows if row.publish_until is not None), default=None),
+                          _committed(stamp))
+    else:  # the same keys: current as of the stamp taken before that summary was read
+        kept = replace(kept, stamp=_committed(stamp))
+    cache.published = kept
+    return kept
 
 
-def _jwks_current(cache: _KeyCache, now: datetime, app: Flask | None = None) -> bool:
-    """Whether the kept JWK Set is current without a query: built, no key's time up, no change notified since."""
-    return cache.jwks is not None and not (cache.jwks_until is not None and now >= cache.jwks_until) and \
-        changes.unchanged(SIGNING_KEYS, cache.jwks_stamp, app)
+def _jwks_current(kept: _Published, now: datetime, app: Flask | None = None) -> bool:
+    """Whether the kept JWK Set is current without a query: no key's time up, no change notified since."""
+    return not (kept.until is not None and now >= kept.until) and changes.unchanged(SIGNING_KEYS, kept.stamp, app)
 
 
 def kept_jwks_document(now: datetime | None = None, app: Flask | None = None) -> tuple[bytes, str] | None:
     """The JWK Set as served and its entity tag when what this worker kept is current without a query (the view
     then needs no database connection at all), else None. With ``app``: asked outside a request (idp.prepared)."""
     cache = _cache() if app is None else app.extensions.get("idp.keys")
-    if cache is None or not _jwks_current(cache, now or utcnow(), app):
+    kept = cache.published if cache is not None else None
+    if kept is None or not _jwks_current(kept, now or utcnow(), app):
         return None
-    return cache.jwks_bytes, cache.jwks_etag
+    return kept.body, kept.etag
 
 
 def jwks_document(now: datetime | None = None) -> tuple[bytes, str]:
     """The JWK Set as served (bytes prepared once per change of the keys, like jwks()) and its entity tag."""
-    jwks(now)
-    cache = _cache()
-    return cache.jwks_bytes, cache.jwks_etag
+    kept = _published(now)
+    return kept.body, kept.etag
 
 
 def keyset_for_token(token: str, now: datetime | None = None) -> KeySet:

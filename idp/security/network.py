@@ -6,6 +6,10 @@ import ipaddress
 from collections.abc import Iterable
 from functools import lru_cache
 
+# The WSGI environ key where the address of the connection's peer (the proxy, behind one) is kept once REMOTE_ADDR
+# holds the client's (idp.http.client_address).
+PEER_ADDR = "idp.peer_addr"
+
 
 def networks(trusted: Iterable[str]) -> tuple[ipaddress._BaseNetwork, ...]:
     """The trusted proxies as networks (parsed once per list: every request asks); a bad entry raises ValueError."""
