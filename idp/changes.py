@@ -86,6 +86,9 @@ class Listener:
         # Our own notifications prove the connection: a channel no other listener hears.
         self.heartbeat_channel = f"idp_heartbeat_{uuid.uuid4().hex}"
         self._connection: Any = None  # kept here, not in the thread's frame: a forked child must never close it
+        # The backoff's jitter, from a generator of its own: this thread never moves the process's global random
+        # state under the code of the request threads (Hypothesis, in the tests, checks that a draw leaves it alone).
+        self._jitter = random.Random()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=APPLICATION_NAME, daemon=True)
@@ -139,7 +142,7 @@ class Listener:
             if time.monotonic() - began > BACKOFF_MAX_SECONDS:  # it had worked a while: this is a new outage
                 delay = BACKOFF_FIRST_SECONDS
             # Bounded, with jitter: the workers of every instance do not all reconnect in the same instant.
-            self._stopping.wait(delay * random.uniform(0.5, 1.5))
+            self._stopping.wait(delay * self._jitter.uniform(0.5, 1.5))
             delay = min(delay * 2, BACKOFF_MAX_SECONDS)
 
     def _connect(self) -> None:

@@ -448,7 +448,8 @@ def test_jwks_publishes_a_key_rotated_by_another_worker_at_once(app, client):
         app.extensions["idp.keys"] = keys._KeyCache()  # another worker, with its own kept keys, rotates
         fresh = {row.kid for row in keys.rotate(max_token_lifetime=600)}
         app.extensions["idp.keys"] = this_worker
-    assert this_worker.jwks is not None and not fresh & {k["kid"] for k in this_worker.jwks["keys"]}
+    kept = this_worker.published
+    assert kept is not None and not fresh & {k["kid"] for k in kept.document["keys"]}
     after = {k["kid"] for k in client.get("/jwks.json").get_json()["keys"]}
     assert after == before | fresh
 
