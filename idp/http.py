@@ -57,19 +57,22 @@ class Request(FlaskRequest):
             raise BadRequest(_("Every part of a multipart form must name its field."))
 
 
-
-
 def client_address() -> str:
     """The client's address for this request, resolved through IDP_TRUSTED_PROXIES (X-Forwarded-For believed only
     from them): the key of every rate limit and throttle (SECURITY.md 33). It resolves on first use whichever
     hook or limit asks first, so no limit can see the proxy's address for the client's."""
     if "client_ip" not in g:
-        environ = request.environ
-        peer = environ.setdefault(PEER_ADDR, environ.get("REMOTE_ADDR") or "")
-        g.client_ip = client_ip(str(peer), request.headers.get("X-Forwarded-For"),
-                                current_app.config["IDP_TRUSTED_PROXIES"])
-        environ["REMOTE_ADDR"] = g.client_ip  # what anything else reading the WSGI address sees
+        g.client_ip = resolve_client_address(request.environ, current_app.config["IDP_TRUSTED_PROXIES"])
     return g.client_ip
+
+
+def resolve_client_address(environ: dict[str, Any], trusted_proxies: Any) -> str:
+    """The client's address of a WSGI ``environ`` (X-Forwarded-For believed only from ``trusted_proxies``), left in
+    REMOTE_ADDR for anything else reading the WSGI address, the connection's peer kept under PEER_ADDR (gunicorn's
+    access log, the request id's trust): resolving the same environ again gives the same."""
+    peer = environ.setdefault(PEER_ADDR, environ.get("REMOTE_ADDR") or "")
+    environ["REMOTE_ADDR"] = address = client_ip(str(peer), environ.get("HTTP_X_FORWARDED_FOR"), trusted_proxies)
+    return address
 
 
 def resolve_client(app: Flask) -> None:

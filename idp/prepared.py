@@ -33,9 +33,9 @@ from typing import Any
 from flask import Flask
 
 from idp import logs, metrics
-from idp.http import PEER_ADDR, headers_carry_nul
+from idp.http import headers_carry_nul, resolve_client_address
 from idp.oidc import keys
-from idp.security.network import client_ip
+from idp.security.network import PEER_ADDR
 
 # The documents answered here, by path (the route of their URL rule: the metrics' and the log's label).
 METADATA = ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server")
@@ -110,18 +110,12 @@ class PreparedDocuments:
               start_response: Callable[..., Any]) -> Iterable[bytes]:
         started = time.perf_counter()
         trusted = self.app.config["IDP_TRUSTED_PROXIES"]
-        peer = environ.get("REMOTE_ADDR") or ""
-        rid = logs.request_id(environ.get("HTTP_X_REQUEST_ID", ""), peer, trusted)
-        ip = client_ip(peer, environ.get("HTTP_X_FORWARDED_FOR"), trusted)
-        # What idp.http.client_address leaves for gunicorn's access log (deploy/gunicorn.conf.py): the client's
-        # address, and the proxy's apart.
-        environ.setdefault(PEER_ADDR, peer)
-        environ["REMOTE_ADDR"] = ip
+        ip = resolve_client_address(environ, trusted)  # as Flask's hooks do: gunicorn's access log reads it
+        rid = logs.request_id(environ.get("HTTP_X_REQUEST_ID", ""), environ[PEER_ADDR], trusted)
         try:
             logs.request_line("GET", path, path, 200, started, ip, None, None, rid)
             metrics.count_request("GET", path, 200, started)
         except Exception:  # (the metrics' files unwritable, say): Flask's path answers, with its error handling
-            environ["REMOTE_ADDR"] = peer
             return self.wsgi_app(environ, start_response)
         start_response(answer.status, [*answer.headers, (logs.REQUEST_ID_HEADER, rid)])
         return [answer.body]
