@@ -235,9 +235,12 @@ def printable(text: str) -> str:
 
 def _subject() -> str | None:
     """The subject of the user the request acted for, when the request already loaded that user (no extra query)."""
-    for holder, attribute in ((g.get("login_session"), "user"), (g.get("authlib_server_oauth2_token"), "user")):
-        if holder is not None and attribute not in inspect(holder).unloaded:
-            user = getattr(holder, attribute)
+    for holder in (g.get("login_session"), g.get("authlib_server_oauth2_token")):
+        if holder is None:
+            continue
+        state = inspect(holder, raiseerr=False)  # None: not a model (a token read as a view, idp.oidc.server)
+        if state is None or "user" not in state.unloaded:
+            user = holder.user
             if user is not None:
                 return user.subject
     user = g.get("api_user")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 import threading
 import time
@@ -860,6 +861,23 @@ def test_userinfo_by_get_header_post_header_and_post_body(client, alice, conf):
         assert response.get_json()["email"] == "alice@example.com" and response.get_json()["sub"]
     assert client.get("/userinfo").status_code == 401
     assert client.get("/userinfo?access_token=" + at).status_code == 401  # never in the URL (RFC 9700 2.4)
+
+
+def test_the_request_line_of_userinfo_names_the_tokens_user(client, alice, conf, caplog):
+    """Userinfo reads its token as a view (no model), and its line still names whom the request was for
+    (idp.logs._subject), without another query; introspection answers a client about a token, and names the
+    client."""
+    body = tokens(client, *conf, scope="openid email offline_access")
+    subject = client.get("/userinfo", headers=bearer(body["access_token"])).get_json()["sub"]
+    caplog.set_level(logging.INFO, logger="idp.request")
+    caplog.clear()
+    assert userinfo_status(client, body["access_token"]) == 200
+    assert introspect(client, *conf, body["access_token"])["sub"] == subject
+    assert client.get("/userinfo", headers=bearer("not-a-token")).status_code == 401
+    lines = [record.fields for record in caplog.records if record.name == "idp.request"]
+    assert [(line["route"], line["user"]) for line in lines] == [
+        ("/userinfo", subject), ("/introspect", None), ("/userinfo", None)], lines
+    assert lines[1]["client_id"] == conf[0]
 
 
 def test_client_credentials_token_gets_no_userinfo(client, machine):

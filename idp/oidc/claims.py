@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from authlib.oidc.core import UserInfo
 from flask_babel import lazy_gettext as _l
-
-from idp.models import User
 
 # No `address` (OIDC Core 5.4): idp holds no postal address, so it neither advertises the scope nor accepts it; a
 # request for it is invalid_scope, as for any scope not listed here (Authlib checks OAUTH2_SCOPES_SUPPORTED).
@@ -51,7 +50,28 @@ CLAIMS_SUPPORTED = sorted({"sub", "iss", "aud", "exp", "iat", "auth_time", "nonc
                            "at_hash", *[c for names in SCOPE_CLAIMS.values() for c in names]})
 
 
-def all_claims(user: User) -> dict[str, Any]:
+class ClaimsSource(Protocol):
+    """What the claims are made of: a User, or the columns of one read with a token (idp.oidc.server.UserView)."""
+
+    @property
+    def subject(self) -> str: ...
+    @property
+    def email(self) -> str: ...
+    @property
+    def email_verified(self) -> bool: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def locale(self) -> str | None: ...
+    @property
+    def phone(self) -> str | None: ...
+    @property
+    def phone_verified(self) -> bool: ...
+    @property
+    def updated_at(self) -> datetime: ...
+
+
+def all_claims(user: ClaimsSource) -> dict[str, Any]:
     """Every claim idp knows about ``user`` (unknown ones are left out, never sent empty)."""
     claims: dict[str, Any] = {
         "sub": user.subject,
@@ -74,7 +94,7 @@ def all_claims(user: User) -> dict[str, Any]:
     return claims
 
 
-def user_info(user: User, scope: str, requested: dict[str, Any] | None = None) -> UserInfo:
+def user_info(user: ClaimsSource, scope: str, requested: dict[str, Any] | None = None) -> UserInfo:
     """The claims that ``scope`` (plus individually requested claims) releases about ``user``."""
     known = all_claims(user)
     names = {"sub"}

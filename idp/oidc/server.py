@@ -10,12 +10,12 @@ from __future__ import annotations
 import base64
 import hmac
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector, current_token
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Request
@@ -401,8 +401,8 @@ def revoke_for_user(user, reason: str) -> int:
     return _revoke_where(Token.user_id == user.id, reason)
 
 
-def access_token_row(token_string: str) -> Token | None:
-    """The stored token behind a JWT access token of ours (signature, typ, iss and exp checked), else None."""
+def _verified_jti(token_string: str) -> str | None:
+    """The jti of a JWT access token of ours (signature, typ, iss and exp checked), else None."""
     if not token_string or token_string.count(".") != 2:
         return None
     try:
@@ -414,16 +414,124 @@ def access_token_row(token_string: str) -> Token | None:
     if int(decoded.claims.get("exp", 0)) <= int(utcnow().timestamp()):
         return None
     jti = decoded.claims.get("jti")
-    if not isinstance(jti, str):
+    return jti if isinstance(jti, str) else None
+
+
+def access_token_row(token_string: str) -> Token | None:
+    """The stored token behind a JWT access token of ours, as a model to act on (revocation, the admin and
+    account APIs, token exchange), else None."""
+    jti = _verified_jti(token_string)
+    return db.session.execute(_TOKEN_BY_JTI, {"jti": jti}).scalar_one_or_none() if jti is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class UserView:
+    """The columns of a user that its claims are made of (idp.oidc.claims), read with a token."""
+
+    subject: str
+    email: str
+    email_verified_at: datetime | None
+    name: str
+    locale: str | None
+    phone: str | None
+    phone_verified_at: datetime | None
+    updated_at: datetime
+
+    @property
+    def email_verified(self) -> bool:
+        return self.email_verified_at is not None
+
+    @property
+    def phone_verified(self) -> bool:
+        return self.phone_verified_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenView:
+    """A token row and its user's claim columns, read by one Core statement for the endpoints that only answer
+    about a token (userinfo, introspection): loading them as models (identity map, instance state, the joined
+    client) cost more than the statement itself, a fifth of a userinfo request (bench/README.md, eleventh pass).
+    Authlib's TokenMixin, as the model has it; the client comes from the worker's kept clients."""
+
+    user: UserView | None
+    jti: str
+    client_id: str
+    scope: str
+    claims: dict[str, Any] | None
+    issued_at: datetime
+    access_expires_at: datetime
+    refresh_expires_at: datetime | None
+    rotated_at: datetime | None
+    revoked_at: datetime | None
+    dpop_jkt: str | None
+    audience: str | None
+    act: dict[str, Any] | None
+
+    def check_client(self, client) -> bool:
+        return self.client_id == client.get_client_id()
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def is_expired(self) -> bool:
+        return self.access_expires_at <= utcnow()
+
+    def get_user(self) -> UserView | None:
+        return self.user
+
+    @property
+    def client(self) -> Client | None:
+        return query_client(self.client_id)
+
+    def get_client(self) -> Client | None:
+        return self.client
+
+
+_TOKEN_VIEW_COLUMNS = [f.name for f in fields(TokenView) if f.name != "user"]
+_USER_VIEW_COLUMNS = [f.name for f in fields(UserView)]
+_tokens, _users = table_of(Token), table_of(User)
+_TOKEN_VIEW = (select(*(_tokens.c[name] for name in _TOKEN_VIEW_COLUMNS),
+                      *(_users.c[name] for name in _USER_VIEW_COLUMNS))
+               .select_from(_tokens.outerjoin(_users, _users.c.id == _tokens.c.user_id)))
+_TOKEN_VIEW_BY_JTI = _TOKEN_VIEW.where(_tokens.c.jti == bindparam("jti"))
+_TOKEN_VIEW_BY_REFRESH = _TOKEN_VIEW.where(_tokens.c.refresh_token_hash == bindparam("hash"))
+
+
+def _token_view(statement, parameters: dict[str, str]) -> TokenView | None:
+    row = db.session.connection().execute(statement, parameters).one_or_none()
+    if row is None:
         return None
-    return db.session.execute(_TOKEN_BY_JTI, {"jti": jti}).scalar_one_or_none()
+    split = len(_TOKEN_VIEW_COLUMNS)
+    user = UserView(*row[split:]) if row[split] is not None else None
+    return TokenView(user, *row[:split])
+
+
+def access_token_view(token_string: str) -> TokenView | None:
+    """The stored token behind a JWT access token of ours, read only (userinfo, introspection), else None."""
+    jti = _verified_jti(token_string)
+    return _token_view(_TOKEN_VIEW_BY_JTI, {"jti": jti}) if jti is not None else None
+
+
+def refresh_token_view(token_string: str) -> TokenView | None:
+    """The stored token whose refresh token this is, read only (introspection), else None."""
+    key = _refresh_key(token_string)
+    return _token_view(_TOKEN_VIEW_BY_REFRESH, key) if key is not None else None
+
+
+def _refresh_key(token_string: str) -> dict[str, str] | None:
+    """The parameters that find a refresh token's row (its hash), or None for a string that cannot be ours."""
+    if not token_string or len(token_string) > 512:
+        return None
+    return {"hash": token_hash(token_string)}
 
 
 def _by_refresh_token(statement, token_string: str) -> Any:
-    """The row ``statement`` finds for this refresh token (by its hash), or None for one that cannot be ours."""
-    if not token_string or len(token_string) > 512:
-        return None
-    return db.session.execute(statement, {"hash": token_hash(token_string)}).one_or_none()
+    """The row ``statement`` finds for this refresh token, or None."""
+    key = _refresh_key(token_string)
+    return db.session.execute(statement, key).one_or_none() if key is not None else None
 
 
 def refresh_token_row(token_string: str) -> Token | None:
@@ -815,11 +923,15 @@ def _fetch_jwks(uri: str) -> KeySet:
 
 # --- endpoints ---------------------------------------------------------------------------------------------------
 
-class _Presented:
-    """A token as presented to revocation or introspection: which of the row's two tokens it was."""
+_Row = TypeVar("_Row", Token, TokenView)
 
-    def __init__(self, row: Token, kind: str):
-        self.row = row
+
+class _Presented(Generic[_Row]):
+    """A token as presented to revocation or introspection: which of the row's two tokens it was (the row: a model
+    for revocation, which changes it; a TokenView for introspection)."""
+
+    def __init__(self, row: _Row, kind: str):
+        self.row: _Row = row
         self.kind = kind
 
     def check_client(self, client) -> bool:
@@ -839,10 +951,12 @@ class _Presented:
         return self.expires_at is None or self.expires_at <= utcnow()
 
 
-def _find_presented(token_string: str, hint: str | None) -> _Presented | None:
+def _find_presented(token_string: str, hint: str | None,
+                    finders: dict[str, Callable[[str], _Row | None]]) -> _Presented[_Row] | None:
+    """The token, looked up first where the hint says, with ``finders`` (kind: function of the token string)."""
     order = ("refresh_token", "access_token") if hint == "refresh_token" else ("access_token", "refresh_token")
     for kind in order:
-        row = access_token_row(token_string) if kind == "access_token" else refresh_token_row(token_string)
+        row: _Row | None = finders[kind](token_string)
         if row is not None:
             return _Presented(row, kind)
     return None
@@ -864,9 +978,10 @@ class Revocation(_HintIsAHint, RevocationEndpoint):
     CLIENT_AUTH_METHODS = ALL_AUTH_METHODS
 
     def query_token(self, token_string, token_type_hint):
-        return _find_presented(token_string, token_type_hint)
+        return _find_presented(token_string, token_type_hint,
+                               {"access_token": access_token_row, "refresh_token": refresh_token_row})
 
-    def revoke_token(self, token: _Presented, request) -> None:
+    def revoke_token(self, token: _Presented[Token], request) -> None:
         row = token.row
         if token.kind == "refresh_token":
             count = revoke_family(row.family_id, "revoked")
@@ -885,13 +1000,14 @@ class Introspection(_HintIsAHint, IntrospectionEndpoint):
     CLIENT_AUTH_METHODS = CONFIDENTIAL_AUTH_METHODS
 
     def query_token(self, token_string, token_type_hint):
-        return _find_presented(token_string, token_type_hint)
+        return _find_presented(token_string, token_type_hint,
+                               {"access_token": access_token_view, "refresh_token": refresh_token_view})
 
-    def check_permission(self, token: _Presented, client, request) -> bool:
+    def check_permission(self, token: _Presented[TokenView], client, request) -> bool:
         # Also the client an exchanged token is addressed to: the resource server it was made for (RFC 8693 1.1).
         return client.client_id in (token.row.client_id, token.row.audience)
 
-    def introspect_token(self, token: _Presented) -> dict[str, Any]:
+    def introspect_token(self, token: _Presented[TokenView]) -> dict[str, Any]:
         row = token.row
         expires_at = token.expires_at
         assert expires_at is not None  # an active token (Authlib checked is_expired, which refuses None)
@@ -916,10 +1032,15 @@ class Introspection(_HintIsAHint, IntrospectionEndpoint):
 
 class AccessTokenValidator(BearerTokenValidator):
     """Bearer JWT access tokens of ours, live in the database (revocation and introspection agree). A DPoP-bound
-    one is refused as a bearer token (RFC 9449 7.2): its holder must prove the key."""
+    one is refused as a bearer token (RFC 9449 7.2): its holder must prove the key. ``find`` reads the row: as a
+    model for the APIs that act on the user, as a TokenView for userinfo."""
 
-    def authenticate_token(self, token_string: str) -> Token | None:
-        return access_token_row(token_string)
+    def __init__(self, find=access_token_row):
+        super().__init__()
+        self.find = find
+
+    def authenticate_token(self, token_string: str) -> Token | TokenView | None:
+        return self.find(token_string)
 
     def validate_token(self, token, scopes, request) -> None:
         if token is not None and token.dpop_jkt:
@@ -934,8 +1055,12 @@ class DPoPAccessTokenValidator(TokenValidator):
 
     TOKEN_TYPE = "dpop"
 
-    def authenticate_token(self, token_string: str) -> Token:
-        row = access_token_row(token_string)
+    def __init__(self, find=access_token_row):
+        super().__init__()
+        self.find = find
+
+    def authenticate_token(self, token_string: str) -> Token | TokenView:
+        row = self.find(token_string)
         if row is None or row.is_expired() or row.is_revoked():
             raise dpop.DPoPError("The access token is unknown, expired or revoked.", resource=True,
                                  error="invalid_token")
@@ -1076,6 +1201,14 @@ def _registered_method(request, methods: list[str]) -> str | None:
     return None
 
 
+def _protector(find) -> ResourceProtector:
+    """Bearer and DPoP-bound access tokens of ours, their rows read by ``find``."""
+    protector = ResourceProtector()
+    protector.register_token_validator(AccessTokenValidator(find))
+    protector.register_token_validator(DPoPAccessTokenValidator(find))
+    return protector
+
+
 def create_server(app: Flask) -> AuthorizationServer:
     """One authorization server per app, bound to its settings."""
     server = Server()
@@ -1089,13 +1222,11 @@ def create_server(app: Flask) -> AuthorizationServer:
                                                     ParameterLimits()])
     server.register_grant(RefreshTokenGrant, [RefreshIDToken()])
     server.register_grant(ClientCredentialsGrant)  # (the device grant: idp.oidc.device, which builds on this module)
-    protector = ResourceProtector()
-    protector.register_token_validator(AccessTokenValidator())
-    protector.register_token_validator(DPoPAccessTokenValidator())
     server.register_endpoint(Revocation)
     server.register_endpoint(Introspection)
-    server.register_endpoint(UserInfo(resource_protector=protector))
-    app.extensions["idp.resource_protector"] = protector  # the admin API's bearer tokens (idp.admin.api)
+    server.register_endpoint(UserInfo(resource_protector=_protector(access_token_view)))
+    # The admin and account APIs' bearer tokens (idp.http.bearer_token): rows as models, their users to act on.
+    app.extensions["idp.resource_protector"] = _protector(access_token_row)
     server.register_endpoint(EndSession)
     server.register_extension(Issuer())
     app.extensions["idp.oauth"] = server
