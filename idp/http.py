@@ -124,7 +124,10 @@ def oauth_error(status: int, message: str) -> Response:
 def _carries_nul() -> bool:
     if "\x00" in request.path:
         return True
-    if any("\x00" in key or "\x00" in value for key, value in request.values.items(multi=True)):
+    # What request.values holds (the query's parameters, and the form's for any method but GET), without building
+    # the empty query of a request that has none and the combined view: a protocol call's hook runs on every request.
+    sources = ([request.args] if request.query_string else []) + ([request.form] if request.method != "GET" else [])
+    if any("\x00" in key or "\x00" in value for source in sources for key, value in source.items(multi=True)):
         return True
     return headers_carry_nul(request.environ)
 
@@ -158,7 +161,8 @@ class FlowCookieSessions(SecureCookieSessionInterface):
     tenth of Flask's own work per request (issue 22, bench/README.md)."""
 
     def open_session(self, app: Flask, request: FlaskRequest) -> SecureCookieSession | None:
-        if app.secret_key and not request.cookies.get(self.get_cookie_name(app)):
+        if app.secret_key and ("HTTP_COOKIE" not in request.environ or
+                               not request.cookies.get(self.get_cookie_name(app))):
             return self.session_class()
         return super().open_session(app, request)
 

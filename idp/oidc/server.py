@@ -1082,6 +1082,11 @@ class DPoPAccessTokenValidator(TokenValidator):
 class UserInfo(UserInfoEndpoint):
     """OIDC Core 5.3: the claims the token's scope (and its claims request) release."""
 
+    def create_endpoint_request(self, request):
+        """Nothing: Authlib's endpoint reads the request through its resource protector, never the OAuth2Request
+        it builds first (the request's URL, headers and parameters copied, a twentieth of a userinfo request)."""
+        return None
+
     def generate_user_info(self, user, scope):
         token = current_token  # the Token row this request presented (Authlib's, set by the resource protector)
         requested = (token.claims or {}).get("userinfo") if token else None
