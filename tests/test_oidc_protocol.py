@@ -37,6 +37,7 @@ from tests.support import (
     authorize_url,
     pkce_pair,
     query_params,
+    settled,
     walk_authorize,
 )
 
@@ -673,6 +674,40 @@ def test_revoking_an_access_token_is_seen_by_userinfo_and_introspection(client, 
     assert response.status_code == 200
     assert userinfo_status(client, body["access_token"]) == 401
     assert introspect(client, *conf, body["access_token"])["active"] is False
+
+
+def test_a_token_whose_client_is_gone_is_refused_at_userinfo_and_inactive(app, client, alice, conf, make_client):
+    """Userinfo and introspection read the token and its client apart (idp.oidc.server.TokenView): a client deleted
+    in between, or deleted without its tokens revoked (here, by SQL), leaves no token, never a 500."""
+    body = tokens(client, *conf)
+    other = make_client(name="Resource server")
+    with app.app_context():
+        db.session.execute(text("UPDATE tokens SET audience = :other WHERE client_id = :gone"),
+                           {"other": other[0], "gone": conf[0]})
+        db.session.execute(text("DELETE FROM clients WHERE client_id = :gone"), {"gone": conf[0]})
+        db.session.commit()
+    settled(app)
+    response = client.get("/userinfo", headers=bearer(body["access_token"]))
+    assert response.status_code == 401, response.get_data(as_text=True)
+    assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+    # the client it was addressed to may introspect it, and learns it is inactive
+    assert introspect(client, *other, body["access_token"]) == {"active": False}
+    assert introspect(client, *other, body["refresh_token"]) == {"active": False}
+
+
+def test_the_protocol_endpoints_refuse_plain_http_with_an_oauth_error(client, alice, conf):
+    """RFC 6749 3.1, 3.2: TLS is required; Authlib refuses plain http while building its request, and the refusal
+    is the OAuth error insecure_transport (400), not a server error."""
+    body = tokens(client, *conf)
+    plain = "http://idp.example.org"
+    answers = [client.get("/userinfo", headers=bearer(body["access_token"]), base_url=plain),
+               client.post("/introspect", data={"token": body["access_token"]}, auth=conf, base_url=plain),
+               client.post("/token", data={"grant_type": "refresh_token", "refresh_token": body["refresh_token"]},
+                           auth=conf, base_url=plain)]
+    for response in answers:
+        assert response.status_code == 400, response.get_data(as_text=True)
+        assert response.get_json()["error"] == "insecure_transport"
+    assert userinfo_status(client, body["access_token"]) == 200  # over https, as before
 
 
 def test_revoking_a_refresh_token_revokes_its_family(client, alice, conf):

@@ -438,12 +438,12 @@ class UserView:
     updated_at: datetime
 
     @property
-    def email_verified(self) -> bool:
+    def email_verified(self) -> bool:  # as User.email_verified
         return self.email_verified_at is not None
 
     @property
-    def phone_verified(self) -> bool:
-        return self.phone_verified_at is not None
+    def phone_verified(self) -> bool:  # as User.phone_verified
+        return self.phone is not None and self.phone_verified_at is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,7 +506,10 @@ def _token_view(statement, parameters: dict[str, str]) -> TokenView | None:
         return None
     split = len(_TOKEN_VIEW_COLUMNS)
     user = UserView(*row[split:]) if row[split] is not None else None
-    return TokenView(user, *row[:split])
+    view = TokenView(user, *row[:split])
+    # No token outlives its client: one deleted since the token was read (its tokens revoked in the same
+    # transaction, read here in another snapshot) or deleted without its tokens revoked leaves no token.
+    return view if view.client is not None else None
 
 
 def access_token_view(token_string: str) -> TokenView | None:
@@ -1081,11 +1084,6 @@ class DPoPAccessTokenValidator(TokenValidator):
 
 class UserInfo(UserInfoEndpoint):
     """OIDC Core 5.3: the claims the token's scope (and its claims request) release."""
-
-    def create_endpoint_request(self, request):
-        """Nothing: Authlib's endpoint reads the request through its resource protector, never the OAuth2Request
-        it builds first (the request's URL, headers and parameters copied, a twentieth of a userinfo request)."""
-        return None
 
     def generate_user_info(self, user, scope):
         token = current_token  # the Token row this request presented (Authlib's, set by the resource protector)
