@@ -703,7 +703,8 @@ def test_the_protocol_endpoints_refuse_plain_http_with_an_oauth_error(client, al
     answers = [client.get("/userinfo", headers=bearer(body["access_token"]), base_url=plain),
                client.post("/introspect", data={"token": body["access_token"]}, auth=conf, base_url=plain),
                client.post("/token", data={"grant_type": "refresh_token", "refresh_token": body["refresh_token"]},
-                           auth=conf, base_url=plain)]
+                           auth=conf, base_url=plain),
+               client.post("/revoke", data={"token": body["access_token"]}, auth=conf, base_url=plain)]
     for response in answers:
         assert response.status_code == 400, response.get_data(as_text=True)
         assert response.get_json()["error"] == "insecure_transport"
