@@ -450,7 +450,8 @@ class UserView:
 class TokenView:
     """A token row and its user's claim columns, read by one Core statement for the endpoints that only answer
     about a token (userinfo, introspection): loading them as models (identity map, instance state, the joined
-    client) cost more than the statement itself, a fifth of a userinfo request (bench/README.md, eleventh pass).
+    client) cost more than the statement itself, an eighth of a userinfo request and a sixth of an introspection
+    (bench/README.md, eleventh pass).
     Authlib's TokenMixin, as the model has it; the client comes from the worker's kept clients."""
 
     user: UserView | None
