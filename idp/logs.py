@@ -192,6 +192,8 @@ def _finish(response: Any) -> Any:
 def request_line(method: str, route: str | None, path: str, status: int, started: float | None, ip: str | None,
                  client_id: str | None, user: str | None, rid: str) -> None:
     """Write the one line of a request answered with ``status`` (``started`` is its perf_counter at the start)."""
+    if not request_log.isEnabledFor(logging.INFO):
+        return
     fields = {
         "method": printable(method[:16]),
         "route": route,
@@ -202,8 +204,6 @@ def request_line(method: str, route: str | None, path: str, status: int, started
         "client_id": client_id,
         "user": user,
     }
-    if not request_log.isEnabledFor(logging.INFO):
-        return
     # Made and handed over with the logger's public makeRecord and handle, as Logger.info does, less its walk up the
     # stack for the caller's file and line, which no line format shows (a fifth of what writing the record costs).
     request_log.handle(request_log.makeRecord(
