@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
@@ -276,7 +276,42 @@ class DeviceCode(Model):
         return list(self.amr or []) or None
 
 
-class Token(Model):
+class TokenAccessors:
+    """Authlib's TokenMixin over a token's columns, for the model below and for the read-only view of one
+    (idp.oidc.server.TokenView): whether a token is revoked or expired is decided here, once."""
+
+    __slots__ = ()
+    if TYPE_CHECKING:
+        client_id: str
+        scope: str
+        revoked_at: datetime | None
+        access_expires_at: datetime
+
+        @property
+        def user(self) -> Any: ...
+        @property
+        def client(self) -> Client | None: ...
+
+    def check_client(self, client) -> bool:
+        return self.client_id == client.get_client_id()
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def is_expired(self) -> bool:
+        return self.access_expires_at <= utcnow()
+
+    def get_user(self) -> Any:
+        return self.user
+
+    def get_client(self) -> Client | None:
+        return self.client
+
+
+class Token(TokenAccessors, Model):
     """One issued access token (a JWT, known by its jti) and its opaque refresh token (stored hashed)."""
 
     __tablename__ = "tokens"
@@ -315,27 +350,9 @@ class Token(Model):
     client: Mapped[Client | None] = relationship(primaryjoin="foreign(Token.client_id) == Client.client_id",
                                                  viewonly=True)
 
-    # --- authlib TokenMixin -----------------------------------------------------------------------------------
-    def check_client(self, client) -> bool:
-        return self.client_id == client.get_client_id()
-
-    def get_scope(self) -> str:
-        return self.scope
-
+    # --- authlib TokenMixin (the rest: TokenAccessors) ---------------------------------------------------------
     def get_expires_in(self) -> int:
         return int((self.access_expires_at - self.issued_at).total_seconds())
-
-    def is_revoked(self) -> bool:
-        return self.revoked_at is not None
-
-    def is_expired(self) -> bool:
-        return self.access_expires_at <= utcnow()
-
-    def get_user(self) -> User | None:
-        return self.user
-
-    def get_client(self) -> Client | None:
-        return self.client
 
 
 class DPoPProof(Model):

@@ -56,6 +56,7 @@ from idp.extensions import db, limiter, per_app
 from idp.jobs import enqueue
 from idp.login.assurance import meets
 from idp.models import AuthorizationCode, Client, LoginSession, Token, User, table_of, utcnow
+from idp.models.oauth import TokenAccessors
 from idp.oidc import claims as oidc_claims
 from idp.oidc import dpop, keys
 from idp.oidc.policy import oversized_parameter
@@ -447,12 +448,12 @@ class UserView:
 
 
 @dataclass(frozen=True, slots=True)
-class TokenView:
+class TokenView(TokenAccessors):
     """A token row and its user's claim columns, read by one Core statement for the endpoints that only answer
     about a token (userinfo, introspection): loading them as models (identity map, instance state, the joined
     client) cost more than the statement itself, an eighth of a userinfo request and a sixth of an introspection
     (bench/README.md, eleventh pass).
-    Authlib's TokenMixin, as the model has it; the client comes from the worker's kept clients."""
+    Authlib's TokenMixin, as the model has it (TokenAccessors); the client comes from the worker's kept clients."""
 
     user: UserView | None
     jti: str
@@ -468,27 +469,9 @@ class TokenView:
     audience: str | None
     act: dict[str, Any] | None
 
-    def check_client(self, client) -> bool:
-        return self.client_id == client.get_client_id()
-
-    def get_scope(self) -> str:
-        return self.scope
-
-    def is_revoked(self) -> bool:
-        return self.revoked_at is not None
-
-    def is_expired(self) -> bool:
-        return self.access_expires_at <= utcnow()
-
-    def get_user(self) -> UserView | None:
-        return self.user
-
     @property
     def client(self) -> Client | None:
         return query_client(self.client_id)
-
-    def get_client(self) -> Client | None:
-        return self.client
 
 
 _TOKEN_VIEW_COLUMNS = [f.name for f in fields(TokenView) if f.name != "user"]
