@@ -8,6 +8,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from authlib.oauth2.rfc6749 import InsecureTransportError
 from flask import Flask, jsonify, render_template, request
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
@@ -39,7 +40,7 @@ from idp.oidc import logout as oidc_logout
 from idp.oidc.challenge import bp as challenge_bp
 from idp.oidc.device import bp as device_bp
 from idp.oidc.dynamic import bp as registration_bp
-from idp.oidc.server import create_server
+from idp.oidc.server import create_server, current_server
 from idp.oidc.views import bp as oidc_bp
 from idp.ops import bp as ops_bp
 from idp.pg_connections import watch_connections
@@ -220,6 +221,16 @@ def _error_handlers(app: Flask) -> None:
             if name.lower() != "content-type":
                 response.headers[name] = value
         return response
+
+    @app.errorhandler(InsecureTransportError)
+    def insecure_transport(exc):
+        # A request over plain http (RFC 6749 3.1, 3.2), refused by Authlib while it builds its request, before its
+        # own error handling, wherever a view builds one (the protocol endpoints, the device authorization): the
+        # OAuth error insecure_transport to a protocol caller, a 400 in its own form to anyone else.
+        if http.oauth_caller():
+            db.session.rollback()
+            return current_server().handle_error_response(None, exc)
+        return render(400, str(HTTP_ERRORS[400][0]), exc.description)
 
     @app.errorhandler(CSRFError)
     def csrf_error(exc):

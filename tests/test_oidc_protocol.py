@@ -711,6 +711,15 @@ def test_the_protocol_endpoints_refuse_plain_http_with_an_oauth_error(client, al
     assert userinfo_status(client, body["access_token"]) == 200  # over https, as before
 
 
+def test_the_device_authorization_endpoint_refuses_plain_http_with_an_oauth_error_too(client, make_client):
+    """The refusal is handled wherever Authlib raises it, not only on the protocol blueprint (RFC 8628 3.1)."""
+    device = make_client(name="TV", grant_types=["urn:ietf:params:oauth:grant-type:device_code"])
+    response = client.post("/device_authorization", data={"scope": "openid"}, auth=device,
+                           base_url="http://idp.example.org")
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json()["error"] == "insecure_transport"
+
+
 def test_revoking_a_refresh_token_revokes_its_family(client, alice, conf):
     body = tokens(client, *conf)
     newer = refresh(client, *conf, body["refresh_token"]).get_json()

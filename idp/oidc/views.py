@@ -8,7 +8,6 @@ from urllib.parse import urlencode
 
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import OAuth2Error
-from authlib.oauth2.rfc6749 import InsecureTransportError
 from authlib.oidc.core.errors import ConsentRequiredError, InteractionRequiredError, LoginRequiredError
 from flask import Blueprint, abort, current_app, jsonify, render_template, request, url_for
 from flask_babel import gettext as _
@@ -43,14 +42,6 @@ PROMPT_NONE_ERRORS = {"login_required": LoginRequiredError, "consent_required": 
 def register(state) -> None:
     """Token exchange (RFC 8693, idp.oidc.exchange) joins the app's authorization server's grants."""
     state.app.extensions["idp.oauth"].register_grant(exchange.TokenExchangeGrant)
-
-
-@bp.errorhandler(InsecureTransportError)
-def insecure_transport(error: InsecureTransportError) -> Response:
-    """A protocol request over plain http (RFC 6749 1.6, 3.1, 3.2), refused as Authlib refuses it, in the OAuth
-    error's own form (400 insecure_transport). Authlib raises it while building its request, before its own error
-    handling, so without this it surfaced as a 500 (found by review, issue 22)."""
-    return current_server().handle_error_response(None, error)
 
 
 @bp.after_app_request
