@@ -25,7 +25,7 @@ from idp import changes
 from idp.extensions import db
 from idp.models import Client
 from idp.oidc import keys
-from idp.oidc.server import query_client
+from idp.oidc.server import ClientView, client_view, query_client
 from idp.security.tokens import token_hash
 from tests.conftest import SECRET, TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.instances import kid_of, run_cli
@@ -324,6 +324,36 @@ def test_each_request_gets_its_own_copy_of_a_kept_client(app, machine):
         assert second is not None and second is not first
         assert second.grant_types == ["client_credentials"] and second.name != "Changed in memory"
     assert seen == []  # served from what the worker kept
+
+
+def test_the_endpoints_that_only_read_a_client_share_one_view_of_it_that_nothing_can_change(app, machine):
+    """The token, introspection and revocation endpoints and a token's client at userinfo read the client as the
+    worker keeps it, without a copy per request: the one view, read-only (an attribute set or a kept list changed
+    is refused), while query_client still gives each request a model of its own."""
+    with recorded(app) as seen, app.test_request_context():
+        first = client_view(machine.client_id)
+        assert isinstance(first, ClientView)
+        assert first.client_id == machine.client_id and first.grant_types == ("client_credentials",)
+        with pytest.raises(AttributeError):
+            first.name = "Changed in memory"
+        with pytest.raises(AttributeError):
+            first.grant_types.append("authorization_code")  # type: ignore[attr-defined]
+        assert first.check_grant_type("client_credentials") and not first.check_grant_type("authorization_code")
+        model = query_client(machine.client_id)
+        assert isinstance(model, Client) and model in db.session
+    with app.test_request_context():
+        assert client_view(machine.client_id) is first
+    assert seen == []
+    # And a change elsewhere retires the view: the next request reads the row (then keeps a new view).
+    elsewhere(app, "UPDATE clients SET name = 'Renamed elsewhere' WHERE client_id = %s", (machine.client_id,))
+    settled(app, ARRIVAL)
+    with recorded(app) as seen, app.test_request_context():
+        fresh = client_view(machine.client_id)
+        assert fresh is not None and fresh is not first and fresh.name == "Renamed elsewhere"
+    assert reads_client(seen), seen
+    with app.test_request_context():
+        assert client_view(machine.client_id) is not first
+        assert isinstance(client_view(machine.client_id), ClientView)
 
 
 def test_a_client_the_session_loaded_before_a_change_is_not_kept_as_current(app, machine):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -33,7 +34,72 @@ def _without_port(uri: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-class Client(Model):
+class ClientAccessors:
+    """Authlib's ClientMixin over a client's columns, for the model below and for the read-only view of one that a
+    worker keeps (idp.oidc.server.ClientView): what a client may do is decided here, once."""
+
+    __slots__ = ()
+    if TYPE_CHECKING:
+        client_id: str
+        client_secret_hash: str | None
+        name: str
+        redirect_uris: Sequence[str]
+        post_logout_redirect_uris: Sequence[str]
+        grant_types: Sequence[str]
+        scope: str
+        token_endpoint_auth_method: str
+        id_token_signed_response_alg: str
+        jwks: dict[str, Any] | None
+        jwks_uri: str | None
+
+    @property
+    def public(self) -> bool:
+        return self.token_endpoint_auth_method == "none"
+
+    @property
+    def client_metadata(self) -> dict[str, Any]:
+        return {"id_token_signed_response_alg": self.id_token_signed_response_alg,
+                "post_logout_redirect_uris": list(self.post_logout_redirect_uris or []),
+                "jwks": self.jwks, "jwks_uri": self.jwks_uri, "client_name": self.name}
+
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def get_default_redirect_uri(self) -> str | None:
+        """Only an unambiguous default: with two or more registered URIs the request must name one."""
+        uris = self.redirect_uris or []
+        return uris[0] if len(uris) == 1 else None
+
+    def get_allowed_scope(self, scope: str) -> str:
+        if not scope:
+            return ""
+        allowed = set((self.scope or "").split())
+        return " ".join(s for s in dict.fromkeys(scope.split()) if s in allowed)
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        """Exact string match; only the port of a loopback http URI may differ (RFC 8252 7.3, RFC 9700 2.1)."""
+        registered = self.redirect_uris or []
+        if redirect_uri in registered:
+            return True
+        if _loopback_http(redirect_uri):
+            bare = _without_port(redirect_uri)
+            return any(_loopback_http(uri) and _without_port(uri) == bare for uri in registered)
+        return False
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        return same(self.client_secret_hash, token_hash(client_secret or ""))
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        return method == self.token_endpoint_auth_method
+
+    def check_response_type(self, response_type: str) -> bool:
+        return response_type == "code" and "authorization_code" in (self.grant_types or [])
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type in (self.grant_types or [])
+
+
+class Client(ClientAccessors, Model):
     """A relying party. The secret is stored as a SHA-256 of a 256-bit random value (SECURITY.md 8)."""
 
     __tablename__ = "clients"
@@ -89,53 +155,6 @@ class Client(Model):
     frontchannel_logout_session_required: Mapped[bool] = mapped_column(Boolean, default=False,
                                                                        server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-
-    # --- authlib ClientMixin -------------------------------------------------------------------------------
-    @property
-    def public(self) -> bool:
-        return self.token_endpoint_auth_method == "none"
-
-    @property
-    def client_metadata(self) -> dict[str, Any]:
-        return {"id_token_signed_response_alg": self.id_token_signed_response_alg,
-                "post_logout_redirect_uris": list(self.post_logout_redirect_uris or []),
-                "jwks": self.jwks, "jwks_uri": self.jwks_uri, "client_name": self.name}
-
-    def get_client_id(self) -> str:
-        return self.client_id
-
-    def get_default_redirect_uri(self) -> str | None:
-        """Only an unambiguous default: with two or more registered URIs the request must name one."""
-        uris = self.redirect_uris or []
-        return uris[0] if len(uris) == 1 else None
-
-    def get_allowed_scope(self, scope: str) -> str:
-        if not scope:
-            return ""
-        allowed = set((self.scope or "").split())
-        return " ".join(s for s in dict.fromkeys(scope.split()) if s in allowed)
-
-    def check_redirect_uri(self, redirect_uri: str) -> bool:
-        """Exact string match; only the port of a loopback http URI may differ (RFC 8252 7.3, RFC 9700 2.1)."""
-        registered = self.redirect_uris or []
-        if redirect_uri in registered:
-            return True
-        if _loopback_http(redirect_uri):
-            bare = _without_port(redirect_uri)
-            return any(_loopback_http(uri) and _without_port(uri) == bare for uri in registered)
-        return False
-
-    def check_client_secret(self, client_secret: str) -> bool:
-        return same(self.client_secret_hash, token_hash(client_secret or ""))
-
-    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
-        return method == self.token_endpoint_auth_method
-
-    def check_response_type(self, response_type: str) -> bool:
-        return response_type == "code" and "authorization_code" in (self.grant_types or [])
-
-    def check_grant_type(self, grant_type: str) -> bool:
-        return grant_type in (self.grant_types or [])
 
 
 class AuthorizationCode(Model):
@@ -290,7 +309,7 @@ class TokenAccessors:
         @property
         def user(self) -> Any: ...
         @property
-        def client(self) -> Client | None: ...
+        def client(self) -> ClientAccessors | None: ...
 
     def check_client(self, client) -> bool:
         return self.client_id == client.get_client_id()
@@ -307,7 +326,7 @@ class TokenAccessors:
     def get_user(self) -> Any:
         return self.user
 
-    def get_client(self) -> Client | None:
+    def get_client(self) -> ClientAccessors | None:
         return self.client
 
 

@@ -15,13 +15,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector, current_token
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Request
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import OAuth2Payload, TokenValidator, grants
 from authlib.oauth2.rfc6749.authenticate_client import (
+    ClientAuthentication,
     authenticate_client_secret_basic,
     authenticate_client_secret_post,
     authenticate_none,
@@ -56,7 +57,7 @@ from idp.extensions import db, limiter, per_app
 from idp.jobs import enqueue
 from idp.login.assurance import meets
 from idp.models import AuthorizationCode, Client, LoginSession, Token, User, table_of, utcnow
-from idp.models.oauth import TokenAccessors
+from idp.models.oauth import ClientAccessors, TokenAccessors
 from idp.oidc import claims as oidc_claims
 from idp.oidc import dpop, keys
 from idp.oidc.policy import oversized_parameter
@@ -104,6 +105,38 @@ def query_client(client_id: str) -> Client | None:
     return _once_per_request("idp.clients", client_id, lambda: _kept_clients().get(client_id))
 
 
+def client_view(client_id: str) -> Client | ClientView | None:
+    """The registered client with this id, for a request that only reads it (a token's client at userinfo and
+    introspection; the client authenticating at the token and introspection endpoints): the worker's kept view of
+    it, shared and unchangeable, as fresh as ``query_client``'s (the same change stamp), without copying it into the
+    request's session. Where none is kept (SQLite, no listener, not read yet, or changed since), the row itself."""
+    if not isinstance(client_id, str) or not client_id or len(client_id) > 64 or "\x00" in client_id:
+        return None
+    return _kept_clients().view(client_id) or query_client(client_id)
+
+
+class ClientView(ClientAccessors):
+    """A client's columns as a worker keeps them, handed to the requests that only read a client (``client_view``):
+    merging a kept copy into each request's session cost a sixteenth of a userinfo request (bench/README.md, twelfth
+    pass). Read-only: no attribute can be set, and its JSON lists are tuples (its JWK Set is its own copy)."""
+
+    __slots__ = tuple(attr.key for attr in Client.__mapper__.column_attrs)
+
+    def __init__(self, row: Client) -> None:
+        for name in self.__slots__:
+            value = getattr(row, name)
+            object.__setattr__(self, name, tuple(value) if isinstance(value, list) else _own(value))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"a kept client is read-only ({name})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"a kept client is read-only ({name})")
+
+    if TYPE_CHECKING:
+        def __getattr__(self, name: str) -> Any: ...  # every column of Client
+
+
 class _KeptClients:
     """The clients one worker has read (per app: tests build many), each with the change stamp taken before it was
     read (idp.changes): a deleted client, a rotated secret or any changed setting is read again from the first
@@ -115,14 +148,15 @@ class _KeptClients:
     LIMIT = 10000
 
     def __init__(self) -> None:
-        self.rows: dict[str, tuple[Stamp, Client, Any]] = {}  # client_id -> (stamp, detached copy, identity key)
+        # client_id -> (stamp, detached copy, identity key, read-only view)
+        self.rows: dict[str, tuple[Stamp, Client, Any, ClientView]] = {}
 
     def get(self, client_id: str) -> Client | None:
         stamp = changes.stamp(CLIENTS)
         if stamp is not None:
             kept = self.rows.get(client_id)
             if kept is not None and kept[0] == stamp:
-                return _attached(*kept[1:])
+                return _attached(kept[1], kept[2])
         session = db.session()
         # A client the session already held is returned as the session holds it, which may predate the stamp: it is
         # used for this request but not kept (review finding).
@@ -139,8 +173,14 @@ class _KeptClients:
                 self.rows.clear()
         copy = Client(**{name: _own(getattr(row, name)) for name in _CLIENT_COLUMNS})
         make_transient_to_detached(copy)
-        self.rows[client_id] = (stamp, copy, identity_key(Client, row.id))
+        self.rows[client_id] = (stamp, copy, identity_key(Client, row.id), ClientView(row))
         return row
+
+    def view(self, client_id: str) -> ClientView | None:
+        """The kept view of this client if it is as fresh as ``get`` would take it, else None."""
+        stamp = changes.stamp(CLIENTS)
+        kept = self.rows.get(client_id) if stamp is not None else None
+        return kept[3] if kept is not None and kept[0] == stamp else None
 
 
 CLIENTS = "clients"  # the table's name, as its change notifications carry it (idp.changes)
@@ -470,8 +510,8 @@ class TokenView(TokenAccessors):
     act: dict[str, Any] | None
 
     @property
-    def client(self) -> Client | None:
-        return query_client(self.client_id)
+    def client(self) -> Client | ClientView | None:
+        return client_view(self.client_id)
 
 
 _TOKEN_VIEW_COLUMNS = [f.name for f in fields(TokenView) if f.name != "user"]
@@ -1164,8 +1204,22 @@ class Server(AuthorizationServer):
             return ParametersRequest(request)
         return super().create_oauth2_request(request)
 
+    # Authlib's names of the endpoints that only read the client they authenticate (the grants' "token"): there it
+    # is the worker's kept view (``client_view``), not a copy merged into the request's session.
+    CLIENT_VIEW_ENDPOINTS = frozenset({"token", "introspection", "revocation"})
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._view_authentication = ClientAuthentication(client_view)
+
+    def register_client_auth_method(self, method, func) -> None:
+        super().register_client_auth_method(method, func)
+        self._view_authentication.register(method, func)
+
     def authenticate_client(self, request, methods, endpoint="token"):
         try:
+            if endpoint in self.CLIENT_VIEW_ENDPOINTS:
+                return self._view_authentication(request, methods, endpoint)
             return super().authenticate_client(request, methods, endpoint)
         except InvalidClientError as error:
             registered = _registered_method(request, methods)
