@@ -1,6 +1,7 @@
-"""The stack's floor for idp's token paths, for bench/instructions.py: a hand-written Flask app on idp's stack (Flask,
-SQLAlchemy Core on psycopg2, joserfc) that does only the work the protocol requires of each request, against idp's
-own database and tokens. Its instructions per request are what idp's figure for the same request compares with.
+"""The stack's floor for idp's token paths: a hand-written Flask app on idp's stack (Flask, SQLAlchemy Core on
+psycopg2, joserfc) that does only the work the protocol requires of each request, against idp's own database and
+tokens. Its instructions per request (bench/instructions.py) and its throughput under gunicorn beside idp and the
+peers (bench/run.py) are what idp's figures for the same requests compare with.
 
 - ``GET /userinfo`` (OIDC Core 5.3) with ``Authorization: Bearer <JWT access token>``: the JWT's signature verified
   with joserfc (RS256, idp's public keys), its ``typ``, ``iss`` and ``exp`` checked, then one SELECT of the token
@@ -212,6 +213,18 @@ def create_app(database_url: str, issuer: str, secret_key: str, access_token_ttl
                       "scope": scope})
 
     return app
+
+
+def from_environment() -> Flask:
+    """The floor app as bench/run.py serves it under gunicorn (``floor_tokens:from_environment()``): on the database,
+    issuer and key of the idp it runs beside, from idp's own settings in the environment."""
+    import os
+
+    url = os.environ["IDP_DATABASE_URL"]  # on psycopg2, as idp runs (a bare postgresql:// would load psycopg 3)
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return create_app(url, os.environ["IDP_ISSUER"], os.environ["IDP_SECRET_KEY"],
+                      int(os.environ.get("IDP_ACCESS_TOKEN_TTL", "900")))
 
 
 def _basic() -> tuple[str, str]:

@@ -45,6 +45,12 @@ PEER_HOST = "localhost:8444"
 DOT = BENCH / "peer" / "dot"
 DOT_HOST = "localhost:8446"
 DOT_TARGETS = ("dot", "dot_plain")  # one django-oauth-toolkit server: hashed client secrets, plain ones
+# The stack's floor for the token paths (bench/floor_tokens.py, on idp's database and tokens): the scenarios it
+# serves, and its endpoints.
+FLOOR_TOKENS = "floor_tokens"
+FLOOR_TOKEN_SCENARIOS = ("client_credentials", "introspection", "userinfo")
+FLOOR_TOKEN_META = {"token_endpoint": "/token", "introspection_endpoint": "/introspect",
+                    "userinfo_endpoint": "/userinfo"}
 LOOSE = "1000000/minute"
 
 
@@ -268,16 +274,18 @@ class Bench:
         return env, json.loads(seed_file.read_text())
 
     def _gunicorn(self, app: str, chdir: Path, env: dict, port: int, log_name: str, *extra: str, bin_dir: Path = BIN,
-                  host: str = IDP_HOST) -> subprocess.Popen:
+                  host: str = IDP_HOST, ready: tuple[str, int] = ("/.well-known/openid-configuration", 200)
+                  ) -> subprocess.Popen:
         """``app`` under gunicorn with the bench's worker settings, in its own process group, once it answers (to
-        ``host``); ``bin_dir``: the virtualenv's whose gunicorn it is."""
+        ``host``; ``ready``: a path and the status that says it is up); ``bin_dir``: the virtualenv's whose gunicorn
+        it is."""
         log_file = open(self.tmp / log_name, "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
             [str(bin_dir / "gunicorn"), "-w", str(self.workers), "-b", f"127.0.0.1:{port}",
              *self.args.gunicorn_args.split(), "--chdir", str(chdir), *extra, "--backlog", "256", app],
             env=env, cwd=self.tmp, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
-        self._wait_ready(port, host, proc)
+        self._wait_ready(port, host, proc, *ready)
         return proc
 
     def start_idp(self, env: dict, port: int, log_name: str = "gunicorn.log") -> tuple[int, dict]:
@@ -365,16 +373,30 @@ class Bench:
         log(f"dot up: django-oauth-toolkit {version.split()[0]} (Django {version.split()[1]}), gunicorn pid "
             f"{proc.pid}, {self.workers} workers on 127.0.0.1:{port}, state in PostgreSQL")
 
-    def _wait_ready(self, port: int, host: str, proc) -> None:
+    def start_floor_tokens(self) -> None:
+        """The stack's floor for the token paths (bench/floor_tokens.py: Flask, SQLAlchemy Core, joserfc, only what
+        the protocol requires) under gunicorn with idp's worker settings, on idp's database and keys: a target of
+        the client_credentials, introspection and userinfo rounds, with idp's client and access tokens. Its CPU is its
+        workers' and its PostgreSQL backends'. Started once idp has made its keys (the floor reads them at start)."""
+        port = self.args.idp_port + 22
+        proc = self._gunicorn("floor_tokens:from_environment()", BENCH, self.env, port, "gunicorn-floor_tokens.log",
+                              ready=("/userinfo", 401))
+        self.endpoints[FLOOR_TOKENS] = (port, IDP_HOST)
+        self.cpu_of[FLOOR_TOKENS] = (proc.pid, ("postgres",), (self.db,))
+        log(f"{FLOOR_TOKENS} up: bench/floor_tokens.py, gunicorn pid {proc.pid}, {self.workers} workers on "
+            f"127.0.0.1:{port}, idp's database")
+
+    def _wait_ready(self, port: int, host: str, proc, path: str = "/.well-known/openid-configuration",
+                    expected: int = 200) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise SystemExit(f"server on {port} exited; see {self.tmp}")
             try:
                 browser = driver.Browser(port, host)
-                status, _, _ = browser.request("GET", "/.well-known/openid-configuration")
+                status, _, _ = browser.request("GET", path)
                 browser.close()
-                if status == 200:
+                if status == expected:
                     return
             except OSError:
                 pass
@@ -398,7 +420,7 @@ class Bench:
     def client(self, target: str, grant: str = "authorization_code") -> tuple[str, str]:
         """The client id and secret the bench uses at ``target`` for ``grant``. django-oauth-toolkit's applications
         have one grant type each: its client_credentials client is another application (bench/peer/dot's seed)."""
-        if target == "idp":
+        if target in ("idp", FLOOR_TOKENS):
             return self.seed["client_id"], self.seed["client_secret"]
         if target in DOT_TARGETS:
             name = "bench-dot" if target == "dot" else "bench-dot-plain"
@@ -471,9 +493,10 @@ class Bench:
 
     def scenario_runner(self, scenario: str, target: str):
         """A function(seconds, round_index) -> result for one scenario on one server."""
-        meta = self.idp_meta if target == "idp" else self.peer_meta[target]
+        meta = self.idp_meta if target == "idp" else FLOOR_TOKEN_META if target == FLOOR_TOKENS else \
+            self.peer_meta[target]
         basic = driver.basic(*self.client(target))
-        access_file = str(self.tmp / f"{target}-access.txt")
+        access_file = str(self.tmp / f"{'idp' if target == FLOOR_TOKENS else target}-access.txt")  # idp's tokens
         if scenario == "discovery":
             return lambda s, i: self.wrk(scenario, target, "discovery.lua", "/.well-known/openid-configuration", s)
         if scenario == "jwks":
@@ -585,6 +608,8 @@ class Bench:
                      "signin_totp"]
         for scenario in filter(self.wanted, scenarios):
             targets = ["idp"] + (list(self.peer_meta) if scenario != "signin_totp" else [])
+            if scenario in FLOOR_TOKEN_SCENARIOS and FLOOR_TOKENS in self.endpoints:
+                targets.append(FLOOR_TOKENS)
             # The refresh runner takes the last token chunk for the warm-up.
             entry = self._interleaved({t: self.scenario_runner(scenario, t) for t in targets}, warm=self.rounds,
                                       limit_beside=scenario in ("signin", "signin_totp"))
@@ -807,6 +832,26 @@ class Bench:
                          f"{me['cpu_ms']:.2f}", *(f"{entry[t]['cpu_ms']:.2f}" for t in DOT_TARGETS)))
         return _markdown(rows) if len(rows) > 1 else ""
 
+    def floor_tokens_table(self) -> str:
+        """The stack's floor for the token paths (bench/floor_tokens.py) beside idp and the peers, where it ran: what a
+        minimal app on idp's stack reaches, so how far a target is within the stack's reach; empty otherwise."""
+        rows = [("scenario", "floor req/s", "idp req/s", "idp/floor", "floor/peer_pg", "floor/dot_plain",
+                 "CPU ms/req floor", "CPU ms/req idp")]
+        for scenario, entry in self.results["scenarios"].items():
+            floor = entry.get(FLOOR_TOKENS)
+            if not floor or not floor["rps"]:
+                continue
+            me = entry["idp"]
+            me["ratio_to_floor"] = me["rps"] / floor["rps"]
+            for t in ("peer_pg", "dot_plain"):
+                if t in entry and entry[t]["rps"]:
+                    floor[f"ratio_to_{t}"] = floor["rps"] / entry[t]["rps"]
+            rows.append((scenario, f"{floor['rps']:.1f}", f"{me['rps']:.1f}", f"{me['ratio_to_floor']:.2f}",
+                         *(f"{floor[f'ratio_to_{t}']:.2f}" if f"ratio_to_{t}" in floor else "-"
+                           for t in ("peer_pg", "dot_plain")),
+                         f"{floor['cpu_ms']:.2f}", f"{me['cpu_ms']:.2f}"))
+        return _markdown(rows) if len(rows) > 1 else ""
+
     def cleanup(self) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:
@@ -845,6 +890,8 @@ def main(argv: list[str]) -> None:
                         help="skip the peer's second run with its state in PostgreSQL (peer_pg)")
     parser.add_argument("--no-dot", dest="dot", action="store_false",
                         help="skip the django-oauth-toolkit peer (dot, dot_plain)")
+    parser.add_argument("--no-floor-tokens", dest="floor_tokens", action="store_false",
+                        help="skip the stack's floor for the token paths (bench/floor_tokens.py) as a target")
     parser.add_argument("--no-scale", dest="scale", action="store_false", help="skip the 1k vs 1M comparison")
     parser.add_argument("--profile", metavar="DIR", help="also record py-spy profiles of idp's workers into DIR")
     parser.add_argument("--only", help="comma-separated scenarios to run, 'floor' for the stack floor (default: all)")
@@ -874,6 +921,8 @@ def main(argv: list[str]) -> None:
             if args.dot:
                 bench.start_dot()
         bench.issue_tokens()
+        if args.floor_tokens and any(map(bench.wanted, FLOOR_TOKEN_SCENARIOS)):
+            bench.start_floor_tokens()
         bench.run_scenarios()
         if bench.wanted("floor"):
             bench.floor()
@@ -884,6 +933,7 @@ def main(argv: list[str]) -> None:
         if args.profile:
             bench.profile(Path(args.profile))
         table, durable, dot = bench.table(), bench.durable_table(), bench.dot_table()
+        floor_tokens = bench.floor_tokens_table()
         bench.results.update({
             "command": " ".join(["bench/run.py", *argv]), "quick": args.quick,
             "setup": {"gunicorn_workers": args.workers, "wrk": f"-t{bench.wrk_threads} -c{bench.wrk_conns}",
@@ -895,7 +945,7 @@ def main(argv: list[str]) -> None:
                       "dot": "django-oauth-toolkit (bench/peer/dot/requirements.txt) under gunicorn with idp's worker "
                       "settings, PostgreSQL; dot: client secrets hashed (argon2id, idp's cost), dot_plain: plain"
                       if args.peer and args.dot else None},
-            "table": table, "durable_table": durable, "dot_table": dot,
+            "table": table, "durable_table": durable, "dot_table": dot, "floor_tokens_table": floor_tokens,
             "elapsed_s": round(time.monotonic() - started, 1)})
         Path(args.out).write_text(json.dumps(bench.results, indent=2, default=str) + "\n")
         print()
@@ -908,6 +958,11 @@ def main(argv: list[str]) -> None:
         if dot:
             print("Against django-oauth-toolkit, client secrets hashed (dot, its default) and plain (dot_plain):")
             print(dot)
+            print()
+        if floor_tokens:
+            print("The stack's floor for the token paths (bench/floor_tokens.py on gunicorn, idp's database and "
+                  "tokens):")
+            print(floor_tokens)
             print()
         hp = bench.results.get("half_peak", {"target_rps": 0, "rps": 0, "p50_ms": 0, "p99_ms": 0})
         print(f"Token endpoint at half its peak ({hp['target_rps']:.0f}/s offered, {hp['rps']:.0f}/s served): "
