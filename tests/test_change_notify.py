@@ -343,6 +343,9 @@ def test_the_endpoints_that_only_read_a_client_share_one_view_of_it_that_nothing
         assert isinstance(model, Client) and model in db.session
     with app.test_request_context():
         assert client_view(machine.client_id) is first
+    with app.test_request_context():  # a request whose session holds the client gets that model, as query_client
+        held = query_client(machine.client_id)
+        assert client_view(machine.client_id) is held
     assert seen == []
     # And a change elsewhere retires the view: the next request reads the row (then keeps a new view).
     elsewhere(app, "UPDATE clients SET name = 'Renamed elsewhere' WHERE client_id = %s", (machine.client_id,))

@@ -251,7 +251,8 @@ def _app_client(data: dict[str, Any]) -> Client | Response:
     if "Authorization" in request.headers:
         server = current_server()
         try:
-            client = server.authenticate_client(server.create_oauth2_request(request), ["client_secret_basic"])
+            client = server.authenticate_client(server.create_oauth2_request(request), ["client_secret_basic"],
+                                                endpoint="account_registration")
         except OAuth2Error:
             return problem(401, "Invalid client", "Client authentication failed.", _challenge("invalid_client"))
     else:

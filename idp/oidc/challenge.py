@@ -133,7 +133,8 @@ def _client(data: Mapping[str, str]) -> Client | Response:
     server = current_server()
     try:
         client = server.authenticate_client(server.create_oauth2_request(request),
-                                            ["none", "client_secret_basic", "client_secret_post", "private_key_jwt"])
+                                            ["none", "client_secret_basic", "client_secret_post", "private_key_jwt"],
+                                            endpoint="authorization_challenge")
     except OAuth2Error as error:
         anonymous = not data.get("client_id") and "Authorization" not in request.headers
         found = _session_client(data["auth_session"]) if anonymous and data.get("auth_session") else None

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector, current_token
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Request
@@ -112,29 +112,34 @@ def client_view(client_id: str) -> Client | ClientView | None:
     request's session. Where none is kept (SQLite, no listener, not read yet, or changed since), the row itself."""
     if not isinstance(client_id, str) or not client_id or len(client_id) > 64 or "\x00" in client_id:
         return None
-    return _kept_clients().view(client_id) or query_client(client_id)
+    # Once per request, so a request sees one kind of client throughout (the model on a worker's first read).
+    return _once_per_request("idp.client_views", client_id,
+                             lambda: _kept_clients().view(client_id) or query_client(client_id))
 
 
 class ClientView(ClientAccessors):
     """A client's columns as a worker keeps them, handed to the requests that only read a client (``client_view``):
     merging a kept copy into each request's session cost a sixteenth of a userinfo request (bench/README.md, twelfth
-    pass). Read-only: no attribute can be set, and its JSON lists are tuples (its JWK Set is its own copy)."""
+    pass). Read-only and shared by the worker's requests: no attribute can be set, its JSON lists are tuples, and
+    its JWK Set (the one JSON object) is a copy of its own at each read."""
 
-    __slots__ = tuple(attr.key for attr in Client.__mapper__.column_attrs)
+    __slots__ = tuple("_jwks" if attr.key == "jwks" else attr.key for attr in Client.__mapper__.column_attrs)
+    _jwks: dict[str, Any] | None
 
     def __init__(self, row: Client) -> None:
         for name in self.__slots__:
-            value = getattr(row, name)
+            value = getattr(row, name.lstrip("_"))
             object.__setattr__(self, name, tuple(value) if isinstance(value, list) else _own(value))
+
+    @property
+    def jwks(self) -> dict[str, Any] | None:  # type: ignore[override]  # (a column on the model)
+        return _own(self._jwks)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"a kept client is read-only ({name})")
 
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"a kept client is read-only ({name})")
-
-    if TYPE_CHECKING:
-        def __getattr__(self, name: str) -> Any: ...  # every column of Client
 
 
 class _KeptClients:
@@ -177,10 +182,13 @@ class _KeptClients:
         return row
 
     def view(self, client_id: str) -> ClientView | None:
-        """The kept view of this client if it is as fresh as ``get`` would take it, else None."""
+        """The kept view of this client if it is as fresh as ``get`` would take it, else None: also when the
+        request's session holds the client (loaded, and maybe changed, in this request), which ``get`` returns."""
         stamp = changes.stamp(CLIENTS)
         kept = self.rows.get(client_id) if stamp is not None else None
-        return kept[3] if kept is not None and kept[0] == stamp else None
+        if kept is None or kept[0] != stamp or kept[2] in db.session().identity_map:
+            return None
+        return kept[3]
 
 
 CLIENTS = "clients"  # the table's name, as its change notifications carry it (idp.changes)
@@ -887,6 +895,12 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
         key = f"{prefix}:assertion-jti:{token_hash(str(claims.get('sub')) + ':' + str(jti))}"
         return limiter.storage.incr(key, lifetime) == 1
 
+    def authenticate_client(self, client):
+        """The client whose assertion proved valid: whether it is registered for this method is checked after each
+        method by Authlib's ClientAuthentication, like every method's, and a refusal then names the method it is
+        registered for (Server.authenticate_client); refused in here, it would name none."""
+        return client
+
     def resolve_client_public_key(self, client: Client):
         """The client's keys; none (so invalid_client) when the registered set or the one fetched is not usable."""
         return client_keys(client)
@@ -1222,9 +1236,13 @@ class Server(AuthorizationServer):
                 return self._view_authentication(request, methods, endpoint)
             return super().authenticate_client(request, methods, endpoint)
         except InvalidClientError as error:
-            registered = _registered_method(request, methods)
+            identified = getattr(request, IDENTIFIED, None)
+            registered = identified.token_endpoint_auth_method if identified else None
             if registered is None:
+                # One answer whether or not the client_id is registered: Authlib words an unknown one apart, and
+                # for a secret in the body answers it with another status (400) than a wrong secret (401).
                 error.description = "Client authentication failed."
+                error.status_code = 401 if "client_secret_basic" in methods else 400
             elif registered in methods:
                 error.description = f"This client is registered to authenticate with {registered}."
             else:
@@ -1233,13 +1251,21 @@ class Server(AuthorizationServer):
             raise
 
 
-def _registered_method(request, methods: list[str]) -> str | None:
-    """The method the client is registered for, when one of ``methods`` identified it (after Authlib refused it)."""
-    for method in methods:
-        client = CLIENT_AUTH_METHODS[method](query_client, request)
+IDENTIFIED = "identified_client"  # the OAuth2Request's attribute: the client a method identified (``_noting``)
+
+
+def _noting(authenticate):
+    """A client authentication method that also notes on the request the client it identified (a right secret, a
+    valid assertion, a bare client_id for `none`), so that a refusal can name the method the client is registered
+    for: running the methods again to find out would spend a private_key_jwt assertion's jti twice."""
+
+    def noting(query_client, request):
+        client = authenticate(query_client, request)
         if client:
-            return client.token_endpoint_auth_method
-    return None
+            setattr(request, IDENTIFIED, client)
+        return client
+
+    return noting
 
 
 def _protector(find) -> ResourceProtector:
@@ -1257,8 +1283,8 @@ def create_server(app: Flask) -> AuthorizationServer:
                                                       oidc_claims.ACCOUNT_SCOPE])
     server.init_app(app, query_client=query_client, save_token=save_token)
     server.register_token_generator("default", AccessTokens(app.config["IDP_ISSUER"]))
-    for method in ("client_secret_basic", "private_key_jwt"):
-        server.register_client_auth_method(method, CLIENT_AUTH_METHODS[method])
+    for method, authenticate in CLIENT_AUTH_METHODS.items():  # (Authlib's own none and client_secret_post too)
+        server.register_client_auth_method(method, _noting(authenticate))
     server.register_grant(AuthorizationCodeGrant, [OpenIDCode(require_nonce=False), S256CodeChallenge(required=True),
                                                     ParameterLimits()])
     server.register_grant(RefreshTokenGrant, [RefreshIDToken()])
