@@ -104,7 +104,8 @@ def _basic(client_id: str, secret: str) -> dict[str, str]:
 
 def test_an_unknown_client_and_a_wrong_secret_get_the_same_answer(app, client, machine):  # noqa: F811
     """No client_id enumeration: Authlib words an unknown client apart ("does not exist") and answers a secret in
-    the body with 400 for it but 401 for a wrong one; idp gives both the same status and description."""
+    the body with 400 for it but 401 for a wrong one; idp gives both the same status and description (401 with
+    the Authorization header, 400 without: RFC 6749 5.2)."""
     client_id, _ = machine
     for credentials in ({"headers": _basic(client_id, "wrong")}, {"headers": _basic("no-such-client", "wrong")}):
         answer = client.post("/token", data={"grant_type": "client_credentials"}, **credentials)
@@ -115,7 +116,8 @@ def test_an_unknown_client_and_a_wrong_secret_get_the_same_answer(app, client, m
         answer = client.post("/token", data={"grant_type": "client_credentials", "client_id": client_id_sent,
                                              "client_secret": "wrong"})
         assert (answer.status_code, answer.get_json()["error_description"]) == (
-            401, "Client authentication failed."), client_id_sent
+            400, "Client authentication failed."), client_id_sent
+        assert "WWW-Authenticate" not in answer.headers
 
 
 def test_a_client_identified_by_another_method_is_told_the_one_it_is_registered_for(app, client, machine):  # noqa: F811

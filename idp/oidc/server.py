@@ -1239,10 +1239,13 @@ class Server(AuthorizationServer):
             identified = getattr(request, IDENTIFIED, None)
             registered = identified.token_endpoint_auth_method if identified else None
             if registered is None:
-                # One answer whether or not the client_id is registered: Authlib words an unknown one apart, and
-                # for a secret in the body answers it with another status (400) than a wrong secret (401).
+                # One answer whether or not the client_id is registered (Authlib words an unknown one apart, and
+                # answers it with another status than a wrong secret), its status set by what the caller sent:
+                # 401 where it tried the Authorization header (RFC 6749 5.2) or sent no credentials at all (with
+                # the Basic challenge), 400 for credentials in the body.
                 error.description = "Client authentication failed."
-                error.status_code = 401 if "client_secret_basic" in methods else 400
+                in_body = any(request.form.get(name) for name in _CLIENT_CREDENTIALS)
+                error.status_code = 401 if "Authorization" in request.headers or not in_body else 400
             elif registered in methods:
                 error.description = f"This client is registered to authenticate with {registered}."
             else:
@@ -1251,6 +1254,7 @@ class Server(AuthorizationServer):
             raise
 
 
+_CLIENT_CREDENTIALS = ("client_secret", "client_assertion")  # a client's credentials in a form body
 IDENTIFIED = "identified_client"  # the OAuth2Request's attribute: the client a method identified (``_noting``)
 
 
