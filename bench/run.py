@@ -2,16 +2,16 @@
 README.md, "Performance".
 
     .venv/bin/python bench/run.py [--quick] [--out bench/results.json] [--profile DIR] [--no-peer] [--no-durable-peer]
-                                  [--no-dot]
+                                  [--no-dot] [--no-floor-tokens]
 
 Creates a fresh PostgreSQL database (127.0.0.1:5432, user postgres) and uses an empty Redis database
 (127.0.0.1:6379), seeds users and a client, starts idp under gunicorn in production mode, the peer under node
 (twice: with its state in memory, and with it in PostgreSQL) and django-oauth-toolkit under gunicorn (bench/peer/dot,
 in a virtualenv of its own that it creates on first use; one server, measured twice: with hashed and with plain
-client secrets), drives them on loopback with wrk (Lua scripts in bench/lua/) and a Python driver for sign-ins, and
-prints and writes the tables. Every loop is bounded in time
-and count; everything it started is stopped at the end, and the databases and the Redis database are dropped /
-flushed.
+client secrets) and the token paths' stack floor (bench/floor_tokens.py) under gunicorn, drives them on loopback
+with wrk (Lua scripts in bench/lua/) and a Python driver for sign-ins, and prints and writes the tables. Every loop
+is bounded in time and count; everything it started is stopped at the end, and the databases and the Redis
+database are dropped / flushed.
 """
 
 from __future__ import annotations

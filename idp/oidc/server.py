@@ -119,7 +119,7 @@ def client_view(client_id: str) -> Client | ClientView | None:
 
 class ClientView(ClientAccessors):
     """A client's columns as a worker keeps them, handed to the requests that only read a client (``client_view``):
-    merging a kept copy into each request's session cost a sixteenth of a userinfo request (bench/README.md, twelfth
+    merging a kept copy into each request's session cost a twelfth of a userinfo request (bench/README.md, twelfth
     pass). Read-only and shared by the worker's requests: no attribute can be set, its JSON lists are tuples, and
     its JWK Set (the one JSON object) is a copy of its own at each read."""
 
