@@ -97,12 +97,17 @@ def issuer() -> str:
 
 def query_client(client_id: str) -> Client | None:
     """The registered client with this id (read once per request, and kept by the worker while no change to the
-    clients is notified: _KeptClients). An id no client can have (not a string, too long, or with a NUL, which
-    PostgreSQL text cannot hold: a private_key_jwt assertion's ``sub`` or a decoded Basic header can carry one past
-    the request's own check) is no client."""
-    if not isinstance(client_id, str) or not client_id or len(client_id) > 64 or "\x00" in client_id:
+    clients is notified: _KeptClients), or None for an id no client can have (``_possible_client_id``)."""
+    if not _possible_client_id(client_id):
         return None
     return _once_per_request("idp.clients", client_id, lambda: _kept_clients().get(client_id))
+
+
+def _possible_client_id(client_id: Any) -> bool:
+    """Whether a client could have this id: a string, not empty, at most 64 characters (the column), without a NUL,
+    which PostgreSQL text cannot hold (a private_key_jwt assertion's ``sub`` or a decoded Basic header can carry
+    one past the request's own check)."""
+    return isinstance(client_id, str) and 0 < len(client_id) <= 64 and "\x00" not in client_id
 
 
 def client_view(client_id: str) -> Client | ClientView | None:
@@ -110,7 +115,7 @@ def client_view(client_id: str) -> Client | ClientView | None:
     introspection; the client authenticating at the token and introspection endpoints): the worker's kept view of
     it, shared and unchangeable, as fresh as ``query_client``'s (the same change stamp), without copying it into the
     request's session. Where none is kept (SQLite, no listener, not read yet, or changed since), the row itself."""
-    if not isinstance(client_id, str) or not client_id or len(client_id) > 64 or "\x00" in client_id:
+    if not _possible_client_id(client_id):
         return None
     # Once per request, so a request sees one kind of client throughout (the model on a worker's first read).
     return _once_per_request("idp.client_views", client_id,
