@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
@@ -22,7 +23,27 @@ def normalize_email(email: str) -> str:
     return (email or "").strip().lower()
 
 
-class User(Model):
+class VerifiedAccessors:
+    """Whether a user's address and number are verified, from their columns: for the model below and for the
+    columns of one read with a token (idp.oidc.server.UserView), so that it is decided in one place."""
+
+    __slots__ = ()
+    if TYPE_CHECKING:
+        email_verified_at: datetime | None
+        phone: str | None
+        phone_verified_at: datetime | None
+
+    @property
+    def email_verified(self) -> bool:
+        return self.email_verified_at is not None
+
+    @property
+    def phone_verified(self) -> bool:
+        """Whether the profile number was proved by a code sent to it (OIDC Core 5.1 phone_number_verified)."""
+        return self.phone is not None and self.phone_verified_at is not None
+
+
+class User(VerifiedAccessors, Model):
     """A person who signs in."""
 
     __tablename__ = "users"
@@ -45,15 +66,6 @@ class User(Model):
     password_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
-
-    @property
-    def email_verified(self) -> bool:
-        return self.email_verified_at is not None
-
-    @property
-    def phone_verified(self) -> bool:
-        """Whether the profile number was proved by a code sent to it (OIDC Core 5.1 phone_number_verified)."""
-        return self.phone is not None and self.phone_verified_at is not None
 
     @validates("phone")
     def _phone_changed(self, _key: str, value: str | None) -> str | None:

@@ -58,6 +58,7 @@ from idp.jobs import enqueue
 from idp.login.assurance import meets
 from idp.models import AuthorizationCode, Client, LoginSession, Token, User, table_of, utcnow
 from idp.models.oauth import ClientAccessors, TokenAccessors
+from idp.models.user import VerifiedAccessors
 from idp.oidc import claims as oidc_claims
 from idp.oidc import dpop, keys
 from idp.oidc.policy import oversized_parameter
@@ -479,7 +480,7 @@ def access_token_row(token_string: str) -> Token | None:
 
 
 @dataclass(frozen=True, slots=True)
-class UserView:
+class UserView(VerifiedAccessors):
     """The columns of a user that its claims are made of (idp.oidc.claims), read with a token."""
 
     subject: str
@@ -490,14 +491,6 @@ class UserView:
     phone: str | None
     phone_verified_at: datetime | None
     updated_at: datetime
-
-    @property
-    def email_verified(self) -> bool:  # as User.email_verified
-        return self.email_verified_at is not None
-
-    @property
-    def phone_verified(self) -> bool:  # as User.phone_verified
-        return self.phone is not None and self.phone_verified_at is not None
 
 
 @dataclass(frozen=True, slots=True)
