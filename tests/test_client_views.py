@@ -12,6 +12,7 @@ that does not exist as for a wrong secret; the registered method when one identi
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 from sqlalchemy import select
@@ -138,3 +139,25 @@ def test_a_views_key_set_is_a_copy_at_each_read(app, jwt_client):  # noqa: F811
     assert view.jwks is not None and len(view.jwks["keys"]) == 1 and view.jwks is not view.jwks
     with pytest.raises(AttributeError):
         view.jwks = {"keys": []}
+
+
+@pytest.mark.parametrize("client_id", ["", "x" * 65, "a\x00b", "é" * 64, "%00", " ", "machine\n"])
+def test_an_id_no_client_can_have_is_refused_as_any_unknown_client(app, client, machine, client_id):  # noqa: F811
+    """Odd ids through the view's lookup (Basic credentials, a body secret, an assertion's sub): invalid_client in
+    the same words as any unknown client, never a 500."""
+    from tests.test_oidc_protocol import jwt_auth
+
+    basic = "Basic " + base64.b64encode(f"{client_id}:secret".encode()).decode()
+    unsigned = ".".join(base64.urlsafe_b64encode(json.dumps(part).encode()).decode().rstrip("=") for part in (
+        {"alg": "RS256"}, {"iss": client_id, "sub": client_id, "aud": "http://localhost/token"})) + ".c2ln"
+    cc = {"grant_type": "client_credentials"}
+    for path, kwargs in (("/token", {"data": cc, "headers": {"Authorization": basic}}),
+                         ("/introspect", {"data": {"token": "x"}, "headers": {"Authorization": basic}}),
+                         ("/token", {"data": {"grant_type": "client_credentials", "client_id": client_id,
+                                              "client_secret": "secret"}}),
+                         ("/token", {"data": jwt_auth(unsigned, grant_type="client_credentials")})):
+        answer = client.post(path, **kwargs)
+        # (a NUL sent as a field itself is refused before anything, as invalid_request: idp.http.refuse_nul)
+        expected = "invalid_request" if any("\x00" in value for value in kwargs["data"].values()) else \
+            "invalid_client"
+        assert answer.status_code in (400, 401) and answer.get_json()["error"] == expected, (path, answer.data)
