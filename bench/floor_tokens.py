@@ -20,13 +20,31 @@ peers (bench/run.py) are what idp's figures for the same requests compare with.
   (RS256, idp's own newest key, decrypted once at start with idp's helper), then in one transaction the token row
   and its audit row, chained as idp chains them (SECURITY.md 35: the advisory lock, the next id and the last row's
   hash in one round trip, the row's hash over its canonical JSON), committed before the answer.
+- ``POST /token`` with ``grant_type=refresh_token`` (RFC 6749 6) and ``client_secret_basic``, rotated as idp
+  rotates (RFC 9700 4.14.2): one autocommit SELECT of the client row (the round trip idp does not make, as above)
+  with the token row found by the SHA-256 of the refresh token, its user and the sign-in session it lives with.
+  The secret is compared, a client registered for DPoP-bound tokens refused (it must send a proof, and none is
+  verified here), the grant type checked; the token is refused, as idp refuses it, when it is another client's,
+  rotated already, revoked, past its idle or its family's absolute expiry, its user disabled, or, online (no
+  ``offline_access``), when its session has ended or timed out (idp's IDP_SESSION_IDLE_TIMEOUT and
+  IDP_SESSION_MAX_AGE); a ``scope`` may narrow the granted one, never widen it. The new scope is the granted one
+  less what the client is no longer registered for. Then an RS256 access token with the family's sign-in
+  (``auth_time``, ``acr``, ``amr``, ``sid``), a new random refresh token, and when the scope has ``openid`` an
+  RS256 ID token (OIDC Core 12.2: ``at_hash``, the original sign-in's claims, no ``nonce``, the scope's claims);
+  then in one transaction the old token claimed (``UPDATE ... WHERE rotated_at IS NULL``: of two concurrent uses
+  one goes on), the new row (the family's sign-in copied from the old row in the INSERT, its refresh token
+  stored hashed, its idle expiry capped by the family's) and its ``token.refreshed`` audit row chained as above,
+  committed before the answer: idp's JSON, ``Cache-Control: no-store``.
 
-What it leaves out, because the measured requests do not need it: refresh tokens (introspection answers only
-idp's JWT access tokens; anything else is inactive), DPoP-bound tokens (refused), signed userinfo, CORS, key
-rotation (the public keys are read once, at start), rate limits, logs and metrics, security headers. Read-only
-requests run in autocommit as idp's do (no BEGIN and ROLLBACK round trips), and no connection is pinged on checkout.
-Nothing is cached between requests except the keys and the compiled statements; the audit rows are not
-checkpointed (idp signs a checkpoint every IDP_AUDIT_CHECKPOINT_EVERY rows, none by default).
+What it leaves out, because the measured requests do not need it: introspection of refresh tokens (it answers only
+idp's JWT access tokens; anything else is inactive), DPoP-bound tokens (refused), the revocation of a family whose
+rotated refresh token is presented again (idp revokes every token of the family and mails the user; the floor
+refuses the token and revokes nothing: the bench never presents one twice), ID tokens signed otherwise than RS256 (a
+client registered for another algorithm is refused), client authentication other than ``client_secret_basic``,
+signed userinfo, CORS, key rotation (the public keys are read once, at start), rate limits, logs and metrics,
+security headers. Read-only requests run in autocommit as idp's do (no BEGIN and ROLLBACK round trips), and no
+connection is pinged on checkout. Nothing is cached between requests except the keys and the compiled statements;
+the audit rows are not checkpointed (idp signs a checkpoint every IDP_AUDIT_CHECKPOINT_EVERY rows, none by default).
 """
 
 from __future__ import annotations
@@ -37,7 +55,7 @@ import hmac
 import json
 import secrets
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import unquote
 
 from flask import Flask, Response, request
@@ -72,6 +90,30 @@ AUDIT_LINK = text("SELECT pg_advisory_xact_lock(:key); SELECT nextval(pg_get_ser
 APPEND_AUDIT = text("INSERT INTO audit_events (id, at, event, actor_id, subject_id, subject_email, client_id, ip, "
                     "user_agent, details, prev_hash, row_hash) VALUES (:id, :at, :event, :actor_id, :subject_id, "
                     ":subject_email, :client_id, :ip, :user_agent, :details, :prev_hash, :row_hash)")
+# The refresh grant's read: the client, the token found by its refresh token's hash, its user and the sign-in session
+# it lives with, in one round trip (idp reads the token, user and session in one; its clients it keeps).
+REFRESH = text("SELECT c.client_secret_hash, c.token_endpoint_auth_method, c.grant_types, c.scope AS client_scope, "
+               "c.access_token_ttl, c.refresh_token_ttl, c.id_token_signed_response_alg, c.dpop_bound_access_tokens, "
+               "t.id, t.client_id, t.scope, t.sid, t.auth_time, t.acr, t.amr, t.claims, t.refresh_expires_at, "
+               "t.family_expires_at, t.rotated_at, t.revoked_at, u.id AS user_id, u.disabled, u.subject, u.email, "
+               "u.email_verified_at, u.name, u.locale, u.phone, u.phone_verified_at, u.updated_at, "
+               "s.id AS session_id, s.ended_at, s.last_seen_at, s.created_at AS session_created_at "
+               "FROM clients c LEFT JOIN tokens t ON t.refresh_token_hash = :hash "
+               "LEFT JOIN users u ON u.id = t.user_id LEFT JOIN login_sessions s ON s.sid = t.sid "
+               "WHERE c.client_id = :client_id")
+# RFC 9700 4.14.2: of two uses of one refresh token, only the one whose UPDATE changes the row goes on.
+CLAIM_REFRESH = text("UPDATE tokens SET rotated_at = :now WHERE id = :id AND rotated_at IS NULL")
+# The rotated token's row: the family's sign-in (family, code, sid, auth_time, acr, amr, claims) copied from the row
+# it replaces, as idp copies it, without sending it back and forth through Python.
+APPEND_REFRESHED = text(
+    "INSERT INTO tokens (jti, client_id, user_id, scope, grant_type, family_id, authorization_code_id, sid, "
+    "auth_time, acr, amr, claims, issued_at, access_expires_at, refresh_token_hash, refresh_expires_at, "
+    "family_expires_at) SELECT :jti, client_id, user_id, :scope, 'refresh_token', family_id, authorization_code_id, "
+    "sid, auth_time, acr, amr, claims, :issued_at, :access_expires_at, :refresh_token_hash, :refresh_expires_at, "
+    ":family_expires_at FROM tokens WHERE id = :id")
+# create_app's arguments that are idp's settings of the same name (IDP_ + the name in capitals).
+LIFETIMES = ("access_token_ttl", "id_token_ttl", "refresh_token_ttl", "refresh_token_max_age", "session_idle_timeout",
+             "session_max_age")
 AUDIT_FIELDS = ("id", "at", "event", "actor_id", "subject_id", "subject_email", "client_id", "ip", "user_agent",
                 "details")
 
@@ -81,9 +123,30 @@ def _json(body: dict, status: int = 200, extra: dict | None = None) -> Response:
     return Response(json.dumps(body, sort_keys=True), status, {**HEADERS, **(extra or {})}, mimetype="application/json")
 
 
-def create_app(database_url: str, issuer: str, secret_key: str, access_token_ttl: int = 900) -> Flask:
+def _released(user, scopes: list[str], requested: dict | None) -> dict:
+    """The claims ``scopes`` release about ``user`` (a row with the users columns), with those the ``claims``
+    request parameter asked for (OIDC Core 5.4, 5.5), as idp.oidc.claims.user_info makes them."""
+    known = {"sub": user.subject, "email": user.email, "email_verified": user.email_verified_at is not None,
+             "updated_at": int(user.updated_at.timestamp())}
+    if user.name:
+        known["name"] = user.name
+    if user.locale:
+        known["locale"] = user.locale
+    if user.phone:
+        known["phone_number"] = user.phone
+        known["phone_number_verified"] = user.phone_verified_at is not None
+    names = {name for scope in scopes for name in SCOPE_CLAIMS.get(scope, ())}
+    names.add("sub")
+    names.update(requested or ())
+    return {name: known[name] for name in names if name in known}
+
+
+def create_app(database_url: str, issuer: str, secret_key: str, access_token_ttl: int = 900, id_token_ttl: int = 3600,
+               refresh_token_ttl: int = 1209600, refresh_token_max_age: int = 7776000,
+               session_idle_timeout: int = 1800, session_max_age: int = 43200) -> Flask:
     """The floor app on ``database_url`` (idp's database), verifying tokens issued by ``issuer`` and signing its own
-    with idp's key (``secret_key``: idp's IDP_SECRET_KEY, which encrypts it)."""
+    with idp's key (``secret_key``: idp's IDP_SECRET_KEY, which encrypts it). The lifetimes are idp's settings of
+    the same names (IDP_ACCESS_TOKEN_TTL...), their defaults idp's (idp.config)."""
     from idp.security.keys import decrypt_private, import_private  # at start only: the key as idp stores it
 
     engine = create_engine(database_url, isolation_level="AUTOCOMMIT")  # for the requests that only read
@@ -130,18 +193,7 @@ def create_app(database_url: str, issuer: str, secret_key: str, access_token_ttl
         if "openid" not in scopes:
             return _json({"error": "insufficient_scope"}, 403,
                          {"WWW-Authenticate": 'Bearer error="insufficient_scope"'})
-        known = {"sub": row.subject, "email": row.email, "email_verified": row.email_verified_at is not None,
-                 "updated_at": int(row.updated_at.timestamp())}
-        if row.name:
-            known["name"] = row.name
-        if row.locale:
-            known["locale"] = row.locale
-        if row.phone:
-            known["phone_number"] = row.phone
-            known["phone_number_verified"] = row.phone_verified_at is not None
-        names = {name for scope in scopes for name in SCOPE_CLAIMS.get(scope, ())}
-        names.update(((row.claims or {}).get("userinfo") or {}).keys())  # OIDC Core 5.5
-        return _json({name: known[name] for name in names if name in known})
+        return _json(_released(row, scopes, (row.claims or {}).get("userinfo")))
 
     @app.post("/introspect")
     def introspect() -> Response:
@@ -176,7 +228,10 @@ def create_app(database_url: str, issuer: str, secret_key: str, access_token_ttl
         client_id, secret = _basic()
         if not client_id:
             return _unauthorized()
-        if request.form.get("grant_type") != "client_credentials":
+        grant_type = request.form.get("grant_type")
+        if grant_type == "refresh_token":
+            return refresh(client_id, secret)
+        if grant_type != "client_credentials":
             return _json({"error": "unsupported_grant_type"}, 400)
         with engine.connect() as connection:
             client = connection.execute(CLIENT, {"client_id": client_id}).first()
@@ -192,27 +247,133 @@ def create_app(database_url: str, issuer: str, secret_key: str, access_token_ttl
                   "scope": scope, "sub": client_id, "aud": client_id}
         access_token = jwt.encode({"alg": "RS256", "typ": "at+jwt", "kid": signing_key.kid}, claims, signing_key)
         issued_at = datetime.fromtimestamp(now, UTC)
-        audit = {"at": datetime.now(UTC), "event": "token.issued", "actor_id": None, "subject_id": None,
-                 "subject_email": None, "client_id": client_id, "ip": request.remote_addr,
-                 "user_agent": request.user_agent.string[:512] or None,
-                 "details": {"grant_type": "client_credentials", "jti": jti, "scope": scope,
-                             "with_refresh_token": False, "dpop": False}}
         with writes.begin() as connection:  # committed on leaving the block
             connection.execute(APPEND_TOKEN, {"jti": jti, "client_id": client_id, "scope": scope,
                                               "grant_type": "client_credentials",
                                               "family_id": secrets.token_urlsafe(16), "issued_at": issued_at,
                                               "access_expires_at": datetime.fromtimestamp(now + expires_in, UTC)})
-            audit["id"], prev = connection.execute(AUDIT_LINK).one()
-            audit["prev_hash"] = prev or "0" * 64
-            content = {name: audit[name] for name in AUDIT_FIELDS}
-            content["at"] = audit["at"].strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-            audit["row_hash"] = hashlib.sha256((audit["prev_hash"] + canonical).encode()).hexdigest()
-            connection.execute(APPEND_AUDIT, {**audit, "details": json.dumps(audit["details"])})
+            _append_audit(connection, "token.issued", None, None, client_id,
+                          {"grant_type": "client_credentials", "jti": jti, "scope": scope,
+                           "with_refresh_token": False, "dpop": False})
         return _json({"access_token": access_token, "token_type": "Bearer", "expires_in": expires_in,
                       "scope": scope})
 
+    def refresh(client_id: str, secret: str) -> Response:
+        """RFC 6749 6 with rotation (RFC 9700 4.14.2), as idp's RefreshTokenGrant and save_token do it."""
+        presented = request.form.get("refresh_token")
+        digest = hashlib.sha256(presented.encode()).hexdigest() if presented and len(presented) <= 512 else None
+        with engine.connect() as connection:
+            row = connection.execute(REFRESH, {"client_id": client_id, "hash": digest}).first()
+        if not client_of(client_id, secret, row):
+            return _unauthorized()
+        if row.dpop_bound_access_tokens:  # RFC 9449 5.2: it must send a proof, and the floor verifies none
+            return _json({"error": "invalid_dpop_proof"}, 400)
+        if "refresh_token" not in (row.grant_types or []):
+            return _json({"error": "unauthorized_client"}, 400)
+        if presented is None:
+            return _json({"error": "invalid_request"}, 400)
+        now = datetime.now(UTC)
+        if not usable(row, client_id, now):
+            return _json({"error": "invalid_grant"}, 400)
+        requested = request.form.get("scope")  # RFC 6749 6: at most the scope granted; if omitted, all of it
+        if requested and not set(requested.split()) <= set(row.scope.split()):
+            return _json({"error": "invalid_scope"}, 400)
+        allowed = (row.client_scope or "").split()  # what the client is registered for now (ClientAccessors)
+        scope = " ".join(s for s in dict.fromkeys((requested or row.scope).split()) if s in allowed)
+        openid = "openid" in scope.split()  # OIDC Core 12.2: then a new ID token too
+        if openid and (row.id_token_signed_response_alg or "RS256") != "RS256":  # the floor signs RS256 only
+            return _json({"error": "unauthorized_client"}, 400)
+        iat = int(now.timestamp())
+        expires_in = row.access_token_ttl or access_token_ttl
+        jti = secrets.token_urlsafe(12)
+        # RFC 9068 claims as idp's AccessTokens make them: the family's sign-in, not now's.
+        claims = {"iss": issuer, "exp": iat + expires_in, "client_id": client_id, "iat": iat, "jti": jti,
+                  "scope": scope, "sub": row.subject, "aud": client_id, **_sign_in_claims(row)}
+        access_token = jwt.encode({"alg": "RS256", "typ": "at+jwt", "kid": signing_key.kid}, claims, signing_key)
+        refresh_token = secrets.token_urlsafe(32)
+        answer = {"access_token": access_token, "token_type": "Bearer", "expires_in": expires_in,
+                  "refresh_token": refresh_token, "scope": scope}
+        if openid:
+            answer["id_token"] = id_token(row, scope, iat, access_token)
+        issued_at = datetime.fromtimestamp(iat, UTC)
+        family_expires_at = row.family_expires_at or issued_at + timedelta(seconds=refresh_token_max_age)
+        idle = row.refresh_token_ttl or refresh_token_ttl
+        with writes.begin() as connection:  # committed on leaving the block, before the answer
+            if connection.execute(CLAIM_REFRESH, {"id": row.id, "now": now}).rowcount != 1:
+                # Used by a concurrent request since it was read (idp revokes the family then: not the floor's).
+                return _json({"error": "invalid_grant"}, 400)
+            connection.execute(APPEND_REFRESHED, {
+                "id": row.id, "jti": jti, "scope": scope, "issued_at": issued_at,
+                "access_expires_at": datetime.fromtimestamp(iat + expires_in, UTC),
+                "refresh_token_hash": hashlib.sha256(refresh_token.encode()).hexdigest(),
+                "refresh_expires_at": min(issued_at + timedelta(seconds=idle), family_expires_at),
+                "family_expires_at": family_expires_at})
+            _append_audit(connection, "token.refreshed", row.user_id, row.email, client_id,
+                          {"grant_type": "refresh_token", "jti": jti, "scope": scope, "with_refresh_token": True,
+                           "dpop": False})
+        return _json(answer)
+
+    def usable(row, client_id: str, now: datetime) -> bool:
+        """Whether ``row`` (REFRESH's) is a live refresh token of this client's, as idp's
+        RefreshTokenGrant.authenticate_refresh_token decides it."""
+        if row.id is None or row.client_id != client_id:
+            return False
+        if row.rotated_at is not None:  # presented again: idp also revokes its family, the floor only refuses
+            return False
+        if row.revoked_at is not None or row.refresh_expires_at is None or row.refresh_expires_at <= now:
+            return False
+        if row.family_expires_at is not None and row.family_expires_at <= now:  # the family's absolute expiry
+            return False
+        if row.user_id is None or row.disabled:
+            return False
+        if "offline_access" in row.scope.split():  # OIDC Core 11: it outlives the sign-in session
+            return True
+        # An online token ends with its session: ended, idle too long or too old (LoginSession.timed_out).
+        return row.session_id is not None and row.ended_at is None and \
+            (now - row.last_seen_at).total_seconds() <= session_idle_timeout and \
+            (now - row.session_created_at).total_seconds() <= session_max_age
+
+    def id_token(row, scope: str, iat: int, access_token: str) -> str:
+        """OIDC Core 12.2: a refreshed ID token, as idp's RefreshIDToken makes it: the same iss, sub and aud, a new
+        iat and exp, at_hash of the new access token, the family's sign-in (no nonce: no authentication request),
+        and the claims the scope releases (with those the claims request parameter asked for in the ID token)."""
+        at_hash = base64.urlsafe_b64encode(hashlib.sha256(access_token.encode()).digest()[:16]).rstrip(b"=")
+        claims = {"iss": issuer, "aud": [row.client_id], "iat": iat, "exp": iat + id_token_ttl,
+                  **_sign_in_claims(row), "at_hash": at_hash.decode(),
+                  **_released(row, scope.split(), (row.claims or {}).get("id_token"))}
+        return jwt.encode({"alg": "RS256", "kid": signing_key.kid}, claims, signing_key)
+
     return app
+
+
+def _sign_in_claims(row) -> dict:
+    """auth_time, acr, amr and sid of the sign-in a refresh token's family carries, those it has (OIDC Core 2)."""
+    claims: dict = {}
+    if row.auth_time is not None:
+        claims["auth_time"] = int(row.auth_time.timestamp())
+    if row.acr:
+        claims["acr"] = row.acr
+    if row.amr:
+        claims["amr"] = list(row.amr)
+    if row.sid:
+        claims["sid"] = row.sid
+    return claims
+
+
+def _append_audit(connection, event: str, user_id: int | None, email: str | None, client_id: str,
+                  details: dict) -> None:
+    """The request's audit row, chained as idp chains them (SECURITY.md 35: the advisory lock, the next id and the
+    last row's hash in one round trip, the row's hash over its canonical JSON), in the caller's transaction."""
+    audit = {"at": datetime.now(UTC), "event": event, "actor_id": user_id, "subject_id": user_id,
+             "subject_email": email, "client_id": client_id, "ip": request.remote_addr,
+             "user_agent": request.user_agent.string[:512] or None, "details": details}
+    audit["id"], prev = connection.execute(AUDIT_LINK).one()
+    audit["prev_hash"] = prev or "0" * 64
+    content = {name: audit[name] for name in AUDIT_FIELDS}
+    content["at"] = audit["at"].strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    audit["row_hash"] = hashlib.sha256((audit["prev_hash"] + canonical).encode()).hexdigest()
+    connection.execute(APPEND_AUDIT, {**audit, "details": json.dumps(audit["details"])})
 
 
 def from_environment() -> Flask:
@@ -223,8 +384,10 @@ def from_environment() -> Flask:
     url = os.environ["IDP_DATABASE_URL"]  # on psycopg2, as idp runs (a bare postgresql:// would load psycopg 3)
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg2://" + url[len("postgresql://"):]
-    return create_app(url, os.environ["IDP_ISSUER"], os.environ["IDP_SECRET_KEY"],
-                      int(os.environ.get("IDP_ACCESS_TOKEN_TTL", "900")))
+    # The lifetimes idp's environment sets (IDP_ACCESS_TOKEN_TTL...); create_app has idp's defaults for the others.
+    lifetimes = {name: int(os.environ[f"IDP_{name.upper()}"]) for name in LIFETIMES
+                 if f"IDP_{name.upper()}" in os.environ}
+    return create_app(url, os.environ["IDP_ISSUER"], os.environ["IDP_SECRET_KEY"], **lifetimes)
 
 
 def _basic() -> tuple[str, str]:
