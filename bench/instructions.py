@@ -39,11 +39,11 @@ from urllib.parse import urlsplit
 
 BENCH = Path(__file__).resolve().parent
 SCENARIOS = ("client_credentials", "refresh", "introspection", "userinfo", "discovery", "jwks", "signin",
-             "floor_client_credentials", "floor_introspection", "floor_userinfo")
+             "floor_client_credentials", "floor_refresh", "floor_introspection", "floor_userinfo")
 # The stack's floor of a scenario (bench/floor_tokens.py): the same request, on the same tokens and database, to a
 # hand-written Flask app that does only what the protocol requires of it.
-FLOORS = {"floor_client_credentials": "client_credentials", "floor_introspection": "introspection",
-          "floor_userinfo": "userinfo"}
+FLOORS = {"floor_client_credentials": "client_credentials", "floor_refresh": "refresh",
+          "floor_introspection": "introspection", "floor_userinfo": "userinfo"}
 HELPER = """#include <valgrind/callgrind.h>
 void count_on(void) { CALLGRIND_START_INSTRUMENTATION; CALLGRIND_ZERO_STATS; }
 void count_off(void) { CALLGRIND_DUMP_STATS; CALLGRIND_STOP_INSTRUMENTATION; }
@@ -91,7 +91,8 @@ def child(scenario: str, requests: int, helper: str) -> None:
 
     tokens = [sign_in() for _ in range(4)]
     subjects = [_unverified_claims(token["access_token"])["sub"] for token in tokens]
-    refresh = [tokens[0]["refresh_token"]]
+    refresh = [tokens[0]["refresh_token"]]  # the one to present next (each answer's replaces it: rotation)
+    rotated = [refresh[0]]  # the one the next answer checked must have replaced
     target = app
     if scenario in FLOORS:  # the same tokens, to the floor app on the same database (after the sign-ins made the keys)
         import floor_tokens
@@ -124,14 +125,19 @@ def child(scenario: str, requests: int, helper: str) -> None:
 
     def check(n: int, status: int, body: bytes) -> None:
         """A wrong answer ends the run: 200, for userinfo and introspection the token's own live subject, for
-        client_credentials an access token for the client."""
-        answer = json.loads(body) if kind in ("introspection", "userinfo", "client_credentials") and status == 200 \
-            else {}
+        client_credentials an access token for the client, for refresh a new refresh token (answers are checked in
+        the order they came, each replacing the one before) and an access token for the client and the subject."""
+        answer = json.loads(body) if kind in ("introspection", "userinfo", "client_credentials", "refresh") and \
+            status == 200 else {}
+        access = _unverified_claims(answer["access_token"]) if "access_token" in answer else {}
         if status != 200 or (kind == "introspection" and answer.get("active") is not True) or \
                 (kind in ("introspection", "userinfo") and answer.get("sub") != subjects[n % 4]) or \
-                (kind == "client_credentials" and _unverified_claims(answer.get("access_token", "..")).get("client_id")
-                 != seed["client_id"]):
+                (kind in ("client_credentials", "refresh") and access.get("client_id") != seed["client_id"]) or \
+                (kind == "refresh" and (access.get("sub") != subjects[0] or
+                                        answer.get("refresh_token") in (None, rotated[0]))):
             raise SystemExit(f"{scenario}: {status} {body[:200]!r}")
+        if kind == "refresh":
+            rotated[0] = answer["refresh_token"]
 
     for n in range(10 if scenario == "signin" else 50):
         check(*one(n))
