@@ -48,7 +48,7 @@ DOT_TARGETS = ("dot", "dot_plain")  # one django-oauth-toolkit server: hashed cl
 # The stack's floor for the token paths (bench/floor_tokens.py, on idp's database and tokens): the scenarios it
 # serves, and its endpoints.
 FLOOR_TOKENS = "floor_tokens"
-FLOOR_TOKEN_SCENARIOS = ("client_credentials", "introspection", "userinfo")
+FLOOR_TOKEN_SCENARIOS = ("client_credentials", "refresh", "introspection", "userinfo")
 FLOOR_TOKEN_META = {"token_endpoint": "/token", "introspection_endpoint": "/introspect",
                     "userinfo_endpoint": "/userinfo"}
 LOOSE = "1000000/minute"
@@ -376,8 +376,9 @@ class Bench:
     def start_floor_tokens(self) -> None:
         """The stack's floor for the token paths (bench/floor_tokens.py: Flask, SQLAlchemy Core, joserfc, only what
         the protocol requires) under gunicorn with idp's worker settings, on idp's database and keys: a target of
-        the client_credentials, introspection and userinfo rounds, with idp's client and access tokens. Its CPU is its
-        workers' and its PostgreSQL backends'. Started once idp has made its keys (the floor reads them at start)."""
+        the client_credentials, refresh, introspection and userinfo rounds, with idp's client, idp's access tokens and
+        refresh tokens idp issued for it (issue_tokens). Its CPU is its workers' and its PostgreSQL backends'. Started
+        once idp has made its keys (the floor reads them at start)."""
         port = self.args.idp_port + 22
         proc = self._gunicorn("floor_tokens:from_environment()", BENCH, self.env, port, "gunicorn-floor_tokens.log",
                               ready=("/userinfo", 401))
@@ -439,12 +440,17 @@ class Bench:
     # --- tokens issued through real sign-ins -----------------------------------------------------------------------
     def issue_tokens(self) -> None:
         """Refresh tokens for each refresh round (fresh ones each round, so no token is presented twice) and access
-        tokens for userinfo and introspection, from complete sign-ins."""
+        tokens for userinfo and introspection, from complete sign-ins. The token floor, when it runs the refresh
+        rounds, gets refresh tokens of its own from sign-ins at idp like idp's: its rotations use them up, and the
+        rows it writes for them are idp's rows in idp's table."""
         per_round = self.wrk_conns
         self.refresh_tokens: dict[str, list[str]] = {}
-        for name, prov in self.providers().items():
+        providers = self.providers()
+        if self.args.floor_tokens and self.wanted("refresh"):
+            providers[FLOOR_TOKENS] = providers["idp"]
+        for name, prov in providers.items():
             need = per_round * (self.rounds + 2)  # rounds, warm-up, profile
-            users = IDP_USERS if name == "idp" else self.peer_users
+            users = IDP_USERS if name in ("idp", FLOOR_TOKENS) else self.peer_users
             got: list[dict] = []
 
             def task(n, prov=prov, users=users, got=got):
@@ -454,7 +460,7 @@ class Bench:
             if len(got) < need:
                 raise SystemExit(f"{name}: only {len(got)} of {need} sign-ins worked: {res.first_error}")
             access = [t["access_token"] for t in got]
-            if name != "idp":
+            if name not in ("idp", FLOOR_TOKENS):
                 # Access tokens from sign-ins of their own, whose refresh tokens the refresh rounds never use:
                 # oidc-provider serves userinfo and introspection only for opaque tokens (its JWT access tokens are
                 # for the resource server), so these sign in without a resource indicator; django-oauth-toolkit
@@ -465,7 +471,8 @@ class Bench:
                     driver.sign_in(plain, users[n], self.seed["password"])), threads=4, seconds=60, max_count=16)
                 access = [t["access_token"] for t in opaque]
             self.refresh_tokens[name] = [t["refresh_token"] for t in got]
-            (self.tmp / f"{name}-access.txt").write_text("\n".join(access) + "\n")
+            if name != FLOOR_TOKENS:  # the floor is sent idp's access tokens (scenario_runner)
+                (self.tmp / f"{name}-access.txt").write_text("\n".join(access) + "\n")
             log(f"{name}: {len(got)} sign-ins issued tokens (access token {len(got[0]['access_token'])} chars)")
 
     # --- runners -------------------------------------------------------------------------------------------------
