@@ -18,6 +18,12 @@ app on the same stack (SQLAlchemy Core on psycopg2, joserfc) and the same databa
 requires of them. idp's figure over its floor's (the table's last column) is what idp's own code and its
 libraries' machinery add; the floor is what a minimal app on the same libraries spends.
 
+``--without promises,csrf,cors,checks,authlib,session`` takes those parts out of idp's app once its tokens are made
+(WITHOUT below: hooks removed from Flask's hook registries; for userinfo, a view on idp's own token lookup and
+claims instead of Authlib's endpoint, and that lookup on a connection of its own instead of Flask-SQLAlchemy's
+session) and counts the same requests: what each part costs, which a profiler's share only estimates. A
+measurement, not a way to run idp: without them it keeps fewer promises.
+
 Needs valgrind and gcc (the helper that turns counting on and off around the measured requests is compiled on
 the fly from valgrind's callgrind.h). About a minute per scenario.
 """
@@ -44,6 +50,28 @@ SCENARIOS = ("client_credentials", "refresh", "introspection", "userinfo", "disc
 # hand-written Flask app that does only what the protocol requires of it.
 FLOORS = {"floor_client_credentials": "client_credentials", "floor_refresh": "refresh",
           "floor_introspection": "introspection", "floor_userinfo": "userinfo"}
+# What ``--without`` can take out of idp's app before the counted requests (after the sign-ins that make the tokens),
+# to say what each part of a request costs: the hooks by their qualified names in Flask's public hook registries.
+# Nothing here is a way to run idp: it answers the counted requests the same, but keeps fewer promises.
+WITHOUT = {
+    # SECURITY.md 16 and 33, issue 20: the request id and line, the metrics, the security headers, and Flask-Limiter's
+    # after-request headers and teardown (its before-request check is under "checks").
+    "promises": {"idp.logs._begin", "idp.logs._finish", "idp.metrics._started", "idp.metrics._answered",
+                 "idp.http.security_headers", "flask_limiter._extension.Limiter.__inject_headers",
+                 "flask_limiter._extension.Limiter.__release_context"},
+    "csrf": {"flask_wtf.csrf.CSRFProtect.init_app.<locals>.csrf_protect"},  # Flask-WTF's check (exempt views too)
+    "cors": {"idp.oidc.views.cors", "idp.account.api.cors"},
+    # The NUL refusal (SECURITY.md 31), the logout page's frame sources, the rate limiter's before-request check
+    # (it returns at once on an unlimited endpoint) and the jobs' teardown.
+    "checks": {"idp.http.refuse_nul", "idp.oidc.logout._frame_sources", "idp.extensions._Limiter._check_request_limit",
+               "idp.jobs._forgotten"},
+    # userinfo answered by a view that calls idp's own token lookup and claims (what Authlib's UserInfoEndpoint and
+    # ResourceProtector call) without Authlib's endpoint, request objects and resource protector.
+    "authlib": set(),
+    # with "authlib": that view reads the token on a connection of its own (autocommit, as reads_only) instead of
+    # Flask-SQLAlchemy's session, whose teardown is taken out with it.
+    "session": {"flask_sqlalchemy.extension.SQLAlchemy._teardown_session"},
+}
 HELPER = """#include <valgrind/callgrind.h>
 void count_on(void) { CALLGRIND_START_INSTRUMENTATION; CALLGRIND_ZERO_STATS; }
 void count_off(void) { CALLGRIND_DUMP_STATS; CALLGRIND_STOP_INSTRUMENTATION; }
@@ -99,6 +127,8 @@ def child(scenario: str, requests: int, helper: str) -> None:
 
         target = floor_tokens.create_app(app.config["SQLALCHEMY_DATABASE_URI"], app.config["IDP_ISSUER"],
                                          app.config["IDP_SECRET_KEY"], app.config["IDP_ACCESS_TOKEN_TTL"])
+    if scenario not in FLOORS:
+        _take_out(app, set(filter(None, os.environ.get("BENCH_WITHOUT", "").split(","))))
     browser = WSGIBrowser(target, host)
     kind = FLOORS.get(scenario, scenario)
 
@@ -159,6 +189,65 @@ def child(scenario: str, requests: int, helper: str) -> None:
         counter.count_off()
 
 
+def _take_out(app, features: set[str]) -> None:
+    """Take ``features`` (WITHOUT's keys) out of ``app``: a measurement of what they cost, not a way to run idp."""
+    if not features:
+        return
+    names = set().union(*(WITHOUT[feature] for feature in features))
+
+    def name(hook) -> str:
+        hook = getattr(hook, "func", hook)  # Flask-Limiter registers a functools.partial
+        return f"{getattr(hook, '__module__', '')}.{getattr(hook, '__qualname__', '')}"
+
+    for registry in (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs):
+        for hooks in registry.values():
+            hooks[:] = [hook for hook in hooks if name(hook) not in names]
+    app.teardown_appcontext_funcs[:] = [hook for hook in app.teardown_appcontext_funcs if name(hook) not in names]
+    if "authlib" in features:
+        app.view_functions["oidc.userinfo"] = _userinfo_without_authlib(own_connection="session" in features)
+
+
+def _userinfo_without_authlib(own_connection: bool):
+    """A userinfo view on idp's own pieces, without Authlib's endpoint: the Bearer token verified and looked up
+    (``access_token_view``: the JWT checked, its row and user read), refused when unknown, expired, revoked or
+    DPoP-bound, and the claims its scope releases (``idp.oidc.claims.user_info``); the same answer as idp's for the
+    bench's tokens."""
+    from flask import Response, g, request
+
+    from idp.extensions import db
+    from idp.oidc import claims as oidc_claims
+    from idp.oidc import server
+    from idp.pg_connections import reads_only
+
+    def find(token: str):
+        if not own_connection:
+            return server.access_token_view(token)
+        jti = server._verified_jti(token)  # noqa: SLF001 - a measurement of idp's own lookup, on another connection
+        if jti is None:
+            return None
+        with db.engine.connect() as connection:
+            connection.connection.dbapi_connection.autocommit = True  # as reads_only (idp.pg_connections)
+            row = connection.execute(server._TOKEN_VIEW_BY_JTI, {"jti": jti}).one_or_none()  # noqa: SLF001
+        if row is None:
+            return None
+        split = len(server._TOKEN_VIEW_COLUMNS)  # noqa: SLF001 - as idp.oidc.server._token_view splits it
+        view = server.TokenView(server.UserView(*row[split:]) if row[split] is not None else None, *row[:split])
+        return view if view.client is not None else None
+
+    def userinfo():
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        found = find(token) if scheme.lower() == "bearer" else None
+        if found is None or found.is_expired() or found.is_revoked() or found.dpop_jkt:
+            return Response('{"error": "invalid_token"}', 401, {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+                            mimetype="application/json")
+        g.authlib_server_oauth2_token = found
+        requested = (found.claims or {}).get("userinfo")
+        return Response(json.dumps(oidc_claims.user_info(found.user, found.scope, requested)), 200,
+                        {"Cache-Control": "no-store", "Pragma": "no-cache"}, mimetype="application/json")
+
+    return userinfo if own_connection else reads_only(userinfo)
+
+
 def _unverified_claims(token: str) -> dict:
     """A JWT's payload, read without verifying it: only to know what a correct answer about the token says."""
     payload = token.split(".")[1]
@@ -176,6 +265,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--only", help=f"comma-separated scenarios (default: all of {', '.join(SCENARIOS)})")
     parser.add_argument("--requests", type=int, default=100, help="requests counted per scenario (sign-ins: a tenth)")
     parser.add_argument("--out", help="also write the figures to this JSON file")
+    parser.add_argument("--without", default="",
+                        help=f"comma-separated parts taken out of idp's app before counting, to say what each costs "
+                             f"(not a way to run idp): {', '.join(WITHOUT)} ('authlib' and 'session': userinfo only; "
+                             f"'session' with 'authlib')")
     parser.add_argument("--child", nargs=3, metavar=("SCENARIO", "N", "HELPER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -185,6 +278,11 @@ def main(argv: list[str]) -> None:
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         raise SystemExit(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    without = sorted(filter(None, args.without.split(",")))
+    if set(without) - set(WITHOUT):
+        raise SystemExit(f"--without: unknown parts: {', '.join(sorted(set(without) - set(WITHOUT)))}")
+    if "session" in without and "authlib" not in without:
+        raise SystemExit("--without session needs authlib too (the view without Authlib reads on its own connection)")
     for tool in ("valgrind", "gcc"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: apt-get install -y {tool}")
@@ -199,8 +297,8 @@ def main(argv: list[str]) -> None:
         (work / "count.c").write_text(HELPER)
         subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(helper), str(work / "count.c")], check=True)
         bench.setup()
-        env = {**bench.env, "PYTHONHASHSEED": "0", "BENCH_SEED": json.dumps({k: v for k, v in bench.seed.items()
-                                                                             if k != "totp_seeds"})}
+        env = {**bench.env, "PYTHONHASHSEED": "0", "BENCH_WITHOUT": ",".join(without),
+               "BENCH_SEED": json.dumps({k: v for k, v in bench.seed.items() if k != "totp_seeds"})}
         for scenario in scenarios:
             n = max(1, args.requests // 10) if scenario == "signin" else args.requests
             out = work / scenario
@@ -214,6 +312,8 @@ def main(argv: list[str]) -> None:
             if result.returncode != 0 or not totals:
                 raise SystemExit(f"{scenario} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
             entry = {"requests": n, "m_instructions_per_request": totals[0] / n / 1e6}
+            if without and scenario not in FLOORS:
+                entry["without"] = without
             if scenario == "signin":
                 # Each sign-in verified one password: take the hash out, report it beside.
                 entry["m_instructions_argon2id"] = totals[1] / 1e6
@@ -234,6 +334,8 @@ def main(argv: list[str]) -> None:
     print("| --- | --- | --- |")
     for scenario, entry in figures.items():
         label = "signin (without the argon2id verification)" if scenario == "signin" else scenario
+        if entry.get("without"):
+            label += f" (without {', '.join(entry['without'])})"
         times = f"{entry['times_floor']:.2f}" if "times_floor" in entry else ""
         print(f"| {label} | {entry['m_instructions_per_request']:.2f} | {times} |")
     if args.out:
