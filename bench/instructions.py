@@ -128,7 +128,7 @@ def child(scenario: str, requests: int, helper: str) -> None:
         target = floor_tokens.create_app(app.config["SQLALCHEMY_DATABASE_URI"], app.config["IDP_ISSUER"],
                                          app.config["IDP_SECRET_KEY"], app.config["IDP_ACCESS_TOKEN_TTL"])
     if scenario not in FLOORS:
-        _take_out(app, set(filter(None, os.environ.get("BENCH_WITHOUT", "").split(","))))
+        _take_out(app, set(_without_for(scenario, os.environ.get("BENCH_WITHOUT", "").split(","))))
     browser = WSGIBrowser(target, host)
     kind = FLOORS.get(scenario, scenario)
 
@@ -187,6 +187,13 @@ def child(scenario: str, requests: int, helper: str) -> None:
         counter.count_on()
         verify_password(stored, seed["password"])
         counter.count_off()
+
+
+def _without_for(scenario: str, features: list[str]) -> list[str]:
+    """The parts of ``features`` that apply to ``scenario``: "authlib" and "session" replace the userinfo view only
+    (elsewhere the session is the one every request uses, and its teardown cannot go)."""
+    return sorted(feature for feature in features if feature
+                  and (scenario == "userinfo" or feature not in ("authlib", "session")))
 
 
 def _take_out(app, features: set[str]) -> None:
@@ -267,8 +274,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--out", help="also write the figures to this JSON file")
     parser.add_argument("--without", default="",
                         help=f"comma-separated parts taken out of idp's app before counting, to say what each costs "
-                             f"(not a way to run idp): {', '.join(WITHOUT)} ('authlib' and 'session': userinfo only; "
-                             f"'session' with 'authlib')")
+                             f"(not a way to run idp): {', '.join(WITHOUT)} ('authlib' and 'session' apply to userinfo "
+                             f"alone; 'session' with 'authlib')")
     parser.add_argument("--child", nargs=3, metavar=("SCENARIO", "N", "HELPER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -312,8 +319,8 @@ def main(argv: list[str]) -> None:
             if result.returncode != 0 or not totals:
                 raise SystemExit(f"{scenario} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
             entry = {"requests": n, "m_instructions_per_request": totals[0] / n / 1e6}
-            if without and scenario not in FLOORS:
-                entry["without"] = without
+            if without and scenario not in FLOORS and _without_for(scenario, without):
+                entry["without"] = _without_for(scenario, without)
             if scenario == "signin":
                 # Each sign-in verified one password: take the hash out, report it beside.
                 entry["m_instructions_argon2id"] = totals[1] / 1e6
