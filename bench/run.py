@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -52,6 +53,13 @@ FLOOR_TOKEN_SCENARIOS = ("client_credentials", "refresh", "introspection", "user
 FLOOR_TOKEN_META = {"token_endpoint": "/token", "introspection_endpoint": "/introspect",
                     "userinfo_endpoint": "/userinfo"}
 LOOSE = "1000000/minute"
+
+
+def _driver_cpu_seconds() -> float:
+    """CPU seconds of the load drivers so far: this process (the Python driver's threads) and its waited-for children
+    (wrk)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 # A PostgreSQL process's title (/proc/PID/cmdline) names the database a client backend or an autovacuum worker works
@@ -552,12 +560,16 @@ class Bench:
         Redis processes (idp's storage), or the peer's node process (with its state in memory) and, for peer_pg,
         the PostgreSQL processes that keep its state, or django-oauth-toolkit's gunicorn workers and PostgreSQL."""
         before = cpu_seconds(*self.cpu_of[target])
+        driver_before = _driver_cpu_seconds()
         result = runner(self.round_s, index)
         used = cpu_used(before, cpu_seconds(*self.cpu_of[target]))
         per_request = 1000 / max(result["requests"], 1)
         # Split by process (for idp: its workers, PostgreSQL, Redis), to say where a request's CPU goes.
         result["cpu_ms_by_process"] = {kind: seconds * per_request for kind, seconds in used.items()}
         result["cpu_ms"] = sum(result["cpu_ms_by_process"].values())
+        # And the driver's own (this process's threads, or wrk's, a child waited for): it runs on the same cores,
+        # so what it takes per sign-in no server can have (the sign-in's ceiling, run_scenarios).
+        result["driver_cpu_ms"] = (_driver_cpu_seconds() - driver_before) * per_request
         return result
 
     def _interleaved(self, runners: dict, warm: int, limit_beside: bool = False) -> dict[str, dict]:
@@ -580,7 +592,8 @@ class Bench:
             for t, runner in runners.items():
                 rounds[t].append(self.measured(t, runner, i))
                 self._quiesce(t)
-        entry = {t: {**{key: statistics.median(r[key] for r in rs) for key in ("rps", "p50_ms", "p99_ms", "cpu_ms")},
+        entry = {t: {**{key: statistics.median(r[key] for r in rs) for key in ("rps", "p50_ms", "p99_ms", "cpu_ms",
+                                                                               "driver_cpu_ms")},
                      "errors": sum(r["errors"] for r in rs), "rounds": rs} for t, rs in rounds.items()}
         for t, e in entry.items():
             e["cpu_ms_by_process"] = {kind: statistics.median(r["cpu_ms_by_process"][kind] for r in rounds[t])
@@ -627,6 +640,16 @@ class Bench:
             if "argon2id_per_s" in entry["idp"]:
                 line += (f"; argon2id limit beside the rounds {entry['idp']['argon2id_per_s']:.1f}/s "
                          f"({', '.join(f'{x:.1f}' for x in entry['idp']['argon2id_rounds'])})")
+                # The most any server could reach with this driver on these cores: one that spent nothing but the
+                # hash, sharing the cores with the driver's own CPU per sign-in (the median over every server's
+                # rounds: the same driver code for all).
+                driver_ms = statistics.median(r["driver_cpu_ms"] for e in entry.values() for r in e["rounds"])
+                hash_ms = (os.cpu_count() or 1) * 1000 / entry["idp"]["argon2id_per_s"]
+                ceiling = hash_ms / (hash_ms + driver_ms)
+                self.results.setdefault("signin_ceiling", {})[scenario] = {
+                    "driver_cpu_ms": driver_ms, "argon2id_cpu_ms": hash_ms, "fraction": ceiling}
+                line += (f"; the driver's own CPU {driver_ms:.1f} ms per sign-in, so a server doing nothing but the "
+                         f"hash could reach at most {ceiling:.0%} of the limit here")
             log(f"{scenario}: {line}")
             for key, text in self.first_errors.items():
                 if key.startswith(scenario + "/") and key not in self.results.setdefault("first_errors", {}):
@@ -1000,6 +1023,10 @@ def main(argv: list[str]) -> None:
             tok = hp[FLOOR_TOKENS]
             print(f"  the same driver against the token paths' floor at half its own peak ({tok['target_rps']:.0f}/s "
                   f"offered): p50 {tok['p50_ms']:.1f} ms, p99 {tok['p99_ms']:.1f} ms (the same rows written)")
+        for scenario, ceiling in bench.results.get("signin_ceiling", {}).items():
+            print(f"{scenario}: the driver's own CPU {ceiling['driver_cpu_ms']:.1f} ms per sign-in beside a "
+                  f"{ceiling['argon2id_cpu_ms']:.0f} ms hash: at most {ceiling['fraction']:.0%} of the argon2id limit "
+                  "for a server that does nothing else, with this driver on these cores")
         print("RSS per gunicorn worker: " + ", ".join(f"{w['rss_mb']} MB" for w in bench.results["rss_per_worker"]))
         print(f"One argon2id verification costs {lim['argon2id_cpu_ms']:.0f} ms of CPU (cores / limit); CPU ms/req is "
               "the server's CPU per request or sign-in (idp: gunicorn workers + PostgreSQL + Redis; peer: node; "
