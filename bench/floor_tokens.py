@@ -21,8 +21,9 @@ peers (bench/run.py) are what idp's figures for the same requests compare with.
   and its audit row, chained as idp chains them (SECURITY.md 35: the advisory lock, the next id and the last row's
   hash in one round trip, the row's hash over its canonical JSON), committed before the answer.
 - ``POST /token`` with ``grant_type=refresh_token`` (RFC 6749 6) and ``client_secret_basic``, rotated as idp
-  rotates (RFC 9700 4.14.2): one autocommit SELECT of the client row (the round trip idp does not make, as above)
-  with the token row found by the SHA-256 of the refresh token, its user and the sign-in session it lives with.
+  rotates (RFC 9700 4.14.2): one autocommit SELECT of the token row found by the SHA-256 of the refresh token, its
+  user and the sign-in session it lives with, joined with the client row (idp reads the token, user and session in
+  one round trip and keeps its clients: the same number of round trips).
   The secret is compared, a client registered for DPoP-bound tokens refused (it must send a proof, and none is
   verified here), the grant type checked; the token is refused, as idp refuses it, when it is another client's,
   rotated already, revoked, past its idle or its family's absolute expiry, its user disabled, or, online (no
@@ -81,9 +82,11 @@ CLIENT = text("SELECT client_secret_hash, token_endpoint_auth_method, grant_type
               "WHERE client_id = :client_id")
 SIGNING_KEY = text("SELECT private_jwk_encrypted FROM signing_keys WHERE alg = 'RS256' AND retired_at IS NULL "
                    "ORDER BY created_at DESC, id DESC LIMIT 1")
-APPEND_TOKEN = text("INSERT INTO tokens (jti, client_id, scope, grant_type, family_id, acr, amr, issued_at, "
-                    "access_expires_at) VALUES (:jti, :client_id, :scope, :grant_type, :family_id, '', '[]', "
-                    ":issued_at, :access_expires_at)")
+# The JSON columns idp leaves empty hold JSON null, as SQLAlchemy's JSON type writes None; RETURNING id as idp's
+# INSERT has it: the same row and the same statement's work.
+APPEND_TOKEN = text("INSERT INTO tokens (jti, client_id, scope, grant_type, family_id, acr, amr, claims, act, "
+                    "issued_at, access_expires_at) VALUES (:jti, :client_id, :scope, :grant_type, :family_id, '', "
+                    "'[]', 'null', 'null', :issued_at, :access_expires_at) RETURNING id")
 # idp.audit: the lock that serialises appends, then the next id and the last row's hash (one round trip).
 AUDIT_LINK = text("SELECT pg_advisory_xact_lock(:key); SELECT nextval(pg_get_serial_sequence('audit_events', 'id')), "
                   "(SELECT row_hash FROM audit_events ORDER BY id DESC LIMIT 1)").bindparams(key=0x1D9_A0D1)
@@ -108,9 +111,9 @@ CLAIM_REFRESH = text("UPDATE tokens SET rotated_at = :now WHERE id = :id AND rot
 APPEND_REFRESHED = text(
     "INSERT INTO tokens (jti, client_id, user_id, scope, grant_type, family_id, authorization_code_id, sid, "
     "auth_time, acr, amr, claims, issued_at, access_expires_at, refresh_token_hash, refresh_expires_at, "
-    "family_expires_at) SELECT :jti, client_id, user_id, :scope, 'refresh_token', family_id, authorization_code_id, "
-    "sid, auth_time, acr, amr, claims, :issued_at, :access_expires_at, :refresh_token_hash, :refresh_expires_at, "
-    ":family_expires_at FROM tokens WHERE id = :id")
+    "family_expires_at, act) SELECT :jti, client_id, user_id, :scope, 'refresh_token', family_id, "
+    "authorization_code_id, sid, auth_time, acr, amr, claims, :issued_at, :access_expires_at, :refresh_token_hash, "
+    ":refresh_expires_at, :family_expires_at, 'null' FROM tokens WHERE id = :id RETURNING id")
 # create_app's arguments that are idp's settings of the same name (IDP_ + the name in capitals).
 LIFETIMES = ("access_token_ttl", "id_token_ttl", "refresh_token_ttl", "refresh_token_max_age", "session_idle_timeout",
              "session_max_age")

@@ -126,7 +126,8 @@ def child(scenario: str, requests: int, helper: str) -> None:
         import floor_tokens
 
         target = floor_tokens.create_app(app.config["SQLALCHEMY_DATABASE_URI"], app.config["IDP_ISSUER"],
-                                         app.config["IDP_SECRET_KEY"], app.config["IDP_ACCESS_TOKEN_TTL"])
+                                         app.config["IDP_SECRET_KEY"],
+                                         **{name: app.config[f"IDP_{name.upper()}"] for name in floor_tokens.LIFETIMES})
     if scenario not in FLOORS:
         _take_out(app, set(_without_for(scenario, os.environ.get("BENCH_WITHOUT", "").split(","))))
     browser = WSGIBrowser(target, host)
@@ -206,10 +207,14 @@ def _take_out(app, features: set[str]) -> None:
         hook = getattr(hook, "func", hook)  # Flask-Limiter registers a functools.partial
         return f"{getattr(hook, '__module__', '')}.{getattr(hook, '__qualname__', '')}"
 
-    for registry in (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs):
-        for hooks in registry.values():
-            hooks[:] = [hook for hook in hooks if name(hook) not in names]
-    app.teardown_appcontext_funcs[:] = [hook for hook in app.teardown_appcontext_funcs if name(hook) not in names]
+    registered = [*(hooks for registry in (app.before_request_funcs, app.after_request_funcs,
+                                           app.teardown_request_funcs) for hooks in registry.values()),
+                  app.teardown_appcontext_funcs]
+    missing = names - {name(hook) for hooks in registered for hook in hooks}
+    if missing:  # a renamed hook would otherwise be "taken out" by removing nothing, and the figure would lie
+        raise SystemExit(f"--without: no such hook registered: {', '.join(sorted(missing))}")
+    for hooks in registered:
+        hooks[:] = [hook for hook in hooks if name(hook) not in names]
     if "authlib" in features:
         app.view_functions["oidc.userinfo"] = _userinfo_without_authlib(own_connection="session" in features)
 
@@ -247,9 +252,12 @@ def _userinfo_without_authlib(own_connection: bool):
         if found is None or found.is_expired() or found.is_revoked() or found.dpop_jkt:
             return Response('{"error": "invalid_token"}', 401, {"WWW-Authenticate": 'Bearer error="invalid_token"'},
                             mimetype="application/json")
+        if "openid" not in found.scope.split():  # as Authlib's endpoint: acquire_token("openid")
+            return Response('{"error": "insufficient_scope"}', 403,
+                            {"WWW-Authenticate": 'Bearer error="insufficient_scope"'}, mimetype="application/json")
         g.authlib_server_oauth2_token = found
         requested = (found.claims or {}).get("userinfo")
-        return Response(json.dumps(oidc_claims.user_info(found.user, found.scope, requested)), 200,
+        return Response(json.dumps(oidc_claims.user_info(found.user, found.scope, requested), sort_keys=True), 200,
                         {"Cache-Control": "no-store", "Pragma": "no-cache"}, mimetype="application/json")
 
     return userinfo if own_connection else reads_only(userinfo)

@@ -562,6 +562,7 @@ class Bench:
         before = cpu_seconds(*self.cpu_of[target])
         driver_before = _driver_cpu_seconds()
         result = runner(self.round_s, index)
+        driver_used = _driver_cpu_seconds() - driver_before  # before the /proc scan below, which is not the driver's
         used = cpu_used(before, cpu_seconds(*self.cpu_of[target]))
         per_request = 1000 / max(result["requests"], 1)
         # Split by process (for idp: its workers, PostgreSQL, Redis), to say where a request's CPU goes.
@@ -569,7 +570,7 @@ class Bench:
         result["cpu_ms"] = sum(result["cpu_ms_by_process"].values())
         # And the driver's own (this process's threads, or wrk's, a child waited for): it runs on the same cores,
         # so what it takes per sign-in no server can have (the sign-in's ceiling, run_scenarios).
-        result["driver_cpu_ms"] = (_driver_cpu_seconds() - driver_before) * per_request
+        result["driver_cpu_ms"] = driver_used * per_request
         return result
 
     def _interleaved(self, runners: dict, warm: int, limit_beside: bool = False) -> dict[str, dict]:
@@ -716,7 +717,7 @@ class Bench:
         # target: (port, offered rate, path)
         targets = {"idp": (self.args.idp_port, rate, self.idp_meta["token_endpoint"]),
                    "floor": (self.endpoints["floor_wsgi"][0], rate, self.idp_meta["token_endpoint"])}
-        if FLOOR_TOKENS in self.endpoints and FLOOR_TOKENS in cc:
+        if FLOOR_TOKENS in self.endpoints and cc.get(FLOOR_TOKENS, {}).get("rps", 0) > 0:
             targets[FLOOR_TOKENS] = (self.endpoints[FLOOR_TOKENS][0], cc[FLOOR_TOKENS]["rps"] / 2,
                                      FLOOR_TOKEN_META["token_endpoint"])
         rounds: dict[str, list] = {target: [] for target in targets}
