@@ -65,8 +65,9 @@ WITHOUT = {
     # (it returns at once on an unlimited endpoint) and the jobs' teardown.
     "checks": {"idp.http.refuse_nul", "idp.oidc.logout._frame_sources", "idp.extensions._Limiter._check_request_limit",
                "idp.jobs._forgotten"},
-    # userinfo answered by a view that calls idp's own token lookup and claims (what Authlib's UserInfoEndpoint and
-    # ResourceProtector call) without Authlib's endpoint, request objects and resource protector.
+    # userinfo and introspection answered by views that call idp's own token lookup, claims, client checks and
+    # introspection answer (what Authlib's endpoints call) without Authlib's endpoints, request objects, resource
+    # protector and client authentication.
     "authlib": set(),
     # with "authlib": that view reads the token on a connection of its own (autocommit, as reads_only) instead of
     # Flask-SQLAlchemy's session, whose teardown is taken out with it.
@@ -191,10 +192,10 @@ def child(scenario: str, requests: int, helper: str) -> None:
 
 
 def _without_for(scenario: str, features: list[str]) -> list[str]:
-    """The parts of ``features`` that apply to ``scenario``: "authlib" and "session" replace the userinfo view only
-    (elsewhere the session is the one every request uses, and its teardown cannot go)."""
+    """The parts of ``features`` that apply to ``scenario``: "authlib" and "session" replace the userinfo and
+    introspection views only (elsewhere the session is the one every request uses, and its teardown cannot go)."""
     return sorted(feature for feature in features if feature
-                  and (scenario == "userinfo" or feature not in ("authlib", "session")))
+                  and (scenario in ("userinfo", "introspection") or feature not in ("authlib", "session")))
 
 
 def _take_out(app, features: set[str]) -> None:
@@ -216,20 +217,20 @@ def _take_out(app, features: set[str]) -> None:
     for hooks in registered:
         hooks[:] = [hook for hook in hooks if name(hook) not in names]
     if "authlib" in features:
-        app.view_functions["oidc.userinfo"] = _userinfo_without_authlib(own_connection="session" in features)
+        from idp.extensions import csrf
+
+        # Exempt from Flask-WTF's check as the views they stand for are (it knows a view by its module and name).
+        own = "session" in features
+        app.view_functions["oidc.userinfo"] = csrf.exempt(_userinfo_without_authlib(own_connection=own))
+        app.view_functions["oidc.introspect"] = csrf.exempt(_introspection_without_authlib(own_connection=own))
 
 
-def _userinfo_without_authlib(own_connection: bool):
-    """A userinfo view on idp's own pieces, without Authlib's endpoint: the Bearer token verified and looked up
-    (``access_token_view``: the JWT checked, its row and user read), refused when unknown, expired, revoked or
-    DPoP-bound, and the claims its scope releases (``idp.oidc.claims.user_info``); the same answer as idp's for the
-    bench's tokens."""
-    from flask import Response, g, request
-
+def _token_lookup(own_connection: bool):
+    """idp's lookup of a presented access token (``access_token_view``: the JWT checked, its row and user read as a
+    TokenView), or the same statement on a connection of its own (autocommit, as reads_only) instead of
+    Flask-SQLAlchemy's session."""
     from idp.extensions import db
-    from idp.oidc import claims as oidc_claims
     from idp.oidc import server
-    from idp.pg_connections import reads_only
 
     def find(token: str):
         if not own_connection:
@@ -246,21 +247,74 @@ def _userinfo_without_authlib(own_connection: bool):
         view = server.TokenView(server.UserView(*row[split:]) if row[split] is not None else None, *row[:split])
         return view if view.client is not None else None
 
+    return find
+
+
+def _json_answer(body: dict, status: int = 200, headers: dict | None = None):
+    from flask import Response
+
+    return Response(json.dumps(body, sort_keys=True), status, {"Cache-Control": "no-store", "Pragma": "no-cache",
+                                                               **(headers or {})}, mimetype="application/json")
+
+
+def _userinfo_without_authlib(own_connection: bool):
+    """A userinfo view on idp's own pieces, without Authlib's endpoint: the Bearer token verified and looked up
+    (``_token_lookup``), refused when unknown, expired, revoked or DPoP-bound or without ``openid``, and the claims
+    its scope releases (``idp.oidc.claims.user_info``); the same answer as idp's for the bench's tokens."""
+    from flask import g, request
+
+    from idp.oidc import claims as oidc_claims
+    from idp.pg_connections import reads_only
+
+    find = _token_lookup(own_connection)
+
     def userinfo():
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         found = find(token) if scheme.lower() == "bearer" else None
         if found is None or found.is_expired() or found.is_revoked() or found.dpop_jkt:
-            return Response('{"error": "invalid_token"}', 401, {"WWW-Authenticate": 'Bearer error="invalid_token"'},
-                            mimetype="application/json")
+            return _json_answer({"error": "invalid_token"}, 401, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
         if "openid" not in found.scope.split():  # as Authlib's endpoint: acquire_token("openid")
-            return Response('{"error": "insufficient_scope"}', 403,
-                            {"WWW-Authenticate": 'Bearer error="insufficient_scope"'}, mimetype="application/json")
+            return _json_answer({"error": "insufficient_scope"}, 403,
+                                {"WWW-Authenticate": 'Bearer error="insufficient_scope"'})
         g.authlib_server_oauth2_token = found
         requested = (found.claims or {}).get("userinfo")
-        return Response(json.dumps(oidc_claims.user_info(found.user, found.scope, requested), sort_keys=True), 200,
-                        {"Cache-Control": "no-store", "Pragma": "no-cache"}, mimetype="application/json")
+        return _json_answer(oidc_claims.user_info(found.user, found.scope, requested))
 
     return userinfo if own_connection else reads_only(userinfo)
+
+
+def _introspection_without_authlib(own_connection: bool):
+    """An introspection view on idp's own pieces, without Authlib's endpoint and client authentication: the client
+    by its Basic credentials from the worker's kept clients (``client_view``), its method and secret checked with
+    idp's ClientAccessors, the access token looked up (``_token_lookup``; the bench presents access tokens only),
+    and idp's own answer for it (``Introspection.introspect_token``, RFC 7662 2.2), inactive when unknown, expired,
+    revoked or not the client's; the same answer as idp's for the bench's tokens."""
+    from flask import request
+
+    from idp.oidc import server
+    from idp.pg_connections import reads_only
+
+    find = _token_lookup(own_connection)
+    endpoint = server.Introspection(None)
+
+    def introspect():
+        credentials = request.authorization
+        client = server.client_view(credentials.username) \
+            if credentials is not None and credentials.type == "basic" and credentials.username else None
+        if client is None or not client.check_endpoint_auth_method("client_secret_basic", "introspection") or \
+                not client.check_client_secret(credentials.password or ""):
+            return _json_answer({"error": "invalid_client"}, 401, {"WWW-Authenticate": 'Basic error="invalid_client"'})
+        token = request.form.get("token")
+        if not token:
+            return _json_answer({"error": "invalid_request"}, 400)
+        found = find(token)
+        presented = server._Presented(found, "access_token") if found is not None else None  # noqa: SLF001
+        if presented is None or presented.is_expired() or presented.is_revoked() or \
+                not endpoint.check_permission(presented, client, request):
+            return _json_answer({"active": False})
+        return _json_answer(endpoint.introspect_token(presented))
+
+    return introspect if own_connection else reads_only(introspect)
 
 
 def _unverified_claims(token: str) -> dict:
@@ -283,7 +337,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--without", default="",
                         help=f"comma-separated parts taken out of idp's app before counting, to say what each costs "
                              f"(not a way to run idp): {', '.join(WITHOUT)} ('authlib' and 'session' apply to userinfo "
-                             f"alone; 'session' with 'authlib')")
+                             f"and introspection alone; 'session' with 'authlib')")
     parser.add_argument("--child", nargs=3, metavar=("SCENARIO", "N", "HELPER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
