@@ -140,6 +140,36 @@ def test_a_web_app_exchanges_alices_token_for_one_addressed_to_its_api(app, clie
     assert error_of(exchange(client, a, original["access_token"], b[0])) == "invalid_request"
 
 
+def test_the_exchanged_token_never_outlives_its_subject_token(app, client, services):
+    """SECURITY.md 45: the subject token expires in 30 s, the acting client's tokens live 15 minutes: the exchanged
+    token's exp (what a resource server checks), its stored expiry (introspection, userinfo) and the answer's
+    expires_in all end with the subject token. Authlib's generator dated it by the client's lifetime alone."""
+    a, b = services["A"], services["B"]
+    original = user_token(client, a)
+    jti = claims_of(client, original["access_token"])["jti"]
+    with app.app_context():
+        row = db.session.execute(db.select(Token).where(Token.jti == jti)).scalar_one()
+        row.access_expires_at = (utcnow() + timedelta(seconds=30)).replace(microsecond=0)
+        cut = int(row.access_expires_at.timestamp())
+        db.session.commit()
+    response = exchange(client, a, original["access_token"], b[0])
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    claims = claims_of(client, body["access_token"])
+    assert claims["exp"] == cut and claims["iat"] <= cut
+    assert body["expires_in"] == claims["exp"] - claims["iat"] <= 30
+    with app.app_context():
+        stored = db.session.execute(db.select(Token).where(Token.jti == claims["jti"])).scalar_one()
+        assert int(stored.access_expires_at.timestamp()) == cut
+    assert introspect(client, b, body["access_token"])["exp"] == cut
+    # Without a nearer bound, the client's lifetime: exp - iat is the configured 15 minutes, said as expires_in.
+    fresh = user_token(client, a)
+    long = exchange(client, a, fresh["access_token"], b[0]).get_json()
+    claims = claims_of(client, long["access_token"])
+    assert claims["exp"] - claims["iat"] == long["expires_in"] <= app.config["IDP_ACCESS_TOKEN_TTL"]
+    assert claims["exp"] <= claims_of(client, fresh["access_token"])["exp"]
+
+
 def test_a_chain_nests_the_actors(client, services):
     a, b, c = services["A"], services["B"], services["C"]
     first = exchange(client, a, user_token(client, a)["access_token"], b[0]).get_json()["access_token"]

@@ -43,7 +43,6 @@ from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import grants
 from authlib.oauth2.rfc6749.errors import InvalidRequestError, InvalidScopeError, UnauthorizedClientError
 from authlib.oauth2.rfc6749.hooks import hooked
-from flask import current_app
 
 from idp.models import Client, Token, utcnow
 from idp.oidc import claims as oidc_claims
@@ -54,6 +53,7 @@ from idp.oidc.server import (
     DPoPClients,
     SignIn,
     access_token_row,
+    issued_claims,
     query_client,
 )
 
@@ -88,7 +88,6 @@ class TokenExchangeGrant(DPoPClients, grants.BaseGrant, grants.TokenEndpointMixi
 
     sign_in: SignIn
     scope: str
-    expires_in: int
 
     def validate_token_request(self) -> None:
         client: Client = self.authenticate_token_endpoint_client()
@@ -155,13 +154,11 @@ class TokenExchangeGrant(DPoPClients, grants.BaseGrant, grants.TokenEndpointMixi
         else:
             scope = " ".join(available)
 
-        remaining = int((subject.access_expires_at - now).total_seconds())
-        ttl = client.access_token_ttl or current_app.config["IDP_ACCESS_TOKEN_TTL"]
-        self.expires_in = max(1, min(ttl, remaining))
         self.scope = scope
+        # Its lifetime is the client's, cut at the subject token's expiry (idp.oidc.server.AccessTokens).
         self.sign_in = SignIn(user=user, sid=subject.sid, auth_time=subject.auth_time, acr=subject.acr,
                               amr=list(subject.amr or []), claims=subject.claims, family_id=subject.family_id,
-                              audience=target.client_id, act=act)
+                              audience=target.client_id, act=act, expires_at=subject.access_expires_at)
         self.request.user = self.sign_in
         self.request.exchange_details = {"subject_jti": subject.jti, "subject_client_id": subject.client_id}
 
@@ -178,8 +175,9 @@ class TokenExchangeGrant(DPoPClients, grants.BaseGrant, grants.TokenEndpointMixi
 
     @hooked
     def create_token_response(self):
-        token = self.generate_token(user=self.sign_in, scope=self.scope, expires_in=self.expires_in,
-                                    include_refresh_token=False)
+        token = self.generate_token(user=self.sign_in, scope=self.scope, include_refresh_token=False)
+        claims = issued_claims(token["access_token"])
+        token["expires_in"] = max(claims["exp"] - claims["iat"], 0)  # what the token itself says (RFC 6749 5.1)
         token["issued_token_type"] = ACCESS_TOKEN_TYPE  # RFC 8693 2.2.1
         self.save_token(token)
         return 200, token, self.TOKEN_RESPONSE_HEADER

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hmac
 import json
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -280,6 +281,8 @@ class SignIn:
     # An exchanged token's (idp.oidc.exchange): the client it is addressed to and its act claim (RFC 8693 4.1).
     audience: str | None = None
     act: dict[str, Any] | None = None
+    # The latest its access token may live: an exchanged token's subject token's expiry (SECURITY.md 45).
+    expires_at: datetime | None = None
 
     def get_user_id(self) -> str:
         """The `sub` of the access token (Authlib's UserMixin)."""
@@ -323,6 +326,12 @@ class AccessTokens(JWTBearerTokenGenerator):
         if user is not None and user.audience is not None:  # RFC 8693 2.1, 4.1: an exchanged token
             extra["aud"] = user.audience
             extra["act"] = user.act
+        if user is not None and user.expires_at is not None:
+            # Authlib's generator dates the token now + the client's lifetime whatever expires_in the grant passes
+            # (that only goes into the answer): here its iat and exp are set as a pair, exp never after the bound.
+            now = int(time.time())
+            extra["iat"] = now
+            extra["exp"] = min(now + self._expires_in(client, grant_type), int(user.expires_at.timestamp()))
         proof = dpop.presented()
         if proof is not None:  # RFC 9449 6.1: bound to the key of the token request's proof
             extra["cnf"] = {"jkt": proof.jkt}
@@ -362,7 +371,7 @@ def revoke_online(sid: str, reason: str) -> int:
     return _revoke_where((Token.sid == sid) & ~Token.scope.contains("offline_access"), reason)
 
 
-def _issued(access_token: str) -> dict[str, Any]:
+def issued_claims(access_token: str) -> dict[str, Any]:
     """The claims of an access token this request has just signed (read back, not verified: it is ours, made a
     moment ago in this process, and never came from outside)."""
     payload = access_token.split(".")[1]
@@ -372,7 +381,7 @@ def _issued(access_token: str) -> dict[str, Any]:
 def save_token(token: dict[str, Any], request) -> None:
     """Persist what was issued: the jti, the refresh token's hash, and the sign-in it came from."""
     cfg = current_app.config
-    claims = _issued(token["access_token"])
+    claims = issued_claims(token["access_token"])
     sign_in: SignIn | None = request.user
     client = request.client
     now = datetime.fromtimestamp(claims["iat"], UTC)
