@@ -179,8 +179,10 @@ def create_user() -> Response:
         raise Invalid({name: "not a field of a new user" for name in sorted(unknown)})
     if "email" not in body:
         raise Invalid({"email": "required"})
-    if "password" in body and body["password"] is None:  # the document's type is string; to the service None means
-        raise Invalid({"password": "a string"})           # "no password", so a JSON null must not pass for absent
+    # The document types password as a string; the service reads None as "no password", so a JSON null must not
+    # pass for an absent field.
+    if "password" in body and body["password"] is None:
+        raise Invalid({"password": "a string"})
     user = service.create_user(actor(), **body)
     response = jsonify(user_json(user))
     response.status_code = 201
