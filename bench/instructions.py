@@ -19,10 +19,10 @@ requires of them. idp's figure over its floor's (the table's last column) is wha
 libraries' machinery add; the floor is what a minimal app on the same libraries spends.
 
 ``--without promises,csrf,cors,checks,authlib,session`` takes those parts out of idp's app once its tokens are made
-(WITHOUT below: hooks removed from Flask's hook registries; for userinfo, a view on idp's own token lookup and
-claims instead of Authlib's endpoint, and that lookup on a connection of its own instead of Flask-SQLAlchemy's
-session) and counts the same requests: what each part costs, which a profiler's share only estimates. A
-measurement, not a way to run idp: without them it keeps fewer promises.
+(WITHOUT below: hooks removed from Flask's hook registries; for userinfo and introspection, views on idp's own
+pieces instead of Authlib's endpoints, and their token lookup on a connection of its own instead of
+Flask-SQLAlchemy's session) and counts the same requests: what each part costs, which a profiler's share only
+estimates. A measurement, not a way to run idp: without them it keeps fewer promises.
 
 Needs valgrind and gcc (the helper that turns counting on and off around the measured requests is compiled on
 the fly from valgrind's callgrind.h). About a minute per scenario.
@@ -69,7 +69,7 @@ WITHOUT = {
     # introspection answer (what Authlib's endpoints call) without Authlib's endpoints, request objects, resource
     # protector and client authentication.
     "authlib": set(),
-    # with "authlib": that view reads the token on a connection of its own (autocommit, as reads_only) instead of
+    # with "authlib": those views read the token on a connection of their own (autocommit, as reads_only) instead of
     # Flask-SQLAlchemy's session, whose teardown is taken out with it.
     "session": {"flask_sqlalchemy.extension.SQLAlchemy._teardown_session"},
 }
@@ -381,8 +381,9 @@ def main(argv: list[str]) -> None:
             if result.returncode != 0 or not totals:
                 raise SystemExit(f"{scenario} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
             entry = {"requests": n, "m_instructions_per_request": totals[0] / n / 1e6}
-            if without and scenario not in FLOORS and _without_for(scenario, without):
-                entry["without"] = _without_for(scenario, without)
+            applied = _without_for(scenario, without) if scenario not in FLOORS else []
+            if applied:
+                entry["without"] = applied
             if scenario == "signin":
                 # Each sign-in verified one password: take the hash out, report it beside.
                 entry["m_instructions_argon2id"] = totals[1] / 1e6
