@@ -45,11 +45,12 @@ from urllib.parse import urlsplit
 
 BENCH = Path(__file__).resolve().parent
 SCENARIOS = ("client_credentials", "refresh", "introspection", "userinfo", "discovery", "jwks", "signin",
-             "floor_client_credentials", "floor_refresh", "floor_introspection", "floor_userinfo")
-# The stack's floor of a scenario (bench/floor_tokens.py): the same request, on the same tokens and database, to a
-# hand-written Flask app that does only what the protocol requires of it.
+             "floor_client_credentials", "floor_refresh", "floor_introspection", "floor_userinfo", "floor_signin")
+# The stack's floor of a scenario (bench/floor_tokens.py, and bench/floor_signin.py for the sign-in): the same
+# request, on the same tokens, users, client and database, to a hand-written Flask app that does only what the
+# protocol requires of it.
 FLOORS = {"floor_client_credentials": "client_credentials", "floor_refresh": "refresh",
-          "floor_introspection": "introspection", "floor_userinfo": "userinfo"}
+          "floor_introspection": "introspection", "floor_userinfo": "userinfo", "floor_signin": "signin"}
 # What ``--without`` can take out of idp's app before the counted requests (after the sign-ins that make the tokens),
 # to say what each part of a request costs: the hooks by their qualified names in Flask's public hook registries.
 # Nothing here is a way to run idp: it answers the counted requests the same, but keeps fewer promises.
@@ -113,10 +114,11 @@ def child(scenario: str, requests: int, helper: str) -> None:
     basic = {"Authorization": "Basic " + driver.basic(seed["client_id"], seed["client_secret"])}
     signed_in = [0]
 
-    def sign_in() -> dict:
+    def sign_in(at=app) -> dict:
+        """One complete sign-in by a fresh browser at ``at`` (idp's app, or the sign-in's floor app)."""
         signed_in[0] += 1
         return driver.sign_in(provider, users[signed_in[0] % len(users)], seed["password"],
-                              browser=WSGIBrowser(app, host))
+                              browser=WSGIBrowser(at, host))
 
     tokens = [sign_in() for _ in range(4)]
     subjects = [_unverified_claims(token["access_token"])["sub"] for token in tokens]
@@ -124,11 +126,13 @@ def child(scenario: str, requests: int, helper: str) -> None:
     rotated = [refresh[0]]  # the one the next answer checked must have replaced
     target = app
     if scenario in FLOORS:  # the same tokens, to the floor app on the same database (after the sign-ins made the keys)
+        import floor_signin
         import floor_tokens
 
-        target = floor_tokens.create_app(app.config["SQLALCHEMY_DATABASE_URI"], app.config["IDP_ISSUER"],
-                                         app.config["IDP_SECRET_KEY"],
-                                         **{name: app.config[f"IDP_{name.upper()}"] for name in floor_tokens.LIFETIMES})
+        floor = floor_signin if scenario == "floor_signin" else floor_tokens
+        target = floor.create_app(app.config["SQLALCHEMY_DATABASE_URI"], app.config["IDP_ISSUER"],
+                                  app.config["IDP_SECRET_KEY"],
+                                  **{name: app.config[f"IDP_{name.upper()}"] for name in floor.LIFETIMES})
     if scenario not in FLOORS:
         _take_out(app, set(_without_for(scenario, os.environ.get("BENCH_WITHOUT", "").split(","))))
     browser = WSGIBrowser(target, host)
@@ -136,7 +140,7 @@ def child(scenario: str, requests: int, helper: str) -> None:
 
     def one(n: int) -> tuple[int, int, bytes]:
         if kind == "signin":
-            sign_in()
+            sign_in(target)  # (checked by the driver: a sign-in that ends without tokens raises FlowError)
             return n, 200, b""
         if kind == "client_credentials":
             status, _, body = browser.request("POST", "/token", {"grant_type": "client_credentials"}, basic)
@@ -171,7 +175,7 @@ def child(scenario: str, requests: int, helper: str) -> None:
         if kind == "refresh":
             rotated[0] = answer["refresh_token"]
 
-    for n in range(10 if scenario == "signin" else 50):
+    for n in range(10 if kind == "signin" else 50):
         check(*one(n))
     answers = []
     counter.count_on()
@@ -180,7 +184,7 @@ def child(scenario: str, requests: int, helper: str) -> None:
     counter.count_off()
     for answer in answers:
         check(*answer)
-    if scenario == "signin":  # the argon2id verification of one sign-in, counted apart (second dump)
+    if kind == "signin":  # the argon2id verification of one sign-in, counted apart (second dump)
         from idp.extensions import db
         from idp.models import User
 
@@ -369,7 +373,8 @@ def main(argv: list[str]) -> None:
         env = {**bench.env, "PYTHONHASHSEED": "0", "BENCH_WITHOUT": ",".join(without),
                "BENCH_SEED": json.dumps({k: v for k, v in bench.seed.items() if k != "totp_seeds"})}
         for scenario in scenarios:
-            n = max(1, args.requests // 10) if scenario == "signin" else args.requests
+            signin = FLOORS.get(scenario, scenario) == "signin"
+            n = max(1, args.requests // 10) if signin else args.requests
             out = work / scenario
             out.mkdir()
             run.log(f"{scenario}: {n} requests under callgrind")
@@ -384,14 +389,14 @@ def main(argv: list[str]) -> None:
             applied = _without_for(scenario, without) if scenario not in FLOORS else []
             if applied:
                 entry["without"] = applied
-            if scenario == "signin":
+            if signin:
                 # Each sign-in verified one password: take the hash out, report it beside.
                 entry["m_instructions_argon2id"] = totals[1] / 1e6
                 entry["m_instructions_per_request"] -= entry["m_instructions_argon2id"]
             figures[scenario] = entry
             run.log(f"{scenario}: {entry['m_instructions_per_request']:.2f} M instructions per request"
                     + (f" besides the argon2id verification ({entry['m_instructions_argon2id']:.0f} M)"
-                       if scenario == "signin" else ""))
+                       if signin else ""))
     finally:
         bench.cleanup()
         shutil.rmtree(work, ignore_errors=True)
@@ -403,7 +408,7 @@ def main(argv: list[str]) -> None:
     print("| scenario | M instructions per request | times the stack floor |")
     print("| --- | --- | --- |")
     for scenario, entry in figures.items():
-        label = "signin (without the argon2id verification)" if scenario == "signin" else scenario
+        label = f"{scenario} (without the argon2id verification)" if "m_instructions_argon2id" in entry else scenario
         if entry.get("without"):
             label += f" (without {', '.join(entry['without'])})"
         times = f"{entry['times_floor']:.2f}" if "times_floor" in entry else ""
