@@ -2,13 +2,14 @@
 README.md, "Performance".
 
     .venv/bin/python bench/run.py [--quick] [--out bench/results.json] [--profile DIR] [--no-peer] [--no-durable-peer]
-                                  [--no-dot] [--no-floor-tokens]
+                                  [--no-dot] [--no-floor-tokens] [--no-floor-signin]
 
 Creates a fresh PostgreSQL database (127.0.0.1:5432, user postgres) and uses an empty Redis database
 (127.0.0.1:6379), seeds users and a client, starts idp under gunicorn in production mode, the peer under node
 (twice: with its state in memory, and with it in PostgreSQL) and django-oauth-toolkit under gunicorn (bench/peer/dot,
 in a virtualenv of its own that it creates on first use; one server, measured twice: with hashed and with plain
-client secrets) and the token paths' stack floor (bench/floor_tokens.py) under gunicorn, drives them on loopback
+client secrets), the token paths' stack floor (bench/floor_tokens.py) and the sign-in's (bench/floor_signin.py)
+under gunicorn, drives them on loopback
 with wrk (Lua scripts in bench/lua/) and a Python driver for sign-ins, and prints and writes the tables. Every loop
 is bounded in time and count; everything it started is stopped at the end, and the databases and the Redis
 database are dropped / flushed.
@@ -52,6 +53,10 @@ FLOOR_TOKENS = "floor_tokens"
 FLOOR_TOKEN_SCENARIOS = ("client_credentials", "refresh", "introspection", "userinfo")
 FLOOR_TOKEN_META = {"token_endpoint": "/token", "introspection_endpoint": "/introspect",
                     "userinfo_endpoint": "/userinfo"}
+# The stack's floor for the complete password sign-in (bench/floor_signin.py, on idp's database, users, client and
+# keys): a target of the signin rounds, and its endpoints.
+FLOOR_SIGNIN = "floor_signin"
+FLOOR_SIGNIN_META = {"authorization_endpoint": "/authorize", "token_endpoint": "/token"}
 LOOSE = "1000000/minute"
 
 
@@ -395,6 +400,20 @@ class Bench:
         log(f"{FLOOR_TOKENS} up: bench/floor_tokens.py, gunicorn pid {proc.pid}, {self.workers} workers on "
             f"127.0.0.1:{port}, idp's database")
 
+    def start_floor_signin(self) -> None:
+        """The stack's floor for the complete password sign-in (bench/floor_signin.py: Flask and its signed cookie,
+        Jinja2, SQLAlchemy Core, joserfc, idp's argon2id verification, only what the protocol and the sign-in's
+        security require) under gunicorn with idp's worker settings, on idp's database, users, client and keys: a
+        target of the signin rounds, driven by the same driver as idp. Its CPU is its workers' and its PostgreSQL
+        backends'. Started once idp has made its keys (the floor reads its signing key at start)."""
+        port = self.args.idp_port + 23
+        proc = self._gunicorn("floor_signin:from_environment()", BENCH, self.env, port, "gunicorn-floor_signin.log",
+                              ready=("/login", 400))  # no sign-in under way: its expired page
+        self.endpoints[FLOOR_SIGNIN] = (port, IDP_HOST)
+        self.cpu_of[FLOOR_SIGNIN] = (proc.pid, ("postgres",), (self.db,))
+        log(f"{FLOOR_SIGNIN} up: bench/floor_signin.py, gunicorn pid {proc.pid}, {self.workers} workers on "
+            f"127.0.0.1:{port}, idp's database")
+
     def _wait_ready(self, port: int, host: str, proc, path: str = "/.well-known/openid-configuration",
                     expected: int = 200) -> None:
         deadline = time.monotonic() + 60
@@ -429,7 +448,7 @@ class Bench:
     def client(self, target: str, grant: str = "authorization_code") -> tuple[str, str]:
         """The client id and secret the bench uses at ``target`` for ``grant``. django-oauth-toolkit's applications
         have one grant type each: its client_credentials client is another application (bench/peer/dot's seed)."""
-        if target in ("idp", FLOOR_TOKENS):
+        if target in ("idp", FLOOR_TOKENS, FLOOR_SIGNIN):
             return self.seed["client_id"], self.seed["client_secret"]
         if target in DOT_TARGETS:
             name = "bench-dot" if target == "dot" else "bench-dot-plain"
@@ -509,7 +528,7 @@ class Bench:
     def scenario_runner(self, scenario: str, target: str):
         """A function(seconds, round_index) -> result for one scenario on one server."""
         meta = self.idp_meta if target == "idp" else FLOOR_TOKEN_META if target == FLOOR_TOKENS else \
-            self.peer_meta[target]
+            FLOOR_SIGNIN_META if target == FLOOR_SIGNIN else self.peer_meta[target]
         basic = driver.basic(*self.client(target))
         access_file = str(self.tmp / f"{'idp' if target == FLOOR_TOKENS else target}-access.txt")  # idp's tokens
         if scenario == "discovery":
@@ -535,7 +554,10 @@ class Bench:
             return lambda s, i: self.wrk(scenario, target, "userinfo.lua", meta["userinfo_endpoint"], s,
                                          {"BENCH_TOKENS": access_file})
         if scenario in ("signin", "signin_totp"):
-            prov = self.providers()[target]
+            # The sign-in's floor: idp's client and users, the same requests as idp's (no PKCE: idp's provider).
+            prov = driver.Provider(FLOOR_SIGNIN, *self.endpoints[FLOOR_SIGNIN], meta["authorization_endpoint"],
+                                   meta["token_endpoint"], *self.client(target), self.seed["redirect_uri"]) \
+                if target == FLOOR_SIGNIN else self.providers()[target]
             if scenario == "signin_totp":
                 pool = driver.TotpUsers(self.seed["totp_seeds"])
 
@@ -545,7 +567,7 @@ class Bench:
                         raise driver.FlowError("no TOTP user free in this 30-second step")
                     driver.sign_in(prov, f"totp-{taken[0]}@bench.example", self.seed["password"], taken[1])
             else:
-                users = IDP_USERS if target == "idp" else self.peer_users
+                users = IDP_USERS if target in ("idp", FLOOR_SIGNIN) else self.peer_users
 
                 def task(n):
                     driver.sign_in(prov, users[n % len(users)], self.seed["password"])
@@ -631,6 +653,8 @@ class Bench:
             targets = ["idp"] + (list(self.peer_meta) if scenario != "signin_totp" else [])
             if scenario in FLOOR_TOKEN_SCENARIOS and FLOOR_TOKENS in self.endpoints:
                 targets.append(FLOOR_TOKENS)
+            if scenario == "signin" and FLOOR_SIGNIN in self.endpoints:
+                targets.append(FLOOR_SIGNIN)
             # The refresh runner takes the last token chunk for the warm-up.
             entry = self._interleaved({t: self.scenario_runner(scenario, t) for t in targets}, warm=self.rounds,
                                       limit_beside=scenario in ("signin", "signin_totp"))
@@ -902,6 +926,28 @@ class Bench:
                          f"{floor['cpu_ms']:.2f}", f"{me['cpu_ms']:.2f}"))
         return _markdown(rows) if len(rows) > 1 else ""
 
+    def floor_signin_table(self) -> str:
+        """The stack's floor for the complete password sign-in (bench/floor_signin.py) beside idp and the peers, where
+        it ran: each target's sign-ins per second as a fraction of the argon2id limit measured beside the rounds,
+        and its CPU per sign-in, with and without one verification's CPU (cores / limit); empty otherwise."""
+        entry = self.results["scenarios"].get("signin", {})
+        floor = entry.get(FLOOR_SIGNIN)
+        if not floor or not floor["rps"]:
+            return ""
+        cores = os.cpu_count() or 1
+        limit = entry["idp"].get("argon2id_per_s", self.results["limits"]["argon2id_per_s"])
+        hash_ms = cores * 1000 / limit
+        rows = [("target", "sign-ins/s", "p50 ms", "p99 ms", "fraction of argon2id limit", "CPU ms/sign-in",
+                 "of it storage", "CPU ms besides the hash", "over the floor")]
+        for target, me in entry.items():
+            me["fraction_of_argon2id"] = me["rps"] / limit
+            me["cpu_ms_besides_argon2id"] = me["cpu_ms"] - hash_ms
+            me["ratio_to_floor_signin"] = me["rps"] / floor["rps"]
+            rows.append((target, f"{me['rps']:.2f}", f"{me['p50_ms']:.1f}", f"{me['p99_ms']:.1f}",
+                         f"{me['fraction_of_argon2id']:.0%}", f"{me['cpu_ms']:.1f}", f"{_storage_ms(me):.1f}",
+                         f"{me['cpu_ms_besides_argon2id']:.1f}", f"{me['ratio_to_floor_signin']:.2f}"))
+        return _markdown(rows)
+
     def cleanup(self) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:
@@ -942,6 +988,9 @@ def main(argv: list[str]) -> None:
                         help="skip the django-oauth-toolkit peer (dot, dot_plain)")
     parser.add_argument("--no-floor-tokens", dest="floor_tokens", action="store_false",
                         help="skip the stack's floor for the token paths (bench/floor_tokens.py) as a target")
+    parser.add_argument("--no-floor-signin", dest="floor_signin", action="store_false",
+                        help="skip the stack's floor for the complete password sign-in (bench/floor_signin.py) as a "
+                             "target")
     parser.add_argument("--no-scale", dest="scale", action="store_false", help="skip the 1k vs 1M comparison")
     parser.add_argument("--profile", metavar="DIR", help="also record py-spy profiles of idp's workers into DIR")
     parser.add_argument("--only", help="comma-separated scenarios to run, 'floor' for the stack floor (default: all)")
@@ -973,6 +1022,8 @@ def main(argv: list[str]) -> None:
         bench.issue_tokens()
         if args.floor_tokens and any(map(bench.wanted, FLOOR_TOKEN_SCENARIOS)):
             bench.start_floor_tokens()
+        if args.floor_signin and bench.wanted("signin"):
+            bench.start_floor_signin()
         bench.run_scenarios()
         if bench.wanted("floor"):
             bench.floor()
@@ -983,7 +1034,7 @@ def main(argv: list[str]) -> None:
         if args.profile:
             bench.profile(Path(args.profile))
         table, durable, dot = bench.table(), bench.durable_table(), bench.dot_table()
-        floor_tokens = bench.floor_tokens_table()
+        floor_tokens, floor_signin = bench.floor_tokens_table(), bench.floor_signin_table()
         bench.results.update({
             "command": " ".join(["bench/run.py", *argv]), "quick": args.quick,
             "setup": {"gunicorn_workers": args.workers, "wrk": f"-t{bench.wrk_threads} -c{bench.wrk_conns}",
@@ -996,6 +1047,7 @@ def main(argv: list[str]) -> None:
                       "settings, PostgreSQL; dot: client secrets hashed (argon2id, idp's cost), dot_plain: plain"
                       if args.peer and args.dot else None},
             "table": table, "durable_table": durable, "dot_table": dot, "floor_tokens_table": floor_tokens,
+            "floor_signin_table": floor_signin,
             "elapsed_s": round(time.monotonic() - started, 1)})
         Path(args.out).write_text(json.dumps(bench.results, indent=2, default=str) + "\n")
         print()
@@ -1013,6 +1065,11 @@ def main(argv: list[str]) -> None:
             print("The stack's floor for the token paths (bench/floor_tokens.py on gunicorn, idp's database and "
                   "tokens):")
             print(floor_tokens)
+            print()
+        if floor_signin:
+            print("The complete password sign-in beside its stack floor (bench/floor_signin.py on gunicorn, idp's "
+                  "database, users and client), against the argon2id limit measured beside the rounds:")
+            print(floor_signin)
             print()
         hp = bench.results.get("half_peak", {"target_rps": 0, "rps": 0, "p50_ms": 0, "p99_ms": 0})
         print(f"Token endpoint at half its peak ({hp['target_rps']:.0f}/s offered, {hp['rps']:.0f}/s served): "
