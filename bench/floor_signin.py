@@ -23,7 +23,8 @@ bench/driver.py's ``sign_in`` sends them, unchanged:
   and amr, expiry after IDP_AUTH_CODE_TTL) and, in the same statement, the ``session_clients`` row that the
   session's logout notifications are sent by (Back-Channel and Front-Channel Logout, which idp advertises); then
   a 302 to the redirect URI with ``code``, ``state`` and ``iss``. The session's last_seen_at is written when it is
-  a minute old, as idp's. The bench's client is first-party: no consent, as at idp.
+  a minute old, as idp's. The bench's client is first-party: no consent, as at idp (a third-party client is
+  refused with ``consent_required``).
 - ``GET /login``: the sign-in page, a Jinja2 template compiled once and rendered with autoescaping (fields
   ``email``, ``password``, the hidden CSRF token): no database. Without a remembered request, idp's expired page
   (400).
@@ -277,6 +278,8 @@ def create_app(database_url: str, issuer: str, secret_key: str, access_token_ttl
             raise Refused("invalid_request", "Replay attack", redirect_uri)
         if row.mfa == "required" or (row.min_acr and row.min_acr != ACR):
             raise Refused("interaction_required", "This floor signs in with a password only.", redirect_uri)
+        if not row.first_party:  # idp asks a third-party client's user for consent: the floor has no consent screen
+            raise Refused("consent_required", "This floor answers first-party clients only.", redirect_uri)
         return {"redirect_uri": redirect_uri, "scope": " ".join(scopes), "state": params.get("state"),
                 "nonce": params.get("nonce"), "code_challenge": challenge, "code_challenge_method": method}
 
