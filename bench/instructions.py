@@ -13,10 +13,11 @@ far fewer, so an RS256 signature weighs about three times more here than in seco
 across commits, not scenarios with each other. The sign-in's argon2id verification is counted apart and left out
 of its figure: it is fixed by the password policy and would hide the rest of the sign-in by twenty to one.
 
-The floor_* scenarios send the same requests, with the same tokens, to bench/floor_tokens.py: a hand-written Flask
-app on the same stack (SQLAlchemy Core on psycopg2, joserfc) and the same database that does only what the protocol
-requires of them. idp's figure over its floor's (the table's last column) is what idp's own code and its
-libraries' machinery add; the floor is what a minimal app on the same libraries spends.
+The floor_* scenarios send the same requests, with the same tokens, to bench/floor_tokens.py (floor_signin: the same
+ten sign-ins to bench/floor_signin.py): a hand-written Flask app on the same stack (SQLAlchemy Core on psycopg2,
+joserfc) and the same database that does only what the protocol requires of them. idp's figure over its
+floor's (the table's last column) is what idp's own code and its libraries' machinery add; the floor is what a
+minimal app on the same libraries spends.
 
 ``--without promises,csrf,cors,checks,authlib,session`` takes those parts out of idp's app once its tokens are made
 (WITHOUT below: hooks removed from Flask's hook registries; for userinfo and introspection, views on idp's own
