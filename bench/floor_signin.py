@@ -91,7 +91,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from flask import Flask, Response, redirect, request, session
-from floor_tokens import _append_audit, _basic, _json, _released, _unauthorized
+from floor_tokens import _append_audit, _basic, _json, _released, _unauthorized, app_from_environment
 from joserfc import jwt
 from sqlalchemy import create_engine, text
 
@@ -485,13 +485,5 @@ def _back(redirect_uri: str, params: dict) -> Response:
 
 
 def from_environment() -> Flask:
-    """The floor app as bench/run.py serves it under gunicorn (``floor_signin:from_environment()``): on the database,
-    issuer and key of the idp it runs beside, from idp's own settings in the environment."""
-    import os
-
-    url = os.environ["IDP_DATABASE_URL"]  # on psycopg2, as idp runs (a bare postgresql:// would load psycopg 3)
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
-    lifetimes = {name: int(os.environ[f"IDP_{name.upper()}"]) for name in LIFETIMES
-                 if f"IDP_{name.upper()}" in os.environ}
-    return create_app(url, os.environ["IDP_ISSUER"], os.environ["IDP_SECRET_KEY"], **lifetimes)
+    """The floor app as bench/run.py serves it under gunicorn (``floor_signin:from_environment()``)."""
+    return app_from_environment(create_app, LIFETIMES)

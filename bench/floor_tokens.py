@@ -56,6 +56,7 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from urllib.parse import unquote
 
@@ -380,17 +381,22 @@ def _append_audit(connection, event: str, user_id: int | None, email: str | None
 
 
 def from_environment() -> Flask:
-    """The floor app as bench/run.py serves it under gunicorn (``floor_tokens:from_environment()``): on the database,
-    issuer and key of the idp it runs beside, from idp's own settings in the environment."""
+    """The floor app as bench/run.py serves it under gunicorn (``floor_tokens:from_environment()``)."""
+    return app_from_environment(create_app, LIFETIMES)
+
+
+def app_from_environment(create: Callable[..., Flask], lifetimes: tuple[str, ...]) -> Flask:
+    """A floor app made by ``create`` on the database, issuer and key of the idp it runs beside, from idp's own
+    settings in the environment (bench/floor_signin.py's too)."""
     import os
 
     url = os.environ["IDP_DATABASE_URL"]  # on psycopg2, as idp runs (a bare postgresql:// would load psycopg 3)
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg2://" + url[len("postgresql://"):]
-    # The lifetimes idp's environment sets (IDP_ACCESS_TOKEN_TTL...); create_app has idp's defaults for the others.
-    lifetimes = {name: int(os.environ[f"IDP_{name.upper()}"]) for name in LIFETIMES
-                 if f"IDP_{name.upper()}" in os.environ}
-    return create_app(url, os.environ["IDP_ISSUER"], os.environ["IDP_SECRET_KEY"], **lifetimes)
+    # The lifetimes idp's environment sets (IDP_ACCESS_TOKEN_TTL...); ``create`` has idp's defaults for the others.
+    settings = {name: int(os.environ[f"IDP_{name.upper()}"]) for name in lifetimes
+                if f"IDP_{name.upper()}" in os.environ}
+    return create(url, os.environ["IDP_ISSUER"], os.environ["IDP_SECRET_KEY"], **settings)
 
 
 def _basic() -> tuple[str, str]:
