@@ -34,6 +34,17 @@ def _without_port(uri: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def redirect_uri_registered(redirect_uri: str, registered: Sequence[str]) -> bool:
+    """Whether ``redirect_uri`` is one of ``registered``: an exact string match; only the port of a loopback http URI
+    may differ (RFC 8252 7.3, RFC 9700 2.1)."""
+    if redirect_uri in registered:
+        return True
+    if _loopback_http(redirect_uri):
+        bare = _without_port(redirect_uri)
+        return any(_loopback_http(uri) and _without_port(uri) == bare for uri in registered)
+    return False
+
+
 class ClientAccessors:
     """Authlib's ClientMixin over a client's columns, for the model below and for the read-only view of one that a
     worker keeps (idp.oidc.server.ClientView): what a client may do is decided here, once."""
@@ -77,14 +88,7 @@ class ClientAccessors:
         return " ".join(s for s in dict.fromkeys(scope.split()) if s in allowed)
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
-        """Exact string match; only the port of a loopback http URI may differ (RFC 8252 7.3, RFC 9700 2.1)."""
-        registered = self.redirect_uris or []
-        if redirect_uri in registered:
-            return True
-        if _loopback_http(redirect_uri):
-            bare = _without_port(redirect_uri)
-            return any(_loopback_http(uri) and _without_port(uri) == bare for uri in registered)
-        return False
+        return redirect_uri_registered(redirect_uri, self.redirect_uris or [])
 
     def check_client_secret(self, client_secret: str) -> bool:
         return same(self.client_secret_hash, token_hash(client_secret or ""))
