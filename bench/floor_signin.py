@@ -12,7 +12,7 @@ bench/driver.py's ``sign_in`` sends them, unchanged:
   through Authlib's ``exists_nonce``). The request is validated as idp validates it: client_id, the redirect_uri
   matched exactly (only a loopback http URI's port may differ, RFC 8252 7.3), response_type ``code`` for a client
   registered for the code grant, the scope's values among idp's and ``openid`` in it, the parameters that may be
-  sent once sent once, idp's length limits (idp.oidc.policy.PARAMETER_LIMITS), PKCE (S256 only; required of a
+  sent once sent once, idp's length limits (idp.oidc.policy.oversized_parameter), PKCE (S256 only; required of a
   public client, RFC 9700 2.1.1). Before the redirect URI is trusted an error is a page (400), after it a
   redirect with ``error``, ``state`` and ``iss`` (RFC 9207), as idp answers. Without a live session (none, ended,
   idle or too old by idp's IDP_SESSION_IDLE_TIMEOUT and IDP_SESSION_MAX_AGE, or its user disabled) the request is
@@ -74,9 +74,9 @@ response modes (a request with one of these is refused with ``invalid_request``)
 at an older cost, the revocation of what a code's first use issued when it comes back (idp revokes the family and
 mails the user; the floor refuses the code), ending a session whose user was disabled (refused, not ended), ending
 a session the browser had before it signs in again, ID tokens signed otherwise than RS256, client authentication
-other than ``client_secret_basic`` at the token endpoint, admin scopes, logs, metrics, security headers, i18n.
-Statements are compiled once; nothing is cached between requests but them, the keys, the sign-in page's template
-and the dummy hash.
+other than ``client_secret_basic`` at the token endpoint, idp's API scopes (admin, account), logs, metrics,
+security headers, i18n. Statements are compiled once; nothing is cached between requests but them, the keys, the
+sign-in page's template and the dummy hash.
 """
 
 from __future__ import annotations
@@ -88,12 +88,20 @@ import json
 import re
 import secrets
 from datetime import UTC, datetime, timedelta
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from flask import Flask, Response, redirect, request, session
 from floor_tokens import _append_audit, _basic, _json, _released, _unauthorized, app_from_environment
 from joserfc import jwt
 from sqlalchemy import create_engine, text
+
+# idp's own rules where the floor must answer as idp does (the claims, the scopes, the limits, the redirect URI's
+# match): the same code, so the floor cannot drift from them.
+from idp.login.assurance import ACR_PASSWORD
+from idp.login.sessions import TOUCH_INTERVAL
+from idp.models.oauth import redirect_uri_registered
+from idp.oidc import claims
+from idp.oidc.policy import oversized_parameter
 
 SIGNING_KEY = text("SELECT private_jwk_encrypted FROM signing_keys WHERE alg = 'RS256' AND retired_at IS NULL "
                    "ORDER BY created_at DESC, id DESC LIMIT 1")
@@ -148,24 +156,18 @@ APPEND_TOKEN = text(
 # create_app's arguments that are idp's settings of the same name (IDP_ + the name in capitals).
 LIFETIMES = ("access_token_ttl", "id_token_ttl", "refresh_token_ttl", "refresh_token_max_age", "session_idle_timeout",
              "session_max_age", "auth_code_ttl")
-# idp's scopes (idp.oidc.claims.SCOPES and its admin and account scopes: OAUTH2_SCOPES_SUPPORTED).
-SCOPES = frozenset({"openid", "profile", "email", "phone", "offline_access", "admin", "admin:read", "account"})
-ADMIN_SCOPES = frozenset({"admin", "admin:read"})
-# idp.oidc.policy.PARAMETER_LIMITS, and the limit of any other parameter but client_id and redirect_uri.
-LIMITS = {"nonce": 512, "code_challenge": 128, "code_challenge_method": 16, "login_hint": 320, "state": 2048,
-          "acr_values": 512, "claims": 4096, "ui_locales": 256, "claims_locales": 256, "id_token_hint": 8192,
-          "scope": 2048, "prompt": 64, "display": 64, "response_mode": 64, "max_age": 10}
-OTHER_LIMIT = 2048
+# idp's scopes (its OAUTH2_SCOPES_SUPPORTED), and those of its own APIs, which the floor does not issue.
+SCOPES = frozenset({*claims.SCOPES, *claims.ADMIN_SCOPES, claims.ACCOUNT_SCOPE})
+API_SCOPES = frozenset({*claims.ADMIN_SCOPES, claims.ACCOUNT_SCOPE})
 SINGLE_VALUED = ("client_id", "response_type", "redirect_uri", "scope", "state", "nonce", "code_challenge",
                  "code_challenge_method")
 # What the floor does not implement: a request with one of these is refused rather than answered as if it were not.
 UNSUPPORTED = ("prompt", "max_age", "acr_values", "claims", "id_token_hint", "request", "request_uri",
                "response_mode", "dpop_jkt")
 PKCE = re.compile(r"^[a-zA-Z0-9\-._~]{43,128}$")  # RFC 7636 4.1 (verifier), 4.2 (an S256 challenge's alphabet)
-AMR, ACR = ["pwd"], "urn:idp:acr:pwd"  # a password sign-in (idp.login.assurance)
+AMR, ACR = ["pwd"], ACR_PASSWORD  # a password sign-in
 GENERIC_FAILURE = "Incorrect email or password."  # idp's one message (ASVS V6.3.8, SECURITY.md 19/21)
 SESSION_COOKIE = "__Host-floor_session"
-TOUCH_INTERVAL = 60  # idp.login.sessions.TOUCH_INTERVAL
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Sign in</title></head>
 <body><main>
@@ -200,25 +202,6 @@ def _sha256(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-def _loopback_http(uri: str) -> bool:
-    parts = urlsplit(uri)
-    return parts.scheme == "http" and parts.hostname in ("127.0.0.1", "::1")
-
-
-def _without_port(uri: str) -> str:
-    parts = urlsplit(uri)
-    host = parts.hostname or ""
-    return urlunsplit((parts.scheme, f"[{host}]" if ":" in host else host, parts.path, parts.query, parts.fragment))
-
-
-def _redirect_uri_matches(uri: str, registered: list[str]) -> bool:
-    """Exact string match; only the port of a loopback http URI may differ (RFC 8252 7.3, RFC 9700 2.1)."""
-    if uri in registered:
-        return True
-    return _loopback_http(uri) and any(_loopback_http(r) and _without_port(r) == _without_port(uri)
-                                       for r in registered)
-
-
 def create_app(database_url: str, issuer: str, secret_key: str, access_token_ttl: int = 900, id_token_ttl: int = 3600,
                refresh_token_ttl: int = 1209600, refresh_token_max_age: int = 7776000,
                session_idle_timeout: int = 1800, session_max_age: int = 43200, auth_code_ttl: int = 60) -> Flask:
@@ -251,21 +234,21 @@ def create_app(database_url: str, issuer: str, secret_key: str, access_token_ttl
             raise Refused("invalid_client", "Unknown client.")
         registered = list(row.redirect_uris or [])
         redirect_uri = params.get("redirect_uri") or (registered[0] if len(registered) == 1 else None)
-        if not redirect_uri or not _redirect_uri_matches(redirect_uri, registered):
+        if not redirect_uri or not redirect_uri_registered(redirect_uri, registered):
             raise Refused("invalid_request", "Redirect URI is not registered.")
         if params.get("response_type") != "code" or "authorization_code" not in (row.grant_types or []):
             raise Refused("unsupported_response_type", "response_type must be code.", redirect_uri)
         if row.require_pushed_authorization_requests:
             raise Refused("invalid_request", "This client must push its authorization requests.", redirect_uri)
-        for name, values in params.lists():
-            if name not in ("client_id", "redirect_uri") and any(len(v) > LIMITS.get(name, OTHER_LIMIT)
-                                                                  for v in values):
-                raise Refused("invalid_request", f"'{name}' is too long.", redirect_uri)
+        oversized = oversized_parameter(dict(params.lists()))
+        if oversized:
+            raise Refused("invalid_request", f"'{oversized}' is too long.", redirect_uri)
         scopes = (params.get("scope") or "").split()
         if not set(scopes) <= SCOPES:
             raise Refused("invalid_scope", "A scope is not supported.", redirect_uri)
-        if "openid" not in scopes or set(scopes) & ADMIN_SCOPES:  # an OpenID Connect sign-in; no admin scopes here
-            raise Refused("invalid_scope", "This floor answers openid requests without admin scopes.", redirect_uri)
+        if "openid" not in scopes or set(scopes) & API_SCOPES:  # an OpenID Connect sign-in; not idp's API scopes
+            raise Refused("invalid_scope", "This floor answers openid requests without idp's API scopes.",
+                          redirect_uri)
         unsupported = next((name for name in UNSUPPORTED if name in params), None)
         if unsupported:
             raise Refused("invalid_request", f"'{unsupported}' is not supported by the floor.", redirect_uri)
@@ -321,7 +304,7 @@ def create_app(database_url: str, issuer: str, secret_key: str, access_token_ttl
                            checked["state"])
         code = secrets.token_urlsafe(36)
         with engine.connect() as connection:  # one statement, committed on its own (autocommit)
-            if (now - row.last_seen_at).total_seconds() > TOUCH_INTERVAL:
+            if now - row.last_seen_at > TOUCH_INTERVAL:
                 connection.execute(TOUCH_SESSION, {"now": now, "sid": row.sid})
             connection.execute(ISSUE_CODE, {
                 "code_hash": _sha256(code), "client_id": client_id, "user_id": row.user_id,

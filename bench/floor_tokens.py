@@ -58,6 +58,7 @@ import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from urllib.parse import unquote
 
 from flask import Flask, Response, request
@@ -66,10 +67,9 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from sqlalchemy import create_engine, text
 
+from idp.oidc.claims import user_info  # the claims a scope releases, as idp releases them
+
 HEADERS = {"Cache-Control": "no-store", "Pragma": "no-cache"}  # RFC 6749 5.1, OIDC Core 5.3.2, RFC 7662 2.2
-# OIDC Core 5.4: the claims each scope releases (those idp can hold: idp.oidc.claims).
-SCOPE_CLAIMS = {"openid": ("sub",), "profile": ("name", "locale", "updated_at"),
-                "email": ("email", "email_verified"), "phone": ("phone_number", "phone_number_verified")}
 
 KEYS = text("SELECT public_jwk FROM signing_keys WHERE publish_until IS NULL OR publish_until > now()")
 USERINFO = text("SELECT t.scope, t.claims, t.revoked_at, t.access_expires_at, t.dpop_jkt, u.subject, u.email, "
@@ -129,20 +129,11 @@ def _json(body: dict, status: int = 200, extra: dict | None = None) -> Response:
 
 def _released(user, scopes: list[str], requested: dict | None) -> dict:
     """The claims ``scopes`` release about ``user`` (a row with the users columns), with those the ``claims``
-    request parameter asked for (OIDC Core 5.4, 5.5), as idp.oidc.claims.user_info makes them."""
-    known = {"sub": user.subject, "email": user.email, "email_verified": user.email_verified_at is not None,
-             "updated_at": int(user.updated_at.timestamp())}
-    if user.name:
-        known["name"] = user.name
-    if user.locale:
-        known["locale"] = user.locale
-    if user.phone:
-        known["phone_number"] = user.phone
-        known["phone_number_verified"] = user.phone_verified_at is not None
-    names = {name for scope in scopes for name in SCOPE_CLAIMS.get(scope, ())}
-    names.add("sub")
-    names.update(requested or ())
-    return {name: known[name] for name in names if name in known}
+    request parameter asked for (OIDC Core 5.4, 5.5): idp's own idp.oidc.claims.user_info, over the row."""
+    source = SimpleNamespace(subject=user.subject, email=user.email, email_verified=user.email_verified_at is not None,
+                             name=user.name, locale=user.locale, phone=user.phone,
+                             phone_verified=user.phone_verified_at is not None, updated_at=user.updated_at)
+    return user_info(source, " ".join(scopes), requested)
 
 
 def create_app(database_url: str, issuer: str, secret_key: str, access_token_ttl: int = 900, id_token_ttl: int = 3600,
