@@ -69,8 +69,8 @@ _ANCHORS = table_of(AuditAnchor)
 #   the first write, so a no-op UPDATE goes first to take it before the read. The id is the one SQLite would
 #   give (the largest plus one), taken explicitly because the hash covers it.
 # Cost: a committing transaction with rows pays two small statements more (the lock, then one indexed read of the
-# last row with the next id); its later rows reuse the link (on PostgreSQL one SELECT nextval each). On
-# PostgreSQL the two go in one round trip: psycopg2 sends a string of several statements as one simple-protocol
+# last row with the ids of all its rows), and its rows go in as one INSERT. On PostgreSQL the two go in one round
+# trip: psycopg2 sends a string of several statements as one simple-protocol
 # Query, and the server still runs them as separate statements, each with a snapshot of its own taken when it
 # starts (READ COMMITTED), so the read still follows the wait (issue 22: one round trip fewer per audited
 # commit; tests/test_audit_chain.py's concurrent appends on PostgreSQL would break if it did not). Commits that
@@ -78,13 +78,12 @@ _ANCHORS = table_of(AuditAnchor)
 GENESIS = "0" * 64
 _FIELDS = ("id", "at", "event", "actor_id", "subject_id", "subject_email", "client_id", "ip", "user_agent", "details")
 _LOCK_KEY = 0x1D9_A0D1  # any constant that no other advisory lock of this database uses
-_SEQUENCE = func.pg_get_serial_sequence("audit_events", "id")
-_LOCK_THEN_NEXT_PG = text(
+# The ids of the n rows to append, drawn in one statement (sorted: the chain's order is the ids' order).
+_LOCK_THEN_IDS_PG = text(
     "SELECT pg_advisory_xact_lock(:key); "
-    "SELECT nextval(pg_get_serial_sequence('audit_events', 'id')), "
-    "(SELECT row_hash FROM audit_events ORDER BY id DESC LIMIT 1)").bindparams(key=_LOCK_KEY)
+    "SELECT ARRAY(SELECT nextval(pg_get_serial_sequence('audit_events', 'id')) FROM generate_series(1, :n) "
+    "ORDER BY 1), (SELECT row_hash FROM audit_events ORDER BY id DESC LIMIT 1)").bindparams(key=_LOCK_KEY)
 _LOCK_SQLITE = text("UPDATE audit_events SET id = id WHERE 0")
-_NEXTVAL_PG = select(func.nextval(_SEQUENCE))
 _LAST_SQLITE = select(_EVENTS.c.id, _EVENTS.c.row_hash).order_by(_EVENTS.c.id.desc()).limit(1)
 
 
@@ -101,34 +100,33 @@ def row_hash(prev_hash: str, row: Mapping[Any, Any]) -> str:
     return hashlib.sha256((prev_hash + canonical).encode()).hexdigest()
 
 
-def _append(connection: Connection, content: dict[str, Any], link: dict[str, Any]) -> None:
-    """Insert one row chained to the last. ``link`` is where this transaction keeps (id, row_hash) of the row it
-    appended last, while it holds the lock: empty at its first append."""
-    postgres = connection.dialect.name == "postgresql"
-    if "hash" not in link:
-        if postgres:
-            dbapi: Any = connection.connection.dbapi_connection
-            if getattr(dbapi, "autocommit", False):
-                # A reads_only view (idp.pg_connections) that audits after all: without a transaction the lock
-                # would end with its own statement. Nothing is in progress on it, so this starts one here.
-                dbapi.autocommit = False
-        if postgres:
-            next_id, prev = connection.execute(_LOCK_THEN_NEXT_PG).one()  # the lock, then the read (above)
-        else:
-            connection.execute(_LOCK_SQLITE)
-            last = connection.execute(_LAST_SQLITE).one_or_none()
-            next_id, prev = (last[0] + 1, last[1]) if last else (1, None)
-        prev = prev or GENESIS
+def _append(connection: Connection, contents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Insert rows chained to the last, in order, under the chain's lock (above): the lock, the ids and the last
+    row's hash in one round trip, the rows in one more, however many the transaction recorded. Returns the rows."""
+    if connection.dialect.name == "postgresql":
+        dbapi: Any = connection.connection.dbapi_connection
+        if getattr(dbapi, "autocommit", False):
+            # A reads_only view (idp.pg_connections) that audits after all: without a transaction the lock
+            # would end with its own statement. Nothing is in progress on it, so this starts one here.
+            dbapi.autocommit = False
+        ids, prev = connection.execute(_LOCK_THEN_IDS_PG, {"n": len(contents)}).one()  # the lock, then the read
     else:
-        prev = link["hash"]
-        next_id = connection.execute(_NEXTVAL_PG).scalar_one() if postgres else link["id"] + 1
-    row = {**content, "id": next_id, "prev_hash": prev}
-    row["row_hash"] = row_hash(prev, row)
-    connection.execute(_APPEND, row)
-    link.update(id=next_id, hash=row["row_hash"])
+        connection.execute(_LOCK_SQLITE)
+        last = connection.execute(_LAST_SQLITE).one_or_none()
+        first, prev = (last[0] + 1, last[1]) if last else (1, None)
+        ids = range(first, first + len(contents))
+    prev = prev or GENESIS
+    rows = []
+    for content, next_id in zip(contents, ids, strict=True):
+        row = {**content, "id": next_id, "prev_hash": prev}
+        row["row_hash"] = prev = row_hash(prev, row)
+        rows.append(row)
+    connection.execute(_APPEND, rows)
     every = current_app.config.get("IDP_AUDIT_CHECKPOINT_EVERY", 0) if has_app_context() else 0
-    if every > 0 and next_id % every == 0:
-        _checkpoint(connection, next_id, row["row_hash"])
+    for row in rows:
+        if every > 0 and row["id"] % every == 0:
+            _checkpoint(connection, row["id"], row["row_hash"])
+    return rows
 
 
 def _signing_key(connection: Connection) -> tuple[str, Any] | None:
@@ -217,12 +215,7 @@ def _append_pending(session: Session) -> None:
     if not session.info.get(_PENDING):
         return
     session.flush()
-    rows = session.info.pop(_PENDING)
-    connection = session.connection()
-    link: dict[str, Any] = {}
-    for row in rows:
-        _append(connection, row, link)
-    session.info[_APPENDED] = rows
+    session.info[_APPENDED] = _append(session.connection(), session.info.pop(_PENDING))
 
 
 @listens_for(Session, "after_commit")
@@ -252,7 +245,7 @@ def _ended(session: Session, transaction: SessionTransaction) -> None:
     try:
         for engine, row in pending:
             with engine.begin() as connection:  # a transaction of its own: its own lock and link
-                _append(connection, row, {})
+                _append(connection, [row])
             metrics.count_events((row,))
     except SQLAlchemyError:  # the database is gone: say so loudly, but the answer to the user stands
         log.exception("could not write %d refused-request audit rows", len(pending))
