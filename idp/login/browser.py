@@ -17,6 +17,7 @@ from idp.login import sessions, transaction
 from idp.login.context import StepContext
 from idp.login.throttle import Throttle, account_key
 from idp.models import LoginSession, LoginTransaction, TransactionState, User, utcnow
+from idp.oidc.server import client_view
 from idp.security.tokens import new_token
 
 
@@ -117,7 +118,8 @@ def unlock_account(user: User, method: str, **details: Any) -> None:
 def step_context(txn: LoginTransaction) -> StepContext:
     """Everything a step may use, gathered from this request."""
     return StepContext(txn=txn, now=utcnow(), ip=g.client_ip, user_agent=g.user_agent, config=current_app.config,
-                       throttle=throttle(), url=external_url, device_token=request.cookies.get(device_cookie_name()))
+                       throttle=throttle(), url=external_url, find_client=client_view,
+                       device_token=request.cookies.get(device_cookie_name()))
 
 
 def device_cookie_name() -> str:

@@ -20,7 +20,7 @@ from flask_wtf import FlaskForm
 from idp import audit
 from idp.extensions import db
 from idp.login.throttle import Throttle, account_key
-from idp.models import Client, Device, Factor, LoginTransaction, TransactionState, User
+from idp.models import Device, Factor, LoginTransaction, TransactionState, User
 from idp.security.tokens import token_hash
 
 # Reasons that demand that the user proves who they are again, whatever session they have.
@@ -47,11 +47,11 @@ class StepContext:
     config: Mapping[str, Any]
     throttle: Throttle
     url: Callable[..., str]  # builds an absolute URL: url(endpoint, **values)
+    # The client with this id, to read (idp.oidc.server.client_view: the worker's kept view, no copy per request).
+    find_client: Callable[[str], Any]
     device_token: str | None = None  # the browser's device cookie, if any
-    # Filled in by the planner when the user is known: the level this sign-in must reach, and the second
-    # factors (kinds, strongest first) the user can still take.
+    # Filled in by the planner when the user is known: the level this sign-in must reach.
     required_level: str = ""
-    choices: list[str] = field(default_factory=list)
     # Answers computed once per request: the planner asks several questions that need the same rows.
     _memo: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -95,13 +95,11 @@ class StepContext:
             db.select(Device).where(Device.token_hash == token_hash(token), Device.user_id == user.id)
         ).scalar_one_or_none())
 
-    def client(self) -> Client | None:
-        """The client this sign-in is for (None for a direct sign-in to the account pages)."""
+    def client(self) -> Any:
+        """The client this sign-in is for (None for a direct sign-in to the account pages), read-only: the model,
+        or the worker's kept view of it (``find_client``)."""
         client_id = self.state.client_id
-        if not client_id:
-            return None
-        return self.once("client", lambda: db.session.execute(
-            db.select(Client).where(Client.client_id == client_id)).scalar_one_or_none())
+        return self.find_client(client_id) if client_id else None
 
     def confirmed_factors(self) -> list[Factor]:
         """The user's confirmed factors (an unconfirmed enrolment does not count), oldest first."""

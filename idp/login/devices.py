@@ -37,7 +37,9 @@ def seen(user: User, ctx: StepContext, *, remember: bool, sid: str | None = None
     token = None
     if device is None or device.revoked_at is not None:
         token = new_token(32)
-        first_ever = db.session.execute(db.select(Device.id).where(Device.user_id == user.id).limit(1)).first() is None
+        with db.session.no_autoflush:  # (the sign-in's rows go in with its one flush, at its commit)
+            first_ever = db.session.execute(db.select(Device.id).where(Device.user_id == user.id).limit(1)).first() \
+                is None
         device = Device(user_id=user.id, token_hash=token_hash(token), name=describe(ctx.user_agent), ip=ctx.ip,
                         created_at=ctx.now, last_used_at=ctx.now)
         db.session.add(device)

@@ -14,6 +14,7 @@ from idp.login.context import EXPLICIT_REASONS, StepContext, confirmed_factors
 from idp.login.factors import REGISTRY
 from idp.models import Client, Device, TransactionState, User
 from idp.oidc.claims import ADMIN_SCOPES
+from idp.oidc.server import ClientView
 
 
 def has_second_factor(user: User) -> bool:
@@ -21,12 +22,12 @@ def has_second_factor(user: User) -> bool:
     return bool(confirmed_factors(user))
 
 
-def client_level(client: Client) -> str:
+def client_level(client: Client | ClientView) -> str:
     """The least a client accepts: its minimum level, and MFA when its policy requires it ("" for no demand)."""
     return strongest([client.min_acr or "", ACR_MFA if client.mfa == "required" else ""])
 
 
-def required_level(user: User, state: TransactionState, client: Client | None, enrolled: bool,
+def required_level(user: User, state: TransactionState, client: Client | ClientView | None, enrolled: bool,
                    admin_level: str = "") -> str:
     """The level this sign-in must reach (``client``: the transaction's; ``enrolled``: whether the user has a
     confirmed second factor; ``admin_level``: IDP_ADMIN_ACR, demanded when an administrator's token is to carry
@@ -45,7 +46,7 @@ def required_level(user: User, state: TransactionState, client: Client | None, e
 
 
 def remembered_device_counts(reasons: set[str], state: TransactionState, device: Device | None, now: datetime,
-                             client: Client | None) -> bool:
+                             client: Client | ClientView | None) -> bool:
     """A remembered device stands in for the second factor, unless the request is an explicit step-up."""
     if device is None or device.remembered_until is None or device.remembered_until <= now:
         return False
@@ -80,15 +81,25 @@ def remembered(ctx: StepContext) -> bool:
 
 
 def assess(ctx: StepContext) -> None:
-    """Fill in the context's required level and the factors the user can still take (once the user is known)."""
+    """Fill in the context's required level (once the user is known)."""
     user = ctx.user
     if user is None or ctx.required_level:
         return
-    confirmed = ctx.confirmed_factors()
-    ctx.required_level = required_level(user, ctx.state, ctx.client(), bool(confirmed),
+    ctx.required_level = required_level(user, ctx.state, ctx.client(), bool(ctx.confirmed_factors()),
                                         ctx.config.get("IDP_ADMIN_ACR", ""))
+
+
+def choices(ctx: StepContext) -> list[str]:
+    """The second factors (kinds, strongest first) the user can still take for the required level: worked out once,
+    and only when asked, so a sign-in that needs no second factor reads no recovery codes."""
+    user = ctx.user
+    if user is None:
+        return []
+    assess(ctx)
     done = set(ctx.state.done)
-    ctx.choices = [kind for kind in usable_factors(user, ctx.required_level, confirmed) if kind not in done]
+    return ctx.once("choices", lambda: [kind for kind in usable_factors(user, ctx.required_level,
+                                                                        ctx.confirmed_factors())
+                                        if kind not in done])
 
 
 def needs_factor(ctx: StepContext) -> bool:
@@ -102,7 +113,8 @@ def needs_factor(ctx: StepContext) -> bool:
 def chosen_factor(ctx: StepContext) -> str | None:
     """The factor to ask for: the user's pick, else the strongest usable one that is offered without a pick."""
     assess(ctx)
-    if ctx.state.factor in ctx.choices:
+    offered = choices(ctx)
+    if ctx.state.factor in offered:
         return ctx.state.factor
-    automatic = [kind for kind in ctx.choices if (factor := REGISTRY.get(kind)) is not None and factor.automatic]
+    automatic = [kind for kind in offered if (factor := REGISTRY.get(kind)) is not None and factor.automatic]
     return automatic[0] if automatic else None

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import joinedload
+
 from idp import audit
 from idp.extensions import db
 from idp.login.assurance import acr_for, complete_amr
@@ -16,6 +19,10 @@ from idp.security.tokens import new_token, token_hash
 # Writing last_seen_at on every request would turn each page view into a write; a minute is precise enough
 # for an idle timeout measured in tens of minutes.
 TOUCH_INTERVAL = timedelta(seconds=60)
+# A request with a session cookie reads the session and its user (every check reads the user): one statement, one
+# round trip, built once (bench/README.md: building a statement per request costs more Python than running it).
+_BY_TOKEN = (select(LoginSession).where(LoginSession.token_hash == bindparam("hash"))
+             .options(joinedload(LoginSession.user)))
 
 
 def start(user: User, *, amr: Iterable[str], now: datetime, ip: str, user_agent: str,
@@ -45,9 +52,7 @@ def load(token: str | None, *, now: datetime, idle_timeout: int, max_age: int) -
     """The live session for a cookie token; an idle or too old one is ended (and audited) on the way."""
     if not token:
         return None
-    session = db.session.execute(
-        db.select(LoginSession).where(LoginSession.token_hash == token_hash(token))
-    ).scalar_one_or_none()
+    session = db.session.execute(_BY_TOKEN, {"hash": token_hash(token)}).scalar_one_or_none()
     if session is None or session.ended_at is not None:
         return None
     if session.user.disabled:

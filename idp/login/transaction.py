@@ -10,11 +10,15 @@ from typing import Any
 from idp.extensions import db
 from idp.models import LoginTransaction, TransactionState, User
 from idp.security.tokens import new_token, same, token_hash
+from idp.security.webauthn import new_challenge
 
 
 def start(*, binding: str, state: TransactionState, now: datetime, ttl: int,
           user: User | None = None) -> LoginTransaction:
-    """Store a new transaction: the reasons it exists, where to return, and what is already done."""
+    """Store a new transaction: the reasons it exists, where to return, and what is already done; with its first
+    WebAuthn challenge (idp.login.webauthn.assertion_options), so that the page that offers a passkey writes nothing."""
+    if not state.webauthn_challenge:
+        state = replace(state, webauthn_challenge=new_challenge())
     txn = LoginTransaction(id=new_token(24), binding_hash=token_hash(binding), user=user, created_at=now,
                            expires_at=now + timedelta(seconds=ttl), state=state)
     db.session.add(txn)

@@ -72,7 +72,9 @@ def step(tid: str):
             if outcome.ok:
                 transaction.mark_done(txn, current.name, outcome.amr)
                 after = step_context(txn)  # re-planned: this answer may have changed what is left
-                if planner.next_step(after) is None:
+                with db.session.no_autoflush:  # (the plan reads the user's factors, never the transaction's row)
+                    last = planner.next_step(after) is None
+                if last:
                     return _complete(after)  # the last step (one commit with the session): no extra round trip
                 db.session.commit()
                 return redirect(url_for("login.step", tid=tid))
@@ -90,7 +92,7 @@ def _others(ctx: StepContext, current: Step) -> list[tuple[str, str]]:
     """The chooser under a factor's form: the other factors the user may pick instead, strongest first."""
     if REGISTRY.get(current.name) is None:
         return []
-    return [(kind, factor.chooser_label or factor.title) for kind in ctx.choices
+    return [(kind, factor.chooser_label or factor.title) for kind in mfa.choices(ctx)
             if kind != current.name and (factor := REGISTRY.get(kind)) is not None]
 
 
@@ -137,7 +139,7 @@ def choose(tid: str):
     ctx = step_context(txn)
     mfa.assess(ctx)
     wanted = request.form.get("factor", "")
-    if wanted in ctx.choices:
+    if wanted in mfa.choices(ctx):
         transaction.update(txn, factor=wanted)
         db.session.commit()
     return redirect(url_for("login.step", tid=tid))
@@ -172,7 +174,6 @@ def _complete(ctx: StepContext) -> Response:
     rotate_binding()
     # The completed transaction follows the new binding, so /authorize can still see what it answered.
     txn.binding_hash = token_hash(binding())
-    db.session.flush()
     audit.record("login.success", subject=user, amr=live.amr, acr=live.acr, sid=live.sid,
                  client_id=txn.state.client_id)
     device_token = devices.seen(user, ctx, remember=txn.state.remember_device, sid=live.sid)

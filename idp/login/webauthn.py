@@ -36,9 +36,13 @@ def credentials_of(user_id: int) -> list[Factor]:
 
 
 def assertion_options(txn: LoginTransaction, *, user_id: int | None, require_uv: bool) -> str:
-    """Options for navigator.credentials.get(), with a fresh challenge bound to this transaction."""
-    challenge = wa.new_challenge()
-    update(txn, webauthn_challenge=challenge)
+    """Options for navigator.credentials.get(), with the transaction's pending challenge (SECURITY.md 25: single use,
+    bound to the transaction). idp.login.transaction.start draws the first with the transaction, so showing the
+    sign-in page writes nothing; an assertion consumes it, pass or fail, and the next page draws a new one."""
+    challenge = txn.state.webauthn_challenge
+    if not challenge:
+        challenge = wa.new_challenge()
+        update(txn, webauthn_challenge=challenge)
     allow = [f.credential_id for f in credentials_of(user_id) if f.credential_id] if user_id is not None else []
     return wa.authentication_options(relying_party(), challenge=challenge, allow=allow, require_uv=require_uv)
 

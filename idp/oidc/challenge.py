@@ -47,10 +47,10 @@ from idp.login import consume, devices, mfa, planner, sessions, transaction
 from idp.login.assurance import LEVELS, meets
 from idp.login.browser import throttle
 from idp.login.context import Step, StepContext
-from idp.models import AuthorizationCode, Client, LoginSession, LoginTransaction, TransactionState, User, utcnow
+from idp.models import Client, LoginSession, LoginTransaction, TransactionState, User, utcnow
 from idp.oidc import claims as oidc_claims
 from idp.oidc import dpop, par
-from idp.oidc.server import current_server
+from idp.oidc.server import client_view, current_server, store_code
 from idp.security.tokens import new_token, same, token_hash
 
 bp = Blueprint("challenge", __name__)
@@ -274,7 +274,8 @@ def start_signup(client: Client, data: Mapping[str, Any], user: User | None, exi
 
 def _context(txn: LoginTransaction, data: Mapping[str, str]) -> StepContext:
     return StepContext(txn=txn, now=utcnow(), ip=g.client_ip, user_agent=g.user_agent, config=current_app.config,
-                       throttle=throttle(), url=external_url, device_token=data.get("device_token") or None)
+                       throttle=throttle(), url=external_url, find_client=client_view,
+                       device_token=data.get("device_token") or None)
 
 
 def _answer(step: Step, data: Mapping[str, str]) -> MultiDict | None:
@@ -304,7 +305,7 @@ def _describe(ctx: StepContext, step: Step, auth_session: str, error: str = "", 
         description = error or "Send the code mailed to the address (resend=true for a new one)."
     else:
         body["step"] = API_NAMES.get(step.name, step.name)
-        body["factors"] = [API_NAMES.get(kind, kind) for kind in ctx.choices]
+        body["factors"] = [API_NAMES.get(kind, kind) for kind in mfa.choices(ctx)]
         if step.name == "webauthn":
             body["webauthn_options"] = variables.get("options")
         description = error or f"Send the {body['step']} answer (code, or credential for webauthn)."
@@ -354,13 +355,13 @@ def _complete(ctx: StepContext, client: Client) -> Response:
         scope = oidc_claims.grantable_scope(scope, user.roles_at(ctx.now),
                                             meets(live.acr, current_app.config["IDP_ADMIN_ACR"]))
     code = new_token(32)
-    db.session.add(AuthorizationCode(
+    store_code(
         code_hash=token_hash(code), client_id=client.client_id, user_id=user.id, redirect_uri="", scope=scope,
         nonce=request_data.get("nonce"), code_challenge=request_data.get("code_challenge"),
         code_challenge_method=request_data.get("code_challenge_method"), claims=None, sid=live.sid,
         auth_time=live.auth_time, acr=live.acr, amr=list(live.amr), issued_at=ctx.now,
         dpop_jkt=request_data.get("dpop_jkt"),  # bound as a dpop_jkt binds a code (RFC 9449 10)
-        expires_at=ctx.now + timedelta(seconds=current_app.config["IDP_AUTH_CODE_TTL"])))
+        expires_at=ctx.now + timedelta(seconds=current_app.config["IDP_AUTH_CODE_TTL"]))
     db.session.commit()
     body = {"authorization_code": code, "auth_session": auth_session,
             **({"device_token": device_token} if device_token else {})}
@@ -411,7 +412,7 @@ def authorize_challenge() -> Response:
     wanted = KINDS.get(data.get("factor", ""), data.get("factor", ""))
     if wanted:
         mfa.assess(ctx)
-        if wanted in ctx.choices:
+        if wanted in mfa.choices(ctx):
             transaction.update(txn, factor=wanted)
             ctx = _context(txn, data)
     return _step(ctx, client, data)

@@ -18,15 +18,13 @@ import requests
 from authlib.common.urls import add_params_to_uri
 from flask import Flask, current_app, g, has_request_context
 from joserfc import jwt
-from sqlalchemy import event
-from sqlalchemy.dialects import postgresql, sqlite
 from werkzeug.wrappers import Response
 
 from idp import audit
 from idp.extensions import db
 from idp.http import CSP
 from idp.jobs import enqueue
-from idp.models import AuthorizationCode, Client, LoginSession, SessionClient, User, table_of, utcnow
+from idp.models import Client, LoginSession, SessionClient, User, utcnow
 from idp.oidc import keys
 from idp.oidc.registration import origin_of
 from idp.oidc.server import outbound_public_only
@@ -47,17 +45,7 @@ _SHOWN = "idp.logout.frames_shown"  # g: the page rendered them (its CSP must al
 
 
 # --- who took part --------------------------------------------------------------------------------------------
-
-@event.listens_for(AuthorizationCode, "after_insert")
-def _took_part(_mapper, connection, code: AuthorizationCode) -> None:
-    """A code issued from a session: its client took part in it (once per session and client, also when two
-    codes are issued at the same moment)."""
-    if not code.sid:
-        return
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    connection.execute(dialect.insert(table_of(SessionClient)).values(
-        sid=code.sid, client_id=code.client_id, created_at=utcnow()).on_conflict_do_nothing())
-
+# Each code issued from a session notes its client in session_clients (idp.oidc.server.store_code).
 
 def participants(sid: str) -> list[Client]:
     """The clients that the session ``sid`` signed into (those still registered), in the order they joined."""

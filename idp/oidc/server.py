@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector, current_token
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Request
@@ -46,6 +46,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from sqlalchemy import JSON, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import joinedload, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
@@ -57,7 +58,7 @@ from idp.changes import Stamp
 from idp.extensions import db, limiter, per_app
 from idp.jobs import enqueue
 from idp.login.assurance import meets
-from idp.models import AuthorizationCode, Client, LoginSession, Token, User, table_of, utcnow
+from idp.models import AuthorizationCode, Client, LoginSession, SessionClient, Token, User, table_of, utcnow
 from idp.models.oauth import ClientAccessors, TokenAccessors
 from idp.models.user import VerifiedAccessors
 from idp.oidc import claims as oidc_claims
@@ -132,6 +133,9 @@ class ClientView(ClientAccessors):
 
     __slots__ = tuple("_jwks" if attr.key == "jwks" else attr.key for attr in Client.__mapper__.column_attrs)
     _jwks: dict[str, Any] | None
+
+    if TYPE_CHECKING:  # the client's columns, set from __slots__ at run time: a type checker sees them as Any
+        def __getattr__(self, name: str) -> Any: ...
 
     def __init__(self, row: Client) -> None:
         for name in self.__slots__:
@@ -244,6 +248,21 @@ def _once_per_request(kind: str, key, compute):
 # every request cost more Python than running it (bench/README.md, seventh pass). Values go in as bound parameters.
 _CLIENT = select(Client).where(Client.client_id == bindparam("client_id"))
 _APPEND_TOKEN = insert(table_of(Token))
+_APPEND_CODE = insert(table_of(AuthorizationCode))
+_TOOK_PART = {name: dialect.insert(table_of(SessionClient)).on_conflict_do_nothing()
+              for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))}
+
+
+def store_code(**values: Any) -> None:
+    """Store an authorization code (its hash, and what it was issued for) in the caller's transaction, and note that
+    its client took part in its sign-in session (once per session and client, also when two codes are issued at
+    the same moment): idp.oidc.logout tells exactly those clients when the session ends. Prepared INSERTs rather
+    than an ORM object: nothing reads the row back in the request that issues it."""
+    connection = db.session.connection()
+    connection.execute(_APPEND_CODE, values)
+    if values.get("sid"):
+        connection.execute(_TOOK_PART[connection.dialect.name],
+                           {"sid": values["sid"], "client_id": values["client_id"], "created_at": utcnow()})
 _TOKEN_BY_JTI = select(Token).where(Token.jti == bindparam("jti")).options(joinedload(Token.user),
                                                                           joinedload(Token.client))
 _TOKEN_BY_REFRESH = select(Token).where(Token.refresh_token_hash == bindparam("hash")).options(joinedload(Token.user))
@@ -656,14 +675,14 @@ class AuthorizationCodeGrant(DPoPClients, grants.AuthorizationCodeGrant):
         if set(scope.split()) & set(oidc_claims.ADMIN_SCOPES):  # (the roles are read only then)
             scope = oidc_claims.grantable_scope(scope, approval.user.roles_at(now),
                                                 meets(live.acr, current_app.config["IDP_ADMIN_ACR"]))
-        db.session.add(AuthorizationCode(
+        store_code(
             code_hash=token_hash(code), client_id=request.client.client_id, user_id=approval.user.id,
             redirect_uri=request.payload.redirect_uri or "", scope=scope, nonce=data.get("nonce"),
             code_challenge=data.get("code_challenge"), code_challenge_method=data.get("code_challenge_method"),
             claims=approval.claims_request, sid=live.sid, auth_time=live.auth_time, acr=live.acr,
             amr=list(live.amr), issued_at=now, dpop_jkt=data.get("dpop_jkt"),  # RFC 9449 10
             expires_at=now + timedelta(seconds=current_app.config["IDP_AUTH_CODE_TTL"]),
-        ))
+        )
         db.session.commit()
 
     def query_authorization_code(self, code: str, client: Client) -> AuthorizationCode | None:
@@ -1292,7 +1311,7 @@ def create_server(app: Flask) -> AuthorizationServer:
     server = Server()
     app.config.setdefault("OAUTH2_SCOPES_SUPPORTED", [*oidc_claims.SCOPES, *oidc_claims.ADMIN_SCOPES,
                                                       oidc_claims.ACCOUNT_SCOPE])
-    server.init_app(app, query_client=query_client, save_token=save_token)
+    server.init_app(app, query_client=client_view, save_token=save_token)
     server.register_token_generator("default", AccessTokens(app.config["IDP_ISSUER"]))
     for method, authenticate in CLIENT_AUTH_METHODS.items():  # (Authlib's own none and client_secret_post too)
         server.register_client_auth_method(method, _noting(authenticate))
