@@ -81,12 +81,15 @@ class _Limiter(Limiter):
 limiter = _Limiter(key_func=_rate_key)
 
 # The protocol and operations endpoints that carry no rate limit, the hot paths of a relying party and a load
-# balancer. Flask-Limiter looks up the limits of every request in a before-request hook, which found none here
-# and cost ~50 us each, a tenth of a discovery answer (issue 22, bench/README.md); a request filter (its public
-# API) skips that for these endpoints. A limit added to one of them later would be skipped too:
-# tests/test_rate_limits.py checks that none of them has one.
+# balancer, and the sign-in's authorization and step pages (their password and code answers are throttled per
+# account and address by idp.login.throttle, SECURITY.md 21, not by Flask-Limiter). Flask-Limiter looks up the
+# limits of every request in a before-request hook, which found none here and cost ~50 us each, a tenth of a
+# discovery answer (issue 22, bench/README.md); a request filter (its public API) skips that for these endpoints.
+# A limit added to one of them later would be skipped too: tests/test_rate_limits.py checks that none of them has
+# one.
 UNLIMITED_ENDPOINTS = frozenset({"oidc.discovery", "oidc.oauth_metadata", "oidc.jwks", "oidc.token", "oidc.userinfo",
-                                 "oidc.introspect", "oidc.revoke", "ops.healthz", "ops.readyz", "ops.metrics_endpoint"})
+                                 "oidc.introspect", "oidc.revoke", "ops.healthz", "ops.readyz", "ops.metrics_endpoint",
+                                 "oidc.authorize", "login.step"})
 
 
 @limiter.request_filter

@@ -31,6 +31,8 @@ def test_the_limiters_check_runs_on_every_endpoint_but_those_without_limits(app,
     client.post("/token", data={"grant_type": "client_credentials"})
     client.get("/jwks.json?fresh")
     client.get("/healthz")
+    client.get("/authorize?client_id=nobody")
+    client.get("/login/no-such-transaction")
     assert checked == []
     client.get("/login")
     client.post("/api/v1/register", json={})
