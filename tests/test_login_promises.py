@@ -228,6 +228,21 @@ def test_a_security_key_assertion_cannot_be_posted_twice_in_one_transaction(app,
     assert signed_in_email(client) is None
 
 
+def test_the_sign_in_pages_challenge_does_not_answer_the_key_screen(app, client, alice, plain_client):
+    """Each step offers a challenge of its own: an assertion made for the sign-in page's passkey prompt, left
+    unused when the password answered that page, does not answer the security-key screen after it."""
+    key = SoftAuthenticator()
+    register_key(app, key, sign_count=5)
+    walked = up_to_the_key_screen(client, plain_client)
+    assert walked.screens == ["password", "webauthn"]
+    early = offered_challenge(walked.pages[0], "passkey-options")
+    assert offered_challenge(walked.pages[-1], "webauthn-options") != early
+    response = answer_key_screen(client, walked, key.assertion(early, counter=6))
+    assert response.status_code == 200 and step_name(response) == "webauthn"
+    assert "could not be verified" in response.get_data(as_text=True)
+    assert signed_in_email(client) is None
+
+
 def test_a_passkey_assertion_cannot_be_posted_twice_in_one_transaction(app, client, alice):
     """Passwordless: a passkey answer refused after its check (the account was locked) is spent, even once the
     account is unlocked."""

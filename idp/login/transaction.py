@@ -15,8 +15,9 @@ from idp.security.webauthn import new_challenge
 
 def start(*, binding: str, state: TransactionState, now: datetime, ttl: int,
           user: User | None = None) -> LoginTransaction:
-    """Store a new transaction: the reasons it exists, where to return, and what is already done; with its first
-    WebAuthn challenge (idp.login.webauthn.assertion_options), so that the page that offers a passkey writes nothing."""
+    """Store a new transaction: the reasons it exists, where to return, and what is already done; with the WebAuthn
+    challenge of its first step (idp.login.webauthn.assertion_options), so that the page that offers a passkey
+    writes nothing."""
     if not state.webauthn_challenge:
         state = replace(state, webauthn_challenge=new_challenge())
     txn = LoginTransaction(id=new_token(24), binding_hash=token_hash(binding), user=user, created_at=now,
@@ -43,8 +44,11 @@ def update(txn: LoginTransaction, **changes: Any) -> None:
 
 
 def mark_done(txn: LoginTransaction, step: str, amr: Iterable[str]) -> None:
-    """Record that ``step`` succeeded and which methods (RFC 8176 values) it proved."""
-    update(txn, done=[*txn.state.done, step], amr=list(dict.fromkeys([*txn.state.amr, *amr])))
+    """Record that ``step`` succeeded and which methods (RFC 8176 values) it proved; the next step gets a WebAuthn
+    challenge of its own (SECURITY.md 25: one left unused by this step, say the sign-in page's passkey prompt
+    when the password answered it, answers nothing after it)."""
+    update(txn, done=[*txn.state.done, step], amr=list(dict.fromkeys([*txn.state.amr, *amr])),
+           webauthn_challenge=new_challenge())
 
 
 def load_completed(tid: str | None, *, binding: str | None, now: datetime,

@@ -72,7 +72,14 @@ def step(tid: str):
             if outcome.ok:
                 transaction.mark_done(txn, current.name, outcome.amr)
                 after = step_context(txn)  # re-planned: this answer may have changed what is left
-                with db.session.no_autoflush:  # (the plan reads the user's factors, never the transaction's row)
+                if current is planner.PASSWORD:
+                    # The password step changed only the user's failure count and the transaction, which the plan
+                    # does not read (it reads the user's factors, devices and recovery codes): they go in with the
+                    # completion's one flush. Another step may have changed what the plan reads (an enrolment
+                    # confirms a factor), so the plan sees its changes.
+                    with db.session.no_autoflush:
+                        last = planner.next_step(after) is None
+                else:
                     last = planner.next_step(after) is None
                 if last:
                     return _complete(after)  # the last step (one commit with the session): no extra round trip

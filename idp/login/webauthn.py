@@ -37,8 +37,9 @@ def credentials_of(user_id: int) -> list[Factor]:
 
 def assertion_options(txn: LoginTransaction, *, user_id: int | None, require_uv: bool) -> str:
     """Options for navigator.credentials.get(), with the transaction's pending challenge (SECURITY.md 25: single use,
-    bound to the transaction). idp.login.transaction.start draws the first with the transaction, so showing the
-    sign-in page writes nothing; an assertion consumes it, pass or fail, and the next page draws a new one."""
+    bound to the transaction and to its current step). idp.login.transaction.start draws the first with the
+    transaction, so showing the sign-in page writes nothing, and mark_done one for each next step; an assertion
+    consumes it, pass or fail, and the next page draws a new one."""
     challenge = txn.state.webauthn_challenge
     if not challenge:
         challenge = wa.new_challenge()
