@@ -357,3 +357,33 @@ def test_an_auth_session_presented_six_times_at_once_is_taken_once(make_app):
     codes = [r for r in responses if "authorization_code" in r.get_json()]
     assert len(codes) == 1, [r.get_json() for r in responses]
     assert {r.get_json()["error"] for r in responses if r not in codes} == {"invalid_session"}
+
+
+def test_a_passkey_assertion_signs_in_once_when_posted_six_times_at_once(racing, monkeypatch):
+    """The WebAuthn challenge is a one-time secret: of six posts of one passkey assertion at once (from an
+    authenticator without a counter, so only the challenge stops a replay) in the browser whose sign-in page
+    offered it, one is accepted; the others that reach the check are refused and audited."""
+    from idp.login import planner
+    from tests.test_login_promises import SoftAuthenticator, offered_challenge, register_key
+
+    app = racing
+    key = SoftAuthenticator()
+    register_key(app, key)
+    http = app.test_client()
+    step_url = http.get("/login").headers["Location"]
+    page = http.get(step_url)
+    form = {"csrf_token": csrf_token(page),
+            "credential": key.assertion(offered_challenge(page, "passkey-options"), counter=0, user_verified=True)}
+    outcomes: list[bool] = []
+    check = planner.PASSWORD.verify_passkey
+
+    def counted(ctx, credential):
+        outcome = check(ctx, credential)
+        outcomes.append(outcome.ok)
+        return outcome
+
+    monkeypatch.setattr(planner.PASSWORD, "verify_passkey", counted)
+    at_once(6, lambda i: same_browser(app, http), lambda browser: browser.post(f"{step_url}/passkey", data=form))
+    assert outcomes.count(True) == 1, outcomes
+    refused = [e for e in audit_events(app, "login.failure") if e.details.get("reason") == "passkey"]
+    assert len(refused) == outcomes.count(False)

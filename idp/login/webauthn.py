@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from flask import current_app
+from sqlalchemy import select
 
 from idp import audit
 from idp.extensions import db
@@ -48,11 +49,22 @@ def assertion_options(txn: LoginTransaction, *, user_id: int | None, require_uv:
     return wa.authentication_options(relying_party(), challenge=challenge, allow=allow, require_uv=require_uv)
 
 
+def _take_challenge(txn: LoginTransaction) -> str | None:
+    """The transaction's pending challenge, taken (SECURITY.md 32): its row is read again under a row lock held to
+    the commit (SELECT ... FOR UPDATE), so of two assertions presented at once the second reads the row after the
+    first has taken the challenge, and finds none. The state lives in a JSON column a conditional UPDATE cannot
+    compare, so the lock is what makes the read and the write one step. (SQLite has one writer at a time.)"""
+    db.session.execute(select(LoginTransaction).where(LoginTransaction.id == txn.id).with_for_update()
+                       .execution_options(populate_existing=True)).scalar_one()  # (fetched: that refreshes txn)
+    challenge = txn.state.webauthn_challenge
+    update(txn, webauthn_challenge=None)
+    return challenge
+
+
 def verify_assertion(txn: LoginTransaction, credential_json: str, *, user_id: int | None, require_uv: bool,
                      now) -> tuple[Factor, wa.Asserted]:
     """Check an assertion against the transaction's challenge (consumed either way) and the stored key."""
-    challenge = txn.state.webauthn_challenge
-    update(txn, webauthn_challenge=None)
+    challenge = _take_challenge(txn)
     if not challenge:
         raise wa.WebAuthnFailed("no challenge pending")
     credential_id = wa.credential_id_of(credential_json)
