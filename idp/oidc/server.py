@@ -23,7 +23,6 @@ from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Request
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import OAuth2Payload, TokenValidator, grants
 from authlib.oauth2.rfc6749.authenticate_client import (
-    ClientAuthentication,
     authenticate_client_secret_basic,
     authenticate_client_secret_post,
     authenticate_none,
@@ -1244,22 +1243,8 @@ class Server(AuthorizationServer):
             return ParametersRequest(request)
         return super().create_oauth2_request(request)
 
-    # Authlib's names of the endpoints that only read the client they authenticate (the grants' "token"): there it
-    # is the worker's kept view (``client_view``), not a copy merged into the request's session.
-    CLIENT_VIEW_ENDPOINTS = frozenset({"token", "introspection", "revocation"})
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._view_authentication = ClientAuthentication(client_view)
-
-    def register_client_auth_method(self, method, func) -> None:
-        super().register_client_auth_method(method, func)
-        self._view_authentication.register(method, func)
-
     def authenticate_client(self, request, methods, endpoint="token"):
         try:
-            if endpoint in self.CLIENT_VIEW_ENDPOINTS:
-                return self._view_authentication(request, methods, endpoint)
             return super().authenticate_client(request, methods, endpoint)
         except InvalidClientError as error:
             identified = getattr(request, IDENTIFIED, None)
@@ -1311,6 +1296,8 @@ def create_server(app: Flask) -> AuthorizationServer:
     server = Server()
     app.config.setdefault("OAUTH2_SCOPES_SUPPORTED", [*oidc_claims.SCOPES, *oidc_claims.ADMIN_SCOPES,
                                                       oidc_claims.ACCOUNT_SCOPE])
+    # Every client Authlib reads, to authenticate it or to validate a request of it, is only read: the worker's kept
+    # view of it (``client_view``), not a copy merged into the request's session.
     server.init_app(app, query_client=client_view, save_token=save_token)
     server.register_token_generator("default", AccessTokens(app.config["IDP_ISSUER"]))
     for method, authenticate in CLIENT_AUTH_METHODS.items():  # (Authlib's own none and client_secret_post too)
