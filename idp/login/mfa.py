@@ -112,7 +112,6 @@ def needs_factor(ctx: StepContext) -> bool:
 
 def chosen_factor(ctx: StepContext) -> str | None:
     """The factor to ask for: the user's pick, else the strongest usable one that is offered without a pick."""
-    assess(ctx)
     offered = choices(ctx)
     if ctx.state.factor in offered:
         return ctx.state.factor

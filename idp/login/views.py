@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response
@@ -72,14 +74,11 @@ def step(tid: str):
             if outcome.ok:
                 transaction.mark_done(txn, current.name, outcome.amr)
                 after = step_context(txn)  # re-planned: this answer may have changed what is left
-                if current is planner.PASSWORD:
-                    # The password step changed only the user's failure count and the transaction, which the plan
-                    # does not read (it reads the user's factors, devices and recovery codes): they go in with the
-                    # completion's one flush. Another step may have changed what the plan reads (an enrolment
-                    # confirms a factor), so the plan sees its changes.
-                    with db.session.no_autoflush:
-                        last = planner.next_step(after) is None
-                else:
+                # The password step changed only the user's failure count and the transaction, which the plan does
+                # not read (it reads the user's factors, devices and recovery codes): they go in with the
+                # completion's one flush. Another step may have changed what the plan reads (an enrolment confirms a
+                # factor), so the plan sees its changes.
+                with db.session.no_autoflush if current is planner.PASSWORD else nullcontext():
                     last = planner.next_step(after) is None
                 if last:
                     return _complete(after)  # the last step (one commit with the session): no extra round trip
@@ -144,7 +143,6 @@ def choose(tid: str):
     if txn is None:
         return _expired()
     ctx = step_context(txn)
-    mfa.assess(ctx)
     wanted = request.form.get("factor", "")
     if wanted in mfa.choices(ctx):
         transaction.update(txn, factor=wanted)

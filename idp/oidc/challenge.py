@@ -411,7 +411,6 @@ def authorize_challenge() -> Response:
     ctx = _context(txn, data)
     wanted = KINDS.get(data.get("factor", ""), data.get("factor", ""))
     if wanted:
-        mfa.assess(ctx)
         if wanted in mfa.choices(ctx):
             transaction.update(txn, factor=wanted)
             ctx = _context(txn, data)
