@@ -174,6 +174,24 @@ def test_a_checkpoint_is_written_every_n_events(make_app):
     assert verify(app) == (0, "audit log intact: 7 events, 2 checkpoints")
 
 
+def test_the_rows_of_one_transaction_go_in_together_with_their_checkpoints(make_app):
+    """A transaction's rows are appended as one INSERT (idp.audit._append): each still links to the one before, and
+    each n-th of them still gets its checkpoint."""
+    app = make_app(IDP_AUDIT_CHECKPOINT_EVERY=2)
+    with app.app_context():
+        keys.active()
+    with app.test_request_context():
+        for n in range(5):
+            audit.record("test.batch", n=n)
+        db.session.commit()
+    rows = events(app)
+    assert [row["details"]["n"] for row in rows if row["event"] == "test.batch"] == list(range(5))
+    with app.app_context():
+        signed = [row.last_event_id for row in db.session.execute(select(AuditCheckpoint)).scalars()]
+    assert signed == [row["id"] for row in rows if row["id"] % 2 == 0] and len(signed) >= 2
+    assert verify(app) == (0, f"audit log intact: {len(rows)} events, {len(signed)} checkpoints")
+
+
 @pytest.mark.skipif(not TEST_DATABASE_URL, reason="concurrent writers need PostgreSQL (SQLite serialises them): "
                                                   "set IDP_TEST_DATABASE_URL")
 def test_concurrent_appends_on_postgresql_keep_one_intact_chain(app):
