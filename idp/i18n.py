@@ -86,7 +86,7 @@ def select_locale() -> str:
 
 
 def refresh() -> None:
-    """Choose again (the user just saved another language)."""
+    """Choose again (the user just saved another language, or the page shows a sign-in's first screen)."""
     g.pop("ui_language", None)
     flask_babel.refresh()
 

@@ -212,10 +212,13 @@ def step_name(html: str) -> str | None:
 
 
 class Screen:
-    """A hosted sign-in screen: where it was shown, its step name, and its page."""
+    """A hosted sign-in screen: where its answer is posted (/login/<tid>, wherever it was shown: the first screen is
+    the answer to the request that began the sign-in), its step name, and its page."""
 
     def __init__(self, response: requests.Response):
-        self.path = urlsplit(response.request.path_url).path
+        found = re.search(r'<form method="post" action="(/login/[A-Za-z0-9_-]+)"', response.text)
+        assert found, f"no sign-in form: {page_text(response.text)}"
+        self.path = found.group(1)
         self.response = response
         self.html = response.text
         self.step = step_name(self.html)

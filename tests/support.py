@@ -158,13 +158,27 @@ def make_user_in(app, *, email="alice@example.com", password=PASSWORD, name="Ali
 
 def sign_in(client, email: str, password: str = PASSWORD, next_path: str | None = None):
     """Walk /login -> password step; returns the response to the password POST (not followed)."""
-    start = client.get("/login" + (f"?next={next_path}" if next_path else ""))
-    assert start.status_code == 302, start.status_code
-    step_url = start.headers["Location"]
-    page = client.get(step_url)
-    response = client.post(step_url, data={"csrf_token": csrf_token(page), "step": "password", "email": email,
-                                           "password": password})
+    page = client.get("/login" + (f"?next={next_path}" if next_path else ""))
+    assert page.status_code == 200, page.status_code  # the sign-in page at once (idp.login.views.begin_here)
+    response = client.post(screen_url(page), data={"csrf_token": csrf_token(page), "step": "password", "email": email,
+                                                 "password": password})
     return response
+
+
+def begun_sign_in(response) -> str:
+    """The URL of the sign-in screen ``response`` shows at once (the authorization endpoint and the sign-in page
+    answer a GET that begins a sign-in with its first screen); asserts that it shows one."""
+    assert response.status_code == 200, (response.status_code, response.headers.get("Location"))
+    assert step_name(response) is not None, response.get_data(as_text=True)[:500]
+    return screen_url(response)
+
+
+def screen_url(page) -> str:
+    """Where a sign-in screen's answer is posted: /login/<tid>, whether the screen was shown there or at the URL
+    that began the sign-in (the sign-in page, the authorization endpoint)."""
+    match = re.search(r'<form method="post" action="(/login/[A-Za-z0-9_-]+)"', page.get_data(as_text=True))
+    assert match, page.get_data(as_text=True)[:500]
+    return match.group(1)
 
 
 def assert_in(text: str, response, absent: str | None = None) -> None:
@@ -295,7 +309,7 @@ def follow(client, response, *, email: str = "alice@example.com", password: str 
             data.update(answers[name](response))
         else:
             raise AssertionError(f"unexpected screen {name} after {result.screens}")
-        response = client.post(urlsplit(response.request.url).path, data=data)
+        response = client.post(screen_url(response), data=data)
     raise AssertionError(f"redirect loop: screens {result.screens}")
 
 

@@ -31,7 +31,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.conftest import SECRET, TEST_DATABASE_URL, TEST_REDIS_URL
-from tests.support import RP_CALLBACK, csrf_token, free_port, pkce_pair, query_params, step_name
+from tests.support import RP_CALLBACK, csrf_token, free_port, pkce_pair, query_params, screen_url, step_name
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -351,7 +351,7 @@ class Browser:
             screens.append(name)
             form = {"csrf_token": csrf_token(answer), "step": name}
             form.update({"email": email, "password": PASSWORD} if name == "password" else {"allow": "Allow"})
-            answer = self.post(urlsplit(answer.url).path, form)
+            answer = self.post(screen_url(answer), form)  # wherever the screen was shown, it posts to /login/<tid>
         raise AssertionError(f"no redirect to the client after {screens}")
 
 

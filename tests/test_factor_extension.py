@@ -26,7 +26,7 @@ from idp.login.factors.base import Action, EnrolContext, Enrolled, FactorType, S
 from idp.login.forms import Form
 from idp.models import AuditEvent, Factor, User
 from idp.security.passwords import hash_password, verify_password
-from tests.support import PASSWORD, csrf_token, enrol_totp_in, follow, signed_in_email, step_name, walk
+from tests.support import PASSWORD, csrf_token, enrol_totp_in, follow, screen_url, signed_in_email, step_name, walk
 
 RP = "https://rp.example/cb"
 ALICE = "alice@example.com"
@@ -154,10 +154,10 @@ def test_a_factor_defined_in_a_test_is_enrolled_used_for_mfa_and_removed(pin_app
     wrong = walk(browser, authorize_path(rp[0]), stop_at="pin")
     assert wrong.screens == ["password", "pin"]
     page = wrong.pages[-1]
-    refused = browser.post(urlsplit(page.request.url).path,
+    refused = browser.post(screen_url(page),
                            data={"csrf_token": csrf_token(page), "step": "pin", "pin": "000000"})
     assert refused.status_code == 200 and "That PIN is not right." in refused.get_data(as_text=True)
-    result = follow(browser, browser.post(urlsplit(page.request.url).path,
+    result = follow(browser, browser.post(screen_url(page),
                                           data={"csrf_token": csrf_token(page), "step": "pin", "pin": THE_PIN}),
                     result=wrong)
     claims = id_token_claims(browser, *rp, result.code)
@@ -182,7 +182,7 @@ def test_the_chooser_offers_the_registered_factor_in_registry_order(pin_app, cli
     page = result.pages[-1]
     offered = re.findall(r'name="factor" value="([a-z_]+)"', page.get_data(as_text=True))
     assert offered == ["pin", "email_otp"]
-    tid = urlsplit(page.request.url).path.rsplit("/", 1)[-1]
+    tid = screen_url(page).rsplit("/", 1)[-1]
     chosen = browser.post(f"/login/{tid}/choose", data={"csrf_token": csrf_token(page), "factor": "pin"})
     result = follow(browser, chosen, result=result, answers={"pin": lambda _: {"pin": THE_PIN}})
     assert result.screens == ["password", "totp", "pin"]

@@ -35,19 +35,21 @@ def _csrf(text: str) -> str:
     return match.group(1)
 
 
+def _action(text: str) -> str:
+    match = re.search(r'<form method="post" action="(/login/[A-Za-z0-9_-]+)"', text)
+    assert match, text[:300]
+    return match.group(1)
+
+
 def http_sign_in(base: str, email: str, password: str = PASSWORD) -> tuple[list[int], bool, str]:
     """A browser's password sign-in over HTTP: every status seen, whether a session cookie came back, the last page."""
     session = requests.Session()
     statuses = []
-    start = session.get(base + "/login", allow_redirects=False, timeout=30)
-    statuses.append(start.status_code)
-    if start.status_code != 302:
-        return statuses, False, start.text
-    step = urljoin(base, start.headers["Location"])
-    page = session.get(step, timeout=30)
+    page = session.get(base + "/login", allow_redirects=False, timeout=30)  # the sign-in page, at once
     statuses.append(page.status_code)
     if page.status_code != 200:
         return statuses, False, page.text
+    step = urljoin(base, _action(page.text))
     answer = session.post(step, data={"csrf_token": _csrf(page.text), "step": "password", "email": email,
                                       "password": password}, allow_redirects=False, timeout=30)
     statuses.append(answer.status_code)

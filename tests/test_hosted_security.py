@@ -28,6 +28,7 @@ from tests.support import (
     link_in,
     make_user_in,
     open_link,
+    screen_url,
     sign_in,
     signed_in_email,
     submit_link,
@@ -106,8 +107,8 @@ def _mailbox(app, smtp_server) -> Mailbox:
 def _hosted_pages(client, make_user):
     make_user()
     start = client.get("/login")
-    step = client.get(start.headers["Location"])
-    yield "/login step", step
+    yield "/login", start  # the first screen, shown at once
+    yield "/login step", client.get(screen_url(start))  # the same screen at its own URL
     yield "/signup", client.get("/signup")
     yield "/forgot", client.get("/forgot")
     yield "error page", client.post("/reset", data={"csrf_token": csrf_token(client.get("/reset")),
@@ -221,9 +222,7 @@ def test_signup_and_forgot_without_csrf_token_are_refused(app, client, mailbox, 
 def test_login_step_and_resend_without_csrf_token_are_refused(app, client, make_user):
     make_user()
     make_user(email="bob@example.com", verified=False)
-    start = client.get("/login")
-    step_url = start.headers["Location"]
-    client.get(step_url)
+    step_url = screen_url(client.get("/login"))
     refused = client.post(step_url, data={"step": "password", "email": "alice@example.com", "password": PASSWORD})
     assert refused.status_code == 400
     assert signed_in_email(client) is None
@@ -681,12 +680,12 @@ def test_next_parameter_keeps_a_same_site_path(client, make_user):
 
 def test_login_transactions_are_stored_server_side(app, client):
     """The flow state lives in the database, so an expired or foreign transaction id shows an error page."""
-    start = client.get("/login")
-    tid = start.headers["Location"].rsplit("/", 1)[1]
+    step_url = screen_url(client.get("/login"))
+    tid = step_url.rsplit("/", 1)[1]
     with app.app_context():
         assert db.session.get(LoginTransaction, tid) is not None
     stranger = app.test_client()
-    assert stranger.get(start.headers["Location"]).status_code == 400  # bound to the browser that began it
+    assert stranger.get(step_url).status_code == 400  # bound to the browser that began it
 
 
 # --- NUL characters (SECURITY.md 31) ---------------------------------------------------------------------------------
@@ -697,9 +696,8 @@ NUL_REFUSED = "NUL character"
 def test_a_nul_in_a_form_field_is_a_clear_error_and_writes_nothing(app, client, make_user):
     """PostgreSQL text cannot hold a NUL: before the guard these were 500s there. The transaction survives."""
     make_user()
-    start = client.get("/login")
-    step_url = start.headers["Location"]
-    page = client.get(step_url)
+    page = client.get("/login")
+    step_url = screen_url(page)
     before = len(audit_events(app, "login.failure"))
     response = client.post(step_url, data={"csrf_token": csrf_token(page), "step": "password",
                                            "email": "alice\x00@example.com", "password": PASSWORD})

@@ -31,6 +31,7 @@ from tests.support import (
     csrf_token,
     follow,
     query_params,
+    screen_url,
     sign_in,
     signed_in_email,
     step_name,
@@ -151,7 +152,7 @@ def test_a_copy_of_the_pre_sign_in_cookies_cannot_carry_on_the_transaction(app, 
     gets its code."""
     assert "code" in follow(client, client.get(authorize_url(plain_client[0]))).params
     start = client.get(authorize_url(plain_client[0], prompt="login"))
-    step_url = start.headers["Location"]
+    step_url = screen_url(start)
     page = client.get(step_url)
     assert step_name(page) == "password"
     thief = app.test_client()
@@ -184,7 +185,7 @@ def up_to_the_key_screen(client, plain_client):
 
 def answer_key_screen(client, walked, credential: str):
     page = walked.pages[-1]
-    return client.post(urlsplit(page.request.url).path, data={"csrf_token": csrf_token(page), "step": "webauthn",
+    return client.post(screen_url(page), data={"csrf_token": csrf_token(page), "step": "webauthn",
                                                               "credential": credential})
 
 
@@ -248,7 +249,7 @@ def test_a_passkey_assertion_cannot_be_posted_twice_in_one_transaction(app, clie
     account is unlocked."""
     key = SoftAuthenticator()
     register_key(app, key)
-    step_url = client.get("/login").headers["Location"]
+    step_url = screen_url(client.get("/login"))
     page = client.get(step_url)
     assertion = key.assertion(offered_challenge(page, "passkey-options"), counter=0, user_verified=True)
     set_user(app, locked_at=utcnow())
@@ -265,7 +266,7 @@ def test_a_passkey_signs_in_once_through_the_sign_in_page(app, client, alice):
     """The same setup with an unlocked account signs in, so the test above fails for the replay only."""
     key = SoftAuthenticator()
     register_key(app, key)
-    step_url = client.get("/login").headers["Location"]
+    step_url = screen_url(client.get("/login"))
     page = client.get(step_url)
     assertion = key.assertion(offered_challenge(page, "passkey-options"), counter=0, user_verified=True)
     client.post(f"{step_url}/passkey", data={"csrf_token": csrf_token(page), "credential": assertion})
@@ -290,7 +291,7 @@ def assert_on_site(location: str) -> None:
 @pytest.mark.parametrize("target", TRICKY_NEXT)
 def test_signing_in_never_redirects_off_site_through_next(app, client, alice, target):
     start = client.get("/login?" + urlencode({"next": target}))
-    step_url = start.headers["Location"]
+    step_url = screen_url(start)
     page = client.get(step_url)
     done = client.post(step_url, data={"csrf_token": csrf_token(page), "step": "password", "email": ALICE,
                                        "password": PASSWORD})

@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from datetime import timedelta
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import pyotp
 import pytest
@@ -37,6 +37,7 @@ from tests.support import (
     make_user_in,
     outbox_sms,
     remove_asking_first,
+    screen_url,
     signed_in_email,
     step_name,
     walk,
@@ -96,11 +97,11 @@ def post_step(client, result: Walk, **fields):
     """Answer the screen ``result`` stopped at with ``fields``; returns the raw response."""
     page = result.pages[-1]
     data = {"csrf_token": csrf_token(page), "step": step_name(page), **fields}
-    return client.post(urlsplit(page.request.url).path, data=data)
+    return client.post(screen_url(page), data=data)
 
 
 def tid_of(result: Walk) -> str:
-    return urlsplit(result.pages[-1].request.url).path.rsplit("/", 1)[-1]
+    return screen_url(result.pages[-1]).rsplit("/", 1)[-1]
 
 
 def choose(client, result: Walk, factor: str):
@@ -842,7 +843,7 @@ def test_min_acr_client_alone_sends_a_factorless_user_to_enrolment(app, client, 
     client_id, _ = make_client(first_party=True, min_acr=MFA)
     result = walk(client, authorize_path(client_id), stop_at="mfa_enroll")
     assert result.screens == ["password", "mfa_enroll"]
-    assert step_name(client.get(urlsplit(result.pages[-1].request.url).path)) == "mfa_enroll"
+    assert step_name(client.get(screen_url(result.pages[-1]))) == "mfa_enroll"
     with app.app_context():  # nothing is signed in before the factor
         assert db.session.execute(db.select(LoginSession)).first() is None
     assert signed_in_email(client) is None

@@ -35,6 +35,7 @@ from tests.support import (
     audit_events,
     authorize,
     authorize_url,
+    begun_sign_in,
     pkce_pair,
     query_params,
     settled,
@@ -116,9 +117,8 @@ def assert_error_redirect(response, error: str, state: str | None = "state-1", t
 
 
 def assert_goes_to_login(response) -> None:
-    """The request passed validation: the browser is sent to sign in."""
-    assert response.status_code == 302, response.status_code
-    assert response.headers["Location"].startswith("/login/"), response.headers["Location"]
+    """The request passed validation: the browser is shown the sign-in's first screen."""
+    begun_sign_in(response)
 
 
 def jwks_of(client) -> KeySet:
@@ -1029,12 +1029,11 @@ def test_alg_none_access_token_is_rejected_at_userinfo(client, alice, conf):
                                     '{"userinfo": {"email": 7}}'])
 def test_malformed_claims_parameter_is_an_error_redirect(client, conf, claims):
     response = client.get(authorize_url(conf[0], claims=claims))
-    assert response.status_code == 302, response.status_code
-    location = response.headers["Location"]
-    if location.startswith(RP):
+    if response.status_code == 302:
+        assert response.headers["Location"].startswith(RP), response.headers["Location"]
         assert_error_redirect(response, "invalid_request")
     else:  # a claims object the parser accepts (and ignores the odd member of): the request goes on
-        assert location.startswith("/login/"), location
+        begun_sign_in(response)
 
 
 @pytest.mark.parametrize("claims", ["{", "[]", '"text"', "1"])

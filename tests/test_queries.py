@@ -17,9 +17,9 @@ from tests.support import (
     authorize_url,
     csrf_token,
     listening,
-    path_of,
     pkce_pair,
     recorded,
+    screen_url,
     settled,
 )
 
@@ -207,12 +207,22 @@ def test_refresh_with_rotation(app, signed_in_tokens, looks):
     assert len(statements) <= looks.keys + looks.client + 5 + selects + updates, statements
 
 
+def test_an_authorization_request_that_begins_a_sign_in(app, client, rp, looks):
+    """A browser without a session: the transaction is stored and the sign-in page shown in the same answer, with
+    no redirect to the page and no read of what was just written."""
+    client.get(_authorize_url(rp))  # a warm worker
+    with counted(app) as statements:
+        page = app.test_client().get(_authorize_url(rp))
+    assert page.status_code == 200 and 'name="step" value="password"' in page.get_data(as_text=True)
+    # the client (looks) and the transaction; nothing else: the page reads nothing back
+    assert sorted(statements) == sorted(["INSERT"] + ["SELECT"] * looks.client), statements
+
+
 def test_password_step_of_a_sign_in(app, client, rp, looks):
     """The password POST that completes a sign-in for a client: the planner asks each step whether it applies,
     and each asks for the client and the user's factors; those are read once per request, not once per step."""
-    start = client.get(_authorize_url(rp))
-    step_path = path_of(start.headers["Location"])
-    form = client.get(step_path)
+    form = client.get(_authorize_url(rp))  # the sign-in page, shown at once
+    step_path = screen_url(form)
     with counted(app) as statements:
         response = client.post(step_path, data={"csrf_token": csrf_token(form), "step": "password",
                                                 "email": "alice@example.com", "password": PASSWORD})

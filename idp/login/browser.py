@@ -66,6 +66,9 @@ def saved_language() -> str | None:
 
 def transaction_language() -> str | None:
     """The ``ui_locales`` language of the sign-in transaction this request's page belongs to (idp.i18n)."""
+    shown = g.get("shown_transaction")  # the first screen shown at the URL that began it (views.begin_here)
+    if shown is not None:
+        return shown.state.ui_locale
     tid = (request.view_args or {}).get("tid")
     # The error page of a request refused for a NUL (idp.http.refuse_nul) asks too: PostgreSQL cannot take one.
     if not isinstance(tid, str) or len(tid) > 64 or "\x00" in tid:
@@ -127,10 +130,9 @@ def device_cookie_name() -> str:
     return "__Host-idp_device" if current_app.config["IDP_ENV"] == "production" else "idp_device"
 
 
-def begin_transaction(*, reasons: Iterable[str], return_to: str, user: User | None = None,
-                      tid_param: str | None = None, **state: Any) -> Response:
-    """Store a login transaction for this browser and send it to the first screen (the sign-in page, the
-    authorization endpoint and the account pages all start one this way).
+def start_transaction(*, reasons: Iterable[str], return_to: str, user: User | None = None,
+                      tid_param: str | None = None, **state: Any) -> LoginTransaction:
+    """Store (and commit) a login transaction for this browser.
 
     ``state`` sets fields of the transaction's TransactionState (client_id, scopes, login_hint, done, amr...).
     With ``tid_param``, the transaction's id is added to ``return_to`` under that query parameter, so the page it
@@ -143,4 +145,11 @@ def begin_transaction(*, reasons: Iterable[str], return_to: str, user: User | No
         separator = "&" if "?" in return_to else "?"
         transaction.update(txn, return_to=f"{return_to}{separator}{tid_param}={txn.id}")
     db.session.commit()
-    return redirect(url_for("login.step", tid=txn.id))
+    return txn
+
+
+def begin_transaction(**kwargs: Any) -> Response:
+    """Store a login transaction for this browser (``start_transaction``'s arguments) and send it to the first
+    screen's own URL (the account pages, the admin console and the device flow start one this way; the sign-in
+    page and the authorization endpoint show the first screen at once: idp.login.views.begin_here)."""
+    return redirect(url_for("login.step", tid=start_transaction(**kwargs).id))

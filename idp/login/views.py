@@ -12,7 +12,15 @@ from idp import audit, i18n
 from idp.extensions import db, keep_loaded, limiter
 from idp.http import set_device_cookie, set_session_cookie
 from idp.login import devices, mfa, planner, sessions, transaction
-from idp.login.browser import begin_transaction, binding, current_session, rotate_binding, safe_next, step_context
+from idp.login.browser import (
+    begin_transaction,
+    binding,
+    current_session,
+    rotate_binding,
+    safe_next,
+    start_transaction,
+    step_context,
+)
 from idp.login.context import Step, StepContext
 from idp.login.factors import REGISTRY
 from idp.models import LoginTransaction, utcnow
@@ -26,13 +34,32 @@ def _forms_limit() -> str:
 
 
 @bp.get("")
+@keep_loaded
 def begin():
     """Start signing in (or go straight back if this browser is already signed in)."""
     return_to = safe_next(request.args.get("next")) or url_for("account.home")
     if current_session() is not None:
         return redirect(return_to)
-    return begin_transaction(reasons=["no_session"], return_to=return_to,
-                             login_hint=request.args.get("login_hint", "")[:320])
+    return begin_here(reasons=["no_session"], return_to=return_to,
+                      login_hint=request.args.get("login_hint", "")[:320])
+
+
+def begin_here(**kwargs) -> Response:
+    """Begin a sign-in (``start_transaction``'s arguments) and answer a GET with its first screen at once, at the
+    URL that began it (the sign-in page, the authorization endpoint): the redirect to the screen's own URL would be
+    one more round trip for every sign-in. The screen's forms post to its own URL, /login/<tid>, as every later
+    screen's do. A POST (an authorization request sent as a form) is still answered with that redirect, so that
+    reloading the screen does not send the form again."""
+    if request.method != "GET":
+        return begin_transaction(**kwargs)
+    txn = start_transaction(**kwargs)
+    ctx = step_context(txn)
+    current = planner.next_step(ctx)
+    if current is None:  # nothing to ask (a consent the policy no longer needs): the step's URL completes it
+        return redirect(url_for("login.step", tid=txn.id))
+    g.shown_transaction = txn  # its ui_locales choose the screen's language, as at its own URL (i18n)
+    i18n.refresh()
+    return _screen(ctx, current, current.form_class(), None)
 
 
 def _load(tid: str) -> LoginTransaction | None:
@@ -88,9 +115,14 @@ def step(tid: str):
             db.session.commit()  # attempt counters and audit rows stay even though the answer failed
         else:
             error = next(iter(form.hidden_errors()), None)  # the others are said at their fields
+    return _screen(ctx, current, form, error)
+
+
+def _screen(ctx: StepContext, current: Step, form, error: str | None) -> str:
+    """The screen of step ``current`` (its ``begin`` may send a code: committed before the page is answered)."""
     variables = current.begin(ctx)
     db.session.commit()
-    return render_template(current.template, form=form, step=current, tid=tid, error=error,
+    return render_template(current.template, form=form, step=current, tid=ctx.txn.id, error=error,
                            others=_others(ctx, current), **variables)
 
 

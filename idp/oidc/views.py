@@ -19,8 +19,9 @@ from idp.extensions import csrf, db, keep_loaded
 from idp.http import clear_session_cookie, external_url
 from idp.login import mfa, sessions, transaction
 from idp.login.assurance import LEVELS
-from idp.login.browser import begin_transaction, binding, current_session
+from idp.login.browser import binding, current_session
 from idp.login.forms import ConfirmForm
+from idp.login.views import begin_here
 from idp.models import Consent, utcnow
 from idp.oidc import authorization, dpop, exchange, keys, logout, par, policy, request_objects, response_modes
 from idp.oidc import claims as oidc_claims
@@ -284,7 +285,7 @@ def authorize():
         login_hint = (params.get("login_hint") or "")[:320]
         ui_locale = i18n.first_supported(params.get("ui_locales"))
         i18n.remember_ui_locales(ui_locale)
-        return begin_transaction(
+        return begin_here(
             reasons=reasons, return_to=_return_url(pushed), user=user if keep_user else None, tid_param=TXN_PARAM,
             client_id=client.client_id, client_name=client.name, scopes=scopes,
             login_hint=login_hint or (user.email if user is not None else ""), acr_values=req.acr_values,
