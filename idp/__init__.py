@@ -35,8 +35,10 @@ from idp.extensions import csrf, db, limiter, migrate
 from idp.http import Request
 from idp.jobs import mail, sms
 from idp.login import browser as login_browser
+from idp.login import views as login_views
 from idp.login.views import bp as login_bp
 from idp.oidc import logout as oidc_logout
+from idp.oidc import views as oidc_views
 from idp.oidc.challenge import bp as challenge_bp
 from idp.oidc.device import bp as device_bp
 from idp.oidc.dynamic import bp as registration_bp
@@ -124,6 +126,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     create_server(app)
     app.register_blueprint(login_bp)
+    login_views.answer_returns(app, oidc_views.answer_completed)  # a sign-in for a client answers it at once
     app.register_blueprint(account_bp)
     app.register_blueprint(security_bp)
     app.register_blueprint(oidc_bp)

@@ -17,7 +17,7 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from idp.extensions import db
-from idp.models import AuditEvent, LoginSession, SigningKey, User, utcnow
+from idp.models import AuditEvent, LoginSession, LoginTransaction, SigningKey, User, utcnow
 from idp.oidc import keys
 from idp.security.keys import KeyDecryptionError, decrypt_private
 from tests.conftest import SECRET
@@ -238,19 +238,21 @@ def test_prompt_login_asks_for_the_password_again_and_refreshes_auth_time(app, c
     assert walk(client, authorize_path(client_id)).screens == []
 
 
-def test_a_completed_prompt_login_answers_one_authorization_request(client, alice, first_party):
-    """The sign-in that answered prompt=login is used up by the request it returns to: the same return address,
-    opened again, asks for the password again instead of passing as a fresh sign-in."""
+def test_a_completed_prompt_login_answers_one_authorization_request(app, client, alice, first_party):
+    """The sign-in that answered prompt=login is used up by the request it answers (at once, by the password POST
+    that completed it): its return address, opened afterwards, asks for the password again instead of passing as
+    a fresh sign-in."""
     client_id, _ = first_party
     walk(client, authorize_path(client_id))
     screen = client.get(authorize_path(client_id, prompt="login"))
-    begun_sign_in(screen)
+    tid = begun_sign_in(screen).rsplit("/", 1)[1]
     assert step_name(screen) == "password"
     back = client.post(screen_url(screen), data={
         "csrf_token": csrf_token(screen), "step": "password", "email": ALICE, "password": PASSWORD})
-    return_to = back.headers["Location"]
-    assert return_to.startswith("/authorize?") and "prompt=login" in return_to
-    assert "code" in parse_qs(urlsplit(client.get(return_to).headers["Location"]).query)
+    assert "code" in parse_qs(urlsplit(back.headers["Location"]).query)
+    with app.app_context():
+        return_to = db.session.get(LoginTransaction, tid).state.return_to
+    assert return_to.startswith("/authorize?") and "prompt=login" in return_to and f"txn={tid}" in return_to
     again = client.get(return_to)
     begun_sign_in(again)
     assert step_name(again) == "password"

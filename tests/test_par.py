@@ -12,6 +12,7 @@ import json
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import timedelta
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -321,13 +322,15 @@ def test_a_late_request_uri_cannot_borrow_another_sign_in(app, client, alice, co
     response = client.post(screen_url(walked.pages[-1]), data={
         "csrf_token": re.search(r'name="csrf_token"[^>]*value="([^"]+)"', walked.text).group(1), "step": "password",
         "email": ALICE, "password": PASSWORD})
-    while not response.headers["Location"].startswith("/authorize"):  # the sign-in's own hops
-        response = client.get(response.headers["Location"])
-    back = response.headers["Location"]  # /authorize?client_id=...&request_uri=<begun>&_txn=... (not yet read)
-    tid = parse_qs(urlsplit(back).query)["_txn"][0]
+    # The sign-in finishes the request it was begun for, at once.
+    assert "code" in parse_qs(urlsplit(response.headers["Location"]).query), response.headers["Location"]
+    tid = screen_url(walked.pages[-1]).rsplit("/", 1)[1]
+    with app.app_context():  # completed and not used, as a sign-in whose answer was refused leaves it (the refusal
+        txn = db.session.get(LoginTransaction, tid)  # rolls the use back: idp.oidc.views._authorize_error)
+        txn.state = replace(txn.state, used=False)
+        db.session.commit()
     expire(app, late)
     assert_error_page(client.get(by_reference(conf[0], late, _txn=tid)), "invalid_request_uri")
-    code_from(follow(client, client.get(back)))  # the sign-in still finishes the request it was begun for
 
 
 # --- refusals at /par ----------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from tests.support import (
     csrf_token,
     listening,
     pkce_pair,
+    query_params,
     recorded,
     screen_url,
     settled,
@@ -219,23 +220,26 @@ def test_an_authorization_request_that_begins_a_sign_in(app, client, rp, looks):
 
 
 def test_password_step_of_a_sign_in(app, client, rp, looks):
-    """The password POST that completes a sign-in for a client: the planner asks each step whether it applies,
-    and each asks for the client and the user's factors; those are read once per request, not once per step."""
+    """The password POST that completes a sign-in for a client and answers its authorization request at once: the
+    planner asks each step whether it applies, and each asks for the client and the user's factors; those are read
+    once per request, not once per step; the answer reads nothing back of what the sign-in just wrote."""
     form = client.get(_authorize_url(rp))  # the sign-in page, shown at once
     step_path = screen_url(form)
     with counted(app) as statements:
         response = client.post(step_path, data={"csrf_token": csrf_token(form), "step": "password",
                                                 "email": "alice@example.com", "password": PASSWORD})
-    assert response.status_code == 302 and response.headers["Location"].startswith("/authorize?"), response.headers
+    assert response.status_code == 302 and response.headers["Location"].startswith(RP_CALLBACK), response.headers
+    assert "code" in query_params(response.headers["Location"])
     # the transaction; the user; the factors (once; the client is the worker's kept one, and the recovery codes are
     # counted only when a second factor is to be chosen); the first-device check; then one flush and one commit:
     # the device, the session, the transaction, and the two audit rows in one INSERT (with the audit chain's
-    # lock and link)
+    # lock and link); then the authorization's answer: the transaction used up (UPDATE, committed), the code and
+    # its session_clients row
     selects, updates = chain(app)
     assert statements.count("SELECT") <= 4 + looks.client + selects, statements
-    assert statements.count("UPDATE") == 1 + updates, statements
-    assert statements.count("INSERT") == 3, statements
-    assert len(statements) <= 8 + looks.client + selects + updates, statements
+    assert statements.count("UPDATE") == 2 + updates, statements
+    assert statements.count("INSERT") == 5, statements
+    assert len(statements) <= 11 + looks.client + selects + updates, statements
 
 
 def test_code_exchange(app, client, rp, looks):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 
-from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
+from flask import Blueprint, Flask, current_app, flash, g, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
@@ -44,7 +46,7 @@ def begin():
                       login_hint=request.args.get("login_hint", "")[:320])
 
 
-def begin_here(**kwargs) -> Response:
+def begin_here(**kwargs) -> ResponseReturnValue:
     """Begin a sign-in (``start_transaction``'s arguments) and answer a GET with its first screen at once, at the
     URL that began it (the sign-in page, the authorization endpoint): the redirect to the screen's own URL would be
     one more round trip for every sign-in. The screen's forms post to its own URL, /login/<tid>, as every later
@@ -202,7 +204,7 @@ def _complete(ctx: StepContext) -> Response:
         # Nothing was authenticated (consent only, or a step-up with nothing to add): the session stands as is.
         txn.completed_at = ctx.now
         db.session.commit()
-        return redirect(txn.state.return_to)
+        return _returned(txn)
     fresh = "pwd" in txn.state.amr or previous is None or previous.user_id != user.id
     amr = mfa.effective_amr(txn.state.amr, mfa.remembered(ctx))
     live, token = sessions.start(user, amr=amr, now=ctx.now, ip=ctx.ip, user_agent=ctx.user_agent,
@@ -216,8 +218,26 @@ def _complete(ctx: StepContext) -> Response:
     device_token = devices.seen(user, ctx, remember=txn.state.remember_device, sid=live.sid)
     db.session.commit()  # the session, the transaction, the device and their audit rows: all or nothing
     g.login_session = live
-    response = redirect(txn.state.return_to)
+    response = _returned(txn)
     set_session_cookie(response, token, max_age=current_app.config["IDP_SESSION_MAX_AGE"])
     if device_token:
         set_device_cookie(response, device_token)
     return response
+
+
+_RETURNS = "idp.login.returns"
+
+
+def answer_returns(app: Flask, answer: Callable[[LoginTransaction], ResponseReturnValue | None]) -> None:
+    """Have ``answer`` give the answer of a completed transaction's return address itself, where it can (the
+    authorization endpoint's, idp.oidc.views.answer_completed), instead of a redirect there: handed in by the app
+    factory, so that the engine does not import the provider that imports it (tests/test_import_graph.py)."""
+    app.extensions[_RETURNS] = answer
+
+
+def _returned(txn: LoginTransaction) -> Response:
+    """Back where the completed transaction ``txn`` came from: its return address's own answer when that can be
+    given here, else a redirect to it."""
+    answer = current_app.extensions.get(_RETURNS)
+    answered = answer(txn) if answer is not None else None
+    return current_app.make_response(answered) if answered is not None else redirect(txn.state.return_to)

@@ -4,12 +4,14 @@ introspection, end session."""
 from __future__ import annotations
 
 import hashlib
-from urllib.parse import urlencode
+from datetime import datetime
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import OAuth2Error
 from authlib.oidc.core.errors import ConsentRequiredError, InteractionRequiredError, LoginRequiredError
 from flask import Blueprint, abort, current_app, jsonify, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response
@@ -22,7 +24,7 @@ from idp.login.assurance import LEVELS
 from idp.login.browser import binding, current_session
 from idp.login.forms import ConfirmForm
 from idp.login.views import begin_here
-from idp.models import Consent, utcnow
+from idp.models import Consent, LoginTransaction, utcnow
 from idp.oidc import authorization, dpop, exchange, keys, logout, par, policy, request_objects, response_modes
 from idp.oidc import claims as oidc_claims
 from idp.oidc.registration import REQUEST_OBJECT_ALGS
@@ -205,14 +207,31 @@ def _used() -> OAuth2Error:
     return par.InvalidRequestURIError("The request_uri was used already: push the request again.")
 
 
-def _return_url(pushed: par.Pushed | None) -> str:
+def _return_url(pushed: par.Pushed | None, values: MultiDict) -> str:
     """Where the sign-in returns to: this request again. A pushed one returns as client_id and request_uri only, so
     its parameters never reach the browser's address bar and only the pushed ones count to the end (RFC 9126 1)."""
     if pushed is not None:
         return url_for("oidc.authorize") + "?" + urlencode({"client_id": pushed.client_id,
                                                             "request_uri": pushed.request_uri})
-    params = [(k, v) for k, v in request.values.items(multi=True) if k != TXN_PARAM]
+    params = [(k, v) for k, v in values.items(multi=True) if k != TXN_PARAM]
     return url_for("oidc.authorize") + "?" + urlencode(params)
+
+
+def answer_completed(txn: LoginTransaction) -> ResponseReturnValue | None:
+    """The answer to the authorization request that sign-in ``txn`` was begun for, given by the request that just
+    completed it (idp.login.views): the code, or the error, goes to the client at once, without the browser's
+    round trip back to this endpoint that would otherwise be its next request. Exactly what that return would
+    get: the same request (its return address's parameters), the transaction used up by this answer as
+    ``transaction.load_completed`` uses it, and the session the sign-in just recorded. None when the transaction
+    returns anywhere else."""
+    parts = urlsplit(txn.state.return_to)
+    if parts.path != url_for("oidc.authorize") or txn.state.used:
+        return None
+    values = MultiDict(parse_qsl(parts.query, keep_blank_values=True))
+    if values.getlist(TXN_PARAM) != [txn.id]:
+        return None
+    transaction.update(txn, used=True)
+    return _authorization(values, txn, utcnow())
 
 
 @bp.route("/authorize", methods=["GET", "POST"])
@@ -221,25 +240,31 @@ def _return_url(pushed: par.Pushed | None) -> str:
 def authorize():
     """The authorization endpoint: the request (from the query or form, or pushed earlier and named by its
     request_uri) is validated by idp.oidc.authorization, then the ordered checks of idp.oidc.policy decide."""
+    now = utcnow()
+    answered = transaction.load_completed(request.values.get(TXN_PARAM), binding=binding(), now=now)
+    return _authorization(request.values, answered, now)
+
+
+def _authorization(values: MultiDict, answered: LoginTransaction | None, now: datetime) -> ResponseReturnValue:
+    """Answer the authorization request ``values`` (the request's, or a completed sign-in's return address:
+    ``answer_completed``), ``answered`` being the sign-in just completed for it, if any."""
     server = current_server()
     live = current_session()
     user = live.user if live is not None else None
-    now = utcnow()
-    answered = transaction.load_completed(request.values.get(TXN_PARAM), binding=binding(), now=now)
     pushed = None
-    params: MultiDict = request.values
-    if par.is_reference(request.values.get("request_uri")):
+    params: MultiDict = values
+    if par.is_reference(values.get("request_uri")):
         try:
-            pushed = par.resolve(request.values, answered, now)
+            pushed = par.resolve(values, answered, now)
         except OAuth2Error as error:
             return _authorize_error(error)
         params = pushed.parameters  # RFC 9126 4: only the pushed ones
-    elif request_objects.present(request.values):
+    elif request_objects.present(values):
         # RFC 9101 6.3: only the request object's parameters (and the query's client_id) count. An object that
         # expired while its sign-in went on is still good for the browser that began that sign-in with it.
-        grace = answered is not None and request_objects.carried(answered.state.return_to, request.values)
+        grace = answered is not None and request_objects.carried(answered.state.return_to, values)
         try:
-            params = request_objects.resolve(request.values, now, grace=grace)
+            params = request_objects.resolve(values, now, grace=grace)
         except OAuth2Error as error:
             return _authorize_error(error)
     try:  # a plain request of a client that must push is refused there (RFC 9126 4)
@@ -286,7 +311,8 @@ def authorize():
         ui_locale = i18n.first_supported(params.get("ui_locales"))
         i18n.remember_ui_locales(ui_locale)
         return begin_here(
-            reasons=reasons, return_to=_return_url(pushed), user=user if keep_user else None, tid_param=TXN_PARAM,
+            reasons=reasons, return_to=_return_url(pushed, values), user=user if keep_user else None,
+            tid_param=TXN_PARAM,
             client_id=client.client_id, client_name=client.name, scopes=scopes,
             login_hint=login_hint or (user.email if user is not None else ""), acr_values=req.acr_values,
             ui_locale=ui_locale,
