@@ -3,8 +3,9 @@ signed cookie session, Jinja2, SQLAlchemy Core on psycopg2, joserfc, argon2-cffi
 protocol and the sign-in's security require of each request of one authorization code flow, against idp's own
 database, user rows, client row and keys. Its instructions per sign-in besides the argon2id verification
 (bench/instructions.py, ``floor_signin``) and its sign-ins per second under gunicorn beside idp and the peers
-(bench/run.py, the signin rounds) are what idp's figures for the same sign-ins compare with. The five requests, as
-bench/driver.py's ``sign_in`` sends them, unchanged:
+(bench/run.py, the signin rounds) are what idp's figures for the same sign-ins compare with. The three requests, as
+bench/driver.py's ``sign_in`` sends them, unchanged (the same shape as idp's since its sixteenth pass: the sign-in
+page is the authorization request's answer, and the password's answer is the code):
 
 - ``GET /authorize`` (RFC 6749 4.1.1, OIDC Core 3.1.2.1): one autocommit SELECT of the client row by client_id,
   with the sign-in session row named by the session cookie (by the SHA-256 of its token, as idp stores it) and its
@@ -16,8 +17,10 @@ bench/driver.py's ``sign_in`` sends them, unchanged:
   public client, RFC 9700 2.1.1). Before the redirect URI is trusted an error is a page (400), after it a
   redirect with ``error``, ``state`` and ``iss`` (RFC 9207), as idp answers. Without a live session (none, ended,
   idle or too old by idp's IDP_SESSION_IDLE_TIMEOUT and IDP_SESSION_MAX_AGE, or its user disabled) the request is
-  remembered in Flask's signed cookie session (the "flow" cookie, ``__Host-`` prefixed, HttpOnly, SameSite=Lax),
-  with a fresh random CSRF token, and the browser sent to the sign-in page (302, as idp). With one, the code is
+  remembered, validated, in Flask's signed cookie session (the "flow" cookie, ``__Host-`` prefixed, HttpOnly,
+  SameSite=Lax), with a fresh random CSRF token, and the sign-in page is the answer (200, as idp): a Jinja2
+  template compiled once and rendered with autoescaping (fields ``email``, ``password``, the hidden CSRF token),
+  posting to ``/login``. With one, the code is
   issued: one autocommit statement writes the authorization code row as idp writes it (the code stored as its
   SHA-256; client, user, redirect_uri, scope, nonce, PKCE challenge and method, the session's sid, auth_time, acr
   and amr, expiry after IDP_AUTH_CODE_TTL) and, in the same statement, the ``session_clients`` row that the
@@ -25,10 +28,8 @@ bench/driver.py's ``sign_in`` sends them, unchanged:
   a 302 to the redirect URI with ``code``, ``state`` and ``iss``. The session's last_seen_at is written when it is
   a minute old, as idp's. The bench's client is first-party: no consent, as at idp (a third-party client is
   refused with ``consent_required``).
-- ``GET /login``: the sign-in page, a Jinja2 template compiled once and rendered with autoescaping (fields
-  ``email``, ``password``, the hidden CSRF token): no database. Without a remembered request, idp's expired page
-  (400).
-- ``POST /login``: the CSRF token compared, constant-time, with the flow cookie's (the cookie is signed and
+- ``POST /login`` (``GET /login`` shows the page again, without the database; without a remembered request,
+  idp's expired page, 400): the CSRF token compared, constant-time, with the flow cookie's (the cookie is signed and
   HttpOnly and the page same-origin, so a cross-site form cannot know it: the synchronizer token pattern, without
   Flask-WTF's second, timed signature); the email trimmed and lower-cased as idp's ``normalize_email``; one
   autocommit SELECT of the user by email with whether they have a confirmed second factor; the password verified
@@ -41,9 +42,10 @@ bench/driver.py's ``sign_in`` sends them, unchanged:
   also counted in the user's ``failed_logins``. Then in one transaction a non-zero ``failed_logins`` reset (idp
   writes it only when it changes), the sign-in session row (a new random sid, the SHA-256 of a new random 256-bit
   cookie token, amr ``["pwd"]``, acr ``urn:idp:acr:pwd``, auth_time, ip, user agent) and its chained
-  ``login.success`` audit row, committed before the answer: the session cookie (``__Host-``, HttpOnly, SameSite
-  Lax, Max-Age IDP_SESSION_MAX_AGE), the flow cookie's request and CSRF token dropped (a flow is used once), and a
-  302 back to the authorization request.
+  ``login.success`` audit row, and the remembered request's code with its ``session_clients`` row (as above),
+  committed together before the answer: the session cookie (``__Host-``, HttpOnly, SameSite Lax, Max-Age
+  IDP_SESSION_MAX_AGE), the flow cookie's request and CSRF token dropped (a flow is used once), and the 302 to the
+  redirect URI with ``code``, ``state`` and ``iss``.
 - ``POST /token`` with ``grant_type=authorization_code`` (RFC 6749 4.1.3) and ``client_secret_basic``: one
   autocommit SELECT of the client row with the code found by its SHA-256 (for this client only) and its user. The
   secret is compared as idp does (SHA-256 of the presented secret, constant-time against the stored hash), the
@@ -62,10 +64,10 @@ The audit rows are chained as idp chains them (bench/floor_tokens.py's ``_append
 ``idp audit verify`` holds across idp's and the floor's sign-ins interleaved.
 
 What it leaves out, and why. Rows idp writes that the protocol does not ask for: idp's login transaction (a row
-written by the first authorization request, updated by the sign-in page, the password and the return; here the
-request waits in the signed flow cookie, bound to the browser by the cookie itself), the known-device row, its
+written by the first authorization request and updated by the password's answer, twice; here the request waits
+in the signed flow cookie, bound to the browser by the cookie itself), the known-device row, its
 ``device.new`` audit row and the "new sign-in" mail queued for a known user (SECURITY.md 28: every sign-in of
-the bench is by a fresh browser), the passkey challenge the sign-in page stores for conditional UI. Checks and
+the bench is by a fresh browser), the passkey challenge stored with the transaction for conditional UI. Checks and
 features the bench's sign-in does not reach: the failed-attempt throttle and every rate limit (Redis), the
 account lock at IDP_LOCKOUT_THRESHOLD failures (counted, not acted on), a second factor, email verification and a
 client's MFA policy (a user or client that needs one is refused: the floor signs in with a password only),
@@ -88,9 +90,9 @@ import json
 import re
 import secrets
 from datetime import UTC, datetime, timedelta
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
-from flask import Flask, Response, redirect, request, session
+from flask import Flask, Response, request, session
 from floor_tokens import _append_audit, _basic, _json, _released, _unauthorized, app_from_environment
 from joserfc import jwt
 from sqlalchemy import create_engine, text
@@ -295,10 +297,10 @@ def create_app(database_url: str, issuer: str, secret_key: str, access_token_ttl
         except Refused as error:
             return refused(error, params.get("state"))
         now = datetime.now(UTC)
-        if not live(row, now):  # remember the request and sign in first
-            session["request"] = request.query_string.decode()
+        if not live(row, now):  # remember the request, and show the sign-in page at once (as idp does)
+            session["request"] = {**checked, "client_id": client_id, "redirect_param": params.get("redirect_uri")}
             session["csrf"] = secrets.token_urlsafe(24)
-            return redirect("/login", 302)
+            return html(page, csrf_token=session["csrf"], email="", error=None)
         if row.email_verified_at is None:  # idp would ask to verify the address: not the floor's
             return refused(Refused("interaction_required", "Email address unverified.", checked["redirect_uri"]),
                            checked["state"])
@@ -346,8 +348,10 @@ def create_app(database_url: str, issuer: str, secret_key: str, access_token_ttl
             # idp would go on to a second factor or the address's verification: not the floor's
             return html(error_page, 403, title="Not for the floor",
                         message="This floor signs in verified users with a password only.")
-        token, sid = secrets.token_urlsafe(32), secrets.token_urlsafe(16)
+        token, sid, code = secrets.token_urlsafe(32), secrets.token_urlsafe(16), secrets.token_urlsafe(36)
         now = datetime.now(UTC)
+        checked = session.pop("request")  # the authorization request, validated when it came (GET /authorize)
+        session.pop("csrf")
         with writes.begin() as connection:  # committed on leaving the block, before the answer
             if user.failed_logins:
                 connection.execute(RESET_FAILURES, {"id": user.id})
@@ -355,12 +359,17 @@ def create_app(database_url: str, issuer: str, secret_key: str, access_token_ttl
                                                "now": now, "amr": json.dumps(AMR), "acr": ACR,
                                                "ip": request.remote_addr,
                                                "user_agent": request.user_agent.string[:512]})
-            client_id = dict(parse_qsl(session["request"])).get("client_id")  # the row names the client signed into
-            _append_audit(connection, "login.success", user.id, user.email, client_id,
+            _append_audit(connection, "login.success", user.id, user.email, checked["client_id"],
                           {"amr": AMR, "acr": ACR, "sid": sid})
-        back = "/authorize?" + session.pop("request")
-        session.pop("csrf")
-        response = redirect(back, 302)
+            connection.execute(ISSUE_CODE, {  # the request answered at once (as idp does): its code
+                "code_hash": _sha256(code), "client_id": checked["client_id"], "user_id": user.id,
+                "redirect_uri": checked["redirect_param"] or "", "scope": checked["scope"],
+                "nonce": checked["nonce"], "code_challenge": checked["code_challenge"],
+                "code_challenge_method": checked["code_challenge_method"], "sid": sid, "auth_time": now,
+                "acr": ACR, "amr": json.dumps(AMR), "issued_at": now,
+                "expires_at": now + timedelta(seconds=auth_code_ttl)})
+        answer = {"code": code, **({"state": checked["state"]} if checked["state"] is not None else {}), "iss": issuer}
+        response = _back(checked["redirect_uri"], answer)
         response.set_cookie(SESSION_COOKIE, token, max_age=session_max_age, secure=True, httponly=True,
                             samesite="Lax", path="/")
         return response
