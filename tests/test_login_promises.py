@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from idp.extensions import db
-from idp.models import Factor, LoginTransaction, User, utcnow
+from idp.models import Client, Factor, LoginTransaction, User, utcnow
+from idp.oidc.registration import update_client
 from tests.support import (
     PASSWORD,
     RP_CALLBACK,
@@ -175,6 +176,44 @@ def test_a_copy_of_the_pre_sign_in_cookies_cannot_carry_on_the_transaction(app, 
     assert not stolen.headers.get("Location", "").startswith(RP_CALLBACK)
     assert step_name(stolen) == "password"  # asked to sign in: prompt=login is not answered for it
     assert signed_in_email(thief) is None  # the session cookie it copied was replaced at sign-in
+
+
+def test_a_consent_screen_left_open_does_not_sign_a_signed_out_user_back_in(client, alice, make_client):
+    """SECURITY.md 17, 18: a screen begun inside a session (consent, a step-up) proves nothing by itself; once that
+    session has ended (sign-out in another tab, a timeout), answering it starts no new session and issues no
+    code. (Found by the sixteenth pass's review; older than it.)"""
+    first_party, third_party = make_client(name="Conf", first_party=True), make_client(name="Photo Printer")
+    follow(client, client.get(authorize_url(first_party[0])))
+    consent = client.get(authorize_url(third_party[0]))
+    assert step_name(consent) == "consent"
+    client.post("/logout", data={"csrf_token": csrf_token(client.get("/logout"))})
+    assert signed_in_email(client) is None
+    answer = client.post(screen_url(consent), data={"csrf_token": csrf_token(consent), "step": "consent",
+                                                    "allow": "Allow"})
+    assert answer.status_code == 400 and "code" not in query_params(answer.headers.get("Location", ""))
+    assert signed_in_email(client) is None
+
+
+def test_a_sign_in_whose_answer_was_refused_answers_no_other_request(app, client, alice, make_client):
+    """A completed sign-in is used up by its answer even when the answer is a refusal (here the client's redirect
+    URI changed meanwhile: the error page), and what it answered never counts for another request: another
+    client's authorization request carrying its id still asks for consent. (Found by the sixteenth pass's review;
+    older than it.)"""
+    first_party, app_a, app_b = (make_client(name=name, first_party=name == "Conf") for name in ("Conf", "A", "B"))
+    follow(client, client.get(authorize_url(first_party[0])))
+    consent = client.get(authorize_url(app_a[0]))
+    tid = screen_url(consent).rsplit("/", 1)[1]
+    with app.app_context():
+        row = db.session.execute(db.select(Client).where(Client.client_id == app_a[0])).scalar_one()
+        update_client(row, {"redirect_uris": ["https://rp.example/moved"]})
+        db.session.commit()
+    refused = client.post(screen_url(consent), data={"csrf_token": csrf_token(consent), "step": "consent",
+                                                     "allow": "Allow"})
+    assert refused.status_code == 400
+    with app.app_context():
+        assert db.session.get(LoginTransaction, tid).state.used
+    other = client.get(authorize_url(app_b[0], _txn=tid))  # B was never allowed
+    assert step_name(other) == "consent", other.headers.get("Location")
 
 
 # --- SECURITY.md 25: the signature counter and the single-use challenge on the sign-in path ----------------------

@@ -325,8 +325,8 @@ def test_a_late_request_uri_cannot_borrow_another_sign_in(app, client, alice, co
     # The sign-in finishes the request it was begun for, at once.
     assert "code" in parse_qs(urlsplit(response.headers["Location"]).query), response.headers["Location"]
     tid = screen_url(walked.pages[-1]).rsplit("/", 1)[1]
-    with app.app_context():  # completed and not used, as a sign-in whose answer was refused leaves it (the refusal
-        txn = db.session.get(LoginTransaction, tid)  # rolls the use back: idp.oidc.views._authorize_error)
+    with app.app_context():  # completed and not used: no request leaves one so since its answer commits the use
+        txn = db.session.get(LoginTransaction, tid)  # first; forged here, as the defence behind that one
         txn.state = replace(txn.state, used=False)
         db.session.commit()
     expire(app, late)

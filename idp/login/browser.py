@@ -44,6 +44,12 @@ def current_session() -> LoginSession | None:
     return g.login_session
 
 
+def this_address() -> str:
+    """The path and query this request came to, as a return address is written (``begin_transaction``)."""
+    query = request.query_string.decode("latin-1")  # percent-encoded ASCII; compared once decoded (transaction)
+    return request.script_root + request.path + (f"?{query}" if query else "")
+
+
 def signed_in() -> LoginSession:
     """The live sign-in session of a view behind ``login_required`` (which guarantees there is one)."""
     live = current_session()

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from idp.extensions import db
 from idp.models import LoginTransaction, TransactionState, User
@@ -51,12 +52,15 @@ def mark_done(txn: LoginTransaction, step: str, amr: Iterable[str]) -> None:
            webauthn_challenge=new_challenge())
 
 
-def load_completed(tid: str | None, *, binding: str | None, now: datetime,
+def load_completed(tid: str | None, *, binding: str | None, now: datetime, address: str,
                    within: int = 600) -> LoginTransaction | None:
-    """A transaction this browser completed in the last ``within`` seconds and nobody has used since; marks it used.
+    """A transaction this browser completed in the last ``within`` seconds and nobody has used since, coming back
+    to its own return address (``address``: this request's path and query); marks it used.
 
-    The authorization endpoint uses it to know which of its reasons the user has just answered (prompt=login,
-    acr_values, consent), so that it neither asks again nor loops.
+    The device flow's approval page uses it to know which of its reasons the user has just answered (prompt=login,
+    acr_values, consent), so that it neither asks again nor loops; so does the authorization endpoint, for a
+    sign-in whose answer was refused and that the browser comes back with. What it answered counts for the request
+    it was begun for and no other (another client's, another request's).
     """
     if not tid or not binding or len(tid) > 64:
         return None
@@ -65,5 +69,15 @@ def load_completed(tid: str | None, *, binding: str | None, now: datetime,
         return None
     if (now - txn.completed_at).total_seconds() > within or not same(txn.binding_hash, token_hash(binding)):
         return None
+    if not same_address(txn.state.return_to, address):
+        return None
     update(txn, used=True)
     return txn
+
+
+def same_address(one: str, other: str) -> bool:
+    """Whether two paths with queries name the same request: the same path and the same parameters, each once
+    percent-decoded (the browser may spell them otherwise than ``urlencode`` wrote them), in any order."""
+    first, second = urlsplit(one), urlsplit(other)
+    return first.path == second.path and sorted(parse_qsl(first.query, keep_blank_values=True)) == \
+        sorted(parse_qsl(second.query, keep_blank_values=True))

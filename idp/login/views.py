@@ -200,6 +200,13 @@ def _complete(ctx: StepContext) -> Response:
     assert user is not None
     i18n.forget_ui_locales()
     previous = current_session()
+    if planner.PASSWORD.name not in txn.state.done and (previous is None or previous.user_id != user.id):
+        # Who the user is came from the session the transaction was begun in (consent, a step-up), not from this
+        # transaction: that session has ended since (signed out, timed out) or is now another user's. Completing it
+        # would start a session that nothing proved (SECURITY.md 17, 18).
+        txn.completed_at = ctx.now
+        db.session.commit()
+        return current_app.make_response(_expired())
     if not txn.state.amr and previous is not None and previous.user_id == user.id:
         # Nothing was authenticated (consent only, or a step-up with nothing to add): the session stands as is.
         txn.completed_at = ctx.now

@@ -50,7 +50,7 @@ from idp import audit
 from idp.extensions import csrf, db
 from idp.http import client_address, external_url
 from idp.login import mfa, transaction
-from idp.login.browser import begin_transaction, binding, current_session, throttle
+from idp.login.browser import begin_transaction, binding, current_session, this_address, throttle
 from idp.login.context import too_many_attempts
 from idp.login.forms import Form
 from idp.models import Client, Consent, DeviceCode, LoginSession, table_of, utcnow
@@ -362,7 +362,8 @@ def approve():
     live = current_session()
     satisfied = set(flow.get("satisfied") or [])
     if request.method == "GET":
-        answered = transaction.load_completed(request.args.get(TXN_PARAM), binding=binding(), now=now)
+        answered = transaction.load_completed(request.args.get(TXN_PARAM), binding=binding(), now=now,
+                                              address=this_address())
         if answered is not None:
             satisfied |= set(answered.state.reasons) | set(answered.state.satisfied)
             db.session.commit()

@@ -21,7 +21,7 @@ from idp.extensions import csrf, db, keep_loaded
 from idp.http import clear_session_cookie, external_url
 from idp.login import mfa, sessions, transaction
 from idp.login.assurance import LEVELS
-from idp.login.browser import binding, current_session
+from idp.login.browser import binding, current_session, this_address
 from idp.login.forms import ConfirmForm
 from idp.login.views import begin_here
 from idp.models import Consent, LoginTransaction, utcnow
@@ -231,6 +231,7 @@ def answer_completed(txn: LoginTransaction) -> ResponseReturnValue | None:
     if values.getlist(TXN_PARAM) != [txn.id]:
         return None
     transaction.update(txn, used=True)
+    db.session.commit()  # used up whatever the answer is: a refusal's rollback must not give it back
     return _authorization(values, txn, utcnow())
 
 
@@ -241,7 +242,10 @@ def authorize():
     """The authorization endpoint: the request (from the query or form, or pushed earlier and named by its
     request_uri) is validated by idp.oidc.authorization, then the ordered checks of idp.oidc.policy decide."""
     now = utcnow()
-    answered = transaction.load_completed(request.values.get(TXN_PARAM), binding=binding(), now=now)
+    answered = transaction.load_completed(request.values.get(TXN_PARAM), binding=binding(), now=now,
+                                          address=this_address())
+    if answered is not None:
+        db.session.commit()  # used up whatever the answer is: a refusal's rollback must not give it back
     return _authorization(request.values, answered, now)
 
 
@@ -285,7 +289,6 @@ def _authorization(values: MultiDict, answered: LoginTransaction | None, now: da
             return response_modes.deliver(
                 server.create_authorization_response(request=grant.request, grant=grant, grant_user=None),
                 redirect_uri, response_modes.requested(params))
-        db.session.commit()
 
     client = grant.client
     scopes = (grant.request.scope or "").split()
