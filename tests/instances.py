@@ -24,7 +24,7 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 
-from tests.support import PASSWORD, pkce_pair, query_params
+from tests.support import PASSWORD, pkce_pair, query_params, screen_action
 
 ROOT = Path(__file__).resolve().parent.parent
 # Bounds of every wait: a start-up that takes longer is a failure, not something to wait out.
@@ -216,9 +216,7 @@ class Screen:
     the answer to the request that began the sign-in), its step name, and its page."""
 
     def __init__(self, response: requests.Response):
-        found = re.search(r'<form method="post" action="(/login/[A-Za-z0-9_-]+)"', response.text)
-        assert found, f"no sign-in form: {page_text(response.text)}"
-        self.path = found.group(1)
+        self.path = screen_action(response.text)
         self.response = response
         self.html = response.text
         self.step = step_name(self.html)

@@ -176,8 +176,13 @@ def begun_sign_in(response) -> str:
 def screen_url(page) -> str:
     """Where a sign-in screen's answer is posted: /login/<tid>, whether the screen was shown there or at the URL
     that began the sign-in (the sign-in page, the authorization endpoint)."""
-    match = re.search(r'<form method="post" action="(/login/[A-Za-z0-9_-]+)"', page.get_data(as_text=True))
-    assert match, page.get_data(as_text=True)[:500]
+    return screen_action(page.get_data(as_text=True))
+
+
+def screen_action(html: str) -> str:
+    """``screen_url`` of a page's HTML."""
+    match = re.search(r'<form method="post" action="(/login/[A-Za-z0-9_-]+)"', html)
+    assert match, html[:500]
     return match.group(1)
 
 

@@ -23,7 +23,7 @@ from werkzeug.serving import make_server
 from idp import create_app
 from idp.extensions import db
 from tests.conftest import LiveServer, base_config
-from tests.support import PASSWORD, free_port, make_client_in, make_user_in
+from tests.support import PASSWORD, free_port, make_client_in, make_user_in, screen_action
 
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None) \
     if Path("/usr/lib/postgresql").is_dir() else None
@@ -31,12 +31,6 @@ PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=Tru
 
 def _csrf(text: str) -> str:
     match = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', text)
-    assert match, text[:300]
-    return match.group(1)
-
-
-def _action(text: str) -> str:
-    match = re.search(r'<form method="post" action="(/login/[A-Za-z0-9_-]+)"', text)
     assert match, text[:300]
     return match.group(1)
 
@@ -49,7 +43,7 @@ def http_sign_in(base: str, email: str, password: str = PASSWORD) -> tuple[list[
     statuses.append(page.status_code)
     if page.status_code != 200:
         return statuses, False, page.text
-    step = urljoin(base, _action(page.text))
+    step = urljoin(base, screen_action(page.text))
     answer = session.post(step, data={"csrf_token": _csrf(page.text), "step": "password", "email": email,
                                       "password": password}, allow_redirects=False, timeout=30)
     statuses.append(answer.status_code)
