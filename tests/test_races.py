@@ -14,7 +14,7 @@ import pytest
 
 from idp.extensions import db
 from idp.login.factors.recovery_code import new_recovery_codes_for
-from idp.models import Factor, OneTimeToken, User, utcnow
+from idp.models import AuthorizationCode, Factor, LoginSession, OneTimeToken, User, utcnow
 from idp.security.otp import totp_code_at
 from tests.conftest import TEST_DATABASE_URL
 from tests.support import (
@@ -386,3 +386,23 @@ def test_a_passkey_assertion_signs_in_once_when_posted_six_times_at_once(racing,
     assert outcomes.count(True) == 1, outcomes
     refused = [e for e in audit_events(app, "login.failure") if e.details.get("reason") == "passkey"]
     assert len(refused) == outcomes.count(False)
+
+
+def test_the_last_step_of_a_sign_in_answers_its_request_once_when_posted_six_times_at_once(racing):
+    """A sign-in is completed, and the authorization request it was begun for answered, once: of six posts at once
+    of the password that completes it, in the browser that began it, one starts a session and gets the code; the
+    others find the sign-in completed (the expired page)."""
+    app = racing
+    client_id, _ = make_client_in(app, first_party=True)
+    http = app.test_client()
+    page = http.get(authorize_url(client_id))
+    assert step_name(page) == "password"
+    responses = at_once(6, lambda i: same_browser(app, http),
+                        lambda browser: post_form(browser, page, email=ALICE, password=PASSWORD))
+    answered = [r for r in responses if "code=" in r.headers.get("Location", "")]
+    assert len(answered) == 1, [(r.status_code, r.headers.get("Location")) for r in responses]
+    assert {r.status_code for r in responses if r not in answered} == {400}
+    with app.app_context():
+        assert db.session.execute(db.select(db.func.count()).select_from(LoginSession)).scalar_one() == 1
+        assert db.session.execute(db.select(db.func.count()).select_from(AuthorizationCode)).scalar_one() == 1
+    assert len(audit_events(app, "login.success")) == 1

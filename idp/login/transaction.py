@@ -27,11 +27,16 @@ def start(*, binding: str, state: TransactionState, now: datetime, ttl: int,
     return txn
 
 
-def load(tid: str, *, binding: str | None, now: datetime) -> LoginTransaction | None:
-    """The transaction ``tid`` if it belongs to this browser, is unexpired and not yet completed."""
+def load(tid: str, *, binding: str | None, now: datetime, lock: bool = False) -> LoginTransaction | None:
+    """The transaction ``tid`` if it belongs to this browser, is unexpired and not yet completed.
+
+    With ``lock``, for a request that may change it (an answer, a choice): its row is read under a lock held to the
+    request's commit (SELECT ... FOR UPDATE), so that of two answers posted at once the second reads it after the
+    first is done, and finds it completed if the first completed it: a sign-in starts one session and answers its
+    authorization request once (tests/test_races.py)."""
     if not tid or not binding or len(tid) > 64:
         return None
-    txn = db.session.get(LoginTransaction, tid)
+    txn = db.session.get(LoginTransaction, tid, with_for_update=True if lock else None, populate_existing=lock)
     if txn is None or txn.completed_at is not None or txn.expires_at <= now:
         return None
     if not same(txn.binding_hash, token_hash(binding)):
@@ -55,12 +60,14 @@ def mark_done(txn: LoginTransaction, step: str, amr: Iterable[str]) -> None:
 def load_completed(tid: str | None, *, binding: str | None, now: datetime, address: str,
                    within: int = 600) -> LoginTransaction | None:
     """A transaction this browser completed in the last ``within`` seconds and nobody has used since, coming back
-    to its own return address (``address``: this request's path and query); marks it used.
+    to its own return address (``address``: this request's path and query); marked used, which the caller commits
+    before anything can roll it back: whatever its answer is, a refusal must not give it back for another.
 
     The device flow's approval page uses it to know which of its reasons the user has just answered (prompt=login,
     acr_values, consent), so that it neither asks again nor loops; so does the authorization endpoint, for a
-    sign-in whose answer was refused and that the browser comes back with. What it answered counts for the request
-    it was begun for and no other (another client's, another request's).
+    sign-in that was completed by a redirect back to it (an instance of a release before the one that answers at
+    once, during a rolling upgrade). What it answered counts for the request it was begun for and no other
+    (another client's, another request's).
     """
     if not tid or not binding or len(tid) > 64:
         return None

@@ -65,7 +65,7 @@ def begin_here(**kwargs) -> ResponseReturnValue:
 
 
 def _load(tid: str) -> LoginTransaction | None:
-    return transaction.load(tid, binding=binding(), now=utcnow())
+    return transaction.load(tid, binding=binding(), now=utcnow(), lock=request.method == "POST")
 
 
 def _current(tid: str):
