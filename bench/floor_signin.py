@@ -265,8 +265,23 @@ def create_app(database_url: str, issuer: str, secret_key: str, access_token_ttl
             raise Refused("interaction_required", "This floor signs in with a password only.", redirect_uri)
         if not row.first_party:  # idp asks a third-party client's user for consent: the floor has no consent screen
             raise Refused("consent_required", "This floor answers first-party clients only.", redirect_uri)
-        return {"redirect_uri": redirect_uri, "scope": " ".join(scopes), "state": params.get("state"),
-                "nonce": params.get("nonce"), "code_challenge": challenge, "code_challenge_method": method}
+        return {"client_id": row.client_id, "redirect_uri": redirect_uri, "redirect_param": params.get("redirect_uri"),
+                "scope": " ".join(scopes), "state": params.get("state"), "nonce": params.get("nonce"),
+                "code_challenge": challenge, "code_challenge_method": method}
+
+    def issue_code(connection, checked: dict, user_id: int, sid: str, auth_time: datetime, acr: str, amr: list,
+                   now: datetime) -> Response:
+        """Write the code of the request ``checked`` (authorization_request's) for the session ``sid``, with its
+        ``session_clients`` row (ISSUE_CODE), and answer with the redirect that carries it."""
+        code = secrets.token_urlsafe(36)
+        connection.execute(ISSUE_CODE, {
+            "code_hash": _sha256(code), "client_id": checked["client_id"], "user_id": user_id,
+            "redirect_uri": checked["redirect_param"] or "", "scope": checked["scope"], "nonce": checked["nonce"],
+            "code_challenge": checked["code_challenge"], "code_challenge_method": checked["code_challenge_method"],
+            "sid": sid, "auth_time": auth_time, "acr": acr, "amr": json.dumps(amr), "issued_at": now,
+            "expires_at": now + timedelta(seconds=auth_code_ttl)})
+        answer = {"code": code, **({"state": checked["state"]} if checked["state"] is not None else {}), "iss": issuer}
+        return _back(checked["redirect_uri"], answer)
 
     def refused(error: Refused, state: str | None) -> Response:
         """Before the redirect URI is trusted a page (SECURITY.md 2), after it the error back there with iss."""
@@ -298,25 +313,16 @@ def create_app(database_url: str, issuer: str, secret_key: str, access_token_ttl
             return refused(error, params.get("state"))
         now = datetime.now(UTC)
         if not live(row, now):  # remember the request, and show the sign-in page at once (as idp does)
-            session["request"] = {**checked, "client_id": client_id, "redirect_param": params.get("redirect_uri")}
+            session["request"] = checked
             session["csrf"] = secrets.token_urlsafe(24)
             return html(page, csrf_token=session["csrf"], email="", error=None)
         if row.email_verified_at is None:  # idp would ask to verify the address: not the floor's
             return refused(Refused("interaction_required", "Email address unverified.", checked["redirect_uri"]),
                            checked["state"])
-        code = secrets.token_urlsafe(36)
         with engine.connect() as connection:  # one statement, committed on its own (autocommit)
             if now - row.last_seen_at > TOUCH_INTERVAL:
                 connection.execute(TOUCH_SESSION, {"now": now, "sid": row.sid})
-            connection.execute(ISSUE_CODE, {
-                "code_hash": _sha256(code), "client_id": client_id, "user_id": row.user_id,
-                "redirect_uri": params.get("redirect_uri") or "", "scope": checked["scope"],
-                "nonce": checked["nonce"], "code_challenge": checked["code_challenge"],
-                "code_challenge_method": checked["code_challenge_method"], "sid": row.sid,
-                "auth_time": row.auth_time, "acr": row.acr, "amr": json.dumps(row.amr), "issued_at": now,
-                "expires_at": now + timedelta(seconds=auth_code_ttl)})
-        answer = {"code": code, **({"state": checked["state"]} if checked["state"] is not None else {}), "iss": issuer}
-        return _back(checked["redirect_uri"], answer)
+            return issue_code(connection, checked, row.user_id, row.sid, row.auth_time, row.acr, row.amr, now)
 
     @app.route("/login", methods=["GET", "POST"])
     def login() -> Response:
@@ -348,7 +354,7 @@ def create_app(database_url: str, issuer: str, secret_key: str, access_token_ttl
             # idp would go on to a second factor or the address's verification: not the floor's
             return html(error_page, 403, title="Not for the floor",
                         message="This floor signs in verified users with a password only.")
-        token, sid, code = secrets.token_urlsafe(32), secrets.token_urlsafe(16), secrets.token_urlsafe(36)
+        token, sid = secrets.token_urlsafe(32), secrets.token_urlsafe(16)
         now = datetime.now(UTC)
         checked = session.pop("request")  # the authorization request, validated when it came (GET /authorize)
         session.pop("csrf")
@@ -361,15 +367,7 @@ def create_app(database_url: str, issuer: str, secret_key: str, access_token_ttl
                                                "user_agent": request.user_agent.string[:512]})
             _append_audit(connection, "login.success", user.id, user.email, checked["client_id"],
                           {"amr": AMR, "acr": ACR, "sid": sid})
-            connection.execute(ISSUE_CODE, {  # the request answered at once (as idp does): its code
-                "code_hash": _sha256(code), "client_id": checked["client_id"], "user_id": user.id,
-                "redirect_uri": checked["redirect_param"] or "", "scope": checked["scope"],
-                "nonce": checked["nonce"], "code_challenge": checked["code_challenge"],
-                "code_challenge_method": checked["code_challenge_method"], "sid": sid, "auth_time": now,
-                "acr": ACR, "amr": json.dumps(AMR), "issued_at": now,
-                "expires_at": now + timedelta(seconds=auth_code_ttl)})
-        answer = {"code": code, **({"state": checked["state"]} if checked["state"] is not None else {}), "iss": issuer}
-        response = _back(checked["redirect_uri"], answer)
+            response = issue_code(connection, checked, user.id, sid, now, ACR, AMR, now)  # answered at once, as idp
         response.set_cookie(SESSION_COOKIE, token, max_age=session_max_age, secure=True, httponly=True,
                             samesite="Lax", path="/")
         return response
