@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749.errors import InvalidRequestError
@@ -33,7 +32,7 @@ from werkzeug.wrappers import Response
 
 from idp.extensions import db
 from idp.login import consume
-from idp.models import Client, LoginTransaction, PushedRequest, TransactionState
+from idp.models import Client, PushedRequest, TransactionState
 from idp.oidc import authorization
 from idp.security.tokens import new_token, token_hash
 
@@ -113,10 +112,10 @@ class Pushed:
         return MultiDict([(name, value) for name, value in self.row.parameters])
 
 
-def resolve(query: MultiDict, answered: LoginTransaction | None, now: datetime) -> Pushed:
+def resolve(query: MultiDict, now: datetime, *, grace: bool = False) -> Pushed:
     """The pushed request that an /authorize request's ``request_uri`` names, or an OAuth2Error without a redirect
-    URI (the error page). ``answered`` is the login transaction this browser has just completed, if any: a sign-in
-    begun for this very request_uri before it expired may still finish."""
+    URI (the error page). ``grace`` accepts an expired one: the request is the return address of a sign-in this
+    browser has just completed, begun for this very request_uri before it expired (idp.oidc.views)."""
     uris, client_ids = query.getlist("request_uri"), query.getlist("client_id")
     if len(uris) != 1:
         raise InvalidRequestError("Multiple 'request_uri' in request.")
@@ -132,15 +131,9 @@ def resolve(query: MultiDict, answered: LoginTransaction | None, now: datetime) 
         raise InvalidRequestURIError("The request_uri is unknown or was pushed by another client.")
     if row.used_at is not None:  # RFC 9126 4, 7.3: one use
         raise InvalidRequestURIError("The request_uri was used already: push the request again.")
-    if row.expires_at <= now and not (answered is not None and carried(answered.state.return_to, request_uri)):
+    if row.expires_at <= now and not grace:
         raise InvalidRequestURIError("The request_uri has expired: push the request again.")  # RFC 9126 4
     return Pushed(row=row, request_uri=request_uri)
-
-
-def carried(return_to: str, request_uri: str) -> bool:
-    """Whether a login transaction's return address is /authorize with this request_uri (idp.oidc.views keeps only
-    client_id and request_uri there, never the pushed parameters)."""
-    return parse_qs(urlsplit(return_to).query).get("request_uri") == [request_uri]
 
 
 def use(pushed: Pushed, now: datetime) -> bool:

@@ -39,7 +39,6 @@ import base64
 import json
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidRequestError
 from authlib.oauth2.rfc9101.errors import InvalidRequestObjectError, InvalidRequestUriError
@@ -80,8 +79,8 @@ def present(values: MultiDict) -> bool:
 def resolve(values: MultiDict, now: datetime, *, grace: bool = False) -> MultiDict:
     """The authorization request that the request object in ``values`` (a query, a form or a pushed body) holds:
     its parameters and the query's ``client_id``, nothing else (RFC 9101 6.3). Raises an OAuth2Error without a
-    redirect URI (the error page). ``grace`` accepts an expired object: the browser is back from a sign-in that
-    began with this very object (carried)."""
+    redirect URI (the error page). ``grace`` accepts an expired object: the request is the return address of a
+    sign-in this browser has just completed, begun with this very object while it was valid (idp.oidc.views)."""
     for name in ("request", "request_uri", "client_id"):
         if len(values.getlist(name)) > 1:
             raise InvalidRequestError(f"Multiple '{name}' in request.")
@@ -99,11 +98,6 @@ def resolve(values: MultiDict, now: datetime, *, grace: bool = False) -> MultiDi
     return parameters_of(claims, client.client_id)
 
 
-def carried(return_to: str, values: MultiDict) -> bool:
-    """Whether a login transaction's return address is /authorize with this very request object (by value or by
-    reference): its sign-in began while the object was valid (idp.oidc.views)."""
-    query = parse_qs(urlsplit(return_to).query)
-    return any(name in values and query.get(name) == values.getlist(name) for name in ("request", "request_uri"))
 
 
 # --- by reference ------------------------------------------------------------------------------------------------

@@ -257,16 +257,17 @@ def _authorization(values: MultiDict, answered: LoginTransaction | None, now: da
     user = live.user if live is not None else None
     pushed = None
     params: MultiDict = values
+    # The sign-in just completed for this very request (its return address: transaction.load_completed compares
+    # them) may finish it after its pushed request or its request object expired, in the browser that began it.
+    grace = answered is not None
     if par.is_reference(values.get("request_uri")):
         try:
-            pushed = par.resolve(values, answered, now)
+            pushed = par.resolve(values, now, grace=grace)
         except OAuth2Error as error:
             return _authorize_error(error)
         params = pushed.parameters  # RFC 9126 4: only the pushed ones
     elif request_objects.present(values):
-        # RFC 9101 6.3: only the request object's parameters (and the query's client_id) count. An object that
-        # expired while its sign-in went on is still good for the browser that began that sign-in with it.
-        grace = answered is not None and request_objects.carried(answered.state.return_to, values)
+        # RFC 9101 6.3: only the request object's parameters (and the query's client_id) count.
         try:
             params = request_objects.resolve(values, now, grace=grace)
         except OAuth2Error as error:
