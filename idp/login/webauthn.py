@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 from flask import current_app
-from sqlalchemy import select
 
 from idp import audit
 from idp.extensions import db
@@ -50,12 +49,11 @@ def assertion_options(txn: LoginTransaction, *, user_id: int | None, require_uv:
 
 
 def _take_challenge(txn: LoginTransaction) -> str | None:
-    """The transaction's pending challenge, taken (SECURITY.md 32): its row is read again under a row lock held to
-    the commit (SELECT ... FOR UPDATE), so of two assertions presented at once the second reads the row after the
-    first has taken the challenge, and finds none. The state lives in a JSON column a conditional UPDATE cannot
-    compare, so the lock is what makes the read and the write one step. (SQLite has one writer at a time.)"""
-    db.session.execute(select(LoginTransaction).where(LoginTransaction.id == txn.id).with_for_update()
-                       .execution_options(populate_existing=True)).scalar_one()  # (fetched: that refreshes txn)
+    """The transaction's pending challenge, taken (SECURITY.md 32). Every caller holds the transaction's row lock to
+    its commit, so of two assertions presented at once the second reads the row after the first has taken the
+    challenge, and finds none: the sign-in pages read it with SELECT ... FOR UPDATE (transaction.load(lock=True)),
+    the challenge endpoint takes it by a conditional UPDATE of its binding (idp.oidc.challenge._claim), which no
+    other request can have changed since it was read."""
     challenge = txn.state.webauthn_challenge
     update(txn, webauthn_challenge=None)
     return challenge
