@@ -15,12 +15,14 @@ import hashlib
 import json
 import re
 import secrets
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import cbor2
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from idp.extensions import db
 from idp.models import Client, Factor, LoginTransaction, User, utcnow
@@ -214,6 +216,41 @@ def test_a_sign_in_whose_answer_was_refused_answers_no_other_request(app, client
         assert db.session.get(LoginTransaction, tid).state.used
     other = client.get(authorize_url(app_b[0], _txn=tid))  # B was never allowed
     assert step_name(other) == "consent", other.headers.get("Location")
+
+
+def test_a_completed_sign_in_counts_only_at_its_own_return_address(app, client, alice, make_client):
+    """What a completed sign-in answered (here prompt=login) counts only for the very request it was begun for:
+    its id sent with any other parameters (odd bytes, other values, added ones) is not taken (it stays unused) and
+    never gives a 500; its own return address takes it and gets the code."""
+    client_id, _ = make_client(first_party=True)
+    follow(client, client.get(authorize_url(client_id)))
+    screen = client.get(authorize_url(client_id, prompt="login"))
+    tid = screen_url(screen).rsplit("/", 1)[1]
+    with app.app_context():  # completed and not used, as a sign-in completed by an older release leaves it
+        txn = db.session.get(LoginTransaction, tid)
+        return_to = txn.state.return_to
+        txn.completed_at = utcnow()
+        db.session.commit()
+    own = dict(parse_qsl(urlsplit(return_to).query, keep_blank_values=True))
+
+    @settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(changes=st.dictionaries(st.sampled_from(sorted(own)), st.text(max_size=30), min_size=1, max_size=3),
+           extra=st.lists(st.tuples(st.sampled_from(["scope", "_txn", "x", "nonce"]), st.text(max_size=30)),
+                          max_size=2))
+    def altered(changes, extra):
+        params = [(name, changes.get(name, value)) for name, value in own.items()] + extra
+        if sorted(params) == sorted(own.items()):
+            return
+        response = client.get("/authorize?" + urlencode(params))
+        assert response.status_code < 500, response.get_data(as_text=True)[:300]
+        with app.app_context():
+            assert not db.session.get(LoginTransaction, tid).state.used, params  # it did not count there
+
+    altered()
+    answered = client.get(return_to)
+    assert "code" in query_params(answered.headers["Location"])
+    with app.app_context():
+        assert db.session.get(LoginTransaction, tid).state.used
 
 
 # --- SECURITY.md 25: the signature counter and the single-use challenge on the sign-in path ----------------------
